@@ -1,0 +1,246 @@
+//! What `tollgate check` prints: a summary of a valid config, and `--explain`,
+//! which walks one hypothetical request through the same pipeline functions
+//! the proxy uses and says what would happen to it.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HOST};
+use http::{HeaderMap, HeaderValue, Method};
+
+use crate::pipeline::{self, Incoming, Unrouted};
+use crate::runtime::{MissingPolicy, Mode, Runtime};
+
+/// A table of rules (in match order), their limits, and the upstreams.
+pub fn summary(rt: &Runtime) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "rules (first match wins):");
+    for (i, rule) in rt.rules.iter().enumerate() {
+        let methods = if rule.conditions.methods.is_empty() {
+            "any".to_string()
+        } else {
+            rule.conditions
+                .methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let host = rule
+            .conditions
+            .host
+            .as_ref()
+            .map_or(String::new(), |h| format!(" host {}", h.source));
+        let _ = writeln!(
+            out,
+            "  {}. {:<20} {:<24} methods {}{} -> {}",
+            i + 1,
+            rule.name,
+            rule.pattern.source,
+            methods,
+            host,
+            rt.upstream_of(rule).name
+        );
+        for limit in &rule.limits {
+            let _ = writeln!(
+                out,
+                "       limit {:<16} {} burst {} key {}{}{}",
+                limit.name,
+                limit.rate,
+                limit.burst,
+                limit.key,
+                if limit.key.always_present() {
+                    String::new()
+                } else {
+                    format!(" missing {}", missing_name(limit.missing))
+                },
+                if limit.mode == Mode::Shadow {
+                    " (shadow)"
+                } else {
+                    ""
+                }
+            );
+        }
+        for exemption in &rule.exemptions {
+            let _ = writeln!(out, "       exempt {exemption}");
+        }
+    }
+    let _ = writeln!(out, "upstreams:");
+    for u in &rt.upstreams {
+        let servers: Vec<String> = u.servers.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "  {:<20} {}{}",
+            u.name,
+            servers.join(", "),
+            if u.tls {
+                format!(" (tls, sni {})", u.sni)
+            } else {
+                String::new()
+            }
+        );
+    }
+    out
+}
+
+fn missing_name(policy: MissingPolicy) -> &'static str {
+    match policy {
+        MissingPolicy::Deny => "deny",
+        MissingPolicy::Skip => "skip",
+        MissingPolicy::Ip => "ip",
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExplainError {
+    #[error("--explain takes \"METHOD /path[?query]\", e.g. 'POST /events'")]
+    RequestSyntax,
+    #[error("{0:?} is not an HTTP method")]
+    Method(String),
+    #[error("--header takes \"name: value\", got {0:?}")]
+    Header(String),
+}
+
+/// A hypothetical request for `--explain`.
+#[derive(Debug, Clone)]
+pub struct Hypothetical {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    /// The connecting peer.
+    pub ip: IpAddr,
+}
+
+impl Hypothetical {
+    pub fn parse(request: &str, headers: &[String], ip: IpAddr) -> Result<Self, ExplainError> {
+        let (method, target) = request
+            .trim()
+            .split_once(char::is_whitespace)
+            .ok_or(ExplainError::RequestSyntax)?;
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| ExplainError::Method(method.into()))?;
+        let target = target.trim();
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (target.to_string(), None),
+        };
+        let mut map = HeaderMap::new();
+        for h in headers {
+            let (name, value) = h
+                .split_once(':')
+                .ok_or_else(|| ExplainError::Header(h.clone()))?;
+            let name = HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| ExplainError::Header(h.clone()))?;
+            let value =
+                HeaderValue::from_str(value.trim()).map_err(|_| ExplainError::Header(h.clone()))?;
+            map.append(name, value);
+        }
+        Ok(Hypothetical {
+            method,
+            path,
+            query,
+            headers: map,
+            ip,
+        })
+    }
+}
+
+/// Says which rule a request matches, the path forwarded upstream, the client
+/// IP, whether an exemption fires, and the key each limit would count against.
+pub fn explain(rt: &Runtime, req: &Hypothetical) -> String {
+    let mut out = String::new();
+    let incoming = Incoming {
+        method: &req.method,
+        path: &req.path,
+        query: req.query.as_deref(),
+        host: req.headers.get(HOST).and_then(|h| h.to_str().ok()),
+        headers: &req.headers,
+        peer: req.ip,
+    };
+    let _ = writeln!(out, "request      {} {}", req.method, req.path);
+    let routed = match pipeline::route(rt, &incoming) {
+        Ok(r) => r,
+        Err(Unrouted::BadPath(e)) => {
+            let _ = writeln!(out, "result       400 Bad Request: {e}");
+            return out;
+        }
+        Err(Unrouted::NoRoute) => {
+            let _ = writeln!(
+                out,
+                "normalized   {}",
+                crate::route::normalize_path(&req.path).unwrap_or_default()
+            );
+            let _ = writeln!(out, "result       404: no rule matches");
+            return out;
+        }
+    };
+    let rule = rt.rule(routed.rule);
+    let upstream = rt.upstream_of(rule);
+    let _ = writeln!(out, "normalized   {} (forwarded upstream)", routed.path);
+    let _ = writeln!(
+        out,
+        "rule         {} (rule {} of {}, path {})",
+        rule.name,
+        routed.rule + 1,
+        rt.rules.len(),
+        rule.pattern.source
+    );
+    let _ = writeln!(out, "upstream     {}", upstream.name);
+    let client_ip = pipeline::client_ip(rt, &incoming);
+    let _ = writeln!(
+        out,
+        "client ip    {client_ip}{}",
+        if client_ip == req.ip.to_canonical() {
+            ""
+        } else {
+            " (from X-Forwarded-For via a trusted proxy)"
+        }
+    );
+    let facts = pipeline::facts(rt, &incoming, client_ip);
+    if let Some(exemption) = rule.exemptions.iter().find(|e| e.applies(&facts)) {
+        let _ = writeln!(out, "exemption    {exemption}: no limits apply");
+        let _ = writeln!(out, "result       proxied, exempt");
+        return out;
+    }
+    let _ = writeln!(out, "exemption    none fires");
+    if rule.limits.is_empty() {
+        let _ = writeln!(out, "limits       none");
+    }
+    let mut denied = None;
+    for limit in &rule.limits {
+        let what = match (limit.key.extract(&facts), limit.missing) {
+            (Ok(key), _) => format!("key {} = {key}", limit.key),
+            (Err(missing), MissingPolicy::Deny) => {
+                denied.get_or_insert_with(|| format!("401: the request has no {}", missing.0));
+                format!("key {} missing -> deny (401)", limit.key)
+            }
+            (Err(_), MissingPolicy::Skip) => format!("key {} missing -> limit skipped", limit.key),
+            (Err(_), MissingPolicy::Ip) => {
+                format!(
+                    "key {} missing -> counted by ip = {}",
+                    limit.key,
+                    crate::identity::ip_bucket(client_ip, rt.server.ipv6_prefix)
+                )
+            }
+        };
+        let _ = writeln!(
+            out,
+            "limit        {} {} burst {}{}: {what}",
+            limit.name,
+            limit.rate,
+            limit.burst,
+            if limit.mode == Mode::Shadow {
+                " (shadow)"
+            } else {
+                ""
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "result       {}",
+        denied.unwrap_or_else(|| "proxied if the limits above have room".into())
+    );
+    out
+}

@@ -1,0 +1,651 @@
+//! Input → runtime snapshot. Every check runs even after an earlier one failed,
+//! so one `tollgate check` lists every problem in the file at once.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{HeaderValue, Method};
+use ipnet::IpNet;
+
+use super::input::{
+    AlgorithmInput, ConfigInput, DenyInput, ExemptInput, KeyPartInput, LimitInput, RuleInput,
+    ServerInput, UpstreamInput,
+};
+use super::locate::SourceMap;
+use super::units::{self, Rate, MAX_RATE_COUNT};
+use super::{Problem, Severity};
+use crate::identity::{ApiKeySources, Exemption, KeyPart, KeySpec, TrustedProxies, MAX_KEY_PARTS};
+use crate::limit::memory::MAX_CHECKS;
+use crate::limit::{Gcra, LimitId, Limiter};
+use crate::metrics::Metrics;
+use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
+use crate::runtime::{
+    DenyResponse, HeaderStyle, MissingPolicy, Rule, RuleLimit, Runtime, ServerSettings, Upstream,
+};
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_NAME_LEN: usize = 64;
+
+const KNOWN_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::CONNECT,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::PATCH,
+];
+
+struct Compiler<'a> {
+    source: &'a SourceMap,
+    problems: Vec<Problem>,
+}
+
+impl Compiler<'_> {
+    fn report(&mut self, severity: Severity, path: String, message: impl Display) {
+        let position = self.source.position_of(&path);
+        self.problems.push(Problem {
+            severity,
+            path,
+            line: position.line,
+            column: position.column,
+            message: message.to_string(),
+        });
+    }
+
+    fn error(&mut self, path: impl Into<String>, message: impl Display) {
+        self.report(Severity::Error, path.into(), message);
+    }
+
+    fn warn(&mut self, path: impl Into<String>, message: impl Display) {
+        self.report(Severity::Warning, path.into(), message);
+    }
+
+    /// Runs a fallible conversion, reporting its error at `path`.
+    fn check<T, E: Display>(&mut self, path: impl Into<String>, result: Result<T, E>) -> Option<T> {
+        result.map_err(|e| self.error(path, e)).ok()
+    }
+
+    fn name(&mut self, path: String, name: &str, what: &str) {
+        if name.is_empty() {
+            self.error(path, format!("{what} name must not be empty"));
+        } else if name.len() > MAX_NAME_LEN
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        {
+            self.error(
+                path,
+                format!("{what} name {name:?} must be at most {MAX_NAME_LEN} characters of A-Z a-z 0-9 - _ . :"),
+            );
+        }
+    }
+}
+
+/// Compiles a parsed config. On success the runtime carries the warnings; on
+/// failure every problem (errors and warnings) is returned.
+pub fn compile(
+    input: &ConfigInput,
+    source: &SourceMap,
+    metrics: &Metrics,
+) -> Result<Runtime, Vec<Problem>> {
+    let mut c = Compiler {
+        source,
+        problems: Vec::new(),
+    };
+    let server = compile_server(&mut c, &input.server);
+    let mut upstream_index = HashMap::new();
+    let mut upstreams = Vec::new();
+    for (name, upstream) in &input.upstreams {
+        if let Some(u) = compile_upstream(&mut c, name, upstream) {
+            upstream_index.insert(name.as_str(), upstreams.len());
+            upstreams.push(u);
+        }
+    }
+    let rules = compile_rules(&mut c, input, &upstream_index, metrics);
+    let routes = RouteTable::new(
+        rules
+            .iter()
+            .map(|r| (r.pattern.clone(), r.conditions.clone()))
+            .collect(),
+    );
+    let routes = c.check("rules", routes);
+
+    let has_errors = c.problems.iter().any(|p| p.severity == Severity::Error);
+    match (server, routes) {
+        (Some(server), Some(routes)) if !has_errors => Ok(Runtime {
+            server,
+            routes,
+            rules,
+            upstreams,
+            warnings: c.problems,
+        }),
+        _ => Err(c.problems),
+    }
+}
+
+fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSettings> {
+    if s.listen.is_empty() {
+        c.error("server.listen", "at least one listen address is needed");
+    }
+    let mut listen_addrs = Vec::new();
+    for (i, addr) in s.listen.iter().enumerate() {
+        if let Some(a) = c.check(format!("server.listen[{i}]"), parse_listen(addr)) {
+            listen_addrs.push(a);
+        }
+    }
+    if let Some(admin) = c.check("server.admin", parse_listen(&s.admin)) {
+        if listen_addrs
+            .iter()
+            .any(|l| l.port() == admin.port() && overlaps(l.ip(), admin.ip()))
+        {
+            c.error(
+                "server.admin",
+                "the admin listener must not share an address with the public listener",
+            );
+        }
+    }
+    let threads = s
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if !(1..=1024).contains(&threads) {
+        c.error("server.threads", "threads must be between 1 and 1024");
+    }
+    let mut trusted = Vec::new();
+    for (i, net) in s.trusted_proxies.iter().enumerate() {
+        if let Some(n) = c.check(format!("server.trusted_proxies[{i}]"), parse_network(net)) {
+            trusted.push(n);
+        }
+    }
+    if !(1..=128).contains(&s.ipv6_prefix) {
+        c.error(
+            "server.ipv6_prefix",
+            "ipv6_prefix must be between 1 and 128",
+        );
+    }
+    let mut headers = Vec::new();
+    for (i, h) in s.api_key.headers.iter().enumerate() {
+        if let Some(name) = c.check(format!("server.api_key.headers[{i}]"), parse_header_name(h)) {
+            headers.push(name);
+        }
+    }
+    if s.api_key.query.as_deref() == Some("") {
+        c.error(
+            "server.api_key.query",
+            "the query parameter name must not be empty",
+        );
+    }
+    Some(ServerSettings {
+        listen: s.listen.clone(),
+        admin: s.admin.clone(),
+        threads,
+        trusted_proxies: TrustedProxies::new(trusted),
+        ipv6_prefix: s.ipv6_prefix,
+        api_key: ApiKeySources {
+            headers,
+            bearer: s.api_key.bearer,
+            query_param: s.api_key.query.clone(),
+        },
+    })
+}
+
+fn overlaps(a: IpAddr, b: IpAddr) -> bool {
+    a == b || a.is_unspecified() || b.is_unspecified()
+}
+
+fn parse_listen(addr: &str) -> Result<SocketAddr, String> {
+    addr.parse().map_err(|_| {
+        format!("{addr:?} is not an IP:port listen address (e.g. 0.0.0.0:8080 or [::]:8080)")
+    })
+}
+
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{text:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
+}
+
+fn parse_header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{name:?} is not a valid header name"))
+}
+
+fn compile_upstream(c: &mut Compiler<'_>, name: &str, u: &UpstreamInput) -> Option<Upstream> {
+    let base = format!("upstreams.{name}");
+    c.name(base.clone(), name, "upstream");
+    if u.servers.is_empty() {
+        c.error(
+            format!("{base}.servers"),
+            "an upstream needs at least one server",
+        );
+    }
+    let mut servers = Vec::new();
+    for (i, server) in u.servers.iter().enumerate() {
+        if let Some(addrs) = c.check(format!("{base}.servers[{i}]"), resolve(server)) {
+            for addr in addrs {
+                if !servers.contains(&addr) {
+                    servers.push(addr);
+                }
+            }
+        }
+    }
+    let timeout = |c: &mut Compiler<'_>, field: &str, value: &Option<String>, default: Duration| {
+        match value {
+            None => default,
+            Some(text) => match units::parse_duration(text) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    c.error(
+                        format!("{base}.{field}"),
+                        "a timeout must be longer than zero",
+                    );
+                    default
+                }
+                Err(e) => {
+                    c.error(format!("{base}.{field}"), e);
+                    default
+                }
+            },
+        }
+    };
+    let connect_timeout = timeout(
+        c,
+        "connect_timeout",
+        &u.connect_timeout,
+        DEFAULT_CONNECT_TIMEOUT,
+    );
+    let read_timeout = timeout(c, "read_timeout", &u.read_timeout, DEFAULT_READ_TIMEOUT);
+    let write_timeout = timeout(c, "write_timeout", &u.write_timeout, DEFAULT_WRITE_TIMEOUT);
+    let host_header = match &u.host_header {
+        None => None,
+        Some(h) => c.check(
+            format!("{base}.host_header"),
+            HeaderValue::from_str(h).map_err(|_| format!("{h:?} is not a valid Host header")),
+        ),
+    };
+    let sni = u
+        .sni
+        .clone()
+        .or_else(|| u.servers.first().map(|s| host_part(s).to_string()))
+        .unwrap_or_default();
+    if u.tls && sni.parse::<IpAddr>().is_ok() && u.verify_cert {
+        c.warn(
+            format!("{base}.sni"),
+            "TLS to an IP address without `sni:` will fail certificate verification for most servers",
+        );
+    }
+    (!servers.is_empty()).then(|| Upstream {
+        name: name.to_string(),
+        servers,
+        tls: u.tls,
+        sni,
+        verify_cert: u.verify_cert,
+        host_header,
+        connect_timeout,
+        read_timeout,
+        write_timeout,
+        next: Default::default(),
+    })
+}
+
+/// `host:port` → addresses. Names are resolved when the config is loaded; a
+/// reload resolves them again.
+fn resolve(server: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = server.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    if !server.contains(':') {
+        return Err(format!("{server:?} needs a port (host:port)"));
+    }
+    server
+        .to_socket_addrs()
+        .map(|addrs| addrs.collect::<Vec<_>>())
+        .map_err(|e| format!("cannot resolve {server:?}: {e}"))
+        .and_then(|addrs| {
+            if addrs.is_empty() {
+                Err(format!("{server:?} resolves to no address"))
+            } else {
+                Ok(addrs)
+            }
+        })
+}
+
+fn host_part(server: &str) -> &str {
+    match server.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => server,
+    }
+}
+
+fn compile_rules(
+    c: &mut Compiler<'_>,
+    input: &ConfigInput,
+    upstreams: &HashMap<&str, usize>,
+    metrics: &Metrics,
+) -> Vec<Rule> {
+    let mut seen_names = HashSet::new();
+    let mut rules = Vec::new();
+    // (rule name, pattern, has method/host conditions) of earlier rules.
+    let mut earlier: Vec<(String, String, bool)> = Vec::new();
+    for (i, r) in input.rules.iter().enumerate() {
+        let base = format!("rules[{i}]");
+        c.name(format!("{base}.name"), &r.name, "rule");
+        if !seen_names.insert(r.name.as_str()) {
+            c.error(
+                format!("{base}.name"),
+                format!("duplicate rule name {:?}", r.name),
+            );
+        }
+        let conditional = !r.matches.methods.is_empty() || r.matches.host.is_some();
+        if let Some((name, _, _)) = earlier.iter().find(|(_, pattern, cond)| {
+            !cond && (pattern == "/**" || pattern == "**" || *pattern == r.matches.path)
+        }) {
+            c.warn(
+                format!("{base}.match.path"),
+                format!("rule {:?} can never match: the earlier rule {name:?} takes every request it would", r.name),
+            );
+        }
+        earlier.push((r.name.clone(), r.matches.path.clone(), conditional));
+        if let Some(rule) = compile_rule(c, &base, r, &input.server, upstreams, metrics) {
+            rules.push(rule);
+        }
+    }
+    rules
+}
+
+fn compile_rule(
+    c: &mut Compiler<'_>,
+    base: &str,
+    r: &RuleInput,
+    server: &ServerInput,
+    upstreams: &HashMap<&str, usize>,
+    metrics: &Metrics,
+) -> Option<Rule> {
+    let pattern = compile_path_pattern(c, &format!("{base}.match.path"), &r.matches.path);
+    let mut methods = Vec::new();
+    for (i, m) in r.matches.methods.iter().enumerate() {
+        let upper = m.to_ascii_uppercase();
+        match KNOWN_METHODS.iter().find(|k| k.as_str() == upper) {
+            Some(method) if !methods.contains(method) => methods.push(method.clone()),
+            Some(_) => c.warn(format!("{base}.match.methods[{i}]"), format!("method {m} is listed twice")),
+            None => c.error(
+                format!("{base}.match.methods[{i}]"),
+                format!("unknown method {m:?}: use GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE or PATCH"),
+            ),
+        }
+    }
+    let host = match &r.matches.host {
+        None => None,
+        Some(h) => c.check(format!("{base}.match.host"), HostPattern::new(h)),
+    };
+    let upstream = upstreams.get(r.upstream.as_str()).copied();
+    if upstream.is_none() {
+        let known: Vec<&str> = upstreams.keys().copied().collect();
+        c.error(
+            format!("{base}.upstream"),
+            format!(
+                "upstream {:?} is not defined (defined: {})",
+                r.upstream,
+                list_or_none(known)
+            ),
+        );
+    }
+    if r.limits.len() > MAX_CHECKS {
+        c.error(
+            format!("{base}.limits"),
+            format!("a rule may have at most {MAX_CHECKS} limits"),
+        );
+    }
+    let mut limit_names = HashSet::new();
+    let mut limits = Vec::new();
+    for (i, l) in r.limits.iter().enumerate() {
+        let path = format!("{base}.limits[{i}]");
+        if let Some(limit) = compile_limit(c, &path, &r.name, l) {
+            if !limit_names.insert(limit.name.clone()) {
+                c.error(
+                    format!("{path}.name"),
+                    format!(
+                        "duplicate limit name {:?} in rule {:?}; name the limits apart",
+                        limit.name, r.name
+                    ),
+                );
+            }
+            limits.push(limit);
+        }
+    }
+    let exemptions = r
+        .exempt
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| compile_exemption(c, &format!("{base}.exempt[{i}]"), e))
+        .collect();
+    let deny = compile_deny(c, &format!("{base}.deny"), r.deny.as_ref());
+    Some(Rule {
+        name: r.name.clone(),
+        pattern: pattern?,
+        conditions: RouteConditions { methods, host },
+        upstream: upstream?,
+        limits,
+        exemptions,
+        headers: r.headers.unwrap_or(server.headers),
+        deny,
+        metrics: metrics.rule(&r.name),
+    })
+}
+
+fn list_or_none(mut names: Vec<&str>) -> String {
+    names.sort_unstable();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn compile_path_pattern(c: &mut Compiler<'_>, path: &str, pattern: &str) -> Option<PathPattern> {
+    if pattern != "**" && !pattern.starts_with('/') {
+        c.error(
+            path,
+            format!("path pattern {pattern:?} must start with '/'"),
+        );
+        return None;
+    }
+    let literal = pattern.replace("**", "x").replace('*', "x");
+    if literal.contains("//") || literal.split('/').any(|s| s == "." || s == "..") {
+        c.error(
+            path,
+            format!("path pattern {pattern:?} is not a normalized path (no //, . or .. segments); it would never match"),
+        );
+        return None;
+    }
+    c.check(
+        path,
+        PathPattern::new(pattern).map_err(|e| format!("bad glob {pattern:?}: {}", e.kind())),
+    )
+}
+
+fn compile_limit(
+    c: &mut Compiler<'_>,
+    path: &str,
+    rule: &str,
+    l: &LimitInput,
+) -> Option<RuleLimit> {
+    let parts = l.key.parts();
+    if parts.is_empty() {
+        c.error(format!("{path}.key"), "a key needs at least one part");
+    }
+    if parts.len() > MAX_KEY_PARTS {
+        c.error(
+            format!("{path}.key"),
+            format!("a composite key may have at most {MAX_KEY_PARTS} parts"),
+        );
+    }
+    let mut key = Vec::new();
+    for part in parts {
+        let compiled = match part {
+            KeyPartInput::Ip => Some(KeyPart::Ip),
+            KeyPartInput::ApiKey => Some(KeyPart::ApiKey),
+            KeyPartInput::Global => Some(KeyPart::Global),
+            KeyPartInput::Header(name) => c
+                .check(format!("{path}.key"), parse_header_name(name))
+                .map(KeyPart::Header),
+        };
+        if let Some(k) = compiled {
+            if key.contains(&k) {
+                c.error(
+                    format!("{path}.key"),
+                    format!("key part {k} is listed twice"),
+                );
+            }
+            key.push(k);
+        }
+    }
+    let key = KeySpec(key);
+    let name = l.name.clone().unwrap_or_else(|| default_limit_name(&key));
+    if l.name.is_some() {
+        c.name(format!("{path}.name"), &name, "limit");
+    }
+    let rate = c.check(format!("{path}.rate"), units::parse_rate(&l.rate));
+    let burst = match (l.burst, rate) {
+        (Some(0), _) => {
+            c.error(format!("{path}.burst"), "burst must be at least 1");
+            None
+        }
+        (Some(b), _) if b > MAX_RATE_COUNT => {
+            c.error(
+                format!("{path}.burst"),
+                format!("a burst of {b} is absurd (at most {MAX_RATE_COUNT})"),
+            );
+            None
+        }
+        (Some(b), Some(_)) => Some(b),
+        (None, Some(rate)) => Some(rate.count),
+        (_, None) => None,
+    };
+    if l.missing.is_some() && key.always_present() {
+        c.warn(
+            format!("{path}.missing"),
+            format!("key {key} is always present, so `missing` never applies"),
+        );
+    }
+    let (rate, burst) = (rate?, burst?);
+    let limiter = match l.algorithm {
+        AlgorithmInput::Gcra => Limiter::Gcra(Gcra::new(rate, burst)),
+    };
+    let definition = format!(
+        "{rule}\0{name}\0{:?}\0{}\0{}\0{burst}\0{key}",
+        l.algorithm,
+        rate.count,
+        rate.period.as_nanos()
+    );
+    Some(RuleLimit {
+        id: LimitId::of(&definition),
+        policy_header: policy_header(&name, rate, burst),
+        name,
+        key,
+        missing: l.missing.unwrap_or(MissingPolicy::Deny),
+        mode: l.mode,
+        rate,
+        burst,
+        limiter,
+    })
+}
+
+/// `ip`, `api_key`, `header-x-tenant`, `ip+api_key`: unique enough that two
+/// unnamed limits of one rule rarely collide, and stable under reordering.
+fn default_limit_name(key: &KeySpec) -> String {
+    key.0
+        .iter()
+        .map(|p| match p {
+            KeyPart::Header(h) => format!("header-{h}"),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// The `RateLimit-Policy` item: `burst` requests per the time the sustained rate
+/// needs to refill them, in whole seconds (at least 1). Limit names are plain
+/// tokens (checked above, or derived from header names), so the value is valid.
+fn policy_header(name: &str, rate: Rate, burst: u64) -> HeaderValue {
+    let refill_ns = u128::from(rate.emission_interval_ns()) * u128::from(burst);
+    let window = refill_ns.div_ceil(1_000_000_000).max(1);
+    HeaderValue::from_str(&format!("\"{name}\";q={burst};w={window}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"limit\""))
+}
+
+fn compile_exemption(c: &mut Compiler<'_>, path: &str, e: &ExemptInput) -> Option<Exemption> {
+    match e {
+        ExemptInput::Ip(nets) => {
+            let mut parsed = Vec::new();
+            for (i, n) in nets.iter().enumerate() {
+                if let Some(net) = c.check(format!("{path}.ip[{i}]"), parse_network(n)) {
+                    parsed.push(net);
+                }
+            }
+            Some(Exemption::Networks(parsed))
+        }
+        ExemptInput::Header(h) => {
+            let name = c.check(format!("{path}.header.name"), parse_header_name(&h.name));
+            let value = c.check(
+                format!("{path}.header.value"),
+                globset::Glob::new(&h.value)
+                    .map_err(|e| format!("bad glob {:?}: {}", h.value, e.kind())),
+            );
+            Some(Exemption::Header {
+                name: name?,
+                value: value?.compile_matcher(),
+                pattern: h.value.clone(),
+            })
+        }
+    }
+}
+
+fn compile_deny(c: &mut Compiler<'_>, path: &str, d: Option<&DenyInput>) -> DenyResponse {
+    let mut deny = DenyResponse::default();
+    let Some(d) = d else { return deny };
+    if let Some(status) = d.status {
+        if (400..=599).contains(&status) {
+            deny.status = status;
+        } else {
+            c.error(
+                format!("{path}.status"),
+                format!("status {status} is not a 4xx or 5xx code"),
+            );
+        }
+    }
+    deny.body.clone_from(&d.body);
+    if let Some(ct) = &d.content_type {
+        if let Some(v) = c.check(
+            format!("{path}.content_type"),
+            HeaderValue::from_str(ct).map_err(|_| format!("{ct:?} is not a valid content type")),
+        ) {
+            deny.content_type = v;
+        }
+    } else if let Some(body) = &d.body {
+        if !body.trim_start().starts_with(['{', '[']) {
+            deny.content_type = HeaderValue::from_static("text/plain; charset=utf-8");
+        }
+    }
+    deny
+}
+
+/// Used by `check` to render what a rule's header style means.
+pub fn header_style_name(style: HeaderStyle) -> &'static str {
+    match style {
+        HeaderStyle::Ietf => "ietf",
+        HeaderStyle::Legacy => "legacy",
+        HeaderStyle::Both => "both",
+        HeaderStyle::None => "none",
+    }
+}

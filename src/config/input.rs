@@ -1,0 +1,280 @@
+//! The config file as written: serde types that mirror the YAML, nothing more.
+//! Every struct refuses unknown fields, so a typo is an error rather than a
+//! silently ignored setting. Values are checked and compiled in `compile`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{
+    self, value::MapAccessDeserializer, value::SeqAccessDeserializer, IntoDeserializer,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::runtime::{HeaderStyle, MissingPolicy, Mode};
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigInput {
+    #[serde(default)]
+    pub server: ServerInput,
+    #[serde(default)]
+    pub store: StoreInput,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamInput>,
+    #[serde(default)]
+    pub rules: Vec<RuleInput>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerInput {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default = "default_admin")]
+    pub admin: String,
+    /// Worker threads for the proxy; defaults to the number of CPUs.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    #[serde(default)]
+    pub api_key: ApiKeyInput,
+    /// Which rate-limit headers responses carry unless a rule says otherwise.
+    #[serde(default)]
+    pub headers: HeaderStyle,
+}
+
+impl Default for ServerInput {
+    fn default() -> Self {
+        ServerInput {
+            listen: default_listen(),
+            admin: default_admin(),
+            threads: None,
+            trusted_proxies: Vec::new(),
+            ipv6_prefix: default_ipv6_prefix(),
+            api_key: ApiKeyInput::default(),
+            headers: HeaderStyle::default(),
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:8080".into()]
+}
+
+fn default_admin() -> String {
+    "127.0.0.1:9090".into()
+}
+
+fn default_ipv6_prefix() -> u8 {
+    64
+}
+
+/// Where `key: api_key` finds the key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyInput {
+    #[serde(default = "default_api_key_headers")]
+    pub headers: Vec<String>,
+    #[serde(default = "default_true")]
+    pub bearer: bool,
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+impl Default for ApiKeyInput {
+    fn default() -> Self {
+        ApiKeyInput {
+            headers: default_api_key_headers(),
+            bearer: true,
+            query: None,
+        }
+    }
+}
+
+fn default_api_key_headers() -> Vec<String> {
+    vec!["x-api-key".into()]
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreInput {
+    #[serde(default)]
+    pub backend: StoreBackend,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// State in this process; the embedded default.
+    #[default]
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamInput {
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub tls: bool,
+    /// TLS server name; defaults to the host part of the first server.
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default = "default_true")]
+    pub verify_cert: bool,
+    /// Replaces the client's `Host` header (useful for name-based upstreams).
+    #[serde(default)]
+    pub host_header: Option<String>,
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    #[serde(default)]
+    pub read_timeout: Option<String>,
+    #[serde(default)]
+    pub write_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleInput {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matches: MatchInput,
+    pub upstream: String,
+    #[serde(default)]
+    pub limits: Vec<LimitInput>,
+    #[serde(default)]
+    pub exempt: Vec<ExemptInput>,
+    /// Overrides `server.headers` for this rule.
+    #[serde(default)]
+    pub headers: Option<HeaderStyle>,
+    /// Replaces the default 429 answer.
+    #[serde(default)]
+    pub deny: Option<DenyInput>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchInput {
+    pub path: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitInput {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub key: KeyInput,
+    pub rate: String,
+    #[serde(default)]
+    pub algorithm: AlgorithmInput,
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub missing: Option<MissingPolicy>,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlgorithmInput {
+    #[default]
+    Gcra,
+}
+
+/// One part of a key as written: `ip`, `api_key`, `global` or `{ header: NAME }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyPartInput {
+    Ip,
+    ApiKey,
+    Global,
+    Header(String),
+}
+
+/// A key: one part, or a list of parts for a composite key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum KeyInput {
+    One(KeyPartInput),
+    Composite(Vec<KeyPartInput>),
+}
+
+impl KeyInput {
+    pub fn parts(&self) -> &[KeyPartInput] {
+        match self {
+            KeyInput::One(part) => std::slice::from_ref(part),
+            KeyInput::Composite(parts) => parts,
+        }
+    }
+}
+
+/// Dispatches on the YAML shape so that each shape keeps the precise error
+/// messages of the part type (an untagged enum would say "did not match any
+/// variant" instead).
+impl<'de> Deserialize<'de> for KeyInput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor(PhantomData<KeyInput>);
+
+        impl<'de> de::Visitor<'de> for KeyVisitor {
+            type Value = KeyInput;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("ip, api_key, global, { header: NAME }, or a list of these")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyInput, E> {
+                KeyPartInput::deserialize(v.into_deserializer()).map(KeyInput::One)
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<KeyInput, A::Error> {
+                KeyPartInput::deserialize(MapAccessDeserializer::new(map)).map(KeyInput::One)
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<KeyInput, A::Error> {
+                Vec::deserialize(SeqAccessDeserializer::new(seq)).map(KeyInput::Composite)
+            }
+        }
+
+        deserializer.deserialize_any(KeyVisitor(PhantomData))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExemptInput {
+    /// Client IPs in these CIDRs skip the rule's limits.
+    Ip(Vec<String>),
+    /// Requests whose header matches a glob skip the rule's limits.
+    Header(HeaderExemptInput),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderExemptInput {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyInput {
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Body template; `{rule}`, `{limit}` and `{retry_after}` are filled in.
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+}

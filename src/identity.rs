@@ -1,0 +1,600 @@
+//! Who is asking: the client IP (DESIGN promise 5), the key each limit counts
+//! against, and whether an exemption lets the request skip its rule's limits.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+
+use http::header::{HeaderName, AUTHORIZATION};
+use http::HeaderMap;
+use ipnet::IpNet;
+
+/// `X-Forwarded-For`, as the gateway reads and writes it.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The most parts a composite key may have; keys live on the stack.
+pub const MAX_KEY_PARTS: usize = 4;
+
+/// Peers whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        TrustedProxies(nets)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// `::ffff:a.b.c.d` is the IPv4 client `a.b.c.d`.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+/// The client's IP: the peer itself unless the peer is a trusted proxy, in which
+/// case `X-Forwarded-For` (all its lines, in order) is walked from the right and
+/// the first hop that is not a trusted proxy wins. A client can append whatever it
+/// likes on the left; it cannot change what our trusted proxies appended on the
+/// right. An unparsable hop ends the walk at the proxy that reported it.
+pub fn client_ip<'a>(
+    peer: IpAddr,
+    forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+    trusted: &TrustedProxies,
+) -> IpAddr {
+    let peer = canonical_ip(peer);
+    if trusted.is_empty() || !trusted.contains(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for line in forwarded_for.rev() {
+        for hop in line.rsplit(',') {
+            let hop = hop.trim();
+            if hop.is_empty() {
+                continue;
+            }
+            let Some(ip) = parse_forwarded_hop(hop) else {
+                return client;
+            };
+            client = ip;
+            if !trusted.contains(ip) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]:80`.
+fn parse_forwarded_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(canonical_ip(ip));
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        let (inside, _) = rest.split_once(']')?;
+        return inside
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(|ip| canonical_ip(ip.into()));
+    }
+    let (host, port) = hop.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+/// The address a client is counted under: IPv4 as is, IPv6 by its `/prefix`
+/// network, since one IPv6 host usually owns a whole /64.
+pub fn ip_bucket(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let mask = match ipv6_prefix {
+                0 => 0,
+                p if p >= 128 => u128::MAX,
+                p => u128::MAX << (128 - u32::from(p)),
+            };
+            IpAddr::V6(Ipv6Addr::from(bits & mask))
+        }
+    }
+}
+
+/// Where an API key may come from, tried in order: headers, then
+/// `Authorization: Bearer`, then a query parameter.
+#[derive(Debug, Clone)]
+pub struct ApiKeySources {
+    pub headers: Vec<HeaderName>,
+    pub bearer: bool,
+    pub query_param: Option<String>,
+}
+
+impl Default for ApiKeySources {
+    fn default() -> Self {
+        ApiKeySources {
+            headers: vec![HeaderName::from_static("x-api-key")],
+            bearer: true,
+            query_param: None,
+        }
+    }
+}
+
+/// One component of a limit's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyPart {
+    Ip,
+    Header(HeaderName),
+    ApiKey,
+    Global,
+}
+
+impl fmt::Display for KeyPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyPart::Ip => f.write_str("ip"),
+            KeyPart::Header(name) => write!(f, "header:{name}"),
+            KeyPart::ApiKey => f.write_str("api_key"),
+            KeyPart::Global => f.write_str("global"),
+        }
+    }
+}
+
+/// What a limit counts against: one part, or several for a composite key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeySpec(pub Vec<KeyPart>);
+
+impl fmt::Display for KeySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, part) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("+")?;
+            }
+            write!(f, "{part}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The request facts that keys and exemptions are computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub headers: &'a HeaderMap,
+    pub query: Option<&'a str>,
+    pub client_ip: IpAddr,
+    pub ipv6_prefix: u8,
+    pub api_key: &'a ApiKeySources,
+}
+
+/// One extracted key component, borrowed from the request where possible.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyValue<'a> {
+    Ip(IpAddr),
+    Text(Cow<'a, [u8]>),
+    Global,
+}
+
+impl fmt::Display for KeyValue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyValue::Ip(ip) => write!(f, "{ip}"),
+            KeyValue::Text(bytes) => write!(f, "{:?}", String::from_utf8_lossy(bytes)),
+            KeyValue::Global => f.write_str("*"),
+        }
+    }
+}
+
+/// A limit's key for one request: up to [`MAX_KEY_PARTS`] values, no heap.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientKey<'a> {
+    parts: [Option<KeyValue<'a>>; MAX_KEY_PARTS],
+}
+
+impl<'a> ClientKey<'a> {
+    pub fn values(&self) -> impl Iterator<Item = &KeyValue<'a>> {
+        self.parts.iter().flatten()
+    }
+
+    /// The key of a lone client IP (used by `missing: ip`).
+    pub fn ip(facts: &RequestFacts<'a>) -> Self {
+        let mut parts = [None, None, None, None];
+        parts[0] = Some(KeyValue::Ip(ip_bucket(facts.client_ip, facts.ipv6_prefix)));
+        ClientKey { parts }
+    }
+}
+
+impl fmt::Display for ClientKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, value) in self.values().enumerate() {
+            if i > 0 {
+                f.write_str("+")?;
+            }
+            write!(f, "{value}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The request does not carry the key part a limit needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingKey(pub KeyPart);
+
+impl KeySpec {
+    /// Extracts this key from the request, or names the part that is missing.
+    pub fn extract<'a>(&self, facts: &RequestFacts<'a>) -> Result<ClientKey<'a>, MissingKey> {
+        let mut parts: [Option<KeyValue<'a>>; MAX_KEY_PARTS] = [None, None, None, None];
+        for (slot, part) in parts.iter_mut().zip(&self.0) {
+            *slot = Some(extract_part(part, facts).ok_or_else(|| MissingKey(part.clone()))?);
+        }
+        Ok(ClientKey { parts })
+    }
+
+    /// True when every request has this key (so `missing:` never applies).
+    pub fn always_present(&self) -> bool {
+        self.0
+            .iter()
+            .all(|p| matches!(p, KeyPart::Ip | KeyPart::Global))
+    }
+}
+
+fn extract_part<'a>(part: &KeyPart, facts: &RequestFacts<'a>) -> Option<KeyValue<'a>> {
+    match part {
+        KeyPart::Ip => Some(KeyValue::Ip(ip_bucket(facts.client_ip, facts.ipv6_prefix))),
+        KeyPart::Global => Some(KeyValue::Global),
+        KeyPart::Header(name) => {
+            header_value(facts.headers, name).map(|v| KeyValue::Text(v.into()))
+        }
+        KeyPart::ApiKey => api_key(facts).map(KeyValue::Text),
+    }
+}
+
+/// The first non-empty value of a header.
+fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.as_bytes())
+        .find(|v| !v.is_empty())
+}
+
+fn api_key<'a>(facts: &RequestFacts<'a>) -> Option<Cow<'a, [u8]>> {
+    let sources = facts.api_key;
+    for name in &sources.headers {
+        if let Some(value) = header_value(facts.headers, name) {
+            return Some(Cow::Borrowed(value));
+        }
+    }
+    if sources.bearer {
+        if let Some(token) = bearer_token(facts.headers) {
+            return Some(Cow::Borrowed(token));
+        }
+    }
+    let param = sources.query_param.as_deref()?;
+    query_value(facts.query?, param)
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// The percent-decoded value of the first non-empty `name=` parameter. Decoding
+/// matters: `key=abc` and `key=%61bc` are the same key to the upstream, so they
+/// must be the same bucket here.
+fn query_value<'a>(query: &'a str, name: &str) -> Option<Cow<'a, [u8]>> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, v)| decode_query(k).as_ref() == name.as_bytes() && !v.is_empty())
+        .map(|(_, v)| decode_query(v))
+        .next()
+}
+
+fn decode_query(text: &str) -> Cow<'_, [u8]> {
+    let bytes = text.as_bytes();
+    if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                if let Some(b) = hex {
+                    out.push(b);
+                    i += 2;
+                } else {
+                    out.push(b'%');
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// A reason to let a request skip its rule's limits.
+#[derive(Debug, Clone)]
+pub enum Exemption {
+    /// The client IP is in one of these networks.
+    Networks(Vec<IpNet>),
+    /// A header's value matches a glob (`internal-*`).
+    Header {
+        name: HeaderName,
+        value: globset::GlobMatcher,
+        pattern: String,
+    },
+}
+
+impl Exemption {
+    pub fn applies(&self, facts: &RequestFacts<'_>) -> bool {
+        match self {
+            Exemption::Networks(nets) => nets.iter().any(|n| n.contains(&facts.client_ip)),
+            Exemption::Header { name, value, .. } => facts
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| value.is_match(v)),
+        }
+    }
+}
+
+impl fmt::Display for Exemption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exemption::Networks(nets) => {
+                let nets: Vec<String> = nets.iter().map(ToString::to_string).collect();
+                write!(f, "ip in [{}]", nets.join(", "))
+            }
+            Exemption::Header { name, pattern, .. } => {
+                write!(f, "header {name} matches {pattern:?}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn trusted(nets: &[&str]) -> TrustedProxies {
+        TrustedProxies::new(nets.iter().map(|n| n.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_forwards() {
+        let t = trusted(&["10.0.0.0/8"]);
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), ["1.1.1.1"].into_iter(), &t),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn no_trusted_proxies_means_the_peer_is_the_client() {
+        let t = TrustedProxies::default();
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), ["1.1.1.1"].into_iter(), &t),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn trusted_peer_yields_the_rightmost_untrusted_hop() {
+        let t = trusted(&["10.0.0.0/8"]);
+        let xff = ["6.6.6.6, 198.51.100.7, 10.0.0.5"];
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), xff.into_iter(), &t),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn several_forwarded_for_lines_read_as_one_list() {
+        let t = trusted(&["10.0.0.0/8"]);
+        let xff = ["6.6.6.6", "198.51.100.7", "10.0.0.5"];
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), xff.into_iter(), &t),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn all_trusted_hops_yield_the_leftmost() {
+        let t = trusted(&["10.0.0.0/8"]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), ["10.1.1.1, 10.2.2.2"].into_iter(), &t),
+            ip("10.1.1.1")
+        );
+    }
+
+    #[test]
+    fn garbage_hop_stops_at_the_proxy_that_reported_it() {
+        let t = trusted(&["10.0.0.0/8"]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), ["1.2.3.4, bogus, 10.0.0.9"].into_iter(), &t),
+            ip("10.0.0.9")
+        );
+    }
+
+    #[test]
+    fn hops_with_ports_parse() {
+        let t = trusted(&["10.0.0.0/8"]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), ["198.51.100.7:4711"].into_iter(), &t),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), ["[2001:db8::1]:80"].into_iter(), &t),
+            ip("2001:db8::1")
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_is_ipv4() {
+        let t = trusted(&["10.0.0.0/8"]);
+        assert_eq!(
+            client_ip(
+                ip("::ffff:10.0.0.1"),
+                ["::ffff:198.51.100.7"].into_iter(),
+                &t
+            ),
+            ip("198.51.100.7")
+        );
+        assert_eq!(canonical_ip(ip("::ffff:1.2.3.4")), ip("1.2.3.4"));
+    }
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_prefix() {
+        assert_eq!(
+            ip_bucket(ip("2001:db8:1:2:aaaa::1"), 64),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            ip_bucket(ip("2001:db8:1:2:aaaa::1"), 128),
+            ip("2001:db8:1:2:aaaa::1")
+        );
+        assert_eq!(ip_bucket(ip("192.0.2.1"), 64), ip("192.0.2.1"));
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn facts<'a>(
+        headers: &'a HeaderMap,
+        query: Option<&'a str>,
+        sources: &'a ApiKeySources,
+    ) -> RequestFacts<'a> {
+        RequestFacts {
+            headers,
+            query,
+            client_ip: ip("192.0.2.1"),
+            ipv6_prefix: 64,
+            api_key: sources,
+        }
+    }
+
+    fn key_text(spec: &KeySpec, f: &RequestFacts<'_>) -> Result<String, MissingKey> {
+        spec.extract(f).map(|k| k.to_string())
+    }
+
+    #[test]
+    fn header_key_uses_the_header_value() {
+        let h = headers(&[("x-tenant", "acme")]);
+        let sources = ApiKeySources::default();
+        let spec = KeySpec(vec![KeyPart::Header(HeaderName::from_static("x-tenant"))]);
+        assert_eq!(
+            key_text(&spec, &facts(&h, None, &sources)),
+            Ok("\"acme\"".into())
+        );
+    }
+
+    #[test]
+    fn empty_or_absent_header_is_missing() {
+        let h = headers(&[("x-tenant", "")]);
+        let sources = ApiKeySources::default();
+        let part = KeyPart::Header(HeaderName::from_static("x-tenant"));
+        let spec = KeySpec(vec![part.clone()]);
+        assert_eq!(
+            key_text(&spec, &facts(&h, None, &sources)),
+            Err(MissingKey(part))
+        );
+    }
+
+    #[test]
+    fn api_key_comes_from_header_then_bearer_then_query() {
+        let sources = ApiKeySources {
+            query_param: Some("api_key".into()),
+            ..ApiKeySources::default()
+        };
+        let spec = KeySpec(vec![KeyPart::ApiKey]);
+        let h = headers(&[("x-api-key", "h1"), ("authorization", "Bearer b1")]);
+        assert_eq!(
+            key_text(&spec, &facts(&h, Some("api_key=q1"), &sources)),
+            Ok("\"h1\"".into())
+        );
+        let h = headers(&[("authorization", "bearer  b1 ")]);
+        assert_eq!(
+            key_text(&spec, &facts(&h, Some("api_key=q1"), &sources)),
+            Ok("\"b1\"".into())
+        );
+        let h = headers(&[]);
+        assert_eq!(
+            key_text(&spec, &facts(&h, Some("x=1&api_key=q%31"), &sources)),
+            Ok("\"q1\"".into())
+        );
+        assert_eq!(
+            key_text(&spec, &facts(&h, Some("x=1"), &sources)),
+            Err(MissingKey(KeyPart::ApiKey))
+        );
+    }
+
+    #[test]
+    fn composite_key_joins_parts_and_needs_all_of_them() {
+        let sources = ApiKeySources::default();
+        let spec = KeySpec(vec![KeyPart::Ip, KeyPart::ApiKey]);
+        let h = headers(&[("x-api-key", "k")]);
+        assert_eq!(
+            key_text(&spec, &facts(&h, None, &sources)),
+            Ok("192.0.2.1+\"k\"".into())
+        );
+        let h = headers(&[]);
+        assert_eq!(
+            key_text(&spec, &facts(&h, None, &sources)),
+            Err(MissingKey(KeyPart::ApiKey))
+        );
+    }
+
+    #[test]
+    fn cidr_exemption_matches_client_ip() {
+        let h = headers(&[]);
+        let sources = ApiKeySources::default();
+        let f = facts(&h, None, &sources);
+        assert!(Exemption::Networks(vec!["192.0.2.0/24".parse().unwrap()]).applies(&f));
+        assert!(!Exemption::Networks(vec!["10.0.0.0/8".parse().unwrap()]).applies(&f));
+    }
+
+    #[test]
+    fn header_exemption_matches_value_glob() {
+        let sources = ApiKeySources::default();
+        let exemption = Exemption::Header {
+            name: HeaderName::from_static("x-api-key"),
+            value: globset::Glob::new("internal-*").unwrap().compile_matcher(),
+            pattern: "internal-*".into(),
+        };
+        let h = headers(&[("x-api-key", "internal-batch")]);
+        assert!(exemption.applies(&facts(&h, None, &sources)));
+        let h = headers(&[("x-api-key", "external-internal-x")]);
+        assert!(!exemption.applies(&facts(&h, None, &sources)));
+    }
+}

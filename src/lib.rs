@@ -1,0 +1,17 @@
+//! tollgate: a rate-limiting reverse proxy built on Pingora.
+//!
+//! A request goes through the steps of [`pipeline`] (normalize, route, identify,
+//! decide) against one immutable [`runtime::Runtime`] snapshot compiled from the
+//! config file by [`config`]; [`proxy`] is the Pingora glue around them.
+
+pub mod admin;
+pub mod check;
+pub mod config;
+pub mod identity;
+pub mod limit;
+pub mod metrics;
+pub mod pipeline;
+pub mod proxy;
+pub mod route;
+pub mod runtime;
+pub mod server;

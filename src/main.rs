@@ -1,0 +1,136 @@
+//! The `tollgate` command line: parse arguments, then hand over to the library.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pingora::server::RunArgs;
+use tollgate::check::{self, Hypothetical};
+use tollgate::config::{self, Severity};
+use tollgate::metrics::Metrics;
+use tollgate::server::{self, ProcessOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A rate-limiting reverse proxy built on Pingora"
+)]
+struct Cli {
+    /// The config file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "TOLLGATE_CONFIG",
+        default_value = "config.yaml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic (the default).
+    Run,
+    /// Validate the config file; exit 1 listing every problem.
+    Check {
+        /// Explain what happens to a request, e.g. 'POST /events?x=1'.
+        #[arg(long, value_name = "METHOD PATH")]
+        explain: Option<String>,
+        /// A request header for --explain, as 'name: value' (repeatable).
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The connecting peer's IP for --explain.
+        #[arg(long, default_value = "127.0.0.1")]
+        ip: IpAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config),
+        Command::Check {
+            explain,
+            headers,
+            ip,
+        } => check(cli.config, explain, &headers, ip),
+    }
+}
+
+fn run(config_path: PathBuf) -> ExitCode {
+    let shared = match server::load_shared(&config_path) {
+        Ok(shared) => shared,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = server::check_bindable(&shared) {
+        eprintln!("tollgate: {e}");
+        return ExitCode::from(1);
+    }
+    {
+        let rt = shared.runtime.load();
+        tracing::info!(
+            config = %config_path.display(),
+            listen = ?rt.server.listen,
+            admin = %rt.server.admin,
+            rules = rt.rules.len(),
+            "tollgate starting"
+        );
+    }
+    server::build_server(shared, ProcessOptions::default()).run(RunArgs::default());
+    ExitCode::SUCCESS
+}
+
+fn check(
+    config_path: PathBuf,
+    explain: Option<String>,
+    headers: &[String],
+    ip: IpAddr,
+) -> ExitCode {
+    let loaded = match config::load_file(&config_path, &Metrics::new()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            let errors = e
+                .problems
+                .iter()
+                .filter(|p| p.severity == Severity::Error)
+                .count();
+            for problem in &e.problems {
+                println!("{}:{problem}", config_path.display());
+            }
+            println!(
+                "{}: {errors} error(s); the file was not accepted",
+                config_path.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    for warning in &loaded.runtime.warnings {
+        println!("{}:{warning}", config_path.display());
+    }
+    match explain {
+        None => {
+            println!("{}: ok", config_path.display());
+            print!("{}", check::summary(&loaded.runtime));
+        }
+        Some(request) => match Hypothetical::parse(&request, headers, ip) {
+            Ok(req) => print!("{}", check::explain(&loaded.runtime, &req)),
+            Err(e) => {
+                eprintln!("tollgate: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    }
+    ExitCode::SUCCESS
+}

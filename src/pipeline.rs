@@ -1,0 +1,172 @@
+//! The request pipeline of DESIGN section 1 as plain functions over plain data:
+//! normalize → route → identify → plan the limit checks → judge the decisions.
+//! The Pingora glue in `proxy` calls these in order; tests call them directly.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use http::{HeaderMap, Method};
+
+use crate::identity::{self, ClientKey, KeyPart, RequestFacts, X_FORWARDED_FOR};
+use crate::limit::{Check, Decision};
+use crate::metrics::Outcome;
+use crate::route::{normalize_path, PathError};
+use crate::runtime::{MissingPolicy, Mode, Rule, Runtime};
+
+/// The parts of an incoming request the pipeline looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub method: &'a Method,
+    /// The request path as received, without the query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// `Host` header or URI authority.
+    pub host: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The TCP peer.
+    pub peer: IpAddr,
+}
+
+/// A request that matched a rule.
+#[derive(Debug, Clone)]
+pub struct Routed<'a> {
+    pub rule: usize,
+    /// The normalized path: matched, and forwarded upstream.
+    pub path: Cow<'a, str>,
+}
+
+/// Why a request never reached a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrouted {
+    BadPath(PathError),
+    NoRoute,
+}
+
+/// Steps 2–3: normalize the path and find the first matching rule.
+pub fn route<'a>(rt: &Runtime, req: &Incoming<'a>) -> Result<Routed<'a>, Unrouted> {
+    let path = normalize_path(req.path).map_err(Unrouted::BadPath)?;
+    let rule = rt
+        .routes
+        .find(&path, req.method, req.host)
+        .ok_or(Unrouted::NoRoute)?;
+    Ok(Routed { rule, path })
+}
+
+/// The client IP (DESIGN promise 5).
+pub fn client_ip(rt: &Runtime, req: &Incoming<'_>) -> IpAddr {
+    let forwarded = req
+        .headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    identity::client_ip(req.peer, forwarded, &rt.server.trusted_proxies)
+}
+
+/// Step 4: the facts keys and exemptions are computed from.
+pub fn facts<'a>(rt: &'a Runtime, req: &Incoming<'a>, client_ip: IpAddr) -> RequestFacts<'a> {
+    RequestFacts {
+        headers: req.headers,
+        query: req.query,
+        client_ip,
+        ipv6_prefix: rt.server.ipv6_prefix,
+        api_key: &rt.server.api_key,
+    }
+}
+
+/// What must be decided for a routed request.
+#[derive(Debug)]
+pub enum Plan<'a> {
+    /// An exemption fired: no limits apply.
+    Exempt(usize),
+    /// A limit with `missing: deny` found no key.
+    MissingKey { limit: usize, part: KeyPart },
+    /// These checks; `limits[i]` is the index in the rule of `checks[i]`'s limit.
+    Decide {
+        limits: Vec<usize>,
+        checks: Vec<Check<'a>>,
+    },
+}
+
+/// Step 4: exemptions first, then one check per limit whose key is present (or
+/// whose `missing:` policy says what to count instead).
+pub fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
+    if let Some(i) = rule.exemptions.iter().position(|e| e.applies(facts)) {
+        return Plan::Exempt(i);
+    }
+    let mut limits = Vec::with_capacity(rule.limits.len());
+    let mut checks = Vec::with_capacity(rule.limits.len());
+    for (i, limit) in rule.limits.iter().enumerate() {
+        let key = match limit.key.extract(facts) {
+            Ok(key) => key,
+            Err(missing) => match limit.missing {
+                MissingPolicy::Deny => {
+                    return Plan::MissingKey {
+                        limit: i,
+                        part: missing.0,
+                    }
+                }
+                MissingPolicy::Skip => continue,
+                MissingPolicy::Ip => ClientKey::ip(facts),
+            },
+        };
+        limits.push(i);
+        checks.push(Check {
+            limit: limit.id,
+            limiter: limit.limiter,
+            key,
+            cost: 1,
+            enforced: limit.mode == Mode::Enforce,
+        });
+    }
+    Plan::Decide { limits, checks }
+}
+
+/// The verdict on a decided request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    /// The limit (index in the rule) whose state the response headers report:
+    /// the denying limit for a denial, the most constrained one otherwise.
+    pub headline: Option<(usize, Decision)>,
+}
+
+impl Verdict {
+    pub fn denied(&self) -> bool {
+        self.outcome == Outcome::Limited
+    }
+}
+
+/// Step 5: judge the store's decisions. A denial by any enforced limit denies
+/// (reporting the one that frees up last); a denial by a shadow limit only
+/// marks the request; otherwise the enforced limit with the least headroom is
+/// reported.
+pub fn judge(rule: &Rule, decided: &[(usize, Decision)]) -> Verdict {
+    let enforced = |(i, _): &&(usize, Decision)| rule.limits[*i].mode == Mode::Enforce;
+    let denial = decided
+        .iter()
+        .filter(enforced)
+        .filter(|(_, d)| !d.allowed)
+        .max_by_key(|(_, d)| d.retry_after);
+    if let Some(&headline) = denial {
+        return Verdict {
+            outcome: Outcome::Limited,
+            headline: Some(headline),
+        };
+    }
+    let shadow_denied = decided
+        .iter()
+        .any(|(i, d)| rule.limits[*i].mode == Mode::Shadow && !d.allowed);
+    let headline = decided
+        .iter()
+        .filter(enforced)
+        .min_by_key(|(_, d)| (d.remaining, std::cmp::Reverse(d.reset_after)))
+        .copied();
+    Verdict {
+        outcome: if shadow_denied {
+            Outcome::ShadowLimited
+        } else {
+            Outcome::Allowed
+        },
+        headline,
+    }
+}

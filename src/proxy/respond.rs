@@ -1,0 +1,205 @@
+//! Answers the gateway writes itself (400, 401, 404, 429, 502, 504) and the
+//! rate-limit headers it adds to upstream answers. Pure functions: they build a
+//! header and a body; the glue writes them.
+
+use bytes::Bytes;
+use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::HeaderValue;
+use pingora::http::ResponseHeader;
+use serde_json::json;
+
+use crate::identity::KeyPart;
+use crate::limit::{Decision, Nanos};
+use crate::route::PathError;
+use crate::runtime::{HeaderStyle, Rule, RuleLimit};
+
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// A complete answer: header and body.
+#[derive(Debug)]
+pub struct Reply {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+}
+
+/// Any header this module builds is valid by construction; a failure here would
+/// be a bug in this file, not something a client can cause.
+fn insert(header: &mut ResponseHeader, name: HeaderName, value: HeaderValue) {
+    if let Err(e) = header.insert_header(name, value) {
+        tracing::error!("cannot set a response header: {e}");
+    }
+}
+
+fn reply(status: u16, content_type: HeaderValue, body: Vec<u8>) -> Reply {
+    let mut header = match ResponseHeader::build(status, Some(6)) {
+        Ok(h) => h,
+        Err(_) => ResponseHeader::build(500, Some(6))
+            .unwrap_or_else(|_| unreachable!("500 is a valid status")),
+    };
+    insert(&mut header, CONTENT_TYPE, content_type);
+    insert(&mut header, CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Reply {
+        header,
+        body: Bytes::from(body),
+    }
+}
+
+fn json_reply(status: u16, body: serde_json::Value) -> Reply {
+    reply(
+        status,
+        HeaderValue::from_static("application/json"),
+        body.to_string().into_bytes(),
+    )
+}
+
+/// 400 for a path the gateway refuses to route.
+pub fn bad_path(error: PathError) -> Reply {
+    json_reply(
+        400,
+        json!({ "error": "bad_request", "reason": error.code(), "message": error.to_string() }),
+    )
+}
+
+/// 404 when no rule matches.
+pub fn no_route() -> Reply {
+    json_reply(
+        404,
+        json!({ "error": "no_route", "message": "no rule matches this request" }),
+    )
+}
+
+/// 401 when a limit with `missing: deny` found no key.
+pub fn missing_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Reply {
+    json_reply(
+        401,
+        json!({
+            "error": "missing_key",
+            "message": format!("this endpoint needs {}", describe_part(part)),
+            "rule": rule.name,
+            "limit": limit.name,
+            "key": part.to_string(),
+        }),
+    )
+}
+
+fn describe_part(part: &KeyPart) -> String {
+    match part {
+        KeyPart::Header(name) => format!("the {name} header"),
+        KeyPart::ApiKey => "an API key".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Whole seconds, rounded up, so a client that waits that long is never early.
+pub fn ceil_seconds(ns: Nanos) -> u64 {
+    ns.div_ceil(1_000_000_000)
+}
+
+/// The answer to a request a limit denied: the rule's status and body (429 and
+/// a JSON body by default), `Retry-After`, and the rule's rate-limit headers.
+pub fn limited(rule: &Rule, limit: &RuleLimit, decision: &Decision) -> Reply {
+    let retry_after = ceil_seconds(decision.retry_after).max(1);
+    let mut r = match &rule.deny.body {
+        None => json_reply(
+            rule.deny.status,
+            json!({
+                "error": "rate_limited",
+                "message": "too many requests",
+                "rule": rule.name,
+                "limit": limit.name,
+                "retry_after": retry_after,
+            }),
+        ),
+        Some(template) => reply(
+            rule.deny.status,
+            rule.deny.content_type.clone(),
+            template
+                .replace("{rule}", &rule.name)
+                .replace("{limit}", &limit.name)
+                .replace("{retry_after}", &retry_after.to_string())
+                .into_bytes(),
+        ),
+    };
+    insert(&mut r.header, RETRY_AFTER, HeaderValue::from(retry_after));
+    add_rate_limit_headers(&mut r.header, rule.headers, limit, decision);
+    r
+}
+
+/// Adds the headers of `style` describing `limit` after `decision`.
+/// For a denial, the reset is when the next request would pass, the same
+/// moment `Retry-After` names.
+pub fn add_rate_limit_headers(
+    header: &mut ResponseHeader,
+    style: HeaderStyle,
+    limit: &RuleLimit,
+    decision: &Decision,
+) {
+    let reset = if decision.allowed {
+        ceil_seconds(decision.reset_after)
+    } else {
+        ceil_seconds(decision.retry_after).max(1)
+    };
+    if style.ietf() {
+        insert(header, RATELIMIT_POLICY, limit.policy_header.clone());
+        let value = format!("\"{}\";r={};t={}", limit.name, decision.remaining, reset);
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            insert(header, RATELIMIT, v);
+        }
+    }
+    if style.legacy() {
+        insert(header, X_RATELIMIT_LIMIT, HeaderValue::from(decision.limit));
+        insert(
+            header,
+            X_RATELIMIT_REMAINING,
+            HeaderValue::from(decision.remaining),
+        );
+        insert(header, X_RATELIMIT_RESET, HeaderValue::from(reset));
+    }
+}
+
+/// 502 (or 504 for a timeout) when the upstream cannot be reached or fails.
+pub fn upstream_failure(status: u16, upstream: &str) -> Reply {
+    let (error, message) = if status == 504 {
+        ("upstream_timeout", "the upstream did not answer in time")
+    } else {
+        ("upstream_unavailable", "the upstream could not be reached")
+    };
+    json_reply(
+        status,
+        json!({ "error": error, "message": message, "upstream": upstream }),
+    )
+}
+
+/// Any other failure the proxy reports (e.g. a malformed request Pingora refused).
+pub fn generic_error(status: u16) -> Reply {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("error");
+    json_reply(status, json!({ "error": "proxy_error", "message": reason }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(ceil_seconds(0), 0);
+        assert_eq!(ceil_seconds(1), 1);
+        assert_eq!(ceil_seconds(1_000_000_000), 1);
+        assert_eq!(ceil_seconds(1_000_000_001), 2);
+    }
+
+    #[test]
+    fn bad_path_is_400_json() {
+        let r = bad_path(PathError::EncodedSeparator);
+        assert_eq!(r.header.status.as_u16(), 400);
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["reason"], "encoded_separator");
+    }
+}

@@ -1,0 +1,496 @@
+//! Path normalization and rule matching.
+//!
+//! The path a rule is matched against is the path the upstream receives: one
+//! canonical form, so that `%2e%2e`, `//` or `/./` can never dodge a rule that the
+//! plain spelling would hit (DESIGN promise 4).
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+
+use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
+use http::Method;
+
+/// Why a request path was refused with 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path must start with '/'")]
+    NotAbsolute,
+    #[error("the path contains an invalid percent-escape")]
+    BadEscape,
+    #[error("the path contains an encoded '/' or '\\'")]
+    EncodedSeparator,
+    #[error("the path contains a backslash")]
+    Backslash,
+    #[error("the path contains a control character")]
+    ControlByte,
+    #[error("the path climbs above the root with '..'")]
+    EscapesRoot,
+}
+
+impl PathError {
+    /// Stable machine-readable reason for JSON bodies.
+    pub fn code(self) -> &'static str {
+        match self {
+            PathError::NotAbsolute => "path_not_absolute",
+            PathError::BadEscape => "bad_percent_escape",
+            PathError::EncodedSeparator => "encoded_separator",
+            PathError::Backslash => "backslash_in_path",
+            PathError::ControlByte => "control_byte_in_path",
+            PathError::EscapesRoot => "path_escapes_root",
+        }
+    }
+}
+
+/// Canonical form of a request path (without its query string):
+/// percent-encoded unreserved characters are decoded, other escapes get upper-case
+/// hex, `.` and `..` segments are resolved, and runs of `/` are merged. A trailing
+/// slash is kept. Borrowed when the path is already canonical, which is the
+/// common case, so normal requests do not allocate here.
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    scan_bytes(bytes)?;
+    if is_canonical(bytes) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let decoded = decode_unreserved(bytes)?;
+    Ok(Cow::Owned(resolve_segments(&decoded)?))
+}
+
+/// Rejects raw bytes that must never reach a route decision.
+fn scan_bytes(bytes: &[u8]) -> Result<(), PathError> {
+    for &b in bytes {
+        match b {
+            b'\\' => return Err(PathError::Backslash),
+            0..=0x1f | 0x7f => return Err(PathError::ControlByte),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// True when normalization would not change the path: no escapes, no empty,
+/// `.` or `..` segments, no non-ASCII bytes.
+fn is_canonical(bytes: &[u8]) -> bool {
+    if bytes.iter().any(|&b| b == b'%' || b >= 0x80) {
+        return false;
+    }
+    let mut segments = bytes[1..].split(|&b| b == b'/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if segment == b"." || segment == b".." || (segment.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn push_escaped(out: &mut String, b: u8) {
+    out.push('%');
+    out.push(HEX_UPPER[usize::from(b >> 4)] as char);
+    out.push(HEX_UPPER[usize::from(b & 0xf)] as char);
+}
+
+/// Decodes escapes of unreserved characters; keeps (and upper-cases) the rest.
+fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hi = bytes.get(i + 1).copied().and_then(hex_value);
+            let lo = bytes.get(i + 2).copied().and_then(hex_value);
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(PathError::BadEscape);
+            };
+            let decoded = (hi << 4) | lo;
+            match decoded {
+                b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                0..=0x1f | 0x7f => return Err(PathError::ControlByte),
+                d if is_unreserved(d) => out.push(d as char),
+                d => push_escaped(&mut out, d),
+            }
+            i += 3;
+        } else if b >= 0x80 {
+            push_escaped(&mut out, b);
+            i += 1;
+        } else {
+            out.push(b as char);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves `.`/`..` and merges empty segments (RFC 3986 section 5.2.4, plus `//`
+/// merging). A path ending in `/`, `/.` or `/..` keeps a trailing slash.
+fn resolve_segments(path: &str) -> Result<String, PathError> {
+    let mut stack: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in path[1..].split('/') {
+        trailing_slash = false;
+        match segment {
+            "" | "." => trailing_slash = true,
+            ".." => {
+                stack.pop().ok_or(PathError::EscapesRoot)?;
+                trailing_slash = true;
+            }
+            s => stack.push(s),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &stack {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// How a rule's path pattern was written, compiled for matching.
+///
+/// `*` matches within one segment and `**` any number of segments, including
+/// none: `/api/**` matches `/api`, `/api/` and `/api/a/b`.
+#[derive(Debug, Clone)]
+pub struct PathPattern {
+    pub source: String,
+    /// Globs that together express the pattern (a trailing `/**` also matches the
+    /// parent itself, which globset alone does not).
+    globs: Vec<globset::Glob>,
+}
+
+impl PathPattern {
+    pub fn new(source: &str) -> Result<Self, globset::Error> {
+        let mut texts = vec![source.to_string()];
+        if let Some(parent) = source.strip_suffix("/**") {
+            texts.push(if parent.is_empty() {
+                "/".into()
+            } else {
+                parent.to_string()
+            });
+            texts.push(format!("{source}/"));
+        }
+        let globs = texts
+            .iter()
+            .map(|t| {
+                GlobBuilder::new(t)
+                    .literal_separator(true)
+                    .backslash_escape(true)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PathPattern {
+            source: source.to_string(),
+            globs,
+        })
+    }
+
+    /// True for `/**` and `**`: every path matches.
+    pub fn is_catch_all(&self) -> bool {
+        matches!(self.source.as_str(), "/**" | "**")
+    }
+}
+
+/// A host pattern: exact or with `*` wildcards (`*.example.com`), case-insensitive.
+#[derive(Debug, Clone)]
+pub struct HostPattern {
+    pub source: String,
+    matcher: globset::GlobMatcher,
+}
+
+impl HostPattern {
+    pub fn new(source: &str) -> Result<Self, globset::Error> {
+        let matcher = GlobBuilder::new(source)
+            .case_insensitive(true)
+            .literal_separator(false)
+            .build()?
+            .compile_matcher();
+        Ok(HostPattern {
+            source: source.to_string(),
+            matcher,
+        })
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        self.matcher.is_match(host)
+    }
+}
+
+/// What a rule requires of a request besides its path.
+#[derive(Debug, Clone, Default)]
+pub struct RouteConditions {
+    /// Empty means any method.
+    pub methods: Vec<Method>,
+    pub host: Option<HostPattern>,
+}
+
+impl RouteConditions {
+    pub fn accepts(&self, method: &Method, host: Option<&str>) -> bool {
+        let method_ok = self.methods.is_empty() || self.methods.iter().any(|m| m == method);
+        let host_ok = match (&self.host, host) {
+            (None, _) => true,
+            (Some(pattern), Some(host)) => pattern.matches(strip_port(host)),
+            (Some(_), None) => false,
+        };
+        method_ok && host_ok
+    }
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(at) if !host[at..].contains(']') => &host[..at],
+        _ => host,
+    }
+}
+
+/// All rule paths compiled into one matcher; rule order is file order.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    set: GlobSet,
+    /// For each glob in `set`, the index of the rule it belongs to.
+    glob_rule: Vec<usize>,
+    conditions: Vec<RouteConditions>,
+}
+
+thread_local! {
+    /// Reused across requests so matching does not allocate.
+    static MATCHES: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<(PathPattern, RouteConditions)>) -> Result<Self, globset::Error> {
+        let mut builder = GlobSetBuilder::new();
+        let mut glob_rule = Vec::new();
+        let mut conditions = Vec::with_capacity(routes.len());
+        for (index, (pattern, cond)) in routes.into_iter().enumerate() {
+            for glob in pattern.globs {
+                builder.add(glob);
+                glob_rule.push(index);
+            }
+            conditions.push(cond);
+        }
+        Ok(RouteTable {
+            set: builder.build()?,
+            glob_rule,
+            conditions,
+        })
+    }
+
+    /// Index of the first rule (in file order) matching the normalized path,
+    /// method and host.
+    pub fn find(&self, path: &str, method: &Method, host: Option<&str>) -> Option<usize> {
+        let candidate = Candidate::new(path);
+        MATCHES.with(|cell| {
+            let mut matches = cell.borrow_mut();
+            self.set.matches_candidate_into(&candidate, &mut matches);
+            let mut best: Option<usize> = None;
+            for &glob in matches.iter() {
+                let rule = self.glob_rule[glob];
+                if best.is_some_and(|b| b <= rule) {
+                    continue;
+                }
+                if self.conditions[rule].accepts(method, host) {
+                    best = Some(rule);
+                }
+            }
+            best
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(p: &str) -> Result<String, PathError> {
+        normalize_path(p).map(|c| c.into_owned())
+    }
+
+    #[test]
+    fn canonical_paths_are_borrowed() {
+        for p in ["/", "/events", "/api/v1/items/", "/a.b/c~d"] {
+            assert!(matches!(normalize_path(p), Ok(Cow::Borrowed(_))), "{p}");
+        }
+    }
+
+    #[test]
+    fn double_slashes_merge() {
+        assert_eq!(norm("//events"), Ok("/events".into()));
+        assert_eq!(norm("/a//b///c"), Ok("/a/b/c".into()));
+    }
+
+    #[test]
+    fn dot_segments_resolve() {
+        assert_eq!(norm("/./events"), Ok("/events".into()));
+        assert_eq!(norm("/a/../b"), Ok("/b".into()));
+        assert_eq!(norm("/a/b/.."), Ok("/a/".into()));
+        assert_eq!(norm("/a/."), Ok("/a/".into()));
+    }
+
+    #[test]
+    fn encoded_dots_are_decoded_then_resolved() {
+        assert_eq!(norm("/admin/%2e%2e/events"), Ok("/events".into()));
+        assert_eq!(norm("/%2E/x"), Ok("/x".into()));
+    }
+
+    #[test]
+    fn encoded_unreserved_characters_are_decoded() {
+        assert_eq!(norm("/%65vents"), Ok("/events".into()));
+        assert_eq!(norm("/a%7Eb%5f"), Ok("/a~b_".into()));
+    }
+
+    #[test]
+    fn other_escapes_are_kept_with_upper_case_hex() {
+        assert_eq!(norm("/a%20b"), Ok("/a%20b".into()));
+        assert_eq!(norm("/a%3fb"), Ok("/a%3Fb".into()));
+    }
+
+    #[test]
+    fn non_ascii_bytes_are_escaped() {
+        assert_eq!(norm("/caf\u{e9}"), Ok("/caf%C3%A9".into()));
+    }
+
+    #[test]
+    fn encoded_separators_are_refused() {
+        assert_eq!(norm("/a%2Fb"), Err(PathError::EncodedSeparator));
+        assert_eq!(norm("/a%2fb"), Err(PathError::EncodedSeparator));
+        assert_eq!(norm("/a%5Cb"), Err(PathError::EncodedSeparator));
+    }
+
+    #[test]
+    fn raw_backslash_is_refused() {
+        assert_eq!(norm("/a\\b"), Err(PathError::Backslash));
+    }
+
+    #[test]
+    fn control_bytes_are_refused_raw_or_encoded() {
+        assert_eq!(norm("/a%00b"), Err(PathError::ControlByte));
+        assert_eq!(norm("/a%0d%0a"), Err(PathError::ControlByte));
+        assert_eq!(norm("/a\tb"), Err(PathError::ControlByte));
+    }
+
+    #[test]
+    fn bad_escapes_are_refused() {
+        for p in ["/a%", "/a%2", "/a%zz", "/%g1"] {
+            assert_eq!(norm(p), Err(PathError::BadEscape), "{p}");
+        }
+    }
+
+    #[test]
+    fn climbing_above_root_is_refused() {
+        assert_eq!(norm("/.."), Err(PathError::EscapesRoot));
+        assert_eq!(norm("/a/../../b"), Err(PathError::EscapesRoot));
+        assert_eq!(norm("/%2e%2e/etc/passwd"), Err(PathError::EscapesRoot));
+    }
+
+    #[test]
+    fn relative_paths_are_refused() {
+        assert_eq!(norm("events"), Err(PathError::NotAbsolute));
+        assert_eq!(norm("*"), Err(PathError::NotAbsolute));
+    }
+
+    fn table(patterns: &[&str]) -> RouteTable {
+        RouteTable::new(
+            patterns
+                .iter()
+                .map(|p| (PathPattern::new(p).unwrap(), RouteConditions::default()))
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn find(t: &RouteTable, path: &str) -> Option<usize> {
+        t.find(path, &Method::GET, None)
+    }
+
+    #[test]
+    fn single_star_matches_one_segment() {
+        let t = table(&["/ws/*"]);
+        assert_eq!(find(&t, "/ws/vehicles"), Some(0));
+        assert_eq!(find(&t, "/ws/a/b"), None);
+        assert_eq!(find(&t, "/ws"), None);
+    }
+
+    #[test]
+    fn double_star_matches_zero_or_more_segments() {
+        let t = table(&["/api/**"]);
+        for p in ["/api", "/api/", "/api/a", "/api/a/b/c"] {
+            assert_eq!(find(&t, p), Some(0), "{p}");
+        }
+        assert_eq!(find(&t, "/apix"), None);
+        assert_eq!(find(&t, "/other"), None);
+    }
+
+    #[test]
+    fn root_double_star_matches_everything() {
+        let t = table(&["/**"]);
+        for p in ["/", "/a", "/a/b/"] {
+            assert_eq!(find(&t, p), Some(0), "{p}");
+        }
+    }
+
+    #[test]
+    fn double_star_in_the_middle_matches_zero_segments() {
+        let t = table(&["/a/**/z"]);
+        assert_eq!(find(&t, "/a/z"), Some(0));
+        assert_eq!(find(&t, "/a/b/c/z"), Some(0));
+    }
+
+    #[test]
+    fn first_matching_rule_wins_in_file_order() {
+        let t = table(&["/events", "/**", "/events"]);
+        assert_eq!(find(&t, "/events"), Some(0));
+        assert_eq!(find(&t, "/x"), Some(1));
+    }
+
+    #[test]
+    fn methods_and_host_narrow_a_rule() {
+        let t = RouteTable::new(vec![
+            (
+                PathPattern::new("/events").unwrap(),
+                RouteConditions {
+                    methods: vec![Method::POST],
+                    host: Some(HostPattern::new("*.example.com").unwrap()),
+                },
+            ),
+            (PathPattern::new("/**").unwrap(), RouteConditions::default()),
+        ])
+        .unwrap();
+        assert_eq!(
+            t.find("/events", &Method::POST, Some("api.Example.com:8080")),
+            Some(0)
+        );
+        assert_eq!(
+            t.find("/events", &Method::GET, Some("api.example.com")),
+            Some(1)
+        );
+        assert_eq!(t.find("/events", &Method::POST, Some("other.org")), Some(1));
+        assert_eq!(t.find("/events", &Method::POST, None), Some(1));
+    }
+
+    #[test]
+    fn no_rule_means_no_match() {
+        let t = table(&["/events"]);
+        assert_eq!(find(&t, "/nope"), None);
+    }
+}

@@ -1,0 +1,161 @@
+//! The compiled, immutable snapshot a request is served with. Built from the
+//! config file by `config::compile`; swapped whole, never edited in place.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::HeaderValue;
+use serde::{Deserialize, Serialize};
+
+use crate::config::units::Rate;
+use crate::config::Problem;
+use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
+use crate::limit::{LimitId, Limiter};
+use crate::metrics::RuleMetrics;
+use crate::route::{PathPattern, RouteConditions, RouteTable};
+
+/// Which rate-limit response headers to send.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderStyle {
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10).
+    #[default]
+    Ietf,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
+    Legacy,
+    Both,
+    None,
+}
+
+impl HeaderStyle {
+    pub fn ietf(self) -> bool {
+        matches!(self, HeaderStyle::Ietf | HeaderStyle::Both)
+    }
+    pub fn legacy(self) -> bool {
+        matches!(self, HeaderStyle::Legacy | HeaderStyle::Both)
+    }
+}
+
+/// What a limit does when the request lacks its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingPolicy {
+    /// Answer 401 naming the missing key.
+    Deny,
+    /// Do not apply this limit to the request.
+    Skip,
+    /// Count the request against the client IP instead.
+    Ip,
+}
+
+/// Whether a limit denies or only reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Count and log what would be denied, but let the request through.
+    Shadow,
+}
+
+#[derive(Debug)]
+pub struct Runtime {
+    pub server: ServerSettings,
+    pub routes: RouteTable,
+    /// In file order; `routes` yields indices into this.
+    pub rules: Vec<Rule>,
+    pub upstreams: Vec<Upstream>,
+    /// Non-fatal findings of the compile (e.g. unreachable rules).
+    pub warnings: Vec<Problem>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: Vec<String>,
+    pub admin: String,
+    pub threads: usize,
+    pub trusted_proxies: TrustedProxies,
+    pub ipv6_prefix: u8,
+    pub api_key: ApiKeySources,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub pattern: PathPattern,
+    pub conditions: RouteConditions,
+    /// Index into `Runtime::upstreams`.
+    pub upstream: usize,
+    pub limits: Vec<RuleLimit>,
+    pub exemptions: Vec<Exemption>,
+    pub headers: HeaderStyle,
+    pub deny: DenyResponse,
+    pub metrics: RuleMetrics,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuleLimit {
+    pub id: LimitId,
+    pub name: String,
+    pub key: KeySpec,
+    pub missing: MissingPolicy,
+    pub mode: Mode,
+    pub rate: Rate,
+    pub burst: u64,
+    pub limiter: Limiter,
+    /// Pre-rendered `RateLimit-Policy` item, e.g. `"per-ip";q=100;w=1`.
+    pub policy_header: HeaderValue,
+}
+
+/// How a denied request is answered.
+#[derive(Debug, Clone)]
+pub struct DenyResponse {
+    pub status: u16,
+    /// `None` means the standard JSON body.
+    pub body: Option<String>,
+    pub content_type: HeaderValue,
+}
+
+impl Default for DenyResponse {
+    fn default() -> Self {
+        DenyResponse {
+            status: 429,
+            body: None,
+            content_type: HeaderValue::from_static("application/json"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub servers: Vec<SocketAddr>,
+    pub tls: bool,
+    pub sni: String,
+    pub verify_cert: bool,
+    pub host_header: Option<HeaderValue>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Round-robin position.
+    pub(crate) next: AtomicUsize,
+}
+
+impl Upstream {
+    /// The next server in round-robin order.
+    pub fn next_server(&self) -> SocketAddr {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.servers[i % self.servers.len()]
+    }
+}
+
+impl Runtime {
+    pub fn rule(&self, index: usize) -> &Rule {
+        &self.rules[index]
+    }
+
+    pub fn upstream_of(&self, rule: &Rule) -> &Upstream {
+        &self.upstreams[rule.upstream]
+    }
+}

@@ -1,0 +1,171 @@
+//! Assembles the Pingora server: the proxy listener(s), the admin listener and
+//! background housekeeping, all sharing one [`Shared`] state.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use tokio::sync::Notify;
+
+use crate::admin::AdminApp;
+use crate::config::{self, ConfigError};
+use crate::metrics::Metrics;
+use crate::proxy::{Gateway, Shared};
+
+/// How often expired limiter state is dropped.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Settings for the process, not the config file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessOptions {
+    /// Seconds to keep serving after a stop signal; `None` uses Pingora's default.
+    pub grace_period_seconds: Option<u64>,
+}
+
+/// Loads the config and builds the state the services share.
+pub fn load_shared(config_path: &Path) -> Result<Arc<Shared>, ConfigError> {
+    let metrics = Metrics::new();
+    let loaded = config::load_file(config_path, &metrics)?;
+    for warning in &loaded.runtime.warnings {
+        tracing::warn!("{}:{warning}", config_path.display());
+    }
+    Ok(Arc::new(Shared::new(loaded.runtime, metrics)))
+}
+
+/// Fails early, with the address in the message, when a listener cannot bind
+/// (Pingora would panic in a service thread instead).
+pub fn check_bindable(shared: &Shared) -> Result<(), String> {
+    let rt = shared.runtime.load();
+    for addr in rt.server.listen.iter().chain([&rt.server.admin]) {
+        TcpListener::bind(addr.as_str()).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Builds the Pingora server with all tollgate services.
+pub fn build_server(shared: Arc<Shared>, options: ProcessOptions) -> Server {
+    let rt = shared.runtime.load_full();
+    let conf = ServerConf {
+        threads: rt.server.threads,
+        grace_period_seconds: options.grace_period_seconds,
+        graceful_shutdown_timeout_seconds: options.grace_period_seconds.map(|g| g.max(1)),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(shared.clone()),
+        "tollgate proxy",
+    );
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut server_options = pingora::apps::HttpServerOptions::default();
+        server_options.h2c = true;
+        app.server_options = Some(server_options);
+    }
+    for addr in &rt.server.listen {
+        proxy.add_tcp(addr);
+    }
+
+    let mut admin = Service::new("tollgate admin".into(), AdminApp::new(shared.clone()));
+    admin.add_tcp(&rt.server.admin);
+    admin.threads = Some(1);
+
+    let mut sweeper = background_service("tollgate sweeper", Sweeper { shared });
+    sweeper.threads = Some(1);
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(sweeper);
+    server
+}
+
+/// Drops expired limiter state in the background, never on the request path.
+struct Sweeper {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for Sweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let removed = self.shared.store.sweep(self.shared.clock.now());
+                    tracing::debug!(removed, "swept expired limiter state");
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// A shutdown trigger for embedding the gateway (tests, examples): Pingora's
+/// own watcher waits for Unix signals instead.
+struct NotifyShutdown(Arc<Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for NotifyShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A gateway running on its own thread until stopped or dropped.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    stop: Arc<Notify>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Starts the server on a new thread. Pingora builds its own runtimes, so
+    /// this must not be called from inside a tokio runtime's worker.
+    pub fn start(shared: Arc<Shared>) -> Self {
+        let stop = Arc::new(Notify::new());
+        let server = build_server(
+            shared.clone(),
+            ProcessOptions {
+                grace_period_seconds: Some(0),
+            },
+        );
+        let signal = NotifyShutdown(stop.clone());
+        let thread = std::thread::spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(signal),
+            })
+        });
+        Running {
+            shared,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the server and waits until its listeners are closed.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
