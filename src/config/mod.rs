@@ -151,10 +151,14 @@ fn parse(text: &str, source: &SourceMap) -> Result<ConfigInput, Problem> {
     })
 }
 
-/// serde-saphyr appends " at line N column M"; we report the position ourselves.
+/// serde-saphyr appends " at line N column M" (we report the position
+/// ourselves) and, for duplicate keys, advice meant for programmers.
 fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(cut) => message[..cut].to_string(),
-        None => message.to_string(),
-    }
+    let message = message
+        .rfind(" at line ")
+        .map_or(message, |cut| &message[..cut]);
+    let message = message
+        .find(", set DuplicateKeyPolicy")
+        .map_or(message, |cut| &message[..cut]);
+    message.to_string()
 }
