@@ -1,0 +1,239 @@
+//! Config validation as operators meet it: every fixture under
+//! `tests/config_errors/` is refused with each expected problem named by line,
+//! column and YAML path; `tollgate check` exits 0 for good files and 1 for bad.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tollgate::config::{load_str, Severity};
+use tollgate::metrics::Metrics;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixtures() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/config_errors"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 20, "the fixtures are missing");
+    files
+}
+
+/// `# expect: LINE:COL PATH :: message fragment` lines of a fixture.
+fn expectations(text: &str) -> Vec<(u32, u32, String, String)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# expect: "))
+        .map(|e| {
+            let (head, fragment) = e.split_once(" :: ").expect("expect line needs ' :: '");
+            let (position, path) = head.split_once(' ').expect("expect line needs a path");
+            let (line, column) = position
+                .split_once(':')
+                .expect("expect line needs LINE:COL");
+            (
+                line.parse().unwrap(),
+                column.parse().unwrap(),
+                path.to_string(),
+                fragment.to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_error_fixture_lists_each_problem_with_line_column_and_path() {
+    for file in fixtures() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expected = expectations(&text);
+        assert!(
+            !expected.is_empty(),
+            "{} has no expectations",
+            file.display()
+        );
+        let error = load_str(&text, &file, &Metrics::new()).expect_err(&file.display().to_string());
+        let errors: Vec<_> = error
+            .problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .collect();
+        assert_eq!(
+            errors.len(),
+            expected.len(),
+            "{}: {errors:#?}",
+            file.display()
+        );
+        for (line, column, path, fragment) in expected {
+            assert!(
+                errors.iter().any(|p| p.line == line
+                    && p.column == column
+                    && p.path == path
+                    && p.message.contains(&fragment)),
+                "{}: no problem at {line}:{column} {path} containing {fragment:?} in {errors:#?}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_rule_after_a_catch_all_is_a_warning_not_an_error() {
+    let text = "
+upstreams: { api: { servers: [\"127.0.0.1:9\"] } }
+rules:
+  - { name: all, match: { path: /** }, upstream: api }
+  - { name: late, match: { path: /late }, upstream: api }
+";
+    let loaded = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap();
+    let warning = &loaded.runtime.warnings[0];
+    assert_eq!(warning.severity, Severity::Warning);
+    assert_eq!(warning.path, "rules[1].match.path");
+    assert_eq!(warning.line, 5);
+    assert!(
+        warning.message.contains("can never match"),
+        "{}",
+        warning.message
+    );
+}
+
+#[test]
+fn an_empty_file_is_a_valid_config_with_no_rules() {
+    let loaded = load_str("", Path::new("empty.yaml"), &Metrics::new()).unwrap();
+    assert!(loaded.runtime.rules.is_empty());
+}
+
+fn tollgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .current_dir(repo())
+        .env_remove("TOLLGATE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_the_default_config_and_prints_its_rules() {
+    let (code, stdout, _) = tollgate(&["check"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("config.yaml: ok"), "{stdout}");
+    assert!(stdout.contains("post-events"), "{stdout}");
+    assert!(stdout.contains("upstreams:"), "{stdout}");
+}
+
+#[test]
+fn check_accepts_every_example_config() {
+    let examples = std::fs::read_dir(repo().join("examples")).unwrap();
+    let mut checked = 0;
+    for entry in examples {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let (code, stdout, stderr) = tollgate(&["check", "-c", path.to_str().unwrap()]);
+            assert_eq!(code, 0, "{}: {stdout}{stderr}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "examples/ needs at least two configs");
+}
+
+#[test]
+fn check_exits_1_listing_every_problem_with_file_line_and_column() {
+    let (code, stdout, _) = tollgate(&["check", "-c", "tests/config_errors/several_problems.yaml"]);
+    assert_eq!(code, 1);
+    let located: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("tests/config_errors/several_problems.yaml:"))
+        .filter(|l| l.contains(": error: "))
+        .collect();
+    assert_eq!(located.len(), 5, "{stdout}");
+    assert!(
+        stdout.contains("several_problems.yaml:7:5: error: rules[0].upstream:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("5 error(s)"), "{stdout}");
+}
+
+#[test]
+fn check_exits_1_for_an_unreadable_file() {
+    let (code, stdout, _) = tollgate(&["check", "-c", "no/such/file.yaml"]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("cannot read the file"), "{stdout}");
+}
+
+#[test]
+fn check_reads_the_config_path_from_the_environment() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("check")
+        .env("TOLLGATE_CONFIG", "tests/config_errors/bad_rate.yaml")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn explain_names_rule_path_limits_keys_and_exemptions() {
+    let (code, stdout, _) = tollgate(&[
+        "check",
+        "--explain",
+        "POST //events/./?x=1",
+        "--header",
+        "x-api-key: k1",
+        "--ip",
+        "203.0.113.7",
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("normalized   /events/"), "{stdout}");
+    let (_, stdout, _) = tollgate(&[
+        "check",
+        "--explain",
+        "POST /events",
+        "-H",
+        "x-api-key: k1",
+        "--ip",
+        "203.0.113.7",
+    ]);
+    assert!(stdout.contains("rule         post-events"), "{stdout}");
+    assert!(
+        stdout.contains("per-ip") && stdout.contains("key ip = 203.0.113.7"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("key api_key = \"k1\""), "{stdout}");
+    assert!(stdout.contains("exemption    none fires"), "{stdout}");
+}
+
+#[test]
+fn explain_reports_a_firing_exemption() {
+    let (_, stdout, _) = tollgate(&["check", "--explain", "POST /events", "--ip", "10.1.2.3"]);
+    assert!(
+        stdout.contains("exemption    ip in [10.0.0.0/8]: no limits apply"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn explain_reports_paths_that_would_be_refused() {
+    let (code, stdout, _) = tollgate(&["check", "--explain", "GET /a/%2Fb"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("400 Bad Request"), "{stdout}");
+}
+
+#[test]
+fn explain_with_a_malformed_request_is_a_usage_error() {
+    let (code, _, stderr) = tollgate(&["check", "--explain", "/events"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--explain takes"), "{stderr}");
+}
+
+#[test]
+fn version_is_printed() {
+    let (code, stdout, _) = tollgate(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("tollgate "), "{stdout}");
+}
