@@ -169,7 +169,9 @@ fn resolve_segments(path: &str) -> Result<String, PathError> {
 /// How a rule's path pattern was written, compiled for matching.
 ///
 /// `*` matches within one segment and `**` any number of segments, including
-/// none: `/api/**` matches `/api`, `/api/` and `/api/a/b`.
+/// none: `/api/**` matches `/api`, `/api/` and `/api/a/b`. A trailing slash
+/// never changes which rule matches (`/events` also matches `/events/`), so it
+/// cannot be used to slip past a rule into a looser one.
 #[derive(Debug, Clone)]
 pub struct PathPattern {
     pub source: String,
@@ -187,6 +189,10 @@ impl PathPattern {
             } else {
                 parent.to_string()
             });
+            texts.push(format!("{source}/"));
+        } else if let Some(bare) = source.strip_suffix('/').filter(|b| !b.is_empty()) {
+            texts.push(bare.to_string());
+        } else if source != "/" && source != "**" {
             texts.push(format!("{source}/"));
         }
         let globs = texts
@@ -454,6 +460,15 @@ mod tests {
         let t = table(&["/a/**/z"]);
         assert_eq!(find(&t, "/a/z"), Some(0));
         assert_eq!(find(&t, "/a/b/c/z"), Some(0));
+    }
+
+    #[test]
+    fn a_trailing_slash_does_not_change_the_match() {
+        let t = table(&["/events", "/ws/*", "/dir/", "/**"]);
+        assert_eq!(find(&t, "/events/"), Some(0));
+        assert_eq!(find(&t, "/ws/x/"), Some(1));
+        assert_eq!(find(&t, "/dir"), Some(2));
+        assert_eq!(find(&t, "/events/x"), Some(3));
     }
 
     #[test]

@@ -237,3 +237,11 @@ fn version_is_printed() {
     assert_eq!(code, 0);
     assert!(stdout.starts_with("tollgate "), "{stdout}");
 }
+
+#[test]
+fn the_container_config_matches_the_schema() {
+    // Its upstream is a compose service name that only resolves inside
+    // compose, so only the shape is checked here.
+    let text = std::fs::read_to_string(repo().join("docker/config.yaml")).unwrap();
+    serde_saphyr::from_str::<tollgate::config::ConfigInput>(&text).unwrap();
+}
