@@ -427,6 +427,32 @@ rules:
     assert_eq!(body["upstream"], "gone");
 }
 
+const TLS_UPSTREAM: &str = "
+upstreams:
+  secure: { servers: [\"{upstream}\"], tls: true, sni: upstream.test, verify_cert: VERIFY }
+rules:
+  - name: api
+    match: { path: /** }
+    upstream: secure
+";
+
+#[tokio::test]
+async fn tls_upstreams_are_reached_with_the_configured_sni() {
+    let tls = common::TlsUpstream::start().await;
+    let gw = Gateway::start(&config(&TLS_UPSTREAM.replace("VERIFY", "false")), tls.addr).await;
+    let resp = client().get(gw.url("/x/./y")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "upstream.test /x/y");
+}
+
+#[tokio::test]
+async fn tls_upstreams_with_untrusted_certificates_are_refused() {
+    let tls = common::TlsUpstream::start().await;
+    let gw = Gateway::start(&config(&TLS_UPSTREAM.replace("VERIFY", "true")), tls.addr).await;
+    let resp = client().get(gw.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+}
+
 #[tokio::test]
 async fn requests_round_robin_over_an_upstreams_servers_and_skip_dead_ones() {
     let a = Upstream::start().await;

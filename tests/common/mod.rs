@@ -136,6 +136,82 @@ async fn echo(mut socket: WebSocket) {
     }
 }
 
+/// An HTTPS upstream with the self-signed `upstream.test` certificate of
+/// `tests/tls/`. It answers every request with `"<sni> <path>"`, so a test sees
+/// which server name the gateway sent.
+pub struct TlsUpstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsUpstream {
+    pub async fn start() -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        use tokio_rustls::rustls;
+
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+        let certs =
+            rustls_pemfile::certs(&mut std::fs::read(dir.join("upstream.crt")).unwrap().as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+        let key = rustls_pemfile::private_key(
+            &mut std::fs::read(dir.join("upstream.key")).unwrap().as_slice(),
+        )
+        .unwrap()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
+                    let mut stream = BufReader::new(tls);
+                    let mut request_line = String::new();
+                    if stream.read_line(&mut request_line).await.is_err() {
+                        return;
+                    }
+                    let path = request_line
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or("-")
+                        .to_string();
+                    let mut line = String::new();
+                    while stream.read_line(&mut line).await.is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    let body = format!("{sni} {path}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.get_mut().write_all(answer.as_bytes()).await;
+                    let _ = stream.get_mut().shutdown().await;
+                });
+            }
+        });
+        TlsUpstream { addr, task }
+    }
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A gateway running in this process with a config written to a temp dir.
 pub struct Gateway {
     pub addr: SocketAddr,
