@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use http::header::{HeaderName, HOST};
 use http::{HeaderMap, HeaderValue, Method};
 
+use crate::identity::KeyError;
 use crate::pipeline::{self, Incoming, Unrouted};
+use crate::route::Target;
 use crate::runtime::{MissingPolicy, Mode, Runtime};
 
 /// A table of rules (in match order), their limits, and the upstreams.
@@ -150,10 +152,14 @@ impl Hypothetical {
 /// IP, whether an exemption fires, and the key each limit would count against.
 pub fn explain(rt: &Runtime, req: &Hypothetical) -> String {
     let mut out = String::new();
+    let target = Target {
+        authority: None,
+        path: req.path.as_bytes(),
+        query: req.query.as_deref().map(str::as_bytes),
+    };
     let incoming = Incoming {
         method: &req.method,
-        path: &req.path,
-        query: req.query.as_deref(),
+        target,
         host: req.headers.get(HOST).and_then(|h| h.to_str().ok()),
         headers: &req.headers,
         peer: req.ip,
@@ -169,7 +175,7 @@ pub fn explain(rt: &Runtime, req: &Hypothetical) -> String {
             let _ = writeln!(
                 out,
                 "normalized   {}",
-                crate::route::normalize_path(&req.path).unwrap_or_default()
+                crate::route::normalize_path(req.path.as_bytes()).unwrap_or_default()
             );
             let _ = writeln!(out, "result       404: no rule matches");
             return out;
@@ -211,8 +217,14 @@ pub fn explain(rt: &Runtime, req: &Hypothetical) -> String {
     for limit in &rule.limits {
         let what = match (limit.key.extract(&facts), limit.missing) {
             (Ok(key), _) => format!("key {} = {key}", limit.key),
-            (Err(missing), MissingPolicy::Deny) => {
-                denied.get_or_insert_with(|| format!("401: the request has no {}", missing.0));
+            (Err(KeyError::Conflicting(part)), _) => {
+                denied.get_or_insert_with(|| {
+                    format!("400: the request carries {part} twice, with different values")
+                });
+                format!("key {} ambiguous -> refused (400)", limit.key)
+            }
+            (Err(KeyError::Missing(part)), MissingPolicy::Deny) => {
+                denied.get_or_insert_with(|| format!("401: the request has no {part}"));
                 format!("key {} missing -> deny (401)", limit.key)
             }
             (Err(_), MissingPolicy::Skip) => format!("key {} missing -> limit skipped", limit.key),

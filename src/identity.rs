@@ -39,14 +39,19 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// How many `X-Forwarded-For` hops are examined at most. Real chains are a
+/// few hops long; the cap bounds the work a huge header can cause.
+const MAX_FORWARDED_HOPS: usize = 32;
+
 /// The client's IP: the peer itself unless the peer is a trusted proxy, in which
-/// case `X-Forwarded-For` (all its lines, in order) is walked from the right and
-/// the first hop that is not a trusted proxy wins. A client can append whatever it
-/// likes on the left; it cannot change what our trusted proxies appended on the
-/// right. An unparsable hop ends the walk at the proxy that reported it.
+/// case `X-Forwarded-For` (all its lines, in order, as raw bytes) is walked from
+/// the right and the first hop that is not a trusted proxy wins. A client can
+/// append whatever it likes on the left; it cannot change what our trusted
+/// proxies appended on the right. An unparsable hop ends the walk at the proxy
+/// that reported it.
 pub fn client_ip<'a>(
     peer: IpAddr,
-    forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+    forwarded_for: impl DoubleEndedIterator<Item = &'a [u8]>,
     trusted: &TrustedProxies,
 ) -> IpAddr {
     let peer = canonical_ip(peer);
@@ -54,26 +59,27 @@ pub fn client_ip<'a>(
         return peer;
     }
     let mut client = peer;
-    for line in forwarded_for.rev() {
-        for hop in line.rsplit(',') {
-            let hop = hop.trim();
-            if hop.is_empty() {
-                continue;
-            }
-            let Some(ip) = parse_forwarded_hop(hop) else {
-                return client;
-            };
-            client = ip;
-            if !trusted.contains(ip) {
-                return ip;
-            }
+    let hops = forwarded_for
+        .rev()
+        .flat_map(|line| line.rsplit(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|hop| !hop.is_empty())
+        .take(MAX_FORWARDED_HOPS);
+    for hop in hops {
+        let Some(ip) = parse_forwarded_hop(hop) else {
+            return client;
+        };
+        client = ip;
+        if !trusted.contains(ip) {
+            return ip;
         }
     }
     client
 }
 
 /// One `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]:80`.
-fn parse_forwarded_hop(hop: &str) -> Option<IpAddr> {
+fn parse_forwarded_hop(hop: &[u8]) -> Option<IpAddr> {
+    let hop = std::str::from_utf8(hop).ok()?;
     if let Ok(ip) = hop.parse::<IpAddr>() {
         return Some(canonical_ip(ip));
     }
@@ -220,16 +226,25 @@ impl fmt::Display for ClientKey<'_> {
     }
 }
 
-/// The request does not carry the key part a limit needs.
+/// Why a limit's key could not be taken from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MissingKey(pub KeyPart);
+pub enum KeyError {
+    /// The request does not carry this part.
+    Missing(KeyPart),
+    /// The request carries this part more than once with different values
+    /// (two `x-api-key` headers, a header and a bearer token that differ, a
+    /// repeated query parameter). Which one the upstream believes is unknowable,
+    /// so the request is refused rather than counted against the wrong bucket.
+    Conflicting(KeyPart),
+}
 
 impl KeySpec {
-    /// Extracts this key from the request, or names the part that is missing.
-    pub fn extract<'a>(&self, facts: &RequestFacts<'a>) -> Result<ClientKey<'a>, MissingKey> {
+    /// Extracts this key from the request, or says which part is missing or
+    /// ambiguous.
+    pub fn extract<'a>(&self, facts: &RequestFacts<'a>) -> Result<ClientKey<'a>, KeyError> {
         let mut parts: [Option<KeyValue<'a>>; MAX_KEY_PARTS] = [None, None, None, None];
         for (slot, part) in parts.iter_mut().zip(&self.0) {
-            *slot = Some(extract_part(part, facts).ok_or_else(|| MissingKey(part.clone()))?);
+            *slot = Some(extract_part(part, facts).map_err(|kind| kind(part.clone()))?);
         }
         Ok(ClientKey { parts })
     }
@@ -242,40 +257,72 @@ impl KeySpec {
     }
 }
 
-fn extract_part<'a>(part: &KeyPart, facts: &RequestFacts<'a>) -> Option<KeyValue<'a>> {
-    match part {
-        KeyPart::Ip => Some(KeyValue::Ip(ip_bucket(facts.client_ip, facts.ipv6_prefix))),
-        KeyPart::Global => Some(KeyValue::Global),
-        KeyPart::Header(name) => {
-            header_value(facts.headers, name).map(|v| KeyValue::Text(v.into()))
+/// The error constructor for a part that cannot be extracted.
+type KeyErrorKind = fn(KeyPart) -> KeyError;
+
+fn extract_part<'a>(
+    part: &KeyPart,
+    facts: &RequestFacts<'a>,
+) -> Result<KeyValue<'a>, KeyErrorKind> {
+    let value = match part {
+        KeyPart::Ip => return Ok(KeyValue::Ip(ip_bucket(facts.client_ip, facts.ipv6_prefix))),
+        KeyPart::Global => return Ok(KeyValue::Global),
+        KeyPart::Header(name) => header_value(facts.headers, name)?.map(Cow::Borrowed),
+        KeyPart::ApiKey => api_key(facts)?,
+    };
+    value.map(KeyValue::Text).ok_or(KeyError::Missing)
+}
+
+/// Keeps one value out of several sightings, refusing disagreement.
+fn agree<'a>(found: &mut Option<Cow<'a, [u8]>>, value: Cow<'a, [u8]>) -> Result<(), KeyErrorKind> {
+    match found {
+        Some(existing) if *existing != value => Err(KeyError::Conflicting),
+        Some(_) => Ok(()),
+        None => {
+            *found = Some(value);
+            Ok(())
         }
-        KeyPart::ApiKey => api_key(facts).map(KeyValue::Text),
     }
 }
 
-/// The first non-empty value of a header.
-fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
-    headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.as_bytes())
-        .find(|v| !v.is_empty())
+/// The header's non-empty value; several lines must agree.
+fn header_value<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a [u8]>, KeyErrorKind> {
+    let mut found: Option<&[u8]> = None;
+    for value in headers.get_all(name).iter().map(|v| v.as_bytes()) {
+        if value.is_empty() {
+            continue;
+        }
+        match found {
+            Some(existing) if existing != value => return Err(KeyError::Conflicting),
+            _ => found = Some(value),
+        }
+    }
+    Ok(found)
 }
 
-fn api_key<'a>(facts: &RequestFacts<'a>) -> Option<Cow<'a, [u8]>> {
+/// The API key from every configured source that carries one; they must agree.
+fn api_key<'a>(facts: &RequestFacts<'a>) -> Result<Option<Cow<'a, [u8]>>, KeyErrorKind> {
     let sources = facts.api_key;
+    let mut found = None;
     for name in &sources.headers {
-        if let Some(value) = header_value(facts.headers, name) {
-            return Some(Cow::Borrowed(value));
+        if let Some(value) = header_value(facts.headers, name)? {
+            agree(&mut found, Cow::Borrowed(value))?;
         }
     }
     if sources.bearer {
         if let Some(token) = bearer_token(facts.headers) {
-            return Some(Cow::Borrowed(token));
+            agree(&mut found, Cow::Borrowed(token))?;
         }
     }
-    let param = sources.query_param.as_deref()?;
-    query_value(facts.query?, param)
+    if let (Some(param), Some(query)) = (sources.query_param.as_deref(), facts.query) {
+        for value in query_values(query, param) {
+            agree(&mut found, value)?;
+        }
+    }
+    Ok(found)
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
@@ -288,16 +335,15 @@ fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
-/// The percent-decoded value of the first non-empty `name=` parameter. Decoding
+/// The percent-decoded values of every non-empty `name=` parameter. Decoding
 /// matters: `key=abc` and `key=%61bc` are the same key to the upstream, so they
 /// must be the same bucket here.
-fn query_value<'a>(query: &'a str, name: &str) -> Option<Cow<'a, [u8]>> {
+fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = Cow<'a, [u8]>> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .filter(|(k, v)| decode_query(k).as_ref() == name.as_bytes() && !v.is_empty())
+        .filter(move |(k, v)| decode_query(k).as_ref() == name.as_bytes() && !v.is_empty())
         .map(|(_, v)| decode_query(v))
-        .next()
 }
 
 fn decode_query(text: &str) -> Cow<'_, [u8]> {
@@ -343,15 +389,17 @@ pub enum Exemption {
 }
 
 impl Exemption {
+    /// A header exemption needs the header present and every one of its
+    /// values matching, so an extra matching line cannot exempt a request whose
+    /// other line the upstream may believe.
     pub fn applies(&self, facts: &RequestFacts<'_>) -> bool {
         match self {
             Exemption::Networks(nets) => nets.iter().any(|n| n.contains(&facts.client_ip)),
-            Exemption::Header { name, value, .. } => facts
-                .headers
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| value.is_match(v)),
+            Exemption::Header { name, value, .. } => {
+                let mut values = facts.headers.get_all(name).iter().peekable();
+                values.peek().is_some()
+                    && values.all(|v| v.to_str().is_ok_and(|v| value.is_match(v)))
+            }
         }
     }
 }
@@ -379,6 +427,10 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn lines<'a>(values: &'a [&'a str]) -> impl DoubleEndedIterator<Item = &'a [u8]> {
+        values.iter().map(|v| v.as_bytes())
+    }
+
     fn trusted(nets: &[&str]) -> TrustedProxies {
         TrustedProxies::new(nets.iter().map(|n| n.parse().unwrap()).collect())
     }
@@ -387,7 +439,7 @@ mod tests {
     fn untrusted_peer_is_the_client_whatever_it_forwards() {
         let t = trusted(&["10.0.0.0/8"]);
         assert_eq!(
-            client_ip(ip("203.0.113.9"), ["1.1.1.1"].into_iter(), &t),
+            client_ip(ip("203.0.113.9"), lines(&["1.1.1.1"]), &t),
             ip("203.0.113.9")
         );
     }
@@ -396,7 +448,7 @@ mod tests {
     fn no_trusted_proxies_means_the_peer_is_the_client() {
         let t = TrustedProxies::default();
         assert_eq!(
-            client_ip(ip("10.0.0.1"), ["1.1.1.1"].into_iter(), &t),
+            client_ip(ip("10.0.0.1"), lines(&["1.1.1.1"]), &t),
             ip("10.0.0.1")
         );
     }
@@ -406,7 +458,7 @@ mod tests {
         let t = trusted(&["10.0.0.0/8"]);
         let xff = ["6.6.6.6, 198.51.100.7, 10.0.0.5"];
         assert_eq!(
-            client_ip(ip("10.0.0.1"), xff.into_iter(), &t),
+            client_ip(ip("10.0.0.1"), lines(&xff), &t),
             ip("198.51.100.7")
         );
     }
@@ -416,7 +468,7 @@ mod tests {
         let t = trusted(&["10.0.0.0/8"]);
         let xff = ["6.6.6.6", "198.51.100.7", "10.0.0.5"];
         assert_eq!(
-            client_ip(ip("10.0.0.1"), xff.into_iter(), &t),
+            client_ip(ip("10.0.0.1"), lines(&xff), &t),
             ip("198.51.100.7")
         );
     }
@@ -425,7 +477,7 @@ mod tests {
     fn all_trusted_hops_yield_the_leftmost() {
         let t = trusted(&["10.0.0.0/8"]);
         assert_eq!(
-            client_ip(ip("10.0.0.1"), ["10.1.1.1, 10.2.2.2"].into_iter(), &t),
+            client_ip(ip("10.0.0.1"), lines(&["10.1.1.1, 10.2.2.2"]), &t),
             ip("10.1.1.1")
         );
     }
@@ -434,7 +486,28 @@ mod tests {
     fn garbage_hop_stops_at_the_proxy_that_reported_it() {
         let t = trusted(&["10.0.0.0/8"]);
         assert_eq!(
-            client_ip(ip("10.0.0.1"), ["1.2.3.4, bogus, 10.0.0.9"].into_iter(), &t),
+            client_ip(ip("10.0.0.1"), lines(&["1.2.3.4, bogus, 10.0.0.9"]), &t),
+            ip("10.0.0.9")
+        );
+    }
+
+    #[test]
+    fn a_non_utf8_byte_on_the_left_does_not_hide_the_client_on_the_right() {
+        let t = trusted(&["10.0.0.0/8"]);
+        let line: &[u8] = b"\xff, 198.51.100.7";
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), [line].into_iter(), &t),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn only_a_bounded_number_of_hops_is_walked() {
+        let t = trusted(&["10.0.0.0/8"]);
+        let long = vec!["10.0.0.9"; 1000].join(", ");
+        let line = format!("198.51.100.7, {long}");
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), [line.as_bytes()].into_iter(), &t),
             ip("10.0.0.9")
         );
     }
@@ -443,11 +516,11 @@ mod tests {
     fn hops_with_ports_parse() {
         let t = trusted(&["10.0.0.0/8"]);
         assert_eq!(
-            client_ip(ip("10.0.0.1"), ["198.51.100.7:4711"].into_iter(), &t),
+            client_ip(ip("10.0.0.1"), lines(&["198.51.100.7:4711"]), &t),
             ip("198.51.100.7")
         );
         assert_eq!(
-            client_ip(ip("10.0.0.1"), ["[2001:db8::1]:80"].into_iter(), &t),
+            client_ip(ip("10.0.0.1"), lines(&["[2001:db8::1]:80"]), &t),
             ip("2001:db8::1")
         );
     }
@@ -456,11 +529,7 @@ mod tests {
     fn ipv4_mapped_ipv6_is_ipv4() {
         let t = trusted(&["10.0.0.0/8"]);
         assert_eq!(
-            client_ip(
-                ip("::ffff:10.0.0.1"),
-                ["::ffff:198.51.100.7"].into_iter(),
-                &t
-            ),
+            client_ip(ip("::ffff:10.0.0.1"), lines(&["::ffff:198.51.100.7"]), &t),
             ip("198.51.100.7")
         );
         assert_eq!(canonical_ip(ip("::ffff:1.2.3.4")), ip("1.2.3.4"));
@@ -504,7 +573,7 @@ mod tests {
         }
     }
 
-    fn key_text(spec: &KeySpec, f: &RequestFacts<'_>) -> Result<String, MissingKey> {
+    fn key_text(spec: &KeySpec, f: &RequestFacts<'_>) -> Result<String, KeyError> {
         spec.extract(f).map(|k| k.to_string())
     }
 
@@ -527,7 +596,7 @@ mod tests {
         let spec = KeySpec(vec![part.clone()]);
         assert_eq!(
             key_text(&spec, &facts(&h, None, &sources)),
-            Err(MissingKey(part))
+            Err(KeyError::Missing(part))
         );
     }
 
@@ -538,14 +607,14 @@ mod tests {
             ..ApiKeySources::default()
         };
         let spec = KeySpec(vec![KeyPart::ApiKey]);
-        let h = headers(&[("x-api-key", "h1"), ("authorization", "Bearer b1")]);
+        let h = headers(&[("x-api-key", "k1")]);
         assert_eq!(
-            key_text(&spec, &facts(&h, Some("api_key=q1"), &sources)),
-            Ok("\"h1\"".into())
+            key_text(&spec, &facts(&h, None, &sources)),
+            Ok("\"k1\"".into())
         );
         let h = headers(&[("authorization", "bearer  b1 ")]);
         assert_eq!(
-            key_text(&spec, &facts(&h, Some("api_key=q1"), &sources)),
+            key_text(&spec, &facts(&h, None, &sources)),
             Ok("\"b1\"".into())
         );
         let h = headers(&[]);
@@ -555,7 +624,43 @@ mod tests {
         );
         assert_eq!(
             key_text(&spec, &facts(&h, Some("x=1"), &sources)),
-            Err(MissingKey(KeyPart::ApiKey))
+            Err(KeyError::Missing(KeyPart::ApiKey))
+        );
+    }
+
+    #[test]
+    fn api_key_sources_that_agree_are_one_key() {
+        let sources = ApiKeySources {
+            query_param: Some("api_key".into()),
+            ..ApiKeySources::default()
+        };
+        let spec = KeySpec(vec![KeyPart::ApiKey]);
+        let h = headers(&[("x-api-key", "k1"), ("authorization", "Bearer k1")]);
+        assert_eq!(
+            key_text(&spec, &facts(&h, Some("api_key=k%31"), &sources)),
+            Ok("\"k1\"".into())
+        );
+    }
+
+    #[test]
+    fn api_key_sources_that_disagree_are_a_conflict() {
+        let sources = ApiKeySources {
+            query_param: Some("api_key".into()),
+            ..ApiKeySources::default()
+        };
+        let spec = KeySpec(vec![KeyPart::ApiKey]);
+        let conflict = Err(KeyError::Conflicting(KeyPart::ApiKey));
+        let h = headers(&[("x-api-key", "random"), ("authorization", "Bearer real")]);
+        assert_eq!(key_text(&spec, &facts(&h, None, &sources)), conflict);
+        let h = headers(&[("x-api-key", "a"), ("x-api-key", "b")]);
+        assert_eq!(key_text(&spec, &facts(&h, None, &sources)), conflict);
+        let h = headers(&[]);
+        assert_eq!(
+            key_text(
+                &spec,
+                &facts(&h, Some("api_key=victim&api_key=mine"), &sources)
+            ),
+            conflict
         );
     }
 
@@ -571,7 +676,7 @@ mod tests {
         let h = headers(&[]);
         assert_eq!(
             key_text(&spec, &facts(&h, None, &sources)),
-            Err(MissingKey(KeyPart::ApiKey))
+            Err(KeyError::Missing(KeyPart::ApiKey))
         );
     }
 
@@ -595,6 +700,13 @@ mod tests {
         let h = headers(&[("x-api-key", "internal-batch")]);
         assert!(exemption.applies(&facts(&h, None, &sources)));
         let h = headers(&[("x-api-key", "external-internal-x")]);
+        assert!(!exemption.applies(&facts(&h, None, &sources)));
+        let h = headers(&[("x-api-key", "internal-x"), ("x-api-key", "real-key")]);
+        assert!(
+            !exemption.applies(&facts(&h, None, &sources)),
+            "every value must match"
+        );
+        let h = headers(&[]);
         assert!(!exemption.applies(&facts(&h, None, &sources)));
     }
 }

@@ -7,20 +7,19 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, Method};
 
-use crate::identity::{self, ClientKey, KeyPart, RequestFacts, X_FORWARDED_FOR};
+use crate::identity::{self, ClientKey, KeyError, RequestFacts, X_FORWARDED_FOR};
 use crate::limit::{Check, Decision};
 use crate::metrics::Outcome;
-use crate::route::{normalize_path, PathError};
+use crate::route::{normalize_path, PathError, Target};
 use crate::runtime::{MissingPolicy, Mode, Rule, Runtime};
 
 /// The parts of an incoming request the pipeline looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct Incoming<'a> {
     pub method: &'a Method,
-    /// The request path as received, without the query.
-    pub path: &'a str,
-    pub query: Option<&'a str>,
-    /// `Host` header or URI authority.
+    /// The request target as received.
+    pub target: Target<'a>,
+    /// `Host` header, else the target's or the URI's authority.
     pub host: Option<&'a str>,
     pub headers: &'a HeaderMap,
     /// The TCP peer.
@@ -44,7 +43,7 @@ pub enum Unrouted {
 
 /// Steps 2–3: normalize the path and find the first matching rule.
 pub fn route<'a>(rt: &Runtime, req: &Incoming<'a>) -> Result<Routed<'a>, Unrouted> {
-    let path = normalize_path(req.path).map_err(Unrouted::BadPath)?;
+    let path = normalize_path(req.target.path).map_err(Unrouted::BadPath)?;
     let rule = rt
         .routes
         .find(&path, req.method, req.host)
@@ -58,7 +57,7 @@ pub fn client_ip(rt: &Runtime, req: &Incoming<'_>) -> IpAddr {
         .headers
         .get_all(X_FORWARDED_FOR)
         .iter()
-        .filter_map(|v| v.to_str().ok());
+        .map(|v| v.as_bytes());
     identity::client_ip(req.peer, forwarded, &rt.server.trusted_proxies)
 }
 
@@ -66,7 +65,7 @@ pub fn client_ip(rt: &Runtime, req: &Incoming<'_>) -> IpAddr {
 pub fn facts<'a>(rt: &'a Runtime, req: &Incoming<'a>, client_ip: IpAddr) -> RequestFacts<'a> {
     RequestFacts {
         headers: req.headers,
-        query: req.query,
+        query: req.target.query.and_then(|q| std::str::from_utf8(q).ok()),
         client_ip,
         ipv6_prefix: rt.server.ipv6_prefix,
         api_key: &rt.server.api_key,
@@ -78,36 +77,39 @@ pub fn facts<'a>(rt: &'a Runtime, req: &Incoming<'a>, client_ip: IpAddr) -> Requ
 pub enum Plan<'a> {
     /// An exemption fired: no limits apply.
     Exempt(usize),
-    /// A limit with `missing: deny` found no key.
-    MissingKey { limit: usize, part: KeyPart },
+    /// An enforced limit could not take its key from the request: it is
+    /// missing (with `missing: deny`) or ambiguous.
+    Refuse { limit: usize, error: KeyError },
     /// These checks; `limits[i]` is the index in the rule of `checks[i]`'s limit.
     Decide {
         limits: Vec<usize>,
         checks: Vec<Check<'a>>,
+        /// A shadow limit would have refused the request for its key.
+        shadow_refusal: bool,
     },
 }
 
 /// Step 4: exemptions first, then one check per limit whose key is present (or
-/// whose `missing:` policy says what to count instead).
+/// whose `missing:` policy says what to count instead). A shadow limit never
+/// refuses: where it would have, the request is only marked.
 pub fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
     if let Some(i) = rule.exemptions.iter().position(|e| e.applies(facts)) {
         return Plan::Exempt(i);
     }
     let mut limits = Vec::with_capacity(rule.limits.len());
     let mut checks = Vec::with_capacity(rule.limits.len());
+    let mut shadow_refusal = false;
     for (i, limit) in rule.limits.iter().enumerate() {
-        let key = match limit.key.extract(facts) {
-            Ok(key) => key,
-            Err(missing) => match limit.missing {
-                MissingPolicy::Deny => {
-                    return Plan::MissingKey {
-                        limit: i,
-                        part: missing.0,
-                    }
-                }
-                MissingPolicy::Skip => continue,
-                MissingPolicy::Ip => ClientKey::ip(facts),
-            },
+        let enforced = limit.mode == Mode::Enforce;
+        let key = match (limit.key.extract(facts), limit.missing) {
+            (Ok(key), _) => key,
+            (Err(KeyError::Missing(_)), MissingPolicy::Skip) => continue,
+            (Err(KeyError::Missing(_)), MissingPolicy::Ip) => ClientKey::ip(facts),
+            (Err(error), _) if enforced => return Plan::Refuse { limit: i, error },
+            (Err(_), _) => {
+                shadow_refusal = true;
+                continue;
+            }
         };
         limits.push(i);
         checks.push(Check {
@@ -115,10 +117,14 @@ pub fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
             limiter: limit.limiter,
             key,
             cost: 1,
-            enforced: limit.mode == Mode::Enforce,
+            enforced,
         });
     }
-    Plan::Decide { limits, checks }
+    Plan::Decide {
+        limits,
+        checks,
+        shadow_refusal,
+    }
 }
 
 /// The verdict on a decided request.
@@ -137,10 +143,10 @@ impl Verdict {
 }
 
 /// Step 5: judge the store's decisions. A denial by any enforced limit denies
-/// (reporting the one that frees up last); a denial by a shadow limit only
-/// marks the request; otherwise the enforced limit with the least headroom is
-/// reported.
-pub fn judge(rule: &Rule, decided: &[(usize, Decision)]) -> Verdict {
+/// (reporting the one that frees up last); a denial by a shadow limit (or a
+/// shadow refusal from `plan`) only marks the request; otherwise the enforced
+/// limit with the least headroom is reported.
+pub fn judge(rule: &Rule, decided: &[(usize, Decision)], shadow_refusal: bool) -> Verdict {
     let enforced = |(i, _): &&(usize, Decision)| rule.limits[*i].mode == Mode::Enforce;
     let denial = decided
         .iter()
@@ -153,9 +159,10 @@ pub fn judge(rule: &Rule, decided: &[(usize, Decision)]) -> Verdict {
             headline: Some(headline),
         };
     }
-    let shadow_denied = decided
-        .iter()
-        .any(|(i, d)| rule.limits[*i].mode == Mode::Shadow && !d.allowed);
+    let shadow_denied = shadow_refusal
+        || decided
+            .iter()
+            .any(|(i, d)| rule.limits[*i].mode == Mode::Shadow && !d.allowed);
     let headline = decided
         .iter()
         .filter(enforced)

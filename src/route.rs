@@ -10,10 +10,10 @@ use std::cell::RefCell;
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 use http::Method;
 
-/// Why a request path was refused with 400.
+/// Why a request target was refused with 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    #[error("the path must start with '/'")]
+    #[error("the request target must be an absolute path or an http(s) URL")]
     NotAbsolute,
     #[error("the path contains an invalid percent-escape")]
     BadEscape,
@@ -25,37 +25,98 @@ pub enum PathError {
     ControlByte,
     #[error("the path climbs above the root with '..'")]
     EscapesRoot,
+    #[error("the request target cannot be forwarded as written")]
+    Unforwardable,
 }
 
 impl PathError {
     /// Stable machine-readable reason for JSON bodies.
     pub fn code(self) -> &'static str {
         match self {
-            PathError::NotAbsolute => "path_not_absolute",
+            PathError::NotAbsolute => "target_not_absolute",
             PathError::BadEscape => "bad_percent_escape",
             PathError::EncodedSeparator => "encoded_separator",
             PathError::Backslash => "backslash_in_path",
             PathError::ControlByte => "control_byte_in_path",
             PathError::EscapesRoot => "path_escapes_root",
+            PathError::Unforwardable => "unforwardable_target",
         }
     }
 }
 
+/// A request target split into its parts, straight from the request line's
+/// bytes (not from a lossy or re-parsed URI, so what is matched is what was sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// The authority of an absolute-form target (`GET http://host/path`).
+    pub authority: Option<&'a str>,
+    pub path: &'a [u8],
+    pub query: Option<&'a [u8]>,
+}
+
+impl<'a> Target<'a> {
+    /// Origin form (`/path?query`) or absolute form with an `http`/`https`
+    /// scheme. Anything else (`*`, `admin/x`, `x:/y`) is refused: upstreams
+    /// disagree on what such targets mean, so they cannot be matched safely.
+    pub fn parse(raw: &'a [u8]) -> Result<Self, PathError> {
+        let raw = match raw.iter().position(|&b| b == b'#') {
+            Some(fragment) => &raw[..fragment],
+            None => raw,
+        };
+        let (authority, rest) = if raw.first() == Some(&b'/') {
+            (None, raw)
+        } else {
+            let after_scheme = strip_prefix_ignore_case(raw, b"http://")
+                .or_else(|| strip_prefix_ignore_case(raw, b"https://"))
+                .ok_or(PathError::NotAbsolute)?;
+            let end = after_scheme
+                .iter()
+                .position(|&b| b == b'/' || b == b'?')
+                .unwrap_or(after_scheme.len());
+            let authority =
+                std::str::from_utf8(&after_scheme[..end]).map_err(|_| PathError::NotAbsolute)?;
+            if authority.is_empty() {
+                return Err(PathError::NotAbsolute);
+            }
+            (Some(authority), &after_scheme[end..])
+        };
+        let (path, query) = match rest.iter().position(|&b| b == b'?') {
+            Some(q) => (&rest[..q], Some(&rest[q + 1..])),
+            None => (rest, None),
+        };
+        let path: &[u8] = if path.is_empty() { b"/" } else { path };
+        Ok(Target {
+            authority,
+            path,
+            query,
+        })
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(bytes: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    let head = bytes.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &bytes[prefix.len()..])
+}
+
 /// Canonical form of a request path (without its query string):
 /// percent-encoded unreserved characters are decoded, other escapes get upper-case
-/// hex, `.` and `..` segments are resolved, and runs of `/` are merged. A trailing
-/// slash is kept. Borrowed when the path is already canonical, which is the
-/// common case, so normal requests do not allocate here.
-pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
-    let bytes = raw.as_bytes();
-    if bytes.first() != Some(&b'/') {
+/// hex, bytes outside ASCII are escaped, `.` and `..` segments are resolved, and
+/// runs of `/` are merged. A trailing slash is kept. Borrowed when the path is
+/// already canonical, which is the common case, so normal requests do not
+/// allocate here.
+pub fn normalize_path(raw: &[u8]) -> Result<Cow<'_, str>, PathError> {
+    if raw.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
-    scan_bytes(bytes)?;
-    if is_canonical(bytes) {
-        return Ok(Cow::Borrowed(raw));
+    scan_bytes(raw)?;
+    if is_canonical(raw) {
+        // Canonical paths are ASCII, so this never falls through.
+        if let Ok(text) = std::str::from_utf8(raw) {
+            return Ok(Cow::Borrowed(text));
+        }
     }
-    let decoded = decode_unreserved(bytes)?;
+    let decoded = decode_unreserved(raw)?;
     Ok(Cow::Owned(resolve_segments(&decoded)?))
 }
 
@@ -210,6 +271,14 @@ impl PathPattern {
         })
     }
 
+    /// Whether a (normalized) path matches. For config checks; requests use
+    /// the precompiled [`RouteTable`].
+    pub fn matches(&self, path: &str) -> bool {
+        self.globs
+            .iter()
+            .any(|g| g.compile_matcher().is_match(path))
+    }
+
     /// True for `/**` and `**`: every path matches.
     pub fn is_catch_all(&self) -> bool {
         matches!(self.source.as_str(), "/**" | "**")
@@ -329,14 +398,66 @@ mod tests {
     use super::*;
 
     fn norm(p: &str) -> Result<String, PathError> {
-        normalize_path(p).map(|c| c.into_owned())
+        normalize_path(p.as_bytes()).map(|c| c.into_owned())
     }
 
     #[test]
     fn canonical_paths_are_borrowed() {
         for p in ["/", "/events", "/api/v1/items/", "/a.b/c~d"] {
-            assert!(matches!(normalize_path(p), Ok(Cow::Borrowed(_))), "{p}");
+            assert!(
+                matches!(normalize_path(p.as_bytes()), Ok(Cow::Borrowed(_))),
+                "{p}"
+            );
         }
+    }
+
+    #[test]
+    fn non_utf8_bytes_are_escaped_not_replaced() {
+        assert_eq!(normalize_path(b"/a\xffb").unwrap(), "/a%FFb");
+    }
+
+    fn target(raw: &str) -> Result<Target<'_>, PathError> {
+        Target::parse(raw.as_bytes())
+    }
+
+    #[test]
+    fn origin_form_targets_split_path_and_query() {
+        let t = target("/a/b?x=1&y").unwrap();
+        assert_eq!(
+            (t.authority, t.path, t.query),
+            (None, &b"/a/b"[..], Some(&b"x=1&y"[..]))
+        );
+        assert_eq!(target("/a").unwrap().query, None);
+    }
+
+    #[test]
+    fn absolute_form_targets_yield_their_authority() {
+        let t = target("http://api.example.com/billing/x?y=1").unwrap();
+        assert_eq!(t.authority, Some("api.example.com"));
+        assert_eq!(t.path, b"/billing/x");
+        assert_eq!(t.query, Some(&b"y=1"[..]));
+        let bare = target("HTTPS://h:8443").unwrap();
+        assert_eq!((bare.authority, bare.path), (Some("h:8443"), &b"/"[..]));
+    }
+
+    #[test]
+    fn other_targets_are_refused() {
+        for raw in [
+            "*",
+            "admin/y",
+            "x:/admin",
+            "?a=1",
+            "ftp://h/x",
+            "http:///x",
+            "",
+        ] {
+            assert_eq!(target(raw), Err(PathError::NotAbsolute), "{raw}");
+        }
+    }
+
+    #[test]
+    fn fragments_are_not_part_of_the_path() {
+        assert_eq!(target("/a#/../b").unwrap().path, b"/a");
     }
 
     #[test]

@@ -138,15 +138,21 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// Read timeout of upgraded (WebSocket) connections.
+    pub tunnel_idle_timeout: Duration,
     /// Round-robin position.
     pub(crate) next: AtomicUsize,
 }
 
 impl Upstream {
-    /// The next server in round-robin order.
-    pub fn next_server(&self) -> SocketAddr {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.servers[i % self.servers.len()]
+    /// Where the next request starts in round-robin order.
+    pub fn round_robin_start(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The server at round-robin position `index`.
+    pub fn server(&self, index: usize) -> SocketAddr {
+        self.servers[index % self.servers.len()]
     }
 }
 

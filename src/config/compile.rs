@@ -29,6 +29,7 @@ use crate::runtime::{
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_NAME_LEN: usize = 64;
 
 const KNOWN_METHODS: [Method; 9] = [
@@ -161,6 +162,12 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
     let mut trusted = Vec::new();
     for (i, net) in s.trusted_proxies.iter().enumerate() {
         if let Some(n) = c.check(format!("server.trusted_proxies[{i}]"), parse_network(net)) {
+            if n.prefix_len() == 0 {
+                c.warn(
+                    format!("server.trusted_proxies[{i}]"),
+                    "every peer is trusted: any client can choose its own IP with X-Forwarded-For",
+                );
+            }
             trusted.push(n);
         }
     }
@@ -266,6 +273,12 @@ fn compile_upstream(c: &mut Compiler<'_>, name: &str, u: &UpstreamInput) -> Opti
     );
     let read_timeout = timeout(c, "read_timeout", &u.read_timeout, DEFAULT_READ_TIMEOUT);
     let write_timeout = timeout(c, "write_timeout", &u.write_timeout, DEFAULT_WRITE_TIMEOUT);
+    let tunnel_idle_timeout = timeout(
+        c,
+        "tunnel_idle_timeout",
+        &u.tunnel_idle_timeout,
+        DEFAULT_TUNNEL_IDLE_TIMEOUT,
+    );
     let host_header = match &u.host_header {
         None => None,
         Some(h) => c.check(
@@ -294,6 +307,7 @@ fn compile_upstream(c: &mut Compiler<'_>, name: &str, u: &UpstreamInput) -> Opti
         connect_timeout,
         read_timeout,
         write_timeout,
+        tunnel_idle_timeout,
         next: Default::default(),
     })
 }
@@ -334,9 +348,7 @@ fn compile_rules(
     metrics: &Metrics,
 ) -> Vec<Rule> {
     let mut seen_names = HashSet::new();
-    let mut rules = Vec::new();
-    // (rule name, pattern, has method/host conditions) of earlier rules.
-    let mut earlier: Vec<(String, String, bool)> = Vec::new();
+    let mut rules: Vec<Rule> = Vec::new();
     for (i, r) in input.rules.iter().enumerate() {
         let base = format!("rules[{i}]");
         c.name(format!("{base}.name"), &r.name, "rule");
@@ -346,21 +358,32 @@ fn compile_rules(
                 format!("duplicate rule name {:?}", r.name),
             );
         }
-        let conditional = !r.matches.methods.is_empty() || r.matches.host.is_some();
-        if let Some((name, _, _)) = earlier.iter().find(|(_, pattern, cond)| {
-            !cond && (pattern == "/**" || pattern == "**" || *pattern == r.matches.path)
-        }) {
+        if let Some(earlier) = rules.iter().find(|e| shadows(e, &r.matches.path)) {
             c.warn(
                 format!("{base}.match.path"),
-                format!("rule {:?} can never match: the earlier rule {name:?} takes every request it would", r.name),
+                format!(
+                    "rule {:?} can never match: the earlier rule {:?} takes every request it would",
+                    r.name, earlier.name
+                ),
             );
         }
-        earlier.push((r.name.clone(), r.matches.path.clone(), conditional));
         if let Some(rule) = compile_rule(c, &base, r, &input.server, upstreams, metrics) {
             rules.push(rule);
         }
     }
     rules
+}
+
+/// True when `earlier` matches every request a later rule with path
+/// `pattern` could match: it has no method or host condition and its pattern
+/// is a catch-all, the same pattern, or covers the later literal path.
+fn shadows(earlier: &Rule, pattern: &str) -> bool {
+    let unconditional = earlier.conditions.methods.is_empty() && earlier.conditions.host.is_none();
+    let literal = !pattern.contains(['*', '?', '[', '{']);
+    unconditional
+        && (earlier.pattern.is_catch_all()
+            || earlier.pattern.source == pattern
+            || (literal && earlier.pattern.matches(pattern)))
 }
 
 fn compile_rule(
@@ -460,11 +483,16 @@ fn compile_path_pattern(c: &mut Compiler<'_>, path: &str, pattern: &str) -> Opti
         );
         return None;
     }
-    let literal = pattern.replace("**", "x").replace('*', "x");
-    if literal.contains("//") || literal.split('/').any(|s| s == "." || s == "..") {
+    // Requests are matched after normalization, so the pattern's literal parts
+    // must already be in normal form (no //, . or .., no needless escapes).
+    let literal = pattern.replace("**", "x").replace(['*', '?'], "x");
+    if crate::route::normalize_path(literal.as_bytes()).map_or(true, |n| n != literal) {
         c.error(
             path,
-            format!("path pattern {pattern:?} is not a normalized path (no //, . or .. segments); it would never match"),
+            format!(
+                "path pattern {pattern:?} is not a normalized path (no //, . or .. segments, \
+                 escapes only where needed, upper-case hex); it would never match"
+            ),
         );
         return None;
     }
@@ -539,6 +567,14 @@ fn compile_limit(
         );
     }
     let (rate, burst) = (rate?, burst?);
+    let refill = u128::from(rate.emission_interval_ns()) * u128::from(burst);
+    if refill > units::MAX_RATE_PERIOD.as_nanos() {
+        c.error(
+            format!("{path}.burst"),
+            format!("a burst of {burst} at {rate} takes longer than 31 days to refill"),
+        );
+        return None;
+    }
     let limiter = match l.algorithm {
         AlgorithmInput::Gcra => Limiter::Gcra(Gcra::new(rate, burst)),
     };

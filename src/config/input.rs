@@ -138,6 +138,9 @@ pub struct UpstreamInput {
     pub read_timeout: Option<String>,
     #[serde(default)]
     pub write_timeout: Option<String>,
+    /// Read timeout of upgraded (WebSocket) connections.
+    #[serde(default)]
+    pub tunnel_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

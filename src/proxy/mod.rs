@@ -9,19 +9,30 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::HOST;
-use http::Uri;
+use http::header::{HeaderName, HOST};
+use http::{HeaderValue, Uri};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::identity::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
+use crate::identity::{KeyError, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::limit::{Decision, MemoryStore, MonotonicClock, Store};
 use crate::metrics::{Metrics, Outcome};
 use crate::pipeline::{self, Incoming, Plan, Unrouted};
+use crate::route::{PathError, Target};
 use crate::runtime::Runtime;
 use respond::Reply;
+
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Forwarding headers only a trusted proxy may set.
+const UNTRUSTED_FORWARDING_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("forwarded"),
+    X_REAL_IP,
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+];
 
 /// State shared by the proxy, the admin listener and background tasks. The
 /// store and metrics outlive any one config snapshot.
@@ -60,11 +71,16 @@ pub struct RequestCtx {
     /// The one snapshot this request is served with.
     runtime: Option<Arc<Runtime>>,
     rule: Option<usize>,
-    /// Set when normalization changed the path.
+    /// Set when the upstream must get a different target than the client sent.
     forward_uri: Option<Uri>,
+    /// Host for an absolute-form request that came without a `Host` header.
+    forward_host: Option<HeaderValue>,
+    client_ip: Option<IpAddr>,
     peer_trusted: bool,
     /// The limit and decision the response headers report.
     headline: Option<(usize, Decision)>,
+    /// Round-robin position of the first server tried, and failures since.
+    first_server: Option<usize>,
     connect_failures: usize,
 }
 
@@ -75,11 +91,31 @@ fn peer_ip(session: &Session) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
 }
 
-fn host_of(req: &RequestHeader) -> Option<&str> {
+/// `Host` header, else the authority of an absolute-form target, else the
+/// URI's (h2 `:authority`).
+fn host_of<'a>(req: &'a RequestHeader, target: &Target<'a>) -> Option<&'a str> {
     req.headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
+        .or(target.authority)
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// The origin-form target the upstream gets, when it differs from what the
+/// client sent: the normalized path and the query exactly as received.
+fn forward_uri(target: &Target<'_>, path: &str) -> Result<Option<Uri>, PathError> {
+    if target.authority.is_none() && target.path == path.as_bytes() {
+        return Ok(None);
+    }
+    let mut forward = Vec::with_capacity(path.len() + target.query.map_or(0, |q| q.len() + 1));
+    forward.extend_from_slice(path.as_bytes());
+    if let Some(query) = target.query {
+        forward.push(b'?');
+        forward.extend_from_slice(query);
+    }
+    Uri::from_maybe_shared(Bytes::from(forward))
+        .map(Some)
+        .map_err(|_| PathError::Unforwardable)
 }
 
 impl Gateway {
@@ -93,11 +129,17 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> Option<Reply> {
         let unrouted = self.shared.metrics.unrouted();
+        let target = match Target::parse(req.raw_path()) {
+            Ok(t) => t,
+            Err(e) => {
+                unrouted.record(Outcome::BadRequest);
+                return Some(respond::bad_path(e));
+            }
+        };
         let incoming = Incoming {
             method: &req.method,
-            path: req.uri.path(),
-            query: req.uri.query(),
-            host: host_of(req),
+            target,
+            host: host_of(req, &target),
             headers: &req.headers,
             peer,
         };
@@ -114,65 +156,72 @@ impl Gateway {
         };
         let rule = rt.rule(routed.rule);
         ctx.rule = Some(routed.rule);
-        if routed.path != incoming.path {
-            let forward = match incoming.query {
-                Some(q) => format!("{}?{q}", routed.path),
-                None => routed.path.to_string(),
-            };
-            match forward.parse::<Uri>() {
-                Ok(uri) => ctx.forward_uri = Some(uri),
-                Err(_) => {
-                    rule.metrics.record(Outcome::BadRequest);
-                    return Some(respond::bad_path(crate::route::PathError::BadEscape));
-                }
-            }
-        }
         ctx.peer_trusted = rt.server.trusted_proxies.contains(peer.to_canonical());
         let client_ip = pipeline::client_ip(rt, &incoming);
+        ctx.client_ip = Some(client_ip);
         let facts = pipeline::facts(rt, &incoming, client_ip);
-        let (limits, checks) = match pipeline::plan(rule, &facts) {
-            Plan::Exempt(_) => {
-                rule.metrics.record(Outcome::Exempt);
-                return None;
+        let outcome = match pipeline::plan(rule, &facts) {
+            Plan::Exempt(_) => Outcome::Exempt,
+            Plan::Refuse { limit, error } => {
+                let limit = &rule.limits[limit];
+                return Some(match error {
+                    KeyError::Missing(part) => {
+                        rule.metrics.record(Outcome::MissingKey);
+                        respond::missing_key(rule, limit, &part)
+                    }
+                    KeyError::Conflicting(part) => {
+                        rule.metrics.record(Outcome::BadRequest);
+                        respond::conflicting_key(rule, limit, &part)
+                    }
+                });
             }
-            Plan::MissingKey { limit, part } => {
-                rule.metrics.record(Outcome::MissingKey);
-                return Some(respond::missing_key(rule, &rule.limits[limit], &part));
+            Plan::Decide {
+                limits,
+                checks,
+                shadow_refusal,
+            } => {
+                let decisions = if checks.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.shared
+                        .store
+                        .decide(&checks, self.shared.clock.now())
+                        .await
+                };
+                match decisions {
+                    Ok(decisions) => {
+                        let decided: Vec<(usize, Decision)> =
+                            limits.into_iter().zip(decisions).collect();
+                        let verdict = pipeline::judge(rule, &decided, shadow_refusal);
+                        if let (true, Some((i, decision))) = (verdict.denied(), verdict.headline) {
+                            rule.metrics.record(Outcome::Limited);
+                            return Some(respond::limited(rule, &rule.limits[i], &decision));
+                        }
+                        ctx.headline = verdict.headline;
+                        verdict.outcome
+                    }
+                    Err(e) => {
+                        tracing::warn!(rule = %rule.name, "limiter store failed, letting the request through: {e}");
+                        Outcome::StoreError
+                    }
+                }
             }
-            Plan::Decide { limits, checks } => (limits, checks),
         };
-        if checks.is_empty() {
-            rule.metrics.record(Outcome::Allowed);
-            return None;
-        }
-        let decisions = match self
-            .shared
-            .store
-            .decide(&checks, self.shared.clock.now())
-            .await
-        {
-            Ok(d) => d,
+        match forward_uri(&target, &routed.path) {
+            Ok(uri) => ctx.forward_uri = uri,
             Err(e) => {
-                tracing::warn!(rule = %rule.name, "limiter store failed, letting the request through: {e}");
-                rule.metrics.record(Outcome::StoreError);
-                return None;
-            }
-        };
-        let decided: Vec<(usize, Decision)> = limits.into_iter().zip(decisions).collect();
-        let verdict = pipeline::judge(rule, &decided);
-        rule.metrics.record(verdict.outcome);
-        if verdict.outcome == Outcome::ShadowLimited {
-            tracing::info!(rule = %rule.name, "a shadow limit would have denied this request");
-        }
-        match verdict.headline {
-            Some((i, decision)) if verdict.denied() => {
-                Some(respond::limited(rule, &rule.limits[i], &decision))
-            }
-            headline => {
-                ctx.headline = headline;
-                None
+                rule.metrics.record(Outcome::BadRequest);
+                return Some(respond::bad_path(e));
             }
         }
+        if !req.headers.contains_key(HOST) {
+            ctx.forward_host = target.authority.and_then(|a| HeaderValue::from_str(a).ok());
+        }
+        rule.metrics.record(outcome);
+        if outcome == Outcome::ShadowLimited {
+            tracing::debug!(rule = %rule.name, "a shadow limit would have denied this request");
+        }
+        None
     }
 }
 
@@ -226,17 +275,25 @@ impl ProxyHttp for Gateway {
     ) -> Result<Box<HttpPeer>> {
         let (rt, rule) = snapshot(ctx)?;
         let upstream = rt.upstream_of(rt.rule(rule));
-        let mut peer = HttpPeer::new(upstream.next_server(), upstream.tls, upstream.sni.clone());
+        // A retry after a failed connect moves on to the next server.
+        let first = ctx
+            .first_server
+            .unwrap_or_else(|| upstream.round_robin_start());
+        let server = upstream.server(first + ctx.connect_failures);
+        let mut peer = HttpPeer::new(server, upstream.tls, upstream.sni.clone());
         let options = &mut peer.options;
         options.connection_timeout = Some(upstream.connect_timeout);
         options.write_timeout = Some(upstream.write_timeout);
-        // A WebSocket may be quiet for long stretches; only plain requests get
-        // a read deadline.
-        if !session.is_upgrade_req() {
-            options.read_timeout = Some(upstream.read_timeout);
-        }
+        // An upgraded connection may be quiet for long stretches; it gets the
+        // tunnel's idle timeout instead of the request read timeout.
+        options.read_timeout = Some(if session.is_upgrade_req() {
+            upstream.tunnel_idle_timeout
+        } else {
+            upstream.read_timeout
+        });
         options.verify_cert = upstream.verify_cert;
         options.verify_hostname = upstream.verify_cert;
+        ctx.first_server = Some(first);
         Ok(Box::new(peer))
     }
 
@@ -249,27 +306,32 @@ impl ProxyHttp for Gateway {
         if let Some(uri) = ctx.forward_uri.take() {
             upstream_request.set_uri(uri);
         }
+        if let Some(host) = ctx.forward_host.take() {
+            upstream_request.insert_header(HOST, host)?;
+        }
         let peer = peer_ip(session).to_canonical().to_string();
-        // A trusted proxy's chain is extended; anyone else's is replaced, so the
-        // upstream never sees a chain a client made up.
-        let forwarded_for = if ctx.peer_trusted {
-            let earlier: Vec<&str> = upstream_request
-                .headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            if earlier.is_empty() {
-                peer
-            } else {
-                format!("{}, {peer}", earlier.join(", "))
+        // A trusted proxy's chain is extended; anyone else's is replaced, and
+        // their other forwarding headers dropped, so the upstream never sees
+        // a chain a client made up.
+        if ctx.peer_trusted {
+            let mut chain = Vec::new();
+            for line in upstream_request.headers.get_all(X_FORWARDED_FOR) {
+                chain.extend_from_slice(line.as_bytes());
+                chain.extend_from_slice(b", ");
             }
+            chain.extend_from_slice(peer.as_bytes());
+            upstream_request.insert_header(X_FORWARDED_FOR, chain)?;
         } else {
-            peer
-        };
-        upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
+            for name in UNTRUSTED_FORWARDING_HEADERS {
+                upstream_request.remove_header(&name);
+            }
+            upstream_request.insert_header(X_FORWARDED_FOR, peer)?;
+        }
         if !(ctx.peer_trusted && upstream_request.headers.contains_key(X_FORWARDED_PROTO)) {
             upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
+        }
+        if let Some(client) = ctx.client_ip {
+            upstream_request.insert_header(X_REAL_IP, client.to_string())?;
         }
         let (rt, rule) = snapshot(ctx)?;
         if let Some(host) = &rt.upstream_of(rt.rule(rule)).host_header {
@@ -304,7 +366,7 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.connect_failures += 1;
-        // Try the upstream's other servers once each before giving up.
+        // Try each of the upstream's servers once before giving up.
         if let Ok((rt, rule)) = snapshot(ctx) {
             if ctx.connect_failures < rt.upstream_of(rt.rule(rule)).servers.len() {
                 e.set_retry(true);

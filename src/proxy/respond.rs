@@ -3,7 +3,7 @@
 //! header and a body; the glue writes them.
 
 use bytes::Bytes;
-use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use serde_json::json;
@@ -72,13 +72,36 @@ pub fn no_route() -> Reply {
     )
 }
 
-/// 401 when a limit with `missing: deny` found no key.
+/// 401 when a limit with `missing: deny` found no key. RFC 9110 requires a
+/// challenge with every 401: it names where the key is expected.
 pub fn missing_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Reply {
-    json_reply(
+    let mut r = json_reply(
         401,
         json!({
             "error": "missing_key",
             "message": format!("this endpoint needs {}", describe_part(part)),
+            "rule": rule.name,
+            "limit": limit.name,
+            "key": part.to_string(),
+        }),
+    );
+    let challenge = match part {
+        KeyPart::Header(name) => format!("ApiKey realm=\"tollgate\", header=\"{name}\""),
+        _ => "Bearer realm=\"tollgate\"".to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        insert(&mut r.header, WWW_AUTHENTICATE, value);
+    }
+    r
+}
+
+/// 400 when the request carries a limit's key twice with different values.
+pub fn conflicting_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Reply {
+    json_reply(
+        400,
+        json!({
+            "error": "conflicting_key",
+            "message": format!("the request carries {} more than once, with different values", describe_part(part)),
             "rule": rule.name,
             "limit": limit.name,
             "key": part.to_string(),
