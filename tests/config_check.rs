@@ -99,6 +99,37 @@ rules:
 }
 
 #[test]
+fn a_literal_rule_covered_by_an_earlier_glob_is_a_warning() {
+    let text = "
+upstreams: { api: { servers: [\"127.0.0.1:9\"] } }
+rules:
+  - { name: api, match: { path: \"/api/**\" }, upstream: api }
+  - { name: item, match: { path: /api/item }, upstream: api }
+  - { name: posts, match: { path: /posts, methods: [POST] }, upstream: api }
+  - { name: all-posts, match: { path: /posts }, upstream: api }
+";
+    let loaded = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap();
+    let paths: Vec<&str> = loaded
+        .runtime
+        .warnings
+        .iter()
+        .map(|w| w.path.as_str())
+        .collect();
+    // `posts` only takes POST, so `all-posts` still matches other methods.
+    assert_eq!(paths, vec!["rules[1].match.path"]);
+}
+
+#[test]
+fn trusting_every_peer_is_a_warning() {
+    let text = "server: { trusted_proxies: [\"0.0.0.0/0\"] }\n";
+    let loaded = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap();
+    assert_eq!(loaded.runtime.warnings[0].path, "server.trusted_proxies[0]");
+    assert!(loaded.runtime.warnings[0]
+        .message
+        .contains("every peer is trusted"));
+}
+
+#[test]
 fn an_empty_file_is_a_valid_config_with_no_rules() {
     let loaded = load_str("", Path::new("empty.yaml"), &Metrics::new()).unwrap();
     assert!(loaded.runtime.rules.is_empty());

@@ -212,6 +212,19 @@ impl Drop for TlsUpstream {
     }
 }
 
+/// An upstream that accepts connections and never answers.
+pub async fn silent_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (addr, task)
+}
+
 /// A gateway running in this process with a config written to a temp dir.
 pub struct Gateway {
     pub addr: SocketAddr,
@@ -287,13 +300,23 @@ pub fn client_from(ip: &str) -> reqwest::Client {
         .unwrap()
 }
 
-/// Sends a raw HTTP/1.1 request and returns the status and the whole answer.
+/// Sends a raw HTTP/1.1 GET and returns the status and the whole answer.
 /// For request targets no HTTP client library would send as written.
 pub async fn raw_request(addr: SocketAddr, target: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    raw_exchange("127.0.0.1", addr, request.as_bytes()).await
+}
+
+/// Sends raw request bytes from a given loopback address (the request should
+/// say `Connection: close`) and returns the status and the whole answer.
+pub async fn raw_exchange(from: &str, addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
         .await
