@@ -16,6 +16,21 @@ fn config(rest: &str) -> String {
     format!("{SERVER}{rest}")
 }
 
+/// Config with one upstream `api` and one catch-all rule `api`, whose other
+/// settings (limits, exemptions…) are `rule` (YAML lines indented by four).
+fn api_rule(rule: &str) -> String {
+    format!(
+        "
+upstreams: {{ api: {{ servers: [\"{{upstream}}\"] }} }}
+rules:
+  - name: api
+    match: {{ path: /** }}
+    upstream: api
+{}",
+        rule.trim_start_matches('\n')
+    )
+}
+
 async fn start(rest: &str) -> (Upstream, Gateway) {
     start_with("", rest).await
 }
@@ -29,16 +44,10 @@ async fn start_with(server: &str, rest: &str) -> (Upstream, Gateway) {
 
 #[tokio::test]
 async fn limit_reached_answers_429_with_retry_after_and_ratelimit_headers() {
-    let (upstream, gw) = start(
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    limits: [{ name: per-ip, key: ip, rate: 3/minute }]
+    let (upstream, gw) = start(&api_rule(
+        "    limits: [{ name: per-ip, key: ip, rate: 3/minute }]
 ",
-    )
+    ))
     .await;
     let c = client();
     let started = std::time::Instant::now();
@@ -76,16 +85,12 @@ rules:
 async fn allowed_responses_report_the_most_constrained_limit() {
     let (_upstream, gw) = start_with(
         "  headers: both\n",
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    limits:
+        &api_rule(
+            "    limits:
       - { name: roomy, key: ip, rate: 100/minute }
       - { name: tight, key: global, rate: 5/minute }
 ",
+        ),
     )
     .await;
     let resp = client().get(gw.url("/")).send().await.unwrap();
@@ -102,17 +107,11 @@ rules:
 
 #[tokio::test]
 async fn header_style_none_sends_no_ratelimit_headers() {
-    let (_upstream, gw) = start(
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    headers: none
+    let (_upstream, gw) = start(&api_rule(
+        "    headers: none
     limits: [{ key: ip, rate: 1/minute }]
 ",
-    )
+    ))
     .await;
     let c = client();
     let ok = c.get(gw.url("/")).send().await.unwrap();
@@ -127,18 +126,12 @@ rules:
 
 #[tokio::test]
 async fn a_request_denied_by_a_later_limit_spends_nothing_from_earlier_ones() {
-    let (_upstream, gw) = start(
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    limits:
+    let (_upstream, gw) = start(&api_rule(
+        "    limits:
       - { name: per-ip, key: ip, rate: 5/minute }
       - { name: per-tenant, key: { header: x-tenant }, rate: 2/minute }
 ",
-    )
+    ))
     .await;
     let c = client();
     let send = |tenant: &'static str| c.get(gw.url("/")).header("x-tenant", tenant).send();
@@ -176,30 +169,17 @@ rules:
 
 #[tokio::test]
 async fn exempt_networks_skip_the_limits() {
-    let (_upstream, gw) = start(
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    limits: [{ key: ip, rate: 1/minute }]
+    let (_upstream, gw) = start(&api_rule(
+        "    limits: [{ key: ip, rate: 1/minute }]
     exempt: [{ ip: [\"127.0.0.2/32\"] }]
 ",
-    )
+    ))
     .await;
     let exempt = client_from("127.0.0.2");
     assert_eq!(statuses(&exempt, &gw.url("/"), 5).await, vec![200; 5]);
     let other = client_from("127.0.0.3");
     assert_eq!(statuses(&other, &gw.url("/"), 2).await, vec![200, 429]);
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("tollgate_requests_total{outcome=\"exempt\",rule=\"api\"} 5"),
         "{metrics}"
@@ -208,17 +188,11 @@ rules:
 
 #[tokio::test]
 async fn exempt_header_glob_skips_the_limits() {
-    let (_upstream, gw) = start(
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    limits: [{ key: ip, rate: 1/minute }]
+    let (_upstream, gw) = start(&api_rule(
+        "    limits: [{ key: ip, rate: 1/minute }]
     exempt: [{ header: { name: x-api-key, value: \"internal-*\" } }]
 ",
-    )
+    ))
     .await;
     let c = client();
     for _ in 0..4 {
@@ -239,14 +213,10 @@ rules:
 async fn forged_forwarded_for_from_an_untrusted_peer_keeps_its_own_bucket() {
     let (upstream, gw) = start_with(
         "  trusted_proxies: [\"127.0.0.2/32\"]\n",
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    limits: [{ key: ip, rate: 2/minute }]
+        &api_rule(
+            "    limits: [{ key: ip, rate: 2/minute }]
 ",
+        ),
     )
     .await;
     let attacker = client_from("127.0.0.3");
@@ -273,14 +243,10 @@ rules:
 async fn behind_a_trusted_proxy_the_forwarded_client_is_limited() {
     let (upstream, gw) = start_with(
         "  trusted_proxies: [\"127.0.0.2/32\"]\n",
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    limits: [{ key: ip, rate: 2/minute }]
+        &api_rule(
+            "    limits: [{ key: ip, rate: 2/minute }]
 ",
+        ),
     )
     .await;
     let proxy = client_from("127.0.0.2");
@@ -459,8 +425,8 @@ async fn tls_upstreams_with_untrusted_certificates_are_refused() {
     assert_eq!(resp.status(), 502);
 }
 
-#[tokio::test]
-async fn requests_round_robin_over_an_upstreams_servers_and_skip_dead_ones() {
+/// A gateway whose one upstream pools two live servers and a dead one.
+async fn start_pool_with_a_dead_server() -> (Upstream, Upstream, Gateway) {
     let a = Upstream::start().await;
     let b = Upstream::start().await;
     let dead = common::free_port();
@@ -475,6 +441,12 @@ rules:
         a.addr, b.addr
     );
     let gw = Gateway::start(&config(&rest), a.addr).await;
+    (a, b, gw)
+}
+
+#[tokio::test]
+async fn requests_round_robin_over_an_upstreams_servers_and_skip_dead_ones() {
+    let (a, b, gw) = start_pool_with_a_dead_server().await;
     assert_eq!(statuses(&client(), &gw.url("/"), 6).await, vec![200; 6]);
     assert!(
         a.count() >= 2 && b.count() >= 2,
@@ -571,27 +543,14 @@ async fn missing_ip_counts_keyless_requests_by_client_ip() {
 
 #[tokio::test]
 async fn shadow_limits_count_but_never_deny() {
-    let (_upstream, gw) = start(
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    limits: [{ key: ip, rate: 1/minute, mode: shadow }]
+    let (_upstream, gw) = start(&api_rule(
+        "    limits: [{ key: ip, rate: 1/minute, mode: shadow }]
 ",
-    )
+    ))
     .await;
     let c = client();
     assert_eq!(statuses(&c, &gw.url("/"), 3).await, vec![200, 200, 200]);
-    let metrics = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("tollgate_requests_total{outcome=\"shadow_limited\",rule=\"api\"} 2"),
         "{metrics}"
@@ -600,17 +559,11 @@ rules:
 
 #[tokio::test]
 async fn a_rule_can_replace_the_status_and_body_of_its_denials() {
-    let (_upstream, gw) = start(
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    limits: [{ name: slow, key: ip, rate: 1/minute }]
+    let (_upstream, gw) = start(&api_rule(
+        "    limits: [{ name: slow, key: ip, rate: 1/minute }]
     deny: { status: 503, body: '{\"busy\": \"{rule}/{limit}\", \"wait\": {retry_after}}' }
 ",
-    )
+    ))
     .await;
     let c = client();
     c.get(gw.url("/")).send().await.unwrap();
@@ -633,14 +586,7 @@ async fn the_admin_listener_serves_health_and_metrics() {
     c.get(gw.url("/deep/x")).send().await.unwrap();
     let health = c.get(gw.admin_url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let metrics = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("tollgate_requests_total{outcome=\"no_route\",rule=\"\"} 1"),
         "{metrics}"
@@ -656,16 +602,10 @@ async fn the_admin_listener_serves_health_and_metrics() {
 
 #[tokio::test]
 async fn h2c_clients_are_served_and_limited() {
-    let (_upstream, gw) = start(
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    limits: [{ key: ip, rate: 1/minute }]
+    let (_upstream, gw) = start(&api_rule(
+        "    limits: [{ key: ip, rate: 1/minute }]
 ",
-    )
+    ))
     .await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
@@ -794,15 +734,11 @@ rules:
 async fn a_non_utf8_forwarded_for_cannot_hide_the_client_behind_its_proxy() {
     let (upstream, gw) = start_with(
         "  trusted_proxies: [\"127.0.0.2/32\"]\n",
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    exempt: [{ ip: [\"127.0.0.0/8\"] }]
+        &api_rule(
+            "    exempt: [{ ip: [\"127.0.0.0/8\"] }]
     limits: [{ key: ip, rate: 1/minute }]
 ",
+        ),
     )
     .await;
     let request = b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: \xff, 198.51.100.7\r\nConnection: close\r\n\r\n";
@@ -820,17 +756,7 @@ rules:
 
 #[tokio::test]
 async fn forwarding_headers_from_untrusted_peers_are_dropped_and_from_trusted_kept() {
-    let (upstream, gw) = start_with(
-        "  trusted_proxies: [\"127.0.0.2/32\"]\n",
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-",
-    )
-    .await;
+    let (upstream, gw) = start_with("  trusted_proxies: [\"127.0.0.2/32\"]\n", &api_rule("")).await;
     let send = |from: &'static str| {
         client_from(from)
             .get(gw.url("/"))
@@ -858,16 +784,10 @@ rules:
 
 #[tokio::test]
 async fn conflicting_api_keys_are_refused_with_400() {
-    let (upstream, gw) = start(
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    limits: [{ name: per-key, key: api_key, rate: 10/minute }]
+    let (upstream, gw) = start(&api_rule(
+        "    limits: [{ name: per-key, key: api_key, rate: 10/minute }]
 ",
-    )
+    ))
     .await;
     let resp = client()
         .get(gw.url("/"))
@@ -884,27 +804,14 @@ rules:
 
 #[tokio::test]
 async fn a_shadow_limit_with_a_missing_key_lets_the_request_through() {
-    let (_upstream, gw) = start(
-        "
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-  - name: api
-    match: { path: /** }
-    upstream: api
-    limits: [{ key: { header: x-tenant }, rate: 1/minute, mode: shadow }]
+    let (_upstream, gw) = start(&api_rule(
+        "    limits: [{ key: { header: x-tenant }, rate: 1/minute, mode: shadow }]
 ",
-    )
+    ))
     .await;
     let c = client();
     assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
-    let metrics = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("tollgate_requests_total{outcome=\"shadow_limited\",rule=\"api\"} 1"),
         "{metrics}"
@@ -955,20 +862,7 @@ rules:
 
 #[tokio::test]
 async fn concurrent_requests_skip_a_dead_server_in_the_pool() {
-    let a = Upstream::start().await;
-    let b = Upstream::start().await;
-    let dead = common::free_port();
-    let rest = format!(
-        "
-upstreams: {{ pool: {{ servers: [\"{}\", \"127.0.0.1:{dead}\", \"{}\"] }} }}
-rules:
-  - name: api
-    match: {{ path: /** }}
-    upstream: pool
-",
-        a.addr, b.addr
-    );
-    let gw = Gateway::start(&config(&rest), a.addr).await;
+    let (_a, _b, gw) = start_pool_with_a_dead_server().await;
     let c = client();
     let requests = (0..60).map(|_| c.get(gw.url("/")).send());
     let results = futures_util::future::join_all(requests).await;
