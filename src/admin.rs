@@ -1,44 +1,164 @@
-//! The admin listener: health and metrics, on its own (loopback by default)
-//! address, never on the public one.
+//! The admin listener: health, readiness, metrics, reload and the running
+//! config, on its own (loopback by default) address, never on the public one.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{header, Method, Response, StatusCode};
+use http::{header, HeaderMap, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use serde_json::json;
+use serde_json::{json, Value};
 
+use crate::config::ConfigInput;
 use crate::proxy::Shared;
+use crate::reload::{self, ReloadOutcome, Trigger};
 
 pub struct AdminApp {
     shared: Arc<Shared>,
 }
+
+/// Shown instead of secrets in `GET /-/config`.
+const REDACTED: &str = "<redacted>";
 
 impl AdminApp {
     pub fn new(shared: Arc<Shared>) -> Self {
         AdminApp { shared }
     }
 
-    /// Routes an admin request; plain so it is testable without a socket.
-    pub fn handle(&self, method: &Method, path: &str) -> Response<Vec<u8>> {
+    /// Routes an admin request; plain (no socket) so it is testable.
+    pub async fn handle(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response<Vec<u8>> {
+        // Probes stay open so orchestrators need no secret; the rest may not.
+        let open = matches!(path, "/healthz" | "/readyz");
+        if !open && !self.authorized(headers) {
+            let mut r = json(
+                StatusCode::UNAUTHORIZED,
+                json!({ "error": "unauthorized", "message": "this endpoint needs the admin bearer token" }),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+            );
+            return r;
+        }
         match (method, path) {
             (&Method::GET, "/healthz") => json(StatusCode::OK, json!({ "status": "ok" })),
-            (&Method::GET, "/metrics") => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.shared.metrics.encode(),
-            ),
-            (_, "/healthz" | "/metrics") => json(
+            (&Method::GET, "/readyz") => self.ready(),
+            (&Method::GET, "/metrics") => {
+                self.shared.metrics.tracked_keys.set(self.shared.store.len() as i64);
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.shared.metrics.encode(),
+                )
+            }
+            (&Method::POST, "/-/reload") => self.reload().await,
+            (&Method::GET, "/-/config") => json(StatusCode::OK, self.config()),
+            (_, "/healthz" | "/readyz" | "/metrics" | "/-/config" | "/-/reload") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
-                json!({ "error": "method_not_allowed", "message": "use GET" }),
+                json!({ "error": "method_not_allowed", "message": "POST /-/reload; GET for the others" }),
             ),
             _ => json(
                 StatusCode::NOT_FOUND,
-                json!({ "error": "not_found", "message": "admin endpoints: GET /healthz, GET /metrics" }),
+                json!({
+                    "error": "not_found",
+                    "message": "admin endpoints: GET /healthz, GET /readyz, GET /metrics, GET /-/config, POST /-/reload",
+                }),
             ),
         }
     }
+
+    fn token(&self) -> Option<String> {
+        self.shared
+            .admin_token_env
+            .clone()
+            .or_else(|| self.shared.runtime.load().server.admin_token.clone())
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = self.token() else { return true };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(presented.as_bytes(), token.as_bytes())
+    }
+
+    /// Ready when a config is loaded (it always is once serving).
+    fn ready(&self) -> Response<Vec<u8>> {
+        let rt = self.shared.runtime.load();
+        json(
+            StatusCode::OK,
+            json!({ "status": "ready", "generation": rt.source.generation }),
+        )
+    }
+
+    async fn reload(&self) -> Response<Vec<u8>> {
+        match reload::reload(&self.shared, Trigger::Admin).await {
+            ReloadOutcome::Reloaded(summary) => json(
+                StatusCode::OK,
+                json!({ "status": "reloaded", "summary": summary }),
+            ),
+            ReloadOutcome::Unchanged => json(
+                StatusCode::OK,
+                json!({
+                    "status": "unchanged",
+                    "generation": self.shared.runtime.load().source.generation,
+                }),
+            ),
+            ReloadOutcome::Failed(error) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({
+                    "status": "failed",
+                    "message": "the file was not loaded; the running config is unchanged",
+                    "file": error.file,
+                    "problems": error.problems,
+                }),
+            ),
+        }
+    }
+
+    fn config(&self) -> Value {
+        let rt = self.shared.runtime.load();
+        let source = &rt.source;
+        json!({
+            "generation": source.generation,
+            "loaded_at": reload::rfc3339(source.loaded_at),
+            "file": source.file,
+            "sha256": source.sha256,
+            "warnings": rt.warnings,
+            "last_reload": self.shared.reloader.last(),
+            "config": redacted(&source.input),
+        })
+    }
+}
+
+/// The config as JSON with its secrets replaced: the admin token and the
+/// values of header exemptions (which are often shared secrets).
+pub fn redacted(input: &ConfigInput) -> Value {
+    let mut value = serde_json::to_value(input).unwrap_or(Value::Null);
+    if let Some(token) = value.pointer_mut("/server/admin_token") {
+        if !token.is_null() {
+            *token = Value::from(REDACTED);
+        }
+    }
+    if let Some(Value::Array(rules)) = value.get_mut("rules") {
+        for rule in rules {
+            if let Some(Value::Array(exempt)) = rule.get_mut("exempt") {
+                for exemption in exempt {
+                    if let Some(v) = exemption.pointer_mut("/header/value") {
+                        *v = Value::from(REDACTED);
+                    }
+                }
+            }
+        }
+    }
+    value
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -46,15 +166,12 @@ fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Res
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
     response
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+fn json(status: StatusCode, body: Value) -> Response<Vec<u8>> {
     respond(status, "application/json", body.to_string().into_bytes())
 }
 
@@ -62,6 +179,37 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        self.handle(&req.method, req.uri.path())
+        self.handle(&req.method, req.uri.path(), &req.headers).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted() {
+        let input: ConfigInput = serde_saphyr::from_str(
+            "
+server: { admin_token: hunter2 }
+upstreams: { a: { servers: [\"127.0.0.1:1\"] } }
+rules:
+  - name: r
+    match: { path: /** }
+    upstream: a
+    exempt: [{ header: { name: x-key, value: \"internal-secret-*\" } }, { ip: [\"10.0.0.0/8\"] }]
+",
+        )
+        .unwrap();
+        let text = redacted(&input).to_string();
+        assert!(!text.contains("hunter2") && !text.contains("internal-secret"), "{text}");
+        assert!(text.contains("10.0.0.0/8"), "{text}");
+    }
+
+    #[test]
+    fn token_comparison_needs_equal_bytes() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -12,6 +12,7 @@ pub mod limit;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod runtime;
 pub mod server;

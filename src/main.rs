@@ -88,7 +88,11 @@ fn run(config_path: PathBuf) -> ExitCode {
             "tollgate starting"
         );
     }
-    server::build_server(shared, ProcessOptions::default()).run(RunArgs::default());
+    let options = ProcessOptions {
+        handle_sighup: true,
+        ..ProcessOptions::default()
+    };
+    server::build_server(shared, options).run(RunArgs::default());
     ExitCode::SUCCESS
 }
 
@@ -98,8 +102,8 @@ fn check(
     headers: &[String],
     ip: IpAddr,
 ) -> ExitCode {
-    let loaded = match config::load_file(&config_path, &Metrics::new()) {
-        Ok(loaded) => loaded,
+    let runtime = match config::load_file(&config_path, &Metrics::new()) {
+        Ok(runtime) => runtime,
         Err(e) => {
             let errors = e
                 .problems
@@ -116,16 +120,16 @@ fn check(
             return ExitCode::from(1);
         }
     };
-    for warning in &loaded.runtime.warnings {
+    for warning in &runtime.warnings {
         println!("{}:{warning}", config_path.display());
     }
     match explain {
         None => {
             println!("{}: ok", config_path.display());
-            print!("{}", check::summary(&loaded.runtime));
+            print!("{}", check::summary(&runtime));
         }
         Some(request) => match Hypothetical::parse(&request, headers, ip) {
-            Ok(req) => print!("{}", check::explain(&loaded.runtime, &req)),
+            Ok(req) => print!("{}", check::explain(&runtime, &req)),
             Err(e) => {
                 eprintln!("tollgate: {e}");
                 return ExitCode::from(2);

@@ -4,7 +4,13 @@
 //! from fixed enums, never from anything a client sends, so a flood of random
 //! paths or keys cannot grow the number of series.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use std::time::Duration;
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 /// How a request ended, from the gateway's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,16 +51,85 @@ impl Outcome {
     }
 }
 
+/// What one limit said about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionResult {
+    Allowed,
+    Denied,
+    /// A shadow limit that would have denied.
+    ShadowDenied,
+}
+
+impl DecisionResult {
+    pub const ALL: [DecisionResult; 3] = [
+        DecisionResult::Allowed,
+        DecisionResult::Denied,
+        DecisionResult::ShadowDenied,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DecisionResult::Allowed => "allowed",
+            DecisionResult::Denied => "denied",
+            DecisionResult::ShadowDenied => "shadow_denied",
+        }
+    }
+}
+
+/// How a config reload attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Success,
+    Failure,
+}
+
+impl ReloadResult {
+    fn label(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+        }
+    }
+}
+
 /// Counters of one rule, resolved once at config compile time so the request
 /// path never looks a label set up.
 #[derive(Debug, Clone)]
 pub struct RuleMetrics {
     by_outcome: [IntCounter; Outcome::ALL.len()],
+    request_duration: Histogram,
+    upstream_duration: Histogram,
+    websockets: IntGauge,
 }
 
 impl RuleMetrics {
     pub fn record(&self, outcome: Outcome) {
         self.by_outcome[outcome as usize].inc();
+    }
+
+    pub fn observe_request(&self, took: Duration) {
+        self.request_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn observe_upstream(&self, took: Duration) {
+        self.upstream_duration.observe(took.as_secs_f64());
+    }
+
+    /// Open WebSocket (upgraded) connections of the rule.
+    pub fn websockets(&self) -> &IntGauge {
+        &self.websockets
+    }
+}
+
+/// Decision counters of one limit.
+#[derive(Debug, Clone)]
+pub struct LimitMetrics {
+    by_result: [IntCounter; DecisionResult::ALL.len()],
+}
+
+impl LimitMetrics {
+    pub fn record(&self, result: DecisionResult) {
+        self.by_result[result as usize].inc();
     }
 }
 
@@ -63,6 +138,16 @@ impl RuleMetrics {
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    decisions: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    decision_duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    reloads: IntCounterVec,
+    websockets: IntGaugeVec,
+    pub config_generation: IntGauge,
+    pub last_reload_success: IntGauge,
+    pub tracked_keys: IntGauge,
     /// Requests that matched no rule or were refused before routing.
     unrouted: RuleMetrics,
 }
@@ -79,37 +164,184 @@ impl Default for Metrics {
     }
 }
 
+/// Latency buckets from 100 µs to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Limiter decisions are fast; buckets from 1 µs to 100 ms.
+const DECISION_BUCKETS: &[f64] = &[
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.1,
+];
+
+/// Registers a collector; names are unique by construction in this module.
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    if let Err(e) = registry.register(Box::new(collector.clone())) {
+        unreachable!("metric definitions in this module are unique and valid: {e}");
+    }
+    collector
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
+    register(registry, vec)
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    let vec = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+        .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
+    register(registry, vec)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
+    register(registry, g)
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let registry =
-            Registry::new_custom(Some("tollgate".into()), None).unwrap_or_else(|_| Registry::new());
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "requests_total",
-                "Requests by matched rule and how the gateway handled them",
-            ),
+        let registry = Registry::new_custom(Some("tollgate".into()), None).unwrap_or_else(|_| Registry::new());
+        let r = &registry;
+        let requests = counter_vec(
+            r,
+            "requests_total",
+            "Requests by matched rule and how the gateway handled them",
             &["rule", "outcome"],
+        );
+        let decisions = counter_vec(
+            r,
+            "decisions_total",
+            "Limit decisions by rule, limit and result",
+            &["rule", "limit", "result"],
+        );
+        let request_duration = histogram_vec(
+            r,
+            "request_duration_seconds",
+            "Time from the request's arrival to the end of its response, by rule",
+            &["rule"],
+            SECONDS_BUCKETS,
+        );
+        let upstream_duration = histogram_vec(
+            r,
+            "upstream_duration_seconds",
+            "Time from choosing an upstream server to receiving its response header, by rule",
+            &["rule"],
+            SECONDS_BUCKETS,
+        );
+        let decision_duration = histogram_vec(
+            r,
+            "limiter_decision_duration_seconds",
+            "Time to decide all limits of a request, by store",
+            &["store"],
+            DECISION_BUCKETS,
+        );
+        let upstream_errors = counter_vec(
+            r,
+            "upstream_errors_total",
+            "Failed attempts to reach or read an upstream",
+            &["upstream"],
+        );
+        let reloads = counter_vec(r, "config_reloads_total", "Config reload attempts by result", &["result"]);
+        let websockets = IntGaugeVec::new(
+            Opts::new("websocket_connections", "Open WebSocket connections by rule"),
+            &["rule"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
-        // Registration only fails for duplicate names, which this module rules out.
-        let _ = registry.register(Box::new(requests.clone()));
-        let unrouted = Self::rule_metrics_of(&requests, "");
+        let websockets = register(r, websockets);
+        let config_generation = gauge(r, "config_generation", "Generation of the running config (1 at start)");
+        let last_reload_success = gauge(
+            r,
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load",
+        );
+        let tracked_keys = gauge(r, "tracked_keys", "Limiter states held in memory");
+        let unrouted = Self::rule_metrics_of(&requests, &request_duration, &upstream_duration, &websockets, "");
         Metrics {
             registry,
             requests,
+            decisions,
+            request_duration,
+            upstream_duration,
+            decision_duration,
+            upstream_errors,
+            reloads,
+            websockets,
+            config_generation,
+            last_reload_success,
+            tracked_keys,
             unrouted,
         }
     }
 
-    fn rule_metrics_of(requests: &IntCounterVec, rule: &str) -> RuleMetrics {
+    fn rule_metrics_of(
+        requests: &IntCounterVec,
+        request_duration: &HistogramVec,
+        upstream_duration: &HistogramVec,
+        websockets: &IntGaugeVec,
+        rule: &str,
+    ) -> RuleMetrics {
         RuleMetrics {
             by_outcome: Outcome::ALL.map(|o| requests.with_label_values(&[rule, o.label()])),
+            request_duration: request_duration.with_label_values(&[rule]),
+            upstream_duration: upstream_duration.with_label_values(&[rule]),
+            websockets: websockets.with_label_values(&[rule]),
         }
     }
 
-    /// Counters for a rule named in the config.
+    /// Handles for a rule named in the config.
     pub fn rule(&self, name: &str) -> RuleMetrics {
-        Self::rule_metrics_of(&self.requests, name)
+        Self::rule_metrics_of(
+            &self.requests,
+            &self.request_duration,
+            &self.upstream_duration,
+            &self.websockets,
+            name,
+        )
+    }
+
+    /// Handles for a limit named in the config.
+    pub fn limit(&self, rule: &str, limit: &str) -> LimitMetrics {
+        LimitMetrics {
+            by_result: DecisionResult::ALL.map(|r| self.decisions.with_label_values(&[rule, limit, r.label()])),
+        }
+    }
+
+    /// Handle for the decision latency of a store (`memory`, `redis`).
+    pub fn decision_duration(&self, store: &str) -> Histogram {
+        self.decision_duration.with_label_values(&[store])
+    }
+
+    pub fn upstream_error(&self, upstream: &str) {
+        self.upstream_errors.with_label_values(&[upstream]).inc();
+    }
+
+    pub fn reload(&self, result: ReloadResult) {
+        self.reloads.with_label_values(&[result.label()]).inc();
+    }
+
+    /// Drops the series of a rule that left the config, so removed names do
+    /// not linger in the exposition. Open WebSockets of the rule keep theirs.
+    pub fn forget_rule(&self, rule: &str, limits: &[&str]) {
+        for outcome in Outcome::ALL {
+            let _ = self.requests.remove_label_values(&[rule, outcome.label()]);
+        }
+        let _ = self.request_duration.remove_label_values(&[rule]);
+        let _ = self.upstream_duration.remove_label_values(&[rule]);
+        if self.websockets.with_label_values(&[rule]).get() == 0 {
+            let _ = self.websockets.remove_label_values(&[rule]);
+        }
+        for limit in limits {
+            self.forget_limit(rule, limit);
+        }
+    }
+
+    /// Drops the decision series of a limit that left the config.
+    pub fn forget_limit(&self, rule: &str, limit: &str) {
+        for result in DecisionResult::ALL {
+            let _ = self.decisions.remove_label_values(&[rule, limit, result.label()]);
+        }
     }
 
     /// Counters for requests that never reached a rule (`rule=""`).
@@ -131,20 +363,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn outcome_indices_match_their_position() {
+    fn outcome_and_result_indices_match_their_position() {
         for (i, o) in Outcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i);
         }
+        for (i, r) in DecisionResult::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.encode()).unwrap()
     }
 
     #[test]
     fn recorded_outcomes_appear_in_the_exposition() {
         let m = Metrics::new();
         m.rule("api").record(Outcome::Limited);
-        let text = String::from_utf8(m.encode()).unwrap();
+        m.limit("api", "per-ip").record(DecisionResult::Denied);
+        let text = text(&m);
+        assert!(text.contains(r#"tollgate_requests_total{outcome="limited",rule="api"} 1"#), "{text}");
         assert!(
-            text.contains(r#"tollgate_requests_total{outcome="limited",rule="api"} 1"#),
+            text.contains(r#"tollgate_decisions_total{limit="per-ip",result="denied",rule="api"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn forgotten_rules_leave_the_exposition() {
+        let m = Metrics::new();
+        m.rule("gone").record(Outcome::Allowed);
+        m.limit("gone", "l").record(DecisionResult::Allowed);
+        m.forget_rule("gone", &["l"]);
+        let text = text(&m);
+        assert!(!text.contains("rule=\"gone\""), "{text}");
     }
 }

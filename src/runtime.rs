@@ -9,10 +9,10 @@ use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
 use crate::config::units::Rate;
-use crate::config::Problem;
+use crate::config::{ConfigSource, Problem};
 use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
 use crate::limit::{LimitId, Limiter};
-use crate::metrics::RuleMetrics;
+use crate::metrics::{LimitMetrics, RuleMetrics};
 use crate::route::{PathPattern, RouteConditions, RouteTable};
 
 /// Which rate-limit response headers to send.
@@ -68,12 +68,15 @@ pub struct Runtime {
     pub upstreams: Vec<Upstream>,
     /// Non-fatal findings of the compile (e.g. unreachable rules).
     pub warnings: Vec<Problem>,
+    pub source: ConfigSource,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub listen: Vec<String>,
     pub admin: String,
+    pub admin_token: Option<String>,
+    pub watch: bool,
     pub threads: usize,
     pub trusted_proxies: TrustedProxies,
     pub ipv6_prefix: u8,
@@ -106,6 +109,7 @@ pub struct RuleLimit {
     pub limiter: Limiter,
     /// Pre-rendered `RateLimit-Policy` item, e.g. `"per-ip";q=100;w=1`.
     pub policy_header: HeaderValue,
+    pub metrics: LimitMetrics,
 }
 
 /// How a denied request is answered.

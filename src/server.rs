@@ -18,6 +18,7 @@ use crate::admin::AdminApp;
 use crate::config::{self, ConfigError};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Shared};
+use crate::reload::ConfigWatcher;
 
 /// How often expired limiter state is dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -27,16 +28,19 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 pub struct ProcessOptions {
     /// Seconds to keep serving after a stop signal; `None` uses Pingora's default.
     pub grace_period_seconds: Option<u64>,
+    /// Reload on SIGHUP. Off when embedded (tests), where the signal would
+    /// reach every gateway of the process.
+    pub handle_sighup: bool,
 }
 
 /// Loads the config and builds the state the services share.
 pub fn load_shared(config_path: &Path) -> Result<Arc<Shared>, ConfigError> {
     let metrics = Metrics::new();
-    let loaded = config::load_file(config_path, &metrics)?;
-    for warning in &loaded.runtime.warnings {
+    let runtime = config::load_file(config_path, &metrics)?;
+    for warning in &runtime.warnings {
         tracing::warn!("{}:{warning}", config_path.display());
     }
-    Ok(Arc::new(Shared::new(loaded.runtime, metrics)))
+    Ok(Arc::new(Shared::new(runtime, metrics, config_path.to_path_buf())))
 }
 
 /// Fails early, with the address in the message, when a listener cannot bind
@@ -78,12 +82,22 @@ pub fn build_server(shared: Arc<Shared>, options: ProcessOptions) -> Server {
     admin.add_tcp(&rt.server.admin);
     admin.threads = Some(1);
 
-    let mut sweeper = background_service("tollgate sweeper", Sweeper { shared });
+    let mut sweeper = background_service("tollgate sweeper", Sweeper { shared: shared.clone() });
     sweeper.threads = Some(1);
+
+    let mut watcher = background_service(
+        "tollgate config watcher",
+        ConfigWatcher {
+            shared,
+            handle_sighup: options.handle_sighup,
+        },
+    );
+    watcher.threads = Some(1);
 
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(sweeper);
+    server.add_service(watcher);
     server
 }
 
@@ -136,6 +150,7 @@ impl Running {
             shared.clone(),
             ProcessOptions {
                 grace_period_seconds: Some(0),
+                handle_sighup: false,
             },
         );
         let signal = NotifyShutdown(stop.clone());

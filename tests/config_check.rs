@@ -87,7 +87,7 @@ rules:
   - { name: late, match: { path: /late }, upstream: api }
 ";
     let loaded = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap();
-    let warning = &loaded.runtime.warnings[0];
+    let warning = &loaded.warnings[0];
     assert_eq!(warning.severity, Severity::Warning);
     assert_eq!(warning.path, "rules[1].match.path");
     assert_eq!(warning.line, 5);
@@ -110,7 +110,6 @@ rules:
 ";
     let loaded = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap();
     let paths: Vec<&str> = loaded
-        .runtime
         .warnings
         .iter()
         .map(|w| w.path.as_str())
@@ -123,8 +122,8 @@ rules:
 fn trusting_every_peer_is_a_warning() {
     let text = "server: { trusted_proxies: [\"0.0.0.0/0\"] }\n";
     let loaded = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap();
-    assert_eq!(loaded.runtime.warnings[0].path, "server.trusted_proxies[0]");
-    assert!(loaded.runtime.warnings[0]
+    assert_eq!(loaded.warnings[0].path, "server.trusted_proxies[0]");
+    assert!(loaded.warnings[0]
         .message
         .contains("every peer is trusted"));
 }
@@ -132,7 +131,7 @@ fn trusting_every_peer_is_a_warning() {
 #[test]
 fn an_empty_file_is_a_valid_config_with_no_rules() {
     let loaded = load_str("", Path::new("empty.yaml"), &Metrics::new()).unwrap();
-    assert!(loaded.runtime.rules.is_empty());
+    assert!(loaded.rules.is_empty());
 }
 
 fn tollgate(args: &[&str]) -> (i32, String, String) {

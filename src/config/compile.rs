@@ -16,7 +16,7 @@ use super::input::{
 };
 use super::locate::SourceMap;
 use super::units::{self, Rate, MAX_RATE_COUNT};
-use super::{Problem, Severity};
+use super::{ConfigSource, Problem, Severity};
 use crate::identity::{ApiKeySources, Exemption, KeyPart, KeySpec, TrustedProxies, MAX_KEY_PARTS};
 use crate::limit::memory::MAX_CHECKS;
 use crate::limit::{Gcra, LimitId, Limiter};
@@ -93,10 +93,11 @@ impl Compiler<'_> {
 /// Compiles a parsed config. On success the runtime carries the warnings; on
 /// failure every problem (errors and warnings) is returned.
 pub fn compile(
-    input: &ConfigInput,
+    origin: ConfigSource,
     source: &SourceMap,
     metrics: &Metrics,
 ) -> Result<Runtime, Vec<Problem>> {
+    let input = &origin.input;
     let mut c = Compiler {
         source,
         problems: Vec::new(),
@@ -127,6 +128,7 @@ pub fn compile(
             rules,
             upstreams,
             warnings: c.problems,
+            source: origin,
         }),
         _ => Err(c.problems),
     }
@@ -192,6 +194,8 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
     Some(ServerSettings {
         listen: s.listen.clone(),
         admin: s.admin.clone(),
+        admin_token: s.admin_token.clone().filter(|t| !t.is_empty()),
+        watch: s.watch,
         threads,
         trusted_proxies: TrustedProxies::new(trusted),
         ipv6_prefix: s.ipv6_prefix,
@@ -433,7 +437,7 @@ fn compile_rule(
     let mut limits = Vec::new();
     for (i, l) in r.limits.iter().enumerate() {
         let path = format!("{base}.limits[{i}]");
-        if let Some(limit) = compile_limit(c, &path, &r.name, l) {
+        if let Some(limit) = compile_limit(c, &path, &r.name, l, metrics) {
             if !limit_names.insert(limit.name.clone()) {
                 c.error(
                     format!("{path}.name"),
@@ -507,6 +511,7 @@ fn compile_limit(
     path: &str,
     rule: &str,
     l: &LimitInput,
+    metrics: &Metrics,
 ) -> Option<RuleLimit> {
     let parts = l.key.parts();
     if parts.is_empty() {
@@ -587,6 +592,7 @@ fn compile_limit(
     Some(RuleLimit {
         id: LimitId::of(&definition),
         policy_header: policy_header(&name, rate, burst),
+        metrics: metrics.limit(rule, &name),
         name,
         key,
         missing: l.missing.unwrap_or(MissingPolicy::Deny),

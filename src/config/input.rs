@@ -33,6 +33,14 @@ pub struct ServerInput {
     pub listen: Vec<String>,
     #[serde(default = "default_admin")]
     pub admin: String,
+    /// Bearer token for the admin API (all but /healthz and /readyz);
+    /// `TOLLGATE_ADMIN_TOKEN` overrides it.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// Reload when the config file changes on disk (SIGHUP and
+    /// `POST /-/reload` work either way).
+    #[serde(default = "default_true")]
+    pub watch: bool,
     /// Worker threads for the proxy; defaults to the number of CPUs.
     #[serde(default)]
     pub threads: Option<usize>,
@@ -52,6 +60,8 @@ impl Default for ServerInput {
         ServerInput {
             listen: default_listen(),
             admin: default_admin(),
+            admin_token: None,
+            watch: true,
             threads: None,
             trusted_proxies: Vec::new(),
             ipv6_prefix: default_ipv6_prefix(),

@@ -10,6 +10,7 @@ pub mod units;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -92,36 +93,57 @@ impl ConfigError {
     }
 }
 
-/// A compiled config and the text it came from.
-#[derive(Debug)]
-pub struct Loaded {
-    pub runtime: Runtime,
+/// Where a runtime snapshot came from, for `GET /-/config` and reload diffs.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub file: PathBuf,
+    /// Hex SHA-256 of the file's bytes.
+    pub sha256: String,
     pub input: ConfigInput,
-    pub text: String,
+    /// 1 for the config the process started with, +1 per successful reload.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+}
+
+/// Hex SHA-256 of config text: identifies a file version in `/-/config` and
+/// lets a reload of unchanged bytes be skipped.
+pub fn sha256_hex(text: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = ring::digest::digest(&ring::digest::SHA256, text);
+    digest.as_ref().iter().fold(String::with_capacity(64), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// Reads a config file.
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::single(path, "", format!("cannot read the file: {e}")))
 }
 
 /// Reads, parses and compiles a config file.
-pub fn load_file(path: &Path, metrics: &Metrics) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::single(path, "", format!("cannot read the file: {e}")))?;
-    load_str(&text, path, metrics)
+pub fn load_file(path: &Path, metrics: &Metrics) -> Result<Runtime, ConfigError> {
+    load_str(&read_file(path)?, path, metrics)
 }
 
-/// Parses and compiles config text; `file` is only used in messages.
-pub fn load_str(text: &str, file: &Path, metrics: &Metrics) -> Result<Loaded, ConfigError> {
+/// Parses and compiles config text; `file` is only used in messages. The
+/// runtime is generation 1, loaded now; a reload renumbers it.
+pub fn load_str(text: &str, file: &Path, metrics: &Metrics) -> Result<Runtime, ConfigError> {
     let source = SourceMap::build(text);
     let input = parse(text, &source).map_err(|problem| ConfigError {
         file: file.to_path_buf(),
         problems: vec![problem],
     })?;
-    let runtime = compile::compile(&input, &source, metrics).map_err(|problems| ConfigError {
+    let origin = ConfigSource {
+        file: file.to_path_buf(),
+        sha256: sha256_hex(text.as_bytes()),
+        input,
+        generation: 1,
+        loaded_at: SystemTime::now(),
+    };
+    compile::compile(origin, &source, metrics).map_err(|problems| ConfigError {
         file: file.to_path_buf(),
         problems,
-    })?;
-    Ok(Loaded {
-        runtime,
-        input,
-        text: text.to_string(),
     })
 }
 

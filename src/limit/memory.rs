@@ -10,12 +10,15 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::{Check, Decision, LimitState, Nanos, Store, StoreError};
+use super::{Check, Decision, LimitId, LimitState, Nanos, Store, StoreError};
 
 /// The most limits one request can be decided against (a config limit per rule).
 pub const MAX_CHECKS: usize = 8;
 
 struct Entry {
+    /// Which limit the state belongs to, so a limit's state can be released
+    /// when a reload removes or changes it.
+    limit: LimitId,
     state: LimitState,
     expires_at: Nanos,
 }
@@ -133,7 +136,14 @@ impl MemoryStore {
                     let slot = shard_slot(&order, checks.len(), shards[i]);
                     if let Some(map) = guards[slot].as_deref_mut() {
                         let expires_at = now.saturating_add(check.limiter.ttl(&state, now));
-                        map.insert(keys[i], Entry { state, expires_at });
+                        map.insert(
+                            keys[i],
+                            Entry {
+                                limit: check.limit,
+                                state,
+                                expires_at,
+                            },
+                        );
                     }
                 }
             }
@@ -144,11 +154,20 @@ impl MemoryStore {
     /// Drops state that has expired by `now`, one shard at a time so that no
     /// request waits for more than one shard's sweep.
     pub fn sweep(&self, now: Nanos) -> usize {
+        self.retain(|e| e.expires_at > now)
+    }
+
+    /// Drops the state of every limit `keep` says no longer exists.
+    pub fn release(&self, keep: impl Fn(LimitId) -> bool) -> usize {
+        self.retain(|e| keep(e.limit))
+    }
+
+    fn retain(&self, keep: impl Fn(&Entry) -> bool) -> usize {
         let mut removed = 0;
         for shard in 0..self.shards.len() {
             let mut map = self.lock(shard);
             let before = map.len();
-            map.retain(|_, e| e.expires_at > now);
+            map.retain(|_, e| keep(e));
             removed += before - map.len();
         }
         removed
@@ -261,6 +280,15 @@ mod tests {
         assert_eq!(store.sweep(500_000_000), 0);
         assert_eq!(store.sweep(2_000_000_000), 1);
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn release_drops_only_the_named_limits_state() {
+        let store = MemoryStore::with_shards(4);
+        store.decide_now(&[check(1, 10, global_key()), check(2, 10, global_key())], 0);
+        assert_eq!(store.release(|id| id != LimitId(1)), 1);
+        assert_eq!(store.decide_now(&[check(1, 10, global_key())], 0)[0].remaining, 9);
+        assert_eq!(store.decide_now(&[check(2, 10, global_key())], 0)[0].remaining, 8);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 pub mod respond;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -15,13 +17,15 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use prometheus::Histogram;
 
 use crate::identity::{KeyError, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::limit::{Decision, MemoryStore, MonotonicClock, Store};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{DecisionResult, Metrics, Outcome};
 use crate::pipeline::{self, Incoming, Plan, Unrouted};
 use crate::route::{PathError, Target};
-use crate::runtime::Runtime;
+use crate::reload::{self, Reloader, Startup};
+use crate::runtime::{Mode, Runtime};
 use respond::Reply;
 
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -41,15 +45,31 @@ pub struct Shared {
     pub store: MemoryStore,
     pub metrics: Metrics,
     pub clock: MonotonicClock,
+    pub config_path: PathBuf,
+    /// What the listeners were started with (a reload cannot move them).
+    pub startup: Startup,
+    pub reloader: Reloader,
+    /// `TOLLGATE_ADMIN_TOKEN` at start; overrides `server.admin_token`.
+    pub admin_token_env: Option<String>,
+    decision_duration: Histogram,
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime, metrics: Metrics) -> Self {
+    pub fn new(runtime: Runtime, metrics: Metrics, config_path: PathBuf) -> Self {
+        metrics.config_generation.set(runtime.source.generation as i64);
+        metrics
+            .last_reload_success
+            .set(reload::unix_seconds(runtime.source.loaded_at));
         Shared {
+            startup: Startup::of(&runtime),
             runtime: ArcSwap::from_pointee(runtime),
             store: MemoryStore::default(),
+            decision_duration: metrics.decision_duration("memory"),
             metrics,
             clock: MonotonicClock::default(),
+            config_path,
+            reloader: Reloader::default(),
+            admin_token_env: std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
         }
     }
 }
@@ -82,6 +102,13 @@ pub struct RequestCtx {
     /// Round-robin position of the first server tried, and failures since.
     first_server: Option<usize>,
     connect_failures: usize,
+    /// Whether a connection to the upstream was made (later errors are the
+    /// upstream's; earlier ones were counted as connect failures).
+    connected: bool,
+    started: Option<Instant>,
+    upstream_started: Option<Instant>,
+    /// The request became a WebSocket (or other upgraded) tunnel.
+    tunnel_open: bool,
 }
 
 fn peer_ip(session: &Session) -> IpAddr {
@@ -183,15 +210,27 @@ impl Gateway {
                 let decisions = if checks.is_empty() {
                     Ok(Vec::new())
                 } else {
-                    self.shared
+                    let timer = self.shared.decision_duration.start_timer();
+                    let decisions = self
+                        .shared
                         .store
                         .decide(&checks, self.shared.clock.now())
-                        .await
+                        .await;
+                    timer.observe_duration();
+                    decisions
                 };
                 match decisions {
                     Ok(decisions) => {
                         let decided: Vec<(usize, Decision)> =
                             limits.into_iter().zip(decisions).collect();
+                        for (i, d) in &decided {
+                            let limit = &rule.limits[*i];
+                            limit.metrics.record(match (d.allowed, limit.mode) {
+                                (true, _) => DecisionResult::Allowed,
+                                (false, Mode::Enforce) => DecisionResult::Denied,
+                                (false, Mode::Shadow) => DecisionResult::ShadowDenied,
+                            });
+                        }
                         let verdict = pipeline::judge(rule, &decided, shadow_refusal);
                         if let (true, Some((i, decision))) = (verdict.denied(), verdict.headline) {
                             rule.metrics.record(Outcome::Limited);
@@ -255,6 +294,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.started = Some(Instant::now());
         let rt = self.shared.runtime.load_full();
         let peer = peer_ip(session);
         let reply = self.admit(&rt, session.req_header(), peer, ctx).await;
@@ -294,6 +334,7 @@ impl ProxyHttp for Gateway {
         options.verify_cert = upstream.verify_cert;
         options.verify_hostname = upstream.verify_cert;
         ctx.first_server = Some(first);
+        ctx.upstream_started.get_or_insert_with(Instant::now);
         Ok(Box::new(peer))
     }
 
@@ -340,6 +381,36 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.connected = true;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(started), Ok((rt, rule))) = (ctx.upstream_started, snapshot(ctx)) {
+            let metrics = &rt.rule(rule).metrics;
+            metrics.observe_upstream(started.elapsed());
+            if upstream_response.status.as_u16() == 101 && !ctx.tunnel_open {
+                metrics.websockets().inc();
+                ctx.tunnel_open = true;
+            }
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -358,6 +429,20 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(rt) = &ctx.runtime else { return };
+        let metrics = match ctx.rule {
+            Some(rule) => &rt.rule(rule).metrics,
+            None => self.shared.metrics.unrouted(),
+        };
+        if let Some(started) = ctx.started {
+            metrics.observe_request(started.elapsed());
+        }
+        if ctx.tunnel_open {
+            metrics.websockets().dec();
+        }
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -366,9 +451,11 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.connect_failures += 1;
-        // Try each of the upstream's servers once before giving up.
         if let Ok((rt, rule)) = snapshot(ctx) {
-            if ctx.connect_failures < rt.upstream_of(rt.rule(rule)).servers.len() {
+            let upstream = rt.upstream_of(rt.rule(rule));
+            self.shared.metrics.upstream_error(&upstream.name);
+            // Try each of the upstream's servers once before giving up.
+            if ctx.connect_failures < upstream.servers.len() {
                 e.set_retry(true);
             }
         }
@@ -382,6 +469,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = failure_status(e);
+        // Connect failures were counted as they happened.
+        if let (true, ErrorSource::Upstream, Ok((rt, rule))) =
+            (ctx.connected, e.esource(), snapshot(ctx))
+        {
+            self.shared
+                .metrics
+                .upstream_error(&rt.upstream_of(rt.rule(rule)).name);
+        }
         if code > 0 {
             let reply = match snapshot(ctx) {
                 Ok((rt, rule)) if matches!(code, 502 | 504) => {
@@ -390,7 +485,7 @@ impl ProxyHttp for Gateway {
                 _ => respond::generic_error(code),
             };
             if let Err(write_error) = session
-                .write_error_response(reply.header, Bytes::clone(&reply.body))
+                .write_error_response(reply.header, reply.body)
                 .await
             {
                 tracing::debug!("could not send the error response: {write_error}");

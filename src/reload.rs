@@ -1,0 +1,395 @@
+//! Hot reload: three triggers (a watcher on the config's directory, SIGHUP,
+//! and `POST /-/reload`) and one path — read, parse, compile, validate, swap.
+//! A file that fails anywhere changes nothing. Limits keep their counters
+//! because limiter state is keyed by each limit's definition, not its position.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::{self, ConfigError, Problem};
+use crate::limit::LimitId;
+use crate::metrics::ReloadResult;
+use crate::proxy::Shared;
+use crate::runtime::Runtime;
+
+/// Events closer together than this are one edit (editors write in bursts).
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    File,
+    Signal,
+    Admin,
+}
+
+/// Names added, removed and changed between two configs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+/// What a reload did to limiter state, by `rule/limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LimitChanges {
+    /// Same definition: counters carried over.
+    pub kept: Vec<String>,
+    /// Same name, new definition: counters start fresh.
+    pub reset: Vec<String>,
+    pub added: Vec<String>,
+    /// Gone: their state is released.
+    pub removed: Vec<String>,
+}
+
+/// The answer to a successful reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadSummary {
+    pub generation: u64,
+    pub rules: Changes,
+    pub upstreams: Changes,
+    pub limits: LimitChanges,
+    /// Settings that changed in the file but only take effect after a restart.
+    pub restart_required: Vec<String>,
+    pub warnings: Vec<Problem>,
+}
+
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    Reloaded(ReloadSummary),
+    /// The file has the bytes the gateway already runs.
+    Unchanged,
+    Failed(ConfigError),
+}
+
+/// The last reload attempt, for `GET /-/config`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastReload {
+    pub at: String,
+    pub trigger: Trigger,
+    /// `success` or `failure`.
+    pub result: &'static str,
+    pub problems: Vec<Problem>,
+    pub restart_required: Vec<String>,
+}
+
+/// Settings Pingora binds at start; a reload can only report their change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Startup {
+    pub listen: Vec<String>,
+    pub admin: String,
+    pub threads: usize,
+}
+
+impl Startup {
+    pub fn of(rt: &Runtime) -> Self {
+        Startup {
+            listen: rt.server.listen.clone(),
+            admin: rt.server.admin.clone(),
+            threads: rt.server.threads,
+        }
+    }
+}
+
+/// Serializes reloads and remembers how the last one went.
+#[derive(Debug, Default)]
+pub struct Reloader {
+    serial: tokio::sync::Mutex<()>,
+    last: Mutex<Option<LastReload>>,
+    /// Hash of the last file that failed, so that directory noise does not
+    /// re-report an unchanged broken file.
+    failed_sha256: Mutex<Option<String>>,
+}
+
+impl Reloader {
+    pub fn last(&self) -> Option<LastReload> {
+        self.last.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn remember(&self, trigger: Trigger, result: &'static str, problems: Vec<Problem>, restart: Vec<String>) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(LastReload {
+            at: rfc3339(SystemTime::now()),
+            trigger,
+            result,
+            problems,
+            restart_required: restart,
+        });
+    }
+}
+
+pub fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Reloads the config file. Concurrent calls run one after another, each
+/// reading the file afresh, so the last write wins.
+pub async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutcome {
+    let _serial = shared.reloader.serial.lock().await;
+    let candidate = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || read_and_compile(&shared, trigger)).await
+    };
+    let candidate = match candidate {
+        Ok(c) => c,
+        Err(join) => Err(ConfigError {
+            file: shared.config_path.clone(),
+            problems: vec![Problem {
+                severity: config::Severity::Error,
+                path: String::new(),
+                line: 1,
+                column: 1,
+                message: format!("the reload task failed: {join}"),
+            }],
+        }),
+    };
+    match candidate {
+        Ok(None) => ReloadOutcome::Unchanged,
+        Ok(Some(runtime)) => {
+            let summary = apply(shared, runtime);
+            *shared
+                .reloader
+                .failed_sha256
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+            shared
+                .reloader
+                .remember(trigger, "success", summary.warnings.clone(), summary.restart_required.clone());
+            tracing::info!(
+                ?trigger,
+                generation = summary.generation,
+                rules_added = summary.rules.added.len(),
+                rules_removed = summary.rules.removed.len(),
+                rules_changed = summary.rules.changed.len(),
+                limits_kept = summary.limits.kept.len(),
+                limits_reset = summary.limits.reset.len(),
+                "config reloaded"
+            );
+            for setting in &summary.restart_required {
+                tracing::warn!("{setting} changed in the file; it takes effect after a restart");
+            }
+            ReloadOutcome::Reloaded(summary)
+        }
+        Err(error) => {
+            shared.metrics.reload(ReloadResult::Failure);
+            shared.reloader.remember(trigger, "failure", error.problems.clone(), Vec::new());
+            tracing::error!(?trigger, "config reload failed, the running config stays: {error}");
+            ReloadOutcome::Failed(error)
+        }
+    }
+}
+
+/// Reads and compiles the file; `None` when there is nothing new to load.
+fn read_and_compile(shared: &Shared, trigger: Trigger) -> Result<Option<Runtime>, ConfigError> {
+    let path = &shared.config_path;
+    let text = config::read_file(path)?;
+    let sha256 = config::sha256_hex(text.as_bytes());
+    if sha256 == shared.runtime.load().source.sha256 {
+        return Ok(None);
+    }
+    let failed = shared.reloader.failed_sha256.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    if trigger == Trigger::File && failed.as_deref() == Some(sha256.as_str()) {
+        return Ok(None);
+    }
+    config::load_str(&text, path, &shared.metrics).map(Some).inspect_err(|_| {
+        *shared.reloader.failed_sha256.lock().unwrap_or_else(PoisonError::into_inner) = Some(sha256);
+    })
+}
+
+/// Swaps in a validated runtime and tidies what the old one leaves behind.
+fn apply(shared: &Arc<Shared>, mut new: Runtime) -> ReloadSummary {
+    let old = shared.runtime.load_full();
+    new.source.generation = old.source.generation + 1;
+    new.source.loaded_at = SystemTime::now();
+    let summary = summarize(&old, &new, &shared.startup);
+    let live: HashSet<LimitId> = limit_ids(&new).into_values().collect();
+    shared.runtime.store(Arc::new(new));
+
+    let metrics = &shared.metrics;
+    metrics.reload(ReloadResult::Success);
+    metrics.config_generation.set(summary.generation as i64);
+    metrics.last_reload_success.set(unix_seconds(SystemTime::now()));
+    for rule in &old.rules {
+        let limits: Vec<&str> = rule.limits.iter().map(|l| l.name.as_str()).collect();
+        if summary.rules.removed.contains(&rule.name) {
+            metrics.forget_rule(&rule.name, &limits);
+        }
+    }
+    for name in &summary.limits.removed {
+        if let Some((rule, limit)) = name.split_once('/') {
+            metrics.forget_limit(rule, limit);
+        }
+    }
+    // Releasing walks every shard: keep it off the async workers.
+    let store = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let released = store.store.release(|id| live.contains(&id));
+        tracing::debug!(released, "released the state of removed limits");
+    });
+    summary
+}
+
+pub fn unix_seconds(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `rule/limit` → the limit's counter identity.
+fn limit_ids(rt: &Runtime) -> HashMap<String, LimitId> {
+    rt.rules
+        .iter()
+        .flat_map(|r| r.limits.iter().map(move |l| (format!("{}/{}", r.name, l.name), l.id)))
+        .collect()
+}
+
+/// Compares two configs by name, and by serialized definition for changes.
+fn changes<'a, T: Serialize + 'a>(
+    old: impl IntoIterator<Item = (&'a str, &'a T)>,
+    new: impl IntoIterator<Item = (&'a str, &'a T)>,
+) -> Changes {
+    let text = |v: &T| serde_json::to_string(v).unwrap_or_default();
+    let old: HashMap<&str, String> = old.into_iter().map(|(n, v)| (n, text(v))).collect();
+    let new: Vec<(&str, String)> = new.into_iter().map(|(n, v)| (n, text(v))).collect();
+    let mut c = Changes::default();
+    for (name, definition) in &new {
+        match old.get(name) {
+            None => c.added.push(name.to_string()),
+            Some(before) if before != definition => c.changed.push(name.to_string()),
+            Some(_) => {}
+        }
+    }
+    let new_names: HashSet<&str> = new.iter().map(|(n, _)| *n).collect();
+    c.removed = old
+        .keys()
+        .filter(|n| !new_names.contains(*n))
+        .map(|n| n.to_string())
+        .collect();
+    c.removed.sort();
+    c
+}
+
+fn summarize(old: &Runtime, new: &Runtime, startup: &Startup) -> ReloadSummary {
+    let (old_in, new_in) = (&old.source.input, &new.source.input);
+    let rules = changes(
+        old_in.rules.iter().map(|r| (r.name.as_str(), r)),
+        new_in.rules.iter().map(|r| (r.name.as_str(), r)),
+    );
+    let upstreams = changes(
+        old_in.upstreams.iter().map(|(n, u)| (n.as_str(), u)),
+        new_in.upstreams.iter().map(|(n, u)| (n.as_str(), u)),
+    );
+    let (old_ids, new_ids) = (limit_ids(old), limit_ids(new));
+    let mut limits = LimitChanges::default();
+    for rule in &new.rules {
+        for limit in &rule.limits {
+            let name = format!("{}/{}", rule.name, limit.name);
+            match old_ids.get(&name) {
+                Some(id) if *id == limit.id => limits.kept.push(name),
+                Some(_) => limits.reset.push(name),
+                None => limits.added.push(name),
+            }
+        }
+    }
+    limits.removed = old_ids.keys().filter(|n| !new_ids.contains_key(*n)).cloned().collect();
+    limits.removed.sort();
+    let now = Startup::of(new);
+    let mut restart_required = Vec::new();
+    if now.listen != startup.listen {
+        restart_required.push("server.listen".to_string());
+    }
+    if now.admin != startup.admin {
+        restart_required.push("server.admin".to_string());
+    }
+    if now.threads != startup.threads {
+        restart_required.push("server.threads".to_string());
+    }
+    ReloadSummary {
+        generation: new.source.generation,
+        rules,
+        upstreams,
+        limits,
+        restart_required,
+        warnings: new.warnings.clone(),
+    }
+}
+
+/// Watches the config's directory and SIGHUP, and reloads on either.
+///
+/// The directory (not the file) is watched because editors and
+/// `mv`-into-place replace the file, and Kubernetes swaps a symlink beside
+/// it. Any change there triggers a read; unchanged bytes are skipped.
+pub struct ConfigWatcher {
+    pub shared: Arc<Shared>,
+    pub handle_sighup: bool,
+}
+
+fn watch_directory(path: &Path, events: mpsc::Sender<()>) -> notify::Result<RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            // Our own reads are access events; they must not trigger reloads.
+            if !matches!(event.kind, EventKind::Access(_)) {
+                let _ = events.try_send(());
+            }
+        }
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+#[async_trait]
+impl BackgroundService for ConfigWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (tx, mut rx) = mpsc::channel(1);
+        let _watcher = match watch_directory(&self.shared.config_path, tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("cannot watch the config file, reload with SIGHUP or POST /-/reload: {e}");
+                None
+            }
+        };
+        let mut hangup = if self.handle_sighup {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGHUP: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        loop {
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(()) = rx.recv() => {
+                    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                    if self.shared.runtime.load().server.watch {
+                        reload(&self.shared, Trigger::File).await;
+                    }
+                }
+                Some(()) = hup => {
+                    reload(&self.shared, Trigger::Signal).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
