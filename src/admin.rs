@@ -26,7 +26,12 @@ impl AdminApp {
     }
 
     /// Routes an admin request; plain (no socket) so it is testable.
-    pub async fn handle(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response<Vec<u8>> {
+    pub async fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Response<Vec<u8>> {
         // Probes stay open so orchestrators need no secret; the rest may not.
         let open = matches!(path, "/healthz" | "/readyz");
         if !open && !self.authorized(headers) {
@@ -44,7 +49,10 @@ impl AdminApp {
             (&Method::GET, "/healthz") => json(StatusCode::OK, json!({ "status": "ok" })),
             (&Method::GET, "/readyz") => self.ready(),
             (&Method::GET, "/metrics") => {
-                self.shared.metrics.tracked_keys.set(self.shared.store.len() as i64);
+                self.shared
+                    .metrics
+                    .tracked_keys
+                    .set(self.shared.store.len() as i64);
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -75,7 +83,9 @@ impl AdminApp {
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = self.token() else { return true };
+        let Some(token) = self.token() else {
+            return true;
+        };
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -166,7 +176,10 @@ fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Res
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
     response
 }
@@ -202,7 +215,10 @@ rules:
         )
         .unwrap();
         let text = redacted(&input).to_string();
-        assert!(!text.contains("hunter2") && !text.contains("internal-secret"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("internal-secret"),
+            "{text}"
+        );
         assert!(text.contains("10.0.0.0/8"), "{text}");
     }
 

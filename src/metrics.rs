@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// How a request ended, from the gateway's point of view.
@@ -166,13 +166,14 @@ impl Default for Metrics {
 
 /// Latency buckets from 100 µs to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// Limiter decisions are fast; buckets from 1 µs to 100 ms.
 const DECISION_BUCKETS: &[f64] = &[
-    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-    0.01, 0.025, 0.1,
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+    0.0025, 0.005, 0.01, 0.025, 0.1,
 ];
 
 /// Registers a collector; names are unique by construction in this module.
@@ -189,20 +190,31 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     register(registry, vec)
 }
 
-fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    let vec = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
-        .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let vec = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
     register(registry, vec)
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
+    let g = IntGauge::new(name, help)
+        .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
     register(registry, g)
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("tollgate".into()), None).unwrap_or_else(|_| Registry::new());
+        let registry =
+            Registry::new_custom(Some("tollgate".into()), None).unwrap_or_else(|_| Registry::new());
         let r = &registry;
         let requests = counter_vec(
             r,
@@ -243,21 +255,39 @@ impl Metrics {
             "Failed attempts to reach or read an upstream",
             &["upstream"],
         );
-        let reloads = counter_vec(r, "config_reloads_total", "Config reload attempts by result", &["result"]);
+        let reloads = counter_vec(
+            r,
+            "config_reloads_total",
+            "Config reload attempts by result",
+            &["result"],
+        );
         let websockets = IntGaugeVec::new(
-            Opts::new("websocket_connections", "Open WebSocket connections by rule"),
+            Opts::new(
+                "websocket_connections",
+                "Open WebSocket connections by rule",
+            ),
             &["rule"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
         let websockets = register(r, websockets);
-        let config_generation = gauge(r, "config_generation", "Generation of the running config (1 at start)");
+        let config_generation = gauge(
+            r,
+            "config_generation",
+            "Generation of the running config (1 at start)",
+        );
         let last_reload_success = gauge(
             r,
             "config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load",
         );
         let tracked_keys = gauge(r, "tracked_keys", "Limiter states held in memory");
-        let unrouted = Self::rule_metrics_of(&requests, &request_duration, &upstream_duration, &websockets, "");
+        let unrouted = Self::rule_metrics_of(
+            &requests,
+            &request_duration,
+            &upstream_duration,
+            &websockets,
+            "",
+        );
         Metrics {
             registry,
             requests,
@@ -304,7 +334,8 @@ impl Metrics {
     /// Handles for a limit named in the config.
     pub fn limit(&self, rule: &str, limit: &str) -> LimitMetrics {
         LimitMetrics {
-            by_result: DecisionResult::ALL.map(|r| self.decisions.with_label_values(&[rule, limit, r.label()])),
+            by_result: DecisionResult::ALL
+                .map(|r| self.decisions.with_label_values(&[rule, limit, r.label()])),
         }
     }
 
@@ -340,7 +371,9 @@ impl Metrics {
     /// Drops the decision series of a limit that left the config.
     pub fn forget_limit(&self, rule: &str, limit: &str) {
         for result in DecisionResult::ALL {
-            let _ = self.decisions.remove_label_values(&[rule, limit, result.label()]);
+            let _ = self
+                .decisions
+                .remove_label_values(&[rule, limit, result.label()]);
         }
     }
 
@@ -382,9 +415,14 @@ mod tests {
         m.rule("api").record(Outcome::Limited);
         m.limit("api", "per-ip").record(DecisionResult::Denied);
         let text = text(&m);
-        assert!(text.contains(r#"tollgate_requests_total{outcome="limited",rule="api"} 1"#), "{text}");
         assert!(
-            text.contains(r#"tollgate_decisions_total{limit="per-ip",result="denied",rule="api"} 1"#),
+            text.contains(r#"tollgate_requests_total{outcome="limited",rule="api"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"tollgate_decisions_total{limit="per-ip",result="denied",rule="api"} 1"#
+            ),
             "{text}"
         );
     }

@@ -67,7 +67,7 @@ pub struct ReloadSummary {
 
 #[derive(Debug)]
 pub enum ReloadOutcome {
-    Reloaded(ReloadSummary),
+    Reloaded(Box<ReloadSummary>),
     /// The file has the bytes the gateway already runs.
     Unchanged,
     Failed(ConfigError),
@@ -114,10 +114,19 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn last(&self) -> Option<LastReload> {
-        self.last.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    fn remember(&self, trigger: Trigger, result: &'static str, problems: Vec<Problem>, restart: Vec<String>) {
+    fn remember(
+        &self,
+        trigger: Trigger,
+        result: &'static str,
+        problems: Vec<Problem>,
+        restart: Vec<String>,
+    ) {
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(LastReload {
             at: rfc3339(SystemTime::now()),
             trigger,
@@ -162,9 +171,12 @@ pub async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutcome {
                 .failed_sha256
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = None;
-            shared
-                .reloader
-                .remember(trigger, "success", summary.warnings.clone(), summary.restart_required.clone());
+            shared.reloader.remember(
+                trigger,
+                "success",
+                summary.warnings.clone(),
+                summary.restart_required.clone(),
+            );
             tracing::info!(
                 ?trigger,
                 generation = summary.generation,
@@ -178,12 +190,17 @@ pub async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutcome {
             for setting in &summary.restart_required {
                 tracing::warn!("{setting} changed in the file; it takes effect after a restart");
             }
-            ReloadOutcome::Reloaded(summary)
+            ReloadOutcome::Reloaded(Box::new(summary))
         }
         Err(error) => {
             shared.metrics.reload(ReloadResult::Failure);
-            shared.reloader.remember(trigger, "failure", error.problems.clone(), Vec::new());
-            tracing::error!(?trigger, "config reload failed, the running config stays: {error}");
+            shared
+                .reloader
+                .remember(trigger, "failure", error.problems.clone(), Vec::new());
+            tracing::error!(
+                ?trigger,
+                "config reload failed, the running config stays: {error}"
+            );
             ReloadOutcome::Failed(error)
         }
     }
@@ -197,13 +214,24 @@ fn read_and_compile(shared: &Shared, trigger: Trigger) -> Result<Option<Runtime>
     if sha256 == shared.runtime.load().source.sha256 {
         return Ok(None);
     }
-    let failed = shared.reloader.failed_sha256.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let failed = shared
+        .reloader
+        .failed_sha256
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     if trigger == Trigger::File && failed.as_deref() == Some(sha256.as_str()) {
         return Ok(None);
     }
-    config::load_str(&text, path, &shared.metrics).map(Some).inspect_err(|_| {
-        *shared.reloader.failed_sha256.lock().unwrap_or_else(PoisonError::into_inner) = Some(sha256);
-    })
+    config::load_str(&text, path, &shared.metrics)
+        .map(Some)
+        .inspect_err(|_| {
+            *shared
+                .reloader
+                .failed_sha256
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(sha256);
+        })
 }
 
 /// Swaps in a validated runtime and tidies what the old one leaves behind.
@@ -218,7 +246,9 @@ fn apply(shared: &Arc<Shared>, mut new: Runtime) -> ReloadSummary {
     let metrics = &shared.metrics;
     metrics.reload(ReloadResult::Success);
     metrics.config_generation.set(summary.generation as i64);
-    metrics.last_reload_success.set(unix_seconds(SystemTime::now()));
+    metrics
+        .last_reload_success
+        .set(unix_seconds(SystemTime::now()));
     for rule in &old.rules {
         let limits: Vec<&str> = rule.limits.iter().map(|l| l.name.as_str()).collect();
         if summary.rules.removed.contains(&rule.name) {
@@ -240,14 +270,19 @@ fn apply(shared: &Arc<Shared>, mut new: Runtime) -> ReloadSummary {
 }
 
 pub fn unix_seconds(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `rule/limit` → the limit's counter identity.
 fn limit_ids(rt: &Runtime) -> HashMap<String, LimitId> {
     rt.rules
         .iter()
-        .flat_map(|r| r.limits.iter().map(move |l| (format!("{}/{}", r.name, l.name), l.id)))
+        .flat_map(|r| {
+            r.limits
+                .iter()
+                .map(move |l| (format!("{}/{}", r.name, l.name), l.id))
+        })
         .collect()
 }
 
@@ -299,7 +334,11 @@ fn summarize(old: &Runtime, new: &Runtime, startup: &Startup) -> ReloadSummary {
             }
         }
     }
-    limits.removed = old_ids.keys().filter(|n| !new_ids.contains_key(*n)).cloned().collect();
+    limits.removed = old_ids
+        .keys()
+        .filter(|n| !new_ids.contains_key(*n))
+        .cloned()
+        .collect();
     limits.removed.sort();
     let now = Startup::of(new);
     let mut restart_required = Vec::new();
@@ -356,7 +395,9 @@ impl BackgroundService for ConfigWatcher {
         let _watcher = match watch_directory(&self.shared.config_path, tx) {
             Ok(w) => Some(w),
             Err(e) => {
-                tracing::warn!("cannot watch the config file, reload with SIGHUP or POST /-/reload: {e}");
+                tracing::warn!(
+                    "cannot watch the config file, reload with SIGHUP or POST /-/reload: {e}"
+                );
                 None
             }
         };

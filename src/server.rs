@@ -40,7 +40,11 @@ pub fn load_shared(config_path: &Path) -> Result<Arc<Shared>, ConfigError> {
     for warning in &runtime.warnings {
         tracing::warn!("{}:{warning}", config_path.display());
     }
-    Ok(Arc::new(Shared::new(runtime, metrics, config_path.to_path_buf())))
+    Ok(Arc::new(Shared::new(
+        runtime,
+        metrics,
+        config_path.to_path_buf(),
+    )))
 }
 
 /// Fails early, with the address in the message, when a listener cannot bind
@@ -82,7 +86,12 @@ pub fn build_server(shared: Arc<Shared>, options: ProcessOptions) -> Server {
     admin.add_tcp(&rt.server.admin);
     admin.threads = Some(1);
 
-    let mut sweeper = background_service("tollgate sweeper", Sweeper { shared: shared.clone() });
+    let mut sweeper = background_service(
+        "tollgate sweeper",
+        Sweeper {
+            shared: shared.clone(),
+        },
+    );
     sweeper.threads = Some(1);
 
     let mut watcher = background_service(

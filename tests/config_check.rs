@@ -109,11 +109,7 @@ rules:
   - { name: all-posts, match: { path: /posts }, upstream: api }
 ";
     let loaded = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap();
-    let paths: Vec<&str> = loaded
-        .warnings
-        .iter()
-        .map(|w| w.path.as_str())
-        .collect();
+    let paths: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
     // `posts` only takes POST, so `all-posts` still matches other methods.
     assert_eq!(paths, vec!["rules[1].match.path"]);
 }
@@ -123,9 +119,7 @@ fn trusting_every_peer_is_a_warning() {
     let text = "server: { trusted_proxies: [\"0.0.0.0/0\"] }\n";
     let loaded = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap();
     assert_eq!(loaded.warnings[0].path, "server.trusted_proxies[0]");
-    assert!(loaded.warnings[0]
-        .message
-        .contains("every peer is trusted"));
+    assert!(loaded.warnings[0].message.contains("every peer is trusted"));
 }
 
 #[test]

@@ -110,15 +110,19 @@ pub struct ConfigSource {
 pub fn sha256_hex(text: &[u8]) -> String {
     use std::fmt::Write as _;
     let digest = ring::digest::digest(&ring::digest::SHA256, text);
-    digest.as_ref().iter().fold(String::with_capacity(64), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 /// Reads a config file.
 pub fn read_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError::single(path, "", format!("cannot read the file: {e}")))
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::single(path, "", format!("cannot read the file: {e}")))
 }
 
 /// Reads, parses and compiles a config file.

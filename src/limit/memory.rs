@@ -287,8 +287,14 @@ mod tests {
         let store = MemoryStore::with_shards(4);
         store.decide_now(&[check(1, 10, global_key()), check(2, 10, global_key())], 0);
         assert_eq!(store.release(|id| id != LimitId(1)), 1);
-        assert_eq!(store.decide_now(&[check(1, 10, global_key())], 0)[0].remaining, 9);
-        assert_eq!(store.decide_now(&[check(2, 10, global_key())], 0)[0].remaining, 8);
+        assert_eq!(
+            store.decide_now(&[check(1, 10, global_key())], 0)[0].remaining,
+            9
+        );
+        assert_eq!(
+            store.decide_now(&[check(2, 10, global_key())], 0)[0].remaining,
+            8
+        );
     }
 
     #[test]

@@ -23,8 +23,8 @@ use crate::identity::{KeyError, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::limit::{Decision, MemoryStore, MonotonicClock, Store};
 use crate::metrics::{DecisionResult, Metrics, Outcome};
 use crate::pipeline::{self, Incoming, Plan, Unrouted};
-use crate::route::{PathError, Target};
 use crate::reload::{self, Reloader, Startup};
+use crate::route::{PathError, Target};
 use crate::runtime::{Mode, Runtime};
 use respond::Reply;
 
@@ -56,7 +56,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(runtime: Runtime, metrics: Metrics, config_path: PathBuf) -> Self {
-        metrics.config_generation.set(runtime.source.generation as i64);
+        metrics
+            .config_generation
+            .set(runtime.source.generation as i64);
         metrics
             .last_reload_success
             .set(reload::unix_seconds(runtime.source.loaded_at));
@@ -69,7 +71,9 @@ impl Shared {
             clock: MonotonicClock::default(),
             config_path,
             reloader: Reloader::default(),
-            admin_token_env: std::env::var("TOLLGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+            admin_token_env: std::env::var("TOLLGATE_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
         }
     }
 }
@@ -484,10 +488,7 @@ impl ProxyHttp for Gateway {
                 }
                 _ => respond::generic_error(code),
             };
-            if let Err(write_error) = session
-                .write_error_response(reply.header, reply.body)
-                .await
-            {
+            if let Err(write_error) = session.write_error_response(reply.header, reply.body).await {
                 tracing::debug!("could not send the error response: {write_error}");
             }
         }

@@ -59,8 +59,8 @@ impl Seen {
     }
 }
 
-/// An upstream that records every request and answers 200, or upgrades
-/// `/ws/...` requests to an echoing WebSocket.
+/// An upstream that records every request and answers 200 (after 400 ms for
+/// `/slow...`), or upgrades `/ws/...` requests to an echoing WebSocket.
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -117,6 +117,9 @@ async fn handle(req: Request, recorder: Arc<Mutex<Vec<Seen>>>) -> Response {
         headers,
     };
     recorder.lock().unwrap().push(seen.clone());
+    if seen.path.starts_with("/slow") {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
     if seen.path.starts_with("/ws/") {
         let (mut parts, _body) = req.into_parts();
         return match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
@@ -225,6 +228,29 @@ pub async fn silent_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
+/// Fills `{listen}`, `{admin}` and `{upstream}` into a config template.
+pub fn render(yaml: &str, listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {
+    yaml.replace("{listen}", &listen.to_string())
+        .replace("{admin}", &admin.to_string())
+        .replace("{upstream}", &upstream.to_string())
+}
+
+/// Polls `check` every 10 ms until it holds, failing after `deadline`.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < until, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A gateway running in this process with a config written to a temp dir.
 pub struct Gateway {
     pub addr: SocketAddr,
@@ -240,10 +266,7 @@ impl Gateway {
     pub async fn start(yaml: &str, upstream: SocketAddr) -> Self {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let text = yaml
-            .replace("{listen}", &addr.to_string())
-            .replace("{admin}", &admin.to_string())
-            .replace("{upstream}", &upstream.to_string());
+        let text = render(yaml, addr, admin, upstream);
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, text).unwrap();
@@ -263,6 +286,16 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Replaces the config file's content in place.
+    pub fn rewrite(&self, yaml: &str, upstream: SocketAddr) {
+        std::fs::write(&self.config_path, self.render(yaml, upstream)).unwrap();
+    }
+
+    /// The config text with this gateway's ports and `upstream` filled in.
+    pub fn render(&self, yaml: &str, upstream: SocketAddr) -> String {
+        render(yaml, self.addr, self.admin, upstream)
     }
 
     pub fn admin_url(&self, path: &str) -> String {
