@@ -88,9 +88,11 @@ fn run(config_path: PathBuf) -> ExitCode {
             "tollgate starting"
         );
     }
+    // SIGTERM: keep serving 5 s (for load balancers to notice), then give
+    // in-flight requests up to 5 s more. SIGINT stops at once.
     let options = ProcessOptions {
+        grace_period_seconds: Some(5),
         handle_sighup: true,
-        ..ProcessOptions::default()
     };
     server::build_server(shared, options).run(RunArgs::default());
     ExitCode::SUCCESS
