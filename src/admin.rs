@@ -61,10 +61,16 @@ impl AdminApp {
             }
             (&Method::POST, "/-/reload") => self.reload().await,
             (&Method::GET, "/-/config") => json(StatusCode::OK, self.config()),
-            (_, "/healthz" | "/readyz" | "/metrics" | "/-/config" | "/-/reload") => json(
-                StatusCode::METHOD_NOT_ALLOWED,
-                json!({ "error": "method_not_allowed", "message": "POST /-/reload; GET for the others" }),
-            ),
+            (_, "/healthz" | "/readyz" | "/metrics" | "/-/config" | "/-/reload") => {
+                let allow = if path == "/-/reload" { "POST" } else { "GET" };
+                let mut r = json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    json!({ "error": "method_not_allowed", "message": format!("use {allow}") }),
+                );
+                r.headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+                r
+            }
             _ => json(
                 StatusCode::NOT_FOUND,
                 json!({
@@ -99,7 +105,11 @@ impl AdminApp {
         let rt = self.shared.runtime.load();
         json(
             StatusCode::OK,
-            json!({ "status": "ready", "generation": rt.source.generation }),
+            json!({
+                "status": "ready",
+                "generation": rt.source.generation,
+                "watching": self.shared.reloader.watching(),
+            }),
         )
     }
 
@@ -109,13 +119,18 @@ impl AdminApp {
                 StatusCode::OK,
                 json!({ "status": "reloaded", "summary": summary }),
             ),
-            ReloadOutcome::Unchanged => json(
-                StatusCode::OK,
-                json!({
-                    "status": "unchanged",
-                    "generation": self.shared.runtime.load().source.generation,
-                }),
-            ),
+            ReloadOutcome::Unchanged => {
+                // The watcher may have applied the edit already: show what it did.
+                let rt = self.shared.runtime.load();
+                json(
+                    StatusCode::OK,
+                    json!({
+                        "status": "unchanged",
+                        "generation": rt.source.generation,
+                        "summary": self.shared.reloader.summary_of(&rt.source.sha256),
+                    }),
+                )
+            }
             ReloadOutcome::Failed(error) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({
@@ -134,6 +149,8 @@ impl AdminApp {
         json!({
             "generation": source.generation,
             "loaded_at": reload::rfc3339(source.loaded_at),
+            "watching": self.shared.reloader.watching(),
+            "restart_required": reload::restart_required(&self.shared.startup, &rt),
             "file": source.file,
             "sha256": source.sha256,
             "warnings": rt.warnings,

@@ -66,7 +66,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Takes over SIGHUP at once: its default action kills the process, and the
+/// reload handler is only installed once the services run. tokio keeps the
+/// handler installed for the life of the process.
+fn survive_early_sighup() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build();
+    let installed = runtime.map(|rt| {
+        rt.block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        })
+    });
+    if let Err(e) | Ok(Err(e)) = installed {
+        tracing::warn!("cannot take over SIGHUP early: {e}");
+    }
+}
+
 fn run(config_path: PathBuf) -> ExitCode {
+    survive_early_sighup();
     let shared = match server::load_shared(&config_path) {
         Ok(shared) => shared,
         Err(e) => {

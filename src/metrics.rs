@@ -360,9 +360,7 @@ impl Metrics {
         }
         let _ = self.request_duration.remove_label_values(&[rule]);
         let _ = self.upstream_duration.remove_label_values(&[rule]);
-        if self.websockets.with_label_values(&[rule]).get() == 0 {
-            let _ = self.websockets.remove_label_values(&[rule]);
-        }
+        self.forget_idle_websockets(rule);
         for limit in limits {
             self.forget_limit(rule, limit);
         }
@@ -374,6 +372,19 @@ impl Metrics {
             let _ = self
                 .decisions
                 .remove_label_values(&[rule, limit, result.label()]);
+        }
+    }
+
+    /// Drops the error series of an upstream that left the config.
+    pub fn forget_upstream(&self, upstream: &str) {
+        let _ = self.upstream_errors.remove_label_values(&[upstream]);
+    }
+
+    /// Drops the WebSocket gauge of a rule that left the config once its last
+    /// connection has closed.
+    pub fn forget_idle_websockets(&self, rule: &str) {
+        if self.websockets.with_label_values(&[rule]).get() == 0 {
+            let _ = self.websockets.remove_label_values(&[rule]);
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -17,12 +18,14 @@ use tokio::sync::mpsc;
 
 use crate::config::{self, ConfigError, Problem};
 use crate::limit::LimitId;
-use crate::metrics::ReloadResult;
+use crate::metrics::{Metrics, ReloadResult};
 use crate::proxy::Shared;
 use crate::runtime::Runtime;
 
 /// Events closer together than this are one edit (editors write in bursts).
 const DEBOUNCE: Duration = Duration::from_millis(50);
+/// The longest a burst of events can delay a reload.
+const MAX_DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,7 +81,8 @@ pub enum ReloadOutcome {
 pub struct LastReload {
     pub at: String,
     pub trigger: Trigger,
-    /// `success` or `failure`.
+    /// `success`, `failure`, or `reverted` (the file is back to the running
+    /// config after a failure).
     pub result: &'static str,
     pub problems: Vec<Problem>,
     pub restart_required: Vec<String>,
@@ -106,18 +110,42 @@ impl Startup {
 #[derive(Debug, Default)]
 pub struct Reloader {
     serial: tokio::sync::Mutex<()>,
-    last: Mutex<Option<LastReload>>,
+    state: Mutex<ReloaderState>,
+}
+
+#[derive(Debug, Default)]
+struct ReloaderState {
+    last: Option<LastReload>,
     /// Hash of the last file that failed, so that directory noise does not
     /// re-report an unchanged broken file.
-    failed_sha256: Mutex<Option<String>>,
+    failed_sha256: Option<String>,
+    /// The last successful reload, by the hash it loaded, so that a
+    /// `POST /-/reload` after the watcher already applied an edit still gets
+    /// the summary of what changed.
+    last_summary: Option<(String, ReloadSummary)>,
+    watching: bool,
 }
 
 impl Reloader {
+    fn state(&self) -> std::sync::MutexGuard<'_, ReloaderState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn last(&self) -> Option<LastReload> {
-        self.last
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.state().last.clone()
+    }
+
+    /// Whether the file watcher is established.
+    pub fn watching(&self) -> bool {
+        self.state().watching
+    }
+
+    /// The summary of the reload that loaded the file with this hash.
+    pub fn summary_of(&self, sha256: &str) -> Option<ReloadSummary> {
+        match &self.state().last_summary {
+            Some((hash, summary)) if hash == sha256 => Some(summary.clone()),
+            _ => None,
+        }
     }
 
     fn remember(
@@ -127,7 +155,7 @@ impl Reloader {
         problems: Vec<Problem>,
         restart: Vec<String>,
     ) {
-        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(LastReload {
+        self.state().last = Some(LastReload {
             at: rfc3339(SystemTime::now()),
             trigger,
             result,
@@ -141,6 +169,16 @@ pub fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
+/// What reading the file found.
+enum Candidate {
+    /// The bytes the gateway already runs.
+    Unchanged,
+    /// Nothing to do yet (the file is gone mid-save, or is the broken file
+    /// already reported).
+    NotYet,
+    Compiled(Box<Runtime>),
+}
+
 /// Reloads the config file. Concurrent calls run one after another, each
 /// reading the file afresh, so the last write wins.
 pub async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutcome {
@@ -149,9 +187,8 @@ pub async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutcome {
         let shared = shared.clone();
         tokio::task::spawn_blocking(move || read_and_compile(&shared, trigger)).await
     };
-    let candidate = match candidate {
-        Ok(c) => c,
-        Err(join) => Err(ConfigError {
+    let candidate = candidate.unwrap_or_else(|join| {
+        Err(ConfigError {
             file: shared.config_path.clone(),
             problems: vec![Problem {
                 severity: config::Severity::Error,
@@ -160,17 +197,28 @@ pub async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutcome {
                 column: 1,
                 message: format!("the reload task failed: {join}"),
             }],
-        }),
-    };
+        })
+    });
     match candidate {
-        Ok(None) => ReloadOutcome::Unchanged,
-        Ok(Some(runtime)) => {
-            let summary = apply(shared, runtime);
-            *shared
-                .reloader
-                .failed_sha256
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = None;
+        Ok(Candidate::NotYet) => ReloadOutcome::Unchanged,
+        Ok(Candidate::Unchanged) => {
+            let reverted = shared.reloader.state().failed_sha256.take().is_some();
+            if reverted {
+                // The broken edit was undone: the failure no longer describes the file.
+                shared
+                    .reloader
+                    .remember(trigger, "reverted", Vec::new(), Vec::new());
+            }
+            ReloadOutcome::Unchanged
+        }
+        Ok(Candidate::Compiled(runtime)) => {
+            let summary = apply(shared, *runtime);
+            {
+                let mut state = shared.reloader.state();
+                state.failed_sha256 = None;
+                state.last_summary =
+                    Some((shared.runtime.load().source.sha256.clone(), summary.clone()));
+            }
             shared.reloader.remember(
                 trigger,
                 "success",
@@ -206,32 +254,49 @@ pub async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutcome {
     }
 }
 
-/// Reads and compiles the file; `None` when there is nothing new to load.
-fn read_and_compile(shared: &Shared, trigger: Trigger) -> Result<Option<Runtime>, ConfigError> {
+/// Reads and compiles the file against a scratch registry: a file that fails
+/// must leave no trace, not even metric series.
+fn read_and_compile(shared: &Shared, trigger: Trigger) -> Result<Candidate, ConfigError> {
     let path = &shared.config_path;
-    let text = config::read_file(path)?;
+    let text = match std::fs::read_to_string(path) {
+        // Saves that rename the old file away first leave a moment without
+        // one; the next event comes when the new file is in place.
+        Err(e) if trigger == Trigger::File && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Candidate::NotYet)
+        }
+        _ => config::read_file(path)?,
+    };
     let sha256 = config::sha256_hex(text.as_bytes());
     if sha256 == shared.runtime.load().source.sha256 {
-        return Ok(None);
+        return Ok(Candidate::Unchanged);
     }
-    let failed = shared
-        .reloader
-        .failed_sha256
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
+    let failed = shared.reloader.state().failed_sha256.clone();
     if trigger == Trigger::File && failed.as_deref() == Some(sha256.as_str()) {
-        return Ok(None);
+        return Ok(Candidate::NotYet);
     }
-    config::load_str(&text, path, &shared.metrics)
-        .map(Some)
-        .inspect_err(|_| {
-            *shared
-                .reloader
-                .failed_sha256
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(sha256);
+    let result = if text.trim().is_empty() {
+        Err(ConfigError {
+            file: path.clone(),
+            problems: vec![Problem {
+                severity: config::Severity::Error,
+                path: String::new(),
+                line: 1,
+                column: 1,
+                message:
+                    "the file is empty (caught mid-write?); a running gateway keeps its config"
+                        .into(),
+            }],
         })
+    } else {
+        config::load_str(&text, path, &Metrics::new())
+    };
+    match result {
+        Ok(runtime) => Ok(Candidate::Compiled(Box::new(runtime))),
+        Err(e) => {
+            shared.reloader.state().failed_sha256 = Some(sha256);
+            Err(e)
+        }
+    }
 }
 
 /// Swaps in a validated runtime and tidies what the old one leaves behind.
@@ -239,8 +304,15 @@ fn apply(shared: &Arc<Shared>, mut new: Runtime) -> ReloadSummary {
     let old = shared.runtime.load_full();
     new.source.generation = old.source.generation + 1;
     new.source.loaded_at = SystemTime::now();
+    new.bind_metrics(&shared.metrics);
     let summary = summarize(&old, &new, &shared.startup);
-    let live: HashSet<LimitId> = limit_ids(&new).into_values().collect();
+    let removed: Vec<LimitId> = {
+        let live: HashSet<LimitId> = limit_ids(&new).into_values().collect();
+        limit_ids(&old)
+            .into_values()
+            .filter(|id| !live.contains(id))
+            .collect()
+    };
     shared.runtime.store(Arc::new(new));
 
     let metrics = &shared.metrics;
@@ -260,13 +332,37 @@ fn apply(shared: &Arc<Shared>, mut new: Runtime) -> ReloadSummary {
             metrics.forget_limit(rule, limit);
         }
     }
-    // Releasing walks every shard: keep it off the async workers.
-    let store = shared.clone();
-    tokio::task::spawn_blocking(move || {
-        let released = store.store.release(|id| live.contains(&id));
-        tracing::debug!(released, "released the state of removed limits");
-    });
+    for upstream in &summary.upstreams.removed {
+        metrics.forget_upstream(upstream);
+    }
+    if !removed.is_empty() {
+        schedule_release(shared.clone(), removed);
+    }
     summary
+}
+
+/// Releases the state of removed limits after `store.release_after`, unless a
+/// later reload brought them back (a reverted edit keeps its counters).
+fn schedule_release(shared: Arc<Shared>, removed: Vec<LimitId>) {
+    let delay = shared.runtime.load().store.release_after;
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        // Under the reload lock, so the live set cannot change meanwhile.
+        let _serial = shared.reloader.serial.lock().await;
+        let live: HashSet<LimitId> = limit_ids(&shared.runtime.load()).into_values().collect();
+        let gone: HashSet<LimitId> = removed
+            .into_iter()
+            .filter(|id| !live.contains(id))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let store = shared.clone();
+        let released =
+            tokio::task::spawn_blocking(move || store.store.release(|id| !gone.contains(&id)))
+                .await;
+        tracing::debug!(?released, "released the state of removed limits");
+    });
 }
 
 pub fn unix_seconds(at: SystemTime) -> i64 {
@@ -340,17 +436,7 @@ fn summarize(old: &Runtime, new: &Runtime, startup: &Startup) -> ReloadSummary {
         .cloned()
         .collect();
     limits.removed.sort();
-    let now = Startup::of(new);
-    let mut restart_required = Vec::new();
-    if now.listen != startup.listen {
-        restart_required.push("server.listen".to_string());
-    }
-    if now.admin != startup.admin {
-        restart_required.push("server.admin".to_string());
-    }
-    if now.threads != startup.threads {
-        restart_required.push("server.threads".to_string());
-    }
+    let restart_required = restart_required(startup, new);
     ReloadSummary {
         generation: new.source.generation,
         rules,
@@ -361,38 +447,95 @@ fn summarize(old: &Runtime, new: &Runtime, startup: &Startup) -> ReloadSummary {
     }
 }
 
+/// Settings of `rt` that differ from what the process started with and so
+/// are not in effect until a restart.
+pub fn restart_required(startup: &Startup, rt: &Runtime) -> Vec<String> {
+    let now = Startup::of(rt);
+    let mut differ = Vec::new();
+    if now.listen != startup.listen {
+        differ.push("server.listen".to_string());
+    }
+    if now.admin != startup.admin {
+        differ.push("server.admin".to_string());
+    }
+    if now.threads != startup.threads {
+        differ.push("server.threads".to_string());
+    }
+    differ
+}
+
 /// Watches the config's directory and SIGHUP, and reloads on either.
 ///
 /// The directory (not the file) is watched because editors and
 /// `mv`-into-place replace the file, and Kubernetes swaps a symlink beside
-/// it. Any change there triggers a read; unchanged bytes are skipped.
+/// it; when the file is a symlink, its target's directory is watched too.
+/// Only events that mean "a file is complete" count: a closed write, a
+/// rename, a removal. A writer that is still writing has not closed the file.
 pub struct ConfigWatcher {
     pub shared: Arc<Shared>,
     pub handle_sighup: bool,
 }
 
-fn watch_directory(path: &Path, events: mpsc::Sender<()>) -> notify::Result<RecommendedWatcher> {
+/// Events that can mean a new version of the config is complete.
+fn completes_a_file(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_)
+            | EventKind::Other
+            | EventKind::Any
+    )
+}
+
+fn watch_directories(path: &Path, events: mpsc::Sender<()>) -> notify::Result<RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            // Our own reads are access events; they must not trigger reloads.
-            if !matches!(event.kind, EventKind::Access(_)) {
+        match event {
+            Ok(event) if !completes_a_file(&event.kind) => {}
+            // Errors (such as a queue overflow) may hide an edit: look again.
+            _ => {
                 let _ = events.try_send(());
             }
         }
     })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    let mut dirs = vec![parent_dir(path)];
+    if let Ok(target) = std::fs::canonicalize(path) {
+        let target_dir = parent_dir(&target);
+        if std::fs::canonicalize(&dirs[0]).ok().as_deref() != Some(target_dir.as_path()) {
+            dirs.push(target_dir);
+        }
+    }
+    for dir in &dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
     Ok(watcher)
+}
+
+fn parent_dir(path: &Path) -> std::path::PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
+/// Waits out a burst of events: until 50 ms pass without one, or 250 ms after
+/// the first, so a busy neighbour file cannot postpone a reload for ever.
+async fn debounce(events: &mut mpsc::Receiver<()>) {
+    let until = tokio::time::Instant::now() + MAX_DEBOUNCE;
+    loop {
+        let quiet = tokio::time::Instant::now() + DEBOUNCE;
+        match tokio::time::timeout_at(quiet.min(until), events.recv()).await {
+            Ok(Some(())) if tokio::time::Instant::now() < until => continue,
+            _ => return,
+        }
+    }
 }
 
 #[async_trait]
 impl BackgroundService for ConfigWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = mpsc::channel(1);
-        let _watcher = match watch_directory(&self.shared.config_path, tx) {
+        let _watcher = match watch_directories(&self.shared.config_path, tx) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(
@@ -412,6 +555,13 @@ impl BackgroundService for ConfigWatcher {
         } else {
             None
         };
+        // An edit made while the gateway was starting had no watcher to see it.
+        if _watcher.is_some() {
+            self.shared.reloader.state().watching = true;
+            if self.shared.runtime.load().server.watch {
+                reload(&self.shared, Trigger::File).await;
+            }
+        }
         loop {
             let hup = async {
                 match hangup.as_mut() {
@@ -421,7 +571,7 @@ impl BackgroundService for ConfigWatcher {
             };
             tokio::select! {
                 Some(()) = rx.recv() => {
-                    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                    debounce(&mut rx).await;
                     if self.shared.runtime.load().server.watch {
                         reload(&self.shared, Trigger::File).await;
                     }

@@ -12,7 +12,7 @@ use crate::config::units::Rate;
 use crate::config::{ConfigSource, Problem};
 use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
 use crate::limit::{LimitId, Limiter};
-use crate::metrics::{LimitMetrics, RuleMetrics};
+use crate::metrics::{LimitMetrics, Metrics, RuleMetrics};
 use crate::route::{PathPattern, RouteConditions, RouteTable};
 
 /// Which rate-limit response headers to send.
@@ -62,6 +62,7 @@ pub enum Mode {
 #[derive(Debug)]
 pub struct Runtime {
     pub server: ServerSettings,
+    pub store: StoreSettings,
     pub routes: RouteTable,
     /// In file order; `routes` yields indices into this.
     pub rules: Vec<Rule>,
@@ -69,6 +70,13 @@ pub struct Runtime {
     /// Non-fatal findings of the compile (e.g. unreachable rules).
     pub warnings: Vec<Problem>,
     pub source: ConfigSource,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// How long the state of a limit removed by a reload is kept, in case a
+    /// later reload brings the limit back.
+    pub release_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +169,17 @@ impl Upstream {
 }
 
 impl Runtime {
+    /// Points the snapshot's metric handles at `metrics` (a reload compiles
+    /// against a scratch registry so that a rejected file leaves no series).
+    pub fn bind_metrics(&mut self, metrics: &Metrics) {
+        for rule in &mut self.rules {
+            rule.metrics = metrics.rule(&rule.name);
+            for limit in &mut rule.limits {
+                limit.metrics = metrics.limit(&rule.name, &limit.name);
+            }
+        }
+    }
+
     pub fn rule(&self, index: usize) -> &Rule {
         &self.rules[index]
     }

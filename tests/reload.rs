@@ -133,6 +133,69 @@ async fn a_half_written_file_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_slow_writer_is_read_only_once_it_closes_the_file() {
+    use std::io::Write;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config(true, RULE_A), upstream.addr).await;
+    let full = gw.render(&config(true, RULE_B), upstream.addr);
+    let mut file = std::fs::File::create(&gw.config_path).unwrap();
+    file.write_all(&full.as_bytes()[..full.len() / 2]).unwrap();
+    file.flush().unwrap();
+    // A writer pausing mid-file (a slow copy): the truncated file stays unread.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status(&gw, "/a").await, 200);
+    file.write_all(&full.as_bytes()[full.len() / 2..]).unwrap();
+    drop(file);
+    eventually(PICKUP, "the complete file serves", || async {
+        status(&gw, "/b").await == 200
+    })
+    .await;
+    let metrics = gw.metrics().await;
+    assert!(!metrics.contains("result=\"failure\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn an_emptied_file_is_refused_on_reload() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config(false, RULE_A), upstream.addr).await;
+    std::fs::write(&gw.config_path, "").unwrap();
+    let (code, body) = post_reload(&gw).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body["problems"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("empty"));
+    assert_eq!(status(&gw, "/a").await, 200);
+}
+
+#[tokio::test]
+async fn reverting_a_broken_edit_clears_the_reported_failure() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config(false, RULE_A), upstream.addr).await;
+    let original = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(&gw.config_path, "rules: [").unwrap();
+    assert_eq!(post_reload(&gw).await.0, 422);
+    std::fs::write(&gw.config_path, original).unwrap();
+    assert_eq!(post_reload(&gw).await.0, 200);
+    let (_, config) = admin_json(&gw, reqwest::Method::GET, "/-/config").await;
+    assert_eq!(config["last_reload"]["result"], "reverted");
+}
+
+#[tokio::test]
+async fn post_reload_after_the_watcher_applied_an_edit_still_shows_what_changed() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config(true, RULE_A), upstream.addr).await;
+    gw.rewrite(&config(true, RULE_B), upstream.addr);
+    eventually(PICKUP, "the watcher applies the edit", || async {
+        status(&gw, "/b").await == 200
+    })
+    .await;
+    let (code, body) = post_reload(&gw).await;
+    assert_eq!((code, body["status"].as_str()), (200, Some("unchanged")));
+    assert_eq!(body["summary"]["rules"]["added"], serde_json::json!(["b"]));
+}
+
+#[tokio::test]
 async fn post_reload_answers_a_summary_of_what_changed() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&config(false, RULE_A), upstream.addr).await;
@@ -262,10 +325,19 @@ async fn a_changed_limit_starts_fresh() {
     assert_eq!(remaining(&gw).await, (200, Some(4)));
 }
 
+/// With `store.release_after` set short for the test.
+fn release_quickly(yaml: &str) -> String {
+    yaml.replace("upstreams:", "store: { release_after: 200ms }\nupstreams:")
+}
+
 #[tokio::test]
 async fn a_removed_limits_state_is_released() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&counted("3/minute", "/other"), upstream.addr).await;
+    let gw = Gateway::start(
+        &release_quickly(&counted("3/minute", "/other")),
+        upstream.addr,
+    )
+    .await;
     remaining(&gw).await;
     let tracked = || async {
         let metrics = gw.metrics().await;
@@ -275,12 +347,34 @@ async fn a_removed_limits_state_is_released() {
             .map(|v| v.trim().to_string())
     };
     assert_eq!(tracked().await.as_deref(), Some("1"));
-    gw.rewrite(&config(false, RULE_A), upstream.addr);
+    gw.rewrite(&release_quickly(&config(false, RULE_A)), upstream.addr);
     post_reload(&gw).await;
     eventually(Duration::from_secs(5), "the state is released", || async {
         tracked().await.as_deref() == Some("0")
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_limit_removed_and_restored_before_its_release_keeps_its_count() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&counted("3/minute", "/other"), upstream.addr).await;
+    for _ in 0..2 {
+        remaining(&gw).await;
+    }
+    gw.rewrite(&config(false, RULE_A), upstream.addr);
+    assert_eq!(post_reload(&gw).await.0, 200);
+    gw.rewrite(&counted("3/minute", "/other"), upstream.addr);
+    let (_, body) = post_reload(&gw).await;
+    assert_eq!(
+        body["summary"]["limits"]["added"],
+        serde_json::json!(["counted/per-ip"])
+    );
+    assert_eq!(
+        remaining(&gw).await,
+        (200, Some(0)),
+        "the third request of three"
+    );
 }
 
 #[tokio::test]
@@ -300,6 +394,11 @@ async fn restart_only_settings_are_reported_and_the_rest_is_applied() {
     );
     // Still serving on the old address, with the new rule.
     assert_eq!(status(&gw, "/b").await, 200);
+    let (_, config) = admin_json(&gw, reqwest::Method::GET, "/-/config").await;
+    assert_eq!(
+        config["restart_required"],
+        serde_json::json!(["server.listen", "server.threads"])
+    );
 }
 
 #[tokio::test]
@@ -309,11 +408,15 @@ async fn an_in_flight_request_finishes_on_the_snapshot_it_started_with() {
   - name: slow
     match: { path: /slow }
     upstream: api
+    limits: [{ name: old-limit, key: ip, rate: 100/minute }]
 ";
     let gw = Gateway::start(&config(false, slow), upstream.addr).await;
     let in_flight = tokio::spawn({
         let url = gw.url("/slow");
-        async move { client().get(url).send().await.unwrap().status().as_u16() }
+        async move {
+            let resp = client().get(url).send().await.unwrap();
+            (resp.status().as_u16(), header_of(&resp, "ratelimit-policy"))
+        }
     });
     eventually(
         Duration::from_secs(5),
@@ -329,7 +432,10 @@ async fn an_in_flight_request_finishes_on_the_snapshot_it_started_with() {
         404,
         "the new config no longer routes it"
     );
-    assert_eq!(in_flight.await.unwrap(), 200);
+    // The response is still written with the old snapshot's rule and limit.
+    let (status, policy) = in_flight.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(policy.is_some_and(|p| p.starts_with("\"old-limit\"")));
 }
 
 #[tokio::test]

@@ -23,13 +23,15 @@ use crate::limit::{Gcra, LimitId, Limiter};
 use crate::metrics::Metrics;
 use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
 use crate::runtime::{
-    DenyResponse, HeaderStyle, MissingPolicy, Rule, RuleLimit, Runtime, ServerSettings, Upstream,
+    DenyResponse, HeaderStyle, MissingPolicy, Rule, RuleLimit, Runtime, ServerSettings,
+    StoreSettings, Upstream,
 };
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_RELEASE_AFTER: Duration = Duration::from_secs(60);
 const MAX_NAME_LEN: usize = 64;
 
 const KNOWN_METHODS: [Method; 9] = [
@@ -103,6 +105,14 @@ pub fn compile(
         problems: Vec::new(),
     };
     let server = compile_server(&mut c, &input.server);
+    let store = StoreSettings {
+        release_after: match &input.store.release_after {
+            None => DEFAULT_RELEASE_AFTER,
+            Some(text) => c
+                .check("store.release_after", units::parse_duration(text))
+                .unwrap_or(DEFAULT_RELEASE_AFTER),
+        },
+    };
     let mut upstream_index = HashMap::new();
     let mut upstreams = Vec::new();
     for (name, upstream) in &input.upstreams {
@@ -124,6 +134,7 @@ pub fn compile(
     match (server, routes) {
         (Some(server), Some(routes)) if !has_errors => Ok(Runtime {
             server,
+            store,
             routes,
             rules,
             upstreams,
@@ -641,8 +652,9 @@ fn compile_exemption(c: &mut Compiler<'_>, path: &str, e: &ExemptInput) -> Optio
             let name = c.check(format!("{path}.header.name"), parse_header_name(&h.name));
             let value = c.check(
                 format!("{path}.header.value"),
+                // The value is often a secret: the message must not repeat it.
                 globset::Glob::new(&h.value)
-                    .map_err(|e| format!("bad glob {:?}: {}", h.value, e.kind())),
+                    .map_err(|e| format!("bad glob in the exemption value: {}", e.kind())),
             );
             Some(Exemption::Header {
                 name: name?,

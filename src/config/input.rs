@@ -118,6 +118,10 @@ fn default_true() -> bool {
 pub struct StoreInput {
     #[serde(default)]
     pub backend: StoreBackend,
+    /// How long a limit removed by a reload keeps its state (default 60s), so
+    /// that undoing an edit does not reset counters.
+    #[serde(default)]
+    pub release_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

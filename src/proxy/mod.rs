@@ -408,6 +408,10 @@ impl ProxyHttp for Gateway {
             let metrics = &rt.rule(rule).metrics;
             metrics.observe_upstream(started.elapsed());
             if upstream_response.status.as_u16() == 101 && !ctx.tunnel_open {
+                // A tunnel's request ends at the switch; its life is not a latency.
+                if let Some(started) = ctx.started {
+                    metrics.observe_request(started.elapsed());
+                }
                 metrics.websockets().inc();
                 ctx.tunnel_open = true;
             }
@@ -435,15 +439,30 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let Some(rt) = &ctx.runtime else { return };
-        let metrics = match ctx.rule {
-            Some(rule) => &rt.rule(rule).metrics,
-            None => self.shared.metrics.unrouted(),
+        let (metrics, rule_name) = match ctx.rule {
+            Some(rule) => (&rt.rule(rule).metrics, Some(&rt.rule(rule).name)),
+            None => (self.shared.metrics.unrouted(), None),
         };
-        if let Some(started) = ctx.started {
-            metrics.observe_request(started.elapsed());
+        if !ctx.tunnel_open {
+            if let Some(started) = ctx.started {
+                metrics.observe_request(started.elapsed());
+            }
+            return;
         }
-        if ctx.tunnel_open {
-            metrics.websockets().dec();
+        metrics.websockets().dec();
+        // A tunnel can outlive its rule: once the rule's last one closes, its
+        // gauge goes too.
+        if let Some(name) = rule_name {
+            if !self
+                .shared
+                .runtime
+                .load()
+                .rules
+                .iter()
+                .any(|r| &r.name == name)
+            {
+                self.shared.metrics.forget_idle_websockets(name);
+            }
         }
     }
 

@@ -275,6 +275,22 @@ impl Gateway {
         let running = Running::start(shared);
         wait_listening(addr).await;
         wait_listening(admin).await;
+        // Edits are only seen once the file watcher is up.
+        eventually(
+            Duration::from_secs(20),
+            "the config watcher starts",
+            || async {
+                let ready = client().get(format!("http://{admin}/readyz")).send().await;
+                match ready {
+                    Ok(r) => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .is_ok_and(|v| v["watching"] == true),
+                    Err(_) => false,
+                }
+            },
+        )
+        .await;
         Gateway {
             addr,
             admin,
