@@ -2,6 +2,7 @@
 //! and writes what they decide. No policy lives here.
 
 pub mod respond;
+pub mod tunnel;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{HeaderName, HOST};
 use http::{HeaderValue, Uri};
+use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
@@ -25,8 +27,9 @@ use crate::metrics::{DecisionResult, Metrics, Outcome};
 use crate::pipeline::{self, Incoming, Plan, Unrouted};
 use crate::reload::{self, Reloader, Startup};
 use crate::route::{PathError, Target};
-use crate::runtime::{Mode, Runtime};
+use crate::runtime::{Mode, Runtime, Upstream};
 use respond::Reply;
+use tunnel::TunnelError;
 
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
@@ -81,12 +84,79 @@ impl Shared {
 /// The proxy application.
 pub struct Gateway {
     shared: Arc<Shared>,
+    /// Opens the connections of the tunnels we own (see `tunnel`).
+    connector: TransportConnector,
 }
 
 impl Gateway {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Gateway { shared }
+        Gateway {
+            shared,
+            connector: TransportConnector::new(None),
+        }
     }
+}
+
+/// The peer for round-robin position `index` of an upstream.
+fn peer_for(upstream: &Upstream, index: usize, upgrade: bool) -> HttpPeer {
+    let mut peer = HttpPeer::new(upstream.server(index), upstream.tls, upstream.sni.clone());
+    let options = &mut peer.options;
+    options.connection_timeout = Some(upstream.connect_timeout);
+    options.write_timeout = Some(upstream.write_timeout);
+    // An upgraded connection may be quiet for long stretches; it gets the
+    // tunnel's idle timeout instead of the request read timeout.
+    options.read_timeout = Some(if upgrade {
+        upstream.tunnel_idle_timeout
+    } else {
+        upstream.read_timeout
+    });
+    options.verify_cert = upstream.verify_cert;
+    options.verify_hostname = upstream.verify_cert;
+    peer
+}
+
+/// Rewrites a request for the upstream: the normalized target, `Host`, and
+/// the forwarding headers.
+fn prepare_upstream_request(
+    request: &mut RequestHeader,
+    ctx: &mut RequestCtx,
+    peer: IpAddr,
+    host_header: Option<&HeaderValue>,
+) -> Result<()> {
+    if let Some(uri) = ctx.forward_uri.take() {
+        request.set_uri(uri);
+    }
+    if let Some(host) = ctx.forward_host.take() {
+        request.insert_header(HOST, host)?;
+    }
+    let peer = peer.to_canonical().to_string();
+    // A trusted proxy's chain is extended; anyone else's is replaced, and
+    // their other forwarding headers dropped, so the upstream never sees
+    // a chain a client made up.
+    if ctx.peer_trusted {
+        let mut chain = Vec::new();
+        for line in request.headers.get_all(X_FORWARDED_FOR) {
+            chain.extend_from_slice(line.as_bytes());
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(peer.as_bytes());
+        request.insert_header(X_FORWARDED_FOR, chain)?;
+    } else {
+        for name in UNTRUSTED_FORWARDING_HEADERS {
+            request.remove_header(&name);
+        }
+        request.insert_header(X_FORWARDED_FOR, peer)?;
+    }
+    if !(ctx.peer_trusted && request.headers.contains_key(X_FORWARDED_PROTO)) {
+        request.insert_header(X_FORWARDED_PROTO, "http")?;
+    }
+    if let Some(client) = ctx.client_ip {
+        request.insert_header(X_REAL_IP, client.to_string())?;
+    }
+    if let Some(host) = host_header {
+        request.insert_header(HOST, host.clone())?;
+    }
+    Ok(())
 }
 
 /// Per-request state carried between Pingora's hooks.
@@ -268,6 +338,88 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Proxies an admitted upgrade request through a tunnel we own.
+    async fn tunnel(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let Some((rt, rule_index)) = ctx.runtime.clone().zip(ctx.rule) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "tunnel without a rule",
+            ));
+        };
+        let rule = rt.rule(rule_index);
+        let upstream = rt.upstream_of(rule);
+        let mut request = session.req_header().clone();
+        prepare_upstream_request(
+            &mut request,
+            ctx,
+            peer_ip(session),
+            upstream.host_header.as_ref(),
+        )?;
+        let first = upstream.round_robin_start();
+        let started = Instant::now();
+        let mut failure = None;
+        let mut handshake = None;
+        // Like the proxy path: a refused connection tries the next server.
+        for attempt in 0..upstream.servers.len() {
+            let peer = peer_for(upstream, first + attempt, true);
+            match tunnel::handshake(&self.connector, &peer, &request, upstream.read_timeout).await {
+                Ok(h) => {
+                    handshake = Some(h);
+                    break;
+                }
+                Err(e) => {
+                    self.shared.metrics.upstream_error(&upstream.name);
+                    let retry = matches!(e, TunnelError::Connect(_));
+                    failure = Some(e);
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(handshake) = handshake else {
+            let status = match failure {
+                Some(TunnelError::HandshakeTimeout(_)) => 504,
+                _ => 502,
+            };
+            if let Some(e) = failure {
+                tracing::warn!(upstream = %upstream.name, "upgrade failed: {e}");
+            }
+            return write_reply(session, respond::upstream_failure(status, &upstream.name)).await;
+        };
+        rule.metrics.observe_upstream(started.elapsed());
+        let tunnel::Handshake {
+            mut response,
+            rest,
+            upstream: stream,
+        } = handshake;
+        if let Some((limit, decision)) = ctx.headline {
+            respond::add_rate_limit_headers(
+                &mut response,
+                rule.headers,
+                &rule.limits[limit],
+                &decision,
+            );
+        }
+        if response.status.as_u16() != 101 {
+            let head_only = session.req_header().method == http::Method::HEAD;
+            return tunnel::relay_refusal(session, response, rest, stream, head_only).await;
+        }
+        if let Some(started) = ctx.started {
+            rule.metrics.observe_request(started.elapsed());
+        }
+        rule.metrics.websockets().inc();
+        ctx.tunnel_open = true;
+        session
+            .write_response_header(Box::new(response), false)
+            .await?;
+        let end = tunnel::pump(session, stream, rest, upstream.tunnel_idle_timeout).await;
+        tracing::debug!(rule = %rule.name, ?end, "tunnel closed");
+        Ok(())
+    }
+}
+
 async fn write_reply(session: &mut Session, reply: Reply) -> Result<()> {
     // Never leave an unread request body on a connection that will be reused.
     if !session.is_body_empty() {
@@ -308,6 +460,10 @@ impl ProxyHttp for Gateway {
                 write_reply(session, reply).await?;
                 Ok(true)
             }
+            None if session.is_upgrade_req() && !session.is_http2() => {
+                self.tunnel(session, ctx).await?;
+                Ok(true)
+            }
             None => Ok(false),
         }
     }
@@ -323,20 +479,11 @@ impl ProxyHttp for Gateway {
         let first = ctx
             .first_server
             .unwrap_or_else(|| upstream.round_robin_start());
-        let server = upstream.server(first + ctx.connect_failures);
-        let mut peer = HttpPeer::new(server, upstream.tls, upstream.sni.clone());
-        let options = &mut peer.options;
-        options.connection_timeout = Some(upstream.connect_timeout);
-        options.write_timeout = Some(upstream.write_timeout);
-        // An upgraded connection may be quiet for long stretches; it gets the
-        // tunnel's idle timeout instead of the request read timeout.
-        options.read_timeout = Some(if session.is_upgrade_req() {
-            upstream.tunnel_idle_timeout
-        } else {
-            upstream.read_timeout
-        });
-        options.verify_cert = upstream.verify_cert;
-        options.verify_hostname = upstream.verify_cert;
+        let peer = peer_for(
+            upstream,
+            first + ctx.connect_failures,
+            session.is_upgrade_req(),
+        );
         ctx.first_server = Some(first);
         ctx.upstream_started.get_or_insert_with(Instant::now);
         Ok(Box::new(peer))
@@ -348,41 +495,12 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(uri) = ctx.forward_uri.take() {
-            upstream_request.set_uri(uri);
-        }
-        if let Some(host) = ctx.forward_host.take() {
-            upstream_request.insert_header(HOST, host)?;
-        }
-        let peer = peer_ip(session).to_canonical().to_string();
-        // A trusted proxy's chain is extended; anyone else's is replaced, and
-        // their other forwarding headers dropped, so the upstream never sees
-        // a chain a client made up.
-        if ctx.peer_trusted {
-            let mut chain = Vec::new();
-            for line in upstream_request.headers.get_all(X_FORWARDED_FOR) {
-                chain.extend_from_slice(line.as_bytes());
-                chain.extend_from_slice(b", ");
-            }
-            chain.extend_from_slice(peer.as_bytes());
-            upstream_request.insert_header(X_FORWARDED_FOR, chain)?;
-        } else {
-            for name in UNTRUSTED_FORWARDING_HEADERS {
-                upstream_request.remove_header(&name);
-            }
-            upstream_request.insert_header(X_FORWARDED_FOR, peer)?;
-        }
-        if !(ctx.peer_trusted && upstream_request.headers.contains_key(X_FORWARDED_PROTO)) {
-            upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
-        }
-        if let Some(client) = ctx.client_ip {
-            upstream_request.insert_header(X_REAL_IP, client.to_string())?;
-        }
-        let (rt, rule) = snapshot(ctx)?;
-        if let Some(host) = &rt.upstream_of(rt.rule(rule)).host_header {
-            upstream_request.insert_header(HOST, host.clone())?;
-        }
-        Ok(())
+        let rt = ctx.runtime.clone();
+        let host_header = match (&rt, ctx.rule) {
+            (Some(rt), Some(rule)) => rt.upstream_of(rt.rule(rule)).host_header.as_ref(),
+            _ => None,
+        };
+        prepare_upstream_request(upstream_request, ctx, peer_ip(session), host_header)
     }
 
     async fn connected_to_upstream(
