@@ -439,6 +439,43 @@ async fn an_in_flight_request_finishes_on_the_snapshot_it_started_with() {
 }
 
 #[tokio::test]
+async fn an_open_websocket_survives_a_reload_that_removes_its_rule() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let upstream = Upstream::start().await;
+    let stream = "
+  - name: stream
+    match: { path: \"/ws/*\" }
+    upstream: api
+";
+    let gw = Gateway::start(&config(false, stream), upstream.addr).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/echo", gw.addr))
+        .await
+        .unwrap();
+    gw.rewrite(&config(false, RULE_A), upstream.addr);
+    assert_eq!(post_reload(&gw).await.0, 200);
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+    assert!(gw
+        .metrics()
+        .await
+        .contains("tollgate_websocket_connections{rule=\"stream\"} 1"));
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws/echo", gw.addr)).await;
+    assert!(refused.is_err(), "the rule is gone for new connections");
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    eventually(
+        Duration::from_secs(5),
+        "the closed tunnel's gauge is gone",
+        || async { !gw.metrics().await.contains("rule=\"stream\"") },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn traffic_through_fifty_reloads_sees_only_the_intended_answers() {
     let upstream = Upstream::start().await;
     let limited = "
