@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod check;
 pub mod config;
+pub mod demo;
 pub mod identity;
 pub mod limit;
 pub mod metrics;

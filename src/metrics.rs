@@ -133,6 +133,48 @@ impl LimitMetrics {
     }
 }
 
+/// The demo upstream's counters.
+#[derive(Debug, Clone)]
+pub struct DemoMetrics {
+    accepted: IntCounter,
+    rejected: IntCounter,
+    clients: IntGauge,
+    sent: IntCounter,
+    dropped: IntCounter,
+}
+
+/// Counts a WebSocket client for as long as it lives.
+pub struct ClientGuard(IntGauge);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl DemoMetrics {
+    pub fn accepted(&self, events: usize) {
+        self.accepted.inc_by(events as u64);
+    }
+
+    pub fn rejected(&self, events: usize) {
+        self.rejected.inc_by(events as u64);
+    }
+
+    pub fn client_connected(&self) -> ClientGuard {
+        self.clients.inc();
+        ClientGuard(self.clients.clone())
+    }
+
+    pub fn sent(&self) {
+        self.sent.inc();
+    }
+
+    pub fn dropped(&self, messages: u64) {
+        self.dropped.inc_by(messages);
+    }
+}
+
 /// The gateway's registry. One per gateway (not process-global) so that several
 /// gateways in one test process do not see each other's counts.
 pub struct Metrics {
@@ -148,6 +190,7 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub last_reload_success: IntGauge,
     pub tracked_keys: IntGauge,
+    pub demo: DemoMetrics,
     /// Requests that matched no rule or were refused before routing.
     unrouted: RuleMetrics,
 }
@@ -281,6 +324,34 @@ impl Metrics {
             "Unix time of the last successful config load",
         );
         let tracked_keys = gauge(r, "tracked_keys", "Limiter states held in memory");
+        let demo_events = counter_vec(
+            r,
+            "demo_events_total",
+            "Vehicle events the demo upstream accepted or rejected",
+            &["result"],
+        );
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help)
+                .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
+            register(r, c)
+        };
+        let demo = DemoMetrics {
+            accepted: demo_events.with_label_values(&["accepted"]),
+            rejected: demo_events.with_label_values(&["rejected"]),
+            clients: gauge(
+                r,
+                "demo_websocket_clients",
+                "WebSocket clients of the demo upstream",
+            ),
+            sent: counter(
+                "demo_messages_sent_total",
+                "Messages sent to demo WebSocket clients",
+            ),
+            dropped: counter(
+                "demo_messages_dropped_total",
+                "Messages slow demo WebSocket clients lost (oldest first)",
+            ),
+        };
         let unrouted = Self::rule_metrics_of(
             &requests,
             &request_duration,
@@ -301,6 +372,7 @@ impl Metrics {
             config_generation,
             last_reload_success,
             tracked_keys,
+            demo,
             unrouted,
         }
     }

@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::{self, ConfigError, Problem};
+use crate::demo::DemoSettings;
 use crate::limit::LimitId;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::proxy::Shared;
@@ -94,6 +95,7 @@ pub struct Startup {
     pub listen: Vec<String>,
     pub admin: String,
     pub threads: usize,
+    pub demo: Option<DemoSettings>,
 }
 
 impl Startup {
@@ -102,6 +104,7 @@ impl Startup {
             listen: rt.server.listen.clone(),
             admin: rt.server.admin.clone(),
             threads: rt.server.threads,
+            demo: rt.demo.clone(),
         }
     }
 }
@@ -460,6 +463,9 @@ pub fn restart_required(startup: &Startup, rt: &Runtime) -> Vec<String> {
     }
     if now.threads != startup.threads {
         differ.push("server.threads".to_string());
+    }
+    if now.demo != startup.demo {
+        differ.push("demo".to_string());
     }
     differ
 }

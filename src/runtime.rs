@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::units::Rate;
 use crate::config::{ConfigSource, Problem};
+use crate::demo::DemoSettings;
 use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
 use crate::limit::{LimitId, Limiter};
 use crate::metrics::{LimitMetrics, Metrics, RuleMetrics};
@@ -63,6 +64,8 @@ pub enum Mode {
 pub struct Runtime {
     pub server: ServerSettings,
     pub store: StoreSettings,
+    /// The built-in demo upstream, when enabled.
+    pub demo: Option<DemoSettings>,
     pub routes: RouteTable,
     /// In file order; `routes` yields indices into this.
     pub rules: Vec<Rule>,

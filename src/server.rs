@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 
 use crate::admin::AdminApp;
 use crate::config::{self, ConfigError};
+use crate::demo::{Demo, DemoService};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Shared};
 use crate::reload::ConfigWatcher;
@@ -51,7 +52,14 @@ pub fn load_shared(config_path: &Path) -> Result<Arc<Shared>, ConfigError> {
 /// (Pingora would panic in a service thread instead).
 pub fn check_bindable(shared: &Shared) -> Result<(), String> {
     let rt = shared.runtime.load();
-    for addr in rt.server.listen.iter().chain([&rt.server.admin]) {
+    let demo = rt.demo.as_ref().map(|d| d.listen.to_string());
+    for addr in rt
+        .server
+        .listen
+        .iter()
+        .chain([&rt.server.admin])
+        .chain(demo.as_ref())
+    {
         TcpListener::bind(addr.as_str()).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     }
     Ok(())
@@ -85,6 +93,14 @@ pub fn build_server(shared: Arc<Shared>, options: ProcessOptions) -> Server {
     let mut admin = Service::new("tollgate admin".into(), AdminApp::new(shared.clone()));
     admin.add_tcp(&rt.server.admin);
     admin.threads = Some(1);
+
+    if let Some(settings) = rt.demo.clone() {
+        let demo = Demo::new(&settings, shared.metrics.demo.clone());
+        let mut service =
+            background_service("tollgate demo upstream", DemoService { settings, demo });
+        service.threads = Some(1);
+        server.add_service(service);
+    }
 
     let mut sweeper = background_service(
         "tollgate sweeper",

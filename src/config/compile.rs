@@ -11,12 +11,13 @@ use http::{HeaderValue, Method};
 use ipnet::IpNet;
 
 use super::input::{
-    AlgorithmInput, ConfigInput, DenyInput, ExemptInput, KeyPartInput, LimitInput, RuleInput,
-    ServerInput, UpstreamInput,
+    AlgorithmInput, ConfigInput, DemoBus, DemoInput, DenyInput, ExemptInput, KeyPartInput,
+    LimitInput, RuleInput, ServerInput, UpstreamInput,
 };
 use super::locate::SourceMap;
 use super::units::{self, Rate, MAX_RATE_COUNT};
 use super::{ConfigSource, Problem, Severity};
+use crate::demo::{BusSettings, DemoSettings};
 use crate::identity::{ApiKeySources, Exemption, KeyPart, KeySpec, TrustedProxies, MAX_KEY_PARTS};
 use crate::limit::memory::MAX_CHECKS;
 use crate::limit::{Gcra, LimitId, Limiter};
@@ -122,6 +123,11 @@ pub fn compile(
         }
     }
     let rules = compile_rules(&mut c, input, &upstream_index, metrics);
+    let demo = input
+        .demo
+        .as_ref()
+        .filter(|d| d.enabled)
+        .and_then(|d| compile_demo(&mut c, d, &input.server));
     let routes = RouteTable::new(
         rules
             .iter()
@@ -135,6 +141,7 @@ pub fn compile(
         (Some(server), Some(routes)) if !has_errors => Ok(Runtime {
             server,
             store,
+            demo,
             routes,
             rules,
             upstreams,
@@ -215,6 +222,55 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
             bearer: s.api_key.bearer,
             query_param: s.api_key.query.clone(),
         },
+    })
+}
+
+fn compile_demo(c: &mut Compiler<'_>, d: &DemoInput, server: &ServerInput) -> Option<DemoSettings> {
+    let listen = c.check("demo.listen", parse_listen(&d.listen));
+    if let Some(addr) = listen {
+        let taken = server
+            .listen
+            .iter()
+            .chain([&server.admin])
+            .filter_map(|a| parse_listen(a).ok());
+        if taken
+            .into_iter()
+            .any(|t| t.port() == addr.port() && overlaps(t.ip(), addr.ip()))
+        {
+            c.error(
+                "demo.listen",
+                "the demo upstream needs its own address, not the gateway's or the admin's",
+            );
+        }
+    }
+    if !(1..=65_536).contains(&d.client_queue) {
+        c.error(
+            "demo.client_queue",
+            "client_queue must be between 1 and 65536",
+        );
+    }
+    let bus = match d.bus {
+        DemoBus::Memory => BusSettings::Memory,
+        DemoBus::Redis => {
+            if let Err(e) = redis::Client::open(d.redis.url.as_str()) {
+                c.error(
+                    "demo.redis.url",
+                    format!("{:?} is not a Redis URL: {e}", d.redis.url),
+                );
+            }
+            if d.redis.channel.is_empty() {
+                c.error("demo.redis.channel", "the channel name must not be empty");
+            }
+            BusSettings::Redis {
+                url: d.redis.url.clone(),
+                channel: d.redis.channel.clone(),
+            }
+        }
+    };
+    Some(DemoSettings {
+        listen: listen?,
+        bus,
+        client_queue: d.client_queue,
     })
 }
 

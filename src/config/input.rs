@@ -24,6 +24,69 @@ pub struct ConfigInput {
     pub upstreams: BTreeMap<String, UpstreamInput>,
     #[serde(default)]
     pub rules: Vec<RuleInput>,
+    /// The built-in demo upstream (off unless this section is present).
+    #[serde(default)]
+    pub demo: Option<DemoInput>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoInput {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_demo_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub bus: DemoBus,
+    #[serde(default)]
+    pub redis: DemoRedisInput,
+    /// Messages buffered per WebSocket client before its oldest are dropped.
+    #[serde(default = "default_client_queue")]
+    pub client_queue: usize,
+}
+
+fn default_demo_listen() -> String {
+    "127.0.0.1:8081".into()
+}
+
+fn default_client_queue() -> usize {
+    256
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DemoBus {
+    /// Events stay in this process.
+    #[default]
+    Memory,
+    /// Events go through a Redis Pub/Sub channel shared by every instance.
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoRedisInput {
+    #[serde(default = "default_redis_url")]
+    pub url: String,
+    #[serde(default = "default_demo_channel")]
+    pub channel: String,
+}
+
+impl Default for DemoRedisInput {
+    fn default() -> Self {
+        DemoRedisInput {
+            url: default_redis_url(),
+            channel: default_demo_channel(),
+        }
+    }
+}
+
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379".into()
+}
+
+fn default_demo_channel() -> String {
+    "tollgate:vehicles".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

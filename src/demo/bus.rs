@@ -1,0 +1,170 @@
+//! Where accepted events travel before they are fanned out: within this
+//! process, or over a Redis Pub/Sub channel that every demo instance
+//! subscribes to, so a client of instance B sees what was posted to A.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::schema::VehicleEvent;
+use super::Demo;
+
+/// How long a publish may take before the event is refused with 503.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusSettings {
+    Memory,
+    Redis { url: String, channel: String },
+}
+
+pub enum Bus {
+    Memory,
+    Redis(RedisBus),
+}
+
+pub struct RedisBus {
+    client: redis::Client,
+    publisher: Option<ConnectionManager>,
+    channel: String,
+    subscribed: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("the event bus is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Bus {
+    pub fn new(settings: &BusSettings) -> Self {
+        match settings {
+            BusSettings::Memory => Bus::Memory,
+            BusSettings::Redis { url, channel } => match redis::Client::open(url.as_str()) {
+                Ok(client) => {
+                    // Lazy: the demo starts (and reconnects) whether or not
+                    // Redis is up yet.
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(PUBLISH_TIMEOUT))
+                        .set_response_timeout(Some(PUBLISH_TIMEOUT));
+                    let publisher = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                        .inspect_err(|e| tracing::error!("cannot set up the Redis publisher: {e}"))
+                        .ok();
+                    Bus::Redis(RedisBus {
+                        client,
+                        publisher,
+                        channel: channel.clone(),
+                        subscribed: Arc::new(AtomicBool::new(false)),
+                    })
+                }
+                // The config compiler checked the URL; this cannot happen.
+                Err(e) => {
+                    tracing::error!("bad Redis URL for the demo bus, using memory: {e}");
+                    Bus::Memory
+                }
+            },
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Bus::Memory => "memory",
+            Bus::Redis(_) => "redis",
+        }
+    }
+
+    /// Whether events from other instances can arrive.
+    pub fn connected(&self) -> bool {
+        match self {
+            Bus::Memory => true,
+            Bus::Redis(r) => r.subscribed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends accepted events to every instance (this one included).
+    pub async fn publish(&self, demo: &Demo, events: Vec<VehicleEvent>) -> Result<(), BusError> {
+        match self {
+            Bus::Memory => {
+                for event in events {
+                    demo.deliver(event);
+                }
+                Ok(())
+            }
+            Bus::Redis(r) => r.publish(events).await,
+        }
+    }
+
+    /// Starts the Redis subscriber, which feeds `demo` until aborted.
+    pub fn spawn_subscriber(&self, demo: Arc<Demo>) -> Option<tokio::task::JoinHandle<()>> {
+        match self {
+            Bus::Memory => None,
+            Bus::Redis(r) => {
+                let (client, channel, subscribed) =
+                    (r.client.clone(), r.channel.clone(), r.subscribed.clone());
+                Some(tokio::spawn(subscribe_forever(
+                    client, channel, subscribed, demo,
+                )))
+            }
+        }
+    }
+}
+
+impl RedisBus {
+    async fn publish(&self, events: Vec<VehicleEvent>) -> Result<(), BusError> {
+        let Some(publisher) = &self.publisher else {
+            return Err(BusError::Unavailable("no Redis connection".into()));
+        };
+        let mut conn = publisher.clone();
+        let mut pipe = redis::pipe();
+        for event in &events {
+            let json =
+                serde_json::to_string(event).map_err(|e| BusError::Unavailable(e.to_string()))?;
+            pipe.cmd("PUBLISH").arg(&self.channel).arg(json).ignore();
+        }
+        match tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+            Err(_) => Err(BusError::Unavailable("Redis did not answer in time".into())),
+        }
+    }
+}
+
+/// Subscribes, delivers every message, and resubscribes with backoff when the
+/// connection is lost (Redis restarted, network blip).
+async fn subscribe_forever(
+    client: redis::Client,
+    channel: String,
+    subscribed: Arc<AtomicBool>,
+    demo: Arc<Demo>,
+) {
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    tracing::info!(%channel, "demo bus subscribed");
+                    subscribed.store(true, Ordering::Relaxed);
+                    backoff = RECONNECT_MIN;
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        match serde_json::from_slice::<VehicleEvent>(message.get_payload_bytes()) {
+                            Ok(event) => demo.deliver(event),
+                            Err(e) => tracing::warn!("ignoring a malformed bus message: {e}"),
+                        }
+                    }
+                    subscribed.store(false, Ordering::Relaxed);
+                    tracing::warn!("demo bus connection lost; resubscribing");
+                }
+                Err(e) => tracing::warn!("demo bus cannot subscribe: {e}"),
+            },
+            Err(e) => tracing::debug!("demo bus cannot connect: {e}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}

@@ -1,0 +1,163 @@
+//! The built-in demo upstream: a live vehicle-event API. Vehicles post
+//! positions, WebSocket clients watch them move, and a map page draws them.
+//! It runs in the gateway process as a background service, and the default
+//! config routes to it, so `cargo run --release` shows the whole product.
+
+mod bus;
+mod http;
+pub mod schema;
+mod ws;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::broadcast;
+
+use crate::metrics::DemoMetrics;
+use bus::Bus;
+pub use bus::BusSettings;
+use schema::VehicleEvent;
+
+/// The most vehicles whose latest position is kept; beyond it the stalest go.
+const MAX_VEHICLES: usize = 10_000;
+
+/// The `demo:` section, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemoSettings {
+    pub listen: SocketAddr,
+    pub bus: BusSettings,
+    /// Messages buffered per WebSocket client before its oldest are dropped.
+    pub client_queue: usize,
+}
+
+/// An accepted event as it is fanned out: its id (for `?id=` filters) and
+/// its JSON, serialized once for every client.
+#[derive(Debug)]
+pub struct Published {
+    pub id: String,
+    pub json: Utf8Bytes,
+}
+
+struct Latest {
+    event: VehicleEvent,
+    received: Instant,
+}
+
+/// The demo's state, shared by its handlers.
+pub struct Demo {
+    vehicles: RwLock<HashMap<String, Latest>>,
+    fanout: broadcast::Sender<Arc<Published>>,
+    bus: Bus,
+    metrics: DemoMetrics,
+}
+
+impl Demo {
+    pub fn new(settings: &DemoSettings, metrics: DemoMetrics) -> Arc<Self> {
+        let (fanout, _) = broadcast::channel(settings.client_queue.max(1));
+        Arc::new(Demo {
+            vehicles: RwLock::new(HashMap::new()),
+            fanout,
+            bus: Bus::new(&settings.bus),
+            metrics,
+        })
+    }
+
+    /// Records an event as the vehicle's latest and sends it to every
+    /// WebSocket client. Called for each event the bus delivers.
+    fn deliver(&self, event: VehicleEvent) {
+        let json = match serde_json::to_string(&event) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::warn!("cannot serialize a vehicle event: {e}");
+                return;
+            }
+        };
+        let id = event.id.clone();
+        {
+            let mut vehicles = self
+                .vehicles
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            vehicles.insert(
+                id.clone(),
+                Latest {
+                    event,
+                    received: Instant::now(),
+                },
+            );
+            if vehicles.len() > MAX_VEHICLES {
+                forget_stalest(&mut vehicles);
+            }
+        }
+        // No receivers is fine: nobody is watching.
+        let _ = self.fanout.send(Arc::new(Published {
+            id,
+            json: json.into(),
+        }));
+    }
+
+    fn latest(&self, id: &str) -> Option<VehicleEvent> {
+        let vehicles = self.vehicles.read().unwrap_or_else(PoisonError::into_inner);
+        vehicles.get(id).map(|l| l.event.clone())
+    }
+
+    fn all_latest(&self) -> Vec<VehicleEvent> {
+        let vehicles = self.vehicles.read().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<VehicleEvent> = vehicles.values().map(|l| l.event.clone()).collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+}
+
+/// Drops the stalest tenth, so the map stays bounded under a flood of ids.
+fn forget_stalest(vehicles: &mut HashMap<String, Latest>) {
+    let mut ages: Vec<(Instant, String)> = vehicles
+        .iter()
+        .map(|(id, l)| (l.received, id.clone()))
+        .collect();
+    ages.sort_unstable();
+    for (_, id) in ages.into_iter().take(MAX_VEHICLES / 10) {
+        vehicles.remove(&id);
+    }
+}
+
+/// Runs the demo's HTTP server (and, with a Redis bus, its subscriber).
+pub struct DemoService {
+    pub settings: DemoSettings,
+    pub demo: Arc<Demo>,
+}
+
+#[async_trait]
+impl BackgroundService for DemoService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let listener = match tokio::net::TcpListener::bind(self.settings.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(
+                    "the demo upstream cannot listen on {}: {e}",
+                    self.settings.listen
+                );
+                return;
+            }
+        };
+        let subscriber = self.demo.bus.spawn_subscriber(self.demo.clone());
+        tracing::info!(listen = %self.settings.listen, "demo upstream serving");
+        let served = axum::serve(listener, http::router(self.demo.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("the demo upstream stopped: {e}");
+        }
+        if let Some(task) = subscriber {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The vehicle event and its validation. Bodies are checked field by field so
+//! a 422 lists every problem at once, not just the first serde would hit.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Most events one batch may carry.
+pub const MAX_BATCH: usize = 500;
+const MAX_ID_CHARS: usize = 64;
+const MAX_SPEED_KMH: f64 = 400.0;
+
+/// An accepted vehicle position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VehicleEvent {
+    pub id: String,
+    pub lat: f64,
+    pub lon: f64,
+    /// km/h.
+    pub speed: f64,
+    /// RFC 3339, UTC.
+    pub ts: String,
+}
+
+/// One thing wrong with a submitted event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+fn error(prefix: &str, field: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: format!("{prefix}{field}"),
+        message: message.into(),
+    }
+}
+
+/// Validates one event object; `prefix` names it in errors (`events[3].`).
+/// `now` fills in a missing timestamp.
+pub fn validate_event(
+    value: &Value,
+    prefix: &str,
+    now: DateTime<Utc>,
+) -> Result<VehicleEvent, Vec<FieldError>> {
+    let Some(object) = value.as_object() else {
+        let field = prefix.trim_end_matches('.');
+        return Err(vec![error("", field, "expected a JSON object")]);
+    };
+    let mut errors = Vec::new();
+    for key in object.keys() {
+        if !matches!(key.as_str(), "id" | "lat" | "lon" | "speed" | "ts") {
+            errors.push(error(
+                prefix,
+                key,
+                "unknown field (expected id, lat, lon, speed, ts)",
+            ));
+        }
+    }
+    let id = match object.get("id") {
+        None => {
+            errors.push(error(prefix, "id", "required"));
+            None
+        }
+        Some(Value::String(id)) => {
+            let chars = id.chars().count();
+            if chars == 0 || chars > MAX_ID_CHARS {
+                errors.push(error(
+                    prefix,
+                    "id",
+                    format!("must be 1 to {MAX_ID_CHARS} characters"),
+                ));
+                None
+            } else if id.chars().any(char::is_control) {
+                errors.push(error(
+                    prefix,
+                    "id",
+                    "must contain printable characters only",
+                ));
+                None
+            } else {
+                Some(id.clone())
+            }
+        }
+        Some(_) => {
+            errors.push(error(prefix, "id", "must be a string"));
+            None
+        }
+    };
+    let lat = number_in(object, prefix, "lat", -90.0, 90.0, &mut errors);
+    let lon = number_in(object, prefix, "lon", -180.0, 180.0, &mut errors);
+    let speed = number_in(object, prefix, "speed", 0.0, MAX_SPEED_KMH, &mut errors);
+    let ts = match object.get("ts") {
+        None | Some(Value::Null) => Some(rfc3339(now)),
+        Some(Value::String(text)) => match DateTime::parse_from_rfc3339(text) {
+            Ok(at) => Some(rfc3339(at.with_timezone(&Utc))),
+            Err(_) => {
+                errors.push(error(prefix, "ts", "must be an RFC 3339 timestamp"));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(error(prefix, "ts", "must be an RFC 3339 timestamp string"));
+            None
+        }
+    };
+    match (id, lat, lon, speed, ts) {
+        (Some(id), Some(lat), Some(lon), Some(speed), Some(ts)) if errors.is_empty() => {
+            Ok(VehicleEvent {
+                id,
+                lat,
+                lon,
+                speed,
+                ts,
+            })
+        }
+        _ => Err(errors),
+    }
+}
+
+fn number_in(
+    object: &Map<String, Value>,
+    prefix: &str,
+    field: &str,
+    min: f64,
+    max: f64,
+    errors: &mut Vec<FieldError>,
+) -> Option<f64> {
+    match object.get(field) {
+        None => {
+            errors.push(error(prefix, field, "required"));
+            None
+        }
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(v) if v.is_finite() && (min..=max).contains(&v) => Some(v),
+            _ => {
+                errors.push(error(
+                    prefix,
+                    field,
+                    format!("must be a number from {min} to {max}"),
+                ));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(error(prefix, field, "must be a number"));
+            None
+        }
+    }
+}
+
+/// Validates a batch: an array of 1 to [`MAX_BATCH`] events, all valid.
+pub fn validate_batch(
+    value: &Value,
+    now: DateTime<Utc>,
+) -> Result<Vec<VehicleEvent>, Vec<FieldError>> {
+    let Some(items) = value.as_array() else {
+        return Err(vec![error("", "", "expected a JSON array of events")]);
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(vec![error(
+            "",
+            "",
+            format!("a batch holds 1 to {MAX_BATCH} events, not {}", items.len()),
+        )]);
+    }
+    let mut events = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match validate_event(item, &format!("[{i}]."), now) {
+            Ok(event) => events.push(event),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(events)
+    } else {
+        Err(errors)
+    }
+}
+
+pub fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn fields(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn a_valid_event_gets_a_timestamp_if_it_has_none() {
+        let e = validate_event(
+            &json!({"id": "bus-7", "lat": 52.5, "lon": 13.4, "speed": 42}),
+            "",
+            now(),
+        )
+        .unwrap();
+        assert_eq!(e.ts, "2026-11-23T12:00:00.000Z");
+        assert_eq!(e.speed, 42.0);
+    }
+
+    #[test]
+    fn timestamps_with_offsets_are_normalized_to_utc() {
+        let e = validate_event(
+            &json!({"id": "a", "lat": 0, "lon": 0, "speed": 0, "ts": "2026-11-23T13:30:00+01:00"}),
+            "",
+            now(),
+        )
+        .unwrap();
+        assert_eq!(e.ts, "2026-11-23T12:30:00.000Z");
+    }
+
+    #[test]
+    fn every_field_error_is_listed() {
+        let errors = validate_event(
+            &json!({"id": "", "lat": 91, "lon": -181, "speed": -1, "ts": "yesterday", "extra": 1}),
+            "",
+            now(),
+        )
+        .unwrap_err();
+        let mut f = fields(&errors);
+        f.sort();
+        assert_eq!(f, vec!["extra", "id", "lat", "lon", "speed", "ts"]);
+    }
+
+    #[test]
+    fn missing_and_mistyped_fields_are_errors() {
+        let errors = validate_event(&json!({"id": 7, "lat": "north"}), "", now()).unwrap_err();
+        assert_eq!(fields(&errors), vec!["id", "lat", "lon", "speed"]);
+    }
+
+    #[test]
+    fn ids_are_bounded_and_printable() {
+        let long = "x".repeat(65);
+        for id in [long.as_str(), "tab\there"] {
+            let r = validate_event(
+                &json!({"id": id, "lat": 0, "lon": 0, "speed": 0}),
+                "",
+                now(),
+            );
+            assert!(r.is_err(), "{id:?}");
+        }
+        let ok = "ü".repeat(64);
+        assert!(validate_event(
+            &json!({"id": ok, "lat": 0, "lon": 0, "speed": 0}),
+            "",
+            now()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn boundaries_are_inclusive() {
+        let e = json!({"id": "a", "lat": -90, "lon": 180, "speed": 400});
+        assert!(validate_event(&e, "", now()).is_ok());
+    }
+
+    #[test]
+    fn batch_errors_name_the_event() {
+        let batch = json!([{"id": "a", "lat": 0, "lon": 0, "speed": 0}, {"id": "b", "lat": 100, "lon": 0, "speed": 0}]);
+        let errors = validate_batch(&batch, now()).unwrap_err();
+        assert_eq!(fields(&errors), vec!["[1].lat"]);
+    }
+
+    #[test]
+    fn batches_are_bounded() {
+        assert!(validate_batch(&json!([]), now()).is_err());
+        let many: Vec<Value> = (0..501)
+            .map(|i| json!({"id": i.to_string(), "lat": 0, "lon": 0, "speed": 0}))
+            .collect();
+        assert!(validate_batch(&Value::Array(many), now()).is_err());
+        assert!(validate_batch(&json!({"id": "a"}), now()).is_err());
+    }
+}

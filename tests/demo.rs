@@ -1,0 +1,386 @@
+//! The built-in demo upstream, driven through a real gateway: event
+//! validation, the vehicle API, WebSocket fan-out and the Redis bus.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{client, eventually, wait_listening, Gateway};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A gateway whose demo upstream is enabled with `demo` settings (a YAML
+/// mapping body) and which routes everything to it.
+async fn start(demo: &str) -> Gateway {
+    let demo_addr: SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    let yaml = format!(
+        "
+server: {{ listen: [\"{{listen}}\"], admin: \"{{admin}}\", threads: 2 }}
+upstreams: {{ demo: {{ servers: [\"{{upstream}}\"] }} }}
+rules:
+  - {{ name: all, match: {{ path: \"/**\" }}, upstream: demo }}
+demo: {{ enabled: true, listen: \"{{upstream}}\", {demo} }}
+"
+    );
+    let gw = Gateway::start(&yaml, demo_addr).await;
+    wait_listening(demo_addr).await;
+    gw
+}
+
+async fn post(gw: &Gateway, path: &str, body: Value) -> (u16, Value) {
+    let resp = client()
+        .post(gw.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn event(id: &str, n: f64) -> Value {
+    json!({ "id": id, "lat": 52.5 + n / 1000.0, "lon": 13.4, "speed": 30.0 })
+}
+
+async fn watch(gw: &Gateway, query: &str) -> Socket {
+    let (ws, resp) = tokio_tungstenite::connect_async(gw.ws_url(&format!("/ws/vehicles{query}")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// The next JSON text message, within a bound.
+async fn next_json(ws: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no message within 10 s")
+            .expect("the socket closed")
+            .unwrap();
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+/// Waits until the demo's WebSocket clients have subscribed to the fan-out.
+async fn wait_clients(gw: &Gateway, n: usize) {
+    let line = format!("tollgate_demo_websocket_clients {n}");
+    eventually(
+        Duration::from_secs(10),
+        "the clients are connected",
+        || async { gw.metrics().await.contains(&line) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn posted_events_arrive_at_every_websocket_client() {
+    let gw = start("bus: memory").await;
+    let mut a = watch(&gw, "").await;
+    let mut b = watch(&gw, "").await;
+    wait_clients(&gw, 2).await;
+    assert_eq!(
+        post(&gw, "/events", event("bus-7", 1.0)).await,
+        (202, json!({ "status": "received" }))
+    );
+    for ws in [&mut a, &mut b] {
+        let got = next_json(ws).await;
+        assert_eq!(got["id"], "bus-7");
+        assert_eq!(got["speed"], 30.0);
+        assert!(got["ts"].as_str().unwrap().ends_with('Z'));
+    }
+}
+
+#[tokio::test]
+async fn the_id_filter_streams_one_vehicle() {
+    let gw = start("bus: memory").await;
+    let mut only = watch(&gw, "?id=wanted").await;
+    wait_clients(&gw, 1).await;
+    post(&gw, "/events", event("other", 1.0)).await;
+    post(&gw, "/events", event("wanted", 2.0)).await;
+    assert_eq!(next_json(&mut only).await["id"], "wanted");
+}
+
+#[tokio::test]
+async fn the_vehicle_api_returns_the_latest_positions() {
+    let gw = start("bus: memory").await;
+    post(&gw, "/events", event("a", 1.0)).await;
+    post(&gw, "/events", event("a", 2.0)).await;
+    post(&gw, "/events", event("b", 3.0)).await;
+    let all: Value = client()
+        .get(gw.url("/vehicles"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = all["vehicles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["a", "b"]);
+    let a: Value = client()
+        .get(gw.url("/vehicles/a"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a["lat"], 52.502);
+    let missing = client().get(gw.url("/vehicles/zzz")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn every_validation_error_class_has_its_status() {
+    let gw = start("bus: memory").await;
+    let c = client();
+    let (status, body) = post(
+        &gw,
+        "/events",
+        json!({ "id": "", "lat": 91, "lon": 0, "speed": 401, "ts": "noon" }),
+    )
+    .await;
+    assert_eq!(status, 422);
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, vec!["id", "lat", "speed", "ts"]);
+    let wrong_type = c
+        .post(gw.url("/events"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), 415);
+    let huge = format!("{{\"id\": \"{}\"}}", "x".repeat(17 * 1024));
+    let too_big = c
+        .post(gw.url("/events"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), 413);
+    let malformed = c
+        .post(gw.url("/events"))
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+    for resp in [wrong_type, too_big, malformed] {
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["error"].is_string(), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_accepted_or_refused_as_a_whole() {
+    let gw = start("bus: memory").await;
+    let good: Vec<Value> = (0..500)
+        .map(|i| event(&format!("v{i}"), i as f64))
+        .collect();
+    assert_eq!(
+        post(&gw, "/events/batch", Value::Array(good)).await,
+        (202, json!({ "status": "received", "count": 500 }))
+    );
+    let mut one_bad: Vec<Value> = (0..3).map(|i| event(&format!("w{i}"), 0.0)).collect();
+    one_bad[1]["lon"] = json!(200);
+    let (status, body) = post(&gw, "/events/batch", Value::Array(one_bad)).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["errors"][0]["field"], "[1].lon");
+    let missing = client().get(gw.url("/vehicles/w0")).send().await.unwrap();
+    assert_eq!(missing.status(), 404, "nothing of a refused batch is kept");
+    let too_many: Vec<Value> = (0..501).map(|i| event(&format!("x{i}"), 0.0)).collect();
+    assert_eq!(
+        post(&gw, "/events/batch", Value::Array(too_many)).await.0,
+        422
+    );
+}
+
+/// Posts `batches` batches of 500 events, the last one ending with `marker`.
+async fn flood(gw: &Gateway, batches: usize, marker: &str) {
+    for b in 0..batches {
+        let mut events: Vec<Value> = (0..500)
+            .map(|i| event(&format!("f{}", (b * 500 + i) % 50), i as f64))
+            .collect();
+        if b + 1 == batches {
+            events[499] = event(marker, 0.0);
+        }
+        assert_eq!(post(gw, "/events/batch", Value::Array(events)).await.0, 202);
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_does_not_delay_a_fast_client() {
+    let gw = start("bus: memory, client_queue: 65536").await;
+    let _stalled = watch(&gw, "").await; // connected, never read
+    let mut fast = watch(&gw, "").await;
+    wait_clients(&gw, 2).await;
+    let reader = tokio::spawn(async move {
+        let mut received = 0usize;
+        loop {
+            let got = next_json(&mut fast).await;
+            received += 1;
+            if got["id"] == "the-end" {
+                return received;
+            }
+        }
+    });
+    // 40 × 500 events, several MB per client: far more than socket buffers
+    // hold for the client that never reads.
+    flood(&gw, 40, "the-end").await;
+    let received = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the fast client was held up")
+        .unwrap();
+    assert_eq!(received, 20_000, "the fast client got every event");
+}
+
+#[tokio::test]
+async fn a_slow_client_loses_its_oldest_messages_and_is_told_how_many() {
+    let gw = start("bus: memory, client_queue: 16").await;
+    let mut slow = watch(&gw, "").await;
+    wait_clients(&gw, 1).await;
+    flood(&gw, 60, "the-end").await;
+    let mut dropped = 0u64;
+    loop {
+        let got = next_json(&mut slow).await;
+        if got["type"] == "lagged" {
+            dropped += got["dropped"].as_u64().unwrap();
+        }
+        if got["id"] == "the-end" {
+            break;
+        }
+    }
+    assert!(dropped > 0, "the client was never told of a loss");
+    let metrics = gw.metrics().await;
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_demo_messages_dropped_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(counted, dropped);
+}
+
+#[tokio::test]
+async fn clients_are_removed_however_they_leave() {
+    let gw = start("bus: memory").await;
+    let mut polite = watch(&gw, "").await;
+    let rude = watch(&gw, "").await;
+    wait_clients(&gw, 2).await;
+    polite.close(None).await.unwrap();
+    drop(rude); // no close frame: the TCP connection just goes away
+    wait_clients(&gw, 0).await;
+    // Publishing with nobody listening is fine.
+    assert_eq!(post(&gw, "/events", event("lonely", 0.0)).await.0, 202);
+}
+
+#[tokio::test]
+async fn the_map_page_is_served_through_the_gateway() {
+    let gw = start("bus: memory").await;
+    let resp = client().get(gw.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("/ws/vehicles") && page.contains("<canvas"));
+    assert!(
+        !page.contains("https://"),
+        "the page must not load anything from elsewhere"
+    );
+}
+
+async fn demo_subscribed(gw: &Gateway) -> bool {
+    match client().get(gw.url("/healthz")).send().await {
+        Ok(r) => r
+            .json::<Value>()
+            .await
+            .is_ok_and(|v| v["subscribed"] == true),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn two_instances_share_events_over_redis_and_recover_after_a_restart() {
+    let mut redis = RedisServer::start();
+    let settings = format!(
+        "bus: redis, redis: {{ url: \"{}\", channel: \"test-vehicles\" }}",
+        redis.url()
+    );
+    let a = start(&settings).await;
+    let b = start(&settings).await;
+    for gw in [&a, &b] {
+        eventually(Duration::from_secs(10), "the bus subscribes", || {
+            demo_subscribed(gw)
+        })
+        .await;
+    }
+    let mut watcher = watch(&b, "").await;
+    wait_clients(&b, 1).await;
+    assert_eq!(post(&a, "/events", event("crossing", 1.0)).await.0, 202);
+    assert_eq!(next_json(&mut watcher).await["id"], "crossing");
+    // B's own state learned of it too.
+    let seen = client()
+        .get(b.url("/vehicles/crossing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seen.status(), 200);
+
+    redis.kill();
+    eventually(Duration::from_secs(10), "B notices the loss", || async {
+        !demo_subscribed(&b).await
+    })
+    .await;
+    assert_eq!(
+        post(&a, "/events", event("lost", 0.0)).await.0,
+        503,
+        "no bus, no acceptance"
+    );
+    redis.restart();
+    for gw in [&a, &b] {
+        eventually(Duration::from_secs(10), "the bus resubscribes", || {
+            demo_subscribed(gw)
+        })
+        .await;
+    }
+    eventually(
+        Duration::from_secs(10),
+        "publishing works again",
+        || async { post(&a, "/events", event("after", 2.0)).await.0 == 202 },
+    )
+    .await;
+    assert_eq!(next_json(&mut watcher).await["id"], "after");
+}
+
+#[tokio::test]
+async fn a_websocket_client_can_send_and_close_cleanly() {
+    let gw = start("bus: memory").await;
+    let mut ws = watch(&gw, "").await;
+    ws.send(Message::text("hello")).await.unwrap();
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    wait_clients(&gw, 0).await;
+}
