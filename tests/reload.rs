@@ -587,6 +587,8 @@ async fn metrics_labels_never_come_from_clients() {
         "shadow_denied",
         "success",
         "failure",
+        "accepted",
+        "rejected",
         "+Inf",
     ]
     .into_iter()
