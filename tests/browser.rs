@@ -1,0 +1,263 @@
+//! The live map page in a real headless Chromium, through the gateway, read
+//! over the DevTools protocol.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{client, eventually, wait_listening, Gateway};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+type Cdp =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A headless Chromium with its DevTools endpoint on a free port.
+struct Chromium {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Chromium {
+    fn start() -> Self {
+        let installed = Command::new("chromium")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            installed,
+            "chromium is not installed: `apt-get install chromium` (bash .ci/run installs it)"
+        );
+        let profile = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1280,800",
+            ])
+            .arg(format!("--remote-debugging-port={port}"))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Chromium {
+            child,
+            port,
+            _profile: profile,
+        }
+    }
+
+    /// Opens `url` in a new tab and returns its DevTools connection.
+    async fn open(&self, url: &str) -> Page {
+        let base = format!("http://127.0.0.1:{}", self.port);
+        eventually(
+            Duration::from_secs(30),
+            "Chromium's DevTools answer",
+            || async {
+                client()
+                    .get(format!("{base}/json/version"))
+                    .send()
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+        let target: Value = client()
+            .put(format!("{base}/json/new?{url}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ws_url = target["webSocketDebuggerUrl"].as_str().unwrap().to_string();
+        let (cdp, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+        Page { cdp, next_id: 1 }
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Page {
+    cdp: Cdp,
+    next_id: u64,
+}
+
+impl Page {
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = json!({ "id": id, "method": method, "params": params });
+        self.cdp
+            .send(Message::text(request.to_string()))
+            .await
+            .unwrap();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.cdp.next())
+                .await
+                .expect("DevTools did not answer")
+                .unwrap()
+                .unwrap();
+            if let Message::Text(text) = message {
+                let reply: Value = serde_json::from_str(&text).unwrap();
+                if reply["id"] == id {
+                    return reply["result"].clone();
+                }
+            }
+        }
+    }
+
+    /// Polls what the page shows until `expected` holds, failing after 30 s.
+    async fn wait_for(&mut self, what: &str, expected: impl Fn(&Value) -> bool) -> Value {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let shown = self.shown().await;
+            if expected(&shown) {
+                return shown;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{what}: the page shows {shown}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What the page shows: its connection state and the listed vehicles.
+    async fn shown(&mut self) -> Value {
+        let expression = "JSON.stringify({\
+            state: document.getElementById('status').dataset.state, \
+            status: document.getElementById('status').textContent, \
+            vehicles: [...document.querySelectorAll('#vehicles li')].map(li => li.dataset.id), \
+            count: document.getElementById('count').textContent })";
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": expression, "returnByValue": true }),
+            )
+            .await;
+        result["result"]["value"]
+            .as_str()
+            .map(|s| serde_json::from_str(s).unwrap())
+            .unwrap_or(Value::Null)
+    }
+}
+
+async fn start(rules: &str) -> Gateway {
+    let demo: SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    let yaml = format!(
+        "
+server: {{ listen: [\"{{listen}}\"], admin: \"{{admin}}\", threads: 2 }}
+upstreams: {{ demo: {{ servers: [\"{{upstream}}\"] }} }}
+rules:
+{rules}
+  - {{ name: all, match: {{ path: \"/**\" }}, upstream: demo }}
+demo: {{ enabled: true, listen: \"{{upstream}}\" }}
+"
+    );
+    let gw = Gateway::start(&yaml, demo).await;
+    wait_listening(demo).await;
+    gw
+}
+
+async fn post_position(gw: &Gateway, id: &str) {
+    let event = json!({ "id": id, "lat": 48.85, "lon": 2.35, "speed": 55.5 });
+    let resp = client()
+        .post(gw.url("/events"))
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+}
+
+#[tokio::test]
+async fn the_map_shows_vehicles_posted_through_the_gateway() {
+    let gw = start("").await;
+    let chromium = Chromium::start();
+    let mut page = chromium.open(&gw.url("/")).await;
+    page.wait_for("the page goes live", |shown| shown["state"] == "live")
+        .await;
+    // Keep posting until the page lists the vehicle (events sent before the
+    // socket subscribed would be missed, like a real late joiner).
+    let mut shown = Value::Null;
+    for _ in 0..100 {
+        post_position(&gw, "map-test-1").await;
+        shown = page.shown().await;
+        if shown["vehicles"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|id| id == "map-test-1"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        shown["vehicles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|id| id == "map-test-1"),
+        "the page never showed the vehicle: {shown}"
+    );
+    // A screenshot for people reading the test output.
+    let shot = page
+        .call("Page.captureScreenshot", json!({ "format": "png" }))
+        .await;
+    let png = shot["data"].as_str().unwrap();
+    assert!(png.len() > 1000);
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("map.png.base64");
+    std::fs::write(&path, png).unwrap();
+}
+
+#[tokio::test]
+async fn the_map_says_when_the_gateway_refuses_its_websocket() {
+    let gw = start("  - { name: stream, match: { path: \"/ws/*\" }, upstream: demo, limits: [{ key: ip, rate: 1/minute }] }")
+        .await;
+    let chromium = Chromium::start();
+    let mut first = chromium.open(&gw.url("/")).await;
+    first
+        .wait_for("the first page goes live", |shown| shown["state"] == "live")
+        .await;
+    let mut second = chromium.open(&gw.url("/")).await;
+    second
+        .wait_for("the second page reports the 429", |shown| {
+            shown["state"] == "limited"
+                && shown["status"].as_str().is_some_and(|s| s.contains("429"))
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn the_map_says_when_the_connection_drops() {
+    let gw = start("").await;
+    let chromium = Chromium::start();
+    let mut page = chromium.open(&gw.url("/")).await;
+    page.wait_for("the page goes live", |shown| shown["state"] == "live")
+        .await;
+    drop(gw);
+    page.wait_for("the page reports the loss", |shown| {
+        shown["state"] == "lost"
+    })
+    .await;
+}
