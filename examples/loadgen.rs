@@ -20,6 +20,9 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// A bound on one run, so a typo cannot turn into an endless flood.
+const MAX_REQUESTS: u64 = 10_000_000;
+
 #[derive(Parser, Debug)]
 #[command(about = "Simulated vehicles posting events through tollgate")]
 struct Args {
@@ -110,10 +113,14 @@ struct Tally {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     check_loopback(&args.url, args.allow_remote)?;
-    if args.rate <= 0.0 || args.vehicles == 0 {
-        bail!("--rate and --vehicles must be positive");
+    if !(args.rate.is_finite() && args.rate > 0.0) || args.vehicles == 0 || args.concurrency == 0 {
+        bail!("--rate, --vehicles and --concurrency must be positive (and the rate finite)");
     }
-    let total = (args.rate * args.duration.as_secs_f64()).round() as u64;
+    let total = (args.rate * args.duration.as_secs_f64()).round();
+    if total > MAX_REQUESTS as f64 {
+        bail!("{total} requests is more than this tool sends in one run ({MAX_REQUESTS})");
+    }
+    let total = total as u64;
     let endpoint = format!("{}/events", args.url.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -144,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let start = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / args.rate);
-    let mut tasks = Vec::with_capacity(total as usize);
+    let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
         let scheduled = start + interval.mul_f64(i as f64);
         tokio::time::sleep_until(scheduled.into()).await;
@@ -158,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
             tally.clone(),
             bar.clone(),
         );
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let status = match client.post(&endpoint).json(&body).send().await {
                 Ok(resp) => resp.status().as_u16().to_string(),
                 Err(e) if e.is_timeout() => "timeout".to_string(),
@@ -176,11 +183,11 @@ async fn main() -> anyhow::Result<()> {
             }
             bar.inc(1);
             drop(permit);
-        }));
+        });
+        // Reap finished requests as we go, so handles do not pile up.
+        while tasks.try_join_next().is_some() {}
     }
-    for task in tasks {
-        let _ = task.await;
-    }
+    while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed();
     bar.finish();
 

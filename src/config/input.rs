@@ -49,8 +49,10 @@ fn default_demo_listen() -> String {
     "127.0.0.1:8081".into()
 }
 
+/// Two full batches: a fast client never loses events to one batch arriving
+/// at once.
 fn default_client_queue() -> usize {
-    256
+    1024
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -115,19 +115,26 @@ impl Bus {
 }
 
 impl RedisBus {
+    /// Publishes a batch as one message, so it arrives whole or not at all.
+    /// Refused while our own subscription is down: events accepted then would
+    /// reach nobody, this instance included.
     async fn publish(&self, events: Vec<VehicleEvent>) -> Result<(), BusError> {
+        if !self.subscribed.load(Ordering::Relaxed) {
+            return Err(BusError::Unavailable(
+                "not subscribed to the Redis channel".into(),
+            ));
+        }
         let Some(publisher) = &self.publisher else {
             return Err(BusError::Unavailable("no Redis connection".into()));
         };
         let mut conn = publisher.clone();
-        let mut pipe = redis::pipe();
-        for event in &events {
-            let json =
-                serde_json::to_string(event).map_err(|e| BusError::Unavailable(e.to_string()))?;
-            pipe.cmd("PUBLISH").arg(&self.channel).arg(json).ignore();
-        }
-        match tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => Ok(()),
+        let json =
+            serde_json::to_string(&events).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let mut command = redis::cmd("PUBLISH");
+        command.arg(&self.channel).arg(json);
+        let publish = command.query_async::<i64>(&mut conn);
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
             Err(_) => Err(BusError::Unavailable("Redis did not answer in time".into())),
         }
@@ -152,8 +159,10 @@ async fn subscribe_forever(
                     backoff = RECONNECT_MIN;
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
-                        match serde_json::from_slice::<VehicleEvent>(message.get_payload_bytes()) {
-                            Ok(event) => demo.deliver(event),
+                        match serde_json::from_slice::<Vec<VehicleEvent>>(
+                            message.get_payload_bytes(),
+                        ) {
+                            Ok(events) => events.into_iter().for_each(|e| demo.deliver(e)),
                             Err(e) => tracing::warn!("ignoring a malformed bus message: {e}"),
                         }
                     }

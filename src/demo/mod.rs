@@ -4,6 +4,7 @@
 //! config routes to it, so `cargo run --release` shows the whole product.
 
 mod bus;
+mod fanout;
 mod http;
 pub mod schema;
 mod ws;
@@ -17,11 +18,11 @@ use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::sync::broadcast;
 
 use crate::metrics::DemoMetrics;
 use bus::Bus;
 pub use bus::BusSettings;
+use fanout::Fanout;
 use schema::VehicleEvent;
 
 /// The most vehicles whose latest position is kept; beyond it the stalest go.
@@ -52,17 +53,16 @@ struct Latest {
 /// The demo's state, shared by its handlers.
 pub struct Demo {
     vehicles: RwLock<HashMap<String, Latest>>,
-    fanout: broadcast::Sender<Arc<Published>>,
+    fanout: Fanout,
     bus: Bus,
     metrics: DemoMetrics,
 }
 
 impl Demo {
     pub fn new(settings: &DemoSettings, metrics: DemoMetrics) -> Arc<Self> {
-        let (fanout, _) = broadcast::channel(settings.client_queue.max(1));
         Arc::new(Demo {
             vehicles: RwLock::new(HashMap::new()),
-            fanout,
+            fanout: Fanout::new(settings.client_queue),
             bus: Bus::new(&settings.bus),
             metrics,
         })
@@ -84,22 +84,24 @@ impl Demo {
                 .vehicles
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            vehicles.insert(
-                id.clone(),
-                Latest {
-                    event,
-                    received: Instant::now(),
-                },
-            );
+            // The newest position wins, whatever order events arrive in
+            // (timestamps are normalized UTC, so they compare as text).
+            let newer = vehicles.get(&id).is_none_or(|l| l.event.ts <= event.ts);
+            if newer {
+                let received = Instant::now();
+                vehicles.insert(id.clone(), Latest { event, received });
+            }
             if vehicles.len() > MAX_VEHICLES {
                 forget_stalest(&mut vehicles);
             }
         }
-        // No receivers is fine: nobody is watching.
-        let _ = self.fanout.send(Arc::new(Published {
-            id,
-            json: json.into(),
-        }));
+        self.fanout.publish(
+            &Arc::new(Published {
+                id,
+                json: json.into(),
+            }),
+            &self.metrics,
+        );
     }
 
     fn latest(&self, id: &str) -> Option<VehicleEvent> {

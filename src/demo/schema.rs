@@ -7,6 +7,10 @@ use serde_json::{Map, Value};
 
 /// Most events one batch may carry.
 pub const MAX_BATCH: usize = 500;
+/// Most errors one answer lists, so a 422 cannot be larger than its request.
+pub const MAX_ERRORS: usize = 100;
+/// Unknown fields reported per event before the rest are summarized.
+const MAX_UNKNOWN_FIELDS: usize = 10;
 const MAX_ID_CHARS: usize = 64;
 const MAX_SPEED_KMH: f64 = 400.0;
 
@@ -48,14 +52,24 @@ pub fn validate_event(
         return Err(vec![error("", field, "expected a JSON object")]);
     };
     let mut errors = Vec::new();
-    for key in object.keys() {
-        if !matches!(key.as_str(), "id" | "lat" | "lon" | "speed" | "ts") {
-            errors.push(error(
-                prefix,
-                key,
-                "unknown field (expected id, lat, lon, speed, ts)",
-            ));
-        }
+    let unknown: Vec<&String> = object
+        .keys()
+        .filter(|k| !matches!(k.as_str(), "id" | "lat" | "lon" | "speed" | "ts"))
+        .collect();
+    for key in unknown.iter().take(MAX_UNKNOWN_FIELDS) {
+        errors.push(error(
+            prefix,
+            key,
+            "unknown field (expected id, lat, lon, speed, ts)",
+        ));
+    }
+    if unknown.len() > MAX_UNKNOWN_FIELDS {
+        let more = unknown.len() - MAX_UNKNOWN_FIELDS;
+        errors.push(error(
+            prefix.trim_end_matches('.'),
+            "",
+            format!("and {more} more unknown fields"),
+        ));
     }
     let id = match object.get("id") {
         None => {
@@ -71,11 +85,11 @@ pub fn validate_event(
                     format!("must be 1 to {MAX_ID_CHARS} characters"),
                 ));
                 None
-            } else if id.chars().any(char::is_control) {
+            } else if !printable_id(id) {
                 errors.push(error(
                     prefix,
                     "id",
-                    "must contain printable characters only",
+                    "must be printable text: no control, format or separator characters, no '/' or '\\', not '.' or '..'",
                 ));
                 None
             } else {
@@ -116,6 +130,17 @@ pub fn validate_event(
         }
         _ => Err(errors),
     }
+}
+
+/// An id that can be shown and used in a URL path (`/vehicles/{id}`) as is.
+fn printable_id(id: &str) -> bool {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '/' | '\\')
+            // format characters and line/paragraph separators (bidi overrides, zero widths)
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+    };
+    !id.chars().any(invisible) && id != "." && id != ".." && !id.trim().is_empty()
 }
 
 fn number_in(
@@ -167,6 +192,11 @@ pub fn validate_batch(
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (i, item) in items.iter().enumerate() {
+        if errors.len() >= MAX_ERRORS {
+            errors.truncate(MAX_ERRORS);
+            errors.push(error("", "", "more errors not shown"));
+            break;
+        }
         match validate_event(item, &format!("[{i}]."), now) {
             Ok(event) => events.push(event),
             Err(mut e) => errors.append(&mut e),
@@ -251,6 +281,22 @@ mod tests {
             );
             assert!(r.is_err(), "{id:?}");
         }
+        for id in [
+            "a/b",
+            "a\\b",
+            ".",
+            "..",
+            "   ",
+            "evil\u{202E}txt",
+            "zero\u{200B}width",
+        ] {
+            let r = validate_event(
+                &json!({"id": id, "lat": 0, "lon": 0, "speed": 0}),
+                "",
+                now(),
+            );
+            assert!(r.is_err(), "{id:?}");
+        }
         let ok = "ü".repeat(64);
         assert!(validate_event(
             &json!({"id": ok, "lat": 0, "lon": 0, "speed": 0}),
@@ -271,6 +317,19 @@ mod tests {
         let batch = json!([{"id": "a", "lat": 0, "lon": 0, "speed": 0}, {"id": "b", "lat": 100, "lon": 0, "speed": 0}]);
         let errors = validate_batch(&batch, now()).unwrap_err();
         assert_eq!(fields(&errors), vec!["[1].lat"]);
+    }
+
+    #[test]
+    fn error_lists_are_bounded() {
+        let mut many = serde_json::Map::new();
+        for i in 0..1000 {
+            many.insert(format!("k{i}"), json!(0));
+        }
+        let errors = validate_event(&Value::Object(many), "", now()).unwrap_err();
+        assert!(errors.len() < 20, "{}", errors.len());
+        let junk: Vec<Value> = (0..500).map(|_| json!({"lat": "x"})).collect();
+        let errors = validate_batch(&Value::Array(junk), now()).unwrap_err();
+        assert!(errors.len() <= MAX_ERRORS + 1);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `GET /ws/vehicles`: every accepted event as JSON text, optionally only one
-//! vehicle's (`?id=`). Each client reads from its own position in a bounded
-//! ring: a slow client loses its oldest messages (and is told how many), and
-//! never holds up the publisher or the other clients.
+//! vehicle's (`?id=`). Each client has its own bounded queue (see `fanout`):
+//! a slow client loses its oldest messages, is told how many, and never holds
+//! up the publisher or the other clients.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +10,16 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 
 use super::Demo;
 
 /// A client that accepts nothing for this long is gone, whatever its TCP says.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pings find clients that vanished without closing while nothing is sent.
+const PING_EVERY: Duration = Duration::from_secs(30);
+/// Clients only ever send pongs and closes: small frames.
+const MAX_CLIENT_MESSAGE: usize = 4096;
 
 #[derive(Debug, Deserialize)]
 pub struct Filter {
@@ -27,33 +31,50 @@ pub async fn upgrade(
     Query(filter): Query<Filter>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.on_upgrade(move |socket| serve(demo, socket, filter.id))
+    ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| serve(demo, socket, filter.id))
+}
+
+async fn send(socket: &mut WebSocket, message: Message) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn serve(demo: Arc<Demo>, mut socket: WebSocket, only: Option<String>) {
-    // Counted while this function runs, however it ends.
+    let subscription = demo.fanout.subscribe(only);
+    // Counted once subscribed, for as long as this function runs, however it ends.
     let _connected = demo.metrics.client_connected();
-    let mut events = demo.fanout.subscribe();
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    let mut last_heard = Instant::now();
     loop {
-        let outgoing = tokio::select! {
-            received = events.recv() => match received {
-                Ok(event) if only.as_ref().is_none_or(|id| *id == event.id) => Message::Text(event.json.clone()),
-                Ok(_) => continue,
-                Err(RecvError::Lagged(dropped)) => {
-                    demo.metrics.dropped(dropped);
-                    Message::Text(format!(r#"{{"type":"lagged","dropped":{dropped}}}"#).into())
+        tokio::select! {
+            (events, dropped) = subscription.next() => {
+                if dropped > 0 {
+                    let notice = format!(r#"{{"type":"lagged","dropped":{dropped}}}"#);
+                    if !send(&mut socket, Message::Text(notice.into())).await {
+                        return;
+                    }
                 }
-                Err(RecvError::Closed) => break,
-            },
+                for event in events {
+                    if !send(&mut socket, Message::Text(event.json.clone())).await {
+                        return;
+                    }
+                    demo.metrics.sent();
+                }
+            }
             incoming = socket.recv() => match incoming {
-                // Pings are answered by the socket itself; clients have nothing to say.
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                Some(Ok(_)) => continue,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                // Pongs (and anything else) show the client is still there.
+                Some(Ok(_)) => last_heard = Instant::now(),
             },
-        };
-        match tokio::time::timeout(SEND_TIMEOUT, socket.send(outgoing)).await {
-            Ok(Ok(())) => demo.metrics.sent(),
-            _ => break,
+            _ = ping.tick() => {
+                if last_heard.elapsed() > 2 * PING_EVERY || !send(&mut socket, Message::Ping(Default::default())).await {
+                    return;
+                }
+            }
         }
     }
 }

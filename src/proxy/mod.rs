@@ -98,18 +98,16 @@ impl Gateway {
 }
 
 /// The peer for round-robin position `index` of an upstream.
-fn peer_for(upstream: &Upstream, index: usize, upgrade: bool) -> HttpPeer {
+fn peer_for(upstream: &Upstream, index: usize) -> HttpPeer {
     let mut peer = HttpPeer::new(upstream.server(index), upstream.tls, upstream.sni.clone());
     let options = &mut peer.options;
     options.connection_timeout = Some(upstream.connect_timeout);
+    // TCP and TLS together: a server that accepts and then stalls the TLS
+    // handshake must not hold a request for ever.
+    options.total_connection_timeout = Some(upstream.connect_timeout);
     options.write_timeout = Some(upstream.write_timeout);
-    // An upgraded connection may be quiet for long stretches; it gets the
-    // tunnel's idle timeout instead of the request read timeout.
-    options.read_timeout = Some(if upgrade {
-        upstream.tunnel_idle_timeout
-    } else {
-        upstream.read_timeout
-    });
+    // Tunnels keep their own idle time (see `tunnel::pump`).
+    options.read_timeout = Some(upstream.read_timeout);
     options.verify_cert = upstream.verify_cert;
     options.verify_hostname = upstream.verify_cert;
     peer
@@ -362,8 +360,16 @@ impl Gateway {
         let mut handshake = None;
         // Like the proxy path: a refused connection tries the next server.
         for attempt in 0..upstream.servers.len() {
-            let peer = peer_for(upstream, first + attempt, true);
-            match tunnel::handshake(&self.connector, &peer, &request, upstream.read_timeout).await {
+            let peer = peer_for(upstream, first + attempt);
+            let attempt = tunnel::handshake(
+                &self.connector,
+                &peer,
+                &request,
+                upstream.connect_timeout,
+                upstream.read_timeout,
+            )
+            .await;
+            match attempt {
                 Ok(h) => {
                     handshake = Some(h);
                     break;
@@ -402,9 +408,22 @@ impl Gateway {
                 &decision,
             );
         }
-        if response.status.as_u16() != 101 {
+        if !tunnel::switched_to_websocket(&response) {
+            if response.status.as_u16() == 101 {
+                // A switch to something we did not ask for is not relayed.
+                self.shared.metrics.upstream_error(&upstream.name);
+                return write_reply(session, respond::upstream_failure(502, &upstream.name)).await;
+            }
             let head_only = session.req_header().method == http::Method::HEAD;
-            return tunnel::relay_refusal(session, response, rest, stream, head_only).await;
+            return tunnel::relay_refusal(
+                session,
+                response,
+                rest,
+                stream,
+                head_only,
+                upstream.read_timeout,
+            )
+            .await;
         }
         if let Some(started) = ctx.started {
             rule.metrics.observe_request(started.elapsed());
@@ -414,10 +433,22 @@ impl Gateway {
         session
             .write_response_header(Box::new(response), false)
             .await?;
-        let end = tunnel::pump(session, stream, rest, upstream.tunnel_idle_timeout).await;
+        let timeouts = tunnel::TunnelTimeouts {
+            idle: upstream.tunnel_idle_timeout,
+            write: upstream.write_timeout,
+        };
+        let end = tunnel::pump(session, stream, rest, timeouts).await;
         tracing::debug!(rule = %rule.name, ?end, "tunnel closed");
         Ok(())
     }
+}
+
+/// An HTTP/1.1 WebSocket handshake without a body: the requests we tunnel.
+fn wants_websocket(session: &mut Session) -> bool {
+    let req = session.req_header();
+    !session.is_http2()
+        && tunnel::is_websocket_request(&req.method, &req.headers)
+        && session.is_body_empty()
 }
 
 async fn write_reply(session: &mut Session, reply: Reply) -> Result<()> {
@@ -460,7 +491,7 @@ impl ProxyHttp for Gateway {
                 write_reply(session, reply).await?;
                 Ok(true)
             }
-            None if session.is_upgrade_req() && !session.is_http2() => {
+            None if wants_websocket(session) => {
                 self.tunnel(session, ctx).await?;
                 Ok(true)
             }
@@ -470,7 +501,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let (rt, rule) = snapshot(ctx)?;
@@ -479,11 +510,9 @@ impl ProxyHttp for Gateway {
         let first = ctx
             .first_server
             .unwrap_or_else(|| upstream.round_robin_start());
-        let peer = peer_for(
-            upstream,
-            first + ctx.connect_failures,
-            session.is_upgrade_req(),
-        );
+        // WebSocket upgrades never get here (they are tunnelled); other
+        // upgrade offers are stripped and proxied as plain requests.
+        let peer = peer_for(upstream, first + ctx.connect_failures);
         ctx.first_server = Some(first);
         ctx.upstream_started.get_or_insert_with(Instant::now);
         Ok(Box::new(peer))
@@ -500,6 +529,11 @@ impl ProxyHttp for Gateway {
             (Some(rt), Some(rule)) => rt.upstream_of(rt.rule(rule)).host_header.as_ref(),
             _ => None,
         };
+        // Only WebSocket upgrades are tunnelled (by us); any other upgrade
+        // offer (h2c above all) would open a tunnel past routing and limits.
+        if session.is_upgrade_req() {
+            tunnel::strip_upgrade_offer(upstream_request);
+        }
         prepare_upstream_request(upstream_request, ctx, peer_ip(session), host_header)
     }
 
@@ -519,20 +553,11 @@ impl ProxyHttp for Gateway {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        upstream_response: &mut ResponseHeader,
+        _upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(started), Ok((rt, rule))) = (ctx.upstream_started, snapshot(ctx)) {
-            let metrics = &rt.rule(rule).metrics;
-            metrics.observe_upstream(started.elapsed());
-            if upstream_response.status.as_u16() == 101 && !ctx.tunnel_open {
-                // A tunnel's request ends at the switch; its life is not a latency.
-                if let Some(started) = ctx.started {
-                    metrics.observe_request(started.elapsed());
-                }
-                metrics.websockets().inc();
-                ctx.tunnel_open = true;
-            }
+            rt.rule(rule).metrics.observe_upstream(started.elapsed());
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
-//! Upgrade requests (WebSocket) that passed the limits are proxied here rather
-//! than by Pingora's proxy loop, which can tear a tunnel down right after the
-//! 101 when the upstream answers before the request's empty body is processed
+//! WebSocket upgrades that passed the limits are proxied here rather than by
+//! Pingora's proxy loop, which can tear a tunnel down right after the 101 when
+//! the upstream answers before the request's empty body is processed
 //! (cloudflare/pingora#946). We connect to the upstream, relay the handshake,
 //! and only after a real `101` pump bytes both ways; bytes a client sends after
 //! its request are never forwarded before that.
@@ -8,18 +8,64 @@
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, Method};
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
 use pingora::protocols::Stream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
 
 /// The largest response head we accept from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
-/// The largest non-101 answer to an upgrade request we relay.
-const MAX_REFUSAL_BODY: usize = 1024 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// Client chunks waiting for the upstream to accept them; beyond this the
+/// client is not read (backpressure), while the upstream still is.
+const TO_UPSTREAM_QUEUE: usize = 8;
+
+/// Whether a request asks for a WebSocket: `GET`, `Upgrade: websocket` and
+/// `Connection: upgrade`. Other upgrades (such as `h2c`, whose tunnel would
+/// carry requests past routing and limits) are never tunnelled.
+pub fn is_websocket_request(method: &Method, headers: &HeaderMap) -> bool {
+    method == Method::GET
+        && header_has_token(headers, &UPGRADE, "websocket")
+        && header_has_token(headers, &CONNECTION, "upgrade")
+}
+
+fn header_has_token(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes a non-WebSocket upgrade offer from a request proxied normally.
+pub fn strip_upgrade_offer(request: &mut RequestHeader) {
+    request.remove_header(&UPGRADE);
+    request.remove_header("http2-settings");
+    let kept: Vec<String> = request
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("upgrade")
+                && !t.eq_ignore_ascii_case("http2-settings")
+                && !t.is_empty()
+        })
+        .map(str::to_string)
+        .collect();
+    request.remove_header(&CONNECTION);
+    if !kept.is_empty() {
+        let _ = request.insert_header(CONNECTION, kept.join(", "));
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
@@ -39,32 +85,36 @@ pub struct Handshake {
     pub upstream: Stream,
 }
 
-/// Connects to `peer`, sends `request` (already prepared for the upstream) and
-/// reads the response head.
+/// Connects to `peer` (within `connect_timeout`, TLS included), sends
+/// `request` and reads the final response head (within `read_timeout`).
 pub async fn handshake(
     connector: &TransportConnector,
     peer: &HttpPeer,
     request: &RequestHeader,
-    timeout: Duration,
+    connect_timeout: Duration,
+    read_timeout: Duration,
 ) -> Result<Handshake, TunnelError> {
-    let mut upstream = connector
-        .new_stream(peer)
-        .await
-        .map_err(|e| TunnelError::Connect(e.to_string()))?;
+    let mut upstream = match timeout(connect_timeout, connector.new_stream(peer)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(TunnelError::Connect(e.to_string())),
+        Err(_) => {
+            return Err(TunnelError::Connect(format!(
+                "no connection within {connect_timeout:?}"
+            )))
+        }
+    };
     let exchange = async {
+        let io = |e: std::io::Error| TunnelError::Handshake(e.to_string());
         upstream
             .write_all(&serialize_request(request))
             .await
-            .map_err(|e| TunnelError::Handshake(e.to_string()))?;
-        upstream
-            .flush()
-            .await
-            .map_err(|e| TunnelError::Handshake(e.to_string()))?;
-        read_response_head(&mut upstream).await
+            .map_err(io)?;
+        upstream.flush().await.map_err(io)?;
+        read_final_response_head(&mut upstream).await
     };
-    let (response, rest) = tokio::time::timeout(timeout, exchange)
+    let (response, rest) = timeout(read_timeout, exchange)
         .await
-        .map_err(|_| TunnelError::HandshakeTimeout(timeout))??;
+        .map_err(|_| TunnelError::HandshakeTimeout(read_timeout))??;
     Ok(Handshake {
         response,
         rest,
@@ -90,7 +140,11 @@ fn serialize_request(request: &RequestHeader) -> Vec<u8> {
     out
 }
 
-async fn read_response_head(upstream: &mut Stream) -> Result<(ResponseHeader, Bytes), TunnelError> {
+/// Reads response heads, skipping interim ones (`100`, `103`), until the
+/// final answer or a `101`.
+async fn read_final_response_head(
+    upstream: &mut Stream,
+) -> Result<(ResponseHeader, Bytes), TunnelError> {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 128];
@@ -98,6 +152,10 @@ async fn read_response_head(upstream: &mut Stream) -> Result<(ResponseHeader, By
         match parsed.parse(&buf) {
             Ok(httparse::Status::Complete(len)) => {
                 let status = parsed.code.unwrap_or(502);
+                if (100..200).contains(&status) && status != 101 {
+                    buf.advance(len);
+                    continue;
+                }
                 let mut response = ResponseHeader::build(status, Some(parsed.headers.len()))
                     .map_err(|e| TunnelError::Handshake(e.to_string()))?;
                 for h in parsed.headers.iter() {
@@ -110,7 +168,7 @@ async fn read_response_head(upstream: &mut Stream) -> Result<(ResponseHeader, By
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
             Ok(httparse::Status::Partial) => {
-                return Err(TunnelError::Handshake("response head too large".into()));
+                return Err(TunnelError::Handshake("response head too large".into()))
             }
             Err(e) => return Err(TunnelError::Handshake(format!("bad response head: {e}"))),
         }
@@ -124,6 +182,11 @@ async fn read_response_head(upstream: &mut Stream) -> Result<(ResponseHeader, By
     }
 }
 
+/// Whether a `101` really switched to WebSocket.
+pub fn switched_to_websocket(response: &ResponseHeader) -> bool {
+    response.status.as_u16() == 101 && header_has_token(&response.headers, &UPGRADE, "websocket")
+}
+
 /// How a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunnelEnd {
@@ -133,15 +196,32 @@ pub enum TunnelEnd {
     Failed,
 }
 
+/// Timeouts of one tunnel.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelTimeouts {
+    /// Closed when neither side sends anything for this long.
+    pub idle: Duration,
+    /// A write to either side may not take longer than this.
+    pub write: Duration,
+}
+
 /// Pumps bytes both ways after a `101` has been written to the client, until
-/// the upstream closes, the client closes (its half is then shut on the
-/// upstream, which answers and closes), or nothing moves for `idle`.
+/// the upstream closes (after the client did, or on its own), a write fails
+/// or times out, or nothing moves for the idle timeout.
+///
+/// Client → upstream writes happen in their own task behind a small queue, so
+/// the loop keeps reading the upstream while the upstream is slow to accept:
+/// neither direction can block the other.
 pub async fn pump(
     session: &mut Session,
-    mut upstream: Stream,
+    upstream: Stream,
     rest: Bytes,
-    idle: Duration,
+    limits: TunnelTimeouts,
 ) -> TunnelEnd {
+    // The tunnel has its own idle rule; Pingora's per-read timeout (60 s by
+    // default) would otherwise close every quiet tunnel.
+    session.set_read_timeout(None);
+    session.set_write_timeout(Some(limits.write));
     if !rest.is_empty()
         && session
             .write_response_body(Some(rest), false)
@@ -150,127 +230,199 @@ pub async fn pump(
     {
         return TunnelEnd::Failed;
     }
-    let mut client_open = true;
+    let (mut from_upstream, to_upstream) = tokio::io::split(upstream);
+    let (queue, mut queued) = mpsc::channel::<Bytes>(TO_UPSTREAM_QUEUE);
+    let writer = tokio::spawn(async move {
+        let mut to_upstream = to_upstream;
+        while let Some(chunk) = queued.recv().await {
+            let write = async {
+                to_upstream.write_all(&chunk).await?;
+                to_upstream.flush().await
+            };
+            if !matches!(timeout(limits.write, write).await, Ok(Ok(()))) {
+                return false;
+            }
+        }
+        // The client closed: pass the half-close on; the upstream answers
+        // (a WebSocket close) and closes.
+        let _ = to_upstream.shutdown().await;
+        true
+    });
+    let end = relay(session, &mut from_upstream, queue, limits).await;
+    writer.abort();
+    let _ = session.write_response_body(None, true).await;
+    end
+}
+
+async fn relay(
+    session: &mut Session,
+    from_upstream: &mut ReadHalf<Stream>,
+    queue: mpsc::Sender<Bytes>,
+    limits: TunnelTimeouts,
+) -> TunnelEnd {
+    let mut queue = Some(queue);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut deadline = Instant::now() + limits.idle;
     loop {
+        let room = queue.as_ref().is_some_and(|q| q.capacity() > 0);
         tokio::select! {
-            from_client = session.read_request_body(), if client_open => match from_client {
-                Ok(Some(bytes)) => {
-                    if upstream.write_all(&bytes).await.is_err() || upstream.flush().await.is_err() {
-                        return end(session, TunnelEnd::Failed).await;
+            from_client = session.read_request_body(), if room => {
+                deadline = Instant::now() + limits.idle;
+                match from_client {
+                    Ok(Some(chunk)) => {
+                        let sent = queue.as_ref().is_some_and(|q| q.try_send(chunk).is_ok());
+                        if !sent {
+                            return TunnelEnd::Failed; // the writer gave up
+                        }
                     }
-                }
-                Ok(None) | Err(_) => {
-                    client_open = false;
-                    let _ = upstream.shutdown().await;
+                    // Dropping the queue lets the writer half-close the upstream.
+                    Ok(None) => queue = None,
+                    Err(_) => return TunnelEnd::Failed,
                 }
             },
-            from_upstream = upstream.read_buf(&mut buf) => match from_upstream {
-                Ok(0) => {
-                    return end(session, if client_open { TunnelEnd::UpstreamClosed } else { TunnelEnd::ClientClosed }).await;
-                }
-                Ok(_) => {
-                    let chunk = buf.split().freeze();
-                    if session.write_response_body(Some(chunk), false).await.is_err() {
-                        return TunnelEnd::Failed;
-                    }
-                    if buf.capacity() < READ_CHUNK {
+            read = from_upstream.read_buf(&mut buf) => {
+                deadline = Instant::now() + limits.idle;
+                match read {
+                    Ok(0) => return if queue.is_none() { TunnelEnd::ClientClosed } else { TunnelEnd::UpstreamClosed },
+                    Ok(_) => {
+                        if session.write_response_body(Some(buf.split().freeze()), false).await.is_err() {
+                            return TunnelEnd::Failed;
+                        }
                         buf.reserve(READ_CHUNK);
                     }
+                    Err(_) => return TunnelEnd::Failed,
                 }
-                Err(_) => return end(session, TunnelEnd::Failed).await,
             },
-            _ = tokio::time::sleep(idle) => return end(session, TunnelEnd::Idle).await,
+            _ = tokio::time::sleep_until(deadline) => return TunnelEnd::Idle,
         }
     }
 }
 
-async fn end(session: &mut Session, how: TunnelEnd) -> TunnelEnd {
-    let _ = session.write_response_body(None, true).await;
-    how
-}
-
-/// Relays a refused upgrade (any status but 101) as a plain response with a
-/// definite length, reading the upstream body by its own framing.
+/// Relays a declined upgrade (any final status but a WebSocket 101) as a
+/// plain response, streamed by the upstream's own framing. A body that
+/// cannot be relayed whole ends in an error, never in a response that looks
+/// complete.
 pub async fn relay_refusal(
     session: &mut Session,
     mut response: ResponseHeader,
     rest: Bytes,
     mut upstream: Stream,
     head_only: bool,
+    read_timeout: Duration,
 ) -> pingora::Result<()> {
-    let status = response.status.as_u16();
-    let no_body = head_only || status == 204 || status == 304 || (100..200).contains(&status);
-    let body = if no_body {
-        Bytes::new()
-    } else {
-        read_body(&mut upstream, &response, rest)
-            .await
-            .unwrap_or_default()
-    };
-    response.remove_header(&TRANSFER_ENCODING);
-    response.insert_header(CONTENT_LENGTH, body.len())?;
+    use pingora::{Error, ErrorType};
     session.set_keepalive(None);
-    session
-        .write_response_header(Box::new(response), false)
-        .await?;
-    session.write_response_body(Some(body), true).await
-}
-
-/// Reads a response body by Content-Length, chunked encoding, or until close.
-async fn read_body(upstream: &mut Stream, response: &ResponseHeader, rest: Bytes) -> Option<Bytes> {
-    let mut buf = BytesMut::from(&rest[..]);
-    let chunked = response
-        .headers
-        .get(TRANSFER_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    if chunked {
-        return read_chunked(upstream, buf).await;
+    let status = response.status.as_u16();
+    if head_only || status == 204 || status == 304 {
+        session
+            .write_response_header(Box::new(response), true)
+            .await?;
+        return Ok(());
     }
+    let chunked = header_has_token(&response.headers, &TRANSFER_ENCODING, "chunked");
     let length = response
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    let wanted = length.unwrap_or(MAX_REFUSAL_BODY).min(MAX_REFUSAL_BODY);
-    while buf.len() < wanted {
-        match upstream.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if chunked {
+        // Pingora chunks what we write; we hand it the decoded data.
+        response.remove_header(&CONTENT_LENGTH);
+    }
+    session
+        .write_response_header(Box::new(response), false)
+        .await?;
+    let failed = |why: &str| {
+        Error::explain(
+            ErrorType::ReadError,
+            format!("relaying a declined upgrade: {why}"),
+        )
+    };
+    let mut body = Body {
+        upstream: &mut upstream,
+        buf: BytesMut::from(&rest[..]),
+        read_timeout,
+    };
+    if chunked {
+        while let Some(chunk) = body.next_chunk().await.map_err(|e| failed(&e))? {
+            session.write_response_body(Some(chunk), false).await?;
+        }
+    } else {
+        let mut left = length;
+        loop {
+            if left == Some(0) {
+                break;
+            }
+            let chunk = match body.next_bytes().await.map_err(|e| failed(&e))? {
+                Some(chunk) => chunk,
+                None if left.is_none() => break, // close-delimited: the end
+                None => return Err(failed("the upstream closed early")),
+            };
+            let chunk = match left {
+                Some(n) => {
+                    let take = chunk.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                    left = Some(n - take as u64);
+                    chunk.slice(..take)
+                }
+                None => chunk,
+            };
+            session.write_response_body(Some(chunk), false).await?;
         }
     }
-    buf.truncate(wanted);
-    Some(buf.freeze())
+    session.write_response_body(None, true).await
 }
 
-async fn read_chunked(upstream: &mut Stream, mut buf: BytesMut) -> Option<Bytes> {
-    let mut body = BytesMut::new();
-    loop {
+/// An upstream response body being read, with the bytes already buffered.
+struct Body<'a> {
+    upstream: &'a mut Stream,
+    buf: BytesMut,
+    read_timeout: Duration,
+}
+
+impl Body<'_> {
+    /// Reads more into the buffer; `false` at the end of the stream.
+    async fn fill(&mut self) -> Result<bool, String> {
+        match timeout(self.read_timeout, self.upstream.read_buf(&mut self.buf)).await {
+            Ok(Ok(n)) => Ok(n > 0),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no data within {:?}", self.read_timeout)),
+        }
+    }
+
+    /// The next bytes of a plain body; `None` at the end of the stream.
+    async fn next_bytes(&mut self) -> Result<Option<Bytes>, String> {
+        if self.buf.is_empty() && !self.fill().await? {
+            return Ok(None);
+        }
+        Ok(Some(self.buf.split().freeze()))
+    }
+
+    /// The next chunk of a chunked body; `None` after the last one.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
         let line_end = loop {
-            if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
+            if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
                 break at;
             }
-            if buf.len() > MAX_HEAD || upstream.read_buf(&mut buf).await.ok()? == 0 {
-                return None;
+            if self.buf.len() > MAX_HEAD || !self.fill().await? {
+                return Err("bad chunk header".into());
             }
         };
-        let size_text = std::str::from_utf8(&buf[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        buf.advance(line_end + 2);
+        let size_text = std::str::from_utf8(&self.buf[..line_end]).map_err(|_| "bad chunk size")?;
+        let size_hex = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_hex, 16).map_err(|_| "bad chunk size")?;
+        self.buf.advance(line_end + 2);
         if size == 0 {
-            return Some(body.freeze());
+            return Ok(None); // trailers, if any, are not relayed
         }
-        if body.len() + size > MAX_REFUSAL_BODY {
-            return None;
-        }
-        while buf.len() < size + 2 {
-            if upstream.read_buf(&mut buf).await.ok()? == 0 {
-                return None;
+        let wanted = size.checked_add(2).ok_or("chunk too large")?;
+        while self.buf.len() < wanted {
+            if !self.fill().await? {
+                return Err("the upstream closed inside a chunk".into());
             }
         }
-        body.extend_from_slice(&buf[..size]);
-        buf.advance(size + 2);
+        let chunk = self.buf.split_to(size).freeze();
+        self.buf.advance(2);
+        Ok(Some(chunk))
     }
 }
 
@@ -287,5 +439,47 @@ mod tests {
             text,
             "GET /ws/x?id=1 HTTP/1.1\r\nupgrade: websocket\r\n\r\n"
         );
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn only_websocket_gets_are_tunnelled() {
+        let ws = headers(&[
+            ("upgrade", "WebSocket"),
+            ("connection", "keep-alive, Upgrade"),
+        ]);
+        assert!(is_websocket_request(&Method::GET, &ws));
+        assert!(!is_websocket_request(&Method::POST, &ws));
+        let h2c = headers(&[
+            ("upgrade", "h2c"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+        ]);
+        assert!(!is_websocket_request(&Method::GET, &h2c));
+        let no_connection = headers(&[("upgrade", "websocket")]);
+        assert!(!is_websocket_request(&Method::GET, &no_connection));
+    }
+
+    #[test]
+    fn other_upgrade_offers_are_stripped() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("upgrade", "h2c").unwrap();
+        req.insert_header("http2-settings", "AAMAAABkAAQAAP__")
+            .unwrap();
+        req.insert_header("connection", "Upgrade, HTTP2-Settings, keep-alive")
+            .unwrap();
+        strip_upgrade_offer(&mut req);
+        assert!(req.headers.get("upgrade").is_none());
+        assert!(req.headers.get("http2-settings").is_none());
+        assert_eq!(req.headers.get("connection").unwrap(), "keep-alive");
     }
 }

@@ -62,7 +62,8 @@ impl Seen {
 }
 
 /// An upstream that records every request and answers 200 (after 400 ms for
-/// `/slow...`), or upgrades `/ws/...` requests to an echoing WebSocket.
+/// `/slow...`, with a chunked body for `/chunked`), or upgrades `/ws/...`
+/// requests to an echoing WebSocket.
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -121,6 +122,11 @@ async fn handle(req: Request, recorder: Arc<Mutex<Vec<Seen>>>) -> Response {
     recorder.lock().unwrap().push(seen.clone());
     if seen.path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    if seen.path == "/chunked" {
+        let parts = ["first part, ", "second part, ", "last part"].map(Ok::<_, std::io::Error>);
+        let body = axum::body::Body::from_stream(futures_util::stream::iter(parts));
+        return ([("content-type", "text/plain")], body).into_response();
     }
     if seen.path.starts_with("/ws/") {
         let (mut parts, _body) = req.into_parts();
@@ -391,6 +397,51 @@ pub async fn raw_exchange(from: &str, addr: SocketAddr, request: &[u8]) -> (u16,
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (status, text)
+}
+
+/// Sends raw request bytes and reads one response framed by Content-Length
+/// (for connections the gateway keeps open).
+pub async fn raw_response(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let complete = |answer: &[u8]| {
+        let text = String::from_utf8_lossy(answer);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        body.len() >= length
+    };
+    while !complete(&answer) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("no complete response within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a complete response: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (status, text)
 }
 
