@@ -46,10 +46,9 @@ pub fn summary(rt: &Runtime) -> String {
         for limit in &rule.limits {
             let _ = writeln!(
                 out,
-                "       limit {:<16} {} burst {} key {}{}{}",
+                "       limit {:<16} {} key {}{}{}",
                 limit.name,
-                limit.rate,
-                limit.burst,
+                limit.describe(),
                 limit.key,
                 if limit.key.always_present() {
                     String::new()
@@ -238,10 +237,9 @@ pub fn explain(rt: &Runtime, req: &Hypothetical) -> String {
         };
         let _ = writeln!(
             out,
-            "limit        {} {} burst {}{}: {what}",
+            "limit        {} {}{}: {what}",
             limit.name,
-            limit.rate,
-            limit.burst,
+            limit.describe(),
             if limit.mode == Mode::Shadow {
                 " (shadow)"
             } else {

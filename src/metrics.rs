@@ -190,6 +190,7 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub last_reload_success: IntGauge,
     pub tracked_keys: IntGauge,
+    pub store_evictions: IntCounter,
     pub demo: DemoMetrics,
     /// Requests that matched no rule or were refused before routing.
     unrouted: RuleMetrics,
@@ -335,6 +336,10 @@ impl Metrics {
                 .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
             register(r, c)
         };
+        let store_evictions = counter(
+            "store_evictions_total",
+            "Limiter states evicted to stay within store.memory.max_keys",
+        );
         let demo = DemoMetrics {
             accepted: demo_events.with_label_values(&["accepted"]),
             rejected: demo_events.with_label_values(&["rejected"]),
@@ -372,6 +377,7 @@ impl Metrics {
             config_generation,
             last_reload_success,
             tracked_keys,
+            store_evictions,
             demo,
             unrouted,
         }

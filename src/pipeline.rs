@@ -80,6 +80,8 @@ pub enum Plan<'a> {
     /// An enforced limit could not take its key from the request: it is
     /// missing (with `missing: deny`) or ambiguous.
     Refuse { limit: usize, error: KeyError },
+    /// An enforced limit's cost header held no valid cost.
+    BadCost { limit: usize },
     /// These checks; `limits[i]` is the index in the rule of `checks[i]`'s limit.
     Decide {
         limits: Vec<usize>,
@@ -111,12 +113,19 @@ pub fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
                 continue;
             }
         };
+        let Some(cost) = limit.cost.of(facts.headers) else {
+            if enforced {
+                return Plan::BadCost { limit: i };
+            }
+            shadow_refusal = true;
+            continue;
+        };
         limits.push(i);
         checks.push(Check {
             limit: limit.id,
             limiter: limit.limiter,
             key,
-            cost: 1,
+            cost,
             enforced,
         });
     }
@@ -163,9 +172,11 @@ pub fn judge(rule: &Rule, decided: &[(usize, Decision)], shadow_refusal: bool) -
         || decided
             .iter()
             .any(|(i, d)| rule.limits[*i].mode == Mode::Shadow && !d.allowed);
+    // Concurrency limits have no quota over time to put in the headers.
     let headline = decided
         .iter()
         .filter(enforced)
+        .filter(|(i, _)| rule.limits[*i].policy_header.is_some())
         .min_by_key(|(_, d)| (d.remaining, std::cmp::Reverse(d.reset_after)))
         .copied();
     Verdict {
@@ -176,4 +187,16 @@ pub fn judge(rule: &Rule, decided: &[(usize, Decision)], shadow_refusal: bool) -
         },
         headline,
     }
+}
+
+/// How long an admitted request waits for a shaping leaky bucket: the longest
+/// wait among its enforced limits.
+pub fn shaping_delay(rule: &Rule, decided: &[(usize, Decision)]) -> std::time::Duration {
+    let wait = decided
+        .iter()
+        .filter(|(i, d)| d.allowed && rule.limits[*i].mode == Mode::Enforce)
+        .map(|(_, d)| d.delay)
+        .max()
+        .unwrap_or(0);
+    std::time::Duration::from_nanos(wait)
 }

@@ -96,6 +96,7 @@ pub struct Startup {
     pub admin: String,
     pub threads: usize,
     pub demo: Option<DemoSettings>,
+    pub max_keys: usize,
 }
 
 impl Startup {
@@ -105,6 +106,7 @@ impl Startup {
             admin: rt.server.admin.clone(),
             threads: rt.server.threads,
             demo: rt.demo.clone(),
+            max_keys: rt.store.max_keys,
         }
     }
 }
@@ -361,9 +363,10 @@ fn schedule_release(shared: Arc<Shared>, removed: Vec<LimitId>) {
             return;
         }
         let store = shared.clone();
-        let released =
-            tokio::task::spawn_blocking(move || store.store.release(|id| !gone.contains(&id)))
-                .await;
+        let released = tokio::task::spawn_blocking(move || {
+            store.store.release_limits(|id| !gone.contains(&id))
+        })
+        .await;
         tracing::debug!(?released, "released the state of removed limits");
     });
 }
@@ -466,6 +469,9 @@ pub fn restart_required(startup: &Startup, rt: &Runtime) -> Vec<String> {
     }
     if now.demo != startup.demo {
         differ.push("demo".to_string());
+    }
+    if now.max_keys != startup.max_keys {
+        differ.push("store.memory.max_keys".to_string());
     }
     differ
 }

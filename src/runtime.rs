@@ -80,6 +80,8 @@ pub struct StoreSettings {
     /// How long the state of a limit removed by a reload is kept, in case a
     /// later reload brings the limit back.
     pub release_after: Duration,
+    /// Most states the memory store holds.
+    pub max_keys: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -115,12 +117,62 @@ pub struct RuleLimit {
     pub key: KeySpec,
     pub missing: MissingPolicy,
     pub mode: Mode,
-    pub rate: Rate,
+    /// `None` for a concurrency limit.
+    pub rate: Option<Rate>,
+    /// Requests admissible at once (a bucket's burst, a window's count, the
+    /// concurrency maximum).
     pub burst: u64,
+    pub cost: Cost,
     pub limiter: Limiter,
-    /// Pre-rendered `RateLimit-Policy` item, e.g. `"per-ip";q=100;w=1`.
-    pub policy_header: HeaderValue,
+    /// Pre-rendered `RateLimit-Policy` item, e.g. `"per-ip";q=100;w=1`; `None`
+    /// for a concurrency limit, which the fields cannot describe.
+    pub policy_header: Option<HeaderValue>,
     pub metrics: LimitMetrics,
+}
+
+impl RuleLimit {
+    /// `gcra 100/1s burst 100`, `fixed_window 10/1m`, `concurrent 5`.
+    pub fn describe(&self) -> String {
+        match self.rate {
+            None => format!("concurrent {}", self.burst),
+            Some(rate) => match self.limiter {
+                Limiter::Gcra(_) | Limiter::TokenBucket(_) | Limiter::LeakyBucket(_) => {
+                    format!("{} {rate} burst {}", self.limiter.name(), self.burst)
+                }
+                _ => format!("{} {rate}", self.limiter.name()),
+            },
+        }
+    }
+}
+
+/// What one request costs a limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cost {
+    Fixed(u64),
+    /// Read from a header (a batch endpoint's item count); `default` when the
+    /// header is absent; a value above `max`, zero or not a number is refused.
+    Header {
+        name: http::HeaderName,
+        max: u64,
+        default: u64,
+    },
+}
+
+impl Cost {
+    /// The cost of a request, or `None` when its header holds no valid cost.
+    pub fn of(&self, headers: &http::HeaderMap) -> Option<u64> {
+        match self {
+            Cost::Fixed(n) => Some(*n),
+            Cost::Header { name, max, default } => match headers.get(name) {
+                None => Some(*default),
+                Some(v) => v
+                    .to_str()
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                    .filter(|n| (1..=*max).contains(n)),
+            },
+        }
+    }
 }
 
 /// How a denied request is answered.

@@ -11,8 +11,8 @@ use http::{HeaderValue, Method};
 use ipnet::IpNet;
 
 use super::input::{
-    AlgorithmInput, ConfigInput, DemoBus, DemoInput, DenyInput, ExemptInput, KeyPartInput,
-    LimitInput, RuleInput, ServerInput, UpstreamInput,
+    AlgorithmInput, ConfigInput, CostInput, DemoBus, DemoInput, DenyInput, ExemptInput,
+    KeyPartInput, LimitInput, RuleInput, ServerInput, UpstreamInput,
 };
 use super::locate::SourceMap;
 use super::units::{self, Rate, MAX_RATE_COUNT};
@@ -20,11 +20,15 @@ use super::{ConfigSource, Problem, Severity};
 use crate::demo::{BusSettings, DemoSettings};
 use crate::identity::{ApiKeySources, Exemption, KeyPart, KeySpec, TrustedProxies, MAX_KEY_PARTS};
 use crate::limit::memory::MAX_CHECKS;
-use crate::limit::{Gcra, LimitId, Limiter};
+use crate::limit::sliding_log::MAX_LOG_LIMIT;
+use crate::limit::{
+    Concurrent, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, SlidingCounter, SlidingLog,
+    TokenBucket,
+};
 use crate::metrics::Metrics;
 use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
 use crate::runtime::{
-    DenyResponse, HeaderStyle, MissingPolicy, Rule, RuleLimit, Runtime, ServerSettings,
+    Cost, DenyResponse, HeaderStyle, MissingPolicy, Rule, RuleLimit, Runtime, ServerSettings,
     StoreSettings, Upstream,
 };
 
@@ -33,6 +37,7 @@ const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_RELEASE_AFTER: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_KEYS: usize = 1_000_000;
 const MAX_NAME_LEN: usize = 64;
 
 const KNOWN_METHODS: [Method; 9] = [
@@ -113,7 +118,14 @@ pub fn compile(
                 .check("store.release_after", units::parse_duration(text))
                 .unwrap_or(DEFAULT_RELEASE_AFTER),
         },
+        max_keys: input.store.memory.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
     };
+    if !(1..=1_000_000_000).contains(&store.max_keys) {
+        c.error(
+            "store.memory.max_keys",
+            "max_keys must be between 1 and 1000000000",
+        );
+    }
     let mut upstream_index = HashMap::new();
     let mut upstreams = Vec::new();
     for (name, upstream) in &input.upstreams {
@@ -615,59 +627,203 @@ fn compile_limit(
     if l.name.is_some() {
         c.name(format!("{path}.name"), &name, "limit");
     }
-    let rate = c.check(format!("{path}.rate"), units::parse_rate(&l.rate));
-    let burst = match (l.burst, rate) {
-        (Some(0), _) => {
-            c.error(format!("{path}.burst"), "burst must be at least 1");
-            None
-        }
-        (Some(b), _) if b > MAX_RATE_COUNT => {
-            c.error(
-                format!("{path}.burst"),
-                format!("a burst of {b} is absurd (at most {MAX_RATE_COUNT})"),
-            );
-            None
-        }
-        (Some(b), Some(_)) => Some(b),
-        (None, Some(rate)) => Some(rate.count),
-        (_, None) => None,
-    };
     if l.missing.is_some() && key.always_present() {
         c.warn(
             format!("{path}.missing"),
             format!("key {key} is always present, so `missing` never applies"),
         );
     }
-    let (rate, burst) = (rate?, burst?);
-    let refill = u128::from(rate.emission_interval_ns()) * u128::from(burst);
-    if refill > units::MAX_RATE_PERIOD.as_nanos() {
-        c.error(
-            format!("{path}.burst"),
-            format!("a burst of {burst} at {rate} takes longer than 31 days to refill"),
-        );
-        return None;
-    }
-    let limiter = match l.algorithm {
-        AlgorithmInput::Gcra => Limiter::Gcra(Gcra::new(rate, burst)),
+    let cost = compile_cost(c, path, l.cost.as_ref());
+    let (limiter, rate, quota, definition) = match (&l.rate, l.concurrent) {
+        (Some(_), Some(_)) | (None, None) => {
+            c.error(
+                path,
+                "a limit has either `rate:` or `concurrent:`, exactly one",
+            );
+            return None;
+        }
+        (None, Some(max)) => {
+            let mut extra = |field: &str, present: bool| {
+                if present {
+                    c.error(
+                        format!("{path}.{field}"),
+                        format!("`{field}` does not apply to a `concurrent:` limit"),
+                    );
+                }
+            };
+            extra("algorithm", l.algorithm.is_some());
+            extra("burst", l.burst.is_some());
+            extra("debt", l.debt.is_some());
+            extra("delay", l.delay.is_some());
+            if max == 0 || max > MAX_RATE_COUNT {
+                c.error(
+                    format!("{path}.concurrent"),
+                    format!("concurrent must be between 1 and {MAX_RATE_COUNT}"),
+                );
+                return None;
+            }
+            (
+                Limiter::Concurrent(Concurrent::new(max)),
+                None,
+                max,
+                format!("concurrent\0{max}"),
+            )
+        }
+        (Some(text), None) => {
+            let rate = c.check(format!("{path}.rate"), units::parse_rate(text))?;
+            let algorithm = l.algorithm.unwrap_or_default();
+            let (limiter, quota) = compile_rate_limit(c, path, l, algorithm, rate)?;
+            let definition = format!(
+                "{algorithm:?}\0{}\0{}\0{quota}\0{:?}\0{:?}",
+                rate.count,
+                rate.period.as_nanos(),
+                l.debt,
+                l.delay
+            );
+            (limiter, Some(rate), quota, definition)
+        }
     };
-    let definition = format!(
-        "{rule}\0{name}\0{:?}\0{}\0{}\0{burst}\0{key}",
-        l.algorithm,
-        rate.count,
-        rate.period.as_nanos()
-    );
+    let cost = cost?;
     Some(RuleLimit {
-        id: LimitId::of(&definition),
-        policy_header: policy_header(&name, rate, burst),
+        id: LimitId::of(&format!("{rule}\0{name}\0{definition}\0{key}")),
+        policy_header: rate.map(|r| policy_header(&name, &limiter, r, quota)),
         metrics: metrics.limit(rule, &name),
         name,
         key,
         missing: l.missing.unwrap_or(MissingPolicy::Deny),
         mode: l.mode,
         rate,
-        burst,
+        burst: quota,
+        cost,
         limiter,
     })
+}
+
+/// A rate limit's algorithm and its quota (burst, or the window's count).
+fn compile_rate_limit(
+    c: &mut Compiler<'_>,
+    path: &str,
+    l: &LimitInput,
+    algorithm: AlgorithmInput,
+    rate: Rate,
+) -> Option<(Limiter, u64)> {
+    let interval = rate.emission_interval_ns();
+    let period = rate.period.as_nanos() as u64;
+    let bucket = matches!(
+        algorithm,
+        AlgorithmInput::Gcra | AlgorithmInput::TokenBucket | AlgorithmInput::LeakyBucket
+    );
+    if l.burst.is_some() && !bucket {
+        c.error(
+            format!("{path}.burst"),
+            "`burst` applies to gcra, token_bucket and leaky_bucket only",
+        );
+    }
+    if l.debt.is_some() && algorithm != AlgorithmInput::TokenBucket {
+        c.error(
+            format!("{path}.debt"),
+            "`debt` applies to token_bucket only",
+        );
+    }
+    if l.delay.is_some() && algorithm != AlgorithmInput::LeakyBucket {
+        c.error(
+            format!("{path}.delay"),
+            "`delay` applies to leaky_bucket only",
+        );
+    }
+    // nginx's leaky bucket admits one request at a time unless given a burst.
+    let default_burst = if algorithm == AlgorithmInput::LeakyBucket {
+        1
+    } else {
+        rate.count
+    };
+    let burst = match l.burst {
+        Some(0) => {
+            c.error(format!("{path}.burst"), "burst must be at least 1");
+            return None;
+        }
+        Some(b) if b > MAX_RATE_COUNT => {
+            c.error(
+                format!("{path}.burst"),
+                format!("a burst of {b} is absurd (at most {MAX_RATE_COUNT})"),
+            );
+            return None;
+        }
+        Some(b) => b,
+        None => default_burst,
+    };
+    let too_long =
+        |units: u64| u128::from(interval) * u128::from(units) > units::MAX_RATE_PERIOD.as_nanos();
+    if bucket && too_long(burst) {
+        c.error(
+            format!("{path}.burst"),
+            format!("a burst of {burst} at {rate} takes longer than 31 days to refill"),
+        );
+        return None;
+    }
+    let debt = l.debt.unwrap_or(0);
+    if too_long(debt) {
+        c.error(
+            format!("{path}.debt"),
+            format!("a debt of {debt} at {rate} takes longer than 31 days to repay"),
+        );
+        return None;
+    }
+    Some(match algorithm {
+        AlgorithmInput::Gcra => (Limiter::Gcra(Gcra::from_interval(interval, burst)), burst),
+        AlgorithmInput::TokenBucket => (
+            Limiter::TokenBucket(TokenBucket::new(interval, burst, debt)),
+            burst,
+        ),
+        AlgorithmInput::LeakyBucket => (
+            Limiter::LeakyBucket(LeakyBucket::new(interval, burst, l.delay.unwrap_or(false))),
+            burst,
+        ),
+        AlgorithmInput::FixedWindow => (
+            Limiter::FixedWindow(FixedWindow::new(period, rate.count)),
+            rate.count,
+        ),
+        AlgorithmInput::SlidingWindowCounter => (
+            Limiter::SlidingCounter(SlidingCounter::new(period, rate.count)),
+            rate.count,
+        ),
+        AlgorithmInput::SlidingWindowLog => {
+            if rate.count > MAX_LOG_LIMIT {
+                c.error(
+                    format!("{path}.rate"),
+                    format!("sliding_window_log keeps every counted request: at most {MAX_LOG_LIMIT} per window"),
+                );
+                return None;
+            }
+            (
+                Limiter::SlidingLog(SlidingLog::new(period, rate.count)),
+                rate.count,
+            )
+        }
+    })
+}
+
+fn compile_cost(c: &mut Compiler<'_>, path: &str, cost: Option<&CostInput>) -> Option<Cost> {
+    match cost {
+        None => Some(Cost::Fixed(1)),
+        Some(CostInput::Fixed(0)) => {
+            c.error(format!("{path}.cost"), "a cost must be at least 1");
+            None
+        }
+        Some(CostInput::Fixed(n)) => Some(Cost::Fixed(*n)),
+        Some(CostInput::Header(h)) => {
+            let header = c.check(format!("{path}.cost.header"), parse_header_name(&h.header));
+            if h.max == 0 || h.default == 0 || h.default > h.max {
+                c.error(format!("{path}.cost"), "a cost needs 1 <= default <= max");
+                return None;
+            }
+            Some(Cost::Header {
+                name: header?,
+                max: h.max,
+                default: h.default,
+            })
+        }
+    }
 }
 
 /// `ip`, `api_key`, `header-x-tenant`, `ip+api_key`: unique enough that two
@@ -683,13 +839,19 @@ fn default_limit_name(key: &KeySpec) -> String {
         .join("+")
 }
 
-/// The `RateLimit-Policy` item: `burst` requests per the time the sustained rate
-/// needs to refill them, in whole seconds (at least 1). Limit names are plain
-/// tokens (checked above, or derived from header names), so the value is valid.
-fn policy_header(name: &str, rate: Rate, burst: u64) -> HeaderValue {
-    let refill_ns = u128::from(rate.emission_interval_ns()) * u128::from(burst);
-    let window = refill_ns.div_ceil(1_000_000_000).max(1);
-    HeaderValue::from_str(&format!("\"{name}\";q={burst};w={window}"))
+/// The `RateLimit-Policy` item: for a bucket, `quota` (its burst) per the time
+/// the sustained rate needs to refill it; for a window, its count per period;
+/// in whole seconds, at least 1. Limit names are plain tokens (checked above,
+/// or derived from header names), so the value is valid.
+fn policy_header(name: &str, limiter: &Limiter, rate: Rate, quota: u64) -> HeaderValue {
+    let window_ns = match limiter {
+        Limiter::FixedWindow(_) | Limiter::SlidingLog(_) | Limiter::SlidingCounter(_) => {
+            rate.period.as_nanos()
+        }
+        _ => u128::from(rate.emission_interval_ns()) * u128::from(quota),
+    };
+    let window = window_ns.div_ceil(1_000_000_000).max(1);
+    HeaderValue::from_str(&format!("\"{name}\";q={quota};w={window}"))
         .unwrap_or_else(|_| HeaderValue::from_static("\"limit\""))
 }
 

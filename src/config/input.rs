@@ -187,6 +187,16 @@ pub struct StoreInput {
     /// that undoing an edit does not reset counters.
     #[serde(default)]
     pub release_after: Option<String>,
+    #[serde(default)]
+    pub memory: MemoryStoreInput,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryStoreInput {
+    /// Most limiter states held (default 1,000,000).
+    #[serde(default)]
+    pub max_keys: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -257,11 +267,26 @@ pub struct LimitInput {
     #[serde(default)]
     pub name: Option<String>,
     pub key: KeyInput,
-    pub rate: String,
+    /// `100/second`…; or `concurrent:` instead.
     #[serde(default)]
-    pub algorithm: AlgorithmInput,
+    pub rate: Option<String>,
+    /// In-flight requests (open connections) per key, instead of a rate.
+    #[serde(default)]
+    pub concurrent: Option<u64>,
+    /// Default `gcra`.
+    #[serde(default)]
+    pub algorithm: Option<AlgorithmInput>,
     #[serde(default)]
     pub burst: Option<u64>,
+    /// `token_bucket` only: tokens a client may borrow and must pay back.
+    #[serde(default)]
+    pub debt: Option<u64>,
+    /// `leaky_bucket` only: delay excess requests instead of refusing them.
+    #[serde(default)]
+    pub delay: Option<bool>,
+    /// What one request costs (default 1).
+    #[serde(default)]
+    pub cost: Option<CostInput>,
     #[serde(default)]
     pub missing: Option<MissingPolicy>,
     #[serde(default)]
@@ -273,6 +298,66 @@ pub struct LimitInput {
 pub enum AlgorithmInput {
     #[default]
     Gcra,
+    TokenBucket,
+    LeakyBucket,
+    FixedWindow,
+    SlidingWindowLog,
+    SlidingWindowCounter,
+}
+
+/// A request's cost: a number, or read from a header with a cap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum CostInput {
+    Fixed(u64),
+    Header(HeaderCostInput),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderCostInput {
+    pub header: String,
+    /// The most one request may cost; larger values are refused with 400.
+    pub max: u64,
+    /// The cost when the header is absent.
+    #[serde(default = "default_cost")]
+    pub default: u64,
+}
+
+fn default_cost() -> u64 {
+    1
+}
+
+/// A number, or a `{ header, max, default }` mapping, each with its own
+/// precise error messages.
+impl<'de> Deserialize<'de> for CostInput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CostVisitor;
+
+        impl<'de> de::Visitor<'de> for CostVisitor {
+            type Value = CostInput;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number, or { header: NAME, max: N, default: N }")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<CostInput, E> {
+                Ok(CostInput::Fixed(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<CostInput, E> {
+                u64::try_from(v)
+                    .map(CostInput::Fixed)
+                    .map_err(|_| E::custom("a cost cannot be negative"))
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<CostInput, A::Error> {
+                HeaderCostInput::deserialize(MapAccessDeserializer::new(map)).map(CostInput::Header)
+            }
+        }
+
+        deserializer.deserialize_any(CostVisitor)
+    }
 }
 
 /// One part of a key as written: `ip`, `api_key`, `global` or `{ header: NAME }`.

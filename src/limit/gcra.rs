@@ -5,8 +5,7 @@
 //! per unit of cost. Equivalent to a token bucket of `burst` tokens refilled at
 //! the rate, with exact integer arithmetic and a single word of state.
 
-use super::{Decision, Nanos};
-use crate::config::units::Rate;
+use super::{Algorithm, Decision, Nanos};
 
 /// A compiled GCRA limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -17,16 +16,14 @@ pub struct Gcra {
     burst: u64,
 }
 
-/// Per-key state: the theoretical arrival time.
+/// Per-key state: the theoretical arrival time of the next request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GcraState {
-    pub tat: Nanos,
-}
+pub struct Tat(pub Nanos);
 
 impl Gcra {
-    pub fn new(rate: Rate, burst: u64) -> Self {
+    pub fn from_interval(interval: Nanos, burst: u64) -> Self {
         Gcra {
-            interval: rate.emission_interval_ns().max(1),
+            interval: interval.max(1),
             burst: burst.max(1),
         }
     }
@@ -34,16 +31,19 @@ impl Gcra {
     pub fn burst(&self) -> u64 {
         self.burst
     }
+}
 
-    /// How long state must be kept after its last admitted request.
-    pub fn ttl(&self, state: &GcraState, now: Nanos) -> Nanos {
-        state.tat.saturating_sub(now)
+impl Algorithm for Gcra {
+    type State = Tat;
+
+    fn ttl(&self, state: &Tat, now: Nanos) -> Nanos {
+        state.0.saturating_sub(now)
     }
 
-    /// Decides one request of `cost` units at `now`. Returns the decision and the
-    /// state to store if the request is admitted; a denied request changes nothing.
-    pub fn decide(&self, state: Option<GcraState>, now: Nanos, cost: u64) -> (Decision, GcraState) {
-        let tat = state.map_or(now, |s| s.tat.max(now));
+    /// Decides one request of `cost` units at `now`. A denied request changes
+    /// nothing.
+    fn decide(&self, state: Option<&Tat>, now: Nanos, cost: u64) -> (Decision, Tat) {
+        let tat = state.map_or(now, |s| s.0.max(now));
         let window = self.interval.saturating_mul(self.burst);
         let new_tat = tat.saturating_add(self.interval.saturating_mul(cost));
         // The earliest moment at which the new TAT is within the window.
@@ -54,25 +54,16 @@ impl Gcra {
             } else {
                 allow_at - now
             };
-            let decision = Decision {
-                allowed: false,
-                limit: self.burst,
-                remaining: self.remaining(tat, now),
-                reset_after: tat - now,
-                retry_after,
-            };
-            return (decision, GcraState { tat });
+            let decision =
+                Decision::denied(self.burst, self.remaining(tat, now), tat - now, retry_after);
+            return (decision, Tat(tat));
         }
-        let decision = Decision {
-            allowed: true,
-            limit: self.burst,
-            remaining: self.remaining(new_tat, now),
-            reset_after: new_tat - now,
-            retry_after: 0,
-        };
-        (decision, GcraState { tat: new_tat })
+        let decision = Decision::allowed(self.burst, self.remaining(new_tat, now), new_tat - now);
+        (decision, Tat(new_tat))
     }
+}
 
+impl Gcra {
     /// Units that could be admitted right now given a TAT.
     fn remaining(&self, tat: Nanos, now: Nanos) -> u64 {
         let used = tat.saturating_sub(now).div_ceil(self.interval);
@@ -83,18 +74,11 @@ impl Gcra {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     const SECOND: Nanos = 1_000_000_000;
 
     fn gcra(count: u64, period_s: u64, burst: u64) -> Gcra {
-        Gcra::new(
-            Rate {
-                count,
-                period: Duration::from_secs(period_s),
-            },
-            burst,
-        )
+        Gcra::from_interval(period_s * SECOND / count, burst)
     }
 
     /// Runs requests at the given times and returns which were admitted.
@@ -103,7 +87,7 @@ mod tests {
         times
             .iter()
             .map(|&t| {
-                let (d, s) = g.decide(state, t, 1);
+                let (d, s) = g.decide(state.as_ref(), t, 1);
                 if d.allowed {
                     state = Some(s);
                 }
@@ -141,7 +125,7 @@ mod tests {
         let mut state = None;
         let mut seen = vec![];
         for _ in 0..5 {
-            let (d, s) = g.decide(state, 0, 1);
+            let (d, s) = g.decide(state.as_ref(), 0, 1);
             if d.allowed {
                 state = Some(s);
             }
@@ -154,13 +138,13 @@ mod tests {
     fn retry_after_is_exactly_when_the_next_request_passes() {
         let g = gcra(2, 1, 2);
         let (_, s) = g.decide(None, 0, 1);
-        let (_, s) = g.decide(Some(s), 0, 1);
-        let (denied, _) = g.decide(Some(s), 0, 1);
+        let (_, s) = g.decide(Some(&s), 0, 1);
+        let (denied, _) = g.decide(Some(&s), 0, 1);
         assert!(!denied.allowed);
         assert_eq!(denied.retry_after, SECOND / 2);
-        let (early, _) = g.decide(Some(s), denied.retry_after - 1, 1);
+        let (early, _) = g.decide(Some(&s), denied.retry_after - 1, 1);
         assert!(!early.allowed);
-        let (ok, _) = g.decide(Some(s), denied.retry_after, 1);
+        let (ok, _) = g.decide(Some(&s), denied.retry_after, 1);
         assert!(ok.allowed);
     }
 
@@ -175,7 +159,7 @@ mod tests {
     fn denied_request_leaves_state_unchanged() {
         let g = gcra(1, 1, 1);
         let (_, s) = g.decide(None, 0, 1);
-        let (d, after) = g.decide(Some(s), 0, 1);
+        let (d, after) = g.decide(Some(&s), 0, 1);
         assert!(!d.allowed);
         assert_eq!(after, s);
     }

@@ -7,7 +7,7 @@ pub mod tunnel;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -22,7 +22,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use prometheus::Histogram;
 
 use crate::identity::{KeyError, X_FORWARDED_FOR, X_FORWARDED_PROTO};
-use crate::limit::{Decision, MemoryStore, MonotonicClock, Store};
+use crate::limit::{Decided, Decision, MemoryStore, MonotonicClock, Permit, Store};
 use crate::metrics::{DecisionResult, Metrics, Outcome};
 use crate::pipeline::{self, Incoming, Plan, Unrouted};
 use crate::reload::{self, Reloader, Startup};
@@ -65,10 +65,14 @@ impl Shared {
         metrics
             .last_reload_success
             .set(reload::unix_seconds(runtime.source.loaded_at));
+        let store = MemoryStore::new(
+            runtime.store.max_keys,
+            Some(metrics.store_evictions.clone()),
+        );
         Shared {
             startup: Startup::of(&runtime),
             runtime: ArcSwap::from_pointee(runtime),
-            store: MemoryStore::default(),
+            store,
             decision_duration: metrics.decision_duration("memory"),
             metrics,
             clock: MonotonicClock::default(),
@@ -181,6 +185,23 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     /// The request became a WebSocket (or other upgraded) tunnel.
     tunnel_open: bool,
+    /// Concurrency permits, given back when the request ends, however it ends.
+    permits: Option<PermitGuard>,
+    /// How long a shaping leaky bucket holds the request before it goes on.
+    delay: Duration,
+}
+
+/// Holds concurrency permits for the life of a request (or tunnel) and gives
+/// them back when dropped, so no exit path can leak one.
+struct PermitGuard {
+    shared: Arc<Shared>,
+    permits: Vec<Permit>,
+}
+
+impl Drop for PermitGuard {
+    fn drop(&mut self) {
+        self.shared.store.release_permits(&self.permits);
+    }
 }
 
 fn peer_ip(session: &Session) -> IpAddr {
@@ -261,6 +282,10 @@ impl Gateway {
         let facts = pipeline::facts(rt, &incoming, client_ip);
         let outcome = match pipeline::plan(rule, &facts) {
             Plan::Exempt(_) => Outcome::Exempt,
+            Plan::BadCost { limit } => {
+                rule.metrics.record(Outcome::BadRequest);
+                return Some(respond::bad_cost(rule, &rule.limits[limit]));
+            }
             Plan::Refuse { limit, error } => {
                 let limit = &rule.limits[limit];
                 return Some(match error {
@@ -279,8 +304,8 @@ impl Gateway {
                 checks,
                 shadow_refusal,
             } => {
-                let decisions = if checks.is_empty() {
-                    Ok(Vec::new())
+                let decided = if checks.is_empty() {
+                    Ok(Decided::default())
                 } else {
                     let timer = self.shared.decision_duration.start_timer();
                     let decisions = self
@@ -291,8 +316,8 @@ impl Gateway {
                     timer.observe_duration();
                     decisions
                 };
-                match decisions {
-                    Ok(decisions) => {
+                match decided {
+                    Ok(Decided { decisions, permits }) => {
                         let decided: Vec<(usize, Decision)> =
                             limits.into_iter().zip(decisions).collect();
                         for (i, d) in &decided {
@@ -309,6 +334,13 @@ impl Gateway {
                             return Some(respond::limited(rule, &rule.limits[i], &decision));
                         }
                         ctx.headline = verdict.headline;
+                        ctx.delay = pipeline::shaping_delay(rule, &decided);
+                        if !permits.is_empty() {
+                            ctx.permits = Some(PermitGuard {
+                                shared: self.shared.clone(),
+                                permits,
+                            });
+                        }
                         verdict.outcome
                     }
                     Err(e) => {
@@ -486,6 +518,10 @@ impl ProxyHttp for Gateway {
         let peer = peer_ip(session);
         let reply = self.admit(&rt, session.req_header(), peer, ctx).await;
         ctx.runtime = Some(rt);
+        if reply.is_none() && !ctx.delay.is_zero() {
+            // Shaping: the request waits its turn, holding no worker thread.
+            tokio::time::sleep(ctx.delay).await;
+        }
         match reply {
             Some(reply) => {
                 write_reply(session, reply).await?;

@@ -95,6 +95,23 @@ pub fn missing_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Reply {
     r
 }
 
+/// 400 when a limit's cost header holds no valid cost.
+pub fn bad_cost(rule: &Rule, limit: &RuleLimit) -> Reply {
+    let (header, max) = match &limit.cost {
+        crate::runtime::Cost::Header { name, max, .. } => (name.to_string(), *max),
+        crate::runtime::Cost::Fixed(n) => (String::new(), *n),
+    };
+    json_reply(
+        400,
+        json!({
+            "error": "bad_cost",
+            "message": format!("the {header} header must be a whole number from 1 to {max}"),
+            "rule": rule.name,
+            "limit": limit.name,
+        }),
+    )
+}
+
 /// 400 when the request carries a limit's key twice with different values.
 pub fn conflicting_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Reply {
     json_reply(
@@ -166,8 +183,12 @@ pub fn add_rate_limit_headers(
     } else {
         ceil_seconds(decision.retry_after).max(1)
     };
+    // A concurrency limit has no quota over time for these fields to describe.
+    let Some(policy) = &limit.policy_header else {
+        return;
+    };
     if style.ietf() {
-        insert(header, RATELIMIT_POLICY, limit.policy_header.clone());
+        insert(header, RATELIMIT_POLICY, policy.clone());
         let value = format!("\"{}\";r={};t={}", limit.name, decision.remaining, reset);
         if let Ok(v) = HeaderValue::from_str(&value) {
             insert(header, RATELIMIT, v);
