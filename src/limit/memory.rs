@@ -597,7 +597,7 @@ mod tests {
         let second = s.decide_now(&[c()], 0);
         assert_eq!(allowed(&s, &[c()], 0), vec![false]);
         s.release_permits_now(&first.permits);
-        assert_eq!(s.decide_now(&[c()], 0).decisions[0].allowed, true);
+        assert!(s.decide_now(&[c()], 0).decisions[0].allowed);
         s.release_permits_now(&second.permits);
         assert_eq!(s.len(), 1, "one permit still held");
     }
