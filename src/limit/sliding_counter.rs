@@ -111,9 +111,12 @@ impl Algorithm for SlidingCounter {
         } else if let Some(e) = self.fits_from(s.previous, after).filter(|&e| e > elapsed) {
             e - elapsed
         } else {
-            // In the next window this one's count becomes the weighted one.
-            let e = self.fits_from(s.current, cost).unwrap_or(0);
-            s.start + self.period + e - now
+            // In the next window this one's count becomes the weighted one;
+            // if even that is too much, the window after starts empty.
+            match self.fits_from(s.current, cost) {
+                Some(e) => s.start + self.period + e - now,
+                None => s.start + 2 * self.period - now,
+            }
         };
         let remaining = self.remaining(s.previous, s.current, elapsed);
         (
