@@ -354,8 +354,8 @@ fn schedule_release(shared: Arc<Shared>, removed: Vec<LimitId>) {
         tokio::time::sleep(delay).await;
         // Under the reload lock, so the live set cannot change meanwhile.
         let _serial = shared.reloader.serial.lock().await;
-        let live: HashSet<LimitId> = limit_ids(&shared.runtime.load()).into_values().collect();
-        let gone: HashSet<LimitId> = removed
+        let live: Vec<LimitId> = limit_ids(&shared.runtime.load()).into_values().collect();
+        let gone: Vec<LimitId> = removed
             .into_iter()
             .filter(|id| !live.contains(id))
             .collect();
@@ -363,10 +363,8 @@ fn schedule_release(shared: Arc<Shared>, removed: Vec<LimitId>) {
             return;
         }
         let store = shared.clone();
-        let released = tokio::task::spawn_blocking(move || {
-            store.store.release_limits(|id| !gone.contains(&id))
-        })
-        .await;
+        let released =
+            tokio::task::spawn_blocking(move || store.store.release_limits(&gone, &live)).await;
         tracing::debug!(?released, "released the state of removed limits");
     });
 }

@@ -42,9 +42,10 @@ enum Segment {
 struct Node {
     /// The entry key; `u64` halves keep the node 8-byte aligned.
     key: [u64; 2],
-    /// Which limit the state belongs to, so a limit's state can be released
-    /// when a reload removes or changes it.
-    limit: LimitId,
+    /// Which limit the state belongs to (the low half of its fingerprint),
+    /// so a limit's state can be released when a reload removes or changes
+    /// it. Half is enough: a clash only delays a release until expiry.
+    limit: u32,
     state: LimitState,
     expires_at: Nanos,
     prev: u32,
@@ -192,13 +193,7 @@ impl Shard {
     }
 
     /// Stores state for a key that has none; evicts one entry when full.
-    fn insert(
-        &mut self,
-        key: [u64; 2],
-        limit: LimitId,
-        state: LimitState,
-        expires_at: Nanos,
-    ) -> bool {
+    fn insert(&mut self, key: [u64; 2], limit: u32, state: LimitState, expires_at: Nanos) -> bool {
         let evicted = self.len() >= self.capacity && {
             match self.eviction_candidate() {
                 Some(victim) => {
@@ -223,6 +218,15 @@ impl Shard {
                 i
             }
             None => {
+                // Grow by half, never past the shard's capacity: a full
+                // shard's slots are all in use, none reserved in vain.
+                if self.nodes.len() == self.nodes.capacity() {
+                    let len = self.nodes.len();
+                    let more = (len / 2)
+                        .max(16)
+                        .min(self.capacity.saturating_sub(len).max(1));
+                    self.nodes.reserve_exact(more);
+                }
                 self.nodes.push(node);
                 (self.nodes.len() - 1) as u32
             }
@@ -383,7 +387,7 @@ impl MemoryStore {
                         node.expires_at = expires_at;
                     }
                     None => {
-                        if shard.insert(keys[i], check.limit, state, expires_at) {
+                        if shard.insert(keys[i], check.limit.0 as u32, state, expires_at) {
                             self.count_eviction();
                         }
                     }
@@ -429,9 +433,21 @@ impl MemoryStore {
         self.retain(|n| n.expires_at > now)
     }
 
-    /// Drops the state of every limit `keep` says no longer exists.
-    pub fn release_limits(&self, keep: impl Fn(LimitId) -> bool) -> usize {
-        self.retain(|n| keep(n.limit))
+    /// Drops the state of the `removed` limits. Entries carry half a
+    /// fingerprint, so a removed limit whose half equals a `live` one's is
+    /// left to expire rather than risk a live limit's counters.
+    pub fn release_limits(&self, removed: &[LimitId], live: &[LimitId]) -> usize {
+        let half = |id: &LimitId| id.0 as u32;
+        let live: std::collections::HashSet<u32> = live.iter().map(half).collect();
+        let gone: std::collections::HashSet<u32> = removed
+            .iter()
+            .map(half)
+            .filter(|h| !live.contains(h))
+            .collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        self.retain(|n| !gone.contains(&n.limit))
     }
 
     fn retain(&self, keep: impl Fn(&Node) -> bool) -> usize {
@@ -534,6 +550,15 @@ mod tests {
     }
 
     #[test]
+    fn a_tracked_state_fits_in_64_bytes() {
+        assert!(
+            std::mem::size_of::<Node>() <= 64,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
+    }
+
+    #[test]
     fn a_denial_by_one_limit_spends_nothing_from_the_others() {
         let s = store();
         let roomy = || check(1, limiter(10), 1);
@@ -578,7 +603,7 @@ mod tests {
     fn release_drops_only_the_named_limits_state() {
         let s = store();
         s.decide_now(&[check(1, limiter(10), 1), check(2, limiter(10), 1)], 0);
-        assert_eq!(s.release_limits(|id| id != LimitId(1)), 1);
+        assert_eq!(s.release_limits(&[LimitId(1)], &[LimitId(2)]), 1);
         assert_eq!(
             s.decide_now(&[check(1, limiter(10), 1)], 0).decisions[0].remaining,
             9

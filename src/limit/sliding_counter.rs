@@ -13,12 +13,13 @@ pub struct SlidingCounter {
     limit: u64,
 }
 
-/// Counts of the window starting at `start` and of the one before it.
+/// Counts of the window starting at `start` and of the one before it
+/// (32 bits suffice: a window's count is at most the limit, at most 10⁹).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterState {
     pub start: Nanos,
-    pub previous: u64,
-    pub current: u64,
+    pub previous: u32,
+    pub current: u32,
 }
 
 impl SlidingCounter {
@@ -90,35 +91,37 @@ impl Algorithm for SlidingCounter {
         cost: u64,
     ) -> (Decision, CounterState) {
         let s = self.roll(state, now);
+        let (previous, current) = (u64::from(s.previous), u64::from(s.current));
         let elapsed = now - s.start;
-        let reset_after = match (s.current, s.previous) {
+        let reset_after = match (current, previous) {
             (c, _) if c > 0 => s.start + 2 * self.period - now,
             (_, p) if p > 0 => s.start + self.period - now,
             _ => 0,
         };
-        let after = s.current.saturating_add(cost);
-        if cost <= self.limit && self.fits(s.previous, after, elapsed) {
+        let after = current.saturating_add(cost);
+        if cost <= self.limit && self.fits(previous, after, elapsed) {
+            // `after` is at most the limit (≤ 10⁹), so it fits in 32 bits.
             let next = CounterState {
-                current: after,
+                current: u32::try_from(after).unwrap_or(u32::MAX),
                 ..s
             };
-            let remaining = self.remaining(s.previous, after, elapsed);
+            let remaining = self.remaining(previous, after, elapsed);
             let reset_after = s.start + 2 * self.period - now;
             return (Decision::allowed(self.limit, remaining, reset_after), next);
         }
         let retry_after = if cost > self.limit {
             Nanos::MAX
-        } else if let Some(e) = self.fits_from(s.previous, after).filter(|&e| e > elapsed) {
+        } else if let Some(e) = self.fits_from(previous, after).filter(|&e| e > elapsed) {
             e - elapsed
         } else {
             // In the next window this one's count becomes the weighted one;
             // if even that is too much, the window after starts empty.
-            match self.fits_from(s.current, cost) {
+            match self.fits_from(current, cost) {
                 Some(e) => s.start + self.period + e - now,
                 None => s.start + 2 * self.period - now,
             }
         };
-        let remaining = self.remaining(s.previous, s.current, elapsed);
+        let remaining = self.remaining(previous, current, elapsed);
         (
             Decision::denied(self.limit, remaining, reset_after, retry_after),
             s,

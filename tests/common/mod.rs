@@ -62,11 +62,13 @@ impl Seen {
 }
 
 /// An upstream that records every request and answers 200 (after 400 ms for
-/// `/slow...`, with a chunked body for `/chunked`), or upgrades `/ws/...`
-/// requests to an echoing WebSocket.
+/// `/slow...`, once released for `/hold`, with a chunked body for
+/// `/chunked`), or upgrades `/ws/...` requests to an echoing WebSocket.
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Requests to `/hold` wait until this turns true.
+    release: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -74,16 +76,27 @@ impl Upstream {
     pub async fn start() -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let recorder = seen.clone();
+        let (release, released) = tokio::sync::watch::channel(false);
         let app = Router::new().fallback(move |req: Request| {
-            let recorder = recorder.clone();
-            async move { handle(req, recorder).await }
+            let (recorder, released) = (recorder.clone(), released.clone());
+            async move { handle(req, recorder, released).await }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Upstream { addr, seen, task }
+        Upstream {
+            addr,
+            seen,
+            release,
+            task,
+        }
+    }
+
+    /// Lets every request waiting on `/hold` (and any later one) through.
+    pub fn release_holds(&self) {
+        let _ = self.release.send(true);
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -105,7 +118,11 @@ impl Drop for Upstream {
     }
 }
 
-async fn handle(req: Request, recorder: Arc<Mutex<Vec<Seen>>>) -> Response {
+async fn handle(
+    req: Request,
+    recorder: Arc<Mutex<Vec<Seen>>>,
+    mut released: tokio::sync::watch::Receiver<bool>,
+) -> Response {
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in req.headers() {
         headers
@@ -120,6 +137,9 @@ async fn handle(req: Request, recorder: Arc<Mutex<Vec<Seen>>>) -> Response {
         headers,
     };
     recorder.lock().unwrap().push(seen.clone());
+    if seen.path == "/hold" {
+        let _ = released.wait_for(|go| *go).await;
+    }
     if seen.path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }

@@ -1,0 +1,66 @@
+//! Bounded state (DESIGN promise 6): a flood of distinct keys cannot grow the
+//! store past `max_keys`, nor evict a client that keeps coming back.
+
+use http::HeaderMap;
+use tollgate::identity::{ApiKeySources, ClientKey, KeyPart, KeySpec, RequestFacts};
+use tollgate::limit::{Check, Gcra, LimitId, Limiter, MemoryStore};
+
+const CAPACITY: usize = 100_000;
+const FLOOD: u32 = 1_000_000;
+const HOUR: u64 = 3_600_000_000_000;
+
+fn key(n: u32) -> ClientKey<'static> {
+    static HEADERS: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+    static SOURCES: std::sync::OnceLock<ApiKeySources> = std::sync::OnceLock::new();
+    let facts = RequestFacts {
+        headers: HEADERS.get_or_init(HeaderMap::new),
+        query: None,
+        client_ip: std::net::Ipv4Addr::from(n).into(),
+        ipv6_prefix: 64,
+        api_key: SOURCES.get_or_init(ApiKeySources::default),
+    };
+    KeySpec(vec![KeyPart::Ip]).extract(&facts).unwrap()
+}
+
+#[test]
+fn a_million_random_keys_stay_within_max_keys_and_spare_an_active_client() {
+    let store = MemoryStore::new(CAPACITY, None);
+    // 1000 per hour: nothing refills during the test, so state is all there is.
+    let limiter = Limiter::Gcra(Gcra::from_interval(HOUR / 1000, 1000));
+    let check = |client: u32| Check {
+        limit: LimitId(1),
+        limiter,
+        key: key(client),
+        cost: 1,
+        enforced: true,
+    };
+    let active = u32::MAX;
+    let mut active_requests = 0;
+    for n in 0..FLOOD {
+        store.decide_now(&[check(n)], u64::from(n));
+        // The active client: a request every thousand flood keys.
+        if n % 1_000 == 0 {
+            assert!(store.decide_now(&[check(active)], u64::from(n)).decisions[0].allowed);
+            active_requests += 1;
+        }
+    }
+    assert_eq!(active_requests, 1_000);
+    // Its state survived: the quota is spent, so the next request is refused.
+    assert!(
+        !store
+            .decide_now(&[check(active)], u64::from(FLOOD))
+            .decisions[0]
+            .allowed
+    );
+
+    let held = store.len();
+    assert!(
+        held <= CAPACITY + 64,
+        "{held} states for a cap of {CAPACITY}"
+    );
+    assert!(store.evictions() >= u64::from(FLOOD) - CAPACITY as u64);
+    let bytes = store.approx_bytes();
+    let per_key = bytes / held;
+    println!("{held} keys in {bytes} bytes: {per_key} bytes per key");
+    assert!(bytes < CAPACITY * 160, "{bytes} bytes for {held} keys");
+}
