@@ -13,6 +13,9 @@ use tollgate::limit::{
 /// (time, cost) of a request.
 type Event = (Nanos, u64);
 
+/// Decides a sequence of events with some algorithm.
+type Run = dyn Fn(&[Event]) -> Vec<Decision>;
+
 /// Random requests: times non-decreasing over a few periods, costs 1–3.
 fn events(period: Nanos) -> impl Strategy<Value = Vec<Event>> {
     prop::collection::vec((0..period / 3, 1u64..=3), 1..60).prop_map(|steps| {
@@ -241,7 +244,7 @@ proptest! {
 
     #[test]
     fn remaining_never_exceeds_the_quota(evs in events(PERIOD), limit in 1u64..10) {
-        let windows: [(&str, Box<dyn Fn(&[Event]) -> Vec<Decision>>); 3] = [
+        let windows: [(&str, Box<Run>); 3] = [
             ("fixed", Box::new(move |e| decisions(&FixedWindow::new(PERIOD, limit), e))),
             ("log", Box::new(move |e| decisions(&SlidingLog::new(PERIOD, limit), e))),
             ("counter", Box::new(move |e| decisions(&SlidingCounter::new(PERIOD, limit), e))),
