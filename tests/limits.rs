@@ -1,0 +1,98 @@
+//! Algorithm options through the real gateway: costs, shaping, concurrency.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{client, eventually, header_of, Gateway, Upstream};
+use futures_util::future::join_all;
+
+fn config(limits: &str) -> String {
+    format!(
+        "
+server: {{ listen: [\"{{listen}}\"], admin: \"{{admin}}\", threads: 2 }}
+upstreams: {{ api: {{ servers: [\"{{upstream}}\"] }} }}
+rules:
+  - name: api
+    match: {{ path: \"/**\" }}
+    upstream: api
+    limits: [{limits}]
+"
+    )
+}
+
+async fn start(limits: &str) -> (Upstream, Gateway) {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config(limits), upstream.addr).await;
+    (upstream, gw)
+}
+
+#[tokio::test]
+async fn a_cost_header_charges_several_units_within_its_cap() {
+    let (_upstream, gw) = start("{ name: items, key: global, rate: 10/hour, cost: { header: x-items, max: 5 } }").await;
+    let c = client();
+    let send = |items: &'static str| c.get(gw.url("/batch")).header("x-items", items).send();
+    let first = send("5").await.unwrap();
+    assert_eq!(header_of(&first, "ratelimit").unwrap(), "\"items\";r=5;t=1800");
+    assert_eq!(send("4").await.unwrap().status(), 200);
+    assert_eq!(send("2").await.unwrap().status(), 429, "only 1 unit left");
+    assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200, "no header: costs the default, 1");
+    for bad in ["0", "6", "lots"] {
+        let resp = send(bad).await.unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "bad_cost");
+    }
+}
+
+#[tokio::test]
+async fn a_shaping_leaky_bucket_delays_excess_requests_instead_of_refusing_them() {
+    let (_upstream, gw) =
+        start("{ name: shaped, key: global, rate: 10/second, algorithm: leaky_bucket, burst: 3, delay: true }").await;
+    let c = client();
+    let started = Instant::now();
+    let answers = join_all((0..5).map(|_| {
+        let request = c.get(gw.url("/")).send();
+        async move {
+            let status = request.await.unwrap().status().as_u16();
+            (status, started.elapsed())
+        }
+    }))
+    .await;
+    let mut served: Vec<Duration> = answers.iter().filter(|(s, _)| *s == 200).map(|(_, t)| *t).collect();
+    served.sort();
+    assert_eq!(served.len(), 3, "three fit the bucket: {answers:?}");
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 429).count(), 2);
+    // The third waited two drain intervals (a lower bound: it cannot be early).
+    assert!(served[2] >= Duration::from_millis(200), "{served:?}");
+}
+
+#[tokio::test]
+async fn a_concurrency_permit_is_freed_when_its_request_ends() {
+    let (upstream, gw) = start("{ name: one-at-a-time, key: global, concurrent: 1 }").await;
+    let c = client();
+    let held = tokio::spawn(c.get(gw.url("/hold")).send());
+    eventually(Duration::from_secs(10), "the first request is held", || async { upstream.count() == 1 }).await;
+    let refused = c.get(gw.url("/")).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(header_of(&refused, "retry-after").unwrap(), "1");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["limit"], "one-at-a-time");
+    upstream.release_holds();
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+    assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_concurrency_permit_is_freed_when_the_client_walks_away() {
+    let (upstream, gw) = start("{ name: one-at-a-time, key: global, concurrent: 1 }").await;
+    let abandoned = tokio::spawn(client().get(gw.url("/hold")).send());
+    eventually(Duration::from_secs(10), "the request is held", || async { upstream.count() == 1 }).await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    upstream.release_holds();
+    eventually(Duration::from_secs(10), "the permit comes back", || async {
+        client().get(gw.url("/")).send().await.unwrap().status() == 200
+    })
+    .await;
+}
