@@ -320,3 +320,31 @@ fn common_check(limiter: tollgate::limit::Limiter, cost: u64) -> tollgate::limit
         enforced: true,
     }
 }
+
+/// The README's table: `rate: 10/minute`, a client sending every 100 ms from
+/// 0:50 to 1:10 (the window boundary at 1:00).
+#[test]
+fn burst_behaviour_at_a_window_boundary_matches_the_readme() {
+    const SECOND: Nanos = 1_000_000_000;
+    const MINUTE: Nanos = 60 * SECOND;
+    let interval = MINUTE / 10;
+    let times: Vec<Event> = (0..=200)
+        .map(|i| (50 * SECOND + i * SECOND / 10, 1))
+        .collect();
+    let admitted = |outcome: Vec<bool>| outcome.into_iter().filter(|a| *a).count();
+    assert_eq!(
+        admitted(run(&Gcra::from_interval(interval, 10), &times)),
+        13
+    );
+    assert_eq!(
+        admitted(run(&TokenBucket::new(interval, 10, 0), &times)),
+        13
+    );
+    assert_eq!(
+        admitted(run(&LeakyBucket::new(interval, 1, false), &times)),
+        4
+    );
+    assert_eq!(admitted(run(&FixedWindow::new(MINUTE, 10), &times)), 20);
+    assert_eq!(admitted(run(&SlidingLog::new(MINUTE, 10), &times)), 10);
+    assert_eq!(admitted(run(&SlidingCounter::new(MINUTE, 10), &times)), 11);
+}

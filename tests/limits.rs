@@ -29,14 +29,23 @@ async fn start(limits: &str) -> (Upstream, Gateway) {
 
 #[tokio::test]
 async fn a_cost_header_charges_several_units_within_its_cap() {
-    let (_upstream, gw) = start("{ name: items, key: global, rate: 10/hour, cost: { header: x-items, max: 5 } }").await;
+    let (_upstream, gw) =
+        start("{ name: items, key: global, rate: 10/hour, cost: { header: x-items, max: 5 } }")
+            .await;
     let c = client();
     let send = |items: &'static str| c.get(gw.url("/batch")).header("x-items", items).send();
     let first = send("5").await.unwrap();
-    assert_eq!(header_of(&first, "ratelimit").unwrap(), "\"items\";r=5;t=1800");
+    assert_eq!(
+        header_of(&first, "ratelimit").unwrap(),
+        "\"items\";r=5;t=1800"
+    );
     assert_eq!(send("4").await.unwrap().status(), 200);
     assert_eq!(send("2").await.unwrap().status(), 429, "only 1 unit left");
-    assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200, "no header: costs the default, 1");
+    assert_eq!(
+        c.get(gw.url("/")).send().await.unwrap().status(),
+        200,
+        "no header: costs the default, 1"
+    );
     for bad in ["0", "6", "lots"] {
         let resp = send(bad).await.unwrap();
         assert_eq!(resp.status(), 400, "{bad}");
@@ -59,7 +68,11 @@ async fn a_shaping_leaky_bucket_delays_excess_requests_instead_of_refusing_them(
         }
     }))
     .await;
-    let mut served: Vec<Duration> = answers.iter().filter(|(s, _)| *s == 200).map(|(_, t)| *t).collect();
+    let mut served: Vec<Duration> = answers
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, t)| *t)
+        .collect();
     served.sort();
     assert_eq!(served.len(), 3, "three fit the bucket: {answers:?}");
     assert_eq!(answers.iter().filter(|(s, _)| *s == 429).count(), 2);
@@ -72,7 +85,12 @@ async fn a_concurrency_permit_is_freed_when_its_request_ends() {
     let (upstream, gw) = start("{ name: one-at-a-time, key: global, concurrent: 1 }").await;
     let c = client();
     let held = tokio::spawn(c.get(gw.url("/hold")).send());
-    eventually(Duration::from_secs(10), "the first request is held", || async { upstream.count() == 1 }).await;
+    eventually(
+        Duration::from_secs(10),
+        "the first request is held",
+        || async { upstream.count() == 1 },
+    )
+    .await;
     let refused = c.get(gw.url("/")).send().await.unwrap();
     assert_eq!(refused.status(), 429);
     assert_eq!(header_of(&refused, "retry-after").unwrap(), "1");
@@ -87,7 +105,10 @@ async fn a_concurrency_permit_is_freed_when_its_request_ends() {
 async fn a_concurrency_permit_is_freed_when_the_client_walks_away() {
     let (upstream, gw) = start("{ name: one-at-a-time, key: global, concurrent: 1 }").await;
     let abandoned = tokio::spawn(client().get(gw.url("/hold")).send());
-    eventually(Duration::from_secs(10), "the request is held", || async { upstream.count() == 1 }).await;
+    eventually(Duration::from_secs(10), "the request is held", || async {
+        upstream.count() == 1
+    })
+    .await;
     abandoned.abort();
     let _ = abandoned.await;
     upstream.release_holds();

@@ -1,9 +1,9 @@
 //! The in-process store: limiter state in sharded, bounded tables.
 //!
-//! Entries are keyed by a 128-bit keyed hash of (limit, client key), so a
-//! tracked key costs the same few dozen bytes whatever the client sent, and no
-//! request allocates a key. The hash key is random per process, so clients
-//! cannot aim collisions. A request locks only the shards its keys live in,
+//! Entries are keyed by a 128-bit keyed hash of (limit, client key) — two
+//! foldhash passes with independent random seeds — so a tracked key costs the
+//! same few dozen bytes whatever the client sent, and no request allocates a
+//! key. The seeds are random per process, so clients cannot aim collisions. A request locks only the shards its keys live in,
 //! always in ascending order, which makes multi-limit decisions atomic without
 //! a global lock.
 //!
@@ -16,10 +16,13 @@
 //! clients that keep coming back survives it. Entries holding concurrency
 //! permits are never evicted. Expired state is swept in the background.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use arrayvec::ArrayVec;
 use hashbrown::HashTable;
 use prometheus::IntCounter;
 
@@ -296,8 +299,8 @@ impl MemoryStore {
             shards: (0..count)
                 .map(|_| Mutex::new(Shard::new(per_shard)))
                 .collect(),
-            hash_lo: RandomState::new(),
-            hash_hi: RandomState::new(),
+            hash_lo: RandomState::default(),
+            hash_hi: RandomState::default(),
             evictions: AtomicU64::new(0),
             eviction_counter,
         }
@@ -348,7 +351,7 @@ impl MemoryStore {
         }
         let slot_of = |i: usize| shard_slot(&order, n, shards[i]);
 
-        let mut decisions = Vec::with_capacity(n);
+        let mut decisions = ArrayVec::new();
         let mut next_states: [Option<LimitState>; MAX_CHECKS] = Default::default();
         let mut denied = false;
         for (i, check) in checks.iter().enumerate() {

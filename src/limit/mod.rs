@@ -12,6 +12,8 @@ pub mod sliding_log;
 pub mod token_bucket;
 
 use std::future::Future;
+
+use arrayvec::ArrayVec;
 use std::time::Instant;
 
 use crate::identity::ClientKey;
@@ -222,8 +224,8 @@ pub enum StoreError {
 /// What a store decided for one request.
 #[derive(Debug, Default)]
 pub struct Decided {
-    /// One per check, in order.
-    pub decisions: Vec<Decision>,
+    /// One per check, in order (no heap: a rule has at most 8 limits).
+    pub decisions: ArrayVec<Decision, { memory::MAX_CHECKS }>,
     /// Concurrency permits taken; give them back with [`Store::release_permits`]
     /// when the request (or connection) ends.
     pub permits: Vec<Permit>,
