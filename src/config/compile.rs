@@ -684,6 +684,19 @@ fn compile_limit(
         }
     };
     let cost = cost?;
+    // A request costing more than the limit can ever hold would never pass.
+    let most = quota.saturating_add(l.debt.unwrap_or(0));
+    let dearest = match &cost {
+        Cost::Fixed(n) => *n,
+        Cost::Header { max, .. } => *max,
+    };
+    if dearest > most {
+        c.error(
+            format!("{path}.cost"),
+            format!("a cost of up to {dearest} can never fit a limit of {most}"),
+        );
+        return None;
+    }
     Some(RuleLimit {
         id: LimitId::of(&format!("{rule}\0{name}\0{definition}\0{key}")),
         policy_header: rate.map(|r| policy_header(&name, &limiter, r, quota)),
@@ -731,14 +744,12 @@ fn compile_rate_limit(
             "`delay` applies to leaky_bucket only",
         );
     }
-    // nginx's leaky bucket admits one request at a time unless given a burst.
-    let default_burst = if algorithm == AlgorithmInput::LeakyBucket {
-        1
-    } else {
-        rate.count
-    };
+    // A leaky bucket's burst is nginx's: requests beyond the one being
+    // served, 0 by default. The others count the requests admissible at once.
+    let leaky = algorithm == AlgorithmInput::LeakyBucket;
+    let default_burst = if leaky { 0 } else { rate.count };
     let burst = match l.burst {
-        Some(0) => {
+        Some(0) if !leaky => {
             c.error(format!("{path}.burst"), "burst must be at least 1");
             return None;
         }
@@ -754,7 +765,9 @@ fn compile_rate_limit(
     };
     let too_long =
         |units: u64| u128::from(interval) * u128::from(units) > units::MAX_RATE_PERIOD.as_nanos();
-    if bucket && too_long(burst) {
+    // Requests admissible at once.
+    let capacity = if leaky { burst + 1 } else { burst };
+    if bucket && too_long(capacity) {
         c.error(
             format!("{path}.burst"),
             format!("a burst of {burst} at {rate} takes longer than 31 days to refill"),
@@ -777,7 +790,7 @@ fn compile_rate_limit(
         ),
         AlgorithmInput::LeakyBucket => (
             Limiter::LeakyBucket(LeakyBucket::new(interval, burst, l.delay.unwrap_or(false))),
-            burst,
+            capacity,
         ),
         AlgorithmInput::FixedWindow => (
             Limiter::FixedWindow(FixedWindow::new(period, rate.count)),
@@ -850,7 +863,12 @@ fn policy_header(name: &str, limiter: &Limiter, rate: Rate, quota: u64) -> Heade
         }
         _ => u128::from(rate.emission_interval_ns()) * u128::from(quota),
     };
-    let window = window_ns.div_ceil(1_000_000_000).max(1);
+    // The field counts whole seconds: a faster limit is stated per second.
+    let (quota, window) = if window_ns < 1_000_000_000 {
+        (u128::from(quota) * 1_000_000_000 / window_ns.max(1), 1)
+    } else {
+        (u128::from(quota), window_ns.div_ceil(1_000_000_000))
+    };
     HeaderValue::from_str(&format!("\"{name}\";q={quota};w={window}"))
         .unwrap_or_else(|_| HeaderValue::from_static("\"limit\""))
 }

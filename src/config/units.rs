@@ -21,9 +21,12 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// Nanoseconds between two events at the sustained rate.
+    /// Nanoseconds between two events at the sustained rate, rounded up so
+    /// that a limit is never faster than configured.
     pub fn emission_interval_ns(&self) -> u64 {
-        (self.period.as_nanos() / u128::from(self.count.max(1))) as u64
+        self.period
+            .as_nanos()
+            .div_ceil(u128::from(self.count.max(1))) as u64
     }
 }
 
@@ -99,7 +102,7 @@ pub fn parse_rate(text: &str) -> Result<Rate, UnitError> {
         return Err(UnitError::PeriodTooLong(format_duration(period)));
     }
     let rate = Rate { count, period };
-    if rate.emission_interval_ns() == 0 {
+    if u128::from(rate.count) > rate.period.as_nanos() {
         return Err(UnitError::TooFast(rate.to_string()));
     }
     Ok(rate)

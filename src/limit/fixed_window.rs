@@ -36,6 +36,9 @@ impl Algorithm for FixedWindow {
         now: Nanos,
         cost: u64,
     ) -> (Decision, WindowState) {
+        // A request decided with a time older than the stored window's start
+        // belongs to that window, not to an earlier (empty) one.
+        let now = state.map_or(now, |s| now.max(s.start));
         let start = now - now % self.period;
         let count = state.filter(|s| s.start == start).map_or(0, |s| s.count);
         let ends_in = start + self.period - now;

@@ -1,9 +1,11 @@
-//! Leaky bucket as nginx `limit_req` has it: requests pour into a bucket of
-//! `burst` that drains one request every `period / count`. Policing (the
-//! default) refuses a request that would overflow — admitting exactly what
-//! GCRA admits. Shaping (`delay: true`) instead holds an excess request until
-//! its turn at the drain rate, as nginx does without `nodelay`; only requests
-//! beyond the bucket are refused. The state is the time the bucket drains.
+//! Leaky bucket as nginx `limit_req` has it: the bucket drains one request
+//! every `period / count` and holds the request being served plus `burst`
+//! more (nginx's `burst`, default 0). Policing (the default, nginx's
+//! `nodelay`) admits those `burst + 1` at once and refuses overflow —
+//! exactly what GCRA with a burst of `burst + 1` admits. Shaping
+//! (`delay: true`, nginx without `nodelay`) holds the excess until its turn
+//! at the drain rate; only requests beyond the bucket are refused. The state
+//! is the time the bucket has drained.
 
 use super::gcra::{Gcra, Tat};
 use super::{Algorithm, Decision, Nanos};
@@ -11,16 +13,18 @@ use super::{Algorithm, Decision, Nanos};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LeakyBucket {
     interval: Nanos,
-    burst: u64,
+    /// Requests the bucket holds: the one served plus nginx's `burst`.
+    capacity: u64,
     /// Shape (delay excess requests) rather than police.
     delay: bool,
 }
 
 impl LeakyBucket {
+    /// `burst` as nginx means it: requests beyond the one being served.
     pub fn new(interval: Nanos, burst: u64, delay: bool) -> Self {
         LeakyBucket {
             interval: interval.max(1),
-            burst: burst.max(1),
+            capacity: burst.saturating_add(1),
             delay,
         }
     }
@@ -31,7 +35,7 @@ impl Algorithm for LeakyBucket {
 
     fn decide(&self, state: Option<&Tat>, now: Nanos, cost: u64) -> (Decision, Tat) {
         if !self.delay {
-            return Gcra::from_interval(self.interval, self.burst).decide(state, now, cost);
+            return Gcra::from_interval(self.interval, self.capacity).decide(state, now, cost);
         }
         // Shaping: the request is served when the bucket has drained to it.
         let tat = state.map_or(now, |s| s.0.max(now));
@@ -39,22 +43,22 @@ impl Algorithm for LeakyBucket {
         let new_tat = tat.saturating_add(self.interval.saturating_mul(cost));
         let queue = self
             .interval
-            .saturating_mul(self.burst.saturating_sub(cost));
+            .saturating_mul(self.capacity.saturating_sub(cost));
         let in_bucket = |until: Nanos| until.saturating_sub(now).div_ceil(self.interval);
-        if cost > self.burst || wait > queue {
-            let retry_after = if cost > self.burst {
+        if cost > self.capacity || wait > queue {
+            let retry_after = if cost > self.capacity {
                 Nanos::MAX
             } else {
                 wait - queue
             };
-            let remaining = self.burst.saturating_sub(in_bucket(tat));
+            let remaining = self.capacity.saturating_sub(in_bucket(tat));
             return (
-                Decision::denied(self.burst, remaining, tat - now, retry_after),
+                Decision::denied(self.capacity, remaining, tat - now, retry_after),
                 Tat(tat),
             );
         }
-        let remaining = self.burst.saturating_sub(in_bucket(new_tat));
-        let mut decision = Decision::allowed(self.burst, remaining, new_tat - now);
+        let remaining = self.capacity.saturating_sub(in_bucket(new_tat));
+        let mut decision = Decision::allowed(self.capacity, remaining, new_tat - now);
         decision.delay = wait;
         (decision, Tat(new_tat))
     }
@@ -72,7 +76,7 @@ mod tests {
 
     #[test]
     fn shaping_delays_excess_requests_to_the_drain_rate_then_refuses() {
-        let b = LeakyBucket::new(100 * MS, 3, true);
+        let b = LeakyBucket::new(100 * MS, 2, true);
         let mut state = None;
         let mut outcome = Vec::new();
         for _ in 0..5 {
@@ -96,7 +100,7 @@ mod tests {
 
     #[test]
     fn policing_refuses_instead_of_delaying() {
-        let b = LeakyBucket::new(100 * MS, 2, false);
+        let b = LeakyBucket::new(100 * MS, 1, false);
         let (first, s) = b.decide(None, 0, 1);
         let (second, s) = b.decide(Some(&s), 0, 1);
         let (third, _) = b.decide(Some(&s), 0, 1);
@@ -106,7 +110,7 @@ mod tests {
 
     #[test]
     fn a_refused_shaped_request_learns_when_a_slot_opens() {
-        let b = LeakyBucket::new(100 * MS, 2, true);
+        let b = LeakyBucket::new(100 * MS, 1, true);
         let (_, s) = b.decide(None, 0, 1);
         let (_, s) = b.decide(Some(&s), 0, 1);
         let (refused, _) = b.decide(Some(&s), 0, 1);

@@ -10,11 +10,15 @@
 //! **Bounded, and flood-proof.** Each shard holds at most its share of
 //! `max_keys`, in two LRU lists (segmented LRU): a key seen for the first time
 //! enters *probation*; a key used again is promoted to *protected*. When a
-//! shard is full, the least recently used probation entry is evicted first;
-//! protected entries are evicted only when probation is empty. A flood of
-//! random keys — each seen once — only churns probation, so the state of
-//! clients that keep coming back survives it. Entries holding concurrency
-//! permits are never evicted. Expired state is swept in the background.
+//! shard is full, an expired entry near either list's end goes first, then
+//! the least recently used probation entry; protected entries are evicted only
+//! when probation is empty. A flood of random keys — each seen once — only
+//! churns probation, so the state of clients that keep coming back survives
+//! it. (A flood that repeats each key is promoted too and can, at a rate of
+//! more than about 80 % of `max_keys` distinct keys per return interval of a
+//! client, push that client out.) Entries holding concurrency permits are in
+//! no list: never evicted, never in the way. Expired state is swept in the
+//! background.
 
 use std::hash::BuildHasher;
 
@@ -26,7 +30,7 @@ use arrayvec::ArrayVec;
 use hashbrown::HashTable;
 use prometheus::IntCounter;
 
-use super::{Check, Decided, LimitId, LimitState, Nanos, Permit, Store, StoreError};
+use super::{Check, Decided, LimitId, LimitState, LogState, Nanos, Permit, Store, StoreError};
 
 /// The most limits one request can be decided against (a config limit per rule).
 pub const MAX_CHECKS: usize = 8;
@@ -40,6 +44,9 @@ const NIL: u32 = u32::MAX;
 enum Segment {
     Probation,
     Protected,
+    /// Holding concurrency permits: in no LRU list, so never evicted and
+    /// never in the way of eviction.
+    Pinned,
 }
 
 struct Node {
@@ -54,6 +61,12 @@ struct Node {
     prev: u32,
     next: u32,
     segment: Segment,
+}
+
+impl Node {
+    fn holds_permits(&self) -> bool {
+        matches!(self.state, LimitState::Held(h) if h.0 > 0)
+    }
 }
 
 /// A doubly-linked LRU list threaded through the nodes; head = most recent.
@@ -81,6 +94,7 @@ struct Shard {
     free: Vec<u32>,
     probation: List,
     protected: List,
+    pinned: usize,
     capacity: usize,
     protected_capacity: usize,
 }
@@ -93,13 +107,14 @@ impl Shard {
             free: Vec::new(),
             probation: List::default(),
             protected: List::default(),
+            pinned: 0,
             capacity: capacity.max(1),
             protected_capacity: ((capacity as f64 * PROTECTED_SHARE) as usize).max(1),
         }
     }
 
     fn len(&self) -> usize {
-        self.probation.len + self.protected.len
+        self.probation.len + self.protected.len + self.pinned
     }
 
     fn find(&self, key: [u64; 2]) -> Option<u32> {
@@ -108,10 +123,11 @@ impl Shard {
             .copied()
     }
 
-    fn list(&mut self, segment: Segment) -> &mut List {
+    fn list(&mut self, segment: Segment) -> Option<&mut List> {
         match segment {
-            Segment::Probation => &mut self.probation,
-            Segment::Protected => &mut self.protected,
+            Segment::Probation => Some(&mut self.probation),
+            Segment::Protected => Some(&mut self.protected),
+            Segment::Pinned => None,
         }
     }
 
@@ -120,13 +136,10 @@ impl Shard {
             let n = &self.nodes[i as usize];
             (n.prev, n.next, n.segment)
         };
-        if prev != NIL {
-            self.nodes[prev as usize].next = next;
-        }
-        if next != NIL {
-            self.nodes[next as usize].prev = prev;
-        }
-        let list = self.list(segment);
+        let Some(list) = self.list(segment) else {
+            self.pinned -= 1;
+            return;
+        };
         if list.head == i {
             list.head = next;
         }
@@ -134,36 +147,66 @@ impl Shard {
             list.tail = prev;
         }
         list.len -= 1;
+        if prev != NIL {
+            self.nodes[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.nodes[next as usize].prev = prev;
+        }
     }
 
     fn push_front(&mut self, i: u32, segment: Segment) {
-        let head = self.list(segment).head;
+        let head = match self.list(segment) {
+            Some(list) => list.head,
+            None => {
+                self.pinned += 1;
+                NIL
+            }
+        };
         {
             let n = &mut self.nodes[i as usize];
             n.prev = NIL;
             n.next = head;
             n.segment = segment;
         }
-        if head != NIL {
-            self.nodes[head as usize].prev = i;
-        }
-        let list = self.list(segment);
+        let Some(list) = self.list(segment) else {
+            return;
+        };
         list.head = i;
         if list.tail == NIL {
             list.tail = i;
         }
         list.len += 1;
+        if head != NIL {
+            self.nodes[head as usize].prev = i;
+        }
     }
 
     /// A key was used again: it is promoted (or refreshed) in `protected`;
     /// an overfull protected list demotes its oldest back to probation.
     fn touch(&mut self, i: u32) {
+        if self.nodes[i as usize].segment == Segment::Pinned {
+            return;
+        }
         self.unlink(i);
         self.push_front(i, Segment::Protected);
         if self.protected.len > self.protected_capacity {
             let oldest = self.protected.tail;
             self.unlink(oldest);
             self.push_front(oldest, Segment::Probation);
+        }
+    }
+
+    /// Keeps a node out of the LRU lists while it holds permits.
+    fn place(&mut self, i: u32) {
+        let pinned = self.nodes[i as usize].segment == Segment::Pinned;
+        let holds = self.nodes[i as usize].holds_permits();
+        if holds && !pinned {
+            self.unlink(i);
+            self.push_front(i, Segment::Pinned);
+        } else if !holds && pinned {
+            self.unlink(i);
+            self.push_front(i, Segment::Probation);
         }
     }
 
@@ -177,33 +220,43 @@ impl Shard {
         self.free.push(i);
     }
 
-    /// The least recently used entry that holds no permit, probation first.
-    fn eviction_candidate(&self) -> Option<u32> {
+    /// What to evict for room: an expired entry near either list's LRU end
+    /// (it is worth nothing), else the least recently used probation entry,
+    /// else the least recently used protected one.
+    fn eviction_candidate(&self, now: Nanos) -> Option<u32> {
         for list in [&self.probation, &self.protected] {
             let mut i = list.tail;
             for _ in 0..EVICTION_SCAN {
                 if i == NIL {
                     break;
                 }
-                let n = &self.nodes[i as usize];
-                if !matches!(n.state, LimitState::Held(h) if h.0 > 0) {
+                if self.nodes[i as usize].expires_at <= now {
                     return Some(i);
                 }
-                i = n.prev;
+                i = self.nodes[i as usize].prev;
             }
         }
-        None
+        [self.probation.tail, self.protected.tail]
+            .into_iter()
+            .find(|&i| i != NIL)
     }
 
     /// Stores state for a key that has none; evicts one entry when full.
-    fn insert(&mut self, key: [u64; 2], limit: u32, state: LimitState, expires_at: Nanos) -> bool {
+    fn insert(
+        &mut self,
+        key: [u64; 2],
+        limit: u32,
+        state: LimitState,
+        expires_at: Nanos,
+        now: Nanos,
+    ) -> bool {
         let evicted = self.len() >= self.capacity && {
-            match self.eviction_candidate() {
+            match self.eviction_candidate(now) {
                 Some(victim) => {
                     self.remove(victim);
                     true
                 }
-                None => false, // every candidate holds permits: exceed briefly
+                None => false, // everything holds permits: exceed briefly
             }
         };
         let node = Node {
@@ -221,13 +274,16 @@ impl Shard {
                 i
             }
             None => {
-                // Grow by half, never past the shard's capacity: a full
-                // shard's slots are all in use, none reserved in vain.
+                // Grow by half, never past the shard's capacity while within
+                // it: a full shard's slots are all in use, none reserved in vain.
                 if self.nodes.len() == self.nodes.capacity() {
                     let len = self.nodes.len();
-                    let more = (len / 2)
-                        .max(16)
-                        .min(self.capacity.saturating_sub(len).max(1));
+                    let room = self.capacity.saturating_sub(len);
+                    let more = if room == 0 {
+                        (len / 2).max(16)
+                    } else {
+                        (len / 2).max(16).min(room)
+                    };
                     self.nodes.reserve_exact(more);
                 }
                 self.nodes.push(node);
@@ -237,30 +293,47 @@ impl Shard {
         let nodes = &self.nodes;
         self.table
             .insert_unique(key[0], i, |&j| nodes[j as usize].key[0]);
-        self.push_front(i, Segment::Probation);
+        let segment = if self.nodes[i as usize].holds_permits() {
+            Segment::Pinned
+        } else {
+            Segment::Probation
+        };
+        self.push_front(i, segment);
         evicted
     }
 
     /// Removes every entry `keep` rejects; returns how many.
     fn retain(&mut self, keep: impl Fn(&Node) -> bool) -> usize {
-        let doomed: Vec<u32> = [self.probation, self.protected]
+        let doomed: Vec<u32> = self
+            .table
             .iter()
-            .flat_map(|list| {
-                let mut out = Vec::new();
-                let mut i = list.head;
-                while i != NIL {
-                    if !keep(&self.nodes[i as usize]) {
-                        out.push(i);
-                    }
-                    i = self.nodes[i as usize].next;
-                }
-                out
-            })
+            .copied()
+            .filter(|&i| !keep(&self.nodes[i as usize]))
             .collect();
         for &i in &doomed {
             self.remove(i);
         }
         doomed.len()
+    }
+
+    /// Bytes held: node slots, hash buckets (4-byte index + 1 control byte),
+    /// free slots, and the heap of sliding logs.
+    fn bytes(&self) -> usize {
+        let buckets = (self.table.capacity() * 8 / 7).next_power_of_two();
+        let logs: usize = self
+            .table
+            .iter()
+            .map(|&i| match &self.nodes[i as usize].state {
+                LimitState::Log(log) => {
+                    std::mem::size_of::<LogState>() + log.entries.capacity() * 16
+                }
+                _ => 0,
+            })
+            .sum();
+        self.nodes.capacity() * std::mem::size_of::<Node>()
+            + buckets * (std::mem::size_of::<u32>() + 1)
+            + self.free.capacity() * std::mem::size_of::<u32>()
+            + logs
     }
 }
 
@@ -328,6 +401,14 @@ impl MemoryStore {
     /// # Panics
     /// If given more than [`MAX_CHECKS`] checks (config validation forbids it).
     pub fn decide_now(&self, checks: &[Check<'_>], now: Nanos) -> Decided {
+        self.decide_with(checks, || now)
+    }
+
+    /// Like [`Self::decide_now`], reading the clock only once every shard
+    /// involved is locked: per key, time then never runs backwards (a thread
+    /// preempted between reading the clock and locking would otherwise decide
+    /// with a `now` older than the state it finds).
+    pub fn decide_with(&self, checks: &[Check<'_>], clock: impl FnOnce() -> Nanos) -> Decided {
         assert!(
             checks.len() <= MAX_CHECKS,
             "too many limits for one request"
@@ -350,6 +431,7 @@ impl MemoryStore {
             }
         }
         let slot_of = |i: usize| shard_slot(&order, n, shards[i]);
+        let now = clock();
 
         let mut decisions = ArrayVec::new();
         let mut next_states: [Option<LimitState>; MAX_CHECKS] = Default::default();
@@ -388,9 +470,10 @@ impl MemoryStore {
                         let node = &mut shard.nodes[at as usize];
                         node.state = state;
                         node.expires_at = expires_at;
+                        shard.place(at);
                     }
                     None => {
-                        if shard.insert(keys[i], check.limit.0 as u32, state, expires_at) {
+                        if shard.insert(keys[i], check.limit.0 as u32, state, expires_at, now) {
                             self.count_eviction();
                         }
                     }
@@ -425,6 +508,8 @@ impl MemoryStore {
                 held.0 = held.0.saturating_sub(permit.cost);
                 if held.0 == 0 {
                     shard.remove(at);
+                } else {
+                    shard.place(at);
                 }
             }
         }
@@ -450,7 +535,8 @@ impl MemoryStore {
         if gone.is_empty() {
             return 0;
         }
-        self.retain(|n| !gone.contains(&n.limit))
+        // Entries holding permits stay: their requests still give them back.
+        self.retain(|n| !gone.contains(&n.limit) || n.holds_permits())
     }
 
     fn retain(&self, keep: impl Fn(&Node) -> bool) -> usize {
@@ -473,16 +559,10 @@ impl MemoryStore {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    /// Bytes the tables use (node slots and hash buckets), for sizing.
+    /// Bytes the tables use, for sizing: node slots, hash buckets, free
+    /// slots, and sliding logs' heap.
     pub fn approx_bytes(&self) -> usize {
-        (0..self.shards.len())
-            .map(|s| {
-                let shard = self.lock(s);
-                shard.nodes.capacity() * std::mem::size_of::<Node>()
-                    + shard.table.capacity() * (std::mem::size_of::<u32>() + 1)
-                    + shard.free.capacity() * std::mem::size_of::<u32>()
-            })
-            .sum()
+        (0..self.shards.len()).map(|s| self.lock(s).bytes()).sum()
     }
 }
 
@@ -493,8 +573,12 @@ fn shard_slot(order: &[usize; MAX_CHECKS], len: usize, shard: usize) -> usize {
 }
 
 impl Store for MemoryStore {
-    async fn decide(&self, checks: &[Check<'_>], now: Nanos) -> Result<Decided, StoreError> {
-        Ok(self.decide_now(checks, now))
+    async fn decide(
+        &self,
+        checks: &[Check<'_>],
+        clock: &(dyn Fn() -> Nanos + Sync),
+    ) -> Result<Decided, StoreError> {
+        Ok(self.decide_with(checks, clock))
     }
 
     fn release_permits(&self, permits: &[Permit]) {
@@ -644,6 +728,54 @@ mod tests {
         assert!(s.evictions() >= 10_000 - 100);
         // Its state survived the flood: 2 of 1000 used.
         assert_eq!(s.decide_now(&[regular(7)], 0).decisions[0].remaining, 997);
+    }
+
+    #[test]
+    fn entries_holding_permits_neither_get_evicted_nor_block_eviction() {
+        let s = MemoryStore::with_shards(1, 100, None);
+        let held: Vec<Decided> = (0..50)
+            .map(|n| s.decide_now(&[check(2, Limiter::Concurrent(Concurrent::new(1)), n)], 0))
+            .collect();
+        let regular = |n| check(1, limiter(1000), n);
+        s.decide_now(&[regular(7)], 0);
+        s.decide_now(&[regular(7)], 0);
+        for n in 1_000..5_000 {
+            s.decide_now(&[regular(n)], 0);
+        }
+        assert!(s.len() <= 100, "{} entries", s.len());
+        assert_eq!(
+            s.decide_now(&[regular(7)], 0).decisions[0].remaining,
+            997,
+            "the returning client survived"
+        );
+        for d in &held {
+            s.release_permits_now(&d.permits);
+        }
+        assert!(s.len() <= 100 - 50 + 1);
+    }
+
+    #[test]
+    fn expired_entries_are_evicted_before_live_ones() {
+        let s = MemoryStore::with_shards(1, 2, None);
+        let short = Limiter::Gcra(Gcra::from_interval(10, 1));
+        s.decide_now(&[check(1, short, 1)], 0); // expires at 10
+        s.decide_now(&[check(1, limiter(10), 2)], 0);
+        s.decide_now(&[check(1, limiter(10), 2)], 0); // protected, live
+        s.decide_now(&[check(1, limiter(10), 3)], 100);
+        assert_eq!(
+            s.decide_now(&[check(1, limiter(10), 2)], 100).decisions[0].remaining,
+            7
+        );
+    }
+
+    #[test]
+    fn releasing_a_limit_keeps_entries_that_hold_permits() {
+        let s = store();
+        let c = Limiter::Concurrent(Concurrent::new(5));
+        let taken = s.decide_now(&[check(1, c, 1)], 0);
+        assert_eq!(s.release_limits(&[LimitId(1)], &[]), 0);
+        s.release_permits_now(&taken.permits);
+        assert!(s.is_empty());
     }
 
     #[test]

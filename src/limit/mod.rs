@@ -242,10 +242,12 @@ pub struct Permit {
 /// check that was admitted is recorded, or — when any enforced check denies —
 /// nothing is recorded at all.
 pub trait Store: Send + Sync {
+    /// `clock` gives the decision's time; a store reads it as late as it can
+    /// (after taking its locks) so that each key sees time move forward.
     fn decide(
         &self,
         checks: &[Check<'_>],
-        now: Nanos,
+        clock: &(dyn Fn() -> Nanos + Sync),
     ) -> impl Future<Output = Result<Decided, StoreError>> + Send;
 
     /// Gives permits back.

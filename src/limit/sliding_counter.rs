@@ -90,6 +90,9 @@ impl Algorithm for SlidingCounter {
         now: Nanos,
         cost: u64,
     ) -> (Decision, CounterState) {
+        // Time never runs backwards for a key: an older `now` is the stored
+        // window's start.
+        let now = state.map_or(now, |s| now.max(s.start));
         let s = self.roll(state, now);
         let (previous, current) = (u64::from(s.previous), u64::from(s.current));
         let elapsed = now - s.start;

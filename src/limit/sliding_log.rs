@@ -42,6 +42,8 @@ impl Algorithm for SlidingLog {
 
     fn decide(&self, state: Option<&LogState>, now: Nanos, cost: u64) -> (Decision, LogState) {
         let mut log = state.cloned().unwrap_or_default();
+        // Entries stay in time order even if `now` is older than the newest.
+        let now = log.entries.back().map_or(now, |&(at, _)| now.max(at));
         while log
             .entries
             .front()
@@ -54,7 +56,7 @@ impl Algorithm for SlidingLog {
         let reset_after = newest.map_or(0, |at| at + self.period - now);
         if used.saturating_add(cost) > self.limit {
             // The wait ends when enough of the oldest entries have aged out.
-            let mut to_free = used + cost - self.limit;
+            let mut to_free = used.saturating_add(cost) - self.limit;
             let mut retry_after = Nanos::MAX;
             if cost <= self.limit {
                 for &(at, c) in &log.entries {

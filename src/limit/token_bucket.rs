@@ -1,7 +1,8 @@
 //! Token bucket: holds up to `burst` tokens and gains one every `period / count`;
-//! a request takes `cost` tokens or is refused. With `debt: N` the bucket may
-//! lend up to N tokens — go below zero — and the client pays them back before
-//! it is admitted again. Without debt it admits exactly what GCRA admits.
+//! a request takes `cost` tokens or is refused. With `debt: N`, a client whose
+//! balance is not negative may overdraw it by up to N tokens; while the
+//! balance is negative nothing more is admitted — the debt is paid back (by
+//! refill) first. Without debt it admits exactly what GCRA admits.
 //! Levels are kept in nanoseconds of refill time, so all arithmetic is exact.
 
 use super::{Algorithm, Decision, Nanos};
@@ -53,16 +54,22 @@ impl Algorithm for TokenBucket {
     type State = TokenState;
 
     fn decide(&self, state: Option<&TokenState>, now: Nanos, cost: u64) -> (Decision, TokenState) {
+        // An older `now` than the stored one must not be credited twice.
+        let now = state.map_or(now, |s| now.max(s.at));
         let level = self.level_at(state, now);
         let need = (cost as i64).saturating_mul(self.interval as i64);
         let floor = -(self.debt as i64).saturating_mul(self.interval as i64);
         let after = level.saturating_sub(need);
         let full = self.full();
-        if cost > self.capacity + self.debt || after < floor {
+        // Borrowing starts only from a balance that is not in debt: a client
+        // in debt pays it back before anything more is admitted.
+        if cost > self.capacity + self.debt || level < 0 || after < floor {
             let retry_after = if cost > self.capacity + self.debt {
                 Nanos::MAX
             } else {
-                (floor - after) as Nanos
+                // Until the balance is back to max(0, what this cost needs).
+                let target = need.saturating_add(floor).max(0);
+                (target - level) as Nanos
             };
             let decision = Decision::denied(
                 self.capacity,
@@ -121,22 +128,35 @@ mod tests {
     }
 
     #[test]
-    fn debt_lends_tokens_that_must_be_paid_back() {
+    fn debt_lends_tokens_that_must_be_paid_back_first() {
         let b = TokenBucket::new(100 * MS, 2, 2);
-        // Two tokens, two more on credit, then nothing until the debt is repaid.
+        // Two tokens, then one borrowed from a zero balance; in debt, nothing more.
         assert_eq!(
             run(&b, &[0, 0, 0, 0, 0]),
-            vec![true, true, true, true, false]
+            vec![true, true, true, false, false]
         );
-        // At -2 tokens, one more needs the level back at -1: 100 ms.
         let mut state = None;
-        for _ in 0..4 {
+        for _ in 0..3 {
             state = Some(b.decide(state.as_ref(), 0, 1).1);
         }
         let (denied, _) = b.decide(state.as_ref(), 0, 1);
+        // At -1 token the debt is repaid after one interval.
         assert_eq!(denied.retry_after, 100 * MS);
         assert_eq!(denied.remaining, 0);
+        assert!(!b.decide(state.as_ref(), 100 * MS - 1, 1).0.allowed);
         assert!(b.decide(state.as_ref(), 100 * MS, 1).0.allowed);
+    }
+
+    #[test]
+    fn a_positive_balance_may_overdraw_by_up_to_the_debt() {
+        let b = TokenBucket::new(100 * MS, 4, 3);
+        // One token left, a request of cost 4 overdraws by 3: allowed.
+        let (_, s) = b.decide(None, 0, 3);
+        assert!(b.decide(Some(&s), 0, 4).0.allowed);
+        assert!(
+            !b.decide(Some(&s), 0, 5).0.allowed,
+            "overdrawing by 4 is more than the debt"
+        );
     }
 
     #[test]

@@ -308,10 +308,11 @@ impl Gateway {
                     Ok(Decided::default())
                 } else {
                     let timer = self.shared.decision_duration.start_timer();
+                    let clock = self.shared.clock;
                     let decisions = self
                         .shared
                         .store
-                        .decide(&checks, self.shared.clock.now())
+                        .decide(&checks, &move || clock.now())
                         .await;
                     timer.observe_duration();
                     decisions
