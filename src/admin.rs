@@ -10,6 +10,7 @@ use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
 use crate::config::ConfigInput;
+use crate::limit::failover::OnError;
 use crate::proxy::Shared;
 use crate::reload::{self, ReloadOutcome, Trigger};
 
@@ -47,12 +48,12 @@ impl AdminApp {
         }
         match (method, path) {
             (&Method::GET, "/healthz") => json(StatusCode::OK, json!({ "status": "ok" })),
-            (&Method::GET, "/readyz") => self.ready(),
+            (&Method::GET, "/readyz") => self.ready().await,
             (&Method::GET, "/metrics") => {
                 self.shared
                     .metrics
                     .tracked_keys
-                    .set(self.shared.store.len() as i64);
+                    .set(self.shared.limits.memory.len() as i64);
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -101,14 +102,28 @@ impl AdminApp {
     }
 
     /// Ready when a config is loaded (it always is once serving).
-    fn ready(&self) -> Response<Vec<u8>> {
+    /// Ready unless Redis is down while `store.on_error: deny` refuses what it
+    /// cannot decide: then a balancer should prefer another gateway. With
+    /// `allow` or `local` the gateway still serves, and says it is degraded.
+    async fn ready(&self) -> Response<Vec<u8>> {
+        let store = self.shared.limits.health().await;
         let rt = self.shared.runtime.load();
+        let refusing = !store.healthy && rt.store.on_error == OnError::Deny;
         json(
-            StatusCode::OK,
+            if refusing {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            },
             json!({
-                "status": "ready",
+                "status": match (store.healthy, refusing) {
+                    (true, _) => "ready",
+                    (false, false) => "degraded",
+                    (false, true) => "unavailable",
+                },
                 "generation": rt.source.generation,
                 "watching": self.shared.reloader.watching(),
+                "store": store,
             }),
         )
     }

@@ -175,6 +175,27 @@ impl DemoMetrics {
     }
 }
 
+/// The limiter store's health: Redis latency and failures, the circuit
+/// breaker, and the decisions taken without the shared store.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    pub memory_duration: Histogram,
+    pub redis_duration: Histogram,
+    pub redis_timeouts: IntCounter,
+    pub redis_errors: IntCounter,
+    /// 0 closed, 1 open, 2 half-open (probing).
+    pub breaker_state: IntGauge,
+    pub breaker_opened: IntCounter,
+    degraded: IntCounterVec,
+}
+
+impl StoreMetrics {
+    /// Counts a decision taken under `on_error` because Redis failed.
+    pub fn degraded(&self, rule: &str, on_error: &str) {
+        self.degraded.with_label_values(&[rule, on_error]).inc();
+    }
+}
+
 /// The gateway's registry. One per gateway (not process-global) so that several
 /// gateways in one test process do not see each other's counts.
 pub struct Metrics {
@@ -183,7 +204,6 @@ pub struct Metrics {
     decisions: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
-    decision_duration: HistogramVec,
     upstream_errors: IntCounterVec,
     reloads: IntCounterVec,
     websockets: IntGaugeVec,
@@ -191,6 +211,7 @@ pub struct Metrics {
     pub last_reload_success: IntGauge,
     pub tracked_keys: IntGauge,
     pub store_evictions: IntCounter,
+    pub store: StoreMetrics,
     pub demo: DemoMetrics,
     /// Requests that matched no rule or were refused before routing.
     unrouted: RuleMetrics,
@@ -340,6 +361,33 @@ impl Metrics {
             "store_evictions_total",
             "Limiter states evicted to stay within store.memory.max_keys",
         );
+        let redis_errors = counter_vec(
+            r,
+            "redis_errors_total",
+            "Redis calls of the limiter that failed, by reason (timeout, error)",
+            &["reason"],
+        );
+        let store = StoreMetrics {
+            memory_duration: decision_duration.with_label_values(&["memory"]),
+            redis_duration: decision_duration.with_label_values(&["redis"]),
+            redis_timeouts: redis_errors.with_label_values(&["timeout"]),
+            redis_errors: redis_errors.with_label_values(&["error"]),
+            breaker_state: gauge(
+                r,
+                "redis_breaker_state",
+                "Circuit breaker in front of Redis: 0 closed, 1 open, 2 half-open",
+            ),
+            breaker_opened: counter(
+                "redis_breaker_opened_total",
+                "Times the circuit breaker in front of Redis opened",
+            ),
+            degraded: counter_vec(
+                r,
+                "degraded_decisions_total",
+                "Requests decided under on_error because Redis failed, by rule and on_error",
+                &["rule", "on_error"],
+            ),
+        };
         let demo = DemoMetrics {
             accepted: demo_events.with_label_values(&["accepted"]),
             rejected: demo_events.with_label_values(&["rejected"]),
@@ -370,7 +418,6 @@ impl Metrics {
             decisions,
             request_duration,
             upstream_duration,
-            decision_duration,
             upstream_errors,
             reloads,
             websockets,
@@ -378,6 +425,7 @@ impl Metrics {
             last_reload_success,
             tracked_keys,
             store_evictions,
+            store,
             demo,
             unrouted,
         }
@@ -415,11 +463,6 @@ impl Metrics {
             by_result: DecisionResult::ALL
                 .map(|r| self.decisions.with_label_values(&[rule, limit, r.label()])),
         }
-    }
-
-    /// Handle for the decision latency of a store (`memory`, `redis`).
-    pub fn decision_duration(&self, store: &str) -> Histogram {
-        self.decision_duration.with_label_values(&[store])
     }
 
     pub fn upstream_error(&self, upstream: &str) {

@@ -21,7 +21,7 @@ use crate::demo::DemoSettings;
 use crate::limit::LimitId;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::proxy::Shared;
-use crate::runtime::Runtime;
+use crate::runtime::{RedisBackend, Runtime};
 
 /// Events closer together than this are one edit (editors write in bursts).
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -97,6 +97,7 @@ pub struct Startup {
     pub threads: usize,
     pub demo: Option<DemoSettings>,
     pub max_keys: usize,
+    pub redis: Option<RedisBackend>,
 }
 
 impl Startup {
@@ -107,6 +108,7 @@ impl Startup {
             threads: rt.server.threads,
             demo: rt.demo.clone(),
             max_keys: rt.store.max_keys,
+            redis: rt.store.redis.clone(),
         }
     }
 }
@@ -364,7 +366,8 @@ fn schedule_release(shared: Arc<Shared>, removed: Vec<LimitId>) {
         }
         let store = shared.clone();
         let released =
-            tokio::task::spawn_blocking(move || store.store.release_limits(&gone, &live)).await;
+            tokio::task::spawn_blocking(move || store.limits.memory.release_limits(&gone, &live))
+                .await;
         tracing::debug!(?released, "released the state of removed limits");
     });
 }
@@ -470,6 +473,9 @@ pub fn restart_required(startup: &Startup, rt: &Runtime) -> Vec<String> {
     }
     if now.max_keys != startup.max_keys {
         differ.push("store.memory.max_keys".to_string());
+    }
+    if now.redis != startup.redis {
+        differ.push("store.backend/store.redis".to_string());
     }
     differ
 }

@@ -12,6 +12,8 @@ use crate::config::units::Rate;
 use crate::config::{ConfigSource, Problem};
 use crate::demo::DemoSettings;
 use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
+use crate::limit::failover::{BreakerSettings, OnError};
+use crate::limit::redis::RedisSettings;
 use crate::limit::{LimitId, Limiter};
 use crate::metrics::{LimitMetrics, Metrics, RuleMetrics};
 use crate::route::{PathPattern, RouteConditions, RouteTable};
@@ -82,6 +84,17 @@ pub struct StoreSettings {
     pub release_after: Duration,
     /// Most states the memory store holds.
     pub max_keys: usize,
+    /// Present when `backend: redis`.
+    pub redis: Option<RedisBackend>,
+    /// What requests get while Redis fails; rules may override it.
+    pub on_error: OnError,
+}
+
+/// The shared store and the breaker in front of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisBackend {
+    pub redis: RedisSettings,
+    pub breaker: BreakerSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +120,8 @@ pub struct Rule {
     pub exemptions: Vec<Exemption>,
     pub headers: HeaderStyle,
     pub deny: DenyResponse,
+    /// Overrides `store.on_error`.
+    pub on_error: Option<OnError>,
     pub metrics: RuleMetrics,
 }
 

@@ -35,7 +35,16 @@ pub struct ProcessOptions {
 }
 
 /// Loads the config and builds the state the services share.
-pub fn load_shared(config_path: &Path) -> Result<Arc<Shared>, ConfigError> {
+/// Why the gateway could not be set up from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("store.redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+pub fn load_shared(config_path: &Path) -> Result<Arc<Shared>, LoadError> {
     let metrics = Metrics::new();
     let runtime = config::load_file(config_path, &metrics)?;
     for warning in &runtime.warnings {
@@ -45,7 +54,7 @@ pub fn load_shared(config_path: &Path) -> Result<Arc<Shared>, ConfigError> {
         runtime,
         metrics,
         config_path.to_path_buf(),
-    )))
+    )?))
 }
 
 /// Fails early, with the address in the message, when a listener cannot bind
@@ -138,7 +147,7 @@ impl BackgroundService for Sweeper {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let removed = self.shared.store.sweep(self.shared.clock.now());
+                    let removed = self.shared.limits.memory.sweep(self.shared.clock.now());
                     tracing::debug!(removed, "swept expired limiter state");
                 }
                 _ = shutdown.changed() => return,

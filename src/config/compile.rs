@@ -12,14 +12,16 @@ use ipnet::IpNet;
 
 use super::input::{
     AlgorithmInput, ConfigInput, CostInput, DemoBus, DemoInput, DenyInput, ExemptInput,
-    KeyPartInput, LimitInput, RuleInput, ServerInput, UpstreamInput,
+    KeyPartInput, LimitInput, RuleInput, ServerInput, StoreBackend, StoreInput, UpstreamInput,
 };
 use super::locate::SourceMap;
 use super::units::{self, Rate, MAX_RATE_COUNT};
 use super::{ConfigSource, Problem, Severity};
 use crate::demo::{BusSettings, DemoSettings};
 use crate::identity::{ApiKeySources, Exemption, KeyPart, KeySpec, TrustedProxies, MAX_KEY_PARTS};
+use crate::limit::failover::BreakerSettings;
 use crate::limit::memory::MAX_CHECKS;
+use crate::limit::redis::{RedisSettings, RedisTarget};
 use crate::limit::sliding_log::MAX_LOG_LIMIT;
 use crate::limit::{
     Concurrent, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, SlidingCounter, SlidingLog,
@@ -28,8 +30,8 @@ use crate::limit::{
 use crate::metrics::Metrics;
 use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
 use crate::runtime::{
-    Cost, DenyResponse, HeaderStyle, MissingPolicy, Rule, RuleLimit, Runtime, ServerSettings,
-    StoreSettings, Upstream,
+    Cost, DenyResponse, HeaderStyle, MissingPolicy, RedisBackend, Rule, RuleLimit, Runtime,
+    ServerSettings, StoreSettings, Upstream,
 };
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -111,21 +113,7 @@ pub fn compile(
         problems: Vec::new(),
     };
     let server = compile_server(&mut c, &input.server);
-    let store = StoreSettings {
-        release_after: match &input.store.release_after {
-            None => DEFAULT_RELEASE_AFTER,
-            Some(text) => c
-                .check("store.release_after", units::parse_duration(text))
-                .unwrap_or(DEFAULT_RELEASE_AFTER),
-        },
-        max_keys: input.store.memory.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
-    };
-    if !(1..=1_000_000_000).contains(&store.max_keys) {
-        c.error(
-            "store.memory.max_keys",
-            "max_keys must be between 1 and 1000000000",
-        );
-    }
+    let store = compile_store(&mut c, &input.store);
     let mut upstream_index = HashMap::new();
     let mut upstreams = Vec::new();
     for (name, upstream) in &input.upstreams {
@@ -135,6 +123,9 @@ pub fn compile(
         }
     }
     let rules = compile_rules(&mut c, input, &upstream_index, metrics);
+    if store.redis.is_some() {
+        check_redis_limits(&mut c, &rules);
+    }
     let demo = input
         .demo
         .as_ref()
@@ -424,6 +415,176 @@ fn host_part(server: &str) -> &str {
     }
 }
 
+fn compile_store(c: &mut Compiler<'_>, input: &StoreInput) -> StoreSettings {
+    let duration =
+        |c: &mut Compiler<'_>, path: &str, text: &Option<String>, default: Duration| match text {
+            None => default,
+            Some(text) => c
+                .check(path, units::parse_duration(text))
+                .unwrap_or(default),
+        };
+    let store = StoreSettings {
+        release_after: duration(
+            c,
+            "store.release_after",
+            &input.release_after,
+            DEFAULT_RELEASE_AFTER,
+        ),
+        max_keys: input.memory.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
+        redis: None,
+        on_error: input.on_error.unwrap_or_default(),
+    };
+    if !(1..=1_000_000_000).contains(&store.max_keys) {
+        c.error(
+            "store.memory.max_keys",
+            "max_keys must be between 1 and 1000000000",
+        );
+    }
+    let redis = match (input.backend, &input.redis) {
+        (StoreBackend::Memory, _) => return store,
+        (StoreBackend::Redis, None) => {
+            c.error(
+                "store.backend",
+                "backend: redis needs a store.redis section with a url (or urls for a cluster)",
+            );
+            return store;
+        }
+        (StoreBackend::Redis, Some(redis)) => redis,
+    };
+    let target = match (&redis.url, &redis.urls) {
+        (Some(url), None) => Some(RedisTarget::Single(url.clone())),
+        (None, Some(urls)) if !urls.is_empty() => Some(RedisTarget::Cluster(urls.clone())),
+        (None, Some(_)) => {
+            c.error("store.redis.urls", "a cluster needs at least one node URL");
+            None
+        }
+        (None, None) => {
+            c.error(
+                "store.redis",
+                "give url (one Redis) or urls (Redis Cluster nodes)",
+            );
+            None
+        }
+        (Some(_), Some(_)) => {
+            c.error(
+                "store.redis",
+                "give url (one Redis) or urls (Redis Cluster nodes), not both",
+            );
+            None
+        }
+    };
+    let urls: Vec<(String, &String)> = match (&redis.url, &redis.urls) {
+        (Some(url), _) => vec![("store.redis.url".into(), url)],
+        (None, Some(urls)) => urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (format!("store.redis.urls[{i}]"), u))
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    for (path, url) in urls {
+        if let Err(e) = redis::Client::open(url.as_str()) {
+            c.error(path, format!("{url:?} is not a Redis URL: {e}"));
+        }
+    }
+    let prefix = redis.prefix.clone().unwrap_or_else(|| "tollgate".into());
+    if prefix.is_empty() || prefix.contains(['{', '}']) || prefix.len() > MAX_NAME_LEN {
+        c.error(
+            "store.redis.prefix",
+            format!("the prefix must be 1 to {MAX_NAME_LEN} characters without braces (Redis Cluster reads braces as a hash tag)"),
+        );
+    }
+    let timeout = duration(
+        c,
+        "store.redis.timeout",
+        &redis.timeout,
+        Duration::from_millis(25),
+    );
+    let connect_timeout = duration(
+        c,
+        "store.redis.connect_timeout",
+        &redis.connect_timeout,
+        Duration::from_secs(1),
+    );
+    let lease = duration(
+        c,
+        "store.redis.lease",
+        &redis.lease,
+        Duration::from_secs(30),
+    );
+    let cooldown = duration(
+        c,
+        "store.redis.breaker.cooldown",
+        &redis.breaker.cooldown,
+        Duration::from_millis(250),
+    );
+    let failures = redis.breaker.failures.unwrap_or(3);
+    for (path, value, low, high) in [
+        (
+            "store.redis.timeout",
+            timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(10),
+        ),
+        (
+            "store.redis.connect_timeout",
+            connect_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        ),
+        (
+            "store.redis.lease",
+            lease,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        ),
+        (
+            "store.redis.breaker.cooldown",
+            cooldown,
+            Duration::from_millis(1),
+            Duration::from_secs(600),
+        ),
+    ] {
+        if value < low || value > high {
+            c.error(path, format!("must be between {low:?} and {high:?}"));
+        }
+    }
+    if failures == 0 {
+        c.error("store.redis.breaker.failures", "must be at least 1");
+    }
+    StoreSettings {
+        redis: target.map(|target| RedisBackend {
+            redis: RedisSettings {
+                target,
+                prefix,
+                timeout,
+                connect_timeout,
+                lease,
+            },
+            breaker: BreakerSettings { failures, cooldown },
+        }),
+        ..store
+    }
+}
+
+/// Redis scripts compute with Lua's doubles: a limit whose numbers could
+/// exceed 2^53 microseconds would be decided inexactly there.
+fn check_redis_limits(c: &mut Compiler<'_>, rules: &[Rule]) {
+    for (i, rule) in rules.iter().enumerate() {
+        for (j, limit) in rule.limits.iter().enumerate() {
+            if !crate::limit::redis::exact_in_lua(&limit.limiter) {
+                c.error(
+                    format!("rules[{i}].limits[{j}].rate"),
+                    format!(
+                        "{} with this rate and burst needs numbers beyond 2^53 microseconds, which the Redis store cannot decide exactly: use a shorter period or a smaller limit",
+                        limit.limiter.name()
+                    ),
+                );
+            }
+        }
+    }
+}
+
 fn compile_rules(
     c: &mut Compiler<'_>,
     input: &ConfigInput,
@@ -545,6 +706,7 @@ fn compile_rule(
         exemptions,
         headers: r.headers.unwrap_or(server.headers),
         deny,
+        on_error: r.on_error,
         metrics: metrics.rule(&r.name),
     })
 }

@@ -11,6 +11,7 @@ use serde::de::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::limit::failover::OnError;
 use crate::runtime::{HeaderStyle, MissingPolicy, Mode};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -189,6 +190,48 @@ pub struct StoreInput {
     pub release_after: Option<String>,
     #[serde(default)]
     pub memory: MemoryStoreInput,
+    /// Required when `backend: redis`.
+    #[serde(default)]
+    pub redis: Option<RedisStoreInput>,
+    /// What requests get while Redis fails (default `local`).
+    #[serde(default)]
+    pub on_error: Option<OnError>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStoreInput {
+    /// One Redis server.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster (instead of `url`).
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
+    /// Key prefix (default `tollgate`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Longest wait for a decision (default 25ms).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Longest wait for a (re)connection (default 1s).
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    /// Lifetime of a concurrency permit unless renewed (default 30s).
+    #[serde(default)]
+    pub lease: Option<String>,
+    #[serde(default)]
+    pub breaker: BreakerInput,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerInput {
+    /// Consecutive failures that open it (default 3).
+    #[serde(default)]
+    pub failures: Option<u32>,
+    /// How long it stays open before a probe (default 250ms).
+    #[serde(default)]
+    pub cooldown: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -205,6 +248,8 @@ pub enum StoreBackend {
     /// State in this process; the embedded default.
     #[default]
     Memory,
+    /// State in Redis, shared by every gateway pointing at it.
+    Redis,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -249,6 +294,9 @@ pub struct RuleInput {
     /// Replaces the default 429 answer.
     #[serde(default)]
     pub deny: Option<DenyInput>,
+    /// Overrides `store.on_error` for this rule.
+    #[serde(default)]
+    pub on_error: Option<OnError>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -10,7 +10,7 @@ pub const CONCURRENCY_RETRY: Nanos = 1_000_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Concurrent {
-    max: u64,
+    pub(crate) max: u64,
 }
 
 /// Permits held.

@@ -7,8 +7,8 @@ use super::{Algorithm, Decision, Nanos};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FixedWindow {
-    period: Nanos,
-    limit: u64,
+    pub(crate) period: Nanos,
+    pub(crate) limit: u64,
 }
 
 /// The count of the window that starts at `start`.

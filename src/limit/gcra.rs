@@ -11,9 +11,9 @@ use super::{Algorithm, Decision, Nanos};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Gcra {
     /// Nanoseconds per unit of quota at the sustained rate.
-    interval: Nanos,
+    pub(crate) interval: Nanos,
     /// Requests admissible at once from an idle state.
-    burst: u64,
+    pub(crate) burst: u64,
 }
 
 /// Per-key state: the theoretical arrival time of the next request.

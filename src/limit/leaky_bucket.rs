@@ -12,11 +12,11 @@ use super::{Algorithm, Decision, Nanos};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LeakyBucket {
-    interval: Nanos,
+    pub(crate) interval: Nanos,
     /// Requests the bucket holds: the one served plus nginx's `burst`.
-    capacity: u64,
+    pub(crate) capacity: u64,
     /// Shape (delay excess requests) rather than police.
-    delay: bool,
+    pub(crate) delay: bool,
 }
 
 impl LeakyBucket {

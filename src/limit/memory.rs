@@ -479,7 +479,7 @@ impl MemoryStore {
                     }
                 }
                 if check.limiter.holds_permits() {
-                    permits.push(Permit {
+                    permits.push(Permit::Local {
                         key: keys[i],
                         cost: check.cost,
                     });
@@ -499,13 +499,16 @@ impl MemoryStore {
     /// Gives concurrency permits back; an entry with none left is removed.
     pub fn release_permits_now(&self, permits: &[Permit]) {
         for permit in permits {
-            let mut shard = self.lock(self.shard_of(permit.key));
-            let Some(at) = shard.find(permit.key) else {
+            let Permit::Local { key, cost } = *permit else {
+                continue;
+            };
+            let mut shard = self.lock(self.shard_of(key));
+            let Some(at) = shard.find(key) else {
                 continue;
             };
             let node = &mut shard.nodes[at as usize];
             if let LimitState::Held(held) = &mut node.state {
-                held.0 = held.0.saturating_sub(permit.cost);
+                held.0 = held.0.saturating_sub(cost);
                 if held.0 == 0 {
                     shard.remove(at);
                 } else {

@@ -3,10 +3,12 @@
 //! so a request denied by one limit spends nothing from the others.
 
 pub mod concurrent;
+pub mod failover;
 pub mod fixed_window;
 pub mod gcra;
 pub mod leaky_bucket;
 pub mod memory;
+pub mod redis;
 pub mod sliding_counter;
 pub mod sliding_log;
 pub mod token_bucket;
@@ -179,6 +181,19 @@ impl Limiter {
         }
     }
 
+    /// The quota advertised to clients: requests admissible from idle.
+    pub fn quota(&self) -> u64 {
+        match self {
+            Limiter::Gcra(a) => a.burst,
+            Limiter::TokenBucket(a) => a.capacity,
+            Limiter::LeakyBucket(a) => a.capacity,
+            Limiter::FixedWindow(a) => a.limit,
+            Limiter::SlidingLog(a) => a.limit,
+            Limiter::SlidingCounter(a) => a.limit,
+            Limiter::Concurrent(a) => a.max,
+        }
+    }
+
     /// Whether admitted requests hold a permit until they end.
     pub fn holds_permits(&self) -> bool {
         matches!(self, Limiter::Concurrent(_))
@@ -233,9 +248,11 @@ pub struct Decided {
 
 /// A held concurrency permit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Permit {
-    pub(crate) key: [u64; 2],
-    pub(crate) cost: u64,
+pub enum Permit {
+    /// In this process's memory store.
+    Local { key: [u64; 2], cost: u64 },
+    /// A lease in Redis, which expires unless renewed.
+    Lease(redis::Lease),
 }
 
 /// Where limiter state lives. `decide` is atomic over all `checks`: either every

@@ -9,8 +9,8 @@ use super::{Algorithm, Decision, Nanos};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SlidingCounter {
-    period: Nanos,
-    limit: u64,
+    pub(crate) period: Nanos,
+    pub(crate) limit: u64,
 }
 
 /// Counts of the window starting at `start` and of the one before it

@@ -13,8 +13,8 @@ pub const MAX_LOG_LIMIT: u64 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SlidingLog {
-    period: Nanos,
-    limit: u64,
+    pub(crate) period: Nanos,
+    pub(crate) limit: u64,
 }
 
 /// Admitted requests, oldest first: (time, cost).

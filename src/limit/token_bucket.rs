@@ -9,9 +9,9 @@ use super::{Algorithm, Decision, Nanos};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenBucket {
-    interval: Nanos,
-    capacity: u64,
-    debt: u64,
+    pub(crate) interval: Nanos,
+    pub(crate) capacity: u64,
+    pub(crate) debt: u64,
 }
 
 /// The level (in ns of refill; negative when in debt) at `at`.

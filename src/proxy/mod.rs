@@ -19,10 +19,11 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use prometheus::Histogram;
 
 use crate::identity::{KeyError, X_FORWARDED_FOR, X_FORWARDED_PROTO};
-use crate::limit::{Decided, Decision, MemoryStore, MonotonicClock, Permit, Store};
+use crate::limit::failover::{Answer, HeldPermits, Limits, OnError};
+use crate::limit::redis::RedisStore;
+use crate::limit::{Decided, Decision, MemoryStore, MonotonicClock};
 use crate::metrics::{DecisionResult, Metrics, Outcome};
 use crate::pipeline::{self, Incoming, Plan, Unrouted};
 use crate::reload::{self, Reloader, Startup};
@@ -45,7 +46,7 @@ const UNTRUSTED_FORWARDING_HEADERS: [HeaderName; 4] = [
 /// store and metrics outlive any one config snapshot.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
-    pub store: MemoryStore,
+    pub limits: Limits,
     pub metrics: Metrics,
     pub clock: MonotonicClock,
     pub config_path: PathBuf,
@@ -54,34 +55,49 @@ pub struct Shared {
     pub reloader: Reloader,
     /// `TOLLGATE_ADMIN_TOKEN` at start; overrides `server.admin_token`.
     pub admin_token_env: Option<String>,
-    decision_duration: Histogram,
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime, metrics: Metrics, config_path: PathBuf) -> Self {
+    /// Fails only on Redis settings the config check let through but the
+    /// client refuses.
+    pub fn new(
+        runtime: Runtime,
+        metrics: Metrics,
+        config_path: PathBuf,
+    ) -> Result<Self, redis::RedisError> {
         metrics
             .config_generation
             .set(runtime.source.generation as i64);
         metrics
             .last_reload_success
             .set(reload::unix_seconds(runtime.source.loaded_at));
-        let store = MemoryStore::new(
+        let memory = MemoryStore::new(
             runtime.store.max_keys,
             Some(metrics.store_evictions.clone()),
         );
-        Shared {
+        let clock = MonotonicClock::default();
+        let limits = match &runtime.store.redis {
+            None => Limits::memory(memory, clock, metrics.store.clone()),
+            Some(backend) => Limits::redis(
+                RedisStore::new(backend.redis.clone())?,
+                backend.breaker,
+                memory,
+                clock,
+                metrics.store.clone(),
+            ),
+        };
+        Ok(Shared {
             startup: Startup::of(&runtime),
             runtime: ArcSwap::from_pointee(runtime),
-            store,
-            decision_duration: metrics.decision_duration("memory"),
+            limits,
             metrics,
-            clock: MonotonicClock::default(),
+            clock,
             config_path,
             reloader: Reloader::default(),
             admin_token_env: std::env::var("TOLLGATE_ADMIN_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty()),
-        }
+        })
     }
 }
 
@@ -186,22 +202,9 @@ pub struct RequestCtx {
     /// The request became a WebSocket (or other upgraded) tunnel.
     tunnel_open: bool,
     /// Concurrency permits, given back when the request ends, however it ends.
-    permits: Option<PermitGuard>,
+    permits: Option<HeldPermits>,
     /// How long a shaping leaky bucket holds the request before it goes on.
     delay: Duration,
-}
-
-/// Holds concurrency permits for the life of a request (or tunnel) and gives
-/// them back when dropped, so no exit path can leak one.
-struct PermitGuard {
-    shared: Arc<Shared>,
-    permits: Vec<Permit>,
-}
-
-impl Drop for PermitGuard {
-    fn drop(&mut self) {
-        self.shared.store.release_permits(&self.permits);
-    }
 }
 
 fn peer_ip(session: &Session) -> IpAddr {
@@ -304,21 +307,25 @@ impl Gateway {
                 checks,
                 shadow_refusal,
             } => {
-                let decided = if checks.is_empty() {
-                    Ok(Decided::default())
+                let on_error = rule.on_error.unwrap_or(rt.store.on_error);
+                let answer = if checks.is_empty() {
+                    Answer::Decided(Decided::default())
                 } else {
-                    let timer = self.shared.decision_duration.start_timer();
-                    let clock = self.shared.clock;
-                    let decisions = self
-                        .shared
-                        .store
-                        .decide(&checks, &move || clock.now())
-                        .await;
-                    timer.observe_duration();
-                    decisions
+                    self.shared.limits.decide(&checks, on_error).await
+                };
+                let decided = match answer {
+                    Answer::Decided(decided) => Some(decided),
+                    Answer::Degraded(mode, local) => {
+                        self.shared.metrics.store.degraded(&rule.name, mode.label());
+                        if mode == OnError::Deny {
+                            rule.metrics.record(Outcome::StoreError);
+                            return Some(respond::store_unavailable(rule));
+                        }
+                        local
+                    }
                 };
                 match decided {
-                    Ok(Decided { decisions, permits }) => {
+                    Some(Decided { decisions, permits }) => {
                         let decided: Vec<(usize, Decision)> =
                             limits.into_iter().zip(decisions).collect();
                         for (i, d) in &decided {
@@ -337,17 +344,11 @@ impl Gateway {
                         ctx.headline = verdict.headline;
                         ctx.delay = pipeline::shaping_delay(rule, &decided);
                         if !permits.is_empty() {
-                            ctx.permits = Some(PermitGuard {
-                                shared: self.shared.clone(),
-                                permits,
-                            });
+                            ctx.permits = Some(self.shared.limits.hold(permits));
                         }
                         verdict.outcome
                     }
-                    Err(e) => {
-                        tracing::warn!(rule = %rule.name, "limiter store failed, letting the request through: {e}");
-                        Outcome::StoreError
-                    }
+                    None => Outcome::StoreError,
                 }
             }
         };

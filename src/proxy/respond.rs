@@ -112,6 +112,21 @@ pub fn bad_cost(rule: &Rule, limit: &RuleLimit) -> Reply {
     )
 }
 
+/// 503 when Redis cannot decide and the rule's `on_error` is `deny`. The
+/// breaker's cool-down is the earliest a retry can succeed.
+pub fn store_unavailable(rule: &Rule) -> Reply {
+    let mut r = json_reply(
+        503,
+        json!({
+            "error": "limiter_unavailable",
+            "message": "the rate limiter's store is unavailable; try again shortly",
+            "rule": rule.name,
+        }),
+    );
+    insert(&mut r.header, RETRY_AFTER, HeaderValue::from(1));
+    r
+}
+
 /// 400 when the request carries a limit's key twice with different values.
 pub fn conflicting_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Reply {
     json_reply(

@@ -1,0 +1,475 @@
+//! The limiter store the proxy talks to: the memory store, or Redis behind a
+//! timeout and a circuit breaker with `on_error` deciding what a failure means
+//! (DESIGN promise 8). A dead Redis costs one timeout per breaker cool-down,
+//! not one per request.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::task::AbortHandle;
+
+use super::redis::{Lease, RedisStore};
+use super::{Check, Decided, MemoryStore, MonotonicClock, Nanos, Permit};
+use crate::metrics::StoreMetrics;
+
+/// What a request gets when the shared store cannot decide it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Let it through unlimited.
+    Allow,
+    /// Refuse it with 503.
+    Deny,
+    /// Decide with this gateway's memory store: per-gateway limits meanwhile.
+    #[default]
+    Local,
+}
+
+impl OnError {
+    pub fn label(self) -> &'static str {
+        match self {
+            OnError::Allow => "allow",
+            OnError::Deny => "deny",
+            OnError::Local => "local",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open the breaker.
+    pub failures: u32,
+    /// How long it stays open before one request probes Redis again.
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BreakerState {
+    Closed = 0,
+    Open = 1,
+    /// Open, with one probe in flight.
+    HalfOpen = 2,
+}
+
+impl BreakerState {
+    pub fn label(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// A lock-free circuit breaker. Time is passed in, so tests drive it.
+#[derive(Debug)]
+pub struct Breaker {
+    settings: BreakerSettings,
+    state: AtomicU8,
+    failures: AtomicU32,
+    /// When it opened, or when the last probe started.
+    since: AtomicU64,
+}
+
+impl Breaker {
+    pub fn new(settings: BreakerSettings) -> Self {
+        Breaker {
+            settings,
+            state: AtomicU8::new(BreakerState::Closed as u8),
+            failures: AtomicU32::new(0),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        match self.state.load(Ordering::Acquire) {
+            0 => BreakerState::Closed,
+            1 => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Whether a request may try Redis at `now`. While open, one request per
+    /// cool-down is let through as the probe; a probe that never reports (its
+    /// client went away) is replaced after another cool-down.
+    pub fn admit(&self, now: Nanos) -> bool {
+        if self.state() == BreakerState::Closed {
+            return true;
+        }
+        let since = self.since.load(Ordering::Acquire);
+        if now.saturating_sub(since) < self.settings.cooldown.as_nanos() as Nanos {
+            return false;
+        }
+        let probe = self
+            .since
+            .compare_exchange(since, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if probe {
+            self.state
+                .store(BreakerState::HalfOpen as u8, Ordering::Release);
+        }
+        probe
+    }
+
+    /// Records a successful call: the breaker closes.
+    pub fn succeeded(&self) {
+        // Loads first: the hot path must not write a shared cache line.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.state() != BreakerState::Closed {
+            self.state
+                .store(BreakerState::Closed as u8, Ordering::Release);
+        }
+    }
+
+    /// Records a failed call at `now`; returns true when this opened the breaker.
+    pub fn failed(&self, now: Nanos) -> bool {
+        let state = self.state();
+        if state != BreakerState::Closed {
+            // A failed probe (or a call that started before it opened).
+            self.since.store(now, Ordering::Release);
+            self.state
+                .store(BreakerState::Open as u8, Ordering::Release);
+            return state == BreakerState::HalfOpen;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures < self.settings.failures {
+            return false;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        self.since.store(now, Ordering::Release);
+        self.state
+            .store(BreakerState::Open as u8, Ordering::Release);
+        true
+    }
+}
+
+/// Redis with its breaker, failure policy and metrics.
+struct Shared {
+    redis: RedisStore,
+    breaker: Breaker,
+}
+
+/// What the store said about a request.
+#[derive(Debug)]
+pub enum Answer {
+    /// Decided by the configured store.
+    Decided(Decided),
+    /// Redis failed (or the breaker is open); this is what `on_error` says.
+    Degraded(OnError, Option<Decided>),
+}
+
+/// The limiter store as the proxy sees it.
+pub struct Limits {
+    /// Always present: the store itself, or the fallback of `on_error: local`.
+    pub memory: Arc<MemoryStore>,
+    shared: Option<Arc<Shared>>,
+    clock: MonotonicClock,
+    metrics: StoreMetrics,
+}
+
+/// Health of the store, for `/readyz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreHealth {
+    pub backend: &'static str,
+    /// Whether the shared store answers (always true for memory).
+    pub healthy: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<&'static str>,
+}
+
+impl Limits {
+    pub fn memory(memory: MemoryStore, clock: MonotonicClock, metrics: StoreMetrics) -> Self {
+        Limits {
+            memory: Arc::new(memory),
+            shared: None,
+            clock,
+            metrics,
+        }
+    }
+
+    /// Redis in front, `memory` for `on_error: local`.
+    pub fn redis(
+        redis: RedisStore,
+        breaker: BreakerSettings,
+        memory: MemoryStore,
+        clock: MonotonicClock,
+        metrics: StoreMetrics,
+    ) -> Self {
+        Limits {
+            memory: Arc::new(memory),
+            shared: Some(Arc::new(Shared {
+                redis,
+                breaker: Breaker::new(breaker),
+            })),
+            clock,
+            metrics,
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        if self.shared.is_some() {
+            "redis"
+        } else {
+            "memory"
+        }
+    }
+
+    /// Decides `checks`; `on_error` (the rule's, else the store's) applies
+    /// when Redis cannot.
+    pub async fn decide(&self, checks: &[Check<'_>], on_error: OnError) -> Answer {
+        let Some(shared) = &self.shared else {
+            return Answer::Decided(self.decide_locally(checks));
+        };
+        if !shared.breaker.admit(self.clock.now()) {
+            return self.degrade(on_error, checks);
+        }
+        let timer = self.metrics.redis_duration.start_timer();
+        let timeout = shared.redis.settings().timeout;
+        match tokio::time::timeout(timeout, shared.redis.decide_shared(checks)).await {
+            Ok(Ok(decided)) => {
+                timer.observe_duration();
+                shared.breaker.succeeded();
+                self.show_breaker(shared);
+                Answer::Decided(decided)
+            }
+            Ok(Err(e)) => {
+                timer.stop_and_discard();
+                self.metrics.redis_errors.inc();
+                tracing::warn!("redis limiter call failed: {e}");
+                self.fail(shared);
+                self.degrade(on_error, checks)
+            }
+            Err(_) => {
+                timer.stop_and_discard();
+                self.metrics.redis_timeouts.inc();
+                self.fail(shared);
+                self.degrade(on_error, checks)
+            }
+        }
+    }
+
+    fn fail(&self, shared: &Shared) {
+        if shared.breaker.failed(self.clock.now()) {
+            self.metrics.breaker_opened.inc();
+            tracing::warn!("redis failing: circuit breaker open, on_error applies");
+        }
+        self.show_breaker(shared);
+    }
+
+    fn show_breaker(&self, shared: &Shared) {
+        let state = shared.breaker.state() as i64;
+        if self.metrics.breaker_state.get() != state {
+            self.metrics.breaker_state.set(state);
+        }
+    }
+
+    fn degrade(&self, on_error: OnError, checks: &[Check<'_>]) -> Answer {
+        let local = (on_error == OnError::Local).then(|| self.decide_locally(checks));
+        Answer::Degraded(on_error, local)
+    }
+
+    fn decide_locally(&self, checks: &[Check<'_>]) -> Decided {
+        let timer = self.metrics.memory_duration.start_timer();
+        let clock = self.clock;
+        let decided = self.memory.decide_with(checks, || clock.now());
+        timer.observe_duration();
+        decided
+    }
+
+    /// Holds `permits` until the returned guard drops; Redis leases are
+    /// renewed meanwhile, so a long-lived connection keeps its permit and a
+    /// crashed gateway's expire.
+    pub fn hold(&self, permits: Vec<Permit>) -> HeldPermits {
+        let leases: Vec<Lease> = permits
+            .iter()
+            .filter_map(|p| match p {
+                Permit::Lease(lease) => Some(lease.clone()),
+                Permit::Local { .. } => None,
+            })
+            .collect();
+        let renewal = match (&self.shared, leases.is_empty()) {
+            (Some(shared), false) => {
+                let shared = shared.clone();
+                let every = shared.redis.settings().lease / 3;
+                tokio::runtime::Handle::try_current().ok().map(|runtime| {
+                    runtime
+                        .spawn(async move {
+                            let mut tick = tokio::time::interval_at(
+                                tokio::time::Instant::now() + every,
+                                every,
+                            );
+                            loop {
+                                tick.tick().await;
+                                let renewal = shared.redis.renew(&leases);
+                                let timeout = shared.redis.settings().timeout;
+                                if let Ok(Err(e)) = tokio::time::timeout(timeout, renewal).await {
+                                    tracing::debug!("renewing concurrency leases failed: {e}");
+                                }
+                            }
+                        })
+                        .abort_handle()
+                })
+            }
+            _ => None,
+        };
+        HeldPermits {
+            memory: self.memory.clone(),
+            shared: self.shared.clone(),
+            permits,
+            renewal,
+        }
+    }
+
+    /// Health for `/readyz`: a PING within the timeout.
+    pub async fn health(&self) -> StoreHealth {
+        let Some(shared) = &self.shared else {
+            return StoreHealth {
+                backend: "memory",
+                healthy: true,
+                breaker: None,
+            };
+        };
+        let timeout = shared
+            .redis
+            .settings()
+            .timeout
+            .max(Duration::from_millis(250));
+        let healthy = matches!(
+            tokio::time::timeout(timeout, shared.redis.ping()).await,
+            Ok(Ok(()))
+        );
+        StoreHealth {
+            backend: "redis",
+            healthy,
+            breaker: Some(shared.breaker.state().label()),
+        }
+    }
+}
+
+/// Concurrency permits of one request or connection; given back on drop, so
+/// no exit path can leak one.
+pub struct HeldPermits {
+    memory: Arc<MemoryStore>,
+    shared: Option<Arc<Shared>>,
+    permits: Vec<Permit>,
+    renewal: Option<AbortHandle>,
+}
+
+impl Drop for HeldPermits {
+    fn drop(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
+        self.memory.release_permits_now(&self.permits);
+        let leases: Vec<Lease> = self
+            .permits
+            .drain(..)
+            .filter_map(|p| match p {
+                Permit::Lease(lease) => Some(lease),
+                Permit::Local { .. } => None,
+            })
+            .collect();
+        let (Some(shared), false) = (self.shared.clone(), leases.is_empty()) else {
+            return;
+        };
+        // Without a runtime (shutdown) the leases expire by themselves.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let timeout = shared.redis.settings().timeout;
+                if let Ok(Err(e)) =
+                    tokio::time::timeout(timeout, shared.redis.release(&leases)).await
+                {
+                    tracing::debug!("releasing concurrency leases failed (they expire): {e}");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Nanos = 1_000_000;
+
+    fn breaker() -> Breaker {
+        Breaker::new(BreakerSettings {
+            failures: 3,
+            cooldown: Duration::from_millis(100),
+        })
+    }
+
+    #[test]
+    fn opens_after_the_configured_consecutive_failures() {
+        let b = breaker();
+        assert!(!b.failed(0));
+        assert!(!b.failed(0));
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.failed(0));
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(!b.admit(50 * MS));
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let b = breaker();
+        b.failed(0);
+        b.failed(0);
+        b.succeeded();
+        b.failed(0);
+        b.failed(0);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn lets_one_probe_through_after_the_cooldown() {
+        let b = breaker();
+        (0..3).for_each(|_| {
+            b.failed(0);
+        });
+        assert!(b.admit(100 * MS));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(!b.admit(101 * MS), "one probe at a time");
+    }
+
+    #[test]
+    fn a_successful_probe_closes_it() {
+        let b = breaker();
+        (0..3).for_each(|_| {
+            b.failed(0);
+        });
+        assert!(b.admit(100 * MS));
+        b.succeeded();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.admit(101 * MS));
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_it_for_another_cooldown() {
+        let b = breaker();
+        (0..3).for_each(|_| {
+            b.failed(0);
+        });
+        assert!(b.admit(100 * MS));
+        b.failed(110 * MS);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(!b.admit(150 * MS));
+        assert!(b.admit(210 * MS));
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_is_replaced_after_a_cooldown() {
+        let b = breaker();
+        (0..3).for_each(|_| {
+            b.failed(0);
+        });
+        assert!(b.admit(100 * MS));
+        assert!(!b.admit(150 * MS));
+        assert!(b.admit(200 * MS));
+    }
+}
