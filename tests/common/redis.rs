@@ -9,6 +9,7 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    cluster: bool,
 }
 
 fn redis_binary() -> &'static str {
@@ -30,6 +31,7 @@ impl RedisServer {
             port: super::free_port(),
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            cluster: false,
         };
         server.launch();
         server
@@ -40,7 +42,11 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
-        let child = Command::new(redis_binary())
+        let mut command = Command::new(redis_binary());
+        if self.cluster {
+            command.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]);
+        }
+        let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
@@ -92,5 +98,73 @@ fn pong(addr: SocketAddr) -> bool {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of three masters on loopback, no replicas, created with
+/// `redis-cli --cluster create` and stopped with the test.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_clustered()).collect();
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let created = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli is not installed: `apt-get install redis-server` (bash .ci/run installs it)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not reach cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cluster
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Every node agrees that all slots are served.
+    fn is_ok(&self) -> bool {
+        self.nodes.iter().all(|node| {
+            Command::new("redis-cli")
+                .args(["-p", &node.port.to_string(), "cluster", "info"])
+                .output()
+                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok"))
+        })
+    }
+}
+
+impl RedisServer {
+    /// A cluster node: its bus port (port + 10000) must be free too.
+    fn start_clustered() -> Self {
+        let port = loop {
+            let port = super::free_port();
+            if std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+                break port;
+            }
+        };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            cluster: true,
+        };
+        server.launch();
+        server
     }
 }

@@ -1,0 +1,224 @@
+//! The Redis store against a real `redis-server` (DESIGN promise 3): random
+//! traces of (time, client, cost) get the same decisions from the memory store
+//! and from the Lua script, for every algorithm, with two limits per request so
+//! that "a denied request spends nothing" is compared too.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use proptest::prelude::*;
+use tollgate::identity::{ApiKeySources, KeyPart, KeySpec, RequestFacts};
+use tollgate::limit::redis::{RedisSettings, RedisStore, RedisTarget};
+use tollgate::limit::{
+    Check, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, MemoryStore,
+    Nanos, Permit, SlidingCounter, SlidingLog, TokenBucket,
+};
+
+/// A realistic "now" in microseconds since 1970, a multiple of every period
+/// used here so that windows line up the same in both stores.
+const EPOCH_MICROS: u64 = 1_800_000_000_000_000;
+
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    store: RedisStore,
+    _server: RedisServer,
+}
+
+/// One Redis and one store for every case of this file.
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let server = RedisServer::start();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let store = runtime.block_on(async {
+            RedisStore::new(RedisSettings {
+                target: RedisTarget::Single(server.url()),
+                prefix: "differential".into(),
+                timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_secs(2),
+                lease: Duration::from_secs(30),
+            })
+            .unwrap()
+        });
+        Fixture {
+            runtime,
+            store,
+            _server: server,
+        }
+    })
+}
+
+/// A fresh limit id per case: Redis keeps the keys of earlier cases.
+fn fresh_limit() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(2, Ordering::Relaxed)
+}
+
+fn facts(client: u8) -> RequestFacts<'static> {
+    static HEADERS: OnceLock<http::HeaderMap> = OnceLock::new();
+    static SOURCES: OnceLock<ApiKeySources> = OnceLock::new();
+    RequestFacts {
+        headers: HEADERS.get_or_init(http::HeaderMap::new),
+        query: None,
+        client_ip: [192, 0, 2, client].into(),
+        ipv6_prefix: 64,
+        api_key: SOURCES.get_or_init(ApiKeySources::default),
+    }
+}
+
+/// The limit under test per client IP, plus a global fixed window: a request
+/// the second denies must not spend from the first, and the reverse.
+fn checks(
+    limiter: Limiter,
+    global: Limiter,
+    id: u64,
+    client: u8,
+    cost: u64,
+) -> Vec<Check<'static>> {
+    let per_ip = KeySpec(vec![KeyPart::Ip]).extract(&facts(client)).unwrap();
+    let everyone = KeySpec(vec![KeyPart::Global])
+        .extract(&facts(client))
+        .unwrap();
+    vec![
+        Check {
+            limit: LimitId(id),
+            limiter,
+            key: per_ip,
+            cost,
+            enforced: true,
+        },
+        Check {
+            limit: LimitId(id + 1),
+            limiter: global,
+            key: everyone,
+            cost: 1,
+            enforced: true,
+        },
+    ]
+}
+
+/// Times compared at the script's resolution: whole microseconds, rounded up.
+fn micros(nanos: Nanos) -> Nanos {
+    if nanos == Nanos::MAX {
+        nanos
+    } else {
+        nanos.div_ceil(1000)
+    }
+}
+
+fn comparable(d: &Decision) -> (bool, u64, u64, Nanos, Nanos, Nanos) {
+    (
+        d.allowed,
+        d.limit,
+        d.remaining,
+        micros(d.reset_after),
+        micros(d.retry_after),
+        micros(d.delay),
+    )
+}
+
+/// (microseconds since the previous request, client, cost).
+type Step = (u64, u8, u64);
+
+fn steps(period_micros: u64) -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec((0..period_micros / 2, 0u8..3, 1u64..=3), 1..50)
+}
+
+/// Runs the steps through both stores and compares every decision.
+fn same_decisions(limiter: Limiter, steps: &[Step]) -> Result<(), TestCaseError> {
+    let fx = fixture();
+    let memory = MemoryStore::default();
+    let id = fresh_limit();
+    let global = Limiter::FixedWindow(FixedWindow::new(40_000_000, 12));
+    let mut now = EPOCH_MICROS;
+    for (i, &(gap, client, cost)) in steps.iter().enumerate() {
+        // Bursts at one instant as well as spread-out requests.
+        if gap % 3 != 0 {
+            now += gap;
+        }
+        let checks = checks(limiter, global, id, client, cost);
+        let local = memory.decide_now(&checks, now * 1000);
+        let shared = fx
+            .runtime
+            .block_on(fx.store.decide_at(&checks, Some(now)))
+            .map_err(|e| TestCaseError::fail(format!("redis: {e}")))?;
+        let local: Vec<_> = local.decisions.iter().map(comparable).collect();
+        let shared: Vec<_> = shared.decisions.iter().map(comparable).collect();
+        prop_assert_eq!(local, shared, "step {} at +{}µs", i, now - EPOCH_MICROS);
+    }
+    Ok(())
+}
+
+const MICRO: Nanos = 1000;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn gcra_decides_the_same_in_redis(s in steps(20_000), interval in 1u64..5000, burst in 1u64..6) {
+        same_decisions(Limiter::Gcra(Gcra::from_interval(interval * MICRO, burst)), &s)?;
+    }
+
+    #[test]
+    fn token_bucket_decides_the_same_in_redis(s in steps(20_000), interval in 1u64..5000, capacity in 1u64..6, debt in 0u64..3) {
+        same_decisions(Limiter::TokenBucket(TokenBucket::new(interval * MICRO, capacity, debt)), &s)?;
+    }
+
+    #[test]
+    fn leaky_bucket_decides_the_same_in_redis(s in steps(20_000), interval in 1u64..5000, burst in 0u64..5, delay: bool) {
+        same_decisions(Limiter::LeakyBucket(LeakyBucket::new(interval * MICRO, burst, delay)), &s)?;
+    }
+
+    #[test]
+    fn fixed_window_decides_the_same_in_redis(s in steps(20_000), period in prop::sample::select(vec![1000u64, 2000, 5000, 10_000]), limit in 1u64..8) {
+        same_decisions(Limiter::FixedWindow(FixedWindow::new(period * MICRO, limit)), &s)?;
+    }
+
+    #[test]
+    fn sliding_window_log_decides_the_same_in_redis(s in steps(20_000), period in 1u64..10_000, limit in 1u64..8) {
+        same_decisions(Limiter::SlidingLog(SlidingLog::new(period * MICRO, limit)), &s)?;
+    }
+
+    #[test]
+    fn sliding_window_counter_decides_the_same_in_redis(s in steps(20_000), period in prop::sample::select(vec![1000u64, 2000, 5000, 10_000]), limit in 1u64..8) {
+        same_decisions(Limiter::SlidingCounter(SlidingCounter::new(period * MICRO, limit)), &s)?;
+    }
+
+    /// Acquire (true) or release the oldest held permit (false).
+    #[test]
+    fn concurrency_limits_decide_the_same_in_redis(ops in prop::collection::vec((any::<bool>(), 1u64..3), 1..60), max in 1u64..5) {
+        let fx = fixture();
+        let memory = MemoryStore::default();
+        let id = fresh_limit();
+        let limiter = Limiter::Concurrent(Concurrent::new(max));
+        let global = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 1_000));
+        let mut held: Vec<(Vec<Permit>, Vec<Permit>)> = Vec::new();
+        for (step, &(acquire, cost)) in ops.iter().enumerate() {
+            if !acquire {
+                if !held.is_empty() {
+                    let (local, shared) = held.remove(0);
+                    memory.release_permits_now(&local);
+                    let leases: Vec<_> = shared.into_iter().filter_map(|p| match p {
+                        Permit::Lease(l) => Some(l),
+                        Permit::Local { .. } => None,
+                    }).collect();
+                    fx.runtime.block_on(fx.store.release(&leases)).unwrap();
+                }
+                continue;
+            }
+            let checks = checks(limiter, global, id, 1, cost);
+            let local = memory.decide_now(&checks, EPOCH_MICROS * 1000);
+            let shared = fx.runtime.block_on(fx.store.decide_at(&checks, Some(EPOCH_MICROS))).unwrap();
+            let l: Vec<_> = local.decisions.iter().map(comparable).collect();
+            let s: Vec<_> = shared.decisions.iter().map(comparable).collect();
+            prop_assert_eq!(l, s, "step {}", step);
+            if local.decisions[0].allowed {
+                held.push((local.permits, shared.permits));
+            }
+        }
+    }
+}
