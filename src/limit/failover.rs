@@ -239,8 +239,13 @@ impl Limits {
             }
             Ok(Err(e)) => {
                 timer.stop_and_discard();
-                self.metrics.redis_errors.inc();
-                tracing::warn!("redis limiter call failed: {e}");
+                // The client's own response timeout equals ours.
+                if e.is_timeout() {
+                    self.metrics.redis_timeouts.inc();
+                } else {
+                    self.metrics.redis_errors.inc();
+                    tracing::warn!("redis limiter call failed: {e}");
+                }
                 self.fail(shared);
                 self.degrade(on_error, checks)
             }

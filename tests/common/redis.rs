@@ -75,6 +75,45 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers,
+    /// the worst case for a client.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server is not running").id();
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill {signal} {pid} failed");
+    }
+
+    /// Every key in the server, with its remaining time to live in ms
+    /// (-1: none).
+    pub fn keys_and_ttls(&self) -> Vec<(String, i64)> {
+        let client = ::redis::Client::open(self.url()).unwrap();
+        let mut connection = client.get_connection().unwrap();
+        let keys: Vec<String> = ::redis::Commands::scan(&mut connection)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        keys.into_iter()
+            .map(|key| {
+                let ttl: i64 = ::redis::cmd("PTTL")
+                    .arg(&key)
+                    .query(&mut connection)
+                    .unwrap();
+                (key, ttl)
+            })
+            .collect()
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.kill();
