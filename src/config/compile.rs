@@ -473,15 +473,9 @@ fn compile_store(c: &mut Compiler<'_>, input: &StoreInput) -> StoreSettings {
             None
         }
     };
-    let urls: Vec<(String, &String)> = match (&redis.url, &redis.urls) {
-        (Some(url), _) => vec![("store.redis.url".into(), url)],
-        (None, Some(urls)) => urls
-            .iter()
-            .enumerate()
-            .map(|(i, u)| (format!("store.redis.urls[{i}]"), u))
-            .collect(),
-        (None, None) => Vec::new(),
-    };
+    let single = redis.url.iter().map(|u| ("store.redis.url".to_string(), u));
+    let nodes = redis.urls.iter().flatten().enumerate();
+    let urls = single.chain(nodes.map(|(i, u)| (format!("store.redis.urls[{i}]"), u)));
     for (path, url) in urls {
         if let Err(e) = redis::Client::open(url.as_str()) {
             c.error(path, format!("{url:?} is not a Redis URL: {e}"));
