@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::config::ConfigInput;
 use crate::limit::failover::OnError;
+use crate::limit::redis::redact_url;
 use crate::proxy::Shared;
 use crate::reload::{self, ReloadOutcome, Trigger};
 
@@ -175,13 +176,25 @@ impl AdminApp {
     }
 }
 
-/// The config as JSON with its secrets replaced: the admin token and the
-/// values of header exemptions (which are often shared secrets).
+/// The config as JSON with its secrets replaced: the admin token, the values
+/// of header exemptions (which are often shared secrets) and Redis passwords.
 pub fn redacted(input: &ConfigInput) -> Value {
     let mut value = serde_json::to_value(input).unwrap_or(Value::Null);
     if let Some(token) = value.pointer_mut("/server/admin_token") {
         if !token.is_null() {
             *token = Value::from(REDACTED);
+        }
+    }
+    for pointer in ["/store/redis/url", "/demo/redis/url"] {
+        if let Some(Value::String(url)) = value.pointer_mut(pointer) {
+            *url = redact_url(url);
+        }
+    }
+    if let Some(Value::Array(urls)) = value.pointer_mut("/store/redis/urls") {
+        for url in urls {
+            if let Value::String(u) = url {
+                *u = redact_url(u);
+            }
         }
     }
     if let Some(Value::Array(rules)) = value.get_mut("rules") {
@@ -237,6 +250,7 @@ mod tests {
         let input: ConfigInput = serde_saphyr::from_str(
             "
 server: { admin_token: hunter2 }
+store: { backend: redis, redis: { urls: [\"redis://:s3cret@10.0.0.1:6379\"] } }
 upstreams: { a: { servers: [\"127.0.0.1:1\"] } }
 rules:
   - name: r
@@ -248,7 +262,9 @@ rules:
         .unwrap();
         let text = redacted(&input).to_string();
         assert!(
-            !text.contains("hunter2") && !text.contains("internal-secret"),
+            !text.contains("hunter2")
+                && !text.contains("internal-secret")
+                && !text.contains("s3cret"),
             "{text}"
         );
         assert!(text.contains("10.0.0.0/8"), "{text}");

@@ -9,6 +9,7 @@ use http::header::{HeaderName, HOST};
 use http::{HeaderMap, HeaderValue, Method};
 
 use crate::identity::KeyError;
+use crate::limit::redis::{redact_url, RedisTarget};
 use crate::pipeline::{self, Incoming, Unrouted};
 use crate::route::Target;
 use crate::runtime::{MissingPolicy, Mode, Runtime};
@@ -16,6 +17,26 @@ use crate::runtime::{MissingPolicy, Mode, Runtime};
 /// A table of rules (in match order), their limits, and the upstreams.
 pub fn summary(rt: &Runtime) -> String {
     let mut out = String::new();
+    let _ = match &rt.store.redis {
+        None => writeln!(out, "store: memory (max_keys {})", rt.store.max_keys),
+        Some(backend) => writeln!(
+            out,
+            "store: redis {} prefix {:?} timeout {:?} on_error {}",
+            match &backend.redis.target {
+                RedisTarget::Single(url) => redact_url(url),
+                RedisTarget::Cluster(urls) => format!(
+                    "cluster [{}]",
+                    urls.iter()
+                        .map(|u| redact_url(u))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+            backend.redis.prefix,
+            backend.redis.timeout,
+            rt.store.on_error.label()
+        ),
+    };
     let _ = writeln!(out, "rules (first match wins):");
     for (i, rule) in rt.rules.iter().enumerate() {
         let methods = if rule.conditions.methods.is_empty() {
@@ -43,6 +64,9 @@ pub fn summary(rt: &Runtime) -> String {
             host,
             rt.upstream_of(rule).name
         );
+        if let Some(on_error) = rule.on_error {
+            let _ = writeln!(out, "       on_error {}", on_error.label());
+        }
         for limit in &rule.limits {
             let _ = writeln!(
                 out,

@@ -376,6 +376,18 @@ impl redis::aio::ConnectionLike for AnyConnection {
     }
 }
 
+/// `url` with any user and password replaced, for logs and admin output.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// The script's seven arguments for one check.
 fn push_check(
     call: &mut redis::ScriptInvocation<'_>,
@@ -410,10 +422,18 @@ fn script_params(limiter: &Limiter, lease: Duration) -> (&'static str, u64, u64,
 
 /// Whether the script computes `limiter` exactly: Lua numbers are doubles,
 /// exact up to 2^53, and timestamps (about 2^51 µs) are added to the largest
-/// product of the algorithm, so those must stay below 2^52.
+/// product an algorithm forms, so that must stay below 2^52. Buckets multiply
+/// their interval by a cost of at most the capacity; the sliding counter
+/// weighs counts by the period; the fixed window and the log never multiply.
 pub fn exact_in_lua(limiter: &Limiter) -> bool {
     let (_, a, b, c) = script_params(limiter, Duration::ZERO);
-    let largest = u128::from(a) * u128::from(b.saturating_add(c).saturating_add(1));
+    let largest = match limiter {
+        Limiter::Gcra(_)
+        | Limiter::LeakyBucket(_)
+        | Limiter::TokenBucket(_)
+        | Limiter::SlidingCounter(_) => u128::from(a) * (u128::from(b) + u128::from(c) + 1),
+        Limiter::FixedWindow(_) | Limiter::SlidingLog(_) | Limiter::Concurrent(_) => u128::from(a),
+    };
     largest < 1 << 52
 }
 
@@ -476,6 +496,20 @@ mod tests {
         assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
         assert_eq!(hash_slot("foo{}{bar}"), hash_slot("foo{}{bar}"));
         assert_eq!(hash_slot("foo{{bar}}zap"), hash_slot("{bar"));
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("redis://user:hunter2@10.0.0.1:6379/0"),
+            "redis://<redacted>@10.0.0.1:6379/0"
+        );
+        assert_eq!(redact_url("rediss://:pw@h:1"), "rediss://<redacted>@h:1");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock"),
+            "redis+unix:///run/redis.sock"
+        );
     }
 
     #[test]
