@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::limit::failover::OnError;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -100,9 +101,15 @@ pub struct RuleMetrics {
     request_duration: Histogram,
     upstream_duration: Histogram,
     websockets: IntGauge,
+    degraded: [IntCounter; OnError::ALL.len()],
 }
 
 impl RuleMetrics {
+    /// Counts a request decided under `on_error` because Redis failed.
+    pub fn degraded(&self, on_error: OnError) {
+        self.degraded[on_error as usize].inc();
+    }
+
     pub fn record(&self, outcome: Outcome) {
         self.by_outcome[outcome as usize].inc();
     }
@@ -186,14 +193,6 @@ pub struct StoreMetrics {
     /// 0 closed, 1 open, 2 half-open (probing).
     pub breaker_state: IntGauge,
     pub breaker_opened: IntCounter,
-    degraded: IntCounterVec,
-}
-
-impl StoreMetrics {
-    /// Counts a decision taken under `on_error` because Redis failed.
-    pub fn degraded(&self, rule: &str, on_error: &str) {
-        self.degraded.with_label_values(&[rule, on_error]).inc();
-    }
 }
 
 /// The gateway's registry. One per gateway (not process-global) so that several
@@ -207,6 +206,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     reloads: IntCounterVec,
     websockets: IntGaugeVec,
+    degraded: IntCounterVec,
     pub config_generation: IntGauge,
     pub last_reload_success: IntGauge,
     pub tracked_keys: IntGauge,
@@ -361,6 +361,12 @@ impl Metrics {
             "store_evictions_total",
             "Limiter states evicted to stay within store.memory.max_keys",
         );
+        let degraded = counter_vec(
+            r,
+            "degraded_decisions_total",
+            "Requests decided under on_error because Redis failed, by rule and on_error",
+            &["rule", "on_error"],
+        );
         let redis_errors = counter_vec(
             r,
             "redis_errors_total",
@@ -380,12 +386,6 @@ impl Metrics {
             breaker_opened: counter(
                 "redis_breaker_opened_total",
                 "Times the circuit breaker in front of Redis opened",
-            ),
-            degraded: counter_vec(
-                r,
-                "degraded_decisions_total",
-                "Requests decided under on_error because Redis failed, by rule and on_error",
-                &["rule", "on_error"],
             ),
         };
         let demo = DemoMetrics {
@@ -410,6 +410,7 @@ impl Metrics {
             &request_duration,
             &upstream_duration,
             &websockets,
+            &degraded,
             "",
         );
         Metrics {
@@ -421,6 +422,7 @@ impl Metrics {
             upstream_errors,
             reloads,
             websockets,
+            degraded,
             config_generation,
             last_reload_success,
             tracked_keys,
@@ -436,6 +438,7 @@ impl Metrics {
         request_duration: &HistogramVec,
         upstream_duration: &HistogramVec,
         websockets: &IntGaugeVec,
+        degraded: &IntCounterVec,
         rule: &str,
     ) -> RuleMetrics {
         RuleMetrics {
@@ -443,6 +446,7 @@ impl Metrics {
             request_duration: request_duration.with_label_values(&[rule]),
             upstream_duration: upstream_duration.with_label_values(&[rule]),
             websockets: websockets.with_label_values(&[rule]),
+            degraded: OnError::ALL.map(|o| degraded.with_label_values(&[rule, o.label()])),
         }
     }
 
@@ -453,6 +457,7 @@ impl Metrics {
             &self.request_duration,
             &self.upstream_duration,
             &self.websockets,
+            &self.degraded,
             name,
         )
     }
@@ -481,6 +486,9 @@ impl Metrics {
         }
         let _ = self.request_duration.remove_label_values(&[rule]);
         let _ = self.upstream_duration.remove_label_values(&[rule]);
+        for on_error in OnError::ALL {
+            let _ = self.degraded.remove_label_values(&[rule, on_error.label()]);
+        }
         self.forget_idle_websockets(rule);
         for limit in limits {
             self.forget_limit(rule, limit);

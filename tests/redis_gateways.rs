@@ -115,25 +115,79 @@ async fn three_gateways_on_a_redis_cluster_admit_exactly_the_quota() {
         .join(", ");
     for algorithm in ALGORITHMS {
         // Two limits with different keys: their slots differ, so the request
-        // is decided slot by slot and refunded when one denies.
+        // is decided slot by slot, and the per-IP spend of the 900 requests
+        // the global limit denies is refunded.
         let limit = format!(
-            "{{ name: l, key: global, rate: 100/hour, algorithm: {algorithm} }}, {{ name: per-ip, key: ip, rate: 5000/hour }}"
+            "{{ name: l, key: global, rate: 100/hour, algorithm: {algorithm} }}, {{ name: per-ip, key: ip, rate: 5000/hour, algorithm: fixed_window }}"
         );
-        let url = format!(
-            "urls: [{urls}], prefix: \"c{}\"",
-            algorithm.replace([',', ':', ' '], "")
-        );
+        let prefix = format!("c{}", algorithm.replace([',', ':', ' '], ""));
+        let url = format!("urls: [{urls}], prefix: \"{prefix}\"");
         let gws = gateways(&shared_config(&url, &limit, "/**"), &upstream).await;
         assert_eq!(fire(&gws, "/x").await, (100, 900), "{algorithm}");
-    }
-    for node in &cluster.nodes {
-        let forever: Vec<_> = node
-            .keys_and_ttls()
-            .into_iter()
-            .filter(|(_, ttl)| *ttl < 0)
+        let per_ip: Vec<i64> = cluster
+            .nodes
+            .iter()
+            .flat_map(|node| node.fixed_window_counts(&prefix))
             .collect();
+        assert!(
+            per_ip.contains(&100),
+            "{algorithm}: per-IP counts {per_ip:?}"
+        );
+        assert!(
+            per_ip.iter().all(|&c| c == 100),
+            "{algorithm}: per-IP counts {per_ip:?}"
+        );
+    }
+    let mut keys = 0;
+    for node in &cluster.nodes {
+        let found = node.keys_and_ttls();
+        keys += found.len();
+        let forever: Vec<_> = found.into_iter().filter(|(_, ttl)| *ttl < 0).collect();
         assert!(forever.is_empty(), "keys without a TTL: {forever:?}");
     }
+    assert!(keys > 0, "the run left no state at all");
+}
+
+/// `tollgate run` starts while Redis is down (limiting locally meanwhile)
+/// and shares its limits through Redis once it is up.
+#[tokio::test]
+async fn the_binary_starts_while_redis_is_down_and_uses_it_once_up() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    let config = FAILOVER.replace("REDIS", &redis.url());
+    std::fs::write(&path, common::render(&config, addr, admin, upstream.addr)).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap();
+    let _process = common::ChildGuard(child);
+    common::wait_listening(addr).await;
+    common::wait_listening(admin).await;
+    let c = client_from("127.0.0.5");
+    let url = format!("http://{addr}/busy");
+    assert_eq!(statuses(&c, &url, 3).await, [200; 3]);
+    let ready: serde_json::Value = c
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    redis.restart();
+    eventually(Duration::from_secs(5), "decisions in Redis", || async {
+        let _ = c.get(&url).send().await;
+        !redis.keys_and_ttls().is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use proptest::prelude::*;
 use tollgate::identity::{ApiKeySources, KeyPart, KeySpec, RequestFacts};
 use tollgate::limit::redis::{RedisSettings, RedisStore, RedisTarget};
@@ -24,30 +24,36 @@ const EPOCH_MICROS: u64 = 1_800_000_000_000_000;
 
 struct Fixture {
     runtime: tokio::runtime::Runtime,
-    store: RedisStore,
+    /// One Redis, and a Redis Cluster (where the two limits of a request
+    /// usually live in different slots: decided apart, refunded on denial).
+    stores: [RedisStore; 2],
     _server: RedisServer,
+    _cluster: RedisCluster,
 }
 
-/// One Redis and one store for every case of this file.
+fn settings(target: RedisTarget) -> RedisSettings {
+    RedisSettings {
+        target,
+        prefix: "differential".into(),
+        timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        lease: Duration::from_secs(30),
+    }
+}
+
+/// Shared by every case of this file.
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let server = RedisServer::start();
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let store = runtime.block_on(async {
-            RedisStore::new(RedisSettings {
-                target: RedisTarget::Single(server.url()),
-                prefix: "differential".into(),
-                timeout: Duration::from_secs(2),
-                connect_timeout: Duration::from_secs(2),
-                lease: Duration::from_secs(30),
-            })
-            .unwrap()
-        });
+        let cluster = RedisCluster::start();
+        let single = RedisStore::new(settings(RedisTarget::Single(server.url()))).unwrap();
+        let clustered = RedisStore::new(settings(RedisTarget::Cluster(cluster.urls()))).unwrap();
         Fixture {
-            runtime,
-            store,
+            runtime: tokio::runtime::Runtime::new().unwrap(),
+            stores: [single, clustered],
             _server: server,
+            _cluster: cluster,
         }
     })
 }
@@ -121,34 +127,57 @@ fn comparable(d: &Decision) -> (bool, u64, u64, Nanos, Nanos, Nanos) {
     )
 }
 
-/// (microseconds since the previous request, client, cost).
+/// (microseconds to the next request, client, cost). On one Redis a gap
+/// ending in 7 steps back in time instead: a clock behind the newest state.
+/// A refund on the cluster restores the state as of the refund's time, which
+/// is exact only while time moves forward (as Redis's `TIME` does), so the
+/// cluster is driven forward only.
 type Step = (u64, u8, u64);
 
 fn steps(period_micros: u64) -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec((0..period_micros / 2, 0u8..3, 1u64..=3), 1..50)
 }
 
-/// Runs the steps through both stores and compares every decision.
+/// Runs the steps through the memory store and each Redis store and
+/// compares every decision.
 fn same_decisions(limiter: Limiter, steps: &[Step]) -> Result<(), TestCaseError> {
     let fx = fixture();
-    let memory = MemoryStore::default();
-    let id = fresh_limit();
-    let global = Limiter::FixedWindow(FixedWindow::new(40_000_000, 12));
-    let mut now = EPOCH_MICROS;
-    for (i, &(gap, client, cost)) in steps.iter().enumerate() {
-        // Bursts at one instant as well as spread-out requests.
-        if gap % 3 != 0 {
-            now += gap;
+    for (which, store, backwards) in [
+        ("redis", &fx.stores[0], true),
+        ("cluster", &fx.stores[1], false),
+    ] {
+        let memory = MemoryStore::default();
+        let id = fresh_limit();
+        let global = Limiter::FixedWindow(FixedWindow::new(40_000_000, 12));
+        let mut now = EPOCH_MICROS;
+        for (i, &(gap, client, cost)) in steps.iter().enumerate() {
+            // Bursts at one instant as well as spread-out requests.
+            if backwards && gap % 10 == 7 {
+                now = (now - gap).max(EPOCH_MICROS);
+            } else if gap % 3 != 0 {
+                now += gap;
+            }
+            let checks = checks(limiter, global, id, client, cost);
+            let local: Vec<_> = memory
+                .decide_now(&checks, now * 1000)
+                .decisions
+                .iter()
+                .map(comparable)
+                .collect();
+            let shared = fx
+                .runtime
+                .block_on(store.decide_at(&checks, Some(now)))
+                .map_err(|e| TestCaseError::fail(format!("{which}: {e}")))?;
+            let shared: Vec<_> = shared.decisions.iter().map(comparable).collect();
+            prop_assert_eq!(
+                &local,
+                &shared,
+                "{}: step {} at +{}µs",
+                which,
+                i,
+                now - EPOCH_MICROS
+            );
         }
-        let checks = checks(limiter, global, id, client, cost);
-        let local = memory.decide_now(&checks, now * 1000);
-        let shared = fx
-            .runtime
-            .block_on(fx.store.decide_at(&checks, Some(now)))
-            .map_err(|e| TestCaseError::fail(format!("redis: {e}")))?;
-        let local: Vec<_> = local.decisions.iter().map(comparable).collect();
-        let shared: Vec<_> = shared.decisions.iter().map(comparable).collect();
-        prop_assert_eq!(local, shared, "step {} at +{}µs", i, now - EPOCH_MICROS);
     }
     Ok(())
 }
@@ -206,13 +235,13 @@ proptest! {
                         Permit::Lease(l) => Some(l),
                         Permit::Local { .. } => None,
                     }).collect();
-                    fx.runtime.block_on(fx.store.release(&leases)).unwrap();
+                    fx.runtime.block_on(fx.stores[0].release(&leases)).unwrap();
                 }
                 continue;
             }
             let checks = checks(limiter, global, id, 1, cost);
             let local = memory.decide_now(&checks, EPOCH_MICROS * 1000);
-            let shared = fx.runtime.block_on(fx.store.decide_at(&checks, Some(EPOCH_MICROS))).unwrap();
+            let shared = fx.runtime.block_on(fx.stores[0].decide_at(&checks, Some(EPOCH_MICROS))).unwrap();
             let l: Vec<_> = local.decisions.iter().map(comparable).collect();
             let s: Vec<_> = shared.decisions.iter().map(comparable).collect();
             prop_assert_eq!(l, s, "step {}", step);
@@ -220,5 +249,47 @@ proptest! {
                 held.push((local.permits, shared.permits));
             }
         }
+    }
+}
+
+/// On Redis's own clock, every key written lives as long as its state
+/// matters — the decision's `reset_after` — and not much longer.
+#[test]
+fn keys_live_exactly_as_long_as_their_state_matters() {
+    let fx = fixture();
+    let server = &fx._server;
+    for (n, limiter) in [
+        Limiter::Gcra(Gcra::from_interval(100_000_000, 10)),
+        Limiter::TokenBucket(TokenBucket::new(100_000_000, 10, 2)),
+        Limiter::LeakyBucket(LeakyBucket::new(100_000_000, 5, true)),
+        Limiter::FixedWindow(FixedWindow::new(60_000_000_000, 10)),
+        Limiter::SlidingLog(SlidingLog::new(60_000_000_000, 10)),
+        Limiter::SlidingCounter(SlidingCounter::new(60_000_000_000, 10)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = fresh_limit();
+        let global = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 1000));
+        let mut last = None;
+        for _ in 0..3 {
+            let decided = fx
+                .runtime
+                .block_on(fx.stores[0].decide_shared(&checks(limiter, global, id, 9, 1)))
+                .unwrap();
+            last = Some(decided.decisions[0]);
+        }
+        let reset_ms = last.unwrap().reset_after.div_ceil(1_000_000) as i64;
+        let limit_hex = format!("{id:016x}");
+        let ttl = server
+            .keys_and_ttls()
+            .into_iter()
+            .find(|(key, _)| key.ends_with(&limit_hex))
+            .map(|(_, ttl)| ttl)
+            .unwrap_or_else(|| panic!("limiter {n}: no key"));
+        assert!(
+            ttl > reset_ms - 1000 && ttl <= reset_ms + 1,
+            "limiter {n}: ttl {ttl} ms, state matters for {reset_ms} ms"
+        );
     }
 }

@@ -28,6 +28,8 @@ pub enum OnError {
 }
 
 impl OnError {
+    pub const ALL: [OnError; 3] = [OnError::Allow, OnError::Deny, OnError::Local];
+
     pub fn label(self) -> &'static str {
         match self {
             OnError::Allow => "allow",
@@ -96,22 +98,31 @@ impl Breaker {
     /// cool-down is let through as the probe; a probe that never reports (its
     /// client went away) is replaced after another cool-down.
     pub fn admit(&self, now: Nanos) -> bool {
-        if self.state() == BreakerState::Closed {
+        let state = self.state.load(Ordering::Acquire);
+        if state == BreakerState::Closed as u8 {
             return true;
         }
         let since = self.since.load(Ordering::Acquire);
         if now.saturating_sub(since) < self.settings.cooldown.as_nanos() as Nanos {
             return false;
         }
-        let probe = self
+        // Claim this cool-down's probe; only one caller can move `since`.
+        if self
             .since
             .compare_exchange(since, now, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if probe {
-            self.state
-                .store(BreakerState::HalfOpen as u8, Ordering::Release);
+            .is_err()
+        {
+            return false;
         }
-        probe
+        // Half-open only if still open: a success may have closed it since
+        // (then this request simply goes to Redis).
+        let _ = self.state.compare_exchange(
+            state,
+            BreakerState::HalfOpen as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        true
     }
 
     /// Records a successful call: the breaker closes.
@@ -126,7 +137,8 @@ impl Breaker {
         }
     }
 
-    /// Records a failed call at `now`; returns true when this opened the breaker.
+    /// Records a failed call at `now`; returns true when this call opened
+    /// the breaker (exactly one of several racing failures does).
     pub fn failed(&self, now: Nanos) -> bool {
         let state = self.state();
         if state != BreakerState::Closed {
@@ -140,11 +152,20 @@ impl Breaker {
         if failures < self.settings.failures {
             return false;
         }
-        self.failures.store(0, Ordering::Relaxed);
         self.since.store(now, Ordering::Release);
-        self.state
-            .store(BreakerState::Open as u8, Ordering::Release);
-        true
+        let opened = self
+            .state
+            .compare_exchange(
+                BreakerState::Closed as u8,
+                BreakerState::Open as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if opened {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        opened
     }
 }
 
@@ -465,6 +486,56 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Open);
         assert!(!b.admit(150 * MS));
         assert!(b.admit(210 * MS));
+    }
+
+    #[test]
+    fn racing_callers_leave_it_closed_after_redis_recovers() {
+        let b = std::sync::Arc::new(breaker());
+        let opened = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (b, opened) = (&b, &opened);
+                s.spawn(move || {
+                    for i in 0..10_000u64 {
+                        let now = (i * 4 + t) * MS / 10;
+                        if b.admit(now) {
+                            if (i + t) % 3 == 0 {
+                                b.succeeded();
+                            } else if b.failed(now) {
+                                opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert!(opened.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        // Redis is back: the next probe's success closes it for everyone.
+        let later = 10_000 * 4 * MS;
+        assert!(b.admit(later));
+        b.succeeded();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.admit(later + 1));
+    }
+
+    #[test]
+    fn only_one_of_racing_failures_reports_the_opening() {
+        let b = std::sync::Arc::new(Breaker::new(BreakerSettings {
+            failures: 1,
+            cooldown: Duration::from_secs(60),
+        }));
+        let opened = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (b, opened) = (&b, &opened);
+                s.spawn(move || {
+                    if b.failed(0) {
+                        opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(opened.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -316,7 +316,7 @@ impl Gateway {
                 let decided = match answer {
                     Answer::Decided(decided) => Some(decided),
                     Answer::Degraded(mode, local) => {
-                        self.shared.metrics.store.degraded(&rule.name, mode.label());
+                        rule.metrics.degraded(mode);
                         if mode == OnError::Deny {
                             rule.metrics.record(Outcome::StoreError);
                             return Some(respond::store_unavailable(rule));

@@ -114,6 +114,27 @@ impl RedisServer {
             .collect()
     }
 
+    /// The `count` of every fixed-window state under `prefix`.
+    pub fn fixed_window_counts(&self, prefix: &str) -> Vec<i64> {
+        let client = ::redis::Client::open(self.url()).unwrap();
+        let mut connection = client.get_connection().unwrap();
+        let keys: Vec<String> =
+            ::redis::Commands::scan_match(&mut connection, format!("{prefix}:*"))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        keys.into_iter()
+            .filter_map(|key| {
+                ::redis::cmd("HGET")
+                    .arg(&key)
+                    .arg("count")
+                    .query::<Option<i64>>(&mut connection)
+                    .ok()
+                    .flatten()
+            })
+            .collect()
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.kill();

@@ -123,12 +123,18 @@ end
 
 -- Log entries are members "<time>:<cost>:<id>" scored by time.
 local function log(key, period, limit, cost, member)
-  local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   local t = now
-  if #entries > 0 then
-    local newest = tonumber(entries[#entries])
-    if newest > t then t = newest end
+  if #newest > 0 then
+    local newest_at = tonumber(newest[2])
+    if newest_at > t then t = newest_at end
+    -- Entries a period older than the newest count for nothing at any time
+    -- this key can still be decided at (never before its newest entry):
+    -- drop them first, even for a request that will be denied, so each call
+    -- reads only entries that may count.
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', int(newest_at - period))
   end
+  local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
   local live, used = {}, 0
   for i = 1, #entries, 2 do
     local at = tonumber(entries[i + 1])

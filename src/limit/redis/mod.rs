@@ -14,16 +14,18 @@
 //! concurrent request may see the spent quota: a transient under-admission,
 //! never an over-admission.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arrayvec::ArrayVec;
-use futures_util::future::try_join_all;
+use futures_util::future::join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script};
 use ring::digest;
+use tokio::sync::Notify;
 
 use super::memory::MAX_CHECKS;
 use super::{Check, Decided, Decision, Limiter, Nanos, Permit};
@@ -67,19 +69,26 @@ pub struct Lease {
     pub(crate) cost: u64,
 }
 
-enum Connection {
-    Single(ConnectionManager),
-    /// Connected on first use, so the gateway starts while the cluster is down.
-    Cluster(Box<LazyCluster>),
+/// How to reach Redis; connected on first use, in the background.
+enum Target {
+    Single(redis::Client),
+    Cluster(Box<ClusterClient>),
 }
 
-struct LazyCluster {
-    client: ClusterClient,
-    connection: tokio::sync::OnceCell<ClusterConnection>,
-}
-
+/// The store; cheap to clone (tasks that must finish after their caller is
+/// gone, such as refunds, own a clone).
+#[derive(Clone)]
 pub struct RedisStore {
-    connection: Connection,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: Target,
+    /// Set once the first connection succeeds; the connection then reconnects
+    /// by itself.
+    connection: OnceLock<AnyConnection>,
+    connecting: AtomicBool,
+    connect_attempted: Notify,
     decide: Script,
     refund: Script,
     lease: Script,
@@ -95,45 +104,58 @@ struct Group {
     members: ArrayVec<usize, MAX_CHECKS>,
 }
 
+/// One check as the script takes it, owned so that a decision can outlive
+/// its caller.
+struct ScriptCheck {
+    key: String,
+    algorithm: &'static str,
+    params: [u64; 3],
+    cost: u64,
+    enforced: bool,
+    quota: u64,
+    holds_permits: bool,
+}
+
+/// A request's decision, planned: its checks, their slots, its id.
+struct Plan {
+    checks: ArrayVec<ScriptCheck, MAX_CHECKS>,
+    groups: ArrayVec<Group, MAX_CHECKS>,
+    id: String,
+    now: String,
+}
+
 impl RedisStore {
-    /// Builds the store without connecting: the gateway starts (and falls back
-    /// on `on_error`) while Redis is down, and connects when Redis is back.
+    /// Builds the store without connecting (and without needing a runtime):
+    /// the gateway starts, and falls back on `on_error`, while Redis is down.
     pub fn new(settings: RedisSettings) -> Result<Self, RedisError> {
-        let connection = match &settings.target {
-            RedisTarget::Single(url) => {
-                let client = redis::Client::open(url.as_str())?;
-                // Short reconnect back-off: Redis coming back must be noticed
-                // within a second, and the breaker already spaces the attempts.
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(settings.connect_timeout))
-                    .set_response_timeout(Some(settings.timeout))
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(10))
-                    .set_max_delay(Duration::from_millis(100));
-                Connection::Single(ConnectionManager::new_lazy_with_config(client, config)?)
-            }
-            RedisTarget::Cluster(urls) => Connection::Cluster(Box::new(LazyCluster {
-                client: ClusterClient::builder(urls.iter().map(String::as_str))
+        let target = match &settings.target {
+            RedisTarget::Single(url) => Target::Single(redis::Client::open(url.as_str())?),
+            RedisTarget::Cluster(urls) => Target::Cluster(Box::new(
+                ClusterClient::builder(urls.iter().map(String::as_str))
                     .connection_timeout(settings.connect_timeout)
                     .response_timeout(settings.timeout)
                     .retries(1)
                     .build()?,
-                connection: tokio::sync::OnceCell::new(),
-            })),
+            )),
         };
         Ok(RedisStore {
-            connection,
-            decide: Script::new(DECIDE),
-            refund: Script::new(REFUND),
-            lease: Script::new(LEASE),
-            settings,
-            instance: instance_id(),
-            next_id: AtomicU64::new(0),
+            inner: Arc::new(Inner {
+                target,
+                connection: OnceLock::new(),
+                connecting: AtomicBool::new(false),
+                connect_attempted: Notify::new(),
+                decide: Script::new(DECIDE),
+                refund: Script::new(REFUND),
+                lease: Script::new(LEASE),
+                settings,
+                instance: instance_id(),
+                next_id: AtomicU64::new(0),
+            }),
         })
     }
 
     pub fn settings(&self) -> &RedisSettings {
-        &self.settings
+        &self.inner.settings
     }
 
     /// Decides on Redis's clock.
@@ -148,101 +170,151 @@ impl RedisStore {
         checks: &[Check<'_>],
         now_micros: Option<u64>,
     ) -> Result<Decided, RedisError> {
-        let keys: ArrayVec<String, MAX_CHECKS> = checks
-            .iter()
-            .map(|c| self.state_key(&c.key, c.limit.0))
-            .collect();
-        let id = format!(
-            "{}.{:x}",
-            self.instance,
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        );
-        let groups = self.groups(&keys);
-        let now_arg = now_micros.map_or_else(String::new, |n| n.to_string());
-        let calls = groups.iter().map(|group| {
-            let mut call = self.decide.prepare_invoke();
-            call.arg(&now_arg).arg(group.members.len());
-            for &i in &group.members {
-                call.key(&keys[i]);
-                push_check(&mut call, &checks[i], &id, self.settings.lease);
-            }
-            async move {
-                let mut connection = self.connection().await?;
-                call.invoke_async::<Vec<i64>>(&mut connection).await
-            }
-        });
-        let replies = try_join_all(calls).await?;
+        let plan = self.plan(checks, now_micros);
+        if plan.groups.len() == 1 {
+            return self.run(&plan).await;
+        }
+        // Several slots: decided one by one and refunded on a denial, in a
+        // task of its own so that a caller timing out cannot stop a refund.
+        let store = self.clone();
+        tokio::spawn(async move { store.run(&plan).await })
+            .await
+            .map_err(|e| {
+                RedisError::from((redis::ErrorKind::Client, "decision task", e.to_string()))
+            })?
+    }
 
+    fn plan(&self, checks: &[Check<'_>], now_micros: Option<u64>) -> Plan {
+        let lease = self.inner.settings.lease;
+        let checks: ArrayVec<ScriptCheck, MAX_CHECKS> = checks
+            .iter()
+            .map(|c| {
+                let (algorithm, a, b, p) = script_params(&c.limiter, lease);
+                ScriptCheck {
+                    key: self.state_key(&c.key, c.limit.0),
+                    algorithm,
+                    params: [a, b, p],
+                    cost: c.cost,
+                    enforced: c.enforced,
+                    quota: c.limiter.quota(),
+                    holds_permits: c.limiter.holds_permits(),
+                }
+            })
+            .collect();
+        Plan {
+            groups: self.groups(&checks),
+            checks,
+            id: format!(
+                "{}.{:x}",
+                self.inner.instance,
+                self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+            ),
+            now: now_micros.map_or_else(String::new, |n| n.to_string()),
+        }
+    }
+
+    async fn run(&self, plan: &Plan) -> Result<Decided, RedisError> {
+        let replies = join_all(plan.groups.iter().map(|group| {
+            self.invoke::<Vec<i64>>(&self.inner.decide, plan, &group.members, &plan.now)
+        }))
+        .await;
         let mut decisions = [Decision::allowed(0, 0, 0); MAX_CHECKS];
-        let mut denied_in = ArrayVec::<bool, MAX_CHECKS>::new();
-        for (group, reply) in groups.iter().zip(&replies) {
-            let mut denied = false;
+        let mut failure = None;
+        // Per group: its reply when it spent (answered, no enforced denial).
+        let mut spent: ArrayVec<Option<&Vec<i64>>, MAX_CHECKS> = ArrayVec::new();
+        let mut denied = false;
+        for (group, reply) in plan.groups.iter().zip(&replies) {
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(e) => {
+                    failure = Some(e.clone());
+                    spent.push(None);
+                    continue;
+                }
+            };
+            let mut group_denied = false;
             for (k, &i) in group.members.iter().enumerate() {
-                let decision = decode(reply, k, &checks[i].limiter).ok_or_else(bad_reply)?;
-                denied |= checks[i].enforced && !decision.allowed;
+                let Some(decision) = decode(reply, k, plan.checks[i].quota) else {
+                    failure = Some(bad_reply());
+                    continue;
+                };
+                group_denied |= plan.checks[i].enforced && !decision.allowed;
                 decisions[i] = decision;
             }
-            denied_in.push(denied);
+            denied |= group_denied;
+            spent.push((!group_denied).then_some(reply));
         }
-        let denied = denied_in.iter().any(|&d| d);
-        if denied && groups.len() > 1 {
-            self.refund(checks, &keys, &groups, &replies, &denied_in, &id)
-                .await?;
+        if (denied || failure.is_some()) && plan.groups.len() > 1 {
+            self.refund(plan, &spent).await;
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         let mut permits = Vec::new();
         if !denied {
-            for (i, check) in checks.iter().enumerate() {
-                if check.limiter.holds_permits() && decisions[i].allowed {
+            for (i, check) in plan.checks.iter().enumerate() {
+                if check.holds_permits && decisions[i].allowed {
                     permits.push(Permit::Lease(Lease {
-                        key: keys[i].clone(),
-                        id: id.clone(),
+                        key: check.key.clone(),
+                        id: plan.id.clone(),
                         cost: check.cost,
                     }));
                 }
             }
         }
         Ok(Decided {
-            decisions: decisions[..checks.len()].iter().copied().collect(),
+            decisions: decisions[..plan.checks.len()].iter().copied().collect(),
             permits,
         })
     }
 
-    /// Gives back what the slots without a denial spent.
-    async fn refund(
+    /// Gives back what the groups that spent took. A refund that fails is
+    /// logged, not returned: the request's answer stands, and the quota comes
+    /// back when its keys expire.
+    async fn refund(&self, plan: &Plan, spent: &[Option<&Vec<i64>>]) {
+        let calls = plan.groups.iter().zip(spent).filter_map(|(group, reply)| {
+            let reply = (*reply)?;
+            let admitted: ArrayVec<usize, MAX_CHECKS> = group
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| reply.get(k * 5) == Some(&1))
+                .map(|(_, &i)| i)
+                .collect();
+            let decided_at = reply.last().copied().unwrap_or_default().to_string();
+            Some(async move {
+                self.invoke::<i64>(&self.inner.refund, plan, &admitted, &decided_at)
+                    .await
+            })
+        });
+        for result in join_all(calls).await {
+            if let Err(e) = result {
+                tracing::warn!("refunding a request denied in another slot failed: {e}");
+            }
+        }
+    }
+
+    /// Runs `script` over the checks `members` of `plan`.
+    async fn invoke<T: redis::FromRedisValue>(
         &self,
-        checks: &[Check<'_>],
-        keys: &[String],
-        groups: &[Group],
-        replies: &[Vec<i64>],
-        denied_in: &[bool],
-        id: &str,
-    ) -> Result<(), RedisError> {
-        let calls = groups
-            .iter()
-            .zip(replies)
-            .zip(denied_in)
-            .filter(|(_, &denied)| !denied)
-            .map(|((group, reply), _)| {
-                let decided_at = reply.last().copied().unwrap_or_default();
-                let mut call = self.refund.prepare_invoke();
-                let spent: ArrayVec<usize, MAX_CHECKS> = group
-                    .members
-                    .iter()
-                    .enumerate()
-                    .filter(|(k, _)| reply.get(k * 5) == Some(&1))
-                    .map(|(_, &i)| i)
-                    .collect();
-                call.arg(decided_at).arg(spent.len());
-                for &i in &spent {
-                    call.key(&keys[i]);
-                    push_check(&mut call, &checks[i], id, self.settings.lease);
-                }
-                async move {
-                    let mut connection = self.connection().await?;
-                    call.invoke_async::<i64>(&mut connection).await
-                }
-            });
-        try_join_all(calls).await.map(|_| ())
+        script: &Script,
+        plan: &Plan,
+        members: &[usize],
+        now: &str,
+    ) -> Result<T, RedisError> {
+        let mut call = script.prepare_invoke();
+        call.arg(now).arg(members.len());
+        for &i in members {
+            let check = &plan.checks[i];
+            call.key(&check.key)
+                .arg(check.algorithm)
+                .arg(&check.params[..])
+                .arg(check.cost)
+                .arg(u8::from(check.enforced))
+                .arg(&plan.id);
+        }
+        let mut connection = self.connection().await?;
+        call.invoke_async::<T>(&mut connection).await
     }
 
     /// Pushes the expiry of held leases to now + lease.
@@ -256,9 +328,9 @@ impl RedisStore {
     }
 
     async fn lease_op(&self, op: &str, leases: &[Lease]) -> Result<(), RedisError> {
-        let lease_micros = micros(self.settings.lease.as_nanos() as Nanos);
+        let lease_micros = micros(self.inner.settings.lease.as_nanos() as Nanos);
         for lease in leases {
-            let mut call = self.lease.prepare_invoke();
+            let mut call = self.inner.lease.prepare_invoke();
             call.key(&lease.key)
                 .arg(op)
                 .arg(&lease.id)
@@ -279,15 +351,67 @@ impl RedisStore {
             .map(|_| ())
     }
 
+    /// The connection, once made. The first caller starts connecting in a
+    /// task of its own, bounded by `connect_timeout`, so that callers with a
+    /// short timeout cannot abort it half-way (a cluster needs several round
+    /// trips); callers wait for that attempt.
     async fn connection(&self) -> Result<AnyConnection, RedisError> {
-        match &self.connection {
-            Connection::Single(manager) => Ok(AnyConnection::Single(manager.clone())),
-            Connection::Cluster(cluster) => cluster
-                .connection
-                .get_or_try_init(|| cluster.client.get_async_connection())
-                .await
-                .map(|c| AnyConnection::Cluster(c.clone())),
+        if let Some(connection) = self.inner.connection.get() {
+            return Ok(connection.clone());
         }
+        let attempted = self.inner.connect_attempted.notified();
+        tokio::pin!(attempted);
+        attempted.as_mut().enable();
+        if let Some(connection) = self.inner.connection.get() {
+            return Ok(connection.clone());
+        }
+        if !self.inner.connecting.swap(true, Ordering::AcqRel) {
+            let store = self.clone();
+            tokio::spawn(async move { store.connect().await });
+        }
+        attempted.await;
+        self.inner
+            .connection
+            .get()
+            .cloned()
+            .ok_or_else(|| RedisError::from((redis::ErrorKind::Io, "not connected to Redis yet")))
+    }
+
+    async fn connect(&self) {
+        let settings = &self.inner.settings;
+        let attempt = async {
+            match &self.inner.target {
+                Target::Single(client) => {
+                    // Short reconnect back-off: Redis coming back must be
+                    // noticed within a second; the breaker spaces attempts.
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(settings.connect_timeout))
+                        .set_response_timeout(Some(settings.timeout))
+                        .set_number_of_retries(1)
+                        .set_min_delay(Duration::from_millis(10))
+                        .set_max_delay(Duration::from_millis(100));
+                    ConnectionManager::new_with_config(client.clone(), config)
+                        .await
+                        .map(AnyConnection::Single)
+                }
+                Target::Cluster(client) => client
+                    .get_async_connection()
+                    .await
+                    .map(AnyConnection::Cluster),
+            }
+        };
+        match tokio::time::timeout(settings.connect_timeout * 2, attempt).await {
+            Ok(Ok(connection)) => {
+                let _ = self.inner.connection.set(connection);
+            }
+            Ok(Err(e)) => tracing::warn!("cannot connect to Redis: {e}"),
+            Err(_) => tracing::warn!(
+                "cannot connect to Redis within {:?}",
+                settings.connect_timeout * 2
+            ),
+        }
+        self.inner.connecting.store(false, Ordering::Release);
+        self.inner.connect_attempted.notify_waiters();
     }
 
     /// `<prefix>:{<digest of the client key>}:<limit id>`. The digest keeps
@@ -313,19 +437,22 @@ impl RedisStore {
             }
         }
         let digest = ctx.finish();
-        let mut tag = String::with_capacity(32);
-        for byte in &digest.as_ref()[..16] {
-            tag.push_str(&format!("{byte:02x}"));
-        }
-        format!("{}:{{{tag}}}:{limit:016x}", self.settings.prefix)
+        let prefix = &self.inner.settings.prefix;
+        let mut out = String::with_capacity(prefix.len() + 54);
+        out.push_str(prefix);
+        out.push_str(":{");
+        push_hex(&mut out, &digest.as_ref()[..16]);
+        out.push_str("}:");
+        push_hex(&mut out, &limit.to_be_bytes());
+        out
     }
 
     /// One group on a single node; one per hash slot on a cluster.
-    fn groups(&self, keys: &[String]) -> ArrayVec<Group, MAX_CHECKS> {
+    fn groups(&self, checks: &[ScriptCheck]) -> ArrayVec<Group, MAX_CHECKS> {
         let mut groups = ArrayVec::<Group, MAX_CHECKS>::new();
-        let cluster = matches!(self.connection, Connection::Cluster(_));
-        for (i, key) in keys.iter().enumerate() {
-            let slot = if cluster { hash_slot(key) } else { 0 };
+        let cluster = matches!(self.inner.target, Target::Cluster(_));
+        for (i, check) in checks.iter().enumerate() {
+            let slot = if cluster { hash_slot(&check.key) } else { 0 };
             match groups.iter_mut().find(|g| g.slot == slot) {
                 Some(group) => group.members.push(i),
                 None => {
@@ -339,7 +466,16 @@ impl RedisStore {
     }
 }
 
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &byte in bytes {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+}
+
 /// Either kind of connection, as the `redis` crate's commands take it.
+#[derive(Clone)]
 enum AnyConnection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
@@ -388,23 +524,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// The script's seven arguments for one check.
-fn push_check(
-    call: &mut redis::ScriptInvocation<'_>,
-    check: &Check<'_>,
-    id: &str,
-    lease: Duration,
-) {
-    let (algorithm, a, b, c) = script_params(&check.limiter, lease);
-    call.arg(algorithm)
-        .arg(a)
-        .arg(b)
-        .arg(c)
-        .arg(check.cost)
-        .arg(u8::from(check.enforced))
-        .arg(id);
-}
-
 /// The script's name and parameters for an algorithm, times in microseconds
 /// (rounded up: a limit is never looser in Redis than in memory).
 fn script_params(limiter: &Limiter, lease: Duration) -> (&'static str, u64, u64, u64) {
@@ -442,12 +561,12 @@ fn micros(nanos: Nanos) -> u64 {
 }
 
 /// The `k`th decision of a script reply.
-fn decode(reply: &[i64], k: usize, limiter: &Limiter) -> Option<Decision> {
+fn decode(reply: &[i64], k: usize, quota: u64) -> Option<Decision> {
     let v = reply.get(k * 5..k * 5 + 5)?;
     let nanos = |us: i64| (us.max(0) as u64).saturating_mul(1000);
     Some(Decision {
         allowed: v[0] == 1,
-        limit: limiter.quota(),
+        limit: quota,
         remaining: v[1].max(0) as u64,
         reset_after: nanos(v[2]),
         retry_after: if v[3] < 0 { Nanos::MAX } else { nanos(v[3]) },
@@ -475,14 +594,23 @@ fn hash_slot(key: &str) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(bytes)) % SLOTS
 }
 
-/// A random id for this process.
+/// A random id for this process, so that sliding-log members and leases of
+/// different gateways never collide. Should the system's randomness fail,
+/// the process id and the time stand in.
 fn instance_id() -> String {
-    let mut bytes = [0u8; 6];
-    // Without randomness ids are still unique within this process; only
-    // members of sliding logs and leases shared with another gateway could
-    // collide, and `SystemRandom` does not fail on supported platforms.
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut bytes = [0u8; 8];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(&std::process::id().to_be_bytes());
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        ctx.update(&since_epoch.as_nanos().to_be_bytes());
+        bytes.copy_from_slice(&ctx.finish().as_ref()[..8]);
+    }
+    let mut id = String::with_capacity(16);
+    push_hex(&mut id, &bytes);
+    id
 }
 
 #[cfg(test)]
@@ -494,7 +622,9 @@ mod tests {
         // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
         assert_eq!(hash_slot("123456789"), 12739);
         assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
-        assert_eq!(hash_slot("foo{}{bar}"), hash_slot("foo{}{bar}"));
+        let whole = |key: &str| crc16::State::<crc16::XMODEM>::calculate(key.as_bytes()) % SLOTS;
+        assert_eq!(hash_slot("foo{}{bar}"), whole("foo{}{bar}"));
+        assert_ne!(hash_slot("{a}x"), whole("{a}x"));
         assert_eq!(hash_slot("foo{{bar}}zap"), hash_slot("{bar"));
     }
 
