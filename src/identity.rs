@@ -206,6 +206,20 @@ impl<'a> ClientKey<'a> {
         self.parts.iter().flatten()
     }
 
+    /// The same key, owning its values (for limits decided after the request,
+    /// such as WebSocket message limits).
+    pub fn into_owned(self) -> ClientKey<'static> {
+        ClientKey {
+            parts: self.parts.map(|part| {
+                part.map(|value| match value {
+                    KeyValue::Ip(ip) => KeyValue::Ip(ip),
+                    KeyValue::Text(text) => KeyValue::Text(Cow::Owned(text.into_owned())),
+                    KeyValue::Global => KeyValue::Global,
+                })
+            }),
+        }
+    }
+
     /// The key of a lone client IP (used by `missing: ip`).
     pub fn ip(facts: &RequestFacts<'a>) -> Self {
         let mut parts = [None, None, None, None];

@@ -17,3 +17,4 @@ pub mod reload;
 pub mod route;
 pub mod runtime;
 pub mod server;
+pub mod websocket;

@@ -77,6 +77,36 @@ impl DecisionResult {
     }
 }
 
+/// What happened to a client WebSocket message under a rule's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageResult {
+    Forwarded,
+    /// Over the message limit, dropped (`on_limit: drop`).
+    Dropped,
+    /// Over the message limit, the connection closed (`on_limit: close`).
+    Closed,
+    /// Over `max_message_bytes`: the connection closed.
+    TooBig,
+}
+
+impl MessageResult {
+    pub const ALL: [MessageResult; 4] = [
+        MessageResult::Forwarded,
+        MessageResult::Dropped,
+        MessageResult::Closed,
+        MessageResult::TooBig,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            MessageResult::Forwarded => "forwarded",
+            MessageResult::Dropped => "dropped",
+            MessageResult::Closed => "closed",
+            MessageResult::TooBig => "too_big",
+        }
+    }
+}
+
 /// How a config reload attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadResult {
@@ -102,9 +132,15 @@ pub struct RuleMetrics {
     upstream_duration: Histogram,
     websockets: IntGauge,
     degraded: [IntCounter; OnError::ALL.len()],
+    websocket_messages: [IntCounter; MessageResult::ALL.len()],
 }
 
 impl RuleMetrics {
+    /// Counts a client WebSocket message of a rule with message limits.
+    pub fn websocket_message(&self, result: MessageResult) {
+        self.websocket_messages[result as usize].inc();
+    }
+
     /// Counts a request decided under `on_error` because Redis failed.
     pub fn degraded(&self, on_error: OnError) {
         self.degraded[on_error as usize].inc();
@@ -207,6 +243,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     websockets: IntGaugeVec,
     degraded: IntCounterVec,
+    websocket_messages: IntCounterVec,
     pub config_generation: IntGauge,
     pub last_reload_success: IntGauge,
     pub tracked_keys: IntGauge,
@@ -361,6 +398,12 @@ impl Metrics {
             "store_evictions_total",
             "Limiter states evicted to stay within store.memory.max_keys",
         );
+        let websocket_messages = counter_vec(
+            r,
+            "websocket_messages_total",
+            "Client WebSocket messages of rules with message limits, by rule and result",
+            &["rule", "result"],
+        );
         let degraded = counter_vec(
             r,
             "degraded_decisions_total",
@@ -411,6 +454,7 @@ impl Metrics {
             &upstream_duration,
             &websockets,
             &degraded,
+            &websocket_messages,
             "",
         );
         Metrics {
@@ -423,6 +467,7 @@ impl Metrics {
             reloads,
             websockets,
             degraded,
+            websocket_messages,
             config_generation,
             last_reload_success,
             tracked_keys,
@@ -439,6 +484,7 @@ impl Metrics {
         upstream_duration: &HistogramVec,
         websockets: &IntGaugeVec,
         degraded: &IntCounterVec,
+        websocket_messages: &IntCounterVec,
         rule: &str,
     ) -> RuleMetrics {
         RuleMetrics {
@@ -447,6 +493,8 @@ impl Metrics {
             upstream_duration: upstream_duration.with_label_values(&[rule]),
             websockets: websockets.with_label_values(&[rule]),
             degraded: OnError::ALL.map(|o| degraded.with_label_values(&[rule, o.label()])),
+            websocket_messages: MessageResult::ALL
+                .map(|m| websocket_messages.with_label_values(&[rule, m.label()])),
         }
     }
 
@@ -458,6 +506,7 @@ impl Metrics {
             &self.upstream_duration,
             &self.websockets,
             &self.degraded,
+            &self.websocket_messages,
             name,
         )
     }
@@ -488,6 +537,11 @@ impl Metrics {
         let _ = self.upstream_duration.remove_label_values(&[rule]);
         for on_error in OnError::ALL {
             let _ = self.degraded.remove_label_values(&[rule, on_error.label()]);
+        }
+        for result in MessageResult::ALL {
+            let _ = self
+                .websocket_messages
+                .remove_label_values(&[rule, result.label()]);
         }
         self.forget_idle_websockets(rule);
         for limit in limits {

@@ -52,6 +52,35 @@ pub enum MissingPolicy {
     Ip,
 }
 
+/// What a WebSocket message over its limit gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    /// The message is dropped and the client told, in a text frame,
+    /// `{"type":"rate_limited","retry_after_ms":N}`.
+    #[default]
+    Drop,
+    /// The connection is closed with 1008 (policy violation).
+    Close,
+}
+
+/// Limits inside a rule's WebSocket connections.
+#[derive(Debug, Clone, Default)]
+pub struct WebSocketPolicy {
+    pub messages: Option<MessageLimit>,
+    pub max_message_bytes: Option<u64>,
+    pub on_limit: OnLimit,
+    pub idle_timeout: Option<Duration>,
+    pub max_lifetime: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MessageLimit {
+    pub limit: RuleLimit,
+    /// Counted per connection, in the tunnel itself (no store involved).
+    pub per_connection: bool,
+}
+
 /// Whether a limit denies or only reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -122,6 +151,7 @@ pub struct Rule {
     pub deny: DenyResponse,
     /// Overrides `store.on_error`.
     pub on_error: Option<OnError>,
+    pub websocket: WebSocketPolicy,
     pub metrics: RuleMetrics,
 }
 

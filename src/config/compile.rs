@@ -11,8 +11,9 @@ use http::{HeaderValue, Method};
 use ipnet::IpNet;
 
 use super::input::{
-    AlgorithmInput, ConfigInput, CostInput, DemoBus, DemoInput, DenyInput, ExemptInput,
+    AlgorithmInput, ConfigInput, CostInput, DemoBus, DemoInput, DenyInput, ExemptInput, KeyInput,
     KeyPartInput, LimitInput, RuleInput, ServerInput, StoreBackend, StoreInput, UpstreamInput,
+    WebSocketInput,
 };
 use super::locate::SourceMap;
 use super::units::{self, Rate, MAX_RATE_COUNT};
@@ -30,8 +31,8 @@ use crate::limit::{
 use crate::metrics::Metrics;
 use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
 use crate::runtime::{
-    Cost, DenyResponse, HeaderStyle, MissingPolicy, RedisBackend, Rule, RuleLimit, Runtime,
-    ServerSettings, StoreSettings, Upstream,
+    Cost, DenyResponse, HeaderStyle, MessageLimit, MissingPolicy, RedisBackend, Rule, RuleLimit,
+    Runtime, ServerSettings, StoreSettings, Upstream, WebSocketPolicy,
 };
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -691,6 +692,17 @@ fn compile_rule(
         .filter_map(|(i, e)| compile_exemption(c, &format!("{base}.exempt[{i}]"), e))
         .collect();
     let deny = compile_deny(c, &format!("{base}.deny"), r.deny.as_ref());
+    let websocket = match &r.websocket {
+        Some(w) => compile_websocket(
+            c,
+            &format!("{base}.websocket"),
+            &r.name,
+            w,
+            &limit_names,
+            metrics,
+        ),
+        None => WebSocketPolicy::default(),
+    };
     Some(Rule {
         name: r.name.clone(),
         pattern: pattern?,
@@ -701,8 +713,71 @@ fn compile_rule(
         headers: r.headers.unwrap_or(server.headers),
         deny,
         on_error: r.on_error,
+        websocket,
         metrics: metrics.rule(&r.name),
     })
+}
+
+fn compile_websocket(
+    c: &mut Compiler<'_>,
+    path: &str,
+    rule: &str,
+    w: &WebSocketInput,
+    request_limits: &HashSet<String>,
+    metrics: &Metrics,
+) -> WebSocketPolicy {
+    let duration = |c: &mut Compiler<'_>, field: &str, text: &Option<String>| {
+        let text = text.as_ref()?;
+        let d = c.check(format!("{path}.{field}"), units::parse_duration(text))?;
+        if d.is_zero() {
+            c.error(format!("{path}.{field}"), "must be longer than 0s");
+            return None;
+        }
+        Some(d)
+    };
+    let idle_timeout = duration(c, "idle_timeout", &w.idle_timeout);
+    let max_lifetime = duration(c, "max_lifetime", &w.max_lifetime);
+    if w.max_message_bytes == Some(0) {
+        c.error(
+            format!("{path}.max_message_bytes"),
+            "must be at least 1 (omit it for no maximum)",
+        );
+    }
+    let messages = w.messages.as_ref().and_then(|l| {
+        let path = format!("{path}.messages");
+        if l.concurrent.is_some() || l.cost.is_some() {
+            c.error(
+                &path,
+                "a message limit takes a `rate:` (each message costs 1); `concurrent:` and `cost:` apply to requests",
+            );
+            return None;
+        }
+        let per_connection = l.key == KeyInput::One(KeyPartInput::Connection);
+        let mut input = l.clone();
+        if per_connection {
+            // Counted in the tunnel: the key only names the limit.
+            input.key = KeyInput::One(KeyPartInput::Global);
+            input.name = Some(l.name.clone().unwrap_or_else(|| "per-connection".into()));
+        }
+        let limit = compile_limit(c, &path, rule, &input, metrics)?;
+        if request_limits.contains(&limit.name) {
+            c.error(
+                format!("{path}.name"),
+                format!("{:?} names a request limit of this rule too; name the message limit apart", limit.name),
+            );
+        }
+        Some(MessageLimit {
+            limit,
+            per_connection,
+        })
+    });
+    WebSocketPolicy {
+        messages,
+        max_message_bytes: w.max_message_bytes,
+        on_limit: w.on_limit.unwrap_or_default(),
+        idle_timeout,
+        max_lifetime,
+    }
 }
 
 fn list_or_none(mut names: Vec<&str>) -> String {
@@ -764,6 +839,13 @@ fn compile_limit(
             KeyPartInput::Ip => Some(KeyPart::Ip),
             KeyPartInput::ApiKey => Some(KeyPart::ApiKey),
             KeyPartInput::Global => Some(KeyPart::Global),
+            KeyPartInput::Connection => {
+                c.error(
+                    format!("{path}.key"),
+                    "the `connection` key applies to websocket.messages only, on its own",
+                );
+                None
+            }
             KeyPartInput::Header(name) => c
                 .check(format!("{path}.key"), parse_header_name(name))
                 .map(KeyPart::Header),

@@ -12,7 +12,7 @@ use serde::de::{
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::limit::failover::OnError;
-use crate::runtime::{HeaderStyle, MissingPolicy, Mode};
+use crate::runtime::{HeaderStyle, MissingPolicy, Mode, OnLimit};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -297,6 +297,32 @@ pub struct RuleInput {
     /// Overrides `store.on_error` for this rule.
     #[serde(default)]
     pub on_error: Option<OnError>,
+    /// Limits inside the WebSocket connections of this rule.
+    #[serde(default)]
+    pub websocket: Option<WebSocketInput>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketInput {
+    /// A limit on client-to-upstream data messages; `key: connection` counts
+    /// per connection, any other key across connections (and gateways).
+    #[serde(default)]
+    pub messages: Option<LimitInput>,
+    /// The largest client message (all its fragments); larger ones close the
+    /// connection with 1009.
+    #[serde(default)]
+    pub max_message_bytes: Option<u64>,
+    /// What a message over the limit gets (default `drop`).
+    #[serde(default)]
+    pub on_limit: Option<OnLimit>,
+    /// Closed when nothing moves either way for this long (default: the
+    /// upstream's `tunnel_idle_timeout`).
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Closed (1001) after this long, however busy.
+    #[serde(default)]
+    pub max_lifetime: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -408,11 +434,13 @@ impl<'de> Deserialize<'de> for CostInput {
     }
 }
 
-/// One part of a key as written: `ip`, `api_key`, `global` or `{ header: NAME }`.
+/// One part of a key as written: `ip`, `api_key`, `global`, `connection`
+/// (WebSocket message limits only) or `{ header: NAME }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyPartInput {
     Ip,
+    Connection,
     ApiKey,
     Global,
     Header(String),
@@ -446,7 +474,7 @@ impl<'de> Deserialize<'de> for KeyInput {
             type Value = KeyInput;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("ip, api_key, global, { header: NAME }, or a list of these")
+                f.write_str("ip, api_key, global, connection, { header: NAME }, or a list of these")
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyInput, E> {

@@ -20,7 +20,7 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::identity::{KeyError, X_FORWARDED_FOR, X_FORWARDED_PROTO};
+use crate::identity::{ClientKey, KeyError, RequestFacts, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::limit::failover::{Answer, HeldPermits, Limits, OnError};
 use crate::limit::redis::RedisStore;
 use crate::limit::{Decided, Decision, MemoryStore, MonotonicClock};
@@ -28,7 +28,8 @@ use crate::metrics::{DecisionResult, Metrics, Outcome};
 use crate::pipeline::{self, Incoming, Plan, Unrouted};
 use crate::reload::{self, Reloader, Startup};
 use crate::route::{PathError, Target};
-use crate::runtime::{Mode, Runtime, Upstream};
+use crate::runtime::{MissingPolicy, Mode, Rule, Runtime, Upstream};
+use crate::websocket::{ClientFilter, MessageGate, ServerWatch};
 use respond::Reply;
 use tunnel::TunnelError;
 
@@ -205,6 +206,11 @@ pub struct RequestCtx {
     permits: Option<HeldPermits>,
     /// How long a shaping leaky bucket holds the request before it goes on.
     delay: Duration,
+    /// The key of the rule's WebSocket message limit, taken from the upgrade
+    /// request (`None`: per connection, exempt, or no message limit).
+    message_key: Option<ClientKey<'static>>,
+    /// An exemption applied: no limits, inside the tunnel either.
+    exempt: bool,
 }
 
 fn peer_ip(session: &Session) -> IpAddr {
@@ -352,6 +358,12 @@ impl Gateway {
                 }
             }
         };
+        ctx.exempt = outcome == Outcome::Exempt;
+        if !ctx.exempt && tunnel::is_websocket_request(&req.method, &req.headers) {
+            if let Some(reply) = message_key(rule, &facts, ctx) {
+                return Some(reply);
+            }
+        }
         match forward_uri(&target, &routed.path) {
             Ok(uri) => ctx.forward_uri = uri,
             Err(e) => {
@@ -467,14 +479,62 @@ impl Gateway {
         session
             .write_response_header(Box::new(response), false)
             .await?;
-        let timeouts = tunnel::TunnelTimeouts {
-            idle: upstream.tunnel_idle_timeout,
-            write: upstream.write_timeout,
+        let policy = &rule.websocket;
+        let gate = match policy.messages.as_ref().filter(|_| !ctx.exempt) {
+            Some(m) if m.per_connection => Some(MessageGate::per_connection(
+                m.limit.clone(),
+                policy.on_limit,
+            )),
+            Some(m) => ctx.message_key.take().map(|key| {
+                let on_error = rule.on_error.unwrap_or(rt.store.on_error);
+                MessageGate::shared(m.limit.clone(), policy.on_limit, key, on_error)
+            }),
+            None => None,
         };
-        let end = tunnel::pump(session, stream, rest, timeouts).await;
+        let inspect =
+            gate.is_some() || policy.max_message_bytes.is_some() || policy.max_lifetime.is_some();
+        let inspection = inspect.then(|| tunnel::Inspection {
+            filter: ClientFilter::new(policy.max_message_bytes),
+            watch: ServerWatch::default(),
+            gate,
+            limits: &self.shared.limits,
+            clock: self.shared.clock,
+            metrics: &rule.metrics,
+        });
+        let timeouts = tunnel::TunnelTimeouts {
+            idle: policy.idle_timeout.unwrap_or(upstream.tunnel_idle_timeout),
+            write: upstream.write_timeout,
+            lifetime: policy.max_lifetime,
+        };
+        let end = tunnel::pump(session, stream, rest, timeouts, inspection).await;
         tracing::debug!(rule = %rule.name, ?end, "tunnel closed");
         Ok(())
     }
+}
+
+/// Takes the key of a rule's shared WebSocket message limit from the upgrade
+/// request, with the limit's `missing:` policy; `Some` refuses the upgrade.
+fn message_key(rule: &Rule, facts: &RequestFacts<'_>, ctx: &mut RequestCtx) -> Option<Reply> {
+    let messages = rule
+        .websocket
+        .messages
+        .as_ref()
+        .filter(|m| !m.per_connection)?;
+    let limit = &messages.limit;
+    ctx.message_key = match (limit.key.extract(facts), limit.missing) {
+        (Ok(key), _) => Some(key.into_owned()),
+        (Err(KeyError::Missing(_)), MissingPolicy::Ip) => Some(ClientKey::ip(facts).into_owned()),
+        (Err(KeyError::Missing(_)), MissingPolicy::Skip) => None,
+        (Err(KeyError::Missing(part)), MissingPolicy::Deny) => {
+            rule.metrics.record(Outcome::MissingKey);
+            return Some(respond::missing_key(rule, limit, &part));
+        }
+        (Err(KeyError::Conflicting(part)), _) => {
+            rule.metrics.record(Outcome::BadRequest);
+            return Some(respond::conflicting_key(rule, limit, &part));
+        }
+    };
+    None
 }
 
 /// An HTTP/1.1 WebSocket handshake without a body: the requests we tunnel.

@@ -18,6 +18,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
+use crate::limit::failover::Limits;
+use crate::limit::MonotonicClock;
+use crate::metrics::{MessageResult, RuleMetrics};
+use crate::websocket::frame::{close_frame, random_mask};
+use crate::websocket::{
+    notice_frame, ClientFilter, Close, Filtered, MessageGate, ServerWatch, Step, Verdict,
+    CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_PROTOCOL_ERROR,
+};
+
 /// The largest response head we accept from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
@@ -194,6 +203,9 @@ pub enum TunnelEnd {
     UpstreamClosed,
     Idle,
     Failed,
+    /// The gateway closed it with this code (a limit, a size, the lifetime,
+    /// a protocol error).
+    Closed(u16),
 }
 
 /// Timeouts of one tunnel.
@@ -203,11 +215,73 @@ pub struct TunnelTimeouts {
     pub idle: Duration,
     /// A write to either side may not take longer than this.
     pub write: Duration,
+    /// Closed with 1001 after this long, however busy.
+    pub lifetime: Option<Duration>,
 }
+
+/// Frame-level inspection of a tunnel: message limits and sizes, and where
+/// the gateway's own frames may go.
+pub struct Inspection<'a> {
+    pub filter: ClientFilter,
+    pub watch: ServerWatch,
+    pub gate: Option<MessageGate>,
+    pub limits: &'a Limits,
+    pub clock: MonotonicClock,
+    pub metrics: &'a RuleMetrics,
+}
+
+impl Inspection<'_> {
+    /// Filters a piece of the client's stream, deciding each message that
+    /// starts in it.
+    async fn client_piece(&mut self, chunk: Bytes) -> Filtered {
+        if self.filter.start(chunk).is_err() {
+            return Filtered {
+                close: Some(Close {
+                    code: CLOSE_PROTOCOL_ERROR,
+                    reason: "invalid frame",
+                }),
+                ..Filtered::default()
+            };
+        }
+        loop {
+            match self.filter.step() {
+                Step::Done(filtered) => {
+                    if let Some(close) = filtered.close {
+                        self.metrics
+                            .websocket_message(if close.code == CLOSE_MESSAGE_TOO_BIG {
+                                MessageResult::TooBig
+                            } else {
+                                MessageResult::Closed
+                            });
+                    }
+                    return filtered;
+                }
+                Step::Decide => {
+                    let verdict = match &mut self.gate {
+                        Some(gate) => gate.admit(self.limits, self.clock.now()).await,
+                        None => Verdict::Forward,
+                    };
+                    if verdict != Verdict::Close {
+                        self.metrics.websocket_message(match verdict {
+                            Verdict::Forward => MessageResult::Forwarded,
+                            _ => MessageResult::Dropped,
+                        });
+                    }
+                    self.filter.verdict(verdict);
+                }
+            }
+        }
+    }
+}
+
+/// How long a closing tunnel waits for the upstream's stream to reach a
+/// frame boundary (to put the close frame there) before it just hangs up.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Pumps bytes both ways after a `101` has been written to the client, until
 /// the upstream closes (after the client did, or on its own), a write fails
-/// or times out, or nothing moves for the idle timeout.
+/// or times out, nothing moves for the idle timeout, or the gateway closes
+/// the tunnel (message limits, sizes, lifetime).
 ///
 /// Client → upstream writes happen in their own task behind a small queue, so
 /// the loop keeps reading the upstream while the upstream is slow to accept:
@@ -217,11 +291,15 @@ pub async fn pump(
     upstream: Stream,
     rest: Bytes,
     limits: TunnelTimeouts,
+    mut inspection: Option<Inspection<'_>>,
 ) -> TunnelEnd {
     // The tunnel has its own idle rule; Pingora's per-read timeout (60 s by
     // default) would otherwise close every quiet tunnel.
     session.set_read_timeout(None);
     session.set_write_timeout(Some(limits.write));
+    if let Some(inspection) = &mut inspection {
+        inspection.watch.feed(&rest);
+    }
     if !rest.is_empty()
         && session
             .write_response_body(Some(rest), false)
@@ -232,7 +310,7 @@ pub async fn pump(
     }
     let (mut from_upstream, to_upstream) = tokio::io::split(upstream);
     let (queue, mut queued) = mpsc::channel::<Bytes>(TO_UPSTREAM_QUEUE);
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         let mut to_upstream = to_upstream;
         while let Some(chunk) = queued.recv().await {
             let write = async {
@@ -243,13 +321,27 @@ pub async fn pump(
                 return false;
             }
         }
-        // The client closed: pass the half-close on; the upstream answers
-        // (a WebSocket close) and closes.
+        // The client closed (or the gateway did): pass the half-close on;
+        // the upstream answers (a WebSocket close) and closes.
         let _ = to_upstream.shutdown().await;
         true
     });
-    let end = relay(session, &mut from_upstream, queue, limits).await;
-    writer.abort();
+    let end = relay(
+        session,
+        &mut from_upstream,
+        queue,
+        limits,
+        inspection.as_mut(),
+    )
+    .await;
+    // The queue is gone: the writer sends what it holds (a close frame, say)
+    // and half-closes, unless the upstream is stuck.
+    if timeout(limits.write.min(CLOSE_GRACE), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     let _ = session.write_response_body(None, true).await;
     end
 }
@@ -259,20 +351,51 @@ async fn relay(
     from_upstream: &mut ReadHalf<Stream>,
     queue: mpsc::Sender<Bytes>,
     limits: TunnelTimeouts,
+    mut inspection: Option<&mut Inspection<'_>>,
 ) -> TunnelEnd {
     let mut queue = Some(queue);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut deadline = Instant::now() + limits.idle;
+    let end_of_life = limits.lifetime.map(|l| Instant::now() + l);
+    let mut notice: Option<Duration> = None;
+    let mut closing: Option<(Close, Instant)> = None;
     loop {
-        let room = queue.as_ref().is_some_and(|q| q.capacity() > 0);
+        let room = closing.is_none() && queue.as_ref().is_some_and(|q| q.capacity() > 0);
+        let lifetime_ends = async {
+            match end_of_life {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let grace_ends = async {
+            match &closing {
+                Some((_, at)) => tokio::time::sleep_until(*at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             from_client = session.read_request_body(), if room => {
                 deadline = Instant::now() + limits.idle;
                 match from_client {
                     Ok(Some(chunk)) => {
-                        let sent = queue.as_ref().is_some_and(|q| q.try_send(chunk).is_ok());
-                        if !sent {
-                            return TunnelEnd::Failed; // the writer gave up
+                        let forward = match inspection.as_deref_mut() {
+                            None => Some(chunk),
+                            Some(inspection) => {
+                                let filtered = inspection.client_piece(chunk).await;
+                                if let Some(retry_after) = filtered.notice {
+                                    notice = Some(retry_after);
+                                }
+                                if let Some(close) = filtered.close {
+                                    closing = Some((close, Instant::now() + CLOSE_GRACE));
+                                }
+                                filtered.forward
+                            }
+                        };
+                        if let Some(bytes) = forward {
+                            let sent = queue.as_ref().is_some_and(|q| q.try_send(bytes).is_ok());
+                            if !sent {
+                                return TunnelEnd::Failed; // the writer gave up
+                            }
                         }
                     }
                     // Dropping the queue lets the writer half-close the upstream.
@@ -285,7 +408,11 @@ async fn relay(
                 match read {
                     Ok(0) => return if queue.is_none() { TunnelEnd::ClientClosed } else { TunnelEnd::UpstreamClosed },
                     Ok(_) => {
-                        if session.write_response_body(Some(buf.split().freeze()), false).await.is_err() {
+                        let data = buf.split().freeze();
+                        if let Some(inspection) = inspection.as_deref_mut() {
+                            inspection.watch.feed(&data);
+                        }
+                        if session.write_response_body(Some(data), false).await.is_err() {
                             return TunnelEnd::Failed;
                         }
                         buf.reserve(READ_CHUNK);
@@ -294,6 +421,46 @@ async fn relay(
                 }
             },
             _ = tokio::time::sleep_until(deadline) => return TunnelEnd::Idle,
+            _ = lifetime_ends, if closing.is_none() => {
+                closing = Some((
+                    Close { code: CLOSE_GOING_AWAY, reason: "maximum connection lifetime reached" },
+                    Instant::now() + CLOSE_GRACE,
+                ));
+            },
+            _ = grace_ends => {
+                return TunnelEnd::Closed(closing.map_or(CLOSE_GOING_AWAY, |(c, _)| c.code));
+            },
+        }
+        let Some(inspection) = inspection.as_deref_mut() else {
+            continue;
+        };
+        // The gateway's own frames go only where the upstream's stream is
+        // between frames (a notice: between messages).
+        if let Some(retry_after) = notice {
+            if closing.is_none() && inspection.watch.at_message_boundary() {
+                if session
+                    .write_response_body(Some(Bytes::from(notice_frame(retry_after))), false)
+                    .await
+                    .is_err()
+                {
+                    return TunnelEnd::Failed;
+                }
+                notice = None;
+            }
+        }
+        if let Some((close, _)) = closing {
+            if inspection.watch.at_frame_boundary() {
+                let to_client = Bytes::from(close_frame(close.code, close.reason, None));
+                let _ = session.write_response_body(Some(to_client), false).await;
+                // Upstream, a close frame only fits between the client's frames.
+                if inspection.filter.at_frame_boundary() {
+                    let to_upstream = close_frame(close.code, close.reason, Some(random_mask()));
+                    if let Some(q) = &queue {
+                        let _ = q.try_send(Bytes::from(to_upstream));
+                    }
+                }
+                return TunnelEnd::Closed(close.code);
+            }
         }
     }
 }

@@ -1,0 +1,483 @@
+//! Limits inside WebSocket tunnels: each client message is decided against the
+//! rule's message limit at its first frame; one over the limit is dropped
+//! whole (all its fragments, never the control frames between them) or closes
+//! the connection. The tunnel (`proxy::tunnel`) moves the bytes; this module
+//! says which bytes go and what the gateway must say itself.
+
+pub mod frame;
+
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::identity::ClientKey;
+use crate::limit::failover::{Answer, Limits, OnError};
+use crate::limit::{Check, Decision, LimitState, Nanos};
+use crate::metrics::DecisionResult;
+use crate::runtime::{Mode, OnLimit, RuleLimit};
+use frame::{FrameError, FrameParser, Piece, Sender, MAX_HEADER};
+
+/// Close codes the gateway sends (RFC 6455 §7.4.1).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
+
+/// What the gateway says about one client message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Forward,
+    /// Over the limit: dropped, the client told when to try again.
+    Drop {
+        retry_after: Duration,
+    },
+    /// Over the limit with `on_limit: close`.
+    Close,
+}
+
+/// Why the gateway closes a tunnel itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// The result of filtering one piece of the client's stream.
+#[derive(Debug, Default)]
+pub struct Filtered {
+    /// What goes to the upstream (`None`: nothing).
+    pub forward: Option<Bytes>,
+    /// Tell the client a message was dropped (at the next message boundary
+    /// of the upstream's stream).
+    pub notice: Option<Duration>,
+    pub close: Option<Close>,
+    /// Messages the limit dropped in this piece.
+    pub dropped: u32,
+}
+
+/// The next thing [`ClientFilter::step`] needs.
+#[derive(Debug)]
+pub enum Step {
+    /// A message starts: call [`ClientFilter::verdict`] with its verdict.
+    Decide,
+    Done(Filtered),
+}
+
+/// Part of the output: a held-back header, or a range of the piece.
+#[derive(Debug, Clone)]
+enum Segment {
+    Header([u8; MAX_HEADER], u8),
+    Bytes(Range<usize>),
+}
+
+/// Follows the client → upstream stream and drops what the limits say.
+/// Header bytes are held back until the header is whole, so a dropped frame
+/// never leaves a partial header upstream.
+#[derive(Debug)]
+pub struct ClientFilter {
+    parser: FrameParser,
+    max_message_bytes: Option<u64>,
+    pieces: Vec<Piece>,
+    segments: Vec<Segment>,
+    next: usize,
+    chunk: Bytes,
+    /// Every byte of `chunk` is forwarded as it came.
+    unchanged: bool,
+    verdict_given: bool,
+    dropping: bool,
+    frame_kept: bool,
+    message_bytes: u64,
+    result: Filtered,
+}
+
+impl ClientFilter {
+    pub fn new(max_message_bytes: Option<u64>) -> Self {
+        ClientFilter {
+            parser: FrameParser::new(Sender::Client),
+            max_message_bytes,
+            pieces: Vec::new(),
+            segments: Vec::new(),
+            next: 0,
+            chunk: Bytes::new(),
+            unchanged: true,
+            verdict_given: false,
+            dropping: false,
+            frame_kept: true,
+            message_bytes: 0,
+            result: Filtered::default(),
+        }
+    }
+
+    /// Takes the next piece of the client's stream; then call [`Self::step`]
+    /// until it is done.
+    pub fn start(&mut self, chunk: Bytes) -> Result<(), FrameError> {
+        let held_before = self.parser.holding_header();
+        self.pieces.clear();
+        self.segments.clear();
+        self.next = 0;
+        self.result = Filtered::default();
+        self.parser.feed(&chunk, &mut self.pieces)?;
+        self.unchanged = !held_before && !self.parser.holding_header();
+        self.chunk = chunk;
+        Ok(())
+    }
+
+    pub fn step(&mut self) -> Step {
+        while self.next < self.pieces.len() {
+            match &self.pieces[self.next] {
+                Piece::Header {
+                    header,
+                    raw,
+                    raw_len,
+                    message_start,
+                } => {
+                    if *message_start && !self.verdict_given {
+                        return Step::Decide;
+                    }
+                    self.verdict_given = false;
+                    if self.result.close.is_some() {
+                        break;
+                    }
+                    let control = header.opcode.is_control();
+                    if !control {
+                        self.message_bytes = self.message_bytes.saturating_add(header.payload_len);
+                        if self
+                            .max_message_bytes
+                            .is_some_and(|max| self.message_bytes > max)
+                        {
+                            self.result.close = Some(Close {
+                                code: CLOSE_MESSAGE_TOO_BIG,
+                                reason: "message too big",
+                            });
+                            break;
+                        }
+                    }
+                    self.frame_kept = control || !self.dropping;
+                    if self.frame_kept {
+                        self.segments.push(Segment::Header(*raw, *raw_len));
+                    } else {
+                        self.unchanged = false;
+                    }
+                }
+                Piece::Payload(range) => {
+                    if self.frame_kept {
+                        self.segments.push(Segment::Bytes(range.clone()));
+                    } else {
+                        self.unchanged = false;
+                    }
+                }
+                Piece::FrameEnd { message_end } => {
+                    if *message_end {
+                        self.dropping = false;
+                        self.message_bytes = 0;
+                    }
+                }
+            }
+            self.next += 1;
+        }
+        if self.next < self.pieces.len() {
+            // Closing: the rest of the piece is not forwarded.
+            self.unchanged = false;
+            self.next = self.pieces.len();
+        }
+        Step::Done(self.finish())
+    }
+
+    /// Whether the client's stream, as forwarded, is between frames: a frame
+    /// of the gateway's own (a close) may go upstream here.
+    pub fn at_frame_boundary(&self) -> bool {
+        self.parser.at_frame_boundary()
+    }
+
+    /// The verdict on the message whose first frame [`Step::Decide`] stopped at.
+    pub fn verdict(&mut self, verdict: Verdict) {
+        self.verdict_given = true;
+        self.message_bytes = 0;
+        match verdict {
+            Verdict::Forward => self.dropping = false,
+            Verdict::Drop { retry_after } => {
+                self.dropping = true;
+                self.result.dropped += 1;
+                self.result.notice = Some(retry_after);
+            }
+            Verdict::Close => {
+                self.result.close = Some(Close {
+                    code: CLOSE_POLICY_VIOLATION,
+                    reason: "message rate limit exceeded",
+                })
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Filtered {
+        let mut result = std::mem::take(&mut self.result);
+        result.forward = if self.unchanged && !self.chunk.is_empty() {
+            Some(self.chunk.clone())
+        } else {
+            let mut out = BytesMut::new();
+            for segment in &self.segments {
+                match segment {
+                    Segment::Header(raw, len) => out.extend_from_slice(&raw[..usize::from(*len)]),
+                    Segment::Bytes(range) => out.extend_from_slice(&self.chunk[range.clone()]),
+                }
+            }
+            (!out.is_empty()).then(|| out.freeze())
+        };
+        result
+    }
+}
+
+/// Follows the upstream → client stream only to know where the gateway may
+/// insert a frame of its own. A stream that is not valid WebSocket is
+/// followed no further (and nothing is inserted into it).
+#[derive(Debug)]
+pub struct ServerWatch {
+    parser: FrameParser,
+    pieces: Vec<Piece>,
+    lost: bool,
+}
+
+impl Default for ServerWatch {
+    fn default() -> Self {
+        ServerWatch {
+            parser: FrameParser::new(Sender::Server),
+            pieces: Vec::new(),
+            lost: false,
+        }
+    }
+}
+
+impl ServerWatch {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.lost {
+            return;
+        }
+        self.pieces.clear();
+        if self.parser.feed(bytes, &mut self.pieces).is_err() {
+            self.lost = true;
+        }
+    }
+
+    /// A text frame may go to the client here.
+    pub fn at_message_boundary(&self) -> bool {
+        !self.lost && self.parser.at_message_boundary()
+    }
+
+    /// A control frame (a close) may go to the client here.
+    pub fn at_frame_boundary(&self) -> bool {
+        !self.lost && self.parser.at_frame_boundary()
+    }
+}
+
+/// The text frame telling a client its message was dropped.
+pub fn notice_frame(retry_after: Duration) -> Vec<u8> {
+    let ms = retry_after.as_millis().max(1);
+    let text = format!("{{\"type\":\"rate_limited\",\"retry_after_ms\":{ms}}}");
+    frame::encode_frame(frame::Opcode::Text, text.as_bytes(), None)
+}
+
+/// Where a message limit's state lives.
+#[derive(Debug)]
+enum Scope {
+    /// In the tunnel: per connection, nothing shared, no store call.
+    Connection(Option<LimitState>),
+    /// In the store, under the key taken from the upgrade request.
+    Shared {
+        key: ClientKey<'static>,
+        on_error: OnError,
+    },
+}
+
+/// Decides client messages against a rule's message limit.
+#[derive(Debug)]
+pub struct MessageGate {
+    limit: RuleLimit,
+    on_limit: OnLimit,
+    scope: Scope,
+}
+
+impl MessageGate {
+    pub fn per_connection(limit: RuleLimit, on_limit: OnLimit) -> Self {
+        MessageGate {
+            limit,
+            on_limit,
+            scope: Scope::Connection(None),
+        }
+    }
+
+    pub fn shared(
+        limit: RuleLimit,
+        on_limit: OnLimit,
+        key: ClientKey<'static>,
+        on_error: OnError,
+    ) -> Self {
+        MessageGate {
+            limit,
+            on_limit,
+            scope: Scope::Shared { key, on_error },
+        }
+    }
+
+    /// The verdict on a message starting at `now` (the limiter's clock).
+    pub async fn admit(&mut self, limits: &Limits, now: Nanos) -> Verdict {
+        let decision = match &mut self.scope {
+            Scope::Connection(state) => {
+                let (decision, next) = self.limit.limiter.decide(state.as_ref(), now, 1);
+                if decision.allowed {
+                    *state = Some(next);
+                }
+                Some(decision)
+            }
+            Scope::Shared { key, on_error } => {
+                let check = Check {
+                    limit: self.limit.id,
+                    limiter: self.limit.limiter,
+                    key: key.clone(),
+                    cost: 1,
+                    enforced: self.limit.mode == Mode::Enforce,
+                };
+                match limits.decide(std::slice::from_ref(&check), *on_error).await {
+                    Answer::Decided(d) | Answer::Degraded(_, Some(d)) => {
+                        d.decisions.first().copied()
+                    }
+                    Answer::Degraded(OnError::Deny, None) => {
+                        Some(Decision::denied(self.limit.burst, 0, 0, 1_000_000_000))
+                    }
+                    Answer::Degraded(_, None) => None,
+                }
+            }
+        };
+        let Some(decision) = decision else {
+            return Verdict::Forward;
+        };
+        self.limit
+            .metrics
+            .record(match (decision.allowed, self.limit.mode) {
+                (true, _) => DecisionResult::Allowed,
+                (false, Mode::Enforce) => DecisionResult::Denied,
+                (false, Mode::Shadow) => DecisionResult::ShadowDenied,
+            });
+        if decision.allowed || self.limit.mode == Mode::Shadow {
+            return Verdict::Forward;
+        }
+        match self.on_limit {
+            OnLimit::Drop => Verdict::Drop {
+                retry_after: Duration::from_nanos(decision.retry_after.min(u64::MAX / 2)),
+            },
+            OnLimit::Close => Verdict::Close,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame::{encode_frame, Opcode};
+    use super::*;
+
+    const MASK: Option<[u8; 4]> = Some([9, 8, 7, 6]);
+
+    fn fragment(opcode: Opcode, payload: &[u8], fin: bool) -> Vec<u8> {
+        let mut f = encode_frame(opcode, payload, MASK);
+        if !fin {
+            f[0] &= 0x7F;
+        }
+        f
+    }
+
+    /// Feeds `stream` in pieces of `split` bytes, answering `verdicts` in turn.
+    fn filter(stream: &[u8], split: usize, verdicts: &[Verdict]) -> (Vec<u8>, u32, Option<Close>) {
+        let mut f = ClientFilter::new(Some(1000));
+        let mut verdicts = verdicts.iter();
+        let (mut out, mut dropped, mut close) = (Vec::new(), 0, None);
+        for piece in stream.chunks(split) {
+            f.start(Bytes::copy_from_slice(piece)).unwrap();
+            loop {
+                match f.step() {
+                    Step::Decide => f.verdict(*verdicts.next().unwrap_or(&Verdict::Forward)),
+                    Step::Done(r) => {
+                        out.extend_from_slice(r.forward.as_deref().unwrap_or_default());
+                        dropped += r.dropped;
+                        close = close.or(r.close);
+                        break;
+                    }
+                }
+            }
+            if close.is_some() {
+                break;
+            }
+        }
+        (out, dropped, close)
+    }
+
+    #[test]
+    fn a_dropped_fragmented_message_keeps_the_pings_between_its_fragments() {
+        let keep = fragment(Opcode::Text, b"first", true);
+        let ping = encode_frame(Opcode::Ping, b"p", MASK);
+        let mut stream = keep.clone();
+        stream.extend(fragment(Opcode::Binary, b"dropped-1", false));
+        stream.extend(&ping);
+        stream.extend(fragment(Opcode::Continuation, b"dropped-2", true));
+        let last = fragment(Opcode::Text, b"last", true);
+        stream.extend(&last);
+        let mut expected = keep;
+        expected.extend(&ping);
+        expected.extend(&last);
+        for split in 1..=stream.len() {
+            let verdicts = [
+                Verdict::Forward,
+                Verdict::Drop {
+                    retry_after: Duration::from_secs(1),
+                },
+                Verdict::Forward,
+            ];
+            let (out, dropped, close) = filter(&stream, split, &verdicts);
+            assert_eq!(out, expected, "split every {split} bytes");
+            assert_eq!((dropped, close), (1, None));
+        }
+    }
+
+    #[test]
+    fn a_message_over_the_size_limit_closes_with_1009() {
+        let mut stream = fragment(Opcode::Text, &[b'a'; 600], false);
+        stream.extend(fragment(Opcode::Continuation, &[b'b'; 600], true));
+        let (out, _, close) = filter(&stream, 7, &[]);
+        assert_eq!(close.map(|c| c.code), Some(CLOSE_MESSAGE_TOO_BIG));
+        // The first fragment went; nothing of the second did.
+        assert!(out.len() <= 600 + MAX_HEADER);
+    }
+
+    #[test]
+    fn a_close_verdict_forwards_nothing_more() {
+        let first = fragment(Opcode::Text, b"ok", true);
+        let mut stream = first.clone();
+        stream.extend(fragment(Opcode::Text, b"over", true));
+        let (out, _, close) = filter(&stream, stream.len(), &[Verdict::Forward, Verdict::Close]);
+        assert_eq!(out, first);
+        assert_eq!(close.map(|c| c.code), Some(CLOSE_POLICY_VIOLATION));
+    }
+
+    #[test]
+    fn an_untouched_piece_is_forwarded_without_copying() {
+        let stream = Bytes::from(fragment(Opcode::Text, b"hello", true));
+        let mut f = ClientFilter::new(None);
+        f.start(stream.clone()).unwrap();
+        assert!(matches!(f.step(), Step::Decide));
+        f.verdict(Verdict::Forward);
+        let Step::Done(r) = f.step() else {
+            panic!("no verdict needed");
+        };
+        let forwarded = r.forward.unwrap();
+        assert_eq!(forwarded.as_ptr(), stream.as_ptr());
+    }
+
+    #[test]
+    fn the_notice_is_a_json_text_frame() {
+        let frame = notice_frame(Duration::from_millis(1500));
+        assert_eq!(frame[0], 0x81);
+        assert_eq!(
+            &frame[2..],
+            br#"{"type":"rate_limited","retry_after_ms":1500}"#
+        );
+    }
+}
