@@ -370,6 +370,57 @@ impl MessageGate {
     }
 }
 
+/// The body of the fuzz target (`fuzz/fuzz_targets/frames.rs`), here so that
+/// the tests run it on stable Rust too: any bytes, cut anywhere, through the
+/// client filter with verdicts taken from the input. It must never panic, and
+/// a filter that forwards everything must forward exactly what it was given
+/// (up to the first protocol error).
+#[doc(hidden)]
+pub fn fuzz_filter(data: &[u8]) {
+    let Some((&control, stream)) = data.split_first() else {
+        return;
+    };
+    let cut = usize::from(control % 64) + 1;
+    let drop_some = control & 0x80 != 0;
+    let mut filter = ClientFilter::new(Some(1 << 20));
+    let mut server = ServerWatch::default();
+    let mut out = Vec::new();
+    let mut decisions = 0u32;
+    for piece in stream.chunks(cut) {
+        server.feed(piece);
+        if filter.start(Bytes::copy_from_slice(piece)).is_err() {
+            return;
+        }
+        loop {
+            match filter.step() {
+                Step::Decide => {
+                    decisions += 1;
+                    filter.verdict(if drop_some && decisions.is_multiple_of(3) {
+                        Verdict::Drop {
+                            retry_after: Duration::from_millis(1),
+                        }
+                    } else {
+                        Verdict::Forward
+                    });
+                }
+                Step::Done(filtered) => {
+                    out.extend_from_slice(filtered.forward.as_deref().unwrap_or_default());
+                    if filtered.close.is_some() {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    if !drop_some {
+        assert!(
+            stream.starts_with(&out),
+            "a forwarding filter changed bytes"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::frame::{encode_frame, Opcode};
