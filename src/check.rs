@@ -12,7 +12,7 @@ use crate::identity::KeyError;
 use crate::limit::redis::{redact_url, RedisTarget};
 use crate::pipeline::{self, Incoming, Unrouted};
 use crate::route::Target;
-use crate::runtime::{MissingPolicy, Mode, Runtime};
+use crate::runtime::{MissingPolicy, Mode, OnLimit, Runtime};
 
 /// A table of rules (in match order), their limits, and the upstreams.
 pub fn summary(rt: &Runtime) -> String {
@@ -85,6 +85,29 @@ pub fn summary(rt: &Runtime) -> String {
                     ""
                 }
             );
+        }
+        let ws = &rule.websocket;
+        if let Some(m) = &ws.messages {
+            let key = if m.per_connection {
+                "connection".to_string()
+            } else {
+                m.limit.key.to_string()
+            };
+            let _ = writeln!(
+                out,
+                "       websocket messages {} key {key} on_limit {}",
+                m.limit.describe(),
+                match ws.on_limit {
+                    OnLimit::Drop => "drop",
+                    OnLimit::Close => "close",
+                }
+            );
+        }
+        if let Some(max) = ws.max_message_bytes {
+            let _ = writeln!(out, "       websocket max_message_bytes {max}");
+        }
+        if let Some(lifetime) = ws.max_lifetime {
+            let _ = writeln!(out, "       websocket max_lifetime {lifetime:?}");
         }
         for exemption in &rule.exemptions {
             let _ = writeln!(out, "       exempt {exemption}");
