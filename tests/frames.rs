@@ -75,6 +75,32 @@ fn stream(sender: Sender, messages: &[(bool, Vec<usize>, Vec<bool>)]) -> (Vec<u8
     (bytes, frames)
 }
 
+/// The frames of `stream` one by one, each with its message's index (`None`
+/// for a ping).
+fn frames_of(messages: &[(bool, Vec<usize>, Vec<bool>)]) -> Vec<(Option<usize>, Vec<u8>)> {
+    let mask = Some([0x12, 0x34, 0x56, 0x78]);
+    let mut out = Vec::new();
+    for (n, (text, fragments, pings)) in messages.iter().enumerate() {
+        for (i, &size) in fragments.iter().enumerate() {
+            let opcode = match (i, text) {
+                (0, true) => Opcode::Text,
+                (0, false) => Opcode::Binary,
+                _ => Opcode::Continuation,
+            };
+            let payload: Vec<u8> = (0..size).map(|b| (b + n) as u8).collect();
+            let mut frame = encode_frame(opcode, &payload, mask);
+            if i + 1 != fragments.len() {
+                frame[0] &= 0x7F;
+            }
+            out.push((Some(n), frame));
+            if pings[i] {
+                out.push((None, encode_frame(Opcode::Ping, b"ping", mask)));
+            }
+        }
+    }
+    out
+}
+
 /// Parses `bytes` cut into the given pieces; returns the frames found and
 /// checks that payload pieces cover each frame exactly.
 fn parse(sender: Sender, bytes: &[u8], cuts: &[usize]) -> Vec<Written> {
@@ -154,7 +180,7 @@ proptest! {
         let mut filter = ClientFilter::new(None);
         let mut out = Vec::new();
         for piece in bytes.chunks(cut) {
-            filter.start(Bytes::copy_from_slice(piece)).unwrap();
+            filter.start(Bytes::copy_from_slice(piece));
             loop {
                 match filter.step() {
                     Step::Decide => filter.verdict(Verdict::Forward),
@@ -167,6 +193,55 @@ proptest! {
             }
         }
         prop_assert_eq!(out, bytes);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Dropped messages vanish whole (all fragments), everything else —
+    /// the pings between a dropped message's fragments included — arrives
+    /// byte for byte, however the stream is cut.
+    #[test]
+    fn dropped_messages_vanish_whole_and_the_rest_is_intact(
+        messages in prop::collection::vec(message(), 1..5),
+        drops in prop::collection::vec(any::<bool>(), 5),
+        cut in 1usize..200,
+    ) {
+        let frames = frames_of(&messages);
+        let bytes: Vec<u8> = frames.iter().flat_map(|(_, f)| f.clone()).collect();
+        let expected: Vec<u8> = frames
+            .iter()
+            .filter(|(m, _)| m.is_none_or(|m| !drops[m]))
+            .flat_map(|(_, f)| f.clone())
+            .collect();
+        let mut filter = ClientFilter::new(None);
+        let (mut out, mut decided, mut dropped) = (Vec::new(), 0, 0);
+        for piece in bytes.chunks(cut) {
+            filter.start(Bytes::copy_from_slice(piece));
+            loop {
+                match filter.step() {
+                    Step::Decide => {
+                        let drop = drops[decided];
+                        decided += 1;
+                        filter.verdict(if drop {
+                            Verdict::Drop { retry_after: std::time::Duration::from_secs(1) }
+                        } else {
+                            Verdict::Forward
+                        });
+                    }
+                    Step::Done(f) => {
+                        prop_assert!(f.close.is_none());
+                        dropped += f.dropped;
+                        out.extend_from_slice(f.forward.as_deref().unwrap_or_default());
+                        break;
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(decided, messages.len());
+        prop_assert_eq!(dropped as usize, drops[..messages.len()].iter().filter(|d| **d).count());
+        prop_assert_eq!(out, expected);
     }
 }
 

@@ -211,7 +211,10 @@ async fn ten_thousand_sessions_to_the_demo_upstream_lose_none_after_the_101() {
 server: { listen: [\"{listen}\"], admin: \"{admin}\", threads: 2 }
 upstreams: { demo: { servers: [\"{upstream}\"] } }
 rules:
-  - { name: feed, match: { path: \"/ws/vehicles\" }, upstream: demo }
+  - name: feed
+    match: { path: \"/ws/vehicles\" }
+    upstream: demo
+    websocket: { messages: { key: connection, rate: 100/second }, max_message_bytes: 4096 }
 demo: { enabled: true, listen: \"{upstream}\" }
 ";
     let gw = Gateway::start(yaml, demo).await;
@@ -247,4 +250,58 @@ demo: { enabled: true, listen: \"{upstream}\" }
         "{} sessions lost after the 101: {lost:?}",
         lost.len()
     );
+}
+
+#[tokio::test]
+async fn a_shadow_message_limit_counts_but_forwards_everything() {
+    let (_upstream, gw) =
+        start("{ messages: { key: connection, rate: 2/minute, mode: shadow } }").await;
+    let mut ws = connect(&gw).await;
+    for i in 0..5 {
+        ws.send(Message::text(payload(i))).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text(payload(i)));
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("tollgate_decisions_total{limit=\"per-connection\",result=\"shadow_denied\",rule=\"stream\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_message_key_refuses_the_upgrade_before_the_upgrade_limit_is_spent() {
+    let upstream = Upstream::start().await;
+    let yaml = config("{ messages: { key: api_key, rate: 10/minute } }").replace(
+        "    websocket:",
+        "    limits: [{ name: upgrades, key: ip, rate: 1/hour }]\n    websocket:",
+    );
+    let gw = Gateway::start(&yaml, upstream.addr).await;
+    match tokio_tungstenite::connect_async(gw.ws_url("/ws/echo")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected a 401, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    // The refused upgrade spent nothing: the one upgrade an hour is still there.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = gw.ws_url("/ws/echo").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-api-key", "k-1".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws.send(Message::text("keyed")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("keyed"));
+}
+
+#[tokio::test]
+async fn an_exempt_client_has_no_message_limit() {
+    let upstream = Upstream::start().await;
+    let yaml = config("{ messages: { key: connection, rate: 1/minute } }").replace(
+        "    websocket:",
+        "    exempt: [{ ip: [\"127.0.0.0/8\"] }]\n    websocket:",
+    );
+    let gw = Gateway::start(&yaml, upstream.addr).await;
+    let mut ws = connect(&gw).await;
+    for i in 0..3 {
+        ws.send(Message::text(payload(i))).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text(payload(i)));
+    }
 }

@@ -745,6 +745,12 @@ fn compile_websocket(
     }
     let messages = w.messages.as_ref().and_then(|l| {
         let path = format!("{path}.messages");
+        if l.delay == Some(true) {
+            c.error(
+                format!("{path}.delay"),
+                "a message limit cannot delay messages: it drops them or closes",
+            );
+        }
         if l.concurrent.is_some() || l.cost.is_some() {
             c.error(
                 &path,

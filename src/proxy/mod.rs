@@ -289,6 +289,14 @@ impl Gateway {
         let client_ip = pipeline::client_ip(rt, &incoming);
         ctx.client_ip = Some(client_ip);
         let facts = pipeline::facts(rt, &incoming, client_ip);
+        // The message limit's key is checked before the request's limits
+        // spend anything, so a refused upgrade costs nothing.
+        ctx.exempt = rule.exemptions.iter().any(|e| e.applies(&facts));
+        if !ctx.exempt && tunnel::is_websocket_request(&req.method, &req.headers) {
+            if let Some(reply) = message_key(rule, &facts, ctx) {
+                return Some(reply);
+            }
+        }
         let outcome = match pipeline::plan(rule, &facts) {
             Plan::Exempt(_) => Outcome::Exempt,
             Plan::BadCost { limit } => {
@@ -358,12 +366,6 @@ impl Gateway {
                 }
             }
         };
-        ctx.exempt = outcome == Outcome::Exempt;
-        if !ctx.exempt && tunnel::is_websocket_request(&req.method, &req.headers) {
-            if let Some(reply) = message_key(rule, &facts, ctx) {
-                return Some(reply);
-            }
-        }
         match forward_uri(&target, &routed.path) {
             Ok(uri) => ctx.forward_uri = uri,
             Err(e) => {
@@ -394,6 +396,11 @@ impl Gateway {
         let rule = rt.rule(rule_index);
         let upstream = rt.upstream_of(rule);
         let mut request = session.req_header().clone();
+        if rule.websocket.max_message_bytes.is_some() {
+            // Compressed messages (permessage-deflate) would pass a size cap
+            // counted on the wire and inflate past it upstream.
+            request.remove_header("sec-websocket-extensions");
+        }
         prepare_upstream_request(
             &mut request,
             ctx,
@@ -521,9 +528,12 @@ fn message_key(rule: &Rule, facts: &RequestFacts<'_>, ctx: &mut RequestCtx) -> O
         .as_ref()
         .filter(|m| !m.per_connection)?;
     let limit = &messages.limit;
+    let enforced = limit.mode == Mode::Enforce;
     ctx.message_key = match (limit.key.extract(facts), limit.missing) {
         (Ok(key), _) => Some(key.into_owned()),
         (Err(KeyError::Missing(_)), MissingPolicy::Ip) => Some(ClientKey::ip(facts).into_owned()),
+        // A shadow limit never refuses: without a key it just counts nothing.
+        (Err(_), _) if !enforced => None,
         (Err(KeyError::Missing(_)), MissingPolicy::Skip) => None,
         (Err(KeyError::Missing(part)), MissingPolicy::Deny) => {
             rule.metrics.record(Outcome::MissingKey);

@@ -24,7 +24,7 @@ use crate::metrics::{MessageResult, RuleMetrics};
 use crate::websocket::frame::{close_frame, random_mask};
 use crate::websocket::{
     notice_frame, ClientFilter, Close, Filtered, MessageGate, ServerWatch, Step, Verdict,
-    CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_PROTOCOL_ERROR,
+    CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG,
 };
 
 /// The largest response head we accept from an upstream.
@@ -232,17 +232,12 @@ pub struct Inspection<'a> {
 
 impl Inspection<'_> {
     /// Filters a piece of the client's stream, deciding each message that
-    /// starts in it.
+    /// starts in it. Once one is refused, the rest of the piece's messages
+    /// are refused with it without asking the store again: a flood of tiny
+    /// frames costs one store call per admitted message, not per frame.
     async fn client_piece(&mut self, chunk: Bytes) -> Filtered {
-        if self.filter.start(chunk).is_err() {
-            return Filtered {
-                close: Some(Close {
-                    code: CLOSE_PROTOCOL_ERROR,
-                    reason: "invalid frame",
-                }),
-                ..Filtered::default()
-            };
-        }
+        self.filter.start(chunk);
+        let mut refused = None;
         loop {
             match self.filter.step() {
                 Step::Done(filtered) => {
@@ -257,15 +252,23 @@ impl Inspection<'_> {
                     return filtered;
                 }
                 Step::Decide => {
-                    let verdict = match &mut self.gate {
-                        Some(gate) => gate.admit(self.limits, self.clock.now()).await,
-                        None => Verdict::Forward,
+                    let verdict = match (&mut self.gate, refused) {
+                        (_, Some(verdict)) => verdict,
+                        (Some(gate), None) => {
+                            gate.admit(self.limits, self.clock.now(), self.metrics)
+                                .await
+                        }
+                        (None, None) => Verdict::Forward,
                     };
-                    if verdict != Verdict::Close {
-                        self.metrics.websocket_message(match verdict {
-                            Verdict::Forward => MessageResult::Forwarded,
-                            _ => MessageResult::Dropped,
-                        });
+                    match verdict {
+                        Verdict::Forward => {
+                            self.metrics.websocket_message(MessageResult::Forwarded)
+                        }
+                        Verdict::Drop { .. } => {
+                            self.metrics.websocket_message(MessageResult::Dropped);
+                            refused = Some(verdict);
+                        }
+                        Verdict::Close => {}
                     }
                     self.filter.verdict(verdict);
                 }
@@ -373,7 +376,19 @@ async fn relay(
                 None => std::future::pending().await,
             }
         };
+        let slot_frees = async {
+            match &queue {
+                Some(q) if closing.is_none() => q.reserve().await.map(drop),
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            // The writer took a chunk: the client may be read again.
+            freed = slot_frees, if !room => {
+                if freed.is_err() {
+                    return TunnelEnd::Failed; // the writer gave up
+                }
+            },
             from_client = session.read_request_body(), if room => {
                 deadline = Instant::now() + limits.idle;
                 match from_client {
@@ -449,15 +464,19 @@ async fn relay(
             }
         }
         if let Some((close, _)) = closing {
+            // After the upstream's own close frame, nothing more goes to the
+            // client: the tunnel just ends.
+            if inspection.watch.closed() {
+                return TunnelEnd::Closed(close.code);
+            }
             if inspection.watch.at_frame_boundary() {
                 let to_client = Bytes::from(close_frame(close.code, close.reason, None));
                 let _ = session.write_response_body(Some(to_client), false).await;
-                // Upstream, a close frame only fits between the client's frames.
-                if inspection.filter.at_frame_boundary() {
+                // Upstream, a close frame only fits between the frames sent
+                // there, and not after the client's own close.
+                if let (Some(q), true) = (&queue, inspection.filter.may_send_upstream()) {
                     let to_upstream = close_frame(close.code, close.reason, Some(random_mask()));
-                    if let Some(q) = &queue {
-                        let _ = q.try_send(Bytes::from(to_upstream));
-                    }
+                    let _ = timeout(CLOSE_GRACE, q.send(Bytes::from(to_upstream))).await;
                 }
                 return TunnelEnd::Closed(close.code);
             }

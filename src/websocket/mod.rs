@@ -13,10 +13,10 @@ use bytes::{Bytes, BytesMut};
 
 use crate::identity::ClientKey;
 use crate::limit::failover::{Answer, Limits, OnError};
-use crate::limit::{Check, Decision, LimitState, Nanos};
-use crate::metrics::DecisionResult;
+use crate::limit::{Check, LimitState, Nanos};
+use crate::metrics::{DecisionResult, RuleMetrics};
 use crate::runtime::{Mode, OnLimit, RuleLimit};
-use frame::{FrameError, FrameParser, Piece, Sender, MAX_HEADER};
+use frame::{FrameParser, Piece, Sender, MAX_HEADER};
 
 /// Close codes the gateway sends (RFC 6455 §7.4.1).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -84,9 +84,15 @@ pub struct ClientFilter {
     chunk: Bytes,
     /// Every byte of `chunk` is forwarded as it came.
     unchanged: bool,
+    /// The stream broke RFC 6455 after the pieces found.
+    broken: bool,
     verdict_given: bool,
     dropping: bool,
     frame_kept: bool,
+    /// A kept frame is forwarded in part: nothing of ours may go upstream now.
+    forwarding_frame: bool,
+    /// The client sent a close frame: nothing of ours may follow it.
+    closed: bool,
     message_bytes: u64,
     result: Filtered,
 }
@@ -101,26 +107,31 @@ impl ClientFilter {
             next: 0,
             chunk: Bytes::new(),
             unchanged: true,
+            broken: false,
             verdict_given: false,
             dropping: false,
             frame_kept: true,
+            forwarding_frame: false,
+            closed: false,
             message_bytes: 0,
             result: Filtered::default(),
         }
     }
 
     /// Takes the next piece of the client's stream; then call [`Self::step`]
-    /// until it is done.
-    pub fn start(&mut self, chunk: Bytes) -> Result<(), FrameError> {
+    /// until it is done. Frames before a protocol error still go; the error
+    /// then closes the connection (1002).
+    pub fn start(&mut self, chunk: Bytes) {
         let held_before = self.parser.holding_header();
         self.pieces.clear();
         self.segments.clear();
         self.next = 0;
         self.result = Filtered::default();
-        self.parser.feed(&chunk, &mut self.pieces)?;
-        self.unchanged = !held_before && !self.parser.holding_header();
+        if !self.broken {
+            self.broken = self.parser.feed(&chunk, &mut self.pieces).is_err();
+        }
+        self.unchanged = !held_before && !self.parser.holding_header() && !self.broken;
         self.chunk = chunk;
-        Ok(())
     }
 
     pub fn step(&mut self) -> Step {
@@ -156,6 +167,8 @@ impl ClientFilter {
                     self.frame_kept = control || !self.dropping;
                     if self.frame_kept {
                         self.segments.push(Segment::Header(*raw, *raw_len));
+                        self.forwarding_frame = header.payload_len > 0;
+                        self.closed |= header.opcode == frame::Opcode::Close;
                     } else {
                         self.unchanged = false;
                     }
@@ -168,6 +181,9 @@ impl ClientFilter {
                     }
                 }
                 Piece::FrameEnd { message_end } => {
+                    if self.frame_kept {
+                        self.forwarding_frame = false;
+                    }
                     if *message_end {
                         self.dropping = false;
                         self.message_bytes = 0;
@@ -181,13 +197,19 @@ impl ClientFilter {
             self.unchanged = false;
             self.next = self.pieces.len();
         }
+        if self.broken && self.result.close.is_none() {
+            self.result.close = Some(Close {
+                code: CLOSE_PROTOCOL_ERROR,
+                reason: "invalid frame",
+            });
+        }
         Step::Done(self.finish())
     }
 
-    /// Whether the client's stream, as forwarded, is between frames: a frame
-    /// of the gateway's own (a close) may go upstream here.
-    pub fn at_frame_boundary(&self) -> bool {
-        self.parser.at_frame_boundary()
+    /// Whether the stream forwarded upstream is between frames and open: a
+    /// frame of the gateway's own (a close) may go upstream now.
+    pub fn may_send_upstream(&self) -> bool {
+        !self.forwarding_frame && !self.closed
     }
 
     /// The verdict on the message whose first frame [`Step::Decide`] stopped at.
@@ -230,12 +252,14 @@ impl ClientFilter {
 
 /// Follows the upstream → client stream only to know where the gateway may
 /// insert a frame of its own. A stream that is not valid WebSocket is
-/// followed no further (and nothing is inserted into it).
+/// followed no further (and nothing is inserted into it); nothing is
+/// inserted after the upstream's close frame either.
 #[derive(Debug)]
 pub struct ServerWatch {
     parser: FrameParser,
     pieces: Vec<Piece>,
     lost: bool,
+    closed: bool,
 }
 
 impl Default for ServerWatch {
@@ -244,6 +268,7 @@ impl Default for ServerWatch {
             parser: FrameParser::new(Sender::Server),
             pieces: Vec::new(),
             lost: false,
+            closed: false,
         }
     }
 }
@@ -254,19 +279,25 @@ impl ServerWatch {
             return;
         }
         self.pieces.clear();
-        if self.parser.feed(bytes, &mut self.pieces).is_err() {
-            self.lost = true;
-        }
+        self.lost = self.parser.feed(bytes, &mut self.pieces).is_err();
+        self.closed |= self.pieces.iter().any(
+            |p| matches!(p, Piece::Header { header, .. } if header.opcode == frame::Opcode::Close),
+        );
+    }
+
+    /// The upstream sent its close frame: the gateway sends no frame after it.
+    pub fn closed(&self) -> bool {
+        self.closed
     }
 
     /// A text frame may go to the client here.
     pub fn at_message_boundary(&self) -> bool {
-        !self.lost && self.parser.at_message_boundary()
+        !self.lost && !self.closed && self.parser.at_message_boundary()
     }
 
     /// A control frame (a close) may go to the client here.
     pub fn at_frame_boundary(&self) -> bool {
-        !self.lost && self.parser.at_frame_boundary()
+        !self.lost && !self.closed && self.parser.at_frame_boundary()
     }
 }
 
@@ -320,14 +351,15 @@ impl MessageGate {
     }
 
     /// The verdict on a message starting at `now` (the limiter's clock).
-    pub async fn admit(&mut self, limits: &Limits, now: Nanos) -> Verdict {
+    /// Decisions Redis could not take count as the rule's degraded ones.
+    pub async fn admit(&mut self, limits: &Limits, now: Nanos, rule: &RuleMetrics) -> Verdict {
         let decision = match &mut self.scope {
             Scope::Connection(state) => {
                 let (decision, next) = self.limit.limiter.decide(state.as_ref(), now, 1);
                 if decision.allowed {
                     *state = Some(next);
                 }
-                Some(decision)
+                decision
             }
             Scope::Shared { key, on_error } => {
                 let check = Check {
@@ -338,18 +370,22 @@ impl MessageGate {
                     enforced: self.limit.mode == Mode::Enforce,
                 };
                 match limits.decide(std::slice::from_ref(&check), *on_error).await {
-                    Answer::Decided(d) | Answer::Degraded(_, Some(d)) => {
-                        d.decisions.first().copied()
+                    Answer::Decided(d) => match d.decisions.first() {
+                        Some(decision) => *decision,
+                        None => return Verdict::Forward,
+                    },
+                    Answer::Degraded(mode, local) => {
+                        rule.degraded(mode);
+                        match (mode, local.and_then(|d| d.decisions.first().copied())) {
+                            (_, Some(decision)) => decision,
+                            (OnError::Deny, None) if self.limit.mode == Mode::Enforce => {
+                                return self.refuse(STORE_RETRY);
+                            }
+                            _ => return Verdict::Forward,
+                        }
                     }
-                    Answer::Degraded(OnError::Deny, None) => {
-                        Some(Decision::denied(self.limit.burst, 0, 0, 1_000_000_000))
-                    }
-                    Answer::Degraded(_, None) => None,
                 }
             }
-        };
-        let Some(decision) = decision else {
-            return Verdict::Forward;
         };
         self.limit
             .metrics
@@ -361,20 +397,25 @@ impl MessageGate {
         if decision.allowed || self.limit.mode == Mode::Shadow {
             return Verdict::Forward;
         }
+        self.refuse(Duration::from_nanos(decision.retry_after.min(u64::MAX / 2)))
+    }
+
+    fn refuse(&self, retry_after: Duration) -> Verdict {
         match self.on_limit {
-            OnLimit::Drop => Verdict::Drop {
-                retry_after: Duration::from_nanos(decision.retry_after.min(u64::MAX / 2)),
-            },
+            OnLimit::Drop => Verdict::Drop { retry_after },
             OnLimit::Close => Verdict::Close,
         }
     }
 }
 
+/// When to retry a message refused because Redis is down (`on_error: deny`).
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
 /// The body of the fuzz target (`fuzz/fuzz_targets/frames.rs`), here so that
 /// the tests run it on stable Rust too: any bytes, cut anywhere, through the
-/// client filter with verdicts taken from the input. It must never panic, and
-/// a filter that forwards everything must forward exactly what it was given
-/// (up to the first protocol error).
+/// client filter with verdicts taken from the input. It must never panic; a
+/// filter that forwards everything must forward exactly the frames it was
+/// given; one that drops must still forward valid frames, between frames.
 #[doc(hidden)]
 pub fn fuzz_filter(data: &[u8]) {
     let Some((&control, stream)) = data.split_first() else {
@@ -383,19 +424,17 @@ pub fn fuzz_filter(data: &[u8]) {
     let cut = usize::from(control % 64) + 1;
     let drop_some = control & 0x80 != 0;
     let mut filter = ClientFilter::new(Some(1 << 20));
-    let mut server = ServerWatch::default();
     let mut out = Vec::new();
-    let mut decisions = 0u32;
+    let (mut decisions, mut dropped) = (0u32, 0u32);
+    let mut closed = false;
     for piece in stream.chunks(cut) {
-        server.feed(piece);
-        if filter.start(Bytes::copy_from_slice(piece)).is_err() {
-            return;
-        }
+        filter.start(Bytes::copy_from_slice(piece));
         loop {
             match filter.step() {
                 Step::Decide => {
                     decisions += 1;
                     filter.verdict(if drop_some && decisions.is_multiple_of(3) {
+                        dropped += 1;
                         Verdict::Drop {
                             retry_after: Duration::from_millis(1),
                         }
@@ -405,19 +444,45 @@ pub fn fuzz_filter(data: &[u8]) {
                 }
                 Step::Done(filtered) => {
                     out.extend_from_slice(filtered.forward.as_deref().unwrap_or_default());
-                    if filtered.close.is_some() {
-                        return;
-                    }
+                    closed = filtered.close.is_some();
                     break;
                 }
             }
         }
+        if closed {
+            break;
+        }
     }
-    if !drop_some {
+    // What went upstream is itself valid, whole frames, with the messages
+    // that were not dropped.
+    let mut check = FrameParser::new(Sender::Client);
+    let mut pieces = Vec::new();
+    assert!(
+        check.feed(&out, &mut pieces).is_ok(),
+        "forwarded an invalid stream"
+    );
+    let starts = pieces
+        .iter()
+        .filter(|p| {
+            matches!(
+                p,
+                Piece::Header {
+                    message_start: true,
+                    ..
+                }
+            )
+        })
+        .count() as u32;
+    assert_eq!(starts, decisions - dropped, "forwarded messages");
+    assert!(!check.holding_header(), "forwarded a partial header");
+    if !drop_some && !closed {
+        // All of it, but for a header still incomplete at the end.
         assert!(
             stream.starts_with(&out),
             "a forwarding filter changed bytes"
         );
+        let held = stream.len() - out.len();
+        assert!(held == 0 || (filter.parser.holding_header() && held < MAX_HEADER));
     }
 }
 
@@ -442,7 +507,7 @@ mod tests {
         let mut verdicts = verdicts.iter();
         let (mut out, mut dropped, mut close) = (Vec::new(), 0, None);
         for piece in stream.chunks(split) {
-            f.start(Bytes::copy_from_slice(piece)).unwrap();
+            f.start(Bytes::copy_from_slice(piece));
             loop {
                 match f.step() {
                     Step::Decide => f.verdict(*verdicts.next().unwrap_or(&Verdict::Forward)),
@@ -490,12 +555,23 @@ mod tests {
 
     #[test]
     fn a_message_over_the_size_limit_closes_with_1009() {
-        let mut stream = fragment(Opcode::Text, &[b'a'; 600], false);
+        let first = fragment(Opcode::Text, &[b'a'; 600], false);
+        let mut stream = first.clone();
         stream.extend(fragment(Opcode::Continuation, &[b'b'; 600], true));
         let (out, _, close) = filter(&stream, 7, &[]);
         assert_eq!(close.map(|c| c.code), Some(CLOSE_MESSAGE_TOO_BIG));
         // The first fragment went; nothing of the second did.
-        assert!(out.len() <= 600 + MAX_HEADER);
+        assert_eq!(out, first);
+    }
+
+    #[test]
+    fn frames_before_a_protocol_error_still_go() {
+        let ok = fragment(Opcode::Text, b"fine", true);
+        let mut stream = ok.clone();
+        stream.extend(encode_frame(Opcode::Text, b"unmasked", None));
+        let (out, _, close) = filter(&stream, stream.len(), &[]);
+        assert_eq!(out, ok);
+        assert_eq!(close.map(|c| c.code), Some(CLOSE_PROTOCOL_ERROR));
     }
 
     #[test]
@@ -512,7 +588,7 @@ mod tests {
     fn an_untouched_piece_is_forwarded_without_copying() {
         let stream = Bytes::from(fragment(Opcode::Text, b"hello", true));
         let mut f = ClientFilter::new(None);
-        f.start(stream.clone()).unwrap();
+        f.start(stream.clone());
         assert!(matches!(f.step(), Step::Decide));
         f.verdict(Verdict::Forward);
         let Step::Done(r) = f.step() else {
