@@ -12,17 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use futures_util::future::join_all;
-use http::HeaderMap;
-use tollgate::identity::{ApiKeySources, ClientKey, KeyPart, KeySpec, RequestFacts};
-use tollgate::limit::redis::{RedisSettings, RedisStore, RedisTarget};
-use tollgate::limit::{
-    Check, FixedWindow, Gcra, LimitId, Limiter, MemoryStore, SlidingCounter, SlidingLog,
-    TokenBucket,
-};
 
-const PERIOD: u64 = 3_600_000_000_000;
-const COUNT: u64 = 1_000_000_000;
+mod common;
+use common::{algorithms, check};
+use futures_util::future::join_all;
+use tollgate::limit::redis::{RedisSettings, RedisStore, RedisTarget};
+use tollgate::limit::{Check, Limiter, MemoryStore};
+
 const IN_FLIGHT: u64 = 64;
 
 struct Server(Child);
@@ -55,56 +51,8 @@ fn start_redis() -> (Server, String) {
     (Server(child), format!("redis://127.0.0.1:{port}"))
 }
 
-fn algorithms() -> Vec<(&'static str, Limiter)> {
-    let interval = PERIOD / COUNT;
-    vec![
-        ("gcra", Limiter::Gcra(Gcra::from_interval(interval, COUNT))),
-        (
-            "token_bucket",
-            Limiter::TokenBucket(TokenBucket::new(interval, COUNT, 0)),
-        ),
-        (
-            "fixed_window",
-            Limiter::FixedWindow(FixedWindow::new(PERIOD, COUNT)),
-        ),
-        (
-            "sliding_window_log",
-            Limiter::SlidingLog(SlidingLog::new(1_000_000, 100)),
-        ),
-        (
-            "sliding_window_counter",
-            Limiter::SlidingCounter(SlidingCounter::new(PERIOD, COUNT)),
-        ),
-    ]
-}
-
-fn key(n: u32) -> ClientKey<'static> {
-    static HEADERS: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
-    static SOURCES: std::sync::OnceLock<ApiKeySources> = std::sync::OnceLock::new();
-    let facts = RequestFacts {
-        headers: HEADERS.get_or_init(HeaderMap::new),
-        query: None,
-        client_ip: std::net::Ipv4Addr::from(n).into(),
-        ipv6_prefix: 64,
-        api_key: SOURCES.get_or_init(ApiKeySources::default),
-    };
-    KeySpec(vec![KeyPart::Ip])
-        .extract(&facts)
-        .unwrap_or_else(|_| unreachable!())
-}
-
 fn checks(limiter: Limiter, clients: u32) -> Vec<[Check<'static>; 1]> {
-    (0..clients)
-        .map(|n| {
-            [Check {
-                limit: LimitId(9),
-                limiter,
-                key: key(n),
-                cost: 1,
-                enforced: true,
-            }]
-        })
-        .collect()
+    (0..clients).map(|n| [check(limiter, n)]).collect()
 }
 
 fn redis_vs_memory(c: &mut Criterion) {

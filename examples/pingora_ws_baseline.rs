@@ -5,7 +5,9 @@
 //! (cloudflare/pingora#946).
 //!
 //! ```sh
-//! cargo run --release --example pingora_ws_baseline -- 10000
+//! cargo run --release --example pingora_ws_baseline -- 10000          # demo feed, ping/pong
+//! cargo run --release --example pingora_ws_baseline -- 10000 echo     # echo upstream, text
+//! cargo run --release --example pingora_ws_baseline -- 10000 echo 8   # 8 sessions at a time
 //! ```
 //!
 //! Loopback only; bounded by the session count (at most 100,000).
@@ -42,6 +44,63 @@ impl ProxyHttp for Plain {
     }
 }
 
+/// A WebSocket server that echoes every message at once: the fastest
+/// upstream there is.
+fn echo_upstream(addr: SocketAddr) {
+    use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+    async fn echo(mut socket: WebSocket) {
+        while let Some(Ok(message)) = socket.recv().await {
+            if socket.send(message).await.is_err() {
+                break;
+            }
+        }
+    }
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        return;
+    };
+    runtime.block_on(async move {
+        let app = axum::Router::new().route(
+            "/echo",
+            axum::routing::get(|upgrade: WebSocketUpgrade| async move { upgrade.on_upgrade(echo) }),
+        );
+        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+            let _ = axum::serve(listener, app).await;
+        }
+    });
+}
+
+/// One session: connect, one round trip (a ping, or an echoed text), close.
+/// False when the connection died after its 101.
+async fn session(url: &str, i: u32, echo: bool) -> bool {
+    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
+        return false;
+    };
+    let ping = i.to_be_bytes().to_vec();
+    let text = format!("message {i}");
+    let alive = async {
+        if echo {
+            ws.send(Message::text(text.clone())).await.ok()?;
+        } else {
+            ws.send(Message::Ping(ping.clone().into())).await.ok()?;
+        }
+        loop {
+            match ws.next().await? {
+                Ok(Message::Pong(p)) if p.as_ref() == ping.as_slice() => return Some(()),
+                Ok(Message::Text(t)) if echo && t.as_str() == text => return Some(()),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    };
+    let ok = tokio::time::timeout(Duration::from_secs(5), alive)
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    let _ = ws.close(None).await;
+    ok
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -53,6 +112,13 @@ fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(10_000)
         .min(100_000);
+    let echo = std::env::args().nth(2).as_deref() == Some("echo");
+    let parallel: u32 = std::env::args()
+        .nth(3)
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(1)
+        .clamp(1, 64);
     let demo_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let proxy_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
 
@@ -63,11 +129,15 @@ fn main() -> anyhow::Result<()> {
         bus: BusSettings::Memory,
         client_queue: 1024,
     };
-    let demo = Demo::new(&settings, Metrics::new().demo.clone());
-    server.add_service(background_service(
-        "demo upstream",
-        DemoService { settings, demo },
-    ));
+    if echo {
+        std::thread::spawn(move || echo_upstream(demo_addr));
+    } else {
+        let demo = Demo::new(&settings, Metrics::new().demo.clone());
+        server.add_service(background_service(
+            "demo upstream",
+            DemoService { settings, demo },
+        ));
+    }
     let mut proxy = pingora::proxy::http_proxy_service(
         &server.configuration,
         Plain {
@@ -88,33 +158,27 @@ fn main() -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let url = format!("ws://{proxy_addr}/ws/vehicles");
-        let mut lost = 0u32;
-        for i in 0..sessions {
-            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&url).await else {
-                lost += 1;
-                continue;
-            };
-            let ping = i.to_be_bytes().to_vec();
-            let alive = async {
-                ws.send(Message::Ping(ping.clone().into())).await.ok()?;
-                loop {
-                    match ws.next().await? {
-                        Ok(Message::Pong(p)) if p.as_ref() == ping.as_slice() => return Some(()),
-                        Ok(_) => continue,
-                        Err(_) => return None,
+        let url = if echo {
+            format!("ws://{proxy_addr}/echo")
+        } else {
+            format!("ws://{proxy_addr}/ws/vehicles")
+        };
+        let url = std::sync::Arc::new(url);
+        let tasks = (0..parallel).map(|task| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut lost = 0u32;
+                for i in (task..sessions).step_by(parallel as usize) {
+                    if !session(&url, i, echo).await {
+                        lost += 1;
                     }
                 }
-            };
-            if tokio::time::timeout(Duration::from_secs(5), alive)
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-            {
-                lost += 1;
-            }
-            let _ = ws.close(None).await;
+                lost
+            })
+        });
+        let mut lost = 0;
+        for task in futures_util::future::join_all(tasks).await {
+            lost += task.unwrap_or(0);
         }
         lost
     });

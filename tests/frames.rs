@@ -34,13 +34,17 @@ fn message() -> impl Strategy<Value = (bool, Vec<usize>, Vec<bool>)> {
     )
 }
 
-/// Encodes messages as `sender` would, returning the bytes and the frames.
-fn stream(sender: Sender, messages: &[(bool, Vec<usize>, Vec<bool>)]) -> (Vec<u8>, Vec<Written>) {
+/// Encodes messages as `sender` would: each frame with its message's index
+/// (`None` for a ping) and what the parser must report for it.
+fn encoded(
+    sender: Sender,
+    messages: &[(bool, Vec<usize>, Vec<bool>)],
+) -> Vec<(Option<usize>, Vec<u8>, Written)> {
     let mask = match sender {
         Sender::Client => Some([0x12, 0x34, 0x56, 0x78]),
         Sender::Server => None,
     };
-    let (mut bytes, mut frames) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
     for (n, (text, fragments, pings)) in messages.iter().enumerate() {
         for (i, &size) in fragments.iter().enumerate() {
             let opcode = match (i, text) {
@@ -54,51 +58,32 @@ fn stream(sender: Sender, messages: &[(bool, Vec<usize>, Vec<bool>)]) -> (Vec<u8
             if !fin {
                 frame[0] &= 0x7F;
             }
-            bytes.extend_from_slice(&frame);
-            frames.push(Written {
+            let written = Written {
                 opcode,
                 fin,
                 len: size as u64,
                 message_start: i == 0,
-            });
+            };
+            out.push((Some(n), frame, written));
             if pings[i] {
-                bytes.extend_from_slice(&encode_frame(Opcode::Ping, b"ping", mask));
-                frames.push(Written {
+                let ping = Written {
                     opcode: Opcode::Ping,
                     fin: true,
                     len: 4,
                     message_start: false,
-                });
-            }
-        }
-    }
-    (bytes, frames)
-}
-
-/// The frames of `stream` one by one, each with its message's index (`None`
-/// for a ping).
-fn frames_of(messages: &[(bool, Vec<usize>, Vec<bool>)]) -> Vec<(Option<usize>, Vec<u8>)> {
-    let mask = Some([0x12, 0x34, 0x56, 0x78]);
-    let mut out = Vec::new();
-    for (n, (text, fragments, pings)) in messages.iter().enumerate() {
-        for (i, &size) in fragments.iter().enumerate() {
-            let opcode = match (i, text) {
-                (0, true) => Opcode::Text,
-                (0, false) => Opcode::Binary,
-                _ => Opcode::Continuation,
-            };
-            let payload: Vec<u8> = (0..size).map(|b| (b + n) as u8).collect();
-            let mut frame = encode_frame(opcode, &payload, mask);
-            if i + 1 != fragments.len() {
-                frame[0] &= 0x7F;
-            }
-            out.push((Some(n), frame));
-            if pings[i] {
-                out.push((None, encode_frame(Opcode::Ping, b"ping", mask)));
+                };
+                out.push((None, encode_frame(Opcode::Ping, b"ping", mask), ping));
             }
         }
     }
     out
+}
+
+/// The whole stream and the frames in it.
+fn stream(sender: Sender, messages: &[(bool, Vec<usize>, Vec<bool>)]) -> (Vec<u8>, Vec<Written>) {
+    let frames = encoded(sender, messages);
+    let bytes = frames.iter().flat_map(|(_, f, _)| f.clone()).collect();
+    (bytes, frames.into_iter().map(|(_, _, w)| w).collect())
 }
 
 /// Parses `bytes` cut into the given pieces; returns the frames found and
@@ -208,12 +193,12 @@ proptest! {
         drops in prop::collection::vec(any::<bool>(), 5),
         cut in 1usize..200,
     ) {
-        let frames = frames_of(&messages);
-        let bytes: Vec<u8> = frames.iter().flat_map(|(_, f)| f.clone()).collect();
+        let frames = encoded(Sender::Client, &messages);
+        let bytes: Vec<u8> = frames.iter().flat_map(|(_, f, _)| f.clone()).collect();
         let expected: Vec<u8> = frames
             .iter()
-            .filter(|(m, _)| m.is_none_or(|m| !drops[m]))
-            .flat_map(|(_, f)| f.clone())
+            .filter(|(m, _, _)| m.is_none_or(|m| !drops[m]))
+            .flat_map(|(_, f, _)| f.clone())
             .collect();
         let mut filter = ClientFilter::new(None);
         let (mut out, mut decided, mut dropped) = (Vec::new(), 0, 0);
