@@ -589,6 +589,16 @@ async fn metrics_labels_never_come_from_clients() {
         "failure",
         "accepted",
         "rejected",
+        "redis",
+        "timeout",
+        "error",
+        "allow",
+        "deny",
+        "local",
+        "forwarded",
+        "dropped",
+        "closed",
+        "too_big",
         "+Inf",
     ]
     .into_iter()

@@ -499,7 +499,8 @@ mod tests {
                     for i in 0..10_000u64 {
                         let now = (i * 4 + t) * MS / 10;
                         if b.admit(now) {
-                            if (i + t) % 3 == 0 {
+                            // Runs of 50 successes and 100 failures per thread.
+                            if (i / 50 + t).is_multiple_of(3) {
                                 b.succeeded();
                             } else if b.failed(now) {
                                 opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
