@@ -95,6 +95,7 @@ pub struct Startup {
     pub listen: Vec<String>,
     pub admin: String,
     pub threads: usize,
+    pub work_stealing: bool,
     pub demo: Option<DemoSettings>,
     pub max_keys: usize,
     pub redis: Option<RedisBackend>,
@@ -106,6 +107,7 @@ impl Startup {
             listen: rt.server.listen.clone(),
             admin: rt.server.admin.clone(),
             threads: rt.server.threads,
+            work_stealing: rt.server.work_stealing,
             demo: rt.demo.clone(),
             max_keys: rt.store.max_keys,
             redis: rt.store.redis.clone(),
@@ -467,6 +469,9 @@ pub fn restart_required(startup: &Startup, rt: &Runtime) -> Vec<String> {
     }
     if now.threads != startup.threads {
         differ.push("server.threads".to_string());
+    }
+    if now.work_stealing != startup.work_stealing {
+        differ.push("server.work_stealing".to_string());
     }
     if now.demo != startup.demo {
         differ.push("demo".to_string());

@@ -133,6 +133,7 @@ pub struct ServerSettings {
     pub admin_token: Option<String>,
     pub watch: bool,
     pub threads: usize,
+    pub work_stealing: bool,
     pub trusted_proxies: TrustedProxies,
     pub ipv6_prefix: u8,
     pub api_key: ApiKeySources,

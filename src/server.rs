@@ -79,6 +79,7 @@ pub fn build_server(shared: Arc<Shared>, options: ProcessOptions) -> Server {
     let rt = shared.runtime.load_full();
     let conf = ServerConf {
         threads: rt.server.threads,
+        work_stealing: rt.server.work_stealing,
         grace_period_seconds: options.grace_period_seconds,
         graceful_shutdown_timeout_seconds: options.grace_period_seconds.map(|g| g.max(1)),
         ..ServerConf::default()

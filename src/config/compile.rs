@@ -219,6 +219,7 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
         admin_token: s.admin_token.clone().filter(|t| !t.is_empty()),
         watch: s.watch,
         threads,
+        work_stealing: s.work_stealing,
         trusted_proxies: TrustedProxies::new(trusted),
         ipv6_prefix: s.ipv6_prefix,
         api_key: ApiKeySources {
