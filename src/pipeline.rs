@@ -5,9 +5,11 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use arrayvec::ArrayVec;
 use http::{HeaderMap, Method};
 
 use crate::identity::{self, ClientKey, KeyError, RequestFacts, X_FORWARDED_FOR};
+use crate::limit::memory::MAX_CHECKS;
 use crate::limit::{Check, Decision};
 use crate::metrics::Outcome;
 use crate::route::{normalize_path, PathError, Target};
@@ -74,6 +76,9 @@ pub fn facts<'a>(rt: &'a Runtime, req: &Incoming<'a>, client_ip: IpAddr) -> Requ
 
 /// What must be decided for a routed request.
 #[derive(Debug)]
+// `Decide` carries its checks inline: the plan lives on the stack for one
+// request, and boxing it would allocate per request.
+#[allow(clippy::large_enum_variant)]
 pub enum Plan<'a> {
     /// An exemption fired: no limits apply.
     Exempt(usize),
@@ -84,8 +89,8 @@ pub enum Plan<'a> {
     BadCost { limit: usize },
     /// These checks; `limits[i]` is the index in the rule of `checks[i]`'s limit.
     Decide {
-        limits: Vec<usize>,
-        checks: Vec<Check<'a>>,
+        limits: ArrayVec<usize, MAX_CHECKS>,
+        checks: ArrayVec<Check<'a>, MAX_CHECKS>,
         /// A shadow limit would have refused the request for its key.
         shadow_refusal: bool,
     },
@@ -98,10 +103,12 @@ pub fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
     if let Some(i) = rule.exemptions.iter().position(|e| e.applies(facts)) {
         return Plan::Exempt(i);
     }
-    let mut limits = Vec::with_capacity(rule.limits.len());
-    let mut checks = Vec::with_capacity(rule.limits.len());
+    // No heap per request: a rule has at most MAX_CHECKS limits (the config
+    // check refuses more).
+    let mut limits = ArrayVec::new();
+    let mut checks = ArrayVec::new();
     let mut shadow_refusal = false;
-    for (i, limit) in rule.limits.iter().enumerate() {
+    for (i, limit) in rule.limits.iter().enumerate().take(MAX_CHECKS) {
         let enforced = limit.mode == Mode::Enforce;
         let key = match (limit.key.extract(facts), limit.missing) {
             (Ok(key), _) => key,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use arrayvec::ArrayVec;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{HeaderName, HOST};
@@ -22,6 +23,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::identity::{ClientKey, KeyError, RequestFacts, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::limit::failover::{Answer, HeldPermits, Limits, OnError};
+use crate::limit::memory::MAX_CHECKS;
 use crate::limit::redis::RedisStore;
 use crate::limit::{Decided, Decision, MemoryStore, MonotonicClock};
 use crate::metrics::{DecisionResult, Metrics, Outcome};
@@ -340,7 +342,7 @@ impl Gateway {
                 };
                 match decided {
                     Some(Decided { decisions, permits }) => {
-                        let decided: Vec<(usize, Decision)> =
+                        let decided: ArrayVec<(usize, Decision), MAX_CHECKS> =
                             limits.into_iter().zip(decisions).collect();
                         for (i, d) in &decided {
                             let limit = &rule.limits[*i];
