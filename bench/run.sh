@@ -43,23 +43,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "nothing listens on port $1" >&2; exit 1
-}
+. "$HERE/bench/lib.sh"
 start() { "$@" >/dev/null 2>&1 & PIDS+=($!); }
 
 ORIGIN=$(free_port); REDIS=$(free_port); WSECHO=$(free_port)
-cat > "$WORK/origin.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $WORK/origin.pid;
-error_log $WORK/origin-error.log;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:$ORIGIN; location / { return 200 "ok\n"; } } }
-NGINX
-start nginx -c "$WORK/origin.conf" -p "$WORK"
+start_origin "$ORIGIN"
 start redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK"
 start "$WSBENCH" serve "127.0.0.1:$WSECHO"
 wait_port "$ORIGIN"; wait_port "$REDIS"; wait_port "$WSECHO"

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{client, eventually, Gateway, Upstream};
+use common::{client, eventually, fire_and_hold, Gateway, Upstream};
 use futures_util::future::join_all;
 
 const REQUESTS: usize = 1_000;
@@ -74,33 +74,7 @@ async fn a_concurrency_limit_admits_exactly_its_maximum_at_once() {
         upstream.addr,
     )
     .await;
-    let c = client();
-    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let requests: Vec<_> = (0..REQUESTS)
-        .map(|_| {
-            let (request, answered) = (c.get(gw.url("/hold")).send(), answered.clone());
-            tokio::spawn(async move {
-                let status = request.await.unwrap().status().as_u16();
-                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                status
-            })
-        })
-        .collect();
-    // The admitted ones wait at the upstream; the rest are refused at once.
-    // Only when every request has been decided may the held ones finish.
-    eventually(
-        std::time::Duration::from_secs(30),
-        "every request decided",
-        || async {
-            upstream.count() + answered.load(std::sync::atomic::Ordering::SeqCst) >= REQUESTS
-        },
-    )
-    .await;
-    upstream.release_holds();
-    let mut statuses = Vec::new();
-    for r in requests {
-        statuses.push(r.await.unwrap());
-    }
+    let statuses = fire_and_hold(&upstream, REQUESTS, |_| gw.url("/hold")).await;
     assert_eq!(upstream.count(), 100);
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 100);
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 900);

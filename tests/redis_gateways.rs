@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis::{RedisCluster, RedisServer};
-use common::{client, client_from, eventually, statuses, Gateway, Upstream};
+use common::{client, client_from, eventually, fire_and_hold, statuses, Gateway, Upstream};
 use futures_util::future::join_all;
 
 const REQUESTS: usize = 1_000;
@@ -201,28 +201,7 @@ async fn three_gateways_share_a_concurrency_limit_through_leases() {
         "/hold",
     );
     let gws = gateways(&config, &upstream).await;
-    let c = client();
-    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let requests: Vec<_> = (0..REQUESTS)
-        .map(|i| {
-            let request = c.get(gws[i % 3].url("/hold")).send();
-            let answered = answered.clone();
-            tokio::spawn(async move {
-                let status = request.await.unwrap().status().as_u16();
-                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                status
-            })
-        })
-        .collect();
-    eventually(Duration::from_secs(60), "every request decided", || async {
-        upstream.count() + answered.load(std::sync::atomic::Ordering::SeqCst) >= REQUESTS
-    })
-    .await;
-    upstream.release_holds();
-    let mut answers = Vec::new();
-    for r in requests {
-        answers.push(r.await.unwrap());
-    }
+    let answers = fire_and_hold(&upstream, REQUESTS, |i| gws[i % 3].url("/hold")).await;
     assert_eq!(upstream.count(), 100);
     assert_eq!(answers.iter().filter(|s| **s == 200).count(), 100);
     assert_eq!(answers.iter().filter(|s| **s == 429).count(), 900);

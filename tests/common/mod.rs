@@ -34,6 +34,39 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Sends `n` requests at once (request `i` to `url(i)`) to routes the
+/// upstream holds (`/hold`): the admitted ones wait there, the rest are
+/// refused at once. Only when every request has been decided are the held
+/// ones let go. Returns every status.
+pub async fn fire_and_hold(
+    upstream: &Upstream,
+    n: usize,
+    url: impl Fn(usize) -> String,
+) -> Vec<u16> {
+    let c = client();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let requests: Vec<_> = (0..n)
+        .map(|i| {
+            let (request, answered) = (c.get(url(i)).send(), answered.clone());
+            tokio::spawn(async move {
+                let status = request.await.unwrap().status().as_u16();
+                answered.fetch_add(1, Ordering::SeqCst);
+                status
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(60), "every request decided", || async {
+        upstream.count() + answered.load(Ordering::SeqCst) >= n
+    })
+    .await;
+    upstream.release_holds();
+    let mut statuses = Vec::with_capacity(n);
+    for r in requests {
+        statuses.push(r.await.unwrap());
+    }
+    statuses
+}
+
 /// A child process killed when the test ends, however it ends.
 pub struct ChildGuard(pub std::process::Child);
 
