@@ -12,6 +12,7 @@
 #   tollgate+limit         one memory limit per request, admitting everything
 #   tollgate+limit/deny    one memory limit that denies almost everything (429)
 #   tollgate+redis         one Redis limit (exact), admitting everything
+#   tollgate+redis/batched the same limit with sync: batched (batch: 100)
 #   ws direct / ws tollgate / ws tollgate+limit   WebSocket echo round trips per second
 # Rounds are interleaved (A B C ... A B C ...); the table shows medians, min-max and ratios.
 # Latency (p50/p99) comes from wrk --latency (closed loop) and, when `oha` is installed
@@ -82,8 +83,10 @@ NGINX
     P=$(free_port); A=$(free_port); PORT[tollgate$W$store]=$P
     if [ "$store" = redis ]; then
       STORE="{ backend: redis, redis: { url: \"redis://127.0.0.1:$REDIS\", prefix: \"b$W\" }, on_error: deny }"
+      BATCHED="sync: batched, batch: 100"
     else
       STORE="{ backend: memory }"
+      BATCHED="algorithm: gcra"
     fi
     cat > "$WORK/tollgate$W$store.yaml" <<YAML
 server: { listen: ["127.0.0.1:$P"], admin: "127.0.0.1:$A", threads: $W, watch: false }
@@ -95,6 +98,7 @@ rules:
   - { name: open, match: { path: /open }, upstream: origin }
   - { name: all, match: { path: /all }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second }] }
   - { name: few, match: { path: /few }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 10/second }] }
+  - { name: batched, match: { path: /batched }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second, $BATCHED }] }
   - { name: ws, match: { path: /ws/open }, upstream: echo }
   - name: ws-limited
     match: { path: /ws/limited }
@@ -129,6 +133,7 @@ variants() { # name kind url, per worker count
   echo "tollgate+limit http http://127.0.0.1:${PORT[tollgate${W}memory]}/all"
   echo "tollgate+limit/deny http http://127.0.0.1:${PORT[tollgate${W}memory]}/few"
   echo "tollgate+redis http http://127.0.0.1:${PORT[tollgate${W}redis]}/all"
+  echo "tollgate+redis/batched http http://127.0.0.1:${PORT[tollgate${W}redis]}/batched"
   echo "ws_direct ws ws://127.0.0.1:$WSECHO/ws/open"
   echo "ws_tollgate ws ws://127.0.0.1:${PORT[tollgate${W}memory]}/ws/open"
   echo "ws_tollgate+limit ws ws://127.0.0.1:${PORT[tollgate${W}memory]}/ws/limited"
@@ -197,6 +202,7 @@ ratios = [
     ("tollgate+limit/deny / nginx+limit_req/deny", "tollgate+limit/deny", "nginx+limit_req/deny"),
     ("limits on / off (tollgate+limit / tollgate)", "tollgate+limit", "tollgate"),
     ("Redis / memory (tollgate+redis / tollgate+limit)", "tollgate+redis", "tollgate+limit"),
+    ("Redis batched / memory (tollgate+redis/batched / tollgate+limit)", "tollgate+redis/batched", "tollgate+limit"),
     ("429 / admitted (tollgate+limit/deny / tollgate+limit)", "tollgate+limit/deny", "tollgate+limit"),
     ("tollgate / direct (of the ceiling)", "tollgate", "direct"),
     ("ws tollgate / direct", "ws_tollgate", "ws_direct"),

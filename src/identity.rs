@@ -220,6 +220,13 @@ impl<'a> ClientKey<'a> {
         }
     }
 
+    /// The key shared by every request (`key: global`).
+    pub fn global() -> ClientKey<'static> {
+        ClientKey {
+            parts: [Some(KeyValue::Global), None, None, None],
+        }
+    }
+
     /// The key of a lone client IP (used by `missing: ip`).
     pub fn ip(facts: &RequestFacts<'a>) -> Self {
         let mut parts = [None, None, None, None];

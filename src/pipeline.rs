@@ -91,6 +91,8 @@ pub enum Plan<'a> {
     Decide {
         limits: ArrayVec<usize, MAX_CHECKS>,
         checks: ArrayVec<Check<'a>, MAX_CHECKS>,
+        /// Per check: units reserved per Redis call (`sync: batched`), or 0.
+        batches: ArrayVec<u64, MAX_CHECKS>,
         /// A shadow limit would have refused the request for its key.
         shadow_refusal: bool,
     },
@@ -107,6 +109,7 @@ pub fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
     // check refuses more).
     let mut limits = ArrayVec::new();
     let mut checks = ArrayVec::new();
+    let mut batches = ArrayVec::new();
     let mut shadow_refusal = false;
     for (i, limit) in rule.limits.iter().enumerate().take(MAX_CHECKS) {
         let enforced = limit.mode == Mode::Enforce;
@@ -128,6 +131,7 @@ pub fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
             continue;
         };
         limits.push(i);
+        batches.push(limit.batch.unwrap_or(0));
         checks.push(Check {
             limit: limit.id,
             limiter: limit.limiter,
@@ -139,6 +143,7 @@ pub fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
     Plan::Decide {
         limits,
         checks,
+        batches,
         shadow_refusal,
     }
 }

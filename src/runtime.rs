@@ -170,6 +170,8 @@ pub struct RuleLimit {
     pub burst: u64,
     pub cost: Cost,
     pub limiter: Limiter,
+    /// `sync: batched`: units reserved in Redis per call (`None`: exact).
+    pub batch: Option<u64>,
     /// Pre-rendered `RateLimit-Policy` item, e.g. `"per-ip";q=100;w=1`; `None`
     /// for a concurrency limit, which the fields cannot describe.
     pub policy_header: Option<HeaderValue>,

@@ -23,6 +23,8 @@ use crate::reload::ConfigWatcher;
 
 /// How often expired limiter state is dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often expired `sync: batched` allowances are given back.
+const SETTLE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Settings for the process, not the config file.
 #[derive(Debug, Clone, Copy, Default)]
@@ -145,12 +147,15 @@ struct Sweeper {
 impl BackgroundService for Sweeper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        let mut settle = tokio::time::interval(SETTLE_INTERVAL);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     let removed = self.shared.limits.memory.sweep(self.shared.clock.now());
                     tracing::debug!(removed, "swept expired limiter state");
                 }
+                // Unused `sync: batched` units go back to Redis.
+                _ = settle.tick() => self.shared.limits.settle(),
                 _ = shutdown.changed() => return,
             }
         }

@@ -373,3 +373,53 @@ fn p99(samples: &[Duration]) -> Duration {
     sorted.sort();
     sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
 }
+
+/// `sync: batched`: every admitted request was reserved in Redis first, so
+/// three gateways never admit more than the quota; what they may hold back is
+/// at most one batch each.
+#[tokio::test]
+async fn batched_gateways_never_admit_more_than_the_quota() {
+    enough_file_descriptors();
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let config = shared_config(
+        &format!("url: \"{}\"", redis.url()),
+        "{ name: l, key: global, rate: 100/hour, sync: batched, batch: 10 }",
+        "/**",
+    );
+    let gws = gateways(&config, &upstream).await;
+    let (admitted, _) = fire(&gws, "/x").await;
+    assert!(
+        (100 - 3 * 10..=100).contains(&admitted),
+        "{admitted} admitted of 100"
+    );
+    assert_every_key_expires(&redis);
+}
+
+/// Units a gateway reserved but did not use go back to Redis about a second
+/// later, where another gateway can use them.
+#[tokio::test]
+async fn unused_batched_units_go_back_to_redis() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let config = shared_config(
+        &format!("url: \"{}\"", redis.url()),
+        "{ name: l, key: global, rate: 20/hour, sync: batched, batch: 10 }",
+        "/**",
+    );
+    let first = Gateway::start(&config, upstream.addr).await;
+    let second = Gateway::start(&config, upstream.addr).await;
+    let c = client();
+    // One request through the first reserves 1 + 10 of the 20.
+    assert_eq!(statuses(&c, &first.url("/x"), 1).await, [200]);
+    let ok = |s: Vec<u16>| s.iter().filter(|s| **s == 200).count();
+    assert_eq!(ok(statuses(&c, &second.url("/x"), 15).await), 9);
+    // The first gateway's 10 unused units come back after a second.
+    eventually(
+        Duration::from_secs(5),
+        "the unused batch is given back",
+        || async { c.get(second.url("/x")).send().await.unwrap().status() == 200 },
+    )
+    .await;
+    assert_eq!(ok(statuses(&c, &second.url("/x"), 15).await), 9);
+}

@@ -12,8 +12,8 @@ use ipnet::IpNet;
 
 use super::input::{
     AlgorithmInput, ConfigInput, CostInput, DemoBus, DemoInput, DenyInput, ExemptInput, KeyInput,
-    KeyPartInput, LimitInput, RuleInput, ServerInput, StoreBackend, StoreInput, UpstreamInput,
-    WebSocketInput,
+    KeyPartInput, LimitInput, RuleInput, ServerInput, StoreBackend, StoreInput, SyncInput,
+    UpstreamInput, WebSocketInput,
 };
 use super::locate::SourceMap;
 use super::units::{self, Rate, MAX_RATE_COUNT};
@@ -41,6 +41,8 @@ const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_RELEASE_AFTER: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_KEYS: usize = 1_000_000;
+/// Units a `sync: batched` limit reserves per Redis call.
+const DEFAULT_BATCH: u64 = 10;
 const MAX_NAME_LEN: usize = 64;
 
 const KNOWN_METHODS: [Method; 9] = [
@@ -126,6 +128,8 @@ pub fn compile(
     let rules = compile_rules(&mut c, input, &upstream_index, metrics);
     if store.redis.is_some() {
         check_redis_limits(&mut c, &rules);
+    } else {
+        check_memory_limits(&mut c, &rules);
     }
     let demo = input
         .demo
@@ -563,6 +567,20 @@ fn compile_store(c: &mut Compiler<'_>, input: &StoreInput) -> StoreSettings {
     }
 }
 
+/// `sync: batched` reserves quota in Redis: it means nothing in memory.
+fn check_memory_limits(c: &mut Compiler<'_>, rules: &[Rule]) {
+    for (i, rule) in rules.iter().enumerate() {
+        for (j, limit) in rule.limits.iter().enumerate() {
+            if limit.batch.is_some() {
+                c.error(
+                    format!("rules[{i}].limits[{j}].sync"),
+                    "`sync: batched` needs store.backend: redis (in memory every decision is exact and local)",
+                );
+            }
+        }
+    }
+}
+
 /// Redis scripts compute with Lua's doubles: a limit whose numbers could
 /// exceed 2^53 microseconds would be decided inexactly there.
 fn check_redis_limits(c: &mut Compiler<'_>, rules: &[Rule]) {
@@ -750,6 +768,12 @@ fn compile_websocket(
             c.error(
                 format!("{path}.delay"),
                 "a message limit cannot delay messages: it drops them or closes",
+            );
+        }
+        if l.sync == Some(SyncInput::Batched) {
+            c.error(
+                format!("{path}.sync"),
+                "message limits are decided exactly; `sync: batched` applies to request limits",
             );
         }
         if l.concurrent.is_some() || l.cost.is_some() {
@@ -942,8 +966,36 @@ fn compile_limit(
         );
         return None;
     }
+    let batch = match (l.sync.unwrap_or_default(), l.batch) {
+        (SyncInput::Exact, None) => None,
+        (SyncInput::Exact, Some(_)) => {
+            c.error(
+                format!("{path}.batch"),
+                "`batch` applies to `sync: batched` only",
+            );
+            None
+        }
+        (SyncInput::Batched, _) if limiter.holds_permits() => {
+            c.error(
+                format!("{path}.sync"),
+                "a concurrency limit cannot be batched: every permit is a lease",
+            );
+            None
+        }
+        (SyncInput::Batched, batch) => {
+            let batch = batch.unwrap_or(DEFAULT_BATCH);
+            if batch < 2 || batch > quota {
+                c.error(
+                    format!("{path}.batch"),
+                    format!("a batch must be between 2 and the limit's quota ({quota})"),
+                );
+            }
+            Some(batch)
+        }
+    };
     Some(RuleLimit {
         id: LimitId::of(&format!("{rule}\0{name}\0{definition}\0{key}")),
+        batch,
         policy_header: rate.map(|r| policy_header(&name, &limiter, r, quota)),
         metrics: metrics.limit(rule, &name),
         name,

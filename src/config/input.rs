@@ -372,6 +372,25 @@ pub struct LimitInput {
     pub missing: Option<MissingPolicy>,
     #[serde(default)]
     pub mode: Mode,
+    /// With the Redis store: `exact` (default, one round trip per request)
+    /// or `batched` (admit from a small allowance reserved in Redis).
+    #[serde(default)]
+    pub sync: Option<SyncInput>,
+    /// Units reserved per Redis call with `sync: batched` (default 10).
+    #[serde(default)]
+    pub batch: Option<u64>,
+}
+
+/// How a limit on the Redis store talks to Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncInput {
+    /// One atomic round trip per request.
+    #[default]
+    Exact,
+    /// Requests are admitted from an allowance reserved in Redis `batch`
+    /// units at a time; unused units go back after a second.
+    Batched,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -10,8 +10,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::task::AbortHandle;
 
-use super::redis::{Lease, RedisStore};
-use super::{Check, Decided, MemoryStore, MonotonicClock, Nanos, Permit};
+use arrayvec::ArrayVec;
+
+use super::batch::{self, Allowances, Slot};
+use super::memory::MAX_CHECKS;
+use super::redis::{Lease, RedisStore, Reservation};
+use super::{Check, Decided, Decision, MemoryStore, MonotonicClock, Nanos, Permit};
 use crate::metrics::StoreMetrics;
 
 /// What a request gets when the shared store cannot decide it.
@@ -173,6 +177,8 @@ impl Breaker {
 struct Shared {
     redis: RedisStore,
     breaker: Breaker,
+    /// `sync: batched` units this gateway holds.
+    allowances: Allowances,
 }
 
 /// What the store said about a request.
@@ -226,6 +232,7 @@ impl Limits {
             shared: Some(Arc::new(Shared {
                 redis,
                 breaker: Breaker::new(breaker),
+                allowances: Allowances::default(),
             })),
             clock,
             metrics,
@@ -243,9 +250,163 @@ impl Limits {
     /// Decides `checks`; `on_error` (the rule's, else the store's) applies
     /// when Redis cannot.
     pub async fn decide(&self, checks: &[Check<'_>], on_error: OnError) -> Answer {
+        self.decide_batched(checks, on_error, &[]).await
+    }
+
+    /// Like [`Self::decide`]; `batches[i]` > 0 makes check `i` `sync: batched`
+    /// with that many units reserved per Redis call (see `limit::batch`).
+    pub async fn decide_batched(
+        &self,
+        checks: &[Check<'_>],
+        on_error: OnError,
+        batches: &[u64],
+    ) -> Answer {
         let Some(shared) = &self.shared else {
             return Answer::Decided(self.decide_locally(checks));
         };
+        let batch_of = |i: usize| batches.get(i).copied().unwrap_or(0);
+        if (0..checks.len()).all(|i| !batch::batched(&checks[i], batch_of(i))) {
+            return self.ask_redis(shared, checks, on_error).await;
+        }
+        let now = self.clock.now();
+        // From this gateway's allowances first.
+        let mut local: ArrayVec<Option<(Slot, u64)>, MAX_CHECKS> = ArrayVec::new();
+        for (i, check) in checks.iter().enumerate() {
+            let taken = batch::batched(check, batch_of(i))
+                .then(|| {
+                    let slot = shared.allowances.slot(check.limit, &check.key);
+                    shared
+                        .allowances
+                        .take(slot, check.cost, now)
+                        .map(|left| (slot, left))
+                })
+                .flatten();
+            local.push(taken);
+        }
+        let untake = |local: &[Option<(Slot, u64)>]| {
+            for (i, taken) in local.iter().enumerate() {
+                if let Some((slot, _)) = taken {
+                    shared.allowances.untake(*slot, checks[i].cost);
+                }
+            }
+        };
+        // The rest from Redis, reserving a batch with each batched check.
+        let rest: ArrayVec<usize, MAX_CHECKS> =
+            (0..checks.len()).filter(|&i| local[i].is_none()).collect();
+        let mut ask: ArrayVec<Check<'_>, MAX_CHECKS> = ArrayVec::new();
+        let mut reserving = false;
+        for &i in &rest {
+            let mut check = checks[i].clone();
+            if batch::batched(&check, batch_of(i)) {
+                check.cost += batch_of(i);
+                reserving = true;
+            }
+            ask.push(check);
+        }
+        let mut answered = if ask.is_empty() {
+            Decided::default()
+        } else {
+            match self.ask_redis(shared, &ask, on_error).await {
+                Answer::Decided(d) => d,
+                Answer::Degraded(..) => {
+                    untake(&local);
+                    return self.degrade(on_error, checks);
+                }
+            }
+        };
+        let denied = |d: &Decided, asked: &[Check<'_>]| {
+            d.decisions
+                .iter()
+                .zip(asked)
+                .any(|(d, c)| c.enforced && !d.allowed)
+        };
+        let mut reserved = reserving;
+        if reserving && denied(&answered, &ask) {
+            // No room for a whole batch: the request alone may still fit.
+            for (check, &i) in ask.iter_mut().zip(&rest) {
+                check.cost = checks[i].cost;
+            }
+            answered = match self.ask_redis(shared, &ask, on_error).await {
+                Answer::Decided(d) => d,
+                Answer::Degraded(..) => {
+                    untake(&local);
+                    return self.degrade(on_error, checks);
+                }
+            };
+            reserved = false;
+        }
+        let request_denied = denied(&answered, &ask);
+        if request_denied {
+            untake(&local);
+        } else if reserved {
+            let mut due = Vec::new();
+            for (k, &i) in rest.iter().enumerate() {
+                let batch = batch_of(i);
+                if batch::batched(&checks[i], batch) {
+                    let slot = shared.allowances.slot(checks[i].limit, &checks[i].key);
+                    let reservation = shared.redis.reservation(&checks[i]);
+                    due.extend(shared.allowances.add(slot, batch, now, reservation));
+                    // The batch is this gateway's to spend: the client may too.
+                    if let Some(d) = answered.decisions.get_mut(k) {
+                        d.remaining += batch;
+                    }
+                }
+            }
+            self.give_back(shared, due);
+        }
+        // Put the decisions back in the order of the checks.
+        let mut redis_decisions = answered.decisions.into_iter();
+        let mut decisions = ArrayVec::new();
+        for (i, check) in checks.iter().enumerate() {
+            let decision = match local[i] {
+                Some((_, left)) => Decision::allowed(check.limiter.quota(), left, 0),
+                None => match redis_decisions.next() {
+                    Some(d) => d,
+                    None => Decision::allowed(check.limiter.quota(), 0, 0),
+                },
+            };
+            decisions.push(decision);
+        }
+        Answer::Decided(Decided {
+            decisions,
+            permits: answered.permits,
+        })
+    }
+
+    /// Gives reserved units back to Redis in the background.
+    fn give_back(&self, shared: &Arc<Shared>, due: Vec<(Reservation, u64)>) {
+        if due.is_empty() {
+            return;
+        }
+        let shared = shared.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let timeout = shared
+                    .redis
+                    .settings()
+                    .timeout
+                    .max(Duration::from_millis(250));
+                if let Ok(Err(e)) =
+                    tokio::time::timeout(timeout, shared.redis.give_back(&due)).await
+                {
+                    tracing::debug!(
+                        "giving back reserved units failed (they expire with their window): {e}"
+                    );
+                }
+            });
+        }
+    }
+
+    /// Gives back what expired allowances did not use (`sync: batched`).
+    pub fn settle(&self) {
+        if let Some(shared) = &self.shared {
+            let due = shared.allowances.settle(self.clock.now());
+            self.give_back(shared, due);
+        }
+    }
+
+    /// One call to Redis behind the breaker and the timeout.
+    async fn ask_redis(&self, shared: &Shared, checks: &[Check<'_>], on_error: OnError) -> Answer {
         if !shared.breaker.admit(self.clock.now()) {
             return self.degrade(on_error, checks);
         }

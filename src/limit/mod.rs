@@ -2,6 +2,7 @@
 //! cost); stores hold the state and decide all the limits of a request together,
 //! so a request denied by one limit spends nothing from the others.
 
+pub mod batch;
 pub mod concurrent;
 pub mod failover;
 pub mod fixed_window;

@@ -321,13 +321,17 @@ impl Gateway {
             Plan::Decide {
                 limits,
                 checks,
+                batches,
                 shadow_refusal,
             } => {
                 let on_error = rule.on_error.unwrap_or(rt.store.on_error);
                 let answer = if checks.is_empty() {
                     Answer::Decided(Decided::default())
                 } else {
-                    self.shared.limits.decide(&checks, on_error).await
+                    self.shared
+                        .limits
+                        .decide_batched(&checks, on_error, &batches)
+                        .await
                 };
                 let decided = match answer {
                     Answer::Decided(decided) => Some(decided),

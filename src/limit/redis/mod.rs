@@ -106,6 +106,7 @@ struct Group {
 
 /// One check as the script takes it, owned so that a decision can outlive
 /// its caller.
+#[derive(Debug, Clone)]
 struct ScriptCheck {
     key: String,
     algorithm: &'static str,
@@ -114,6 +115,26 @@ struct ScriptCheck {
     enforced: bool,
     quota: u64,
     holds_permits: bool,
+}
+
+/// Units of a limit reserved in Redis for `sync: batched`, as the refund
+/// script needs them to give unused ones back.
+#[derive(Debug, Clone)]
+pub struct Reservation(ScriptCheck);
+
+impl Reservation {
+    #[cfg(test)]
+    pub(crate) fn for_tests(key: &str) -> Self {
+        Reservation(ScriptCheck {
+            key: key.into(),
+            algorithm: "gcra",
+            params: [1, 1, 0],
+            cost: 1,
+            enforced: true,
+            quota: 1,
+            holds_permits: false,
+        })
+    }
 }
 
 /// A request's decision, planned: its checks, their slots, its id.
@@ -184,23 +205,46 @@ impl RedisStore {
             })?
     }
 
+    fn script_check(&self, c: &Check<'_>) -> ScriptCheck {
+        let (algorithm, a, b, p) = script_params(&c.limiter, self.inner.settings.lease);
+        ScriptCheck {
+            key: self.state_key(&c.key, c.limit.0),
+            algorithm,
+            params: [a, b, p],
+            cost: c.cost,
+            enforced: c.enforced,
+            quota: c.limiter.quota(),
+            holds_permits: c.limiter.holds_permits(),
+        }
+    }
+
+    /// What giving back units of `check` later takes.
+    pub fn reservation(&self, check: &Check<'_>) -> Reservation {
+        Reservation(self.script_check(check))
+    }
+
+    /// Gives unused reserved units back, on Redis's clock.
+    pub async fn give_back(&self, units: &[(Reservation, u64)]) -> Result<(), RedisError> {
+        for (reservation, count) in units {
+            let plan = Plan {
+                checks: std::iter::once(ScriptCheck {
+                    cost: *count,
+                    ..reservation.0.clone()
+                })
+                .collect(),
+                groups: ArrayVec::new(),
+                id: String::new(),
+                now: String::new(),
+            };
+            self.invoke::<i64>(&self.inner.refund, &plan, &[0], "")
+                .await?;
+        }
+        Ok(())
+    }
+
     fn plan(&self, checks: &[Check<'_>], now_micros: Option<u64>) -> Plan {
-        let lease = self.inner.settings.lease;
-        let checks: ArrayVec<ScriptCheck, MAX_CHECKS> = checks
-            .iter()
-            .map(|c| {
-                let (algorithm, a, b, p) = script_params(&c.limiter, lease);
-                ScriptCheck {
-                    key: self.state_key(&c.key, c.limit.0),
-                    algorithm,
-                    params: [a, b, p],
-                    cost: c.cost,
-                    enforced: c.enforced,
-                    quota: c.limiter.quota(),
-                    holds_permits: c.limiter.holds_permits(),
-                }
-            })
-            .collect();
+        let checks: ArrayVec<ScriptCheck, MAX_CHECKS> =
+            checks.iter().map(|c| self.script_check(c)).collect();
         Plan {
             groups: self.groups(&checks),
             checks,

@@ -3,9 +3,16 @@
 -- a window that has rolled over since is left alone (it spent nothing then).
 --
 -- Same KEYS and per-check ARGV as decide.lua; ARGV[1] is the time decide.lua
--- used (it returns it last).
+-- used (it returns it last), or "" for Redis's clock (unused units of a
+-- `sync: batched` reservation going back).
 
-local now = tonumber(ARGV[1])
+local now
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local n = tonumber(ARGV[2])
 
 local function sat(a) if a < 0 then return 0 end return a end
