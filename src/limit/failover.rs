@@ -320,8 +320,18 @@ impl Limits {
                 .zip(asked)
                 .any(|(d, c)| c.enforced && !d.allowed)
         };
+        // Retry only when a reservation, not the request itself, was refused.
+        let reservation_refused =
+            answered
+                .decisions
+                .iter()
+                .zip(&ask)
+                .zip(&rest)
+                .any(|((d, c), &i)| {
+                    c.enforced && !d.allowed && batch::batched(&checks[i], batch_of(i))
+                });
         let mut reserved = reserving;
-        if reserving && denied(&answered, &ask) {
+        if reservation_refused {
             // No room for a whole batch: the request alone may still fit.
             for (check, &i) in ask.iter_mut().zip(&rest) {
                 check.cost = checks[i].cost;
