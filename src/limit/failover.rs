@@ -352,7 +352,9 @@ impl Limits {
             let mut due = Vec::new();
             for (k, &i) in rest.iter().enumerate() {
                 let batch = batch_of(i);
-                if batch::batched(&checks[i], batch) {
+                // A refused reservation (a shadow limit's) spent nothing.
+                let spent = answered.decisions.get(k).is_some_and(|d| d.allowed);
+                if batch::batched(&checks[i], batch) && spent {
                     let slot = shared.allowances.slot(checks[i].limit, &checks[i].key);
                     let reservation = shared.redis.reservation(&checks[i]);
                     due.extend(shared.allowances.add(slot, batch, now, reservation));
