@@ -18,13 +18,7 @@
 -- Returns 5 integers per check: allowed, remaining, reset, retry (-1 = never),
 -- delay; then the time it decided at (for refund.lua).
 
-local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+local now = clock_now(ARGV[1])
 local n = tonumber(ARGV[2])
 -- A pinned clock does not move with Redis's, so its keys get a real-time
 -- margin on their TTL (tests only).

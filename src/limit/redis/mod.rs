@@ -31,8 +31,8 @@ use super::memory::MAX_CHECKS;
 use super::{Check, Decided, Decision, Limiter, Nanos, Permit};
 use crate::identity::{ClientKey, KeyValue};
 
-const DECIDE: &str = include_str!("decide.lua");
-const REFUND: &str = include_str!("refund.lua");
+const DECIDE: &str = concat!(include_str!("clock.lua"), include_str!("decide.lua"));
+const REFUND: &str = concat!(include_str!("clock.lua"), include_str!("refund.lua"));
 const LEASE: &str = include_str!("lease.lua");
 
 /// Hash slots of a Redis Cluster.

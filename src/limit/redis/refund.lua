@@ -6,13 +6,7 @@
 -- used (it returns it last), or "" for Redis's clock (unused units of a
 -- `sync: batched` reservation going back).
 
-local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+local now = clock_now(ARGV[1])
 local n = tonumber(ARGV[2])
 
 local function sat(a) if a < 0 then return 0 end return a end
