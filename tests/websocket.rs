@@ -305,3 +305,23 @@ async fn an_exempt_client_has_no_message_limit() {
         assert_eq!(next(&mut ws).await, Message::text(payload(i)));
     }
 }
+
+#[tokio::test]
+async fn a_websocket_to_a_tls_upstream_is_tunnelled() {
+    let tls = common::TlsUpstream::start_websocket().await;
+    let yaml = "
+server: { listen: [\"{listen}\"], admin: \"{admin}\", threads: 2 }
+upstreams: { secure: { servers: [\"{upstream}\"], tls: true, sni: upstream.test, verify_cert: false } }
+rules:
+  - name: stream
+    match: { path: \"/ws/*\" }
+    upstream: secure
+    websocket: { messages: { key: connection, rate: 100/second } }
+";
+    let gw = Gateway::start(yaml, tls.addr).await;
+    let mut ws = connect(&gw).await;
+    for i in 0..5 {
+        ws.send(Message::text(payload(i))).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text(payload(i)));
+    }
+}

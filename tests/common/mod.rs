@@ -218,30 +218,61 @@ pub struct TlsUpstream {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The `upstream.test` certificate, for TLS upstreams.
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let certs =
+        rustls_pemfile::certs(&mut std::fs::read(dir.join("upstream.crt")).unwrap().as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+    let key = rustls_pemfile::private_key(
+        &mut std::fs::read(dir.join("upstream.key")).unwrap().as_slice(),
+    )
+    .unwrap()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 impl TlsUpstream {
+    /// A WebSocket echo server behind TLS (a `wss://` upstream).
+    pub async fn start_websocket() -> Self {
+        let acceptor = tls_acceptor();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    use futures_util::{SinkExt, StreamExt};
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                        return;
+                    };
+                    while let Some(Ok(message)) = ws.next().await {
+                        if message.is_close() || ws.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        TlsUpstream { addr, task }
+    }
+
     pub async fn start() -> Self {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        use tokio_rustls::rustls;
-
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
-        let certs =
-            rustls_pemfile::certs(&mut std::fs::read(dir.join("upstream.crt")).unwrap().as_slice())
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-        let key = rustls_pemfile::private_key(
-            &mut std::fs::read(dir.join("upstream.key")).unwrap().as_slice(),
-        )
-        .unwrap()
-        .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tls_acceptor();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
