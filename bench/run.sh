@@ -31,6 +31,7 @@ for tool in nginx redis-server wrk python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx redis-server wrk" >&2; exit 1; }
 done
 HAVE_OHA=0; command -v oha >/dev/null && HAVE_OHA=1
+[ "$HAVE_OHA" = 1 ] || echo "oha is not installed (cargo install oha): the open-loop rows are skipped" >&2
 (cd "$HERE" && cargo build --release --quiet --bin tollgate --example ws_bench)
 BIN="$HERE/target/release/tollgate"
 WSBENCH="$HERE/target/release/examples/ws_bench"
