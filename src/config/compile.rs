@@ -982,12 +982,22 @@ fn compile_limit(
             );
             None
         }
+        (SyncInput::Batched, _) if l.delay == Some(true) => {
+            c.error(
+                format!("{path}.sync"),
+                "a shaping leaky bucket cannot be batched: requests from a batch are not delayed",
+            );
+            None
+        }
         (SyncInput::Batched, batch) => {
             let batch = batch.unwrap_or(DEFAULT_BATCH);
-            if batch < 2 || batch > quota {
+            // A reservation is the request's cost plus a batch; it must fit.
+            if batch < 2 || batch.saturating_add(dearest) > most {
                 c.error(
                     format!("{path}.batch"),
-                    format!("a batch must be between 2 and the limit's quota ({quota})"),
+                    format!(
+                        "a batch must be at least 2, and with the largest cost ({dearest}) fit the limit ({most})"
+                    ),
                 );
             }
             Some(batch)

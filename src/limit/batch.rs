@@ -1,13 +1,15 @@
 //! `sync: batched`: a gateway reserves `batch` units of a hot key's quota in
 //! Redis in one call and admits the next requests from that allowance without
 //! a round trip. Reserved units are spent in Redis before any request uses
-//! them, so with G gateways no more than the quota is ever admitted for what
-//! Redis has seen; what batching changes is *when* a unit counts: a request
-//! admitted from an allowance counts as of its reservation, up to
-//! [`SETTLE_AFTER`] earlier. Over any window that lets through at most
-//! `G × batch` requests more than exact mode (units reserved just before a
-//! refill or window boundary, used just after), and holds back at most
-//! `G × batch` (allowances unused elsewhere) until they are given back.
+//! them, so the gateways never admit more than Redis has counted; what
+//! batching changes is *when* a unit counts: a request admitted from an
+//! allowance counts as of its reservation, at most [`SETTLE_AFTER`] earlier.
+//! Units not used by then lapse (giving them back exactly would need the
+//! state as of the reservation, which a later call no longer sees). One
+//! reservation per key and gateway is in flight at a time and an allowance
+//! holds at most one batch, so with G gateways at most `G × batch` units are
+//! held (or lapse) at once, and over any window at most `G × batch` more are
+//! admitted than in exact mode.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -15,7 +17,6 @@ use std::sync::{Mutex, PoisonError};
 
 use foldhash::fast::RandomState;
 
-use super::redis::Reservation;
 use super::{Check, LimitId, Nanos};
 use crate::identity::ClientKey;
 
@@ -29,7 +30,8 @@ const MAX_PER_SHARD: usize = 4096;
 struct Allowance {
     units: u64,
     expires: Nanos,
-    reservation: Reservation,
+    /// A reservation for this key is in flight: other requests go exact.
+    reserving: bool,
 }
 
 type Shard = HashMap<[u64; 2], Allowance>;
@@ -88,54 +90,66 @@ impl Allowances {
         }
     }
 
-    /// Adds units just reserved in Redis. Returns units to give back to Redis
-    /// at once: the leftovers of an allowance that expired unsettled, or the
-    /// new units when the table is full.
-    pub fn add(
-        &self,
-        slot: Slot,
-        units: u64,
-        now: Nanos,
-        reservation: Reservation,
-    ) -> Option<(Reservation, u64)> {
+    /// Claims the right to reserve a batch for `slot`: true for one caller
+    /// until [`Self::fill`] or [`Self::unclaim`]; the others decide exactly.
+    /// A claim lapses with its allowance, so a lost reply cannot block a key.
+    pub fn claim(&self, slot: Slot, now: Nanos) -> bool {
         let mut shard = self.shard(slot);
         let full = shard.len() >= MAX_PER_SHARD;
         match shard.get_mut(&slot.0) {
-            Some(allowance) if allowance.expires > now => {
-                allowance.units += units;
-                return None;
+            Some(a) if a.expires > now && a.reserving => false,
+            Some(a) => {
+                a.reserving = true;
+                a.expires = now + SETTLE_AFTER;
+                true
             }
-            None if full => return Some((reservation, units)),
-            _ => {}
+            None if full => false,
+            None => {
+                shard.insert(
+                    slot.0,
+                    Allowance {
+                        units: 0,
+                        expires: now + SETTLE_AFTER,
+                        reserving: true,
+                    },
+                );
+                true
+            }
         }
-        let fresh = Allowance {
-            units,
-            expires: now + SETTLE_AFTER,
-            reservation,
-        };
-        shard
-            .insert(slot.0, fresh)
-            .filter(|stale| stale.units > 0)
-            .map(|stale| (stale.reservation, stale.units))
     }
 
-    /// Removes allowances expired by `now`; returns the unused units to give
-    /// back to Redis.
-    pub fn settle(&self, now: Nanos) -> Vec<(Reservation, u64)> {
-        let mut due = Vec::new();
+    /// Ends a claim whose reservation Redis refused (or never answered).
+    pub fn unclaim(&self, slot: Slot) {
+        if let Some(allowance) = self.shard(slot).get_mut(&slot.0) {
+            allowance.reserving = false;
+        }
+    }
+
+    /// Ends a claim with the units Redis reserved: the allowance holds them
+    /// (and nothing older: earlier leftovers lapse) until `now + SETTLE_AFTER`.
+    pub fn fill(&self, slot: Slot, units: u64, now: Nanos) {
+        if let Some(allowance) = self.shard(slot).get_mut(&slot.0) {
+            allowance.units = units;
+            allowance.expires = now + SETTLE_AFTER;
+            allowance.reserving = false;
+        }
+    }
+
+    /// Drops allowances expired by `now` (their units lapse); returns how
+    /// many units lapsed.
+    pub fn sweep(&self, now: Nanos) -> u64 {
+        let mut lapsed = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             shard.retain(|_, allowance| {
                 if allowance.expires > now {
                     return true;
                 }
-                if allowance.units > 0 {
-                    due.push((allowance.reservation.clone(), allowance.units));
-                }
+                lapsed += allowance.units;
                 false
             });
         }
-        due
+        lapsed
     }
 }
 
@@ -148,11 +162,6 @@ pub fn batched(check: &Check<'_>, batch: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limit::redis::Reservation;
-
-    fn reservation() -> Reservation {
-        Reservation::for_tests("k")
-    }
 
     fn slot(a: &Allowances) -> Slot {
         a.slot(LimitId(1), &ClientKey::global())
@@ -163,40 +172,67 @@ mod tests {
         let a = Allowances::default();
         let s = slot(&a);
         assert_eq!(a.take(s, 1, 0), None, "nothing reserved yet");
-        assert!(a.add(s, 3, 0, reservation()).is_none());
+        assert!(a.claim(s, 0));
+        a.fill(s, 3, 0);
         assert_eq!(a.take(s, 1, 10), Some(2));
         assert_eq!(a.take(s, 2, 10), Some(0));
         assert_eq!(a.take(s, 1, 10), None);
     }
 
     #[test]
-    fn an_expired_allowance_admits_nothing_and_settles_its_leftovers() {
+    fn one_reservation_per_key_is_in_flight() {
         let a = Allowances::default();
         let s = slot(&a);
-        a.add(s, 5, 0, reservation());
-        a.take(s, 2, 1);
-        assert_eq!(a.take(s, 1, SETTLE_AFTER), None);
-        let due = a.settle(SETTLE_AFTER);
-        assert_eq!(due.len(), 1);
-        assert_eq!(due[0].1, 3);
-        assert!(a.settle(SETTLE_AFTER * 2).is_empty(), "settled once");
+        assert!(a.claim(s, 0));
+        assert!(!a.claim(s, 1), "the others decide exactly meanwhile");
+        a.unclaim(s);
+        assert!(a.claim(s, 2));
+        a.fill(s, 5, 2);
+        assert!(
+            a.claim(s, 3),
+            "the next batch may be reserved while this one lasts"
+        );
     }
 
     #[test]
-    fn a_new_reservation_returns_an_expired_allowances_leftovers() {
+    fn a_new_batch_replaces_the_leftovers_of_the_last() {
         let a = Allowances::default();
         let s = slot(&a);
-        a.add(s, 4, 0, reservation());
-        let stale = a.add(s, 10, SETTLE_AFTER + 1, reservation());
-        assert_eq!(stale.map(|(_, units)| units), Some(4));
-        assert_eq!(a.take(s, 10, SETTLE_AFTER + 2), Some(0));
+        a.claim(s, 0);
+        a.fill(s, 4, 0);
+        a.claim(s, 1);
+        a.fill(s, 10, 1);
+        assert_eq!(a.take(s, 10, 2), Some(0), "at most one batch is held");
+        assert_eq!(a.take(s, 1, 2), None);
+    }
+
+    #[test]
+    fn an_expired_allowance_admits_nothing_and_its_units_lapse() {
+        let a = Allowances::default();
+        let s = slot(&a);
+        a.claim(s, 0);
+        a.fill(s, 5, 0);
+        a.take(s, 2, 1);
+        assert_eq!(a.take(s, 1, SETTLE_AFTER), None);
+        assert_eq!(a.sweep(SETTLE_AFTER), 3);
+        assert_eq!(a.sweep(SETTLE_AFTER * 2), 0, "swept once");
+    }
+
+    #[test]
+    fn a_claim_lapses_if_its_reservation_never_ends() {
+        let a = Allowances::default();
+        let s = slot(&a);
+        assert!(a.claim(s, 0));
+        assert!(!a.claim(s, SETTLE_AFTER - 1));
+        assert!(a.claim(s, SETTLE_AFTER));
     }
 
     #[test]
     fn units_taken_for_a_denied_request_come_back() {
         let a = Allowances::default();
         let s = slot(&a);
-        a.add(s, 2, 0, reservation());
+        a.claim(s, 0);
+        a.fill(s, 2, 0);
         a.take(s, 2, 1);
         a.untake(s, 2);
         assert_eq!(a.take(s, 2, 1), Some(0));

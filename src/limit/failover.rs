@@ -14,7 +14,7 @@ use arrayvec::ArrayVec;
 
 use super::batch::{self, Allowances, Slot};
 use super::memory::MAX_CHECKS;
-use super::redis::{Lease, RedisStore, Reservation};
+use super::redis::{Lease, RedisStore};
 use super::{Check, Decided, Decision, MemoryStore, MonotonicClock, Nanos, Permit};
 use crate::metrics::StoreMetrics;
 
@@ -290,19 +290,27 @@ impl Limits {
                 }
             }
         };
-        // The rest from Redis, reserving a batch with each batched check.
+        // The rest from Redis; a batched check whose key has no reservation in
+        // flight here reserves a batch with it, the others go exact.
         let rest: ArrayVec<usize, MAX_CHECKS> =
             (0..checks.len()).filter(|&i| local[i].is_none()).collect();
         let mut ask: ArrayVec<Check<'_>, MAX_CHECKS> = ArrayVec::new();
-        let mut reserving = false;
+        let mut claims: ArrayVec<Option<Slot>, MAX_CHECKS> = ArrayVec::new();
         for &i in &rest {
             let mut check = checks[i].clone();
-            if batch::batched(&check, batch_of(i)) {
+            let slot = shared.allowances.slot(check.limit, &check.key);
+            let claimed = batch::batched(&check, batch_of(i)) && shared.allowances.claim(slot, now);
+            if claimed {
                 check.cost += batch_of(i);
-                reserving = true;
             }
+            claims.push(claimed.then_some(slot));
             ask.push(check);
         }
+        let unclaim = |claims: &[Option<Slot>]| {
+            for slot in claims.iter().flatten() {
+                shared.allowances.unclaim(*slot);
+            }
+        };
         let mut answered = if ask.is_empty() {
             Decided::default()
         } else {
@@ -310,29 +318,24 @@ impl Limits {
                 Answer::Decided(d) => d,
                 Answer::Degraded(..) => {
                     untake(&local);
+                    unclaim(&claims);
                     return self.degrade(on_error, checks);
                 }
             }
         };
-        let denied = |d: &Decided, asked: &[Check<'_>]| {
-            d.decisions
-                .iter()
-                .zip(asked)
-                .any(|(d, c)| c.enforced && !d.allowed)
-        };
-        // Retry only when a reservation, not the request itself, was refused.
-        let reservation_refused =
-            answered
-                .decisions
-                .iter()
-                .zip(&ask)
-                .zip(&rest)
-                .any(|((d, c), &i)| {
-                    c.enforced && !d.allowed && batch::batched(&checks[i], batch_of(i))
-                });
-        let mut reserved = reserving;
-        if reservation_refused {
-            // No room for a whole batch: the request alone may still fit.
+        let refused = |d: &Decision, c: &Check<'_>| c.enforced && !d.allowed;
+        // Retry without reservations only when just a reservation was
+        // refused and the request alone still fits.
+        let pairs = || answered.decisions.iter().zip(&ask).zip(&claims);
+        let exact_refused = pairs().any(|((d, c), claim)| claim.is_none() && refused(d, c));
+        let retry = !exact_refused
+            && pairs().any(|((d, c), claim)| claim.is_some() && refused(d, c))
+            && pairs().zip(&rest).all(|(((d, c), claim), &i)| {
+                claim.is_none() || !refused(d, c) || d.remaining >= checks[i].cost
+            });
+        let mut reserved = true;
+        if retry {
+            unclaim(&claims);
             for (check, &i) in ask.iter_mut().zip(&rest) {
                 check.cost = checks[i].cost;
             }
@@ -345,26 +348,29 @@ impl Limits {
             };
             reserved = false;
         }
-        let request_denied = denied(&answered, &ask);
+        let request_denied = answered
+            .decisions
+            .iter()
+            .zip(&ask)
+            .any(|(d, c)| refused(d, c));
         if request_denied {
             untake(&local);
+            if reserved {
+                unclaim(&claims);
+            }
         } else if reserved {
-            let mut due = Vec::new();
             for (k, &i) in rest.iter().enumerate() {
-                let batch = batch_of(i);
-                // A refused reservation (a shadow limit's) spent nothing.
-                let spent = answered.decisions.get(k).is_some_and(|d| d.allowed);
-                if batch::batched(&checks[i], batch) && spent {
-                    let slot = shared.allowances.slot(checks[i].limit, &checks[i].key);
-                    let reservation = shared.redis.reservation(&checks[i]);
-                    due.extend(shared.allowances.add(slot, batch, now, reservation));
+                let Some(slot) = claims[k] else { continue };
+                match answered.decisions.get_mut(k) {
                     // The batch is this gateway's to spend: the client may too.
-                    if let Some(d) = answered.decisions.get_mut(k) {
-                        d.remaining += batch;
+                    Some(d) if d.allowed => {
+                        shared.allowances.fill(slot, batch_of(i), now);
+                        d.remaining += batch_of(i);
                     }
+                    // A refused reservation (a shadow limit's) spent nothing.
+                    _ => shared.allowances.unclaim(slot),
                 }
             }
-            self.give_back(shared, due);
         }
         // Put the decisions back in the order of the checks.
         let mut redis_decisions = answered.decisions.into_iter();
@@ -385,35 +391,13 @@ impl Limits {
         })
     }
 
-    /// Gives reserved units back to Redis in the background.
-    fn give_back(&self, shared: &Arc<Shared>, due: Vec<(Reservation, u64)>) {
-        if due.is_empty() {
-            return;
-        }
-        let shared = shared.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let timeout = shared
-                    .redis
-                    .settings()
-                    .timeout
-                    .max(Duration::from_millis(250));
-                if let Ok(Err(e)) =
-                    tokio::time::timeout(timeout, shared.redis.give_back(&due)).await
-                {
-                    tracing::debug!(
-                        "giving back reserved units failed (they expire with their window): {e}"
-                    );
-                }
-            });
-        }
-    }
-
-    /// Gives back what expired allowances did not use (`sync: batched`).
+    /// Drops expired `sync: batched` allowances; their unused units lapse.
     pub fn settle(&self) {
         if let Some(shared) = &self.shared {
-            let due = shared.allowances.settle(self.clock.now());
-            self.give_back(shared, due);
+            let lapsed = shared.allowances.sweep(self.clock.now());
+            if lapsed > 0 {
+                tracing::debug!(lapsed, "unused batched units lapsed");
+            }
         }
     }
 

@@ -106,7 +106,7 @@ struct Group {
 
 /// One check as the script takes it, owned so that a decision can outlive
 /// its caller.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct ScriptCheck {
     key: String,
     algorithm: &'static str,
@@ -115,26 +115,6 @@ struct ScriptCheck {
     enforced: bool,
     quota: u64,
     holds_permits: bool,
-}
-
-/// Units of a limit reserved in Redis for `sync: batched`, as the refund
-/// script needs them to give unused ones back.
-#[derive(Debug, Clone)]
-pub struct Reservation(ScriptCheck);
-
-impl Reservation {
-    #[cfg(test)]
-    pub(crate) fn for_tests(key: &str) -> Self {
-        Reservation(ScriptCheck {
-            key: key.into(),
-            algorithm: "gcra",
-            params: [1, 1, 0],
-            cost: 1,
-            enforced: true,
-            quota: 1,
-            holds_permits: false,
-        })
-    }
 }
 
 /// A request's decision, planned: its checks, their slots, its id.
@@ -216,30 +196,6 @@ impl RedisStore {
             quota: c.limiter.quota(),
             holds_permits: c.limiter.holds_permits(),
         }
-    }
-
-    /// What giving back units of `check` later takes.
-    pub fn reservation(&self, check: &Check<'_>) -> Reservation {
-        Reservation(self.script_check(check))
-    }
-
-    /// Gives unused reserved units back, on Redis's clock.
-    pub async fn give_back(&self, units: &[(Reservation, u64)]) -> Result<(), RedisError> {
-        for (reservation, count) in units {
-            let plan = Plan {
-                checks: std::iter::once(ScriptCheck {
-                    cost: *count,
-                    ..reservation.0.clone()
-                })
-                .collect(),
-                groups: ArrayVec::new(),
-                id: String::new(),
-                now: String::new(),
-            };
-            self.invoke::<i64>(&self.inner.refund, &plan, &[0], "")
-                .await?;
-        }
-        Ok(())
     }
 
     fn plan(&self, checks: &[Check<'_>], now_micros: Option<u64>) -> Plan {

@@ -3,8 +3,7 @@
 -- a window that has rolled over since is left alone (it spent nothing then).
 --
 -- Same KEYS and per-check ARGV as decide.lua; ARGV[1] is the time decide.lua
--- used (it returns it last), or "" for Redis's clock (unused units of a
--- `sync: batched` reservation going back).
+-- used (it returns it last).
 
 local now = clock_now(ARGV[1])
 local n = tonumber(ARGV[2])
