@@ -331,7 +331,7 @@ fn apply(shared: &Arc<Shared>, mut new: Runtime) -> ReloadSummary {
         .last_reload_success
         .set(unix_seconds(SystemTime::now()));
     for rule in &old.rules {
-        let limits: Vec<&str> = rule.limits.iter().map(|l| l.name.as_str()).collect();
+        let limits: Vec<&str> = rule.all_limits().map(|l| l.name.as_str()).collect();
         if summary.rules.removed.contains(&rule.name) {
             metrics.forget_rule(&rule.name, &limits);
         }
@@ -384,8 +384,7 @@ fn limit_ids(rt: &Runtime) -> HashMap<String, LimitId> {
     rt.rules
         .iter()
         .flat_map(|r| {
-            r.limits
-                .iter()
+            r.all_limits()
                 .map(move |l| (format!("{}/{}", r.name, l.name), l.id))
         })
         .collect()
@@ -430,7 +429,7 @@ fn summarize(old: &Runtime, new: &Runtime, startup: &Startup) -> ReloadSummary {
     let (old_ids, new_ids) = (limit_ids(old), limit_ids(new));
     let mut limits = LimitChanges::default();
     for rule in &new.rules {
-        for limit in &rule.limits {
+        for limit in rule.all_limits() {
             let name = format!("{}/{}", rule.name, limit.name);
             match old_ids.get(&name) {
                 Some(id) if *id == limit.id => limits.kept.push(name),

@@ -14,8 +14,8 @@ use crate::demo::DemoSettings;
 use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
 use crate::limit::failover::{BreakerSettings, OnError};
 use crate::limit::redis::RedisSettings;
-use crate::limit::{LimitId, Limiter};
-use crate::metrics::{LimitMetrics, Metrics, RuleMetrics};
+use crate::limit::{Decision, LimitId, Limiter};
+use crate::metrics::{DecisionResult, LimitMetrics, Metrics, RuleMetrics};
 use crate::route::{PathPattern, RouteConditions, RouteTable};
 
 /// Which rate-limit response headers to send.
@@ -178,7 +178,25 @@ pub struct RuleLimit {
     pub metrics: LimitMetrics,
 }
 
+impl Rule {
+    /// The request limits, then the WebSocket message limit if any: every
+    /// limit with counters and metrics of its own.
+    pub fn all_limits(&self) -> impl Iterator<Item = &RuleLimit> {
+        let messages = self.websocket.messages.as_ref().map(|m| &m.limit);
+        self.limits.iter().chain(messages)
+    }
+}
+
 impl RuleLimit {
+    /// Counts one of this limit's decisions (a shadow limit's denial apart).
+    pub fn record(&self, decision: &Decision) {
+        self.metrics.record(match (decision.allowed, self.mode) {
+            (true, _) => DecisionResult::Allowed,
+            (false, Mode::Enforce) => DecisionResult::Denied,
+            (false, Mode::Shadow) => DecisionResult::ShadowDenied,
+        });
+    }
+
     /// `gcra 100/1s burst 100`, `fixed_window 10/1m`, `concurrent 5`.
     pub fn describe(&self) -> String {
         match self.rate {
@@ -277,10 +295,16 @@ impl Runtime {
     pub fn bind_metrics(&mut self, metrics: &Metrics) {
         for rule in &mut self.rules {
             rule.metrics = metrics.rule(&rule.name);
-            for limit in &mut rule.limits {
+            let messages = rule.websocket.messages.as_mut().map(|m| &mut m.limit);
+            for limit in rule.limits.iter_mut().chain(messages) {
                 limit.metrics = metrics.limit(&rule.name, &limit.name);
             }
         }
+    }
+
+    /// What a rule's requests get while Redis fails.
+    pub fn on_error(&self, rule: &Rule) -> OnError {
+        rule.on_error.unwrap_or(self.store.on_error)
     }
 
     pub fn rule(&self, index: usize) -> &Rule {

@@ -325,3 +325,32 @@ rules:
         assert_eq!(next(&mut ws).await, Message::text(payload(i)));
     }
 }
+
+/// A reload compiles against a scratch registry and then points the new
+/// snapshot at the real one: the message limit's counters too.
+#[tokio::test]
+async fn message_limit_decisions_are_counted_after_a_reload() {
+    let websocket = "{ messages: { key: connection, rate: 1/minute } }";
+    let (upstream, gw) = start(websocket).await;
+    let edited = config(websocket).replace(
+        "rules:",
+        "rules:\n  - { name: added, match: { path: /added }, upstream: api }",
+    );
+    gw.rewrite(&edited, upstream.addr);
+    eventually(Duration::from_secs(10), "the edit is applied", || async {
+        gw.metrics().await.contains("tollgate_config_generation 2")
+    })
+    .await;
+    let mut ws = connect(&gw).await;
+    ws.send(Message::text("first")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("first"));
+    ws.send(Message::text("second")).await.unwrap();
+    assert!(is_notice(&next(&mut ws).await).is_some());
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(
+            "tollgate_decisions_total{limit=\"per-connection\",result=\"denied\",rule=\"stream\"} 1"
+        ),
+        "{metrics}"
+    );
+}
