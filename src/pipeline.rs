@@ -13,7 +13,7 @@ use crate::limit::memory::MAX_CHECKS;
 use crate::limit::{Check, Decision};
 use crate::metrics::Outcome;
 use crate::route::{normalize_path, PathError, Target};
-use crate::runtime::{MissingPolicy, Mode, Rule, Runtime};
+use crate::runtime::{MissingPolicy, Mode, Rule, RuleLimit, Runtime};
 
 /// The parts of an incoming request the pipeline looks at.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +98,20 @@ pub enum Plan<'a> {
     },
 }
 
+/// A limit's key in this request, under its `missing:` policy: `Ok(None)`
+/// when the policy skips the limit, `Err` when the request cannot be counted.
+pub fn limit_key<'a>(
+    limit: &RuleLimit,
+    facts: &RequestFacts<'a>,
+) -> Result<Option<ClientKey<'a>>, KeyError> {
+    match (limit.key.extract(facts), limit.missing) {
+        (Ok(key), _) => Ok(Some(key)),
+        (Err(KeyError::Missing(_)), MissingPolicy::Skip) => Ok(None),
+        (Err(KeyError::Missing(_)), MissingPolicy::Ip) => Ok(Some(ClientKey::ip(facts))),
+        (Err(error), _) => Err(error),
+    }
+}
+
 /// Step 4: exemptions first, then one check per limit whose key is present (or
 /// whose `missing:` policy says what to count instead). A shadow limit never
 /// refuses: where it would have, the request is only marked.
@@ -113,12 +127,11 @@ pub fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
     let mut shadow_refusal = false;
     for (i, limit) in rule.limits.iter().enumerate().take(MAX_CHECKS) {
         let enforced = limit.mode == Mode::Enforce;
-        let key = match (limit.key.extract(facts), limit.missing) {
-            (Ok(key), _) => key,
-            (Err(KeyError::Missing(_)), MissingPolicy::Skip) => continue,
-            (Err(KeyError::Missing(_)), MissingPolicy::Ip) => ClientKey::ip(facts),
-            (Err(error), _) if enforced => return Plan::Refuse { limit: i, error },
-            (Err(_), _) => {
+        let key = match limit_key(limit, facts) {
+            Ok(Some(key)) => key,
+            Ok(None) => continue,
+            Err(error) if enforced => return Plan::Refuse { limit: i, error },
+            Err(_) => {
                 shadow_refusal = true;
                 continue;
             }

@@ -24,15 +24,6 @@ rules:
     )
 }
 
-/// A thousand simultaneous requests hold about 2,200 sockets in this process.
-fn enough_file_descriptors() {
-    let got = rlimit::increase_nofile_limit(8192).unwrap_or(0);
-    assert!(
-        got >= 4096,
-        "raise the open-file limit (ulimit -n) to at least 4096, it is {got}"
-    );
-}
-
 /// Fires all requests at once and counts the answers.
 async fn fire(gw: &Gateway, path: &str) -> (usize, usize) {
     let c = client();
@@ -49,7 +40,7 @@ async fn fire(gw: &Gateway, path: &str) -> (usize, usize) {
 
 #[tokio::test]
 async fn every_rate_algorithm_admits_exactly_its_quota_under_concurrency() {
-    enough_file_descriptors();
+    common::enough_file_descriptors();
     let upstream = Upstream::start().await;
     for algorithm in [
         "gcra",
@@ -67,7 +58,7 @@ async fn every_rate_algorithm_admits_exactly_its_quota_under_concurrency() {
 
 #[tokio::test]
 async fn a_concurrency_limit_admits_exactly_its_maximum_at_once() {
-    enough_file_descriptors();
+    common::enough_file_descriptors();
     let upstream = Upstream::start().await;
     let gw = Gateway::start(
         &config("{ name: l, key: global, concurrent: 100 }", "/hold"),

@@ -12,14 +12,6 @@ use futures_util::future::join_all;
 
 const REQUESTS: usize = 1_000;
 
-fn enough_file_descriptors() {
-    let got = rlimit::increase_nofile_limit(8192).unwrap_or(0);
-    assert!(
-        got >= 4096,
-        "raise the open-file limit (ulimit -n) to at least 4096, it is {got}"
-    );
-}
-
 /// A generous timeout: under a thousand simultaneous requests on two cores a
 /// decision may wait; a failure would show as a 503 and fail the count.
 fn shared_config(redis: &str, limit: &str, path: &str) -> String {
@@ -86,7 +78,7 @@ const ALGORITHMS: [&str; 6] = [
 
 #[tokio::test]
 async fn three_gateways_sharing_redis_admit_exactly_the_quota() {
-    enough_file_descriptors();
+    common::enough_file_descriptors();
     let redis = RedisServer::start();
     let upstream = Upstream::start().await;
     for algorithm in ALGORITHMS {
@@ -104,7 +96,7 @@ async fn three_gateways_sharing_redis_admit_exactly_the_quota() {
 
 #[tokio::test]
 async fn three_gateways_on_a_redis_cluster_admit_exactly_the_quota() {
-    enough_file_descriptors();
+    common::enough_file_descriptors();
     let cluster = RedisCluster::start();
     let upstream = Upstream::start().await;
     let urls = cluster
@@ -192,7 +184,7 @@ async fn the_binary_starts_while_redis_is_down_and_uses_it_once_up() {
 
 #[tokio::test]
 async fn three_gateways_share_a_concurrency_limit_through_leases() {
-    enough_file_descriptors();
+    common::enough_file_descriptors();
     let redis = RedisServer::start();
     let upstream = Upstream::start().await;
     let config = shared_config(
@@ -379,7 +371,7 @@ fn p99(samples: &[Duration]) -> Duration {
 /// at most one batch each.
 #[tokio::test]
 async fn batched_gateways_never_admit_more_than_the_quota() {
-    enough_file_descriptors();
+    common::enough_file_descriptors();
     let redis = RedisServer::start();
     let upstream = Upstream::start().await;
     let config = shared_config(

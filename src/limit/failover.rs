@@ -14,8 +14,10 @@ use arrayvec::ArrayVec;
 
 use super::batch::{self, Allowances, Slot};
 use super::memory::MAX_CHECKS;
-use super::redis::{Lease, RedisStore};
-use super::{Check, Decided, Decision, MemoryStore, MonotonicClock, Nanos, Permit};
+use super::redis::RedisStore;
+use super::{
+    Check, Decided, Decision, MemoryStore, MonotonicClock, Nanos, Permit, Store, StoreError,
+};
 use crate::metrics::StoreMetrics;
 
 /// What a request gets when the shared store cannot decide it.
@@ -173,7 +175,7 @@ impl Breaker {
     }
 }
 
-/// Redis with its breaker, failure policy and metrics.
+/// Redis with its breaker and this gateway's batched allowances.
 struct Shared {
     redis: RedisStore,
     breaker: Breaker,
@@ -236,14 +238,6 @@ impl Limits {
             })),
             clock,
             metrics,
-        }
-    }
-
-    pub fn backend(&self) -> &'static str {
-        if self.shared.is_some() {
-            "redis"
-        } else {
-            "memory"
         }
     }
 
@@ -407,33 +401,25 @@ impl Limits {
             return self.degrade(on_error, checks);
         }
         let timer = self.metrics.redis_duration.start_timer();
-        let timeout = shared.redis.settings().timeout;
-        match tokio::time::timeout(timeout, shared.redis.decide_shared(checks)).await {
-            Ok(Ok(decided)) => {
+        let failure = match shared.redis.decide(checks, &|| 0).await {
+            Ok(decided) => {
                 timer.observe_duration();
                 shared.breaker.succeeded();
                 self.show_breaker(shared);
-                Answer::Decided(decided)
+                return Answer::Decided(decided);
             }
-            Ok(Err(e)) => {
-                timer.stop_and_discard();
-                // The client's own response timeout equals ours.
-                if e.is_timeout() {
-                    self.metrics.redis_timeouts.inc();
-                } else {
-                    self.metrics.redis_errors.inc();
-                    tracing::warn!("redis limiter call failed: {e}");
-                }
-                self.fail(shared);
-                self.degrade(on_error, checks)
-            }
-            Err(_) => {
-                timer.stop_and_discard();
-                self.metrics.redis_timeouts.inc();
-                self.fail(shared);
-                self.degrade(on_error, checks)
+            Err(e) => e,
+        };
+        timer.stop_and_discard();
+        match failure {
+            StoreError::Timeout => self.metrics.redis_timeouts.inc(),
+            StoreError::Unavailable(e) => {
+                self.metrics.redis_errors.inc();
+                tracing::warn!("redis limiter call failed: {e}");
             }
         }
+        self.fail(shared);
+        self.degrade(on_error, checks)
     }
 
     fn fail(&self, shared: &Shared) {
@@ -468,41 +454,11 @@ impl Limits {
     /// renewed meanwhile, so a long-lived connection keeps its permit and a
     /// crashed gateway's expire.
     pub fn hold(&self, permits: Vec<Permit>) -> HeldPermits {
-        let leases: Vec<Lease> = permits
-            .iter()
-            .filter_map(|p| match p {
-                Permit::Lease(lease) => Some(lease.clone()),
-                Permit::Local { .. } => None,
-            })
-            .collect();
-        let renewal = match (&self.shared, leases.is_empty()) {
-            (Some(shared), false) => {
-                let shared = shared.clone();
-                let every = shared.redis.settings().lease / 3;
-                tokio::runtime::Handle::try_current().ok().map(|runtime| {
-                    runtime
-                        .spawn(async move {
-                            let mut tick = tokio::time::interval_at(
-                                tokio::time::Instant::now() + every,
-                                every,
-                            );
-                            loop {
-                                tick.tick().await;
-                                let renewal = shared.redis.renew(&leases);
-                                let timeout = shared.redis.settings().timeout;
-                                if let Ok(Err(e)) = tokio::time::timeout(timeout, renewal).await {
-                                    tracing::debug!("renewing concurrency leases failed: {e}");
-                                }
-                            }
-                        })
-                        .abort_handle()
-                })
-            }
-            _ => None,
-        };
+        let redis = self.shared.as_ref().map(|shared| shared.redis.clone());
+        let renewal = redis.as_ref().and_then(|r| r.keep_renewed(&permits));
         HeldPermits {
             memory: self.memory.clone(),
-            shared: self.shared.clone(),
+            redis,
             permits,
             renewal,
         }
@@ -538,7 +494,7 @@ impl Limits {
 /// no exit path can leak one.
 pub struct HeldPermits {
     memory: Arc<MemoryStore>,
-    shared: Option<Arc<Shared>>,
+    redis: Option<RedisStore>,
     permits: Vec<Permit>,
     renewal: Option<AbortHandle>,
 }
@@ -548,28 +504,9 @@ impl Drop for HeldPermits {
         if let Some(renewal) = self.renewal.take() {
             renewal.abort();
         }
-        self.memory.release_permits_now(&self.permits);
-        let leases: Vec<Lease> = self
-            .permits
-            .drain(..)
-            .filter_map(|p| match p {
-                Permit::Lease(lease) => Some(lease),
-                Permit::Local { .. } => None,
-            })
-            .collect();
-        let (Some(shared), false) = (self.shared.clone(), leases.is_empty()) else {
-            return;
-        };
-        // Without a runtime (shutdown) the leases expire by themselves.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let timeout = shared.redis.settings().timeout;
-                if let Ok(Err(e)) =
-                    tokio::time::timeout(timeout, shared.redis.release(&leases)).await
-                {
-                    tracing::debug!("releasing concurrency leases failed (they expire): {e}");
-                }
-            });
+        self.memory.release_permits(&self.permits);
+        if let Some(redis) = &self.redis {
+            redis.release_permits(&self.permits);
         }
     }
 }

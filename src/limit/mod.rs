@@ -233,6 +233,8 @@ pub struct Check<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("limiter store did not answer in time")]
+    Timeout,
     #[error("limiter store unavailable: {0}")]
     Unavailable(String),
 }

@@ -26,11 +26,11 @@ use crate::limit::failover::{Answer, HeldPermits, Limits, OnError};
 use crate::limit::memory::MAX_CHECKS;
 use crate::limit::redis::RedisStore;
 use crate::limit::{Decided, Decision, MemoryStore, MonotonicClock};
-use crate::metrics::{DecisionResult, Metrics, Outcome};
+use crate::metrics::{Metrics, Outcome};
 use crate::pipeline::{self, Incoming, Plan, Unrouted};
 use crate::reload::{self, Reloader, Startup};
 use crate::route::{PathError, Target};
-use crate::runtime::{MissingPolicy, Mode, Rule, Runtime, Upstream};
+use crate::runtime::{Mode, Rule, RuleLimit, Runtime, Upstream};
 use crate::websocket::{ClientFilter, MessageGate, ServerWatch};
 use respond::Reply;
 use tunnel::TunnelError;
@@ -293,10 +293,14 @@ impl Gateway {
         let facts = pipeline::facts(rt, &incoming, client_ip);
         // The message limit's key is checked before the request's limits
         // spend anything, so a refused upgrade costs nothing.
-        ctx.exempt = rule.exemptions.iter().any(|e| e.applies(&facts));
-        if !ctx.exempt && tunnel::is_websocket_request(&req.method, &req.headers) {
-            if let Some(reply) = message_key(rule, &facts, ctx) {
-                return Some(reply);
+        if rule.websocket.messages.is_some()
+            && tunnel::is_websocket_request(&req.method, &req.headers)
+        {
+            ctx.exempt = rule.exemptions.iter().any(|e| e.applies(&facts));
+            if !ctx.exempt {
+                if let Some(reply) = message_key(rule, &facts, ctx) {
+                    return Some(reply);
+                }
             }
         }
         let outcome = match pipeline::plan(rule, &facts) {
@@ -306,17 +310,7 @@ impl Gateway {
                 return Some(respond::bad_cost(rule, &rule.limits[limit]));
             }
             Plan::Refuse { limit, error } => {
-                let limit = &rule.limits[limit];
-                return Some(match error {
-                    KeyError::Missing(part) => {
-                        rule.metrics.record(Outcome::MissingKey);
-                        respond::missing_key(rule, limit, &part)
-                    }
-                    KeyError::Conflicting(part) => {
-                        rule.metrics.record(Outcome::BadRequest);
-                        respond::conflicting_key(rule, limit, &part)
-                    }
-                });
+                return Some(refuse_key(rule, &rule.limits[limit], error));
             }
             Plan::Decide {
                 limits,
@@ -324,7 +318,7 @@ impl Gateway {
                 batches,
                 shadow_refusal,
             } => {
-                let on_error = rule.on_error.unwrap_or(rt.store.on_error);
+                let on_error = rt.on_error(rule);
                 let answer = if checks.is_empty() {
                     Answer::Decided(Decided::default())
                 } else {
@@ -349,12 +343,7 @@ impl Gateway {
                         let decided: ArrayVec<(usize, Decision), MAX_CHECKS> =
                             limits.into_iter().zip(decisions).collect();
                         for (i, d) in &decided {
-                            let limit = &rule.limits[*i];
-                            limit.metrics.record(match (d.allowed, limit.mode) {
-                                (true, _) => DecisionResult::Allowed,
-                                (false, Mode::Enforce) => DecisionResult::Denied,
-                                (false, Mode::Shadow) => DecisionResult::ShadowDenied,
-                            });
+                            rule.limits[*i].record(d);
                         }
                         let verdict = pipeline::judge(rule, &decided, shadow_refusal);
                         if let (true, Some((i, decision))) = (verdict.denied(), verdict.headline) {
@@ -499,7 +488,7 @@ impl Gateway {
                 policy.on_limit,
             )),
             Some(m) => ctx.message_key.take().map(|key| {
-                let on_error = rule.on_error.unwrap_or(rt.store.on_error);
+                let on_error = rt.on_error(rule);
                 MessageGate::shared(m.limit.clone(), policy.on_limit, key, on_error)
             }),
             None => None,
@@ -534,23 +523,27 @@ fn message_key(rule: &Rule, facts: &RequestFacts<'_>, ctx: &mut RequestCtx) -> O
         .as_ref()
         .filter(|m| !m.per_connection)?;
     let limit = &messages.limit;
-    let enforced = limit.mode == Mode::Enforce;
-    ctx.message_key = match (limit.key.extract(facts), limit.missing) {
-        (Ok(key), _) => Some(key.into_owned()),
-        (Err(KeyError::Missing(_)), MissingPolicy::Ip) => Some(ClientKey::ip(facts).into_owned()),
+    ctx.message_key = match pipeline::limit_key(limit, facts) {
+        Ok(key) => key.map(ClientKey::into_owned),
         // A shadow limit never refuses: without a key it just counts nothing.
-        (Err(_), _) if !enforced => None,
-        (Err(KeyError::Missing(_)), MissingPolicy::Skip) => None,
-        (Err(KeyError::Missing(part)), MissingPolicy::Deny) => {
-            rule.metrics.record(Outcome::MissingKey);
-            return Some(respond::missing_key(rule, limit, &part));
-        }
-        (Err(KeyError::Conflicting(part)), _) => {
-            rule.metrics.record(Outcome::BadRequest);
-            return Some(respond::conflicting_key(rule, limit, &part));
-        }
+        Err(_) if limit.mode == Mode::Shadow => None,
+        Err(error) => return Some(refuse_key(rule, limit, error)),
     };
     None
+}
+
+/// The answer to a request a limit cannot take its key from.
+fn refuse_key(rule: &Rule, limit: &RuleLimit, error: KeyError) -> Reply {
+    match error {
+        KeyError::Missing(part) => {
+            rule.metrics.record(Outcome::MissingKey);
+            respond::missing_key(rule, limit, &part)
+        }
+        KeyError::Conflicting(part) => {
+            rule.metrics.record(Outcome::BadRequest);
+            respond::conflicting_key(rule, limit, &part)
+        }
+    }
 }
 
 /// An HTTP/1.1 WebSocket handshake without a body: the requests we tunnel.

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use crate::identity::ClientKey;
 use crate::limit::failover::{Answer, Limits, OnError};
 use crate::limit::{Check, LimitState, Nanos};
-use crate::metrics::{DecisionResult, RuleMetrics};
+use crate::metrics::RuleMetrics;
 use crate::runtime::{Mode, OnLimit, RuleLimit};
 use frame::{FrameParser, Piece, Sender, MAX_HEADER};
 
@@ -387,13 +387,7 @@ impl MessageGate {
                 }
             }
         };
-        self.limit
-            .metrics
-            .record(match (decision.allowed, self.limit.mode) {
-                (true, _) => DecisionResult::Allowed,
-                (false, Mode::Enforce) => DecisionResult::Denied,
-                (false, Mode::Shadow) => DecisionResult::ShadowDenied,
-            });
+        self.limit.record(&decision);
         if decision.allowed || self.limit.mode == Mode::Shadow {
             return Verdict::Forward;
         }

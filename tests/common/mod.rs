@@ -67,6 +67,15 @@ pub async fn fire_and_hold(
     statuses
 }
 
+/// A thousand simultaneous requests hold about 2,200 sockets in this process.
+pub fn enough_file_descriptors() {
+    let got = rlimit::increase_nofile_limit(8192).unwrap_or(0);
+    assert!(
+        got >= 4096,
+        "raise the open-file limit (ulimit -n) to at least 4096, it is {got}"
+    );
+}
+
 /// A child process killed when the test ends, however it ends.
 pub struct ChildGuard(pub std::process::Child);
 
@@ -242,27 +251,26 @@ fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
 impl TlsUpstream {
-    /// A WebSocket echo server behind TLS (a `wss://` upstream).
-    pub async fn start_websocket() -> Self {
+    /// Serves every TLS connection (with the `upstream.test` certificate)
+    /// with `serve`.
+    async fn serve<F, Fut>(serve: F) -> Self
+    where
+        F: Fn(TlsStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let acceptor = tls_acceptor();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let serve = Arc::new(serve);
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
+                let (acceptor, serve) = (acceptor.clone(), serve.clone());
                 tokio::spawn(async move {
-                    use futures_util::{SinkExt, StreamExt};
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
-                        return;
-                    };
-                    while let Some(Ok(message)) = ws.next().await {
-                        if message.is_close() || ws.send(message).await.is_err() {
-                            break;
-                        }
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        serve(tls).await;
                     }
                 });
             }
@@ -270,44 +278,50 @@ impl TlsUpstream {
         TlsUpstream { addr, task }
     }
 
+    /// A WebSocket echo server behind TLS (a `wss://` upstream).
+    pub async fn start_websocket() -> Self {
+        Self::serve(|tls| async move {
+            use futures_util::{SinkExt, StreamExt};
+            let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                return;
+            };
+            while let Some(Ok(message)) = ws.next().await {
+                if message.is_close() || ws.send(message).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Answers every request with `<SNI> <path>` and closes.
     pub async fn start() -> Self {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        let acceptor = tls_acceptor();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
-                    let mut stream = BufReader::new(tls);
-                    let mut request_line = String::new();
-                    if stream.read_line(&mut request_line).await.is_err() {
-                        return;
-                    }
-                    let path = request_line
-                        .split_whitespace()
-                        .nth(1)
-                        .unwrap_or("-")
-                        .to_string();
-                    let mut line = String::new();
-                    while stream.read_line(&mut line).await.is_ok_and(|n| n > 2) {
-                        line.clear();
-                    }
-                    let body = format!("{sni} {path}");
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.get_mut().write_all(answer.as_bytes()).await;
-                    let _ = stream.get_mut().shutdown().await;
-                });
+        Self::serve(|tls| async move {
+            let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
+            let mut stream = BufReader::new(tls);
+            let mut request_line = String::new();
+            if stream.read_line(&mut request_line).await.is_err() {
+                return;
             }
-        });
-        TlsUpstream { addr, task }
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("-")
+                .to_string();
+            let mut line = String::new();
+            while stream.read_line(&mut line).await.is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let body = format!("{sni} {path}");
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.get_mut().write_all(answer.as_bytes()).await;
+            let _ = stream.get_mut().shutdown().await;
+        })
+        .await
     }
 }
 

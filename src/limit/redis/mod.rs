@@ -26,9 +26,10 @@ use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script};
 use ring::digest;
 use tokio::sync::Notify;
+use tokio::task::AbortHandle;
 
 use super::memory::MAX_CHECKS;
-use super::{Check, Decided, Decision, Limiter, Nanos, Permit};
+use super::{Check, Decided, Decision, Limiter, Nanos, Permit, Store, StoreError};
 use crate::identity::{ClientKey, KeyValue};
 
 const DECIDE: &str = concat!(include_str!("clock.lua"), include_str!("decide.lua"));
@@ -342,6 +343,30 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Renews the leases among `permits` every lease/3 until the returned
+    /// handle is aborted, so a long-lived connection keeps its permits while a
+    /// crashed gateway's expire. `None` without leases (or a runtime).
+    pub fn keep_renewed(&self, permits: &[Permit]) -> Option<AbortHandle> {
+        let leases = leases(permits);
+        if leases.is_empty() {
+            return None;
+        }
+        let store = self.clone();
+        let every = self.inner.settings.lease / 3;
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let renewing = runtime.spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                let timeout = store.inner.settings.timeout;
+                if let Ok(Err(e)) = tokio::time::timeout(timeout, store.renew(&leases)).await {
+                    tracing::debug!("renewing concurrency leases failed: {e}");
+                }
+            }
+        });
+        Some(renewing.abort_handle())
+    }
+
     /// Whether Redis answers a PING.
     pub async fn ping(&self) -> Result<(), RedisError> {
         let mut connection = self.connection().await?;
@@ -463,6 +488,54 @@ impl RedisStore {
             }
         }
         groups
+    }
+}
+
+/// The Redis leases among `permits`.
+fn leases(permits: &[Permit]) -> Vec<Lease> {
+    permits
+        .iter()
+        .filter_map(|p| match p {
+            Permit::Lease(lease) => Some(lease.clone()),
+            Permit::Local { .. } => None,
+        })
+        .collect()
+}
+
+impl Store for RedisStore {
+    /// Bounded by `timeout`. Redis decides on its own clock; `clock` is not
+    /// read.
+    async fn decide(
+        &self,
+        checks: &[Check<'_>],
+        _clock: &(dyn Fn() -> Nanos + Sync),
+    ) -> Result<Decided, StoreError> {
+        match tokio::time::timeout(self.inner.settings.timeout, self.decide_shared(checks)).await {
+            Ok(Ok(decided)) => Ok(decided),
+            // The client's own response timeout equals ours.
+            Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    /// Gives the leases among `permits` back in the background; without a
+    /// runtime (at shutdown), or if Redis does not answer, they expire.
+    fn release_permits(&self, permits: &[Permit]) {
+        let leases = leases(permits);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if leases.is_empty() {
+            return;
+        }
+        let store = self.clone();
+        runtime.spawn(async move {
+            let timeout = store.inner.settings.timeout;
+            if let Ok(Err(e)) = tokio::time::timeout(timeout, store.release(&leases)).await {
+                tracing::debug!("releasing concurrency leases failed (they expire): {e}");
+            }
+        });
     }
 }
 
