@@ -1,5 +1,6 @@
 //! The `tollgate` command line: parse arguments, then hand over to the library.
 
+use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,7 +51,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Logs go to stderr (stdout carries `check`'s report), coloured only on a terminal.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

@@ -283,22 +283,7 @@ fn read_and_compile(shared: &Shared, trigger: Trigger) -> Result<Candidate, Conf
     if trigger == Trigger::File && failed.as_deref() == Some(sha256.as_str()) {
         return Ok(Candidate::NotYet);
     }
-    let result = if text.trim().is_empty() {
-        Err(ConfigError {
-            file: path.clone(),
-            problems: vec![Problem {
-                severity: config::Severity::Error,
-                path: String::new(),
-                line: 1,
-                column: 1,
-                message:
-                    "the file is empty (caught mid-write?); a running gateway keeps its config"
-                        .into(),
-            }],
-        })
-    } else {
-        config::load_str(&text, path, &Metrics::new())
-    };
+    let result = config::load_str(&text, path, &Metrics::new());
     match result {
         Ok(runtime) => Ok(Candidate::Compiled(Box::new(runtime))),
         Err(e) => {

@@ -371,6 +371,15 @@ impl RouteTable {
         })
     }
 
+    /// Every rule with a glob matching the path, whatever its conditions (for
+    /// config checks: allocates).
+    pub fn matching_rules(&self, path: &str) -> impl Iterator<Item = usize> + '_ {
+        self.set
+            .matches(path)
+            .into_iter()
+            .map(|glob| self.glob_rule[glob])
+    }
+
     /// Index of the first rule (in file order) matching the normalized path,
     /// method and host.
     pub fn find(&self, path: &str, method: &Method, host: Option<&str>) -> Option<usize> {

@@ -114,18 +114,146 @@ rules:
     assert_eq!(paths, vec!["rules[1].match.path"]);
 }
 
+/// A valid file with one catch-all rule, after `head`.
+fn with_a_rule(head: &str) -> String {
+    format!(
+        "{head}\nupstreams: {{ api: {{ servers: [\"127.0.0.1:9\"] }} }}\nrules: [{{ name: all, match: {{ path: \"/**\" }}, upstream: api }}]\n"
+    )
+}
+
 #[test]
 fn trusting_every_peer_is_a_warning() {
-    let text = "server: { trusted_proxies: [\"0.0.0.0/0\"] }\n";
-    let loaded = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap();
+    let text = with_a_rule("server: { trusted_proxies: [\"0.0.0.0/0\"] }");
+    let loaded = load_str(&text, Path::new("t.yaml"), &Metrics::new()).unwrap();
     assert_eq!(loaded.warnings[0].path, "server.trusted_proxies[0]");
     assert!(loaded.warnings[0].message.contains("every peer is trusted"));
 }
 
+fn only_problem(text: &str) -> tollgate::config::Problem {
+    let error = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap_err();
+    assert_eq!(error.problems.len(), 1, "{error}");
+    error.problems[0].clone()
+}
+
+const EMPTY_FILE: &str = "the file is empty";
+
 #[test]
-fn an_empty_file_is_a_valid_config_with_no_rules() {
-    let loaded = load_str("", Path::new("empty.yaml"), &Metrics::new()).unwrap();
-    assert!(loaded.rules.is_empty());
+fn an_empty_file_is_refused() {
+    assert!(only_problem("").message.contains(EMPTY_FILE));
+}
+
+#[test]
+fn a_file_of_only_comments_is_refused_like_an_empty_one() {
+    let text = "# rules will come later\n\n---\n   # indented comment\n";
+    assert_eq!(only_problem(text), only_problem(""));
+}
+
+#[test]
+fn a_file_without_rules_is_refused() {
+    let problem = only_problem("upstreams: { api: { servers: [\"127.0.0.1:9\"] } }\n");
+    assert_eq!(problem.path, "rules");
+    assert!(
+        problem.message.contains("no rules are defined"),
+        "{problem:?}"
+    );
+}
+
+#[test]
+fn check_refuses_a_0_byte_file_with_the_message_reload_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.yaml");
+    std::fs::write(&path, "").unwrap();
+    let (code, stdout, _) = tollgate(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains(&only_problem("").message), "{stdout}");
+}
+
+/// 10,000 rules, each with a limit, in block or flow style.
+fn ten_thousand_rules(flow: bool) -> String {
+    let mut text = String::from("upstreams: { api: { servers: [\"127.0.0.1:9\"] } }\nrules:\n");
+    for i in 0..10_000 {
+        if flow {
+            text.push_str(&format!(
+                "  - {{ name: r{i}, match: {{ path: /r/{i}/**, methods: [GET, POST] }}, upstream: api, limits: [{{ name: per-ip, key: ip, rate: 10/s, burst: 20 }}] }}\n"
+            ));
+        } else {
+            text.push_str(&format!(
+                "  - name: r{i}\n    match:\n      path: /r/{i}/**\n      methods: [GET, POST]\n    upstream: api\n    limits:\n      - name: per-ip\n        key: ip\n        rate: 10/s\n        burst: 20\n"
+            ));
+        }
+    }
+    text
+}
+
+#[test]
+fn ten_thousand_rules_in_block_style_load() {
+    let loaded = load_str(
+        &ten_thousand_rules(false),
+        Path::new("big.yaml"),
+        &Metrics::new(),
+    );
+    assert_eq!(
+        loaded.map(|rt| rt.rules.len()).map_err(|e| e.to_string()),
+        Ok(10_000)
+    );
+}
+
+#[test]
+fn ten_thousand_rules_in_flow_style_load() {
+    let loaded = load_str(
+        &ten_thousand_rules(true),
+        Path::new("big.yaml"),
+        &Metrics::new(),
+    );
+    assert_eq!(
+        loaded.map(|rt| rt.rules.len()).map_err(|e| e.to_string()),
+        Ok(10_000)
+    );
+}
+
+#[test]
+fn an_alias_bomb_is_refused() {
+    // One rule, repeated by alias a thousand times: each alias replays the
+    // rule's events, so aliases far outnumbering anchors are refused.
+    let mut text = String::from(
+        "upstreams: { api: { servers: [\"127.0.0.1:9\"] } }\nrules:\n  - &r { name: r, match: { path: /r }, upstream: api, limits: [{ name: l, key: ip, rate: 1/s }] }\n",
+    );
+    for _ in 0..1000 {
+        text.push_str("  - *r\n");
+    }
+    let problem = only_problem(&text);
+    assert!(problem.message.contains("budget"), "{problem:?}");
+}
+
+#[test]
+fn a_huge_name_is_refused_without_being_echoed() {
+    let name = "n".repeat(20 * 1024 * 1024);
+    let text = format!(
+        "upstreams: {{ api: {{ servers: [\"127.0.0.1:9\"] }} }}\nrules: [{{ name: {name}, match: {{ path: /a }}, upstream: api }}]\n"
+    );
+    let error = load_str(&text, Path::new("t.yaml"), &Metrics::new()).unwrap_err();
+    let shown = error.to_string();
+    assert!(
+        shown.contains("rules[0].name"),
+        "{}",
+        &shown[..shown.len().min(2000)]
+    );
+    assert!(shown.len() < 4096, "{} bytes of problems", shown.len());
+}
+
+#[test]
+fn a_redis_password_never_appears_in_a_problem() {
+    let bad_url = with_a_rule(
+        "store: { backend: redis, redis: { url: \"redis://app:hunter2-secret@127.0.0.1:notaport/0\" } }",
+    );
+    let wrong_type = with_a_rule(
+        "store: { backend: redis, redis: { urls: redis://:hunter2-secret@10.0.0.1:6379 } }",
+    );
+    for text in [bad_url, wrong_type] {
+        let error = load_str(&text, Path::new("t.yaml"), &Metrics::new()).unwrap_err();
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
 }
 
 fn tollgate(args: &[&str]) -> (i32, String, String) {

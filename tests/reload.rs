@@ -168,6 +168,68 @@ async fn an_emptied_file_is_refused_on_reload() {
     assert_eq!(status(&gw, "/a").await, 200);
 }
 
+/// What `tollgate check` prints for a file holding `text`.
+fn check_output(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn last_reload_message(gw: &Gateway) -> Option<String> {
+    let (_, config) = admin_json(gw, reqwest::Method::GET, "/-/config").await;
+    config["last_reload"]["problems"][0]["message"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn a_file_of_only_comments_is_refused_alike_by_the_watcher_post_reload_and_check() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config(true, RULE_A), upstream.addr).await;
+    let comments = "# all rules removed for now\n";
+    std::fs::write(&gw.config_path, comments).unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the watcher refuses the file",
+        || async { last_reload_message(&gw).await.is_some() },
+    )
+    .await;
+    let from_watcher = last_reload_message(&gw).await.unwrap();
+    assert!(from_watcher.contains("the file is empty"), "{from_watcher}");
+    let (code, body) = post_reload(&gw).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["problems"][0]["message"], from_watcher.as_str());
+    assert!(check_output(comments).contains(&from_watcher));
+    assert_eq!(status(&gw, "/a").await, 200);
+    let (_, config) = admin_json(&gw, reqwest::Method::GET, "/-/config").await;
+    assert_eq!(
+        config["watching"], true,
+        "the server section was not reset: {config}"
+    );
+}
+
+#[tokio::test]
+async fn a_file_without_rules_is_refused_and_the_old_rules_keep_serving() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config(false, RULE_A), upstream.addr).await;
+    let (code, body) = post_reload_of(&gw, &config(false, ""), upstream.addr).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["problems"][0]["path"], "rules");
+    assert_eq!(status(&gw, "/a").await, 200);
+}
+
+async fn post_reload_of(gw: &Gateway, yaml: &str, upstream: std::net::SocketAddr) -> (u16, Value) {
+    gw.rewrite(yaml, upstream);
+    post_reload(gw).await
+}
+
 #[tokio::test]
 async fn reverting_a_broken_edit_clears_the_reported_failure() {
     let upstream = Upstream::start().await;
@@ -738,4 +800,72 @@ async fn sighup_reloads_the_config() {
     .await;
     // The process survived the signal (Pingora alone would have died of it).
     assert_eq!(get("/a").await, 404);
+}
+
+#[tokio::test]
+async fn a_redis_password_appears_in_no_reload_answer_config_page_check_output_or_log() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let log = dir.path().join("stderr.log");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    let render = |yaml: &str| common::render(yaml, addr, admin, upstream.addr);
+    std::fs::write(&path, render(&config(false, RULE_A))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let process = Process { child, addr };
+    common::wait_listening(process.addr).await;
+    common::wait_listening(admin).await;
+    let leaky = render(&format!(
+        "{}\nstore:\n  backend: redis\n  redis: {{ url: \"redis://app:hunter2-secret@127.0.0.1:notaport/0\" }}\n",
+        config(false, RULE_A)
+    ));
+    std::fs::write(&path, &leaky).unwrap();
+    let admin_text = |method: reqwest::Method, p: &'static str| async move {
+        client()
+            .request(method, format!("http://{admin}{p}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let reload_answer = admin_text(reqwest::Method::POST, "/-/reload").await;
+    assert!(reload_answer.contains("not a Redis URL"), "{reload_answer}");
+    let config_page = admin_text(reqwest::Method::GET, "/-/config").await;
+    let hup = Command::new("kill")
+        .args(["-HUP", &process.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    eventually(
+        Duration::from_secs(5),
+        "SIGHUP's failure is logged",
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.matches("config reload failed").count() >= 2
+        },
+    )
+    .await;
+    drop(process);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let checked = check_output(&leaky);
+    for (what, text) in [
+        ("POST /-/reload", &reload_answer),
+        ("GET /-/config", &config_page),
+        ("the log", &logged),
+        ("check", &checked),
+    ] {
+        assert!(
+            !text.contains("hunter2"),
+            "{what} shows the password: {text}"
+        );
+    }
 }

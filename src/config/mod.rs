@@ -119,10 +119,29 @@ pub fn sha256_hex(text: &[u8]) -> String {
         })
 }
 
+/// The largest config file read: far above 10,000 rules (about 2 MB), far
+/// below what would strain memory.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// YAML nodes (scalars, sequences, mappings) a file may hold: 10,000 rules of
+/// a few limits each take about 400,000.
+pub const MAX_YAML_NODES: usize = 4_000_000;
+/// Problem messages longer than this are cut, so a huge value in the file is
+/// never echoed back whole.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
 /// Reads a config file.
 pub fn read_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::single(path, "", format!("cannot read the file: {e}")))
+    let cannot =
+        |e: std::io::Error| ConfigError::single(path, "", format!("cannot read the file: {e}"));
+    let size = std::fs::metadata(path).map_err(cannot)?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(ConfigError::single(
+            path,
+            "",
+            format!("the file is {size} bytes: a config file may hold at most {MAX_FILE_BYTES}"),
+        ));
+    }
+    std::fs::read_to_string(path).map_err(cannot)
 }
 
 /// Reads, parses and compiles a config file.
@@ -133,11 +152,21 @@ pub fn load_file(path: &Path, metrics: &Metrics) -> Result<Runtime, ConfigError>
 /// Parses and compiles config text; `file` is only used in messages. The
 /// runtime is generation 1, loaded now; a reload renumbers it.
 pub fn load_str(text: &str, file: &Path, metrics: &Metrics) -> Result<Runtime, ConfigError> {
-    let source = SourceMap::build(text);
-    let input = parse(text, &source).map_err(|problem| ConfigError {
+    let refuse = |problems: Vec<Problem>| ConfigError {
         file: file.to_path_buf(),
-        problems: vec![problem],
-    })?;
+        problems: redact_secrets(problems, text),
+    };
+    if is_empty_yaml(text) {
+        return Err(refuse(vec![Problem {
+            severity: Severity::Error,
+            path: String::new(),
+            line: 1,
+            column: 1,
+            message: "the file is empty (nothing but blank lines and comments): a gateway needs at least one rule".into(),
+        }]));
+    }
+    let source = SourceMap::build(text);
+    let input = parse(text, &source).map_err(|problem| refuse(vec![problem]))?;
     let origin = ConfigSource {
         file: file.to_path_buf(),
         sha256: sha256_hex(text.as_bytes()),
@@ -145,20 +174,93 @@ pub fn load_str(text: &str, file: &Path, metrics: &Metrics) -> Result<Runtime, C
         generation: 1,
         loaded_at: SystemTime::now(),
     };
-    compile::compile(origin, &source, metrics).map_err(|problems| ConfigError {
-        file: file.to_path_buf(),
-        problems,
+    compile::compile(origin, &source, metrics).map_err(refuse)
+}
+
+/// True for text that holds no YAML node: blank lines, comments and document
+/// markers only. Such a file is refused rather than read as "no rules".
+fn is_empty_yaml(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
     })
+}
+
+/// Cuts a message to `MAX_MESSAGE_BYTES` (at a character boundary).
+pub(crate) fn shorten(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let total = message.len();
+        let mut cut = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(&format!("… (cut: {total} bytes in all)"));
+    }
+    message
+}
+
+/// Secrets written in the file: the passwords of URLs (`scheme://user:pass@`)
+/// and the admin token. Found by scanning the text, so they are known even when
+/// the YAML does not parse.
+fn secrets_in(text: &str) -> Vec<&str> {
+    let mut secrets = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        rest = &rest[at + 3..];
+        let authority_end = rest
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | ',' | ']' | '}' | '"' | '\'') || c.is_whitespace()
+            })
+            .unwrap_or(rest.len());
+        if let Some(userinfo_end) = rest[..authority_end].rfind('@') {
+            let userinfo = &rest[..userinfo_end];
+            let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
+            secrets.extend([userinfo, password].into_iter().filter(|s| !s.is_empty()));
+        }
+    }
+    for line in text.lines() {
+        if let Some(value) = line.trim_start().strip_prefix("admin_token:") {
+            let value = value.split(" #").next().unwrap_or_default().trim();
+            let value = value.trim_matches(|c| c == '"' || c == '\'' || c == '}' || c == ',');
+            if !value.is_empty() {
+                secrets.push(value);
+            }
+        }
+    }
+    // Longest first, so a password inside a longer secret is not left half shown.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.dedup();
+    secrets
+}
+
+/// Replaces every secret of the file in the problems' messages: they are
+/// printed by `check`, logged, returned by `POST /-/reload` and kept for
+/// `GET /-/config`.
+fn redact_secrets(mut problems: Vec<Problem>, text: &str) -> Vec<Problem> {
+    let secrets = secrets_in(text);
+    for problem in &mut problems {
+        for secret in &secrets {
+            if problem.message.contains(secret) {
+                problem.message = problem.message.replace(secret, "<redacted>");
+            }
+        }
+        problem.message = shorten(std::mem::take(&mut problem.message));
+    }
+    problems
 }
 
 /// Deserializes the YAML. Its shape errors (syntax, unknown or missing fields,
 /// wrong types) stop at the first one, as serde does; the YAML path is recovered
 /// from the error's position.
 fn parse(text: &str, source: &SourceMap) -> Result<ConfigInput, Problem> {
-    if text.trim().is_empty() {
-        return Ok(ConfigInput::default());
-    }
-    serde_saphyr::from_str::<ConfigInput>(text).map_err(|error| {
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_nodes: MAX_YAML_NODES,
+            max_events: 2 * MAX_YAML_NODES,
+        },
+    };
+    serde_saphyr::from_str_with_options::<ConfigInput>(text, options).map_err(|error| {
         let position = error
             .location()
             .filter(|l| l.line() > 0)
