@@ -12,11 +12,13 @@ use std::time::Duration;
 use common::redis::{RedisCluster, RedisServer};
 use proptest::prelude::*;
 use tollgate::identity::{ApiKeySources, KeyPart, KeySpec, RequestFacts};
+use tollgate::limit::failover::{Answer, BreakerSettings, Limits, OnError};
 use tollgate::limit::redis::{RedisSettings, RedisStore, RedisTarget};
 use tollgate::limit::{
     Check, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, MemoryStore,
-    Nanos, Permit, SlidingCounter, SlidingLog, TokenBucket,
+    MonotonicClock, Nanos, Permit, SlidingCounter, SlidingLog, TokenBucket,
 };
+use tollgate::metrics::Metrics;
 
 /// A realistic "now" in microseconds since 1970, a multiple of every period
 /// used here so that windows line up the same in both stores.
@@ -292,4 +294,68 @@ fn keys_live_exactly_as_long_as_their_state_matters() {
             "limiter {n}: ttl {ttl} ms, state matters for {reset_ms} ms"
         );
     }
+}
+
+/// `Limits` on a Redis of its own, whose breaker opens at the first failure;
+/// returns them with their metrics and a request's checks.
+async fn limits_with_an_open_breaker(
+    server: &mut RedisServer,
+) -> (Limits, Metrics, Vec<Check<'static>>) {
+    let metrics = Metrics::new();
+    let store = RedisStore::new(settings(RedisTarget::Single(server.url()))).unwrap();
+    let breaker = BreakerSettings {
+        failures: 1,
+        cooldown: Duration::from_millis(50),
+    };
+    let limits = Limits::redis(
+        store,
+        breaker,
+        MemoryStore::default(),
+        MonotonicClock::default(),
+        metrics.store.clone(),
+    );
+    let limiter = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 1000));
+    let checks = checks(limiter, limiter, fresh_limit(), 1, 1);
+    let answer = limits.decide(&checks, OnError::Allow).await;
+    assert!(matches!(answer, Answer::Decided(_)), "{answer:?}");
+    server.kill();
+    let answer = limits.decide(&checks, OnError::Allow).await;
+    assert!(matches!(answer, Answer::Degraded(..)), "{answer:?}");
+    assert_eq!(metrics.store.breaker_state.get(), 1, "the breaker is open");
+    (limits, metrics, checks)
+}
+
+#[tokio::test]
+async fn the_background_probe_closes_the_breaker_once_redis_answers() {
+    let mut server = RedisServer::start();
+    let (limits, metrics, checks) = limits_with_an_open_breaker(&mut server).await;
+    server.restart();
+    // No request meanwhile: only the probe can find Redis back.
+    tokio::select! {
+        _ = limits.keep_probing() => panic!("the probe stopped"),
+        _ = common::eventually(Duration::from_secs(10), "the breaker closes", || async {
+            metrics.store.breaker_state.get() == 0
+        }) => {}
+    }
+    let answer = limits.decide(&checks, OnError::Allow).await;
+    assert!(matches!(answer, Answer::Decided(_)), "{answer:?}");
+}
+
+#[tokio::test]
+async fn background_probes_of_a_dead_redis_keep_the_breaker_open_and_count_as_failures() {
+    let mut server = RedisServer::start();
+    let (limits, metrics, _) = limits_with_an_open_breaker(&mut server).await;
+    let failed = || metrics.store.redis_errors.get() + metrics.store.redis_timeouts.get();
+    let before = failed();
+    tokio::select! {
+        _ = limits.keep_probing() => panic!("the probe stopped"),
+        _ = common::eventually(Duration::from_secs(10), "two failed probes", || async {
+            failed() >= before + 2
+        }) => {}
+    }
+    assert_ne!(metrics.store.breaker_state.get(), 0, "still not closed");
+    assert!(
+        metrics.store.breaker_opened.get() >= 2,
+        "each failed probe reopens it"
+    );
 }
