@@ -5,9 +5,11 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::redis::{RedisCluster, RedisServer};
 use proptest::prelude::*;
@@ -358,4 +360,66 @@ async fn background_probes_of_a_dead_redis_keep_the_breaker_open_and_count_as_fa
         metrics.store.breaker_opened.get() >= 2,
         "each failed probe reopens it"
     );
+}
+
+/// Set for the child process of the test below.
+const HOLD_REDIS: &str = "TOLLGATE_TEST_HOLD_REDIS";
+
+/// Not a test of its own: the test process that the next test kills.
+#[test]
+#[ignore = "the child of a_harness_redis_server_dies_with_its_killed_test_process"]
+fn holds_a_redis_server_until_killed() {
+    if std::env::var_os(HOLD_REDIS).is_none() {
+        return;
+    }
+    // Held like the shared fixture: never dropped.
+    static HELD: OnceLock<RedisServer> = OnceLock::new();
+    let server = HELD.get_or_init(RedisServer::start);
+    let pid = server.pid().unwrap();
+    println!("redis-server pid {pid} port {}", server.port);
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_harness_redis_server_dies_with_its_killed_test_process() {
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["holds_a_redis_server_until_killed", "--exact", "--ignored"])
+        .arg("--nocapture")
+        .env(HOLD_REDIS, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = common::ChildGuard(child);
+    let line = BufReader::new(child.0.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("redis-server pid "))
+        .expect("the child test process started no redis-server");
+    let words: Vec<&str> = line.split(' ').collect();
+    let pid: u32 = words[2].parse().unwrap();
+    let addr = ([127, 0, 0, 1], words[4].parse::<u16>().unwrap()).into();
+    assert!(alive(pid) && common::redis::pong(addr), "{line}");
+    // SIGKILL: no destructor, no exit handler runs in the child.
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) || common::redis::pong(addr) {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server {pid} outlived its test process"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name in parentheses.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
 }
