@@ -125,17 +125,44 @@ pub fn build_server(shared: Arc<Shared>, options: ProcessOptions) -> Server {
     let mut watcher = background_service(
         "tollgate config watcher",
         ConfigWatcher {
-            shared,
+            shared: shared.clone(),
             handle_sighup: options.handle_sighup,
         },
     );
     watcher.threads = Some(1);
+
+    if shared.limits.has_breaker() {
+        let mut probe = background_service(
+            "tollgate redis probe",
+            BreakerProbe {
+                shared: shared.clone(),
+            },
+        );
+        probe.threads = Some(1);
+        server.add_service(probe);
+    }
 
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(sweeper);
     server.add_service(watcher);
     server
+}
+
+/// Probes Redis while the circuit breaker is open, so that shared limits are
+/// back as soon as Redis answers rather than when a request happens to probe.
+struct BreakerProbe {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for BreakerProbe {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = self.shared.limits.keep_probing() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
 }
 
 /// Drops expired limiter state in the background, never on the request path.

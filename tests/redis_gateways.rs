@@ -317,6 +317,40 @@ async fn redis_back_means_shared_limits_again_within_a_second() {
     );
 }
 
+/// The breaker is probed in the background: once Redis is back, shared limits
+/// return without a request having to probe (and be decided degraded first).
+#[tokio::test]
+async fn an_idle_gateway_closes_the_breaker_once_redis_is_back() {
+    let mut redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    // A generous timeout: what is tested is the breaker, not a slow machine.
+    let config = FAILOVER
+        .replace("REDIS", &redis.url())
+        .replace("timeout: 25ms", "timeout: 500ms");
+    let gw = Gateway::start(&config, upstream.addr).await;
+    let c = client_from("127.0.0.6");
+    let url = gw.url("/busy");
+    assert_eq!(statuses(&c, &url, 1).await, [200]);
+    redis.kill();
+    eventually(Duration::from_secs(5), "the breaker opens", || async {
+        let _ = c.get(&url).send().await;
+        metric(&gw.metrics().await, "tollgate_redis_breaker_state") == 1.0
+    })
+    .await;
+    redis.restart();
+    // Not a wait for readiness: the gateway is left idle, so nothing but the
+    // background probe can find Redis back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let degraded = "tollgate_degraded_decisions_total{on_error=\"allow\",rule=\"busy\"}";
+    let before = metric(&gw.metrics().await, degraded);
+    for _ in 0..8 {
+        assert_eq!(statuses(&c, &url, 1).await, [200]);
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(metric(&metrics, degraded), before, "{metrics}");
+    assert_eq!(metric(&metrics, "tollgate_redis_breaker_state"), 0.0);
+}
+
 /// A hung Redis (SIGSTOP: connections open, no answers) is the costly case:
 /// every call waits for the timeout until the breaker opens. Prints the
 /// latencies (speed is measured, not asserted) and checks what bounds them:

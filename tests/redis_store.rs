@@ -5,18 +5,22 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::redis::{RedisCluster, RedisServer};
 use proptest::prelude::*;
 use tollgate::identity::{ApiKeySources, KeyPart, KeySpec, RequestFacts};
+use tollgate::limit::failover::{Answer, BreakerSettings, Limits, OnError};
 use tollgate::limit::redis::{RedisSettings, RedisStore, RedisTarget};
 use tollgate::limit::{
     Check, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, MemoryStore,
-    Nanos, Permit, SlidingCounter, SlidingLog, TokenBucket,
+    MonotonicClock, Nanos, Permit, SlidingCounter, SlidingLog, TokenBucket,
 };
+use tollgate::metrics::Metrics;
 
 /// A realistic "now" in microseconds since 1970, a multiple of every period
 /// used here so that windows line up the same in both stores.
@@ -292,4 +296,130 @@ fn keys_live_exactly_as_long_as_their_state_matters() {
             "limiter {n}: ttl {ttl} ms, state matters for {reset_ms} ms"
         );
     }
+}
+
+/// `Limits` on a Redis of its own, whose breaker opens at the first failure;
+/// returns them with their metrics and a request's checks.
+async fn limits_with_an_open_breaker(
+    server: &mut RedisServer,
+) -> (Limits, Metrics, Vec<Check<'static>>) {
+    let metrics = Metrics::new();
+    let store = RedisStore::new(settings(RedisTarget::Single(server.url()))).unwrap();
+    let breaker = BreakerSettings {
+        failures: 1,
+        cooldown: Duration::from_millis(50),
+    };
+    let limits = Limits::redis(
+        store,
+        breaker,
+        MemoryStore::default(),
+        MonotonicClock::default(),
+        metrics.store.clone(),
+    );
+    let limiter = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 1000));
+    let checks = checks(limiter, limiter, fresh_limit(), 1, 1);
+    let answer = limits.decide(&checks, OnError::Allow).await;
+    assert!(matches!(answer, Answer::Decided(_)), "{answer:?}");
+    server.kill();
+    let answer = limits.decide(&checks, OnError::Allow).await;
+    assert!(matches!(answer, Answer::Degraded(..)), "{answer:?}");
+    assert_eq!(metrics.store.breaker_state.get(), 1, "the breaker is open");
+    (limits, metrics, checks)
+}
+
+#[tokio::test]
+async fn the_background_probe_closes_the_breaker_once_redis_answers() {
+    let mut server = RedisServer::start();
+    let (limits, metrics, checks) = limits_with_an_open_breaker(&mut server).await;
+    server.restart();
+    // No request meanwhile: only the probe can find Redis back.
+    tokio::select! {
+        _ = limits.keep_probing() => panic!("the probe stopped"),
+        _ = common::eventually(Duration::from_secs(10), "the breaker closes", || async {
+            metrics.store.breaker_state.get() == 0
+        }) => {}
+    }
+    let answer = limits.decide(&checks, OnError::Allow).await;
+    assert!(matches!(answer, Answer::Decided(_)), "{answer:?}");
+}
+
+#[tokio::test]
+async fn background_probes_of_a_dead_redis_keep_the_breaker_open_and_count_as_failures() {
+    let mut server = RedisServer::start();
+    let (limits, metrics, _) = limits_with_an_open_breaker(&mut server).await;
+    let failed = || metrics.store.redis_errors.get() + metrics.store.redis_timeouts.get();
+    let before = failed();
+    tokio::select! {
+        _ = limits.keep_probing() => panic!("the probe stopped"),
+        _ = common::eventually(Duration::from_secs(10), "two failed probes", || async {
+            failed() >= before + 2
+        }) => {}
+    }
+    assert_ne!(metrics.store.breaker_state.get(), 0, "still not closed");
+    assert!(
+        metrics.store.breaker_opened.get() >= 2,
+        "each failed probe reopens it"
+    );
+}
+
+/// Set for the child process of the test below.
+const HOLD_REDIS: &str = "TOLLGATE_TEST_HOLD_REDIS";
+
+/// Not a test of its own: the test process that the next test kills.
+#[test]
+#[ignore = "the child of a_harness_redis_server_dies_with_its_killed_test_process"]
+fn holds_a_redis_server_until_killed() {
+    if std::env::var_os(HOLD_REDIS).is_none() {
+        return;
+    }
+    // Held like the shared fixture: never dropped.
+    static HELD: OnceLock<RedisServer> = OnceLock::new();
+    let server = HELD.get_or_init(RedisServer::start);
+    let pid = server.pid().unwrap();
+    println!("redis-server pid {pid} port {}", server.port);
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_harness_redis_server_dies_with_its_killed_test_process() {
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["holds_a_redis_server_until_killed", "--exact", "--ignored"])
+        .arg("--nocapture")
+        .env(HOLD_REDIS, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = common::ChildGuard(child);
+    let line = BufReader::new(child.0.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("redis-server pid "))
+        .expect("the child test process started no redis-server");
+    let words: Vec<&str> = line.split(' ').collect();
+    let pid: u32 = words[2].parse().unwrap();
+    let addr = ([127, 0, 0, 1], words[4].parse::<u16>().unwrap()).into();
+    assert!(alive(pid) && common::redis::pong(addr), "{line}");
+    // SIGKILL: no destructor, no exit handler runs in the child.
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) || common::redis::pong(addr) {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server {pid} outlived its test process"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name in parentheses.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
 }

@@ -20,6 +20,10 @@ use super::{
 };
 use crate::metrics::StoreMetrics;
 
+/// How often the background probe looks at a closed breaker at most: a
+/// cool-down of a millisecond need not wake it a thousand times a second.
+const MIN_PROBE_POLL: Duration = Duration::from_millis(10);
+
 /// What a request gets when the shared store cannot decide it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -131,6 +135,16 @@ impl Breaker {
         true
     }
 
+    /// How long after `now` the next probe may start; `None` while closed.
+    pub fn probe_due_in(&self, now: Nanos) -> Option<Duration> {
+        if self.state() == BreakerState::Closed {
+            return None;
+        }
+        let since = self.since.load(Ordering::Acquire);
+        let due = since.saturating_add(self.settings.cooldown.as_nanos() as Nanos);
+        Some(Duration::from_nanos(due.saturating_sub(now)))
+    }
+
     /// Records a successful call: the breaker closes.
     pub fn succeeded(&self) {
         // Loads first: the hot path must not write a shared cache line.
@@ -239,6 +253,11 @@ impl Limits {
             clock,
             metrics,
         }
+    }
+
+    /// Whether a circuit breaker stands in front of a shared store.
+    pub fn has_breaker(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// Decides `checks`; `on_error` (the rule's, else the store's) applies
@@ -411,23 +430,84 @@ impl Limits {
             Err(e) => e,
         };
         timer.stop_and_discard();
-        match failure {
-            StoreError::Timeout => self.metrics.redis_timeouts.inc(),
-            StoreError::Unavailable(e) => {
-                self.metrics.redis_errors.inc();
-                tracing::warn!("redis limiter call failed: {e}");
-            }
+        if let StoreError::Unavailable(e) = &failure {
+            tracing::warn!("redis limiter call failed: {e}");
         }
-        self.fail(shared);
+        if self.fail(shared, &failure) {
+            tracing::warn!("redis failing: circuit breaker open, on_error applies");
+        }
         self.degrade(on_error, checks)
     }
 
-    fn fail(&self, shared: &Shared) {
-        if shared.breaker.failed(self.clock.now()) {
+    /// Probes Redis while the breaker is open, until dropped. Requests only
+    /// probe when they come; this closes the breaker as soon as Redis answers
+    /// a PING, whatever the traffic. It claims each cool-down's probe as a
+    /// request would, so there is still at most one probe per cool-down.
+    /// Returns at once without Redis.
+    pub async fn keep_probing(&self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let poll = shared.breaker.settings.cooldown.max(MIN_PROBE_POLL);
+        loop {
+            let wait = match shared.breaker.probe_due_in(self.clock.now()) {
+                // Closed: look again within a cool-down of its opening.
+                None => poll,
+                Some(wait) if !wait.is_zero() => wait,
+                Some(_) => {
+                    self.probe(shared).await;
+                    shared
+                        .breaker
+                        .probe_due_in(self.clock.now())
+                        .unwrap_or(poll)
+                        .max(Duration::from_millis(1))
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One background probe: a PING bounded by the decision timeout, so a
+    /// Redis too slow for decisions keeps the breaker open.
+    async fn probe(&self, shared: &Shared) {
+        if !shared.breaker.admit(self.clock.now()) {
+            // A request took this cool-down's probe.
+            return;
+        }
+        let timeout = shared.redis.settings().timeout;
+        let failure = match tokio::time::timeout(timeout, shared.redis.ping()).await {
+            Ok(Ok(())) => {
+                let was_open = shared.breaker.state() != BreakerState::Closed;
+                shared.breaker.succeeded();
+                self.show_breaker(shared);
+                if was_open {
+                    tracing::info!("redis answers again: circuit breaker closed");
+                }
+                return;
+            }
+            Ok(Err(e)) if e.is_timeout() => StoreError::Timeout,
+            Ok(Err(e)) => StoreError::Unavailable(e.to_string()),
+            Err(_) => StoreError::Timeout,
+        };
+        // Debug only: an idle gateway would otherwise log every cool-down
+        // for as long as Redis is down.
+        tracing::debug!("background probe of redis failed: {failure}");
+        self.fail(shared, &failure);
+    }
+
+    /// Counts a failed Redis call and tells the breaker; true when this call
+    /// opened it (or reopened it after a probe).
+    fn fail(&self, shared: &Shared, failure: &StoreError) -> bool {
+        match failure {
+            StoreError::Timeout => self.metrics.redis_timeouts.inc(),
+            StoreError::Unavailable(_) => self.metrics.redis_errors.inc(),
+        }
+        let opened = shared.breaker.failed(self.clock.now());
+        if opened {
             self.metrics.breaker_opened.inc();
-            tracing::warn!("redis failing: circuit breaker open, on_error applies");
         }
         self.show_breaker(shared);
+        opened
     }
 
     fn show_breaker(&self, shared: &Shared) {
@@ -631,6 +711,21 @@ mod tests {
             }
         });
         assert_eq!(opened.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_next_probe_is_due_a_cooldown_after_the_last_one_started() {
+        let b = breaker();
+        assert_eq!(b.probe_due_in(0), None, "closed: nothing to probe");
+        (0..3).for_each(|_| {
+            b.failed(10 * MS);
+        });
+        assert_eq!(b.probe_due_in(40 * MS), Some(Duration::from_millis(70)));
+        assert_eq!(b.probe_due_in(150 * MS), Some(Duration::ZERO));
+        assert!(b.admit(150 * MS));
+        assert_eq!(b.probe_due_in(150 * MS), Some(Duration::from_millis(100)));
+        b.succeeded();
+        assert_eq!(b.probe_due_in(160 * MS), None);
     }
 
     #[test]

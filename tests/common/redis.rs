@@ -1,13 +1,45 @@
 //! A real `redis-server` on a private port, started and stopped by the test.
 //! Never the machine's default port, never a mock, never skipped.
+//!
+//! Every server dies with the test process, however that ends: servers held
+//! in statics are never dropped, and a panic that aborts or a SIGKILL runs no
+//! destructor. So each server is started by a watchdog shell that holds the
+//! read end of a pipe whose only writer is this process; when the pipe closes
+//! (the server is dropped or this process is gone) the watchdog kills the
+//! server and reaps it. A pipe is closed by the kernel in every case, with no
+//! `unsafe` (`PR_SET_PDEATHSIG` would need it, and fires when the spawning
+//! *thread* ends, which for a shared server is too early).
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Part of every harness server's process title, so that `.ci/run` can tell
+/// them from a system Redis and fail when one outlives the suite.
+pub const MARKER: &str = "tollgate-test-harness";
+
+/// Run by `sh -c` with the server's command line as `$0 "$@"`: prints the
+/// server's pid, then waits for end-of-file on its stdin and kills the server
+/// (SIGKILL, as a crash would). Stops for nothing else: the signals a
+/// terminal sends to the whole process group are ignored, so Ctrl-C on the
+/// test run still ends the server through the closed pipe.
+const WATCHDOG: &str = r#""$0" "$@" </dev/null >/dev/null 2>&1 &
+pid=$!
+echo "$pid"
+exec >/dev/null 2>&1
+trap '' HUP INT QUIT TERM
+read -r _
+kill -9 "$pid"
+wait "$pid"
+"#;
+
 pub struct RedisServer {
     pub port: u16,
-    child: Option<Child>,
+    /// The watchdog; its stdin is the pipe that keeps the server alive.
+    watchdog: Option<Child>,
+    /// The server's own pid (a child of the watchdog).
+    pid: Option<u32>,
     dir: tempfile::TempDir,
     cluster: bool,
 }
@@ -29,7 +61,8 @@ impl RedisServer {
     pub fn start() -> Self {
         let mut server = RedisServer {
             port: super::free_port(),
-            child: None,
+            watchdog: None,
+            pid: None,
             dir: tempfile::tempdir().unwrap(),
             cluster: false,
         };
@@ -41,21 +74,39 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
     fn launch(&mut self) {
-        let mut command = Command::new(redis_binary());
+        let mut command = Command::new("sh");
+        command.args(["-c", WATCHDOG, redis_binary()]);
         if self.cluster {
             command.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]);
         }
-        let child = command
+        let title = format!("{{title}} {{listen-addr}} {{server-mode}} {MARKER}");
+        let mut watchdog = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--proc-title-template", &title])
             .arg("--dir")
             .arg(self.dir.path())
-            .stdout(Stdio::null())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("cannot start redis-server");
-        self.child = Some(child);
+            .expect("cannot start sh for redis-server");
+        let mut line = String::new();
+        if let Some(out) = watchdog.stdout.take() {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        self.pid = line.trim().parse().ok();
+        self.watchdog = Some(watchdog);
+        assert!(
+            self.pid.is_some(),
+            "the watchdog did not start redis-server"
+        );
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !pong(addr) {
@@ -67,12 +118,14 @@ impl RedisServer {
         }
     }
 
-    /// Kills the server (as a crash would).
+    /// Kills the server (as a crash would) and waits until it is gone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // End of file for the watchdog: it kills the server and reaps it.
+            drop(watchdog.stdin.take());
+            let _ = watchdog.wait();
         }
+        self.pid = None;
     }
 
     /// Freezes the server (SIGSTOP): connections stay open and nothing answers,
@@ -86,7 +139,7 @@ impl RedisServer {
     }
 
     fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("the server is not running").id();
+        let pid = self.pid.expect("the server is not running");
         let sent = Command::new("kill")
             .args([signal, &pid.to_string()])
             .status()
@@ -142,7 +195,8 @@ impl RedisServer {
     }
 }
 
-fn pong(addr: SocketAddr) -> bool {
+/// Whether a Redis answers PING on `addr`.
+pub fn pong(addr: SocketAddr) -> bool {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
     else {
@@ -220,7 +274,8 @@ impl RedisServer {
         };
         let mut server = RedisServer {
             port,
-            child: None,
+            watchdog: None,
+            pid: None,
             dir: tempfile::tempdir().unwrap(),
             cluster: true,
         };
