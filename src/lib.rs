@@ -5,6 +5,7 @@
 //! config file by [`config`]; [`proxy`] is the Pingora glue around them.
 
 pub mod admin;
+pub mod admission;
 pub mod check;
 pub mod config;
 pub mod demo;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod reload;
+pub mod respond;
 pub mod route;
 pub mod runtime;
 pub mod server;

@@ -22,7 +22,10 @@ fn bare_path(dir: &Path) -> PathBuf {
     let calls = dir.join("calls");
     for (name, body) in [
         ("id", "echo 0".to_string()),
-        ("apt-get", format!("echo \"apt-get $*\" >> {}", calls.display())),
+        (
+            "apt-get",
+            format!("echo \"apt-get $*\" >> {}", calls.display()),
+        ),
         ("cargo", format!("echo \"cargo $*\" >> {}", calls.display())),
     ] {
         let path = bin.join(name);

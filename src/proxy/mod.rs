@@ -1,38 +1,33 @@
 //! The Pingora `ProxyHttp` impl: glue that runs the `pipeline` steps in order
 //! and writes what they decide. No policy lives here.
 
-pub mod respond;
 pub mod tunnel;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use arrayvec::ArrayVec;
 use async_trait::async_trait;
-use bytes::Bytes;
 use http::header::{HeaderName, HOST};
-use http::{HeaderValue, Uri};
+use http::HeaderValue;
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::identity::{ClientKey, KeyError, RequestFacts, X_FORWARDED_FOR, X_FORWARDED_PROTO};
-use crate::limit::failover::{Answer, HeldPermits, Limits, OnError};
-use crate::limit::memory::MAX_CHECKS;
+use crate::admission::{self, Admission, Admitted, RequestHead};
+use crate::identity::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
+use crate::limit::failover::Limits;
 use crate::limit::redis::RedisStore;
-use crate::limit::{Decided, Decision, MemoryStore, MonotonicClock};
+use crate::limit::{MemoryStore, MonotonicClock};
 use crate::metrics::{Metrics, Outcome};
-use crate::pipeline::{self, Incoming, Plan, Unrouted};
 use crate::reload::{self, Reloader, Startup};
-use crate::route::{PathError, Target};
-use crate::runtime::{Mode, Rule, RuleLimit, Runtime, Upstream};
-use crate::websocket::{ClientFilter, MessageGate, ServerWatch};
-use respond::Reply;
+use crate::respond::{self, Reply};
+use crate::runtime::{Runtime, Upstream};
+use crate::websocket::{is_websocket_request, ClientFilter, MessageGate, ServerWatch};
 use tunnel::TunnelError;
 
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -118,6 +113,20 @@ impl Gateway {
             connector: TransportConnector::new(None),
         }
     }
+
+    /// Counts a request's outcome once, under its rule or as unrouted.
+    fn count(&self, rt: &Runtime, rule: Option<usize>, outcome: Outcome) {
+        match rule {
+            Some(i) => {
+                let rule = rt.rule(i);
+                rule.metrics.record(outcome);
+                if outcome == Outcome::ShadowLimited {
+                    tracing::debug!(rule = %rule.name, "a shadow limit would have denied this request");
+                }
+            }
+            None => self.shared.metrics.unrouted().record(outcome),
+        }
+    }
 }
 
 /// The peer for round-robin position `index` of an upstream.
@@ -140,21 +149,21 @@ fn peer_for(upstream: &Upstream, index: usize) -> HttpPeer {
 /// the forwarding headers.
 fn prepare_upstream_request(
     request: &mut RequestHeader,
-    ctx: &mut RequestCtx,
+    admitted: &mut Admitted,
     peer: IpAddr,
     host_header: Option<&HeaderValue>,
 ) -> Result<()> {
-    if let Some(uri) = ctx.forward_uri.take() {
+    if let Some(uri) = admitted.forward_uri.take() {
         request.set_uri(uri);
     }
-    if let Some(host) = ctx.forward_host.take() {
+    if let Some(host) = admitted.forward_host.take() {
         request.insert_header(HOST, host)?;
     }
     let peer = peer.to_canonical().to_string();
     // A trusted proxy's chain is extended; anyone else's is replaced, and
     // their other forwarding headers dropped, so the upstream never sees
     // a chain a client made up.
-    if ctx.peer_trusted {
+    if admitted.peer_trusted {
         let mut chain = Vec::new();
         for line in request.headers.get_all(X_FORWARDED_FOR) {
             chain.extend_from_slice(line.as_bytes());
@@ -168,12 +177,10 @@ fn prepare_upstream_request(
         }
         request.insert_header(X_FORWARDED_FOR, peer)?;
     }
-    if !(ctx.peer_trusted && request.headers.contains_key(X_FORWARDED_PROTO)) {
+    if !(admitted.peer_trusted && request.headers.contains_key(X_FORWARDED_PROTO)) {
         request.insert_header(X_FORWARDED_PROTO, "http")?;
     }
-    if let Some(client) = ctx.client_ip {
-        request.insert_header(X_REAL_IP, client.to_string())?;
-    }
+    request.insert_header(X_REAL_IP, admitted.client_ip.to_string())?;
     if let Some(host) = host_header {
         request.insert_header(HOST, host.clone())?;
     }
@@ -185,15 +192,10 @@ fn prepare_upstream_request(
 pub struct RequestCtx {
     /// The one snapshot this request is served with.
     runtime: Option<Arc<Runtime>>,
+    /// The matched rule, also for requests the gateway answered itself.
     rule: Option<usize>,
-    /// Set when the upstream must get a different target than the client sent.
-    forward_uri: Option<Uri>,
-    /// Host for an absolute-form request that came without a `Host` header.
-    forward_host: Option<HeaderValue>,
-    client_ip: Option<IpAddr>,
-    peer_trusted: bool,
-    /// The limit and decision the response headers report.
-    headline: Option<(usize, Decision)>,
+    /// What admission decided, for a request that goes upstream.
+    admitted: Option<Admitted>,
     /// Round-robin position of the first server tried, and failures since.
     first_server: Option<usize>,
     connect_failures: usize,
@@ -204,15 +206,6 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     /// The request became a WebSocket (or other upgraded) tunnel.
     tunnel_open: bool,
-    /// Concurrency permits, given back when the request ends, however it ends.
-    permits: Option<HeldPermits>,
-    /// How long a shaping leaky bucket holds the request before it goes on.
-    delay: Duration,
-    /// The key of the rule's WebSocket message limit, taken from the upgrade
-    /// request (`None`: per connection, exempt, or no message limit).
-    message_key: Option<ClientKey<'static>>,
-    /// An exemption applied: no limits, inside the tunnel either.
-    exempt: bool,
 }
 
 fn peer_ip(session: &Session) -> IpAddr {
@@ -222,173 +215,17 @@ fn peer_ip(session: &Session) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
 }
 
-/// `Host` header, else the authority of an absolute-form target, else the
-/// URI's (h2 `:authority`).
-fn host_of<'a>(req: &'a RequestHeader, target: &Target<'a>) -> Option<&'a str> {
-    req.headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or(target.authority)
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-}
-
-/// The origin-form target the upstream gets, when it differs from what the
-/// client sent: the normalized path and the query exactly as received.
-fn forward_uri(target: &Target<'_>, path: &str) -> Result<Option<Uri>, PathError> {
-    if target.authority.is_none() && target.path == path.as_bytes() {
-        return Ok(None);
-    }
-    let mut forward = Vec::with_capacity(path.len() + target.query.map_or(0, |q| q.len() + 1));
-    forward.extend_from_slice(path.as_bytes());
-    if let Some(query) = target.query {
-        forward.push(b'?');
-        forward.extend_from_slice(query);
-    }
-    Uri::from_maybe_shared(Bytes::from(forward))
-        .map(Some)
-        .map_err(|_| PathError::Unforwardable)
-}
-
-impl Gateway {
-    /// Runs the pipeline for one request. `Some(reply)` answers the request
-    /// here; `None` sends it upstream.
-    async fn admit(
-        &self,
-        rt: &Runtime,
-        req: &RequestHeader,
-        peer: IpAddr,
-        ctx: &mut RequestCtx,
-    ) -> Option<Reply> {
-        let unrouted = self.shared.metrics.unrouted();
-        let target = match Target::parse(req.raw_path()) {
-            Ok(t) => t,
-            Err(e) => {
-                unrouted.record(Outcome::BadRequest);
-                return Some(respond::bad_path(e));
-            }
-        };
-        let incoming = Incoming {
-            method: &req.method,
-            target,
-            host: host_of(req, &target),
-            headers: &req.headers,
-            peer,
-        };
-        let routed = match pipeline::route(rt, &incoming) {
-            Ok(r) => r,
-            Err(Unrouted::BadPath(e)) => {
-                unrouted.record(Outcome::BadRequest);
-                return Some(respond::bad_path(e));
-            }
-            Err(Unrouted::NoRoute) => {
-                unrouted.record(Outcome::NoRoute);
-                return Some(respond::no_route());
-            }
-        };
-        let rule = rt.rule(routed.rule);
-        ctx.rule = Some(routed.rule);
-        ctx.peer_trusted = rt.server.trusted_proxies.contains(peer.to_canonical());
-        let client_ip = pipeline::client_ip(rt, &incoming);
-        ctx.client_ip = Some(client_ip);
-        let facts = pipeline::facts(rt, &incoming, client_ip);
-        // The message limit's key is checked before the request's limits
-        // spend anything, so a refused upgrade costs nothing.
-        if rule.websocket.messages.is_some()
-            && tunnel::is_websocket_request(&req.method, &req.headers)
-        {
-            ctx.exempt = rule.exemptions.iter().any(|e| e.applies(&facts));
-            if !ctx.exempt {
-                if let Some(reply) = message_key(rule, &facts, ctx) {
-                    return Some(reply);
-                }
-            }
-        }
-        let outcome = match pipeline::plan(rule, &facts) {
-            Plan::Exempt(_) => Outcome::Exempt,
-            Plan::BadCost { limit } => {
-                rule.metrics.record(Outcome::BadRequest);
-                return Some(respond::bad_cost(rule, &rule.limits[limit]));
-            }
-            Plan::Refuse { limit, error } => {
-                return Some(refuse_key(rule, &rule.limits[limit], error));
-            }
-            Plan::Decide {
-                limits,
-                checks,
-                batches,
-                shadow_refusal,
-            } => {
-                let on_error = rt.on_error(rule);
-                let answer = if checks.is_empty() {
-                    Answer::Decided(Decided::default())
-                } else {
-                    self.shared
-                        .limits
-                        .decide_batched(&checks, on_error, &batches)
-                        .await
-                };
-                let decided = match answer {
-                    Answer::Decided(decided) => Some(decided),
-                    Answer::Degraded(mode, local) => {
-                        rule.metrics.degraded(mode);
-                        if mode == OnError::Deny {
-                            rule.metrics.record(Outcome::StoreError);
-                            return Some(respond::store_unavailable(rule));
-                        }
-                        local
-                    }
-                };
-                match decided {
-                    Some(Decided { decisions, permits }) => {
-                        let decided: ArrayVec<(usize, Decision), MAX_CHECKS> =
-                            limits.into_iter().zip(decisions).collect();
-                        for (i, d) in &decided {
-                            rule.limits[*i].record(d);
-                        }
-                        let verdict = pipeline::judge(rule, &decided, shadow_refusal);
-                        if let (true, Some((i, decision))) = (verdict.denied(), verdict.headline) {
-                            rule.metrics.record(Outcome::Limited);
-                            return Some(respond::limited(rule, &rule.limits[i], &decision));
-                        }
-                        ctx.headline = verdict.headline;
-                        ctx.delay = pipeline::shaping_delay(rule, &decided);
-                        if !permits.is_empty() {
-                            ctx.permits = Some(self.shared.limits.hold(permits));
-                        }
-                        verdict.outcome
-                    }
-                    None => Outcome::StoreError,
-                }
-            }
-        };
-        match forward_uri(&target, &routed.path) {
-            Ok(uri) => ctx.forward_uri = uri,
-            Err(e) => {
-                rule.metrics.record(Outcome::BadRequest);
-                return Some(respond::bad_path(e));
-            }
-        }
-        if !req.headers.contains_key(HOST) {
-            ctx.forward_host = target.authority.and_then(|a| HeaderValue::from_str(a).ok());
-        }
-        rule.metrics.record(outcome);
-        if outcome == Outcome::ShadowLimited {
-            tracing::debug!(rule = %rule.name, "a shadow limit would have denied this request");
-        }
-        None
-    }
-}
-
 impl Gateway {
     /// Proxies an admitted upgrade request through a tunnel we own.
     async fn tunnel(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        let Some((rt, rule_index)) = ctx.runtime.clone().zip(ctx.rule) else {
+        // The tunnel owns the admission (and its permits) for its whole life.
+        let Some((rt, mut admitted)) = ctx.runtime.clone().zip(ctx.admitted.take()) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
-                "tunnel without a rule",
+                "tunnel without an admitted request",
             ));
         };
-        let rule = rt.rule(rule_index);
+        let rule = rt.rule(admitted.rule);
         let upstream = rt.upstream_of(rule);
         let mut request = session.req_header().clone();
         if rule.websocket.max_message_bytes.is_some() {
@@ -398,7 +235,7 @@ impl Gateway {
         }
         prepare_upstream_request(
             &mut request,
-            ctx,
+            &mut admitted,
             peer_ip(session),
             upstream.host_header.as_ref(),
         )?;
@@ -448,7 +285,7 @@ impl Gateway {
             rest,
             upstream: stream,
         } = handshake;
-        if let Some((limit, decision)) = ctx.headline {
+        if let Some((limit, decision)) = admitted.headline {
             respond::add_rate_limit_headers(
                 &mut response,
                 rule.headers,
@@ -482,12 +319,12 @@ impl Gateway {
             .write_response_header(Box::new(response), false)
             .await?;
         let policy = &rule.websocket;
-        let gate = match policy.messages.as_ref().filter(|_| !ctx.exempt) {
+        let gate = match policy.messages.as_ref().filter(|_| !admitted.exempt()) {
             Some(m) if m.per_connection => Some(MessageGate::per_connection(
                 m.limit.clone(),
                 policy.on_limit,
             )),
-            Some(m) => ctx.message_key.take().map(|key| {
+            Some(m) => admitted.message_key.take().map(|key| {
                 let on_error = rt.on_error(rule);
                 MessageGate::shared(m.limit.clone(), policy.on_limit, key, on_error)
             }),
@@ -514,43 +351,11 @@ impl Gateway {
     }
 }
 
-/// Takes the key of a rule's shared WebSocket message limit from the upgrade
-/// request, with the limit's `missing:` policy; `Some` refuses the upgrade.
-fn message_key(rule: &Rule, facts: &RequestFacts<'_>, ctx: &mut RequestCtx) -> Option<Reply> {
-    let messages = rule
-        .websocket
-        .messages
-        .as_ref()
-        .filter(|m| !m.per_connection)?;
-    let limit = &messages.limit;
-    ctx.message_key = match pipeline::limit_key(limit, facts) {
-        Ok(key) => key.map(ClientKey::into_owned),
-        // A shadow limit never refuses: without a key it just counts nothing.
-        Err(_) if limit.mode == Mode::Shadow => None,
-        Err(error) => return Some(refuse_key(rule, limit, error)),
-    };
-    None
-}
-
-/// The answer to a request a limit cannot take its key from.
-fn refuse_key(rule: &Rule, limit: &RuleLimit, error: KeyError) -> Reply {
-    match error {
-        KeyError::Missing(part) => {
-            rule.metrics.record(Outcome::MissingKey);
-            respond::missing_key(rule, limit, &part)
-        }
-        KeyError::Conflicting(part) => {
-            rule.metrics.record(Outcome::BadRequest);
-            respond::conflicting_key(rule, limit, &part)
-        }
-    }
-}
-
 /// An HTTP/1.1 WebSocket handshake without a body: the requests we tunnel.
 fn wants_websocket(session: &mut Session) -> bool {
     let req = session.req_header();
     !session.is_http2()
-        && tunnel::is_websocket_request(&req.method, &req.headers)
+        && is_websocket_request(&req.method, &req.headers)
         && session.is_body_empty()
 }
 
@@ -587,23 +392,39 @@ impl ProxyHttp for Gateway {
         ctx.started = Some(Instant::now());
         let rt = self.shared.runtime.load_full();
         let peer = peer_ip(session);
-        let reply = self.admit(&rt, session.req_header(), peer, ctx).await;
+        let req = session.req_header();
+        let head = RequestHead {
+            method: &req.method,
+            raw_target: req.raw_path(),
+            headers: &req.headers,
+            uri_authority: req.uri.authority().map(|a| a.as_str()),
+            peer,
+        };
+        let admission = admission::admit(&rt, &head, &self.shared.limits).await;
+        let admitted = match admission {
+            Admission::Reply(refusal) => {
+                self.count(&rt, refusal.rule, refusal.outcome);
+                ctx.rule = refusal.rule;
+                ctx.runtime = Some(rt);
+                write_reply(session, refusal.reply).await?;
+                return Ok(true);
+            }
+            Admission::Forward(admitted) => admitted,
+        };
+        self.count(&rt, Some(admitted.rule), admitted.outcome);
+        let delay = admitted.delay;
+        ctx.rule = Some(admitted.rule);
+        ctx.admitted = Some(admitted);
         ctx.runtime = Some(rt);
-        if reply.is_none() && !ctx.delay.is_zero() {
+        if !delay.is_zero() {
             // Shaping: the request waits its turn, holding no worker thread.
-            tokio::time::sleep(ctx.delay).await;
+            tokio::time::sleep(delay).await;
         }
-        match reply {
-            Some(reply) => {
-                write_reply(session, reply).await?;
-                Ok(true)
-            }
-            None if wants_websocket(session) => {
-                self.tunnel(session, ctx).await?;
-                Ok(true)
-            }
-            None => Ok(false),
+        if wants_websocket(session) {
+            self.tunnel(session, ctx).await?;
+            return Ok(true);
         }
+        Ok(false)
     }
 
     async fn upstream_peer(
@@ -641,7 +462,13 @@ impl ProxyHttp for Gateway {
         if session.is_upgrade_req() {
             tunnel::strip_upgrade_offer(upstream_request);
         }
-        prepare_upstream_request(upstream_request, ctx, peer_ip(session), host_header)
+        let Some(admitted) = ctx.admitted.as_mut() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "request reached the upstream without an admission",
+            ));
+        };
+        prepare_upstream_request(upstream_request, admitted, peer_ip(session), host_header)
     }
 
     async fn connected_to_upstream(
@@ -675,7 +502,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some((limit, decision)), Ok((rt, rule))) = (ctx.headline, snapshot(ctx)) {
+        let headline = ctx.admitted.as_ref().and_then(|a| a.headline);
+        if let (Some((limit, decision)), Ok((rt, rule))) = (headline, snapshot(ctx)) {
             let rule = rt.rule(rule);
             respond::add_rate_limit_headers(
                 upstream_response,

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, Method};
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
@@ -23,8 +22,8 @@ use crate::limit::MonotonicClock;
 use crate::metrics::{MessageResult, RuleMetrics};
 use crate::websocket::frame::{close_frame, random_mask};
 use crate::websocket::{
-    notice_frame, ClientFilter, Close, Filtered, MessageGate, ServerWatch, Step, Verdict,
-    CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG,
+    header_has_token, notice_frame, ClientFilter, Close, Filtered, MessageGate, ServerWatch, Step,
+    Verdict, CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG,
 };
 
 /// The largest response head we accept from an upstream.
@@ -33,24 +32,6 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Client chunks waiting for the upstream to accept them; beyond this the
 /// client is not read (backpressure), while the upstream still is.
 const TO_UPSTREAM_QUEUE: usize = 8;
-
-/// Whether a request asks for a WebSocket: `GET`, `Upgrade: websocket` and
-/// `Connection: upgrade`. Other upgrades (such as `h2c`, whose tunnel would
-/// carry requests past routing and limits) are never tunnelled.
-pub fn is_websocket_request(method: &Method, headers: &HeaderMap) -> bool {
-    method == Method::GET
-        && header_has_token(headers, &UPGRADE, "websocket")
-        && header_has_token(headers, &CONNECTION, "upgrade")
-}
-
-fn header_has_token(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
 
 /// Removes a non-WebSocket upgrade offer from a request proxied normally.
 pub fn strip_upgrade_offer(request: &mut RequestHeader) {
@@ -615,6 +596,7 @@ impl Body<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{HeaderMap, Method};
 
     #[test]
     fn requests_serialize_as_http11_heads() {

@@ -10,6 +10,8 @@ use std::ops::Range;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderMap, Method};
 
 use crate::identity::ClientKey;
 use crate::limit::failover::{Answer, Limits, OnError};
@@ -17,6 +19,24 @@ use crate::limit::{Check, LimitState, Nanos};
 use crate::metrics::RuleMetrics;
 use crate::runtime::{Mode, OnLimit, RuleLimit};
 use frame::{FrameParser, Piece, Sender, MAX_HEADER};
+
+/// Whether a request asks for a WebSocket: `GET`, `Upgrade: websocket` and
+/// `Connection: upgrade`. Other upgrades (such as `h2c`, whose tunnel would
+/// carry requests past routing and limits) are never tunnelled.
+pub fn is_websocket_request(method: &Method, headers: &HeaderMap) -> bool {
+    method == Method::GET
+        && header_has_token(headers, &UPGRADE, "websocket")
+        && header_has_token(headers, &CONNECTION, "upgrade")
+}
+
+pub fn header_has_token(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
 
 /// Close codes the gateway sends (RFC 6455 §7.4.1).
 pub const CLOSE_GOING_AWAY: u16 = 1001;

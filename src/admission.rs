@@ -1,0 +1,292 @@
+//! The admission step: everything the gateway decides about a request before
+//! it goes upstream, as one function over plain data. The proxy calls
+//! [`admit`] with the live store; `tollgate check --explain` calls it with a
+//! scratch store, so the two can never disagree about what happens to a
+//! request.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use arrayvec::ArrayVec;
+use bytes::Bytes;
+use http::header::HOST;
+use http::{HeaderMap, HeaderValue, Method, Uri};
+
+use crate::identity::{ClientKey, KeyError, RequestFacts};
+use crate::limit::failover::{Answer, HeldPermits, Limits, OnError};
+use crate::limit::memory::MAX_CHECKS;
+use crate::limit::{Decided, Decision};
+use crate::metrics::Outcome;
+use crate::pipeline::{self, Incoming, Plan, Unrouted};
+use crate::respond::{self, Reply};
+use crate::route::{PathError, Target};
+use crate::runtime::{Mode, Rule, RuleLimit, Runtime};
+use crate::websocket::is_websocket_request;
+
+/// The parts of a request head admission reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    /// The request target exactly as received.
+    pub raw_target: &'a [u8],
+    pub headers: &'a HeaderMap,
+    /// The URI's authority (HTTP/2 `:authority`), when there is one.
+    pub uri_authority: Option<&'a str>,
+    /// The TCP peer.
+    pub peer: IpAddr,
+}
+
+/// What admission decided.
+// `Forward` carries its decision inline: admission runs once per request and
+// boxing it would allocate every time.
+#[allow(clippy::large_enum_variant)]
+pub enum Admission {
+    /// The gateway answers the request itself.
+    Reply(Refusal),
+    /// The request goes upstream.
+    Forward(Admitted),
+}
+
+/// A request the gateway answers itself.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The matched rule (index in the snapshot), if routing got that far.
+    pub rule: Option<usize>,
+    /// What the answer counts as in `tollgate_requests_total`.
+    pub outcome: Outcome,
+    pub reply: Reply,
+}
+
+/// A request admitted upstream, with what the later phases need.
+pub struct Admitted {
+    pub rule: usize,
+    /// `Allowed`, `Exempt`, `ShadowLimited`, or `StoreError` when the store
+    /// failed and `on_error: allow` let it through.
+    pub outcome: Outcome,
+    /// The limit (index in the rule) and decision the response headers report.
+    pub headline: Option<(usize, Decision)>,
+    /// How long a shaping leaky bucket holds the request before it goes on.
+    pub delay: Duration,
+    /// Concurrency permits, given back when the request ends, however it ends.
+    pub permits: Option<HeldPermits>,
+    /// The key of the rule's WebSocket message limit, taken from the upgrade
+    /// request (`None`: per connection, exempt, or no message limit).
+    pub message_key: Option<ClientKey<'static>>,
+    /// Set when the upstream must get a different target than the client sent.
+    pub forward_uri: Option<Uri>,
+    /// Host for an absolute-form request that came without a `Host` header.
+    pub forward_host: Option<HeaderValue>,
+    pub client_ip: IpAddr,
+    /// The peer is a trusted proxy: its forwarding headers are kept.
+    pub peer_trusted: bool,
+}
+
+impl Admitted {
+    /// An exemption applied: no limits, inside a WebSocket tunnel either.
+    pub fn exempt(&self) -> bool {
+        self.outcome == Outcome::Exempt
+    }
+}
+
+fn refuse(rule: Option<usize>, outcome: Outcome, reply: Reply) -> Admission {
+    Admission::Reply(Refusal {
+        rule,
+        outcome,
+        reply,
+    })
+}
+
+/// Routes, identifies and decides one request against one snapshot. The
+/// limits' own metrics (decisions per limit, degraded decisions) are counted
+/// here; the request's outcome is the caller's to count, once.
+pub async fn admit(rt: &Runtime, head: &RequestHead<'_>, limits: &Limits) -> Admission {
+    let target = match Target::parse(head.raw_target) {
+        Ok(t) => t,
+        Err(e) => return refuse(None, Outcome::BadRequest, respond::bad_path(e)),
+    };
+    let incoming = Incoming {
+        method: head.method,
+        target,
+        host: host_of(head, &target),
+        headers: head.headers,
+        peer: head.peer,
+    };
+    let routed = match pipeline::route(rt, &incoming) {
+        Ok(r) => r,
+        Err(Unrouted::BadPath(e)) => {
+            return refuse(None, Outcome::BadRequest, respond::bad_path(e))
+        }
+        Err(Unrouted::NoRoute) => return refuse(None, Outcome::NoRoute, respond::no_route()),
+    };
+    let index = routed.rule;
+    let rule = rt.rule(index);
+    let client_ip = pipeline::client_ip(rt, &incoming);
+    let facts = pipeline::facts(rt, &incoming, client_ip);
+    let mut message_key = None;
+    // The message limit's key is checked before the request's limits spend
+    // anything, so a refused upgrade costs nothing.
+    if rule.websocket.messages.is_some()
+        && is_websocket_request(head.method, head.headers)
+        && !rule.exemptions.iter().any(|e| e.applies(&facts))
+    {
+        match websocket_message_key(rule, &facts) {
+            Ok(key) => message_key = key,
+            Err((outcome, reply)) => return refuse(Some(index), outcome, reply),
+        }
+    }
+    let mut admitted = Admitted {
+        rule: index,
+        outcome: Outcome::Allowed,
+        headline: None,
+        delay: Duration::ZERO,
+        permits: None,
+        message_key,
+        forward_uri: None,
+        forward_host: None,
+        client_ip,
+        peer_trusted: rt.server.trusted_proxies.contains(head.peer.to_canonical()),
+    };
+    admitted.outcome = match pipeline::plan(rule, &facts) {
+        Plan::Exempt(_) => Outcome::Exempt,
+        Plan::BadCost { limit } => {
+            let reply = respond::bad_cost(rule, &rule.limits[limit]);
+            return refuse(Some(index), Outcome::BadRequest, reply);
+        }
+        Plan::Refuse { limit, error } => {
+            let (outcome, reply) = refuse_key(rule, &rule.limits[limit], error);
+            return refuse(Some(index), outcome, reply);
+        }
+        Plan::Decide {
+            limits: indices,
+            checks,
+            batches,
+            shadow_refusal,
+        } => {
+            let on_error = rt.on_error(rule);
+            let answer = if checks.is_empty() {
+                Answer::Decided(Decided::default())
+            } else {
+                limits.decide_batched(&checks, on_error, &batches).await
+            };
+            let decided = match answer {
+                Answer::Decided(decided) => Some(decided),
+                Answer::Degraded(mode, local) => {
+                    rule.metrics.degraded(mode);
+                    if mode == OnError::Deny {
+                        let reply = respond::store_unavailable(rule);
+                        return refuse(Some(index), Outcome::StoreError, reply);
+                    }
+                    local
+                }
+            };
+            let Some(Decided { decisions, permits }) = decided else {
+                // `on_error: allow`: through, unlimited.
+                return forward(admitted, Outcome::StoreError, &target, &routed.path, head);
+            };
+            let decided: ArrayVec<(usize, Decision), MAX_CHECKS> =
+                indices.into_iter().zip(decisions).collect();
+            for (i, d) in &decided {
+                rule.limits[*i].record(d);
+            }
+            let verdict = pipeline::judge(rule, &decided, shadow_refusal);
+            if let (true, Some((i, decision))) = (verdict.denied(), verdict.headline) {
+                let reply = respond::limited(rule, &rule.limits[i], &decision);
+                return refuse(Some(index), Outcome::Limited, reply);
+            }
+            admitted.headline = verdict.headline;
+            admitted.delay = pipeline::shaping_delay(rule, &decided);
+            if !permits.is_empty() {
+                admitted.permits = Some(limits.hold(permits));
+            }
+            verdict.outcome
+        }
+    };
+    let outcome = admitted.outcome;
+    forward(admitted, outcome, &target, &routed.path, head)
+}
+
+/// Sets what the upstream gets; a path that cannot be forwarded is refused.
+fn forward(
+    mut admitted: Admitted,
+    outcome: Outcome,
+    target: &Target<'_>,
+    path: &str,
+    head: &RequestHead<'_>,
+) -> Admission {
+    admitted.outcome = outcome;
+    match forward_uri(target, path) {
+        Ok(uri) => admitted.forward_uri = uri,
+        Err(e) => {
+            let reply = respond::bad_path(e);
+            return refuse(Some(admitted.rule), Outcome::BadRequest, reply);
+        }
+    }
+    if !head.headers.contains_key(HOST) {
+        admitted.forward_host = target.authority.and_then(|a| HeaderValue::from_str(a).ok());
+    }
+    Admission::Forward(admitted)
+}
+
+/// `Host` header, else the authority of an absolute-form target, else the
+/// URI's (h2 `:authority`).
+fn host_of<'a>(head: &RequestHead<'a>, target: &Target<'a>) -> Option<&'a str> {
+    head.headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(target.authority)
+        .or(head.uri_authority)
+}
+
+/// The origin-form target the upstream gets, when it differs from what the
+/// client sent: the normalized path and the query exactly as received.
+fn forward_uri(target: &Target<'_>, path: &str) -> Result<Option<Uri>, PathError> {
+    if target.authority.is_none() && target.path == path.as_bytes() {
+        return Ok(None);
+    }
+    let mut forward = Vec::with_capacity(path.len() + target.query.map_or(0, |q| q.len() + 1));
+    forward.extend_from_slice(path.as_bytes());
+    if let Some(query) = target.query {
+        forward.push(b'?');
+        forward.extend_from_slice(query);
+    }
+    Uri::from_maybe_shared(Bytes::from(forward))
+        .map(Some)
+        .map_err(|_| PathError::Unforwardable)
+}
+
+/// The key of a rule's shared WebSocket message limit, under the limit's
+/// `missing:` policy; `Err` refuses the upgrade.
+fn websocket_message_key(
+    rule: &Rule,
+    facts: &RequestFacts<'_>,
+) -> Result<Option<ClientKey<'static>>, (Outcome, Reply)> {
+    let Some(messages) = rule
+        .websocket
+        .messages
+        .as_ref()
+        .filter(|m| !m.per_connection)
+    else {
+        return Ok(None);
+    };
+    let limit = &messages.limit;
+    match pipeline::limit_key(limit, facts) {
+        Ok(key) => Ok(key.map(ClientKey::into_owned)),
+        // A shadow limit never refuses: without a key it just counts nothing.
+        Err(_) if limit.mode == Mode::Shadow => Ok(None),
+        Err(error) => Err(refuse_key(rule, limit, error)),
+    }
+}
+
+/// The answer to a request a limit cannot take its key from.
+fn refuse_key(rule: &Rule, limit: &RuleLimit, error: KeyError) -> (Outcome, Reply) {
+    match error {
+        KeyError::Missing(part) => (
+            Outcome::MissingKey,
+            respond::missing_key(rule, limit, &part),
+        ),
+        KeyError::Conflicting(part) => (
+            Outcome::BadRequest,
+            respond::conflicting_key(rule, limit, &part),
+        ),
+    }
+}
