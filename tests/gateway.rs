@@ -806,6 +806,23 @@ async fn conflicting_api_keys_are_refused_with_400() {
 }
 
 #[tokio::test]
+async fn two_different_bearer_tokens_are_refused_with_400() {
+    let (upstream, gw) = start(&api_rule(
+        "    limits: [{ name: per-key, key: api_key, rate: 10/minute }]
+",
+    ))
+    .await;
+    let request = b"GET / HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer fresh-random-key\r\nAuthorization: Bearer the-real-key\r\nConnection: close\r\n\r\n";
+    let (status, answer) = common::raw_exchange("127.0.0.1", gw.addr, request).await;
+    assert_eq!(status, 400, "{answer}");
+    let body = raw_json(&answer);
+    assert_eq!(body["error"], "conflicting_key");
+    assert_eq!(body["rule"], "api");
+    assert_eq!(body["limit"], "per-key");
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
 async fn a_shadow_limit_with_a_missing_key_lets_the_request_through() {
     let (_upstream, gw) = start(&api_rule(
         "    limits: [{ key: { header: x-tenant }, rate: 1/minute, mode: shadow }]
