@@ -188,7 +188,8 @@ pub struct RequestCtx {
     rule: Option<usize>,
     /// Set when the upstream must get a different target than the client sent.
     forward_uri: Option<Uri>,
-    /// Host for an absolute-form request that came without a `Host` header.
+    /// Host for an absolute-form request that came without a `Host` header,
+    /// or the normalized host when it differs from the one received.
     forward_host: Option<HeaderValue>,
     client_ip: Option<IpAddr>,
     peer_trusted: bool,
@@ -223,13 +224,14 @@ fn peer_ip(session: &Session) -> IpAddr {
 }
 
 /// `Host` header, else the authority of an absolute-form target, else the
-/// URI's (h2 `:authority`).
-fn host_of<'a>(req: &'a RequestHeader, target: &Target<'a>) -> Option<&'a str> {
+/// URI's (h2 `:authority`). A `Host` that is not text is still the host (and
+/// refused when normalized), never skipped for the next source.
+fn host_of<'a>(req: &'a RequestHeader, target: &Target<'a>) -> Option<&'a [u8]> {
     req.headers
         .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or(target.authority)
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .map(|h| h.as_bytes())
+        .or(target.authority.map(str::as_bytes))
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
 }
 
 /// The origin-form target the upstream gets, when it differs from what the
@@ -279,6 +281,10 @@ impl Gateway {
             Err(Unrouted::BadPath(e)) => {
                 unrouted.record(Outcome::BadRequest);
                 return Some(respond::bad_path(e));
+            }
+            Err(Unrouted::BadHost(e)) => {
+                unrouted.record(Outcome::BadRequest);
+                return Some(respond::bad_host(e));
             }
             Err(Unrouted::NoRoute) => {
                 unrouted.record(Outcome::NoRoute);
@@ -368,8 +374,16 @@ impl Gateway {
                 return Some(respond::bad_path(e));
             }
         }
-        if !req.headers.contains_key(HOST) {
-            ctx.forward_host = target.authority.and_then(|a| HeaderValue::from_str(a).ok());
+        // The upstream is told the host the rule was chosen for: the target's
+        // authority when there was no `Host` (the target goes upstream in
+        // origin form), the normalized host when it differs from the one sent.
+        if let Some(host) = &routed.host {
+            let forward = if req.headers.contains_key(HOST) || target.authority.is_none() {
+                host.rewritten()
+            } else {
+                Some(host.to_string())
+            };
+            ctx.forward_host = forward.and_then(|h| HeaderValue::from_str(&h).ok());
         }
         rule.metrics.record(outcome);
         if outcome == Outcome::ShadowLimited {
