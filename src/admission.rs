@@ -17,7 +17,7 @@ use crate::limit::failover::{Answer, HeldPermits, Limits, OnError};
 use crate::limit::memory::MAX_CHECKS;
 use crate::limit::{Decided, Decision};
 use crate::metrics::Outcome;
-use crate::pipeline::{self, Incoming, Plan, Unrouted};
+use crate::pipeline::{self, Incoming, Plan, Routed, Unrouted};
 use crate::respond::{self, Reply};
 use crate::route::{PathError, Target};
 use crate::runtime::{Mode, Rule, RuleLimit, Runtime};
@@ -116,6 +116,9 @@ pub async fn admit(rt: &Runtime, head: &RequestHead<'_>, limits: &Limits) -> Adm
         Err(Unrouted::BadPath(e)) => {
             return refuse(None, Outcome::BadRequest, respond::bad_path(e))
         }
+        Err(Unrouted::BadHost(e)) => {
+            return refuse(None, Outcome::BadRequest, respond::bad_host(e))
+        }
         Err(Unrouted::NoRoute) => return refuse(None, Outcome::NoRoute, respond::no_route()),
     };
     let index = routed.rule;
@@ -181,7 +184,7 @@ pub async fn admit(rt: &Runtime, head: &RequestHead<'_>, limits: &Limits) -> Adm
             };
             let Some(Decided { decisions, permits }) = decided else {
                 // `on_error: allow`: through, unlimited.
-                return forward(admitted, Outcome::StoreError, &target, &routed.path, head);
+                return forward(admitted, Outcome::StoreError, &target, &routed, head);
             };
             let decided: ArrayVec<(usize, Decision), MAX_CHECKS> =
                 indices.into_iter().zip(decisions).collect();
@@ -202,7 +205,7 @@ pub async fn admit(rt: &Runtime, head: &RequestHead<'_>, limits: &Limits) -> Adm
         }
     };
     let outcome = admitted.outcome;
-    forward(admitted, outcome, &target, &routed.path, head)
+    forward(admitted, outcome, &target, &routed, head)
 }
 
 /// Sets what the upstream gets; a path that cannot be forwarded is refused.
@@ -210,31 +213,40 @@ fn forward(
     mut admitted: Admitted,
     outcome: Outcome,
     target: &Target<'_>,
-    path: &str,
+    routed: &Routed<'_>,
     head: &RequestHead<'_>,
 ) -> Admission {
     admitted.outcome = outcome;
-    match forward_uri(target, path) {
+    match forward_uri(target, &routed.path) {
         Ok(uri) => admitted.forward_uri = uri,
         Err(e) => {
             let reply = respond::bad_path(e);
             return refuse(Some(admitted.rule), Outcome::BadRequest, reply);
         }
     }
-    if !head.headers.contains_key(HOST) {
-        admitted.forward_host = target.authority.and_then(|a| HeaderValue::from_str(a).ok());
+    // The upstream is told the host the rule was chosen for: the target's
+    // authority when there was no `Host` (the target goes upstream in origin
+    // form), the normalized host when it differs from the one sent.
+    if let Some(host) = &routed.host {
+        let forward = if head.headers.contains_key(HOST) || target.authority.is_none() {
+            host.rewritten()
+        } else {
+            Some(host.to_string())
+        };
+        admitted.forward_host = forward.and_then(|h| HeaderValue::from_str(&h).ok());
     }
     Admission::Forward(admitted)
 }
 
 /// `Host` header, else the authority of an absolute-form target, else the
-/// URI's (h2 `:authority`).
-fn host_of<'a>(head: &RequestHead<'a>, target: &Target<'a>) -> Option<&'a str> {
+/// URI's (h2 `:authority`). A `Host` that is not text is still the host (and
+/// refused when normalized), never skipped for the next source.
+fn host_of<'a>(head: &RequestHead<'a>, target: &Target<'a>) -> Option<&'a [u8]> {
     head.headers
         .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or(target.authority)
-        .or(head.uri_authority)
+        .map(|h| h.as_bytes())
+        .or(target.authority.map(str::as_bytes))
+        .or(head.uri_authority.map(str::as_bytes))
 }
 
 /// The origin-form target the upstream gets, when it differs from what the

@@ -206,7 +206,7 @@ pub fn explain(rt: &Runtime, req: &Hypothetical) -> String {
     let incoming = Incoming {
         method: &req.method,
         target,
-        host: req.headers.get(HOST).and_then(|h| h.to_str().ok()),
+        host: req.headers.get(HOST).map(|h| h.as_bytes()),
         headers: &req.headers,
         peer: req.ip,
     };
@@ -214,6 +214,10 @@ pub fn explain(rt: &Runtime, req: &Hypothetical) -> String {
     let routed = match pipeline::route(rt, &incoming) {
         Ok(r) => r,
         Err(Unrouted::BadPath(e)) => {
+            let _ = writeln!(out, "result       400 Bad Request: {e}");
+            return out;
+        }
+        Err(Unrouted::BadHost(e)) => {
             let _ = writeln!(out, "result       400 Bad Request: {e}");
             return out;
         }
@@ -230,6 +234,16 @@ pub fn explain(rt: &Runtime, req: &Hypothetical) -> String {
     let rule = rt.rule(routed.rule);
     let upstream = rt.upstream_of(rule);
     let _ = writeln!(out, "normalized   {} (forwarded upstream)", routed.path);
+    if let Some(host) = &routed.host {
+        let forwarded = match &upstream.host_header {
+            Some(h) => format!(
+                "the upstream gets Host {}",
+                String::from_utf8_lossy(h.as_bytes())
+            ),
+            None => "forwarded upstream".into(),
+        };
+        let _ = writeln!(out, "host         {host} (matched; {forwarded})");
+    }
     let _ = writeln!(
         out,
         "rule         {} (rule {} of {}, path {})",

@@ -253,8 +253,8 @@ pub enum KeyError {
     /// The request does not carry this part.
     Missing(KeyPart),
     /// The request carries this part more than once with different values
-    /// (two `x-api-key` headers, a header and a bearer token that differ, a
-    /// repeated query parameter). Which one the upstream believes is unknowable,
+    /// (two `x-api-key` headers, a header and a bearer token that differ, two
+    /// bearer tokens, a repeated query parameter). Which one the upstream believes is unknowable,
     /// so the request is refused rather than counted against the wrong bucket.
     Conflicting(KeyPart),
 }
@@ -334,7 +334,7 @@ fn api_key<'a>(facts: &RequestFacts<'a>) -> Result<Option<Cow<'a, [u8]>>, KeyErr
         }
     }
     if sources.bearer {
-        if let Some(token) = bearer_token(facts.headers) {
+        for token in bearer_tokens(facts.headers) {
             agree(&mut found, Cow::Borrowed(token))?;
         }
     }
@@ -346,8 +346,16 @@ fn api_key<'a>(facts: &RequestFacts<'a>) -> Result<Option<Cow<'a, [u8]>>, KeyErr
     Ok(found)
 }
 
-fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(AUTHORIZATION)?.as_bytes();
+/// The token of every `Authorization: Bearer` line, not just the first: an
+/// upstream may read another line, so they must all agree.
+fn bearer_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .filter_map(|value| bearer_token(value.as_bytes()))
+}
+
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(7)?;
     if !scheme.eq_ignore_ascii_case(b"bearer ") {
         return None;
@@ -682,6 +690,34 @@ mod tests {
                 &facts(&h, Some("api_key=victim&api_key=mine"), &sources)
             ),
             conflict
+        );
+    }
+
+    #[test]
+    fn two_bearer_tokens_that_differ_are_a_conflict() {
+        let sources = ApiKeySources::default();
+        let spec = KeySpec(vec![KeyPart::ApiKey]);
+        let h = headers(&[
+            ("authorization", "Bearer fresh-random"),
+            ("authorization", "Bearer the-real-key"),
+        ]);
+        assert_eq!(
+            key_text(&spec, &facts(&h, None, &sources)),
+            Err(KeyError::Conflicting(KeyPart::ApiKey))
+        );
+    }
+
+    #[test]
+    fn repeated_identical_bearer_tokens_are_one_key() {
+        let sources = ApiKeySources::default();
+        let spec = KeySpec(vec![KeyPart::ApiKey]);
+        let h = headers(&[
+            ("authorization", "Bearer k1"),
+            ("authorization", "bearer k1 "),
+        ]);
+        assert_eq!(
+            key_text(&spec, &facts(&h, None, &sources)),
+            Ok("\"k1\"".into())
         );
     }
 

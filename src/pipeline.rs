@@ -6,13 +6,14 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use arrayvec::ArrayVec;
+use http::header::HOST;
 use http::{HeaderMap, Method};
 
 use crate::identity::{self, ClientKey, KeyError, RequestFacts, X_FORWARDED_FOR};
 use crate::limit::memory::MAX_CHECKS;
 use crate::limit::{Check, Decision};
 use crate::metrics::Outcome;
-use crate::route::{normalize_path, PathError, Target};
+use crate::route::{normalize_host, normalize_path, HostError, NormalHost, PathError, Target};
 use crate::runtime::{MissingPolicy, Mode, Rule, RuleLimit, Runtime};
 
 /// The parts of an incoming request the pipeline looks at.
@@ -21,8 +22,8 @@ pub struct Incoming<'a> {
     pub method: &'a Method,
     /// The request target as received.
     pub target: Target<'a>,
-    /// `Host` header, else the target's or the URI's authority.
-    pub host: Option<&'a str>,
+    /// `Host` header, else the target's or the URI's authority, as received.
+    pub host: Option<&'a [u8]>,
     pub headers: &'a HeaderMap,
     /// The TCP peer.
     pub peer: IpAddr,
@@ -34,23 +35,37 @@ pub struct Routed<'a> {
     pub rule: usize,
     /// The normalized path: matched, and forwarded upstream.
     pub path: Cow<'a, str>,
+    /// The normalized host: matched, and forwarded upstream.
+    pub host: Option<NormalHost<'a>>,
 }
 
 /// Why a request never reached a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unrouted {
     BadPath(PathError),
+    BadHost(HostError),
     NoRoute,
 }
 
-/// Steps 2–3: normalize the path and find the first matching rule.
+/// Steps 2–3: normalize the path and the host and find the first matching
+/// rule. A repeated `Host` is refused: the upstream may read another line
+/// than the one matched (Pingora's parser refuses it before the proxy runs;
+/// this keeps `check --explain` saying so too).
 pub fn route<'a>(rt: &Runtime, req: &Incoming<'a>) -> Result<Routed<'a>, Unrouted> {
     let path = normalize_path(req.target.path).map_err(Unrouted::BadPath)?;
+    if req.headers.get_all(HOST).iter().nth(1).is_some() {
+        return Err(Unrouted::BadHost(HostError::Repeated));
+    }
+    let host = req
+        .host
+        .map(normalize_host)
+        .transpose()
+        .map_err(Unrouted::BadHost)?;
     let rule = rt
         .routes
-        .find(&path, req.method, req.host)
+        .find(&path, req.method, host.as_ref().map(|h| h.name.as_ref()))
         .ok_or(Unrouted::NoRoute)?;
-    Ok(Routed { rule, path })
+    Ok(Routed { rule, path, host })
 }
 
 /// The client IP (DESIGN promise 5).

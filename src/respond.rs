@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::identity::KeyPart;
 use crate::limit::{Decision, Nanos};
-use crate::route::PathError;
+use crate::route::{HostError, PathError};
 use crate::runtime::{HeaderStyle, Rule, RuleLimit};
 
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -58,6 +58,14 @@ fn json_reply(status: u16, body: serde_json::Value) -> Reply {
 
 /// 400 for a path the gateway refuses to route.
 pub fn bad_path(error: PathError) -> Reply {
+    json_reply(
+        400,
+        json!({ "error": "bad_request", "reason": error.code(), "message": error.to_string() }),
+    )
+}
+
+/// 400 for a host that cannot be normalized (or a repeated `Host`).
+pub fn bad_host(error: HostError) -> Reply {
     json_reply(
         400,
         json!({ "error": "bad_request", "reason": error.code(), "message": error.to_string() }),

@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::fmt;
 
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 use http::Method;
@@ -310,6 +311,139 @@ impl HostPattern {
     }
 }
 
+/// Why a request's host (its `Host` header, else its target's authority)
+/// was refused with 400: an upstream might read it as a host that a rule
+/// would have matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("the request carries more than one Host header")]
+    Repeated,
+    #[error("the host has an empty label (a leading dot, '..', or more than one trailing dot)")]
+    EmptyLabel,
+    #[error("the host has a character other than a letter, a digit, '-', '_' or '.'")]
+    Character,
+    #[error("the host's IPv6 literal is not an IPv6 address")]
+    IpLiteral,
+    #[error("the host's port is not a number from 0 to 65535")]
+    Port,
+}
+
+impl HostError {
+    /// Stable machine-readable reason for JSON bodies.
+    pub fn code(self) -> &'static str {
+        match self {
+            HostError::Repeated => "repeated_host",
+            HostError::EmptyLabel => "host_empty_label",
+            HostError::Character => "host_bad_character",
+            HostError::IpLiteral => "host_bad_ip_literal",
+            HostError::Port => "host_bad_port",
+        }
+    }
+}
+
+/// A host in the one form host patterns match and the upstream receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalHost<'a> {
+    /// ASCII lower case, without the trailing dot of a fully qualified name;
+    /// an IPv6 literal in brackets, in its canonical form. No port.
+    pub name: Cow<'a, str>,
+    pub port: Option<u16>,
+    /// The host as received already was `name[:port]`.
+    verbatim: bool,
+}
+
+impl NormalHost<'_> {
+    /// The `Host` the upstream must get instead of the one received, when
+    /// they differ, so that it serves the host the rule was chosen for.
+    pub fn rewritten(&self) -> Option<String> {
+        (!self.verbatim).then(|| self.to_string())
+    }
+}
+
+impl fmt::Display for NormalHost<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        match self.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The canonical form of a `Host` value (or a target's authority):
+/// `API.Example.com.:8080` is `api.example.com` port 8080, `[0::1]` is
+/// `[::1]`. Anything that is not a DNS-style name, an IPv4 address or a
+/// bracketed IPv6 literal, with an optional port, is refused: `a..b`, two
+/// trailing dots, user info, percent-escapes, bytes outside ASCII. An empty
+/// value stays empty. Borrowed when nothing changes, the common case.
+pub fn normalize_host(raw: &[u8]) -> Result<NormalHost<'_>, HostError> {
+    let text = std::str::from_utf8(raw).map_err(|_| HostError::Character)?;
+    let (name, port_text) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let close = rest.find(']').ok_or(HostError::IpLiteral)? + 1;
+            match &text[close + 1..] {
+                "" => (&text[..=close], None),
+                after => (
+                    &text[..=close],
+                    Some(after.strip_prefix(':').ok_or(HostError::IpLiteral)?),
+                ),
+            }
+        }
+        None => match text.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (text, None),
+        },
+    };
+    // RFC 3986 allows an empty port ("host:"); it means no port.
+    let port = match port_text {
+        None | Some("") => None,
+        Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(digits.parse::<u16>().map_err(|_| HostError::Port)?)
+        }
+        Some(_) => return Err(HostError::Port),
+    };
+    let port_verbatim = match port_text {
+        None => true,
+        Some(digits) => digits.len() == 1 || !(digits.is_empty() || digits.starts_with('0')),
+    };
+    let normal = if text.is_empty() {
+        Cow::Borrowed(text)
+    } else if let Some(literal) = name.strip_prefix('[') {
+        let address: std::net::Ipv6Addr = literal
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| HostError::IpLiteral)?;
+        let canonical = format!("[{address}]");
+        if canonical == name {
+            Cow::Borrowed(name)
+        } else {
+            Cow::Owned(canonical)
+        }
+    } else {
+        let trimmed = name.strip_suffix('.').unwrap_or(name);
+        if !trimmed
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(HostError::Character);
+        }
+        if trimmed.split('.').any(str::is_empty) {
+            return Err(HostError::EmptyLabel);
+        }
+        if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(trimmed.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(trimmed)
+        }
+    };
+    let verbatim = port_verbatim && normal.as_ref() == name;
+    Ok(NormalHost {
+        name: normal,
+        port,
+        verbatim,
+    })
+}
+
 /// What a rule requires of a request besides its path.
 #[derive(Debug, Clone, Default)]
 pub struct RouteConditions {
@@ -319,22 +453,15 @@ pub struct RouteConditions {
 }
 
 impl RouteConditions {
+    /// `host` is the [`NormalHost::name`] of the request.
     pub fn accepts(&self, method: &Method, host: Option<&str>) -> bool {
         let method_ok = self.methods.is_empty() || self.methods.iter().any(|m| m == method);
         let host_ok = match (&self.host, host) {
             (None, _) => true,
-            (Some(pattern), Some(host)) => pattern.matches(strip_port(host)),
+            (Some(pattern), Some(host)) => pattern.matches(host),
             (Some(_), None) => false,
         };
         method_ok && host_ok
-    }
-}
-
-/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
-fn strip_port(host: &str) -> &str {
-    match host.rfind(':') {
-        Some(at) if !host[at..].contains(']') => &host[..at],
-        _ => host,
     }
 }
 
@@ -381,7 +508,7 @@ impl RouteTable {
     }
 
     /// Index of the first rule (in file order) matching the normalized path,
-    /// method and host.
+    /// method and host name (see [`normalize_host`]).
     pub fn find(&self, path: &str, method: &Method, host: Option<&str>) -> Option<usize> {
         let candidate = Candidate::new(path);
         MATCHES.with(|cell| {
@@ -622,7 +749,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            t.find("/events", &Method::POST, Some("api.Example.com:8080")),
+            t.find("/events", &Method::POST, Some("api.example.com")),
             Some(0)
         );
         assert_eq!(
@@ -631,6 +758,91 @@ mod tests {
         );
         assert_eq!(t.find("/events", &Method::POST, Some("other.org")), Some(1));
         assert_eq!(t.find("/events", &Method::POST, None), Some(1));
+    }
+
+    fn host(raw: &str) -> Result<(String, Option<u16>), HostError> {
+        normalize_host(raw.as_bytes()).map(|h| (h.name.into_owned(), h.port))
+    }
+
+    fn named(name: &str, port: Option<u16>) -> Result<(String, Option<u16>), HostError> {
+        Ok((name.to_string(), port))
+    }
+
+    #[test]
+    fn host_loses_one_trailing_dot() {
+        assert_eq!(host("api.example.com."), named("api.example.com", None));
+        assert_eq!(host("127.0.0.1."), named("127.0.0.1", None));
+    }
+
+    #[test]
+    fn host_is_lower_case() {
+        assert_eq!(host("API.Example.COM"), named("api.example.com", None));
+    }
+
+    #[test]
+    fn host_port_is_kept_apart() {
+        assert_eq!(
+            host("api.example.com:8080"),
+            named("api.example.com", Some(8080))
+        );
+        assert_eq!(
+            host("API.example.com.:443"),
+            named("api.example.com", Some(443))
+        );
+        assert_eq!(host("api.example.com:"), named("api.example.com", None));
+    }
+
+    #[test]
+    fn host_ipv6_literal_is_canonical_with_its_port_apart() {
+        assert_eq!(host("[::1]:8080"), named("[::1]", Some(8080)));
+        assert_eq!(host("[::1]"), named("[::1]", None));
+        assert_eq!(host("[0:0::ABCD]"), named("[::abcd]", None));
+    }
+
+    #[test]
+    fn host_with_two_trailing_dots_is_refused() {
+        assert_eq!(host("api.example.com.."), Err(HostError::EmptyLabel));
+        assert_eq!(host("api..example.com"), Err(HostError::EmptyLabel));
+        assert_eq!(host(".example.com"), Err(HostError::EmptyLabel));
+        assert_eq!(host("."), Err(HostError::EmptyLabel));
+        assert_eq!(host(":80"), Err(HostError::EmptyLabel));
+    }
+
+    #[test]
+    fn host_that_is_not_a_name_or_address_is_refused() {
+        assert_eq!(host("user@api.example.com"), Err(HostError::Character));
+        assert_eq!(host("api%2eexample.com"), Err(HostError::Character));
+        assert_eq!(host("api.example.com:http"), Err(HostError::Port));
+        assert_eq!(host("api.example.com:65536"), Err(HostError::Port));
+        assert_eq!(host("::1"), Err(HostError::Port));
+        assert_eq!(host("[::1"), Err(HostError::IpLiteral));
+        assert_eq!(host("[::1]x"), Err(HostError::IpLiteral));
+        assert_eq!(host("[example.com]"), Err(HostError::IpLiteral));
+        assert_eq!(
+            normalize_host(b"api.example.com\xff").map(|h| h.port),
+            Err(HostError::Character)
+        );
+    }
+
+    #[test]
+    fn host_is_rewritten_for_the_upstream_only_when_it_changed() {
+        let rewritten = |raw: &str| normalize_host(raw.as_bytes()).unwrap().rewritten();
+        assert_eq!(rewritten("api.example.com"), None);
+        assert_eq!(rewritten("api.example.com:8080"), None);
+        assert_eq!(rewritten("[::1]:8080"), None);
+        assert_eq!(rewritten(""), None);
+        assert_eq!(
+            rewritten("API.example.com.:8080").as_deref(),
+            Some("api.example.com:8080")
+        );
+        assert_eq!(
+            rewritten("api.example.com:080").as_deref(),
+            Some("api.example.com:80")
+        );
+        assert_eq!(
+            rewritten("api.example.com:").as_deref(),
+            Some("api.example.com")
+        );
     }
 
     #[test]

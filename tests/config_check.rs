@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use tollgate::check::{explain, Hypothetical};
 use tollgate::config::{load_str, Severity};
 use tollgate::metrics::Metrics;
 
@@ -374,6 +375,52 @@ fn explain_reports_paths_that_would_be_refused() {
     let (code, stdout, _) = tollgate(&["check", "--explain", "GET /a/%2Fb"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("400 Bad Request"), "{stdout}");
+}
+
+const HOST_RULES: &str = "
+upstreams: { api: { servers: [\"127.0.0.1:9\"] } }
+rules:
+  - name: billing
+    match: { path: /**, host: api.example.com }
+    upstream: api
+    limits: [{ name: billing, key: ip, rate: 1/minute }]
+  - { name: rest, match: { path: /** }, upstream: api }
+";
+
+fn explain_with_host(host: &str) -> String {
+    let rt = load_str(HOST_RULES, Path::new("t.yaml"), &Metrics::new()).unwrap();
+    let header = format!("host: {host}");
+    let req = Hypothetical::parse("GET /x", &[header], "192.0.2.1".parse().unwrap()).unwrap();
+    explain(&rt, &req)
+}
+
+#[test]
+fn explain_matches_host_rules_on_the_normalized_host() {
+    let out = explain_with_host("API.example.com.:8080");
+    assert!(out.contains("rule         billing"), "{out}");
+    assert!(
+        out.contains("host         api.example.com:8080 (matched; forwarded upstream)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn explain_reports_hosts_that_would_be_refused() {
+    let out = explain_with_host("api.example.com..");
+    assert!(out.contains("result       400 Bad Request"), "{out}");
+    assert!(!out.contains("rule "), "{out}");
+}
+
+#[test]
+fn explain_refuses_a_repeated_host_like_the_gateway() {
+    let rt = load_str(HOST_RULES, Path::new("t.yaml"), &Metrics::new()).unwrap();
+    let headers = ["host: elsewhere.org".into(), "host: api.example.com".into()];
+    let req = Hypothetical::parse("GET /x", &headers, "192.0.2.1".parse().unwrap()).unwrap();
+    let out = explain(&rt, &req);
+    assert!(
+        out.contains("result       400 Bad Request: the request carries more than one Host"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -4,10 +4,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
-use common::{client, eventually, wait_listening, Gateway};
+use common::{client, eventually, wait_listening, ChildGuard, Gateway};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -418,4 +419,115 @@ async fn a_websocket_client_can_send_and_close_cleanly() {
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
     wait_clients(&gw, 0).await;
+}
+
+/// A `tollgate run` process (the real binary) whose demo upstream uses the
+/// Redis bus at `redis_url`, routing everything to it.
+struct Process {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    child: ChildGuard,
+    dir: tempfile::TempDir,
+}
+
+impl Process {
+    fn start(redis_url: &str) -> Self {
+        let port = || -> SocketAddr { ([127, 0, 0, 1], common::free_port()).into() };
+        let (addr, admin, demo) = (port(), port(), port());
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yaml");
+        let yaml = format!(
+            "
+server: {{ listen: [\"{addr}\"], admin: \"{admin}\", threads: 1, watch: false }}
+upstreams: {{ demo: {{ servers: [\"{demo}\"] }} }}
+rules:
+  - {{ name: all, match: {{ path: \"/**\" }}, upstream: demo }}
+demo:
+  enabled: true
+  listen: \"{demo}\"
+  bus: redis
+  redis: {{ url: \"{redis_url}\", channel: \"binary-vehicles\" }}
+"
+        );
+        std::fs::write(&config, yaml).unwrap();
+        let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["run", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Process {
+            addr,
+            admin,
+            child: ChildGuard(child),
+            dir,
+        }
+    }
+
+    /// Polls the demo's `/healthz` through the gateway until its bus is
+    /// subscribed, failing at once (with the process's stderr) if it exits.
+    async fn wait_subscribed(&mut self) {
+        let url = format!("http://{}/healthz", self.addr);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                let stderr = std::fs::read_to_string(self.dir.path().join("stderr"));
+                panic!("tollgate exited ({status}) before serving: {stderr:?}");
+            }
+            if let Ok(resp) = client().get(&url).send().await {
+                let health: Value = resp.json().await.unwrap_or(Value::Null);
+                if health["bus"] == "redis" && health["subscribed"] == true {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo bus did not subscribe within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_binary_with_a_redis_bus_carries_events_between_two_instances() {
+    let redis = RedisServer::start();
+    let mut a = Process::start(&redis.url());
+    let mut b = Process::start(&redis.url());
+    a.wait_subscribed().await;
+    b.wait_subscribed().await;
+    let (mut watcher, resp) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws/vehicles", b.addr))
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 101);
+    eventually(
+        Duration::from_secs(10),
+        "B's client is connected",
+        || async {
+            let metrics = client()
+                .get(format!("http://{}/metrics", b.admin))
+                .send()
+                .await;
+            match metrics {
+                Ok(r) => r
+                    .text()
+                    .await
+                    .is_ok_and(|t| t.contains("tollgate_demo_websocket_clients 1")),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    let posted = client()
+        .post(format!("http://{}/events", a.addr))
+        .json(&event("via-redis", 1.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
+    assert_eq!(next_json(&mut watcher).await["id"], "via-redis");
 }

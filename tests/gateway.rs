@@ -691,6 +691,78 @@ rules:
     assert_eq!(status, 429);
 }
 
+const HOST_RULES: &str = "
+upstreams: { api: { servers: [\"{upstream}\"] } }
+rules:
+  - name: billing
+    match: { path: \"/**\", host: api.example.com }
+    upstream: api
+    limits: [{ name: billing, key: ip, rate: 1/minute }]
+  - name: rest
+    match: { path: /** }
+    upstream: api
+";
+
+/// A raw GET / with exactly these header lines.
+fn get_with(headers: &str) -> Vec<u8> {
+    format!("GET / HTTP/1.1\r\n{headers}Connection: close\r\n\r\n").into_bytes()
+}
+
+#[tokio::test]
+async fn a_host_with_a_trailing_dot_is_limited_by_its_host_rule() {
+    let (_upstream, gw) = start(HOST_RULES).await;
+    let plain = get_with("Host: api.example.com\r\n");
+    let dotted = get_with("Host: api.example.com.\r\n");
+    let (status, answer) = common::raw_exchange("127.0.0.1", gw.addr, &plain).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = common::raw_exchange("127.0.0.1", gw.addr, &dotted).await;
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(raw_json(&answer)["rule"], "billing");
+}
+
+#[tokio::test]
+async fn the_upstream_receives_the_normalized_host() {
+    let (upstream, gw) = start(HOST_RULES).await;
+    let request = get_with("Host: API.Example.com.:8080\r\n");
+    let (status, answer) = common::raw_exchange("127.0.0.1", gw.addr, &request).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        upstream.last().header("host").as_deref(),
+        Some("api.example.com:8080")
+    );
+}
+
+#[tokio::test]
+async fn a_host_with_two_trailing_dots_is_refused_with_400() {
+    let (upstream, gw) = start(HOST_RULES).await;
+    let request = get_with("Host: api.example.com..\r\n");
+    let (status, answer) = common::raw_exchange("127.0.0.1", gw.addr, &request).await;
+    assert_eq!(status, 400, "{answer}");
+    let body = raw_json(&answer);
+    assert_eq!(body["error"], "bad_request");
+    assert_eq!(body["reason"], "host_empty_label");
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn an_h2c_authority_is_normalized_like_a_host() {
+    let (upstream, gw) = start(HOST_RULES).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("api.example.com.", gw.addr)
+        .build()
+        .unwrap();
+    let url = format!("http://API.example.com.:{}/", gw.addr.port());
+    let first = h2.get(&url).send().await.unwrap();
+    assert_eq!(first.version(), reqwest::Version::HTTP_2);
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        upstream.last().header("host"),
+        Some(format!("api.example.com:{}", gw.addr.port()))
+    );
+    assert_eq!(h2.get(&url).send().await.unwrap().status(), 429);
+}
+
 #[tokio::test]
 async fn methods_and_host_select_the_rule() {
     let (_upstream, gw) = start(
@@ -802,6 +874,23 @@ async fn conflicting_api_keys_are_refused_with_400() {
     assert_eq!(resp.status(), 400);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "conflicting_key");
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn two_different_bearer_tokens_are_refused_with_400() {
+    let (upstream, gw) = start(&api_rule(
+        "    limits: [{ name: per-key, key: api_key, rate: 10/minute }]
+",
+    ))
+    .await;
+    let request = b"GET / HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer fresh-random-key\r\nAuthorization: Bearer the-real-key\r\nConnection: close\r\n\r\n";
+    let (status, answer) = common::raw_exchange("127.0.0.1", gw.addr, request).await;
+    assert_eq!(status, 400, "{answer}");
+    let body = raw_json(&answer);
+    assert_eq!(body["error"], "conflicting_key");
+    assert_eq!(body["rule"], "api");
+    assert_eq!(body["limit"], "per-key");
     assert_eq!(upstream.count(), 0);
 }
 

@@ -3,7 +3,7 @@
 //! subscribes to, so a client of instance B sees what was posted to A.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -25,12 +25,15 @@ pub enum BusSettings {
 
 pub enum Bus {
     Memory,
-    Redis(RedisBus),
+    Redis(Box<RedisBus>),
 }
 
 pub struct RedisBus {
     client: redis::Client,
-    publisher: Option<ConnectionManager>,
+    /// Made on the first publish, inside the demo service's runtime: the
+    /// manager spawns its tasks on the runtime it is made in, and the bus is
+    /// built before any runtime runs. `None` if it could not be made.
+    publisher: OnceLock<Option<ConnectionManager>>,
     channel: String,
     subscribed: Arc<AtomicBool>,
 }
@@ -46,22 +49,12 @@ impl Bus {
         match settings {
             BusSettings::Memory => Bus::Memory,
             BusSettings::Redis { url, channel } => match redis::Client::open(url.as_str()) {
-                Ok(client) => {
-                    // Lazy: the demo starts (and reconnects) whether or not
-                    // Redis is up yet.
-                    let config = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(PUBLISH_TIMEOUT))
-                        .set_response_timeout(Some(PUBLISH_TIMEOUT));
-                    let publisher = ConnectionManager::new_lazy_with_config(client.clone(), config)
-                        .inspect_err(|e| tracing::error!("cannot set up the Redis publisher: {e}"))
-                        .ok();
-                    Bus::Redis(RedisBus {
-                        client,
-                        publisher,
-                        channel: channel.clone(),
-                        subscribed: Arc::new(AtomicBool::new(false)),
-                    })
-                }
+                Ok(client) => Bus::Redis(Box::new(RedisBus {
+                    client,
+                    publisher: OnceLock::new(),
+                    channel: channel.clone(),
+                    subscribed: Arc::new(AtomicBool::new(false)),
+                })),
                 // The config compiler checked the URL; this cannot happen.
                 Err(e) => {
                     tracing::error!("bad Redis URL for the demo bus, using memory: {e}");
@@ -115,6 +108,22 @@ impl Bus {
 }
 
 impl RedisBus {
+    /// The publishing connection, made on first use. Lazy: it connects on
+    /// its first command and reconnects by itself, so the demo starts
+    /// whether or not Redis is up yet.
+    fn publisher(&self) -> Option<ConnectionManager> {
+        self.publisher
+            .get_or_init(|| {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(PUBLISH_TIMEOUT))
+                    .set_response_timeout(Some(PUBLISH_TIMEOUT));
+                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+                    .inspect_err(|e| tracing::error!("cannot set up the Redis publisher: {e}"))
+                    .ok()
+            })
+            .clone()
+    }
+
     /// Publishes a batch as one message, so it arrives whole or not at all.
     /// Refused while our own subscription is down: events accepted then would
     /// reach nobody, this instance included.
@@ -124,10 +133,9 @@ impl RedisBus {
                 "not subscribed to the Redis channel".into(),
             ));
         }
-        let Some(publisher) = &self.publisher else {
+        let Some(mut conn) = self.publisher() else {
             return Err(BusError::Unavailable("no Redis connection".into()));
         };
-        let mut conn = publisher.clone();
         let json =
             serde_json::to_string(&events).map_err(|e| BusError::Unavailable(e.to_string()))?;
         let mut command = redis::cmd("PUBLISH");
@@ -175,5 +183,22 @@ async fn subscribe_forever(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_bus_is_built_outside_any_runtime() {
+        // `tollgate run` builds the demo before Pingora starts its runtimes.
+        // The address is never dialled.
+        let bus = Bus::new(&BusSettings::Redis {
+            url: "redis://127.0.0.1:0".into(),
+            channel: "c".into(),
+        });
+        assert_eq!(bus.name(), "redis");
+        assert!(!bus.connected());
     }
 }
