@@ -134,7 +134,10 @@ pub async fn admit(rt: &Runtime, head: &RequestHead<'_>, limits: &Limits) -> Adm
     {
         match websocket_message_key(rule, &facts) {
             Ok(key) => message_key = key,
-            Err((outcome, reply)) => return refuse(Some(index), outcome, reply),
+            Err((limit, error)) => {
+                let (outcome, reply) = refuse_key(rule, limit, error);
+                return refuse(Some(index), outcome, reply);
+            }
         }
     }
     let mut admitted = Admitted {
@@ -268,10 +271,10 @@ fn forward_uri(target: &Target<'_>, path: &str) -> Result<Option<Uri>, PathError
 
 /// The key of a rule's shared WebSocket message limit, under the limit's
 /// `missing:` policy; `Err` refuses the upgrade.
-fn websocket_message_key(
-    rule: &Rule,
+fn websocket_message_key<'r>(
+    rule: &'r Rule,
     facts: &RequestFacts<'_>,
-) -> Result<Option<ClientKey<'static>>, (Outcome, Reply)> {
+) -> Result<Option<ClientKey<'static>>, (&'r RuleLimit, KeyError)> {
     let Some(messages) = rule
         .websocket
         .messages
@@ -285,7 +288,7 @@ fn websocket_message_key(
         Ok(key) => Ok(key.map(ClientKey::into_owned)),
         // A shadow limit never refuses: without a key it just counts nothing.
         Err(_) if limit.mode == Mode::Shadow => Ok(None),
-        Err(error) => Err(refuse_key(rule, limit, error)),
+        Err(error) => Err((limit, error)),
     }
 }
 

@@ -1,6 +1,6 @@
 //! What `tollgate check` prints: a summary of a valid config, and `--explain`,
-//! which walks one hypothetical request through the same pipeline functions
-//! the proxy uses and says what would happen to it.
+//! which runs one hypothetical request through the proxy's own admission step
+//! and says what would happen to it.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -8,8 +8,12 @@ use std::net::IpAddr;
 use http::header::{HeaderName, HOST};
 use http::{HeaderMap, HeaderValue, Method};
 
+use crate::admission::{self, Admission, RequestHead};
 use crate::identity::KeyError;
+use crate::limit::failover::Limits;
 use crate::limit::redis::{redact_url, RedisTarget};
+use crate::limit::{MemoryStore, MonotonicClock};
+use crate::metrics::{Metrics, Outcome};
 use crate::pipeline::{self, Incoming, Unrouted};
 use crate::route::Target;
 use crate::runtime::{MissingPolicy, Mode, OnLimit, Runtime};
@@ -195,13 +199,43 @@ impl Hypothetical {
 }
 
 /// Says which rule a request matches, the path forwarded upstream, the client
-/// IP, whether an exemption fires, and the key each limit would count against.
-pub fn explain(rt: &Runtime, req: &Hypothetical) -> String {
+/// IP, whether an exemption fires and the key each limit would count against;
+/// then what the gateway would do with it as the first request it sees. The
+/// result comes from [`admission::admit`], the function the proxy calls, run
+/// against a scratch in-memory store.
+pub async fn explain(rt: &Runtime, req: &Hypothetical) -> String {
+    let mut raw_target = req.path.clone().into_bytes();
+    if let Some(query) = &req.query {
+        raw_target.push(b'?');
+        raw_target.extend_from_slice(query.as_bytes());
+    }
+    let head = RequestHead {
+        method: &req.method,
+        raw_target: &raw_target,
+        headers: &req.headers,
+        uri_authority: None,
+        peer: req.ip,
+    };
+    let scratch = Limits::memory(
+        MemoryStore::new(SCRATCH_KEYS, None),
+        MonotonicClock::default(),
+        Metrics::new().store,
+    );
+    let admission = admission::admit(rt, &head, &scratch).await;
+    let mut out = describe(rt, req, &raw_target);
+    let _ = writeln!(out, "result       {}", result_of(rt, &admission));
+    out
+}
+
+/// Keys the scratch store of `--explain` holds: one request's worth.
+const SCRATCH_KEYS: usize = 64;
+
+/// The request's way through routing and identification, for people.
+fn describe(rt: &Runtime, req: &Hypothetical, raw_target: &[u8]) -> String {
     let mut out = String::new();
-    let target = Target {
-        authority: None,
-        path: req.path.as_bytes(),
-        query: req.query.as_deref().map(str::as_bytes),
+    let _ = writeln!(out, "request      {} {}", req.method, req.path);
+    let Ok(target) = Target::parse(raw_target) else {
+        return out;
     };
     let incoming = Incoming {
         method: &req.method,
@@ -210,26 +244,15 @@ pub fn explain(rt: &Runtime, req: &Hypothetical) -> String {
         headers: &req.headers,
         peer: req.ip,
     };
-    let _ = writeln!(out, "request      {} {}", req.method, req.path);
     let routed = match pipeline::route(rt, &incoming) {
         Ok(r) => r,
-        Err(Unrouted::BadPath(e)) => {
-            let _ = writeln!(out, "result       400 Bad Request: {e}");
-            return out;
-        }
-        Err(Unrouted::BadHost(e)) => {
-            let _ = writeln!(out, "result       400 Bad Request: {e}");
-            return out;
-        }
         Err(Unrouted::NoRoute) => {
-            let _ = writeln!(
-                out,
-                "normalized   {}",
-                crate::route::normalize_path(req.path.as_bytes()).unwrap_or_default()
-            );
-            let _ = writeln!(out, "result       404: no rule matches");
+            if let Ok(path) = crate::route::normalize_path(target.path) {
+                let _ = writeln!(out, "normalized   {path}");
+            }
             return out;
         }
+        Err(_) => return out,
     };
     let rule = rt.rule(routed.rule);
     let upstream = rt.upstream_of(rule);
@@ -266,34 +289,27 @@ pub fn explain(rt: &Runtime, req: &Hypothetical) -> String {
     let facts = pipeline::facts(rt, &incoming, client_ip);
     if let Some(exemption) = rule.exemptions.iter().find(|e| e.applies(&facts)) {
         let _ = writeln!(out, "exemption    {exemption}: no limits apply");
-        let _ = writeln!(out, "result       proxied, exempt");
         return out;
     }
     let _ = writeln!(out, "exemption    none fires");
     if rule.limits.is_empty() {
         let _ = writeln!(out, "limits       none");
     }
-    let mut denied = None;
     for limit in &rule.limits {
-        let what = match (limit.key.extract(&facts), limit.missing) {
-            (Ok(key), _) => format!("key {} = {key}", limit.key),
+        let what = match (pipeline::limit_key(limit, &facts), limit.missing) {
+            (Ok(Some(key)), MissingPolicy::Ip) if limit.key.extract(&facts).is_err() => {
+                format!("key {} missing -> counted by ip = {key}", limit.key)
+            }
+            (Ok(Some(key)), _) => format!("key {} = {key}", limit.key),
+            (Ok(None), _) => format!("key {} missing -> limit skipped", limit.key),
             (Err(KeyError::Conflicting(part)), _) => {
-                denied.get_or_insert_with(|| {
-                    format!("400: the request carries {part} twice, with different values")
-                });
-                format!("key {} ambiguous -> refused (400)", limit.key)
-            }
-            (Err(KeyError::Missing(part)), MissingPolicy::Deny) => {
-                denied.get_or_insert_with(|| format!("401: the request has no {part}"));
-                format!("key {} missing -> deny (401)", limit.key)
-            }
-            (Err(_), MissingPolicy::Skip) => format!("key {} missing -> limit skipped", limit.key),
-            (Err(_), MissingPolicy::Ip) => {
                 format!(
-                    "key {} missing -> counted by ip = {}",
-                    limit.key,
-                    crate::identity::ip_bucket(client_ip, rt.server.ipv6_prefix)
+                    "key {} ambiguous: {part} twice, with different values",
+                    limit.key
                 )
+            }
+            (Err(KeyError::Missing(part)), _) => {
+                format!("key {} missing: the request has no {part}", limit.key)
             }
         };
         let _ = writeln!(
@@ -308,10 +324,34 @@ pub fn explain(rt: &Runtime, req: &Hypothetical) -> String {
             }
         );
     }
-    let _ = writeln!(
-        out,
-        "result       {}",
-        denied.unwrap_or_else(|| "proxied if the limits above have room".into())
-    );
     out
+}
+
+/// What the gateway does with the request, from its admission.
+fn result_of(rt: &Runtime, admission: &Admission) -> String {
+    match admission {
+        Admission::Reply(refusal) => {
+            let status = refusal.reply.header.status;
+            let body: serde_json::Value =
+                serde_json::from_slice(&refusal.reply.body).unwrap_or_default();
+            let error = body["error"].as_str().unwrap_or_default();
+            match body["message"].as_str().or(body["reason"].as_str()) {
+                Some(message) => format!("{} {error}: {message}", status.as_u16()),
+                None => format!("{} {error}", status.as_u16()),
+            }
+        }
+        Admission::Forward(admitted) => {
+            let why = match admitted.outcome {
+                Outcome::Exempt => "exempt",
+                Outcome::ShadowLimited => "a shadow limit would have refused it",
+                Outcome::StoreError => "the store failed and on_error lets it through",
+                _ => "the limits above have room",
+            };
+            let headline = admitted.headline.map_or(String::new(), |(i, d)| {
+                let limit = &rt.rule(admitted.rule).limits[i];
+                format!("; {} has {} left", limit.name, d.remaining)
+            });
+            format!("proxied ({why}{headline})")
+        }
+    }
 }

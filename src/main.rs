@@ -153,7 +153,18 @@ fn check(
             print!("{}", check::summary(&runtime));
         }
         Some(request) => match Hypothetical::parse(&request, headers, ip) {
-            Ok(req) => print!("{}", check::explain(&runtime, &req)),
+            Ok(req) => {
+                let runtime_for_explain = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime_for_explain {
+                    Ok(tokio) => print!("{}", tokio.block_on(check::explain(&runtime, &req))),
+                    Err(e) => {
+                        eprintln!("tollgate: cannot start a runtime for --explain: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            }
             Err(e) => {
                 eprintln!("tollgate: {e}");
                 return ExitCode::from(2);

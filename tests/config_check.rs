@@ -374,7 +374,7 @@ fn explain_reports_a_firing_exemption() {
 fn explain_reports_paths_that_would_be_refused() {
     let (code, stdout, _) = tollgate(&["check", "--explain", "GET /a/%2Fb"]);
     assert_eq!(code, 0);
-    assert!(stdout.contains("400 Bad Request"), "{stdout}");
+    assert!(stdout.contains("result       400 bad_request"), "{stdout}");
 }
 
 const HOST_RULES: &str = "
@@ -387,16 +387,16 @@ rules:
   - { name: rest, match: { path: /** }, upstream: api }
 ";
 
-fn explain_with_host(host: &str) -> String {
+async fn explain_with_host(host: &str) -> String {
     let rt = load_str(HOST_RULES, Path::new("t.yaml"), &Metrics::new()).unwrap();
     let header = format!("host: {host}");
     let req = Hypothetical::parse("GET /x", &[header], "192.0.2.1".parse().unwrap()).unwrap();
-    explain(&rt, &req)
+    explain(&rt, &req).await
 }
 
-#[test]
-fn explain_matches_host_rules_on_the_normalized_host() {
-    let out = explain_with_host("API.example.com.:8080");
+#[tokio::test]
+async fn explain_matches_host_rules_on_the_normalized_host() {
+    let out = explain_with_host("API.example.com.:8080").await;
     assert!(out.contains("rule         billing"), "{out}");
     assert!(
         out.contains("host         api.example.com:8080 (matched; forwarded upstream)"),
@@ -404,21 +404,21 @@ fn explain_matches_host_rules_on_the_normalized_host() {
     );
 }
 
-#[test]
-fn explain_reports_hosts_that_would_be_refused() {
-    let out = explain_with_host("api.example.com..");
-    assert!(out.contains("result       400 Bad Request"), "{out}");
+#[tokio::test]
+async fn explain_reports_hosts_that_would_be_refused() {
+    let out = explain_with_host("api.example.com..").await;
+    assert!(out.contains("result       400 bad_request"), "{out}");
     assert!(!out.contains("rule "), "{out}");
 }
 
-#[test]
-fn explain_refuses_a_repeated_host_like_the_gateway() {
+#[tokio::test]
+async fn explain_refuses_a_repeated_host_like_the_gateway() {
     let rt = load_str(HOST_RULES, Path::new("t.yaml"), &Metrics::new()).unwrap();
     let headers = ["host: elsewhere.org".into(), "host: api.example.com".into()];
     let req = Hypothetical::parse("GET /x", &headers, "192.0.2.1".parse().unwrap()).unwrap();
-    let out = explain(&rt, &req);
+    let out = explain(&rt, &req).await;
     assert!(
-        out.contains("result       400 Bad Request: the request carries more than one Host"),
+        out.contains("result       400 bad_request: the request carries more than one Host"),
         "{out}"
     );
 }

@@ -596,6 +596,7 @@ impl Body<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::websocket::is_websocket_request;
     use http::{HeaderMap, Method};
 
     #[test]
