@@ -405,6 +405,16 @@ async fn explain_matches_host_rules_on_the_normalized_host() {
 }
 
 #[tokio::test]
+async fn a_host_pattern_with_a_trailing_dot_matches_like_the_name_without_it() {
+    let text = HOST_RULES.replace("host: api.example.com", "host: API.example.com.");
+    let rt = load_str(&text, Path::new("t.yaml"), &Metrics::new()).unwrap();
+    let header = ["host: api.example.com".to_string()];
+    let req = Hypothetical::parse("GET /x", &header, "192.0.2.1".parse().unwrap()).unwrap();
+    let out = explain(&rt, &req).await;
+    assert!(out.contains("rule         billing"), "{out}");
+}
+
+#[tokio::test]
 async fn explain_reports_hosts_that_would_be_refused() {
     let out = explain_with_host("api.example.com..").await;
     assert!(out.contains("result       400 bad_request"), "{out}");

@@ -683,6 +683,20 @@ fn warn_shadowed(c: &mut Compiler<'_>, rules: &[Rule], routes: &RouteTable) {
     }
 }
 
+/// A host pattern in the form requests' hosts are matched in (see
+/// `route::normalize_host`): one trailing dot dropped, no port.
+fn compile_host_pattern(c: &mut Compiler<'_>, path: &str, pattern: &str) -> Option<HostPattern> {
+    let pattern = pattern.strip_suffix('.').unwrap_or(pattern);
+    if pattern.contains(':') {
+        c.error(
+            path,
+            format!("{pattern:?}: a host pattern matches the name only, without a port (requests are matched on their host name, whatever the port)"),
+        );
+        return None;
+    }
+    c.check(path, HostPattern::new(pattern))
+}
+
 fn compile_rule(
     c: &mut Compiler<'_>,
     base: &str,
@@ -704,10 +718,11 @@ fn compile_rule(
             ),
         }
     }
-    let host = match &r.matches.host {
-        None => None,
-        Some(h) => c.check(format!("{base}.match.host"), HostPattern::new(h)),
-    };
+    let host = r
+        .matches
+        .host
+        .as_deref()
+        .and_then(|h| compile_host_pattern(c, &format!("{base}.match.host"), h));
     let upstream = upstreams.get(r.upstream.as_str()).copied();
     if upstream.is_none() {
         let known: Vec<&str> = upstreams.keys().copied().collect();
