@@ -9,11 +9,11 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
-use crate::config::ConfigInput;
-use crate::limit::failover::OnError;
 use crate::limit::redis::redact_url;
+use crate::policy::OnError;
 use crate::proxy::Shared;
 use crate::reload::{self, ReloadOutcome, Trigger};
+use crate::schema::ConfigInput;
 
 pub struct AdminApp {
     shared: Arc<Shared>,

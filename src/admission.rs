@@ -13,14 +13,16 @@ use http::header::HOST;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::identity::{ClientKey, KeyError, RequestFacts};
-use crate::limit::failover::{Answer, HeldPermits, Limits, OnError};
+use crate::limit::failover::{Answer, HeldPermits, Limits};
 use crate::limit::memory::MAX_CHECKS;
 use crate::limit::{Decided, Decision};
 use crate::metrics::Outcome;
 use crate::pipeline::{self, Incoming, Plan, Routed, Unrouted};
+use crate::policy::Mode;
+use crate::policy::OnError;
 use crate::respond::{self, Reply};
 use crate::route::{PathError, Target};
-use crate::runtime::{Mode, Rule, RuleLimit, Runtime};
+use crate::runtime::{Rule, RuleLimit, Runtime};
 use crate::websocket::is_websocket_request;
 
 /// The parts of a request head admission reads.

@@ -15,8 +15,9 @@ use crate::limit::redis::{redact_url, RedisTarget};
 use crate::limit::{MemoryStore, MonotonicClock};
 use crate::metrics::{Metrics, Outcome};
 use crate::pipeline::{self, Incoming, Unrouted};
+use crate::policy::{MissingPolicy, Mode, OnLimit};
 use crate::route::Target;
-use crate::runtime::{MissingPolicy, Mode, OnLimit, Runtime};
+use crate::runtime::Runtime;
 
 /// A table of rules (in match order), their limits, and the upstreams.
 pub fn summary(rt: &Runtime) -> String {

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use pingora::server::RunArgs;
 use tollgate::check::{self, Hypothetical};
-use tollgate::config::{self, Severity};
+use tollgate::config::{self};
 use tollgate::metrics::Metrics;
+use tollgate::schema::Severity;
 use tollgate::server::{self, ProcessOptions};
 
 #[derive(Parser)]

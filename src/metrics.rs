@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::limit::failover::OnError;
+use crate::policy::OnError;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,

@@ -13,8 +13,9 @@ use crate::identity::{self, ClientKey, KeyError, RequestFacts, X_FORWARDED_FOR};
 use crate::limit::memory::MAX_CHECKS;
 use crate::limit::{Check, Decision};
 use crate::metrics::Outcome;
+use crate::policy::{MissingPolicy, Mode};
 use crate::route::{normalize_host, normalize_path, HostError, NormalHost, PathError, Target};
-use crate::runtime::{MissingPolicy, Mode, Rule, RuleLimit, Runtime};
+use crate::runtime::{Rule, RuleLimit, Runtime};
 
 /// The parts of an incoming request the pipeline looks at.
 #[derive(Debug, Clone, Copy)]

@@ -16,12 +16,14 @@ use pingora::services::background::BackgroundService;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::config::{self, ConfigError, Problem};
+use crate::config::{self, ConfigError};
+
 use crate::demo::DemoSettings;
 use crate::limit::LimitId;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::proxy::Shared;
 use crate::runtime::{RedisBackend, Runtime};
+use crate::schema::Problem;
 
 /// Events closer together than this are one edit (editors write in bursts).
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -200,7 +202,7 @@ pub async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutcome {
         Err(ConfigError {
             file: shared.config_path.clone(),
             problems: vec![Problem {
-                severity: config::Severity::Error,
+                severity: crate::schema::Severity::Error,
                 path: String::new(),
                 line: 1,
                 column: 1,

@@ -10,8 +10,9 @@ use serde_json::json;
 
 use crate::identity::KeyPart;
 use crate::limit::{Decision, Nanos};
+use crate::policy::HeaderStyle;
 use crate::route::{HostError, PathError};
-use crate::runtime::{HeaderStyle, Rule, RuleLimit};
+use crate::runtime::{Rule, RuleLimit};
 
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");

@@ -6,63 +6,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
-use serde::{Deserialize, Serialize};
 
-use crate::config::units::Rate;
-use crate::config::{ConfigSource, Problem};
 use crate::demo::DemoSettings;
 use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
-use crate::limit::failover::{BreakerSettings, OnError};
+use crate::limit::failover::BreakerSettings;
 use crate::limit::redis::RedisSettings;
 use crate::limit::{Decision, LimitId, Limiter};
 use crate::metrics::{DecisionResult, LimitMetrics, Metrics, RuleMetrics};
+use crate::policy::units::Rate;
+use crate::policy::{HeaderStyle, MissingPolicy, Mode, OnError, OnLimit};
 use crate::route::{PathPattern, RouteConditions, RouteTable};
-
-/// Which rate-limit response headers to send.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HeaderStyle {
-    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10).
-    #[default]
-    Ietf,
-    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
-    Legacy,
-    Both,
-    None,
-}
-
-impl HeaderStyle {
-    pub fn ietf(self) -> bool {
-        matches!(self, HeaderStyle::Ietf | HeaderStyle::Both)
-    }
-    pub fn legacy(self) -> bool {
-        matches!(self, HeaderStyle::Legacy | HeaderStyle::Both)
-    }
-}
-
-/// What a limit does when the request lacks its key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MissingPolicy {
-    /// Answer 401 naming the missing key.
-    Deny,
-    /// Do not apply this limit to the request.
-    Skip,
-    /// Count the request against the client IP instead.
-    Ip,
-}
-
-/// What a WebSocket message over its limit gets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnLimit {
-    /// The message is dropped and the client told, in a text frame,
-    /// `{"type":"rate_limited","retry_after_ms":N}`.
-    #[default]
-    Drop,
-    /// The connection is closed with 1008 (policy violation).
-    Close,
-}
+use crate::schema::{ConfigSource, Problem};
 
 /// Limits inside a rule's WebSocket connections.
 #[derive(Debug, Clone, Default)]
@@ -79,16 +33,6 @@ pub struct MessageLimit {
     pub limit: RuleLimit,
     /// Counted per connection, in the tunnel itself (no store involved).
     pub per_connection: bool,
-}
-
-/// Whether a limit denies or only reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    /// Count and log what would be denied, but let the request through.
-    Shadow,
 }
 
 #[derive(Debug)]

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tollgate::check::{explain, Hypothetical};
-use tollgate::config::{load_str, Severity};
+use tollgate::config::load_str;
 use tollgate::metrics::Metrics;
+use tollgate::schema::Severity;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -130,7 +131,7 @@ fn trusting_every_peer_is_a_warning() {
     assert!(loaded.warnings[0].message.contains("every peer is trusted"));
 }
 
-fn only_problem(text: &str) -> tollgate::config::Problem {
+fn only_problem(text: &str) -> tollgate::schema::Problem {
     let error = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap_err();
     assert_eq!(error.problems.len(), 1, "{error}");
     error.problems[0].clone()
@@ -452,5 +453,5 @@ fn the_container_config_matches_the_schema() {
     // Its upstream is a compose service name that only resolves inside
     // compose, so only the shape is checked here.
     let text = std::fs::read_to_string(repo().join("docker/config.yaml")).unwrap();
-    serde_saphyr::from_str::<tollgate::config::ConfigInput>(&text).unwrap();
+    serde_saphyr::from_str::<tollgate::schema::ConfigInput>(&text).unwrap();
 }

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 use common::redis::{RedisCluster, RedisServer};
 use proptest::prelude::*;
 use tollgate::identity::{ApiKeySources, KeyPart, KeySpec, RequestFacts};
-use tollgate::limit::failover::{Answer, BreakerSettings, Limits, OnError};
+use tollgate::limit::failover::{Answer, BreakerSettings, Limits};
 use tollgate::limit::redis::{RedisSettings, RedisStore, RedisTarget};
 use tollgate::limit::{
     Check, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, MemoryStore,
     MonotonicClock, Nanos, Permit, SlidingCounter, SlidingLog, TokenBucket,
 };
 use tollgate::metrics::Metrics;
+use tollgate::policy::OnError;
 
 /// A realistic "now" in microseconds since 1970, a multiple of every period
 /// used here so that windows line up the same in both stores.

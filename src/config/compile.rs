@@ -10,13 +10,7 @@ use http::header::HeaderName;
 use http::{HeaderValue, Method};
 use ipnet::IpNet;
 
-use super::input::{
-    AlgorithmInput, ConfigInput, CostInput, DemoBus, DemoInput, DenyInput, ExemptInput, KeyInput,
-    KeyPartInput, LimitInput, RuleInput, ServerInput, StoreBackend, StoreInput, SyncInput,
-    UpstreamInput, WebSocketInput,
-};
 use super::locate::SourceMap;
-use super::units::{self, Rate, MAX_RATE_COUNT};
 use super::{ConfigSource, Problem, Severity};
 use crate::demo::{BusSettings, DemoSettings};
 use crate::identity::{ApiKeySources, Exemption, KeyPart, KeySpec, TrustedProxies, MAX_KEY_PARTS};
@@ -29,10 +23,17 @@ use crate::limit::{
     TokenBucket,
 };
 use crate::metrics::Metrics;
+use crate::policy::units::{self, Rate, MAX_RATE_COUNT};
+use crate::policy::{HeaderStyle, MissingPolicy};
 use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
 use crate::runtime::{
-    Cost, DenyResponse, HeaderStyle, MessageLimit, MissingPolicy, RedisBackend, Rule, RuleLimit,
-    Runtime, ServerSettings, StoreSettings, Upstream, WebSocketPolicy,
+    Cost, DenyResponse, MessageLimit, RedisBackend, Rule, RuleLimit, Runtime, ServerSettings,
+    StoreSettings, Upstream, WebSocketPolicy,
+};
+use crate::schema::input::{
+    AlgorithmInput, ConfigInput, CostInput, DemoBus, DemoInput, DenyInput, ExemptInput, KeyInput,
+    KeyPartInput, LimitInput, RuleInput, ServerInput, StoreBackend, StoreInput, SyncInput,
+    UpstreamInput, WebSocketInput,
 };
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -1,60 +1,19 @@
-//! Loading the config file: read → parse (serde types in `input`) → compile into
+//! Loading the config file: read → parse (serde types in `schema`) → compile into
 //! the runtime snapshot (`compile`), collecting every problem with its line,
 //! column and YAML path. Nothing here touches a running gateway; a caller swaps
 //! the result in only when it is whole.
 
 pub mod compile;
-pub mod input;
 pub mod locate;
-pub mod units;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::Serialize;
-
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-pub use input::ConfigInput;
+use crate::schema::{ConfigInput, ConfigSource, Problem, Severity};
 pub use locate::{Position, SourceMap};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Error,
-    Warning,
-}
-
-/// One thing wrong (or suspicious) in a config file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    pub severity: Severity,
-    /// YAML path such as `rules[1].limits[0].rate` (empty for the document).
-    pub path: String,
-    pub line: u32,
-    pub column: u32,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let severity = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        let path = if self.path.is_empty() {
-            "(document)"
-        } else {
-            &self.path
-        };
-        write!(
-            f,
-            "{}:{}: {severity}: {path}: {}",
-            self.line, self.column, self.message
-        )
-    }
-}
 
 /// A config file that cannot be used, with every problem found in it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -91,18 +50,6 @@ impl ConfigError {
             }],
         }
     }
-}
-
-/// Where a runtime snapshot came from, for `GET /-/config` and reload diffs.
-#[derive(Debug, Clone)]
-pub struct ConfigSource {
-    pub file: PathBuf,
-    /// Hex SHA-256 of the file's bytes.
-    pub sha256: String,
-    pub input: ConfigInput,
-    /// 1 for the config the process started with, +1 per successful reload.
-    pub generation: u64,
-    pub loaded_at: SystemTime,
 }
 
 /// Hex SHA-256 of config text: identifies a file version in `/-/config` and

@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::task::AbortHandle;
 
 use arrayvec::ArrayVec;
+
+use crate::policy::OnError;
 
 use super::batch::{self, Allowances, Slot};
 use super::memory::MAX_CHECKS;
@@ -23,31 +25,6 @@ use crate::metrics::StoreMetrics;
 /// How often the background probe looks at a closed breaker at most: a
 /// cool-down of a millisecond need not wake it a thousand times a second.
 const MIN_PROBE_POLL: Duration = Duration::from_millis(10);
-
-/// What a request gets when the shared store cannot decide it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnError {
-    /// Let it through unlimited.
-    Allow,
-    /// Refuse it with 503.
-    Deny,
-    /// Decide with this gateway's memory store: per-gateway limits meanwhile.
-    #[default]
-    Local,
-}
-
-impl OnError {
-    pub const ALL: [OnError; 3] = [OnError::Allow, OnError::Deny, OnError::Local];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            OnError::Allow => "allow",
-            OnError::Deny => "deny",
-            OnError::Local => "local",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerSettings {

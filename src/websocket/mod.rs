@@ -14,10 +14,12 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, Method};
 
 use crate::identity::ClientKey;
-use crate::limit::failover::{Answer, Limits, OnError};
+use crate::limit::failover::{Answer, Limits};
 use crate::limit::{Check, LimitState, Nanos};
 use crate::metrics::RuleMetrics;
-use crate::runtime::{Mode, OnLimit, RuleLimit};
+use crate::policy::OnError;
+use crate::policy::{Mode, OnLimit};
+use crate::runtime::RuleLimit;
 use frame::{FrameParser, Piece, Sender, MAX_HEADER};
 
 /// Whether a request asks for a WebSocket: `GET`, `Upgrade: websocket` and

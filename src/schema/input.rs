@@ -11,8 +11,8 @@ use serde::de::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::limit::failover::OnError;
-use crate::runtime::{HeaderStyle, MissingPolicy, Mode, OnLimit};
+use crate::policy::OnError;
+use crate::policy::{HeaderStyle, MissingPolicy, Mode, OnLimit};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
