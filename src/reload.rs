@@ -96,6 +96,8 @@ pub struct Startup {
     pub admin: String,
     pub threads: usize,
     pub work_stealing: bool,
+    /// Pingora takes HTTP/2's idle timeout at start.
+    pub idle_timeout: Duration,
     pub demo: Option<DemoSettings>,
     pub max_keys: usize,
     pub redis: Option<RedisBackend>,
@@ -108,6 +110,7 @@ impl Startup {
             admin: rt.server.admin.clone(),
             threads: rt.server.threads,
             work_stealing: rt.server.work_stealing,
+            idle_timeout: rt.server.idle_timeout,
             demo: rt.demo.clone(),
             max_keys: rt.store.max_keys,
             redis: rt.store.redis.clone(),
@@ -471,6 +474,9 @@ pub fn restart_required(startup: &Startup, rt: &Runtime) -> Vec<String> {
     }
     if now.work_stealing != startup.work_stealing {
         differ.push("server.work_stealing".to_string());
+    }
+    if now.idle_timeout != startup.idle_timeout {
+        differ.push("server.idle_timeout".to_string());
     }
     if now.demo != startup.demo {
         differ.push("demo".to_string());

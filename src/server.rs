@@ -18,6 +18,7 @@ use crate::admin::AdminApp;
 use crate::config::{self, ConfigError};
 use crate::demo::{Demo, DemoService};
 use crate::metrics::Metrics;
+use crate::proxy::connection::Front;
 use crate::proxy::{Gateway, Shared};
 use crate::reload::ConfigWatcher;
 
@@ -88,16 +89,8 @@ pub fn build_server(shared: Arc<Shared>, options: ProcessOptions) -> Server {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "tollgate proxy",
-    );
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut server_options = pingora::apps::HttpServerOptions::default();
-        server_options.h2c = true;
-        app.server_options = Some(server_options);
-    }
+    let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    let mut proxy = Service::new("tollgate proxy".into(), Front::new(shared.clone(), gateway));
     for addr in &rt.server.listen {
         proxy.add_tcp(addr);
     }

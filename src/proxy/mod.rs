@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` impl: glue that runs the `pipeline` steps in order
 //! and writes what they decide. No policy lives here.
 
+pub mod connection;
 pub mod respond;
 pub mod tunnel;
 
@@ -581,6 +582,15 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::default()
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        connection::head_received(session);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
