@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::{client, client_from, eventually, read_response, Gateway, Upstream};
+use common::{client, client_from, eventually, raw_exchange, read_response, Gateway, Upstream};
 
 /// One catch-all rule to the upstream, and `server` settings (indented YAML
 /// lines) added to the listeners.
@@ -255,4 +255,44 @@ async fn a_changed_idle_timeout_needs_a_restart() {
         body["summary"]["restart_required"],
         serde_json::json!(["server.idle_timeout"])
     );
+}
+
+/// The status lines of a stream of responses, in order (a response starts
+/// right after the previous body, without a line break).
+fn status_lines(answer: &str) -> Vec<&str> {
+    answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| {
+            let line = &answer[at..];
+            &line[..line.find("\r\n").unwrap_or(line.len())]
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let (upstream, gw) = start("").await;
+    let requests = concat!(
+        "GET /api/first HTTP/1.1\r\nHost: t\r\n\r\n",
+        "POST /api/second HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+        "GET /elsewhere HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET /api/fourth HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let (_, answer) = raw_exchange("127.0.0.1", gw.addr, requests.as_bytes()).await;
+    assert_eq!(
+        status_lines(&answer),
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 404 Not Found",
+            "HTTP/1.1 200 OK"
+        ],
+        "{answer}"
+    );
+    let first = answer.find("/api/first").expect(&answer);
+    let second = answer.find("/api/second").expect(&answer);
+    let fourth = answer.find("/api/fourth").expect(&answer);
+    assert!(first < second && second < fourth, "{answer}");
+    let seen: Vec<_> = upstream.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(seen, ["/api/first", "/api/second", "/api/fourth"]);
 }

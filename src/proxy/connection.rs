@@ -1,5 +1,5 @@
 //! Client connections, before and between requests: the deadlines Pingora
-//! does not keep, and the per-IP connection cap.
+//! does not keep, the per-IP connection cap, and HTTP/1.1 pipelining.
 //!
 //! Pingora bounds each read of a request head on its own (60 s), waits for
 //! the first bytes of a connection without any bound (its h2c check peeks 24
@@ -14,7 +14,8 @@
 //! - accepted, or a new request awaited ([`Requests::process_new_http`]):
 //!   the next request's first byte must come within `idle_timeout`;
 //! - first byte read: the rest of the head must come within `header_timeout`
-//!   of it;
+//!   of it (for a pipelined request whose start is already buffered: of the
+//!   first byte read after it);
 //! - head parsed ([`head_received`], from the proxy's first hook): no
 //!   deadline, the request's own timeouts apply.
 //!
@@ -142,12 +143,17 @@ struct Requests {
 impl HttpServerApp for Requests {
     async fn process_new_http(
         self: &Arc<Self>,
-        session: ServerSession,
+        mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         if let Some(stream) = timed(&session) {
             stream.tell(Signal::AwaitRequest);
         }
+        // Requests a client sends before reading the previous answer are
+        // answered in order (RFC 9112 §9.3.2), one after the other. Without
+        // this, Pingora answers the first with `Connection: keep-alive` and
+        // then closes, dropping the rest.
+        session.set_pipelining_enabled(true);
         self.proxy.process_new_http(session, shutdown).await
     }
 
