@@ -442,7 +442,7 @@ impl Metrics {
         let websocket_messages = counter_vec(
             r,
             "websocket_messages_total",
-            "Client WebSocket messages of rules with message limits, by rule and result",
+            "Client WebSocket messages by rule and result",
             &["rule", "result"],
         );
         let degraded = counter_vec(

@@ -143,6 +143,8 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     /// Open connections per client IP (network, for IPv6); `None`: no cap.
     pub max_connections_per_ip: Option<u32>,
+    /// After SIGTERM, the time requests in flight get to finish.
+    pub grace_period: Duration,
 }
 
 #[derive(Debug)]

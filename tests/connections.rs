@@ -247,13 +247,13 @@ async fn a_reload_applies_the_per_ip_cap_to_new_connections() {
 }
 
 #[tokio::test]
-async fn a_changed_idle_timeout_needs_a_restart() {
+async fn a_changed_idle_timeout_or_grace_period_needs_a_restart() {
     let (upstream, gw) = start("").await;
-    let changed = "  header_timeout: 2s\n  idle_timeout: 5s";
+    let changed = "  header_timeout: 2s\n  idle_timeout: 5s\n  grace_period: 3s";
     let body = reload(&gw, changed, &upstream).await;
     assert_eq!(
         body["summary"]["restart_required"],
-        serde_json::json!(["server.idle_timeout"])
+        serde_json::json!(["server.idle_timeout", "server.grace_period"])
     );
 }
 

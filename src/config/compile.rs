@@ -48,6 +48,8 @@ const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// opened and left idle cannot pile up. (Behind a load balancer, set it above
 /// the balancer's idle timeout, so that the balancer closes first.)
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// What the README has always promised in-flight requests at SIGTERM.
+const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// Units a `sync: batched` limit reserves per Redis call.
@@ -241,6 +243,19 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
         DEFAULT_IDLE_TIMEOUT,
         one_ms..=MAX_CONNECTION_TIMEOUT,
     );
+    let grace_period = bounded_duration(
+        c,
+        "server.grace_period",
+        s.grace_period.as_deref(),
+        DEFAULT_GRACE_PERIOD,
+        Duration::ZERO..=MAX_CONNECTION_TIMEOUT,
+    );
+    if grace_period.subsec_nanos() != 0 {
+        c.error(
+            "server.grace_period",
+            "must be whole seconds (Pingora counts the grace period in seconds)",
+        );
+    }
     if s.max_connections_per_ip == Some(0) {
         c.error(
             "server.max_connections_per_ip",
@@ -264,6 +279,7 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
         header_timeout,
         idle_timeout,
         max_connections_per_ip: s.max_connections_per_ip,
+        grace_period,
     })
 }
 

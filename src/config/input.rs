@@ -137,6 +137,9 @@ pub struct ServerInput {
     /// network); more are closed at once. Off unless set.
     #[serde(default)]
     pub max_connections_per_ip: Option<u32>,
+    /// After SIGTERM, how long requests in flight get to finish (default 10s).
+    #[serde(default)]
+    pub grace_period: Option<String>,
 }
 
 impl Default for ServerInput {
@@ -155,6 +158,7 @@ impl Default for ServerInput {
             header_timeout: None,
             idle_timeout: None,
             max_connections_per_ip: None,
+            grace_period: None,
         }
     }
 }

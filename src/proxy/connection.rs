@@ -129,6 +129,9 @@ impl ServerApp for Front {
     }
 
     async fn cleanup(&self) {
+        // The listeners are closed: a shutdown has begun. Tunnels close with
+        // 1001 rather than being cut when the grace period ends.
+        self.shared.stopping.send_replace(true);
         ServerApp::cleanup(self.requests.as_ref()).await;
     }
 }
