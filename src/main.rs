@@ -111,10 +111,10 @@ fn run(config_path: PathBuf) -> ExitCode {
             "tollgate starting"
         );
     }
-    // SIGTERM: keep serving 5 s (for load balancers to notice), then give
-    // in-flight requests up to 5 s more. SIGINT stops at once.
+    // SIGTERM: the listeners close at once and requests in flight get
+    // `server.grace_period`. SIGINT stops at once.
     let options = ProcessOptions {
-        grace_period_seconds: Some(5),
+        grace_period_seconds: None,
         handle_sighup: true,
     };
     server::build_server(shared, options).run(RunArgs::default());

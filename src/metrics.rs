@@ -123,6 +123,46 @@ impl ReloadResult {
     }
 }
 
+/// Why the gateway closed a client connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionClose {
+    /// The request's headers did not arrive within `server.header_timeout`.
+    HeaderTimeout,
+    /// No request began within `server.idle_timeout`.
+    IdleTimeout,
+    /// The client IP already had `server.max_connections_per_ip` open.
+    PerIpLimit,
+}
+
+impl ConnectionClose {
+    pub const ALL: [ConnectionClose; 3] = [
+        ConnectionClose::HeaderTimeout,
+        ConnectionClose::IdleTimeout,
+        ConnectionClose::PerIpLimit,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ConnectionClose::HeaderTimeout => "header_timeout",
+            ConnectionClose::IdleTimeout => "idle_timeout",
+            ConnectionClose::PerIpLimit => "max_connections_per_ip",
+        }
+    }
+}
+
+/// Connections the gateway closed itself, by reason; cloned into each
+/// connection so that closing one looks nothing up.
+#[derive(Debug, Clone)]
+pub struct ConnectionMetrics {
+    closed: [IntCounter; ConnectionClose::ALL.len()],
+}
+
+impl ConnectionMetrics {
+    pub fn closed(&self, why: ConnectionClose) {
+        self.closed[why as usize].inc();
+    }
+}
+
 /// Counters of one rule, resolved once at config compile time so the request
 /// path never looks a label set up.
 #[derive(Debug, Clone)]
@@ -250,6 +290,7 @@ pub struct Metrics {
     pub store_evictions: IntCounter,
     pub store: StoreMetrics,
     pub demo: DemoMetrics,
+    pub connections: ConnectionMetrics,
     /// Requests that matched no rule or were refused before routing.
     unrouted: RuleMetrics,
 }
@@ -401,7 +442,7 @@ impl Metrics {
         let websocket_messages = counter_vec(
             r,
             "websocket_messages_total",
-            "Client WebSocket messages of rules with message limits, by rule and result",
+            "Client WebSocket messages by rule and result",
             &["rule", "result"],
         );
         let degraded = counter_vec(
@@ -448,6 +489,16 @@ impl Metrics {
                 "Messages slow demo WebSocket clients lost (oldest first)",
             ),
         };
+        let connections_closed = counter_vec(
+            r,
+            "connections_closed_total",
+            "Client connections the gateway closed itself, by reason",
+            &["reason"],
+        );
+        let connections = ConnectionMetrics {
+            closed: ConnectionClose::ALL
+                .map(|c| connections_closed.with_label_values(&[c.label()])),
+        };
         let unrouted = Self::rule_metrics_of(
             &requests,
             &request_duration,
@@ -474,6 +525,7 @@ impl Metrics {
             store_evictions,
             store,
             demo,
+            connections,
             unrouted,
         }
     }
@@ -596,6 +648,9 @@ mod tests {
         }
         for (i, r) in DecisionResult::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
+        }
+        for (i, c) in ConnectionClose::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
         }
     }
 

@@ -98,6 +98,9 @@ pub struct Startup {
     pub admin: String,
     pub threads: usize,
     pub work_stealing: bool,
+    /// Pingora takes the grace period and HTTP/2's idle timeout at start.
+    pub grace_period: Duration,
+    pub idle_timeout: Duration,
     pub demo: Option<DemoSettings>,
     pub max_keys: usize,
     pub redis: Option<RedisBackend>,
@@ -110,6 +113,8 @@ impl Startup {
             admin: rt.server.admin.clone(),
             threads: rt.server.threads,
             work_stealing: rt.server.work_stealing,
+            grace_period: rt.server.grace_period,
+            idle_timeout: rt.server.idle_timeout,
             demo: rt.demo.clone(),
             max_keys: rt.store.max_keys,
             redis: rt.store.redis.clone(),
@@ -458,6 +463,12 @@ pub fn restart_required(startup: &Startup, rt: &Runtime) -> Vec<String> {
     }
     if now.work_stealing != startup.work_stealing {
         differ.push("server.work_stealing".to_string());
+    }
+    if now.idle_timeout != startup.idle_timeout {
+        differ.push("server.idle_timeout".to_string());
+    }
+    if now.grace_period != startup.grace_period {
+        differ.push("server.grace_period".to_string());
     }
     if now.demo != startup.demo {
         differ.push("demo".to_string());

@@ -81,6 +81,14 @@ pub struct ServerSettings {
     pub trusted_proxies: TrustedProxies,
     pub ipv6_prefix: u8,
     pub api_key: ApiKeySources,
+    /// From a request's first byte to the end of its headers.
+    pub header_timeout: Duration,
+    /// Before a connection's first request and between keep-alive requests.
+    pub idle_timeout: Duration,
+    /// Open connections per client IP (network, for IPv6); `None`: no cap.
+    pub max_connections_per_ip: Option<u32>,
+    /// After SIGTERM, the time requests in flight get to finish.
+    pub grace_period: Duration,
 }
 
 #[derive(Debug)]

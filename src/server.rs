@@ -18,6 +18,7 @@ use crate::admin::AdminApp;
 use crate::config::{self, ConfigError};
 use crate::demo::{Demo, DemoService};
 use crate::metrics::Metrics;
+use crate::proxy::connection::Front;
 use crate::proxy::{Gateway, Shared};
 use crate::reload::ConfigWatcher;
 
@@ -26,10 +27,16 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How often expired `sync: batched` allowances are given back.
 const SETTLE_INTERVAL: Duration = Duration::from_millis(250);
 
+/// After the grace period Pingora shuts its runtimes down: what still runs
+/// there is dropped at once, so this only bounds how long blocking work (a
+/// config being compiled) may hold up the exit.
+const RUNTIME_EXIT_TIMEOUT_SECONDS: u64 = 1;
+
 /// Settings for the process, not the config file.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcessOptions {
-    /// Seconds to keep serving after a stop signal; `None` uses Pingora's default.
+    /// Seconds requests in flight get after SIGTERM; `None` takes
+    /// `server.grace_period` from the config.
     pub grace_period_seconds: Option<u64>,
     /// Reload on SIGHUP. Off when embedded (tests), where the signal would
     /// reach every gateway of the process.
@@ -79,25 +86,20 @@ pub fn check_bindable(shared: &Shared) -> Result<(), String> {
 /// Builds the Pingora server with all tollgate services.
 pub fn build_server(shared: Arc<Shared>, options: ProcessOptions) -> Server {
     let rt = shared.runtime.load_full();
+    let grace_period = options
+        .grace_period_seconds
+        .unwrap_or(rt.server.grace_period.as_secs());
     let conf = ServerConf {
         threads: rt.server.threads,
         work_stealing: rt.server.work_stealing,
-        grace_period_seconds: options.grace_period_seconds,
-        graceful_shutdown_timeout_seconds: options.grace_period_seconds.map(|g| g.max(1)),
+        grace_period_seconds: Some(grace_period),
+        graceful_shutdown_timeout_seconds: Some(RUNTIME_EXIT_TIMEOUT_SECONDS),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "tollgate proxy",
-    );
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut server_options = pingora::apps::HttpServerOptions::default();
-        server_options.h2c = true;
-        app.server_options = Some(server_options);
-    }
+    let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    let mut proxy = Service::new("tollgate proxy".into(), Front::new(shared.clone(), gateway));
     for addr in &rt.server.listen {
         proxy.add_tcp(addr);
     }
@@ -249,5 +251,33 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_for(yaml: &str, options: ProcessOptions) -> Server {
+        let metrics = Metrics::new();
+        let runtime = config::load_str(yaml, Path::new("test.yaml"), &metrics).unwrap();
+        let shared = Shared::new(runtime, metrics, "test.yaml".into()).unwrap();
+        build_server(Arc::new(shared), options)
+    }
+
+    #[test]
+    fn requests_in_flight_get_ten_seconds_after_sigterm_by_default() {
+        let server = server_for(
+            "server: { listen: [\"127.0.0.1:1\"] }",
+            ProcessOptions::default(),
+        );
+        assert_eq!(server.configuration.grace_period_seconds, Some(10));
+    }
+
+    #[test]
+    fn the_grace_period_is_read_from_the_config() {
+        let yaml = "server: { listen: [\"127.0.0.1:1\"], grace_period: 3s }";
+        let server = server_for(yaml, ProcessOptions::default());
+        assert_eq!(server.configuration.grace_period_seconds, Some(3));
     }
 }

@@ -41,6 +41,17 @@ const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_RELEASE_AFTER: Duration = Duration::from_secs(60);
+/// Ample for any client on a slow link to send its headers; a client that
+/// dribbles them to hold a connection open is cut off early.
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pingora's own keep-alive time: long enough for a client's connection pool
+/// to reuse a connection between requests, short enough that connections
+/// opened and left idle cannot pile up. (Behind a load balancer, set it above
+/// the balancer's idle timeout, so that the balancer closes first.)
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// What the README has always promised in-flight requests at SIGTERM.
+const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// Units a `sync: batched` limit reserves per Redis call.
 const DEFAULT_BATCH: u64 = 10;
@@ -235,6 +246,40 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
             "the query parameter name must not be empty",
         );
     }
+    let one_ms = Duration::from_millis(1);
+    let header_timeout = bounded_duration(
+        c,
+        "server.header_timeout",
+        s.header_timeout.as_deref(),
+        DEFAULT_HEADER_TIMEOUT,
+        one_ms..=MAX_CONNECTION_TIMEOUT,
+    );
+    let idle_timeout = bounded_duration(
+        c,
+        "server.idle_timeout",
+        s.idle_timeout.as_deref(),
+        DEFAULT_IDLE_TIMEOUT,
+        one_ms..=MAX_CONNECTION_TIMEOUT,
+    );
+    let grace_period = bounded_duration(
+        c,
+        "server.grace_period",
+        s.grace_period.as_deref(),
+        DEFAULT_GRACE_PERIOD,
+        Duration::ZERO..=MAX_CONNECTION_TIMEOUT,
+    );
+    if grace_period.subsec_nanos() != 0 {
+        c.error(
+            "server.grace_period",
+            "must be whole seconds (Pingora counts the grace period in seconds)",
+        );
+    }
+    if s.max_connections_per_ip == Some(0) {
+        c.error(
+            "server.max_connections_per_ip",
+            "must be at least 1 (omit it for no cap)",
+        );
+    }
     Some(ServerSettings {
         listen: s.listen.clone(),
         admin: s.admin.clone(),
@@ -249,7 +294,33 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
             bearer: s.api_key.bearer,
             query_param: s.api_key.query.clone(),
         },
+        header_timeout,
+        idle_timeout,
+        max_connections_per_ip: s.max_connections_per_ip,
+        grace_period,
     })
+}
+
+/// A duration setting within `range`, or `default` when absent; problems are
+/// reported at `path`.
+fn bounded_duration(
+    c: &mut Compiler<'_>,
+    path: &str,
+    text: Option<&str>,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+) -> Duration {
+    let Some(text) = text else { return default };
+    let Some(value) = c.check(path, units::parse_duration(text)) else {
+        return default;
+    };
+    if !range.contains(&value) {
+        c.error(
+            path,
+            format!("must be between {:?} and {:?}", range.start(), range.end()),
+        );
+    }
+    value
 }
 
 fn compile_demo(c: &mut Compiler<'_>, d: &DemoInput, server: &ServerInput) -> Option<DemoSettings> {

@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` impl: glue that runs the `pipeline` steps in order
 //! and writes what they decide. No policy lives here.
 
+pub mod connection;
 pub mod tunnel;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -53,6 +54,9 @@ pub struct Shared {
     pub reloader: Reloader,
     /// `TOLLGATE_ADMIN_TOKEN` at start; overrides `server.admin_token`.
     pub admin_token_env: Option<String>,
+    /// Turns true when a graceful shutdown begins (the listeners have
+    /// closed): open tunnels then close with 1001.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -95,6 +99,7 @@ impl Shared {
             admin_token_env: std::env::var("TOLLGATE_ADMIN_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty()),
+            stopping: tokio::sync::watch::Sender::new(false),
         })
     }
 }
@@ -330,22 +335,21 @@ impl Gateway {
             }),
             None => None,
         };
-        let inspect =
-            gate.is_some() || policy.max_message_bytes.is_some() || policy.max_lifetime.is_some();
-        let inspection = inspect.then(|| tunnel::Inspection {
+        let inspection = tunnel::Inspection {
             filter: ClientFilter::new(policy.max_message_bytes),
             watch: ServerWatch::default(),
             gate,
             limits: &self.shared.limits,
             clock: self.shared.clock,
             metrics: &rule.metrics,
-        });
+        };
         let timeouts = tunnel::TunnelTimeouts {
             idle: policy.idle_timeout.unwrap_or(upstream.tunnel_idle_timeout),
             write: upstream.write_timeout,
             lifetime: policy.max_lifetime,
         };
-        let end = tunnel::pump(session, stream, rest, timeouts, inspection).await;
+        let stopping = self.shared.stopping.subscribe();
+        let end = tunnel::pump(session, stream, rest, timeouts, inspection, stopping).await;
         tracing::debug!(rule = %rule.name, ?end, "tunnel closed");
         Ok(())
     }
@@ -386,6 +390,15 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::default()
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        connection::head_received(session);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

@@ -14,7 +14,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
 use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 
 use crate::limit::failover::Limits;
@@ -265,7 +265,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Pumps bytes both ways after a `101` has been written to the client, until
 /// the upstream closes (after the client did, or on its own), a write fails
 /// or times out, nothing moves for the idle timeout, or the gateway closes
-/// the tunnel (message limits, sizes, lifetime).
+/// the tunnel (message limits, sizes, lifetime, or `stopping` turning true:
+/// the gateway shuts down).
+///
+/// Every tunnel is inspected, limits or not: the gateway's own close frame
+/// can only go between frames, so the frames must be followed.
 ///
 /// Client → upstream writes happen in their own task behind a small queue, so
 /// the loop keeps reading the upstream while the upstream is slow to accept:
@@ -275,15 +279,14 @@ pub async fn pump(
     upstream: Stream,
     rest: Bytes,
     limits: TunnelTimeouts,
-    mut inspection: Option<Inspection<'_>>,
+    mut inspection: Inspection<'_>,
+    stopping: watch::Receiver<bool>,
 ) -> TunnelEnd {
     // The tunnel has its own idle rule; Pingora's per-read timeout (60 s by
     // default) would otherwise close every quiet tunnel.
     session.set_read_timeout(None);
     session.set_write_timeout(Some(limits.write));
-    if let Some(inspection) = &mut inspection {
-        inspection.watch.feed(&rest);
-    }
+    inspection.watch.feed(&rest);
     if !rest.is_empty()
         && session
             .write_response_body(Some(rest), false)
@@ -315,7 +318,8 @@ pub async fn pump(
         &mut from_upstream,
         queue,
         limits,
-        inspection.as_mut(),
+        &mut inspection,
+        stopping,
     )
     .await;
     // The queue is gone: the writer sends what it holds (a close frame, say)
@@ -330,12 +334,20 @@ pub async fn pump(
     end
 }
 
+/// Resolves once a shutdown has begun; never if it cannot tell.
+async fn shutdown_begins(stopping: &mut watch::Receiver<bool>) {
+    if stopping.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn relay(
     session: &mut Session,
     from_upstream: &mut ReadHalf<Stream>,
     queue: mpsc::Sender<Bytes>,
     limits: TunnelTimeouts,
-    mut inspection: Option<&mut Inspection<'_>>,
+    inspection: &mut Inspection<'_>,
+    mut stopping: watch::Receiver<bool>,
 ) -> TunnelEnd {
     let mut queue = Some(queue);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -374,20 +386,14 @@ async fn relay(
                 deadline = Instant::now() + limits.idle;
                 match from_client {
                     Ok(Some(chunk)) => {
-                        let forward = match inspection.as_deref_mut() {
-                            None => Some(chunk),
-                            Some(inspection) => {
-                                let filtered = inspection.client_piece(chunk).await;
-                                if let Some(retry_after) = filtered.notice {
-                                    notice = Some(retry_after);
-                                }
-                                if let Some(close) = filtered.close {
-                                    closing = Some((close, Instant::now() + CLOSE_GRACE));
-                                }
-                                filtered.forward
-                            }
-                        };
-                        if let Some(bytes) = forward {
+                        let filtered = inspection.client_piece(chunk).await;
+                        if let Some(retry_after) = filtered.notice {
+                            notice = Some(retry_after);
+                        }
+                        if let Some(close) = filtered.close {
+                            closing = Some((close, Instant::now() + CLOSE_GRACE));
+                        }
+                        if let Some(bytes) = filtered.forward {
                             let sent = queue.as_ref().is_some_and(|q| q.try_send(bytes).is_ok());
                             if !sent {
                                 return TunnelEnd::Failed; // the writer gave up
@@ -405,9 +411,7 @@ async fn relay(
                     Ok(0) => return if queue.is_none() { TunnelEnd::ClientClosed } else { TunnelEnd::UpstreamClosed },
                     Ok(_) => {
                         let data = buf.split().freeze();
-                        if let Some(inspection) = inspection.as_deref_mut() {
-                            inspection.watch.feed(&data);
-                        }
+                        inspection.watch.feed(&data);
                         if session.write_response_body(Some(data), false).await.is_err() {
                             return TunnelEnd::Failed;
                         }
@@ -423,13 +427,16 @@ async fn relay(
                     Instant::now() + CLOSE_GRACE,
                 ));
             },
+            _ = shutdown_begins(&mut stopping), if closing.is_none() => {
+                closing = Some((
+                    Close { code: CLOSE_GOING_AWAY, reason: "server shutting down" },
+                    Instant::now() + CLOSE_GRACE,
+                ));
+            },
             _ = grace_ends => {
                 return TunnelEnd::Closed(closing.map_or(CLOSE_GOING_AWAY, |(c, _)| c.code));
             },
         }
-        let Some(inspection) = inspection.as_deref_mut() else {
-            continue;
-        };
         // The gateway's own frames go only where the upstream's stream is
         // between frames (a notice: between messages).
         if let Some(retry_after) = notice {

@@ -125,6 +125,21 @@ pub struct ServerInput {
     /// Which rate-limit headers responses carry unless a rule says otherwise.
     #[serde(default)]
     pub headers: HeaderStyle,
+    /// The longest a client may take to send a request's headers, counted
+    /// from their first byte (default 10s).
+    #[serde(default)]
+    pub header_timeout: Option<String>,
+    /// The longest a connection may wait for a request: before its first
+    /// byte and between keep-alive requests (default 60s).
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Open connections per client IP (an IPv6 client: per `ipv6_prefix`
+    /// network); more are closed at once. Off unless set.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<u32>,
+    /// After SIGTERM, how long requests in flight get to finish (default 10s).
+    #[serde(default)]
+    pub grace_period: Option<String>,
 }
 
 impl Default for ServerInput {
@@ -140,6 +155,10 @@ impl Default for ServerInput {
             ipv6_prefix: default_ipv6_prefix(),
             api_key: ApiKeyInput::default(),
             headers: HeaderStyle::default(),
+            header_timeout: None,
+            idle_timeout: None,
+            max_connections_per_ip: None,
+            grace_period: None,
         }
     }
 }

@@ -511,9 +511,16 @@ pub async fn raw_exchange(from: &str, addr: SocketAddr, request: &[u8]) -> (u16,
 /// Sends raw request bytes and reads one response framed by Content-Length
 /// (for connections the gateway keeps open).
 pub async fn raw_response(addr: SocketAddr, request: &[u8]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
+    read_response(&mut stream).await
+}
+
+/// Reads one response framed by Content-Length from a connection that stays
+/// open, and returns the status and the whole answer.
+pub async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
     let mut answer = Vec::new();
     let complete = |answer: &[u8]| {
         let text = String::from_utf8_lossy(answer);
