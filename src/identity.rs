@@ -235,6 +235,18 @@ impl<'a> ClientKey<'a> {
     }
 }
 
+#[cfg(test)]
+impl ClientKey<'static> {
+    /// The `key: ip` key of client number `n` (the IPv4 address `n`), for the
+    /// stores' unit tests, which cannot reach `tests/common`.
+    pub(crate) fn of_client(n: u32) -> Self {
+        let ip = std::net::Ipv4Addr::from(n).into();
+        ClientKey {
+            parts: [Some(KeyValue::Ip(ip)), None, None, None],
+        }
+    }
+}
+
 impl fmt::Display for ClientKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, value) in self.values().enumerate() {

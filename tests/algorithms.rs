@@ -4,6 +4,8 @@
 //! same answers from both; `retry_after` must be exactly the first moment a
 //! request would be admitted.
 
+mod common;
+
 use proptest::prelude::*;
 use tollgate::limit::{
     Algorithm, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, Nanos, SlidingCounter,
@@ -348,20 +350,10 @@ fn decisions<A: Algorithm>(alg: &A, events: &[Event]) -> Vec<Decision> {
 
 /// A check of one fixed client against `limiter`.
 fn common_check(limiter: tollgate::limit::Limiter, cost: u64) -> tollgate::limit::Check<'static> {
-    use tollgate::identity::{ApiKeySources, KeyPart, KeySpec, RequestFacts};
-    static HEADERS: std::sync::OnceLock<http::HeaderMap> = std::sync::OnceLock::new();
-    static SOURCES: std::sync::OnceLock<ApiKeySources> = std::sync::OnceLock::new();
-    let facts = RequestFacts {
-        headers: HEADERS.get_or_init(http::HeaderMap::new),
-        query: None,
-        client_ip: [192, 0, 2, 1].into(),
-        ipv6_prefix: 64,
-        api_key: SOURCES.get_or_init(ApiKeySources::default),
-    };
     tollgate::limit::Check {
         limit: tollgate::limit::LimitId(1),
         limiter,
-        key: KeySpec(vec![KeyPart::Ip]).extract(&facts).unwrap(),
+        key: common::keys::ip_key([192, 0, 2, 1]),
         cost,
         enforced: true,
     }

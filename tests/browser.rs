@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{client, eventually, wait_listening, Gateway};
+use common::{client, eventually, Gateway};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -180,21 +179,10 @@ impl Page {
     }
 }
 
+/// A gateway in front of its demo upstream, with `rules` before the
+/// catch-all one.
 async fn start(rules: &str) -> Gateway {
-    let demo: SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
-    let yaml = format!(
-        "
-server: {{ listen: [\"{{listen}}\"], admin: \"{{admin}}\", threads: 2 }}
-upstreams: {{ demo: {{ servers: [\"{{upstream}}\"] }} }}
-rules:
-{rules}
-  - {{ name: all, match: {{ path: \"/**\" }}, upstream: demo }}
-demo: {{ enabled: true, listen: \"{{upstream}}\" }}
-"
-    );
-    let gw = Gateway::start(&yaml, demo).await;
-    wait_listening(demo).await;
-    gw
+    common::demo_gateway(rules, "").await
 }
 
 async fn post_position(gw: &Gateway, id: &str) {

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
-use common::{client, eventually, wait_listening, ChildGuard, Gateway};
+use common::{client, eventually, get_json, ChildGuard, Gateway};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -19,19 +19,7 @@ type Socket =
 /// A gateway whose demo upstream is enabled with `demo` settings (a YAML
 /// mapping body) and which routes everything to it.
 async fn start(demo: &str) -> Gateway {
-    let demo_addr: SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
-    let yaml = format!(
-        "
-server: {{ listen: [\"{{listen}}\"], admin: \"{{admin}}\", threads: 2 }}
-upstreams: {{ demo: {{ servers: [\"{{upstream}}\"] }} }}
-rules:
-  - {{ name: all, match: {{ path: \"/**\" }}, upstream: demo }}
-demo: {{ enabled: true, listen: \"{{upstream}}\", {demo} }}
-"
-    );
-    let gw = Gateway::start(&yaml, demo_addr).await;
-    wait_listening(demo_addr).await;
-    gw
+    common::demo_gateway("", demo).await
 }
 
 async fn post(gw: &Gateway, path: &str, body: Value) -> (u16, Value) {
@@ -116,14 +104,7 @@ async fn the_vehicle_api_returns_the_latest_positions() {
     post(&gw, "/events", event("a", 1.0)).await;
     post(&gw, "/events", event("a", 2.0)).await;
     post(&gw, "/events", event("b", 3.0)).await;
-    let all: Value = client()
-        .get(gw.url("/vehicles"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = get_json(&client(), &gw.url("/vehicles")).await;
     let ids: Vec<&str> = all["vehicles"]
         .as_array()
         .unwrap()
@@ -131,14 +112,7 @@ async fn the_vehicle_api_returns_the_latest_positions() {
         .map(|v| v["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec!["a", "b"]);
-    let a: Value = client()
-        .get(gw.url("/vehicles/a"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a = get_json(&client(), &gw.url("/vehicles/a")).await;
     assert_eq!(a["lat"], 52.502);
     let missing = client().get(gw.url("/vehicles/zzz")).send().await.unwrap();
     assert_eq!(missing.status(), 404);

@@ -5,54 +5,37 @@
 
 mod common;
 
-use common::{client, eventually, fire_and_hold, Gateway, Upstream};
-use futures_util::future::join_all;
+use common::{eventually, fire, fire_and_hold, gateway_config, Gateway, Upstream};
 
 const REQUESTS: usize = 1_000;
 
 fn config(limit: &str, path: &str) -> String {
-    format!(
-        "
-server: {{ listen: [\"{{listen}}\"], admin: \"{{admin}}\", threads: 2 }}
-upstreams: {{ api: {{ servers: [\"{{upstream}}\"] }} }}
+    gateway_config(
+        "api",
+        &format!(
+            "
 rules:
   - name: api
     match: {{ path: \"{path}\" }}
     upstream: api
     limits: [{limit}]
 "
+        ),
     )
-}
-
-/// Fires all requests at once and counts the answers.
-async fn fire(gw: &Gateway, path: &str) -> (usize, usize) {
-    let c = client();
-    let answers = join_all((0..REQUESTS).map(|_| c.get(gw.url(path)).send())).await;
-    let statuses: Vec<u16> = answers
-        .into_iter()
-        .map(|r| r.unwrap().status().as_u16())
-        .collect();
-    let ok = statuses.iter().filter(|s| **s == 200).count();
-    let limited = statuses.iter().filter(|s| **s == 429).count();
-    assert_eq!(ok + limited, REQUESTS, "only 200 and 429 expected");
-    (ok, limited)
 }
 
 #[tokio::test]
 async fn every_rate_algorithm_admits_exactly_its_quota_under_concurrency() {
     common::enough_file_descriptors();
     let upstream = Upstream::start().await;
-    for algorithm in [
-        "gcra",
-        "token_bucket",
-        "leaky_bucket, burst: 99", // nginx's burst: 99 beyond the one served
-        "fixed_window",
-        "sliding_window_log",
-        "sliding_window_counter",
-    ] {
+    for algorithm in common::RATE_ALGORITHMS {
         let limit = format!("{{ name: l, key: global, rate: 100/hour, algorithm: {algorithm} }}");
         let gw = Gateway::start(&config(&limit, "/**"), upstream.addr).await;
-        assert_eq!(fire(&gw, "/x").await, (100, 900), "{algorithm}");
+        assert_eq!(
+            fire(std::slice::from_ref(&gw), REQUESTS, "/x").await,
+            (100, 900),
+            "{algorithm}"
+        );
     }
 }
 

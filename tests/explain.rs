@@ -6,14 +6,17 @@ mod common;
 
 use std::path::Path;
 
-use common::{client_from, Gateway, Upstream};
+use common::{client_from, upstreams, Gateway, Upstream, SERVER};
 use tollgate::check::{explain, Hypothetical};
 use tollgate::config::load_str;
 use tollgate::metrics::Metrics;
 
-const CONFIG: &str = r#"
-server: { listen: ["{listen}"], admin: "{admin}", threads: 2, watch: false }
-upstreams: { api: { servers: ["{upstream}"] } }
+/// The gateway's config: [`RULES`], the file watcher off.
+fn config() -> String {
+    format!("{SERVER}  watch: false\n{}{RULES}", upstreams("api"))
+}
+
+const RULES: &str = r#"
 rules:
   - name: shadow-key
     match: { path: /shadow }
@@ -143,9 +146,9 @@ async fn live_status(gw: &Gateway, case: &Case) -> u16 {
 #[tokio::test]
 async fn explain_predicts_what_a_live_gateway_answers() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(CONFIG, upstream.addr).await;
+    let gw = Gateway::start(&config(), upstream.addr).await;
     let rt = load_str(
-        &gw.render(CONFIG, upstream.addr),
+        &gw.render(&config(), upstream.addr),
         Path::new("t.yaml"),
         &Metrics::new(),
     )

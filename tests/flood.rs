@@ -1,26 +1,14 @@
 //! Bounded state (DESIGN promise 6): a flood of distinct keys cannot grow the
 //! store past `max_keys`, nor evict a client that keeps coming back.
 
-use http::HeaderMap;
-use tollgate::identity::{ApiKeySources, ClientKey, KeyPart, KeySpec, RequestFacts};
+mod common;
+
+use common::keys::client_key;
 use tollgate::limit::{Check, Gcra, LimitId, Limiter, MemoryStore};
 
 const CAPACITY: usize = 100_000;
 const FLOOD: u32 = 1_000_000;
 const HOUR: u64 = 3_600_000_000_000;
-
-fn key(n: u32) -> ClientKey<'static> {
-    static HEADERS: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
-    static SOURCES: std::sync::OnceLock<ApiKeySources> = std::sync::OnceLock::new();
-    let facts = RequestFacts {
-        headers: HEADERS.get_or_init(HeaderMap::new),
-        query: None,
-        client_ip: std::net::Ipv4Addr::from(n).into(),
-        ipv6_prefix: 64,
-        api_key: SOURCES.get_or_init(ApiKeySources::default),
-    };
-    KeySpec(vec![KeyPart::Ip]).extract(&facts).unwrap()
-}
 
 #[test]
 fn a_million_random_keys_stay_within_max_keys_and_spare_an_active_client() {
@@ -30,7 +18,7 @@ fn a_million_random_keys_stay_within_max_keys_and_spare_an_active_client() {
     let check = |client: u32| Check {
         limit: LimitId(1),
         limiter,
-        key: key(client),
+        key: client_key(client),
         cost: 1,
         enforced: true,
     };

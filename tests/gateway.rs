@@ -6,14 +6,10 @@ mod common;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{client, client_from, header_of, raw_json, raw_request, statuses, Gateway, Upstream};
-
-const SERVER: &str = "
-server:
-  listen: [\"{listen}\"]
-  admin: \"{admin}\"
-  threads: 2
-";
+use common::{
+    client, client_from, header_of, raw_json, raw_request, statuses, upstreams, Gateway, Upstream,
+    SERVER,
+};
 
 fn config(rest: &str) -> String {
     format!("{SERVER}{rest}")
@@ -24,12 +20,12 @@ fn config(rest: &str) -> String {
 fn api_rule(rule: &str) -> String {
     format!(
         "
-upstreams: {{ api: {{ servers: [\"{{upstream}}\"] }} }}
-rules:
+{}rules:
   - name: api
     match: {{ path: /** }}
     upstream: api
 {}",
+        upstreams("api"),
         rule.trim_start_matches('\n')
     )
 }

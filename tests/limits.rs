@@ -4,20 +4,21 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, eventually, header_of, Gateway, Upstream};
+use common::{client, eventually, gateway_config, header_of, Gateway, Upstream};
 use futures_util::future::join_all;
 
 fn config(limits: &str) -> String {
-    format!(
-        "
-server: {{ listen: [\"{{listen}}\"], admin: \"{{admin}}\", threads: 2 }}
-upstreams: {{ api: {{ servers: [\"{{upstream}}\"] }} }}
+    gateway_config(
+        "api",
+        &format!(
+            "
 rules:
   - name: api
     match: {{ path: \"/**\" }}
     upstream: api
     limits: [{limits}]
 "
+        ),
     )
 }
 

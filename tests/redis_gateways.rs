@@ -7,28 +7,31 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis::{RedisCluster, RedisServer};
-use common::{client, client_from, eventually, fire_and_hold, statuses, Gateway, Upstream};
-use futures_util::future::join_all;
+use common::{
+    client, client_from, eventually, fire, fire_and_hold, gateway_config, get_json, statuses,
+    Gateway, Upstream, RATE_ALGORITHMS,
+};
 
 const REQUESTS: usize = 1_000;
 
 /// A generous timeout: under a thousand simultaneous requests on two cores a
 /// decision may wait; a failure would show as a 503 and fail the count.
 fn shared_config(redis: &str, limit: &str, path: &str) -> String {
-    format!(
-        "
-server: {{ listen: [\"{{listen}}\"], admin: \"{{admin}}\", threads: 2 }}
+    gateway_config(
+        "api",
+        &format!(
+            "
 store:
   backend: redis
   redis: {{ {redis}, timeout: 5s }}
   on_error: deny
-upstreams: {{ api: {{ servers: [\"{{upstream}}\"] }} }}
 rules:
   - name: api
     match: {{ path: \"{path}\" }}
     upstream: api
     limits: [{limit}]
 "
+        ),
     )
 }
 
@@ -40,26 +43,6 @@ async fn gateways(config: &str, upstream: &Upstream) -> Vec<Gateway> {
     out
 }
 
-/// Fires all requests at once, round-robin over the gateways; counts 200s
-/// and 429s.
-async fn fire(gateways: &[Gateway], path: &str) -> (usize, usize) {
-    let c = client();
-    let answers =
-        join_all((0..REQUESTS).map(|i| c.get(gateways[i % gateways.len()].url(path)).send())).await;
-    let statuses: Vec<u16> = answers
-        .into_iter()
-        .map(|r| r.unwrap().status().as_u16())
-        .collect();
-    let ok = statuses.iter().filter(|s| **s == 200).count();
-    let limited = statuses.iter().filter(|s| **s == 429).count();
-    assert_eq!(
-        ok + limited,
-        REQUESTS,
-        "only 200 and 429 expected: {statuses:?}"
-    );
-    (ok, limited)
-}
-
 fn assert_every_key_expires(server: &RedisServer) {
     let keys = server.keys_and_ttls();
     assert!(!keys.is_empty(), "the run left no state at all");
@@ -67,21 +50,12 @@ fn assert_every_key_expires(server: &RedisServer) {
     assert!(forever.is_empty(), "keys without a TTL: {forever:?}");
 }
 
-const ALGORITHMS: [&str; 6] = [
-    "gcra",
-    "token_bucket",
-    "leaky_bucket, burst: 99",
-    "fixed_window",
-    "sliding_window_log",
-    "sliding_window_counter",
-];
-
 #[tokio::test]
 async fn three_gateways_sharing_redis_admit_exactly_the_quota() {
     common::enough_file_descriptors();
     let redis = RedisServer::start();
     let upstream = Upstream::start().await;
-    for algorithm in ALGORITHMS {
+    for algorithm in RATE_ALGORITHMS {
         let limit = format!("{{ name: l, key: global, rate: 100/hour, algorithm: {algorithm} }}");
         let url = format!(
             "url: \"{}\", prefix: \"{}\"",
@@ -89,7 +63,7 @@ async fn three_gateways_sharing_redis_admit_exactly_the_quota() {
             algorithm.replace([',', ':', ' '], "")
         );
         let gws = gateways(&shared_config(&url, &limit, "/**"), &upstream).await;
-        assert_eq!(fire(&gws, "/x").await, (100, 900), "{algorithm}");
+        assert_eq!(fire(&gws, REQUESTS, "/x").await, (100, 900), "{algorithm}");
     }
     assert_every_key_expires(&redis);
 }
@@ -105,7 +79,7 @@ async fn three_gateways_on_a_redis_cluster_admit_exactly_the_quota() {
         .map(|u| format!("\"{u}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    for algorithm in ALGORITHMS {
+    for algorithm in RATE_ALGORITHMS {
         // Two limits with different keys: their slots differ, so the request
         // is decided slot by slot, and the per-IP spend of the 900 requests
         // the global limit denies is refunded.
@@ -115,7 +89,7 @@ async fn three_gateways_on_a_redis_cluster_admit_exactly_the_quota() {
         let prefix = format!("c{}", algorithm.replace([',', ':', ' '], ""));
         let url = format!("urls: [{urls}], prefix: \"{prefix}\"");
         let gws = gateways(&shared_config(&url, &limit, "/**"), &upstream).await;
-        assert_eq!(fire(&gws, "/x").await, (100, 900), "{algorithm}");
+        assert_eq!(fire(&gws, REQUESTS, "/x").await, (100, 900), "{algorithm}");
         let per_ip: Vec<i64> = cluster
             .nodes
             .iter()
@@ -151,7 +125,7 @@ async fn the_binary_starts_while_redis_is_down_and_uses_it_once_up() {
     let path = dir.path().join("config.yaml");
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
     let admin: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
-    let config = FAILOVER.replace("REDIS", &redis.url());
+    let config = failover(&redis.url());
     std::fs::write(&path, common::render(&config, addr, admin, upstream.addr)).unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["run", "-c"])
@@ -165,14 +139,7 @@ async fn the_binary_starts_while_redis_is_down_and_uses_it_once_up() {
     let c = client_from("127.0.0.5");
     let url = format!("http://{addr}/busy");
     assert_eq!(statuses(&c, &url, 3).await, [200; 3]);
-    let ready: serde_json::Value = c
-        .get(format!("http://{admin}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = get_json(&c, &format!("http://{admin}/readyz")).await;
     assert_eq!(ready["status"], "degraded", "{ready}");
     redis.restart();
     eventually(Duration::from_secs(5), "decisions in Redis", || async {
@@ -204,13 +171,16 @@ async fn three_gateways_share_a_concurrency_limit_through_leases() {
     .await;
 }
 
+/// Rules with each `on_error`, on the Redis at `redis_url` behind a breaker.
+fn failover(redis_url: &str) -> String {
+    gateway_config("api", &FAILOVER.replace("REDIS", redis_url))
+}
+
 const FAILOVER: &str = "
-server: { listen: [\"{listen}\"], admin: \"{admin}\", threads: 2 }
 store:
   backend: redis
   redis: { url: \"REDIS\", timeout: 25ms, breaker: { failures: 3, cooldown: 200ms } }
   on_error: local
-upstreams: { api: { servers: [\"{upstream}\"] } }
 rules:
   - name: open
     match: { path: /allow }
@@ -245,7 +215,7 @@ fn metric(text: &str, name: &str) -> f64 {
 async fn a_dead_redis_gets_each_on_error_policy_and_opens_the_breaker() {
     let mut redis = RedisServer::start();
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&FAILOVER.replace("REDIS", &redis.url()), upstream.addr).await;
+    let gw = Gateway::start(&failover(&redis.url()), upstream.addr).await;
     let c = client_from("127.0.0.2");
     assert_eq!(
         statuses(&c, &gw.url("/local"), 4).await,
@@ -298,7 +268,7 @@ async fn a_dead_redis_gets_each_on_error_policy_and_opens_the_breaker() {
 async fn redis_back_means_shared_limits_again_within_a_second() {
     let mut redis = RedisServer::start();
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&FAILOVER.replace("REDIS", &redis.url()), upstream.addr).await;
+    let gw = Gateway::start(&failover(&redis.url()), upstream.addr).await;
     let c = client_from("127.0.0.3");
     assert_eq!(statuses(&c, &gw.url("/local"), 1).await, [200]);
     redis.kill();
@@ -324,9 +294,7 @@ async fn an_idle_gateway_closes_the_breaker_once_redis_is_back() {
     let mut redis = RedisServer::start();
     let upstream = Upstream::start().await;
     // A generous timeout: what is tested is the breaker, not a slow machine.
-    let config = FAILOVER
-        .replace("REDIS", &redis.url())
-        .replace("timeout: 25ms", "timeout: 500ms");
+    let config = failover(&redis.url()).replace("timeout: 25ms", "timeout: 500ms");
     let gw = Gateway::start(&config, upstream.addr).await;
     let c = client_from("127.0.0.6");
     let url = gw.url("/busy");
@@ -359,7 +327,7 @@ async fn an_idle_gateway_closes_the_breaker_once_redis_is_back() {
 async fn a_hung_redis_costs_one_timeout_per_cooldown_once_the_breaker_opens() {
     let redis = RedisServer::start();
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&FAILOVER.replace("REDIS", &redis.url()), upstream.addr).await;
+    let gw = Gateway::start(&failover(&redis.url()), upstream.addr).await;
     let c = client_from("127.0.0.4");
     let baseline = latencies(&c, &gw.url("/busy"), 100).await;
     redis.pause();
@@ -414,7 +382,7 @@ async fn batched_gateways_never_admit_more_than_the_quota() {
         "/**",
     );
     let gws = gateways(&config, &upstream).await;
-    let (admitted, _) = fire(&gws, "/x").await;
+    let (admitted, _) = fire(&gws, REQUESTS, "/x").await;
     assert!(
         (100 - 3 * 10..=100).contains(&admitted),
         "{admitted} admitted of 100"

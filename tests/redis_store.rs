@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::keys::ip_key;
 use common::redis::{RedisCluster, RedisServer};
 use proptest::prelude::*;
-use tollgate::identity::{ApiKeySources, KeyPart, KeySpec, RequestFacts};
+use tollgate::identity::ClientKey;
 use tollgate::limit::failover::{Answer, BreakerSettings, Limits};
 use tollgate::limit::redis::{RedisSettings, RedisStore, RedisTarget};
 use tollgate::limit::{
@@ -69,18 +70,6 @@ fn fresh_limit() -> u64 {
     NEXT.fetch_add(2, Ordering::Relaxed)
 }
 
-fn facts(client: u8) -> RequestFacts<'static> {
-    static HEADERS: OnceLock<http::HeaderMap> = OnceLock::new();
-    static SOURCES: OnceLock<ApiKeySources> = OnceLock::new();
-    RequestFacts {
-        headers: HEADERS.get_or_init(http::HeaderMap::new),
-        query: None,
-        client_ip: [192, 0, 2, client].into(),
-        ipv6_prefix: 64,
-        api_key: SOURCES.get_or_init(ApiKeySources::default),
-    }
-}
-
 /// The limit under test per client IP, plus a global fixed window: a request
 /// the second denies must not spend from the first, and the reverse.
 fn checks(
@@ -90,10 +79,8 @@ fn checks(
     client: u8,
     cost: u64,
 ) -> Vec<Check<'static>> {
-    let per_ip = KeySpec(vec![KeyPart::Ip]).extract(&facts(client)).unwrap();
-    let everyone = KeySpec(vec![KeyPart::Global])
-        .extract(&facts(client))
-        .unwrap();
+    let per_ip = ip_key([192, 0, 2, client]);
+    let everyone = ClientKey::global();
     vec![
         Check {
             limit: LimitId(id),

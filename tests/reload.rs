@@ -6,22 +6,15 @@ use std::collections::HashSet;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{client, eventually, header_of, Gateway, Upstream};
+use common::{client, eventually, header_of, upstreams, Gateway, Upstream, SERVER};
 use serde_json::Value;
-
-const BASE: &str = "
-server:
-  listen: [\"{listen}\"]
-  admin: \"{admin}\"
-  threads: 2
-  watch: WATCH
-upstreams: { api: { servers: [\"{upstream}\"] } }
-rules:
-";
 
 /// A config with the file watcher on or off, and these rules.
 fn config(watch: bool, rules: &str) -> String {
-    format!("{}{rules}", BASE.replace("WATCH", &watch.to_string()))
+    format!(
+        "{SERVER}  watch: {watch}\n{}rules:\n{rules}",
+        upstreams("api")
+    )
 }
 
 const RULE_A: &str = "

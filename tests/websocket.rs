@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{eventually, wait_listening, Gateway, Upstream};
+use common::{eventually, gateway_config, wait_listening, Gateway, Upstream, SERVER};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -17,16 +17,17 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn config(websocket: &str) -> String {
-    format!(
-        "
-server: {{ listen: [\"{{listen}}\"], admin: \"{{admin}}\", threads: 2 }}
-upstreams: {{ api: {{ servers: [\"{{upstream}}\"] }} }}
+    gateway_config(
+        "api",
+        &format!(
+            "
 rules:
   - name: stream
     match: {{ path: \"/ws/*\" }}
     upstream: api
     websocket: {websocket}
 "
+        ),
     )
 }
 
@@ -207,17 +208,18 @@ async fn a_reload_with_a_hundred_websockets_open_closes_none() {
 #[tokio::test]
 async fn ten_thousand_sessions_to_the_demo_upstream_lose_none_after_the_101() {
     let demo: SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
-    let yaml = "
-server: { listen: [\"{listen}\"], admin: \"{admin}\", threads: 2 }
-upstreams: { demo: { servers: [\"{upstream}\"] } }
+    let yaml = gateway_config(
+        "demo",
+        "
 rules:
   - name: feed
     match: { path: \"/ws/vehicles\" }
     upstream: demo
     websocket: { messages: { key: connection, rate: 100/second }, max_message_bytes: 4096 }
 demo: { enabled: true, listen: \"{upstream}\" }
-";
-    let gw = Gateway::start(yaml, demo).await;
+",
+    );
+    let gw = Gateway::start(&yaml, demo).await;
     wait_listening(demo).await;
     let url = gw.ws_url("/ws/vehicles");
     let mut lost = Vec::new();
@@ -309,8 +311,7 @@ async fn an_exempt_client_has_no_message_limit() {
 #[tokio::test]
 async fn a_websocket_to_a_tls_upstream_is_tunnelled() {
     let tls = common::TlsUpstream::start_websocket().await;
-    let yaml = "
-server: { listen: [\"{listen}\"], admin: \"{admin}\", threads: 2 }
+    let rest = "
 upstreams: { secure: { servers: [\"{upstream}\"], tls: true, sni: upstream.test, verify_cert: false } }
 rules:
   - name: stream
@@ -318,7 +319,7 @@ rules:
     upstream: secure
     websocket: { messages: { key: connection, rate: 100/second } }
 ";
-    let gw = Gateway::start(yaml, tls.addr).await;
+    let gw = Gateway::start(&format!("{SERVER}{rest}"), tls.addr).await;
     let mut ws = connect(&gw).await;
     for i in 0..5 {
         ws.send(Message::text(payload(i))).await.unwrap();

@@ -1,8 +1,10 @@
 //! What the benches share: the algorithms at a rate no run exhausts, and
 //! client keys and checks by number.
 
-use http::HeaderMap;
-use tollgate::identity::{ApiKeySources, ClientKey, KeyPart, KeySpec, RequestFacts};
+#[path = "../../tests/common/keys.rs"]
+#[allow(dead_code)]
+mod keys;
+
 use tollgate::limit::{
     Check, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, SlidingCounter, SlidingLog,
     TokenBucket,
@@ -40,26 +42,11 @@ pub fn algorithms() -> Vec<(&'static str, Limiter)> {
     ]
 }
 
-pub fn key(n: u32) -> ClientKey<'static> {
-    static HEADERS: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
-    static SOURCES: std::sync::OnceLock<ApiKeySources> = std::sync::OnceLock::new();
-    let facts = RequestFacts {
-        headers: HEADERS.get_or_init(HeaderMap::new),
-        query: None,
-        client_ip: std::net::Ipv4Addr::from(n).into(),
-        ipv6_prefix: 64,
-        api_key: SOURCES.get_or_init(ApiKeySources::default),
-    };
-    KeySpec(vec![KeyPart::Ip])
-        .extract(&facts)
-        .unwrap_or_else(|_| unreachable!())
-}
-
 pub fn check(limiter: Limiter, client: u32) -> Check<'static> {
     Check {
         limit: LimitId(7),
         limiter,
-        key: key(client),
+        key: keys::client_key(client),
         cost: 1,
         enforced: true,
     }

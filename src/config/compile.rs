@@ -19,8 +19,8 @@ use crate::limit::memory::MAX_CHECKS;
 use crate::limit::redis::{redact_url, RedisSettings, RedisTarget};
 use crate::limit::sliding_log::MAX_LOG_LIMIT;
 use crate::limit::{
-    Concurrent, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, SlidingCounter, SlidingLog,
-    TokenBucket,
+    Concurrent, FixedWindow, Gcra, LeakyBucket, LimitDefinition, LimitId, Limiter, SlidingCounter,
+    SlidingLog, TokenBucket,
 };
 use crate::metrics::Metrics;
 use crate::policy::units::{self, Rate, MAX_RATE_COUNT};
@@ -1029,7 +1029,7 @@ fn compile_limit(
         );
     }
     let cost = compile_cost(c, path, l.cost.as_ref());
-    let (limiter, rate, quota, definition) = match (&l.rate, l.concurrent) {
+    let (limiter, rate, quota) = match (&l.rate, l.concurrent) {
         (Some(_), Some(_)) | (None, None) => {
             c.error(
                 path,
@@ -1057,25 +1057,13 @@ fn compile_limit(
                 );
                 return None;
             }
-            (
-                Limiter::Concurrent(Concurrent::new(max)),
-                None,
-                max,
-                format!("concurrent\0{max}"),
-            )
+            (Limiter::Concurrent(Concurrent::new(max)), None, max)
         }
         (Some(text), None) => {
             let rate = c.check(format!("{path}.rate"), units::parse_rate(text))?;
             let algorithm = l.algorithm.unwrap_or_default();
             let (limiter, quota) = compile_rate_limit(c, path, l, algorithm, rate)?;
-            let definition = format!(
-                "{algorithm:?}\0{}\0{}\0{quota}\0{:?}\0{:?}",
-                rate.count,
-                rate.period.as_nanos(),
-                l.debt,
-                l.delay
-            );
-            (limiter, Some(rate), quota, definition)
+            (limiter, Some(rate), quota)
         }
     };
     let cost = cost?;
@@ -1130,7 +1118,18 @@ fn compile_limit(
         }
     };
     Some(RuleLimit {
-        id: LimitId::of(&format!("{rule}\0{name}\0{definition}\0{key}")),
+        id: LimitId::encode(
+            rule,
+            &name,
+            &LimitDefinition {
+                limiter: &limiter,
+                rate: rate.map(|r| (r.count, r.period)),
+                quota,
+                debt: l.debt,
+                delay: l.delay,
+                key: &key,
+            },
+        ),
         batch,
         policy_header: rate.map(|r| policy_header(&name, &limiter, r, quota)),
         metrics: metrics.limit(rule, &name),

@@ -592,9 +592,8 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::{ApiKeySources, ClientKey, KeyPart, KeySpec, RequestFacts};
+    use crate::identity::ClientKey;
     use crate::limit::{Concurrent, Gcra, LimitId, Limiter};
-    use http::HeaderMap;
     use std::sync::Arc;
 
     const MINUTE: Nanos = 60_000_000_000;
@@ -603,24 +602,11 @@ mod tests {
         Limiter::Gcra(Gcra::from_interval(MINUTE / count, count))
     }
 
-    fn key(n: u32) -> ClientKey<'static> {
-        static HEADERS: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
-        static SOURCES: std::sync::OnceLock<ApiKeySources> = std::sync::OnceLock::new();
-        let facts = RequestFacts {
-            headers: HEADERS.get_or_init(HeaderMap::new),
-            query: None,
-            client_ip: std::net::Ipv4Addr::from(n).into(),
-            ipv6_prefix: 64,
-            api_key: SOURCES.get_or_init(ApiKeySources::default),
-        };
-        KeySpec(vec![KeyPart::Ip]).extract(&facts).unwrap()
-    }
-
     fn check(id: u64, limiter: Limiter, client: u32) -> Check<'static> {
         Check {
             limit: LimitId(id),
             limiter,
-            key: key(client),
+            key: ClientKey::of_client(client),
             cost: 1,
             enforced: true,
         }

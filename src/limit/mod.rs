@@ -7,6 +7,7 @@ pub mod concurrent;
 pub mod failover;
 pub mod fixed_window;
 pub mod gcra;
+mod id;
 pub mod leaky_bucket;
 pub mod memory;
 pub mod redis;
@@ -23,6 +24,7 @@ use crate::identity::ClientKey;
 pub use concurrent::{Concurrent, Held};
 pub use fixed_window::{FixedWindow, WindowState};
 pub use gcra::{Gcra, Tat};
+pub use id::{LimitDefinition, LimitId};
 pub use leaky_bucket::LeakyBucket;
 pub use memory::MemoryStore;
 pub use sliding_counter::{CounterState, SlidingCounter};
@@ -201,24 +203,6 @@ impl Limiter {
     }
 }
 
-/// Identifies a limit's counters: a fingerprint of its definition, so that a
-/// limit keeps its counters for as long as its definition is unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LimitId(pub u64);
-
-impl LimitId {
-    /// FNV-1a over the canonical text of the definition: stable across builds and
-    /// processes, unlike `std`'s hasher.
-    pub fn of(definition: &str) -> Self {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in definition.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        LimitId(hash)
-    }
-}
-
 /// One limit to decide for one request.
 #[derive(Debug, Clone)]
 pub struct Check<'a> {
@@ -292,17 +276,5 @@ impl Default for MonotonicClock {
 impl MonotonicClock {
     pub fn now(&self) -> Nanos {
         self.origin.elapsed().as_nanos() as Nanos
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limit_ids_are_stable_and_distinct() {
-        assert_eq!(LimitId::of("a"), LimitId::of("a"));
-        assert_ne!(LimitId::of("a"), LimitId::of("b"));
-        assert_eq!(LimitId::of(""), LimitId(0xcbf2_9ce4_8422_2325));
     }
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod keys;
 pub mod redis;
 
 use std::collections::BTreeMap;
@@ -342,6 +343,84 @@ pub async fn silent_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         }
     });
     (addr, task)
+}
+
+/// The `server:` block a test config starts with: the listeners whose
+/// `{listen}` and `{admin}` `Gateway::start` fills in, and two worker threads.
+/// Further `server:` settings may follow as lines indented by two spaces.
+pub const SERVER: &str = "
+server:
+  listen: [\"{listen}\"]
+  admin: \"{admin}\"
+  threads: 2
+";
+
+/// `upstreams:` with the test's one upstream (`{upstream}`), named `name`.
+pub fn upstreams(name: &str) -> String {
+    format!("upstreams: {{ {name}: {{ servers: [\"{{upstream}}\"] }} }}\n")
+}
+
+/// A config template: [`SERVER`], the one upstream `name`, then `rest`
+/// (top-level YAML: `rules:`, `store:`, ...).
+pub fn gateway_config(name: &str, rest: &str) -> String {
+    format!("{SERVER}{}{rest}", upstreams(name))
+}
+
+/// A gateway in front of its own built-in demo upstream, with `rules` (YAML
+/// list items, maybe none) and then a catch-all rule routing to the demo;
+/// `demo` adds settings to the `demo:` mapping (`key: value, ...`, maybe none).
+pub async fn demo_gateway(rules: &str, demo: &str) -> Gateway {
+    let demo_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let settings = if demo.is_empty() {
+        String::new()
+    } else {
+        format!(", {demo}")
+    };
+    let rest = format!(
+        "
+rules:
+{rules}
+  - {{ name: all, match: {{ path: \"/**\" }}, upstream: demo }}
+demo: {{ enabled: true, listen: \"{{upstream}}\"{settings} }}
+"
+    );
+    let gw = Gateway::start(&gateway_config("demo", &rest), demo_addr).await;
+    wait_listening(demo_addr).await;
+    gw
+}
+
+/// Every rate algorithm as a limit's `algorithm:` value, each admitting 100
+/// requests at once from idle at `rate: 100/...`.
+pub const RATE_ALGORITHMS: [&str; 6] = [
+    "gcra",
+    "token_bucket",
+    "leaky_bucket, burst: 99", // nginx's burst: 99 beyond the one served
+    "fixed_window",
+    "sliding_window_log",
+    "sliding_window_counter",
+];
+
+/// Sends `n` GETs of `path` at once, round-robin over `gateways`, and counts
+/// the 200s and the 429s (nothing else may come back).
+pub async fn fire(gateways: &[Gateway], n: usize, path: &str) -> (usize, usize) {
+    let c = client();
+    let answers = futures_util::future::join_all(
+        (0..n).map(|i| c.get(gateways[i % gateways.len()].url(path)).send()),
+    )
+    .await;
+    let statuses: Vec<u16> = answers
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(ok + limited, n, "only 200 and 429 expected: {statuses:?}");
+    (ok, limited)
+}
+
+/// GETs `url` and parses the answer as JSON.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// Fills `{listen}`, `{admin}` and `{upstream}` into a config template.
