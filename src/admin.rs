@@ -11,9 +11,10 @@ use serde_json::{json, Value};
 
 use crate::limit::redis::redact_url;
 use crate::policy::OnError;
-use crate::proxy::Shared;
-use crate::reload::{self, ReloadOutcome, Trigger};
+use crate::reload::{self, ReloadOutcome};
 use crate::schema::ConfigInput;
+use crate::state::Shared;
+use crate::state::{rfc3339, Trigger};
 
 pub struct AdminApp {
     shared: Arc<Shared>,
@@ -164,7 +165,7 @@ impl AdminApp {
         let source = &rt.source;
         json!({
             "generation": source.generation,
-            "loaded_at": reload::rfc3339(source.loaded_at),
+            "loaded_at": rfc3339(source.loaded_at),
             "watching": self.shared.reloader.watching(),
             "restart_required": reload::restart_required(&self.shared.startup, &rt),
             "file": source.file,

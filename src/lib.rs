@@ -21,4 +21,5 @@ pub mod route;
 pub mod runtime;
 pub mod schema;
 pub mod server;
+pub mod state;
 pub mod websocket;

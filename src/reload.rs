@@ -5,8 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use notify::event::{AccessKind, AccessMode, ModifyKind};
@@ -18,58 +18,16 @@ use tokio::sync::mpsc;
 
 use crate::config::{self, ConfigError};
 
-use crate::demo::DemoSettings;
 use crate::limit::LimitId;
 use crate::metrics::{Metrics, ReloadResult};
-use crate::proxy::Shared;
-use crate::runtime::{RedisBackend, Runtime};
+use crate::runtime::Runtime;
 use crate::schema::Problem;
+use crate::state::{unix_seconds, Changes, LimitChanges, ReloadSummary, Shared, Startup, Trigger};
 
 /// Events closer together than this are one edit (editors write in bursts).
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// The longest a burst of events can delay a reload.
 const MAX_DEBOUNCE: Duration = Duration::from_millis(250);
-
-/// What asked for a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    File,
-    Signal,
-    Admin,
-}
-
-/// Names added, removed and changed between two configs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Changes {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub changed: Vec<String>,
-}
-
-/// What a reload did to limiter state, by `rule/limit`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct LimitChanges {
-    /// Same definition: counters carried over.
-    pub kept: Vec<String>,
-    /// Same name, new definition: counters start fresh.
-    pub reset: Vec<String>,
-    pub added: Vec<String>,
-    /// Gone: their state is released.
-    pub removed: Vec<String>,
-}
-
-/// The answer to a successful reload.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReloadSummary {
-    pub generation: u64,
-    pub rules: Changes,
-    pub upstreams: Changes,
-    pub limits: LimitChanges,
-    /// Settings that changed in the file but only take effect after a restart.
-    pub restart_required: Vec<String>,
-    pub warnings: Vec<Problem>,
-}
 
 #[derive(Debug)]
 pub enum ReloadOutcome {
@@ -77,112 +35,6 @@ pub enum ReloadOutcome {
     /// The file has the bytes the gateway already runs.
     Unchanged,
     Failed(ConfigError),
-}
-
-/// The last reload attempt, for `GET /-/config`.
-#[derive(Debug, Clone, Serialize)]
-pub struct LastReload {
-    pub at: String,
-    pub trigger: Trigger,
-    /// `success`, `failure`, or `reverted` (the file is back to the running
-    /// config after a failure).
-    pub result: &'static str,
-    pub problems: Vec<Problem>,
-    pub restart_required: Vec<String>,
-}
-
-/// Settings Pingora binds at start; a reload can only report their change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Startup {
-    pub listen: Vec<String>,
-    pub admin: String,
-    pub threads: usize,
-    pub work_stealing: bool,
-    /// Pingora takes the grace period and HTTP/2's idle timeout at start.
-    pub grace_period: Duration,
-    pub idle_timeout: Duration,
-    pub demo: Option<DemoSettings>,
-    pub max_keys: usize,
-    pub redis: Option<RedisBackend>,
-}
-
-impl Startup {
-    pub fn of(rt: &Runtime) -> Self {
-        Startup {
-            listen: rt.server.listen.clone(),
-            admin: rt.server.admin.clone(),
-            threads: rt.server.threads,
-            work_stealing: rt.server.work_stealing,
-            grace_period: rt.server.grace_period,
-            idle_timeout: rt.server.idle_timeout,
-            demo: rt.demo.clone(),
-            max_keys: rt.store.max_keys,
-            redis: rt.store.redis.clone(),
-        }
-    }
-}
-
-/// Serializes reloads and remembers how the last one went.
-#[derive(Debug, Default)]
-pub struct Reloader {
-    serial: tokio::sync::Mutex<()>,
-    state: Mutex<ReloaderState>,
-}
-
-#[derive(Debug, Default)]
-struct ReloaderState {
-    last: Option<LastReload>,
-    /// Hash of the last file that failed, so that directory noise does not
-    /// re-report an unchanged broken file.
-    failed_sha256: Option<String>,
-    /// The last successful reload, by the hash it loaded, so that a
-    /// `POST /-/reload` after the watcher already applied an edit still gets
-    /// the summary of what changed.
-    last_summary: Option<(String, ReloadSummary)>,
-    watching: bool,
-}
-
-impl Reloader {
-    fn state(&self) -> std::sync::MutexGuard<'_, ReloaderState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub fn last(&self) -> Option<LastReload> {
-        self.state().last.clone()
-    }
-
-    /// Whether the file watcher is established.
-    pub fn watching(&self) -> bool {
-        self.state().watching
-    }
-
-    /// The summary of the reload that loaded the file with this hash.
-    pub fn summary_of(&self, sha256: &str) -> Option<ReloadSummary> {
-        match &self.state().last_summary {
-            Some((hash, summary)) if hash == sha256 => Some(summary.clone()),
-            _ => None,
-        }
-    }
-
-    fn remember(
-        &self,
-        trigger: Trigger,
-        result: &'static str,
-        problems: Vec<Problem>,
-        restart: Vec<String>,
-    ) {
-        self.state().last = Some(LastReload {
-            at: rfc3339(SystemTime::now()),
-            trigger,
-            result,
-            problems,
-            restart_required: restart,
-        });
-    }
-}
-
-pub fn rfc3339(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// What reading the file found.
@@ -364,11 +216,6 @@ fn schedule_release(shared: Arc<Shared>, removed: Vec<LimitId>) {
                 .await;
         tracing::debug!(?released, "released the state of removed limits");
     });
-}
-
-pub fn unix_seconds(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `rule/limit` → the limit's counter identity.

@@ -19,8 +19,9 @@ use crate::config::{self, ConfigError};
 use crate::demo::{Demo, DemoService};
 use crate::metrics::Metrics;
 use crate::proxy::connection::Front;
-use crate::proxy::{Gateway, Shared};
+use crate::proxy::Gateway;
 use crate::reload::ConfigWatcher;
+use crate::state::Shared;
 
 /// How often expired limiter state is dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -260,7 +261,10 @@ mod tests {
 
     fn server_for(yaml: &str, options: ProcessOptions) -> Server {
         let metrics = Metrics::new();
-        let runtime = config::load_str(yaml, Path::new("test.yaml"), &metrics).unwrap();
+        let yaml = format!(
+            "{yaml}\nupstreams: {{ api: {{ servers: [\"127.0.0.1:9\"] }} }}\nrules: [{{ name: all, match: {{ path: \"/**\" }}, upstream: api }}]\n"
+        );
+        let runtime = config::load_str(&yaml, Path::new("test.yaml"), &metrics).unwrap();
         let shared = Shared::new(runtime, metrics, "test.yaml".into()).unwrap();
         build_server(Arc::new(shared), options)
     }

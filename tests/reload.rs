@@ -654,6 +654,9 @@ async fn metrics_labels_never_come_from_clients() {
         "dropped",
         "closed",
         "too_big",
+        "header_timeout",
+        "idle_timeout",
+        "max_connections_per_ip",
         "+Inf",
     ]
     .into_iter()

@@ -50,9 +50,10 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::{Gateway, Shared};
+use super::Gateway;
 use crate::identity::ip_bucket;
 use crate::metrics::{ConnectionClose, ConnectionMetrics};
+use crate::state::Shared;
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

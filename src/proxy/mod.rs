@@ -5,11 +5,9 @@ pub mod connection;
 pub mod tunnel;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::header::{HeaderName, HOST};
 use http::HeaderValue;
@@ -21,13 +19,10 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::admission::{self, Admission, Admitted, RequestHead};
 use crate::identity::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
-use crate::limit::failover::Limits;
-use crate::limit::redis::RedisStore;
-use crate::limit::{MemoryStore, MonotonicClock};
-use crate::metrics::{Metrics, Outcome};
-use crate::reload::{self, Reloader, Startup};
+use crate::metrics::Outcome;
 use crate::respond::{self, Reply};
 use crate::runtime::{Runtime, Upstream};
+use crate::state::Shared;
 use crate::websocket::{is_websocket_request, ClientFilter, MessageGate, ServerWatch};
 use tunnel::TunnelError;
 
@@ -40,69 +35,6 @@ const UNTRUSTED_FORWARDING_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-port"),
 ];
-
-/// State shared by the proxy, the admin listener and background tasks. The
-/// store and metrics outlive any one config snapshot.
-pub struct Shared {
-    pub runtime: ArcSwap<Runtime>,
-    pub limits: Limits,
-    pub metrics: Metrics,
-    pub clock: MonotonicClock,
-    pub config_path: PathBuf,
-    /// What the listeners were started with (a reload cannot move them).
-    pub startup: Startup,
-    pub reloader: Reloader,
-    /// `TOLLGATE_ADMIN_TOKEN` at start; overrides `server.admin_token`.
-    pub admin_token_env: Option<String>,
-    /// Turns true when a graceful shutdown begins (the listeners have
-    /// closed): open tunnels then close with 1001.
-    pub stopping: tokio::sync::watch::Sender<bool>,
-}
-
-impl Shared {
-    /// Fails only on Redis settings the config check let through but the
-    /// client refuses.
-    pub fn new(
-        runtime: Runtime,
-        metrics: Metrics,
-        config_path: PathBuf,
-    ) -> Result<Self, redis::RedisError> {
-        metrics
-            .config_generation
-            .set(runtime.source.generation as i64);
-        metrics
-            .last_reload_success
-            .set(reload::unix_seconds(runtime.source.loaded_at));
-        let memory = MemoryStore::new(
-            runtime.store.max_keys,
-            Some(metrics.store_evictions.clone()),
-        );
-        let clock = MonotonicClock::default();
-        let limits = match &runtime.store.redis {
-            None => Limits::memory(memory, clock, metrics.store.clone()),
-            Some(backend) => Limits::redis(
-                RedisStore::new(backend.redis.clone())?,
-                backend.breaker,
-                memory,
-                clock,
-                metrics.store.clone(),
-            ),
-        };
-        Ok(Shared {
-            startup: Startup::of(&runtime),
-            runtime: ArcSwap::from_pointee(runtime),
-            limits,
-            metrics,
-            clock,
-            config_path,
-            reloader: Reloader::default(),
-            admin_token_env: std::env::var("TOLLGATE_ADMIN_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
-            stopping: tokio::sync::watch::Sender::new(false),
-        })
-    }
-}
 
 /// The proxy application.
 pub struct Gateway {

@@ -1,0 +1,235 @@
+//! The state every part of a running gateway shares: the live snapshot, the
+//! limiter store, the metrics, and the record of reloads. Built once at start;
+//! the proxy, the admin listener, the reloader and background tasks hold it.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::demo::DemoSettings;
+use crate::limit::failover::Limits;
+use crate::limit::redis::RedisStore;
+use crate::limit::{MemoryStore, MonotonicClock};
+use crate::metrics::Metrics;
+use crate::runtime::{RedisBackend, Runtime};
+use crate::schema::Problem;
+
+/// State shared by the proxy, the admin listener and background tasks. The
+/// store and metrics outlive any one config snapshot.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    pub clock: MonotonicClock,
+    pub config_path: PathBuf,
+    /// What the listeners were started with (a reload cannot move them).
+    pub startup: Startup,
+    pub reloader: Reloader,
+    /// `TOLLGATE_ADMIN_TOKEN` at start; overrides `server.admin_token`.
+    pub admin_token_env: Option<String>,
+    /// Turns true when a graceful shutdown begins (the listeners have
+    /// closed): open tunnels then close with 1001.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Fails only on Redis settings the config check let through but the
+    /// client refuses.
+    pub fn new(
+        runtime: Runtime,
+        metrics: Metrics,
+        config_path: PathBuf,
+    ) -> Result<Self, redis::RedisError> {
+        metrics
+            .config_generation
+            .set(runtime.source.generation as i64);
+        metrics
+            .last_reload_success
+            .set(unix_seconds(runtime.source.loaded_at));
+        let memory = MemoryStore::new(
+            runtime.store.max_keys,
+            Some(metrics.store_evictions.clone()),
+        );
+        let clock = MonotonicClock::default();
+        let limits = match &runtime.store.redis {
+            None => Limits::memory(memory, clock, metrics.store.clone()),
+            Some(backend) => Limits::redis(
+                RedisStore::new(backend.redis.clone())?,
+                backend.breaker,
+                memory,
+                clock,
+                metrics.store.clone(),
+            ),
+        };
+        Ok(Shared {
+            startup: Startup::of(&runtime),
+            runtime: ArcSwap::from_pointee(runtime),
+            limits,
+            metrics,
+            clock,
+            config_path,
+            reloader: Reloader::default(),
+            admin_token_env: std::env::var("TOLLGATE_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+            stopping: tokio::sync::watch::Sender::new(false),
+        })
+    }
+}
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    File,
+    Signal,
+    Admin,
+}
+
+/// Names added, removed and changed between two configs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+/// What a reload did to limiter state, by `rule/limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LimitChanges {
+    /// Same definition: counters carried over.
+    pub kept: Vec<String>,
+    /// Same name, new definition: counters start fresh.
+    pub reset: Vec<String>,
+    pub added: Vec<String>,
+    /// Gone: their state is released.
+    pub removed: Vec<String>,
+}
+
+/// The answer to a successful reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadSummary {
+    pub generation: u64,
+    pub rules: Changes,
+    pub upstreams: Changes,
+    pub limits: LimitChanges,
+    /// Settings that changed in the file but only take effect after a restart.
+    pub restart_required: Vec<String>,
+    pub warnings: Vec<Problem>,
+}
+
+/// The last reload attempt, for `GET /-/config`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastReload {
+    pub at: String,
+    pub trigger: Trigger,
+    /// `success`, `failure`, or `reverted` (the file is back to the running
+    /// config after a failure).
+    pub result: &'static str,
+    pub problems: Vec<Problem>,
+    pub restart_required: Vec<String>,
+}
+
+/// Settings Pingora binds at start; a reload can only report their change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Startup {
+    pub listen: Vec<String>,
+    pub admin: String,
+    pub threads: usize,
+    pub work_stealing: bool,
+    /// Pingora takes the grace period and HTTP/2's idle timeout at start.
+    pub grace_period: Duration,
+    pub idle_timeout: Duration,
+    pub demo: Option<DemoSettings>,
+    pub max_keys: usize,
+    pub redis: Option<RedisBackend>,
+}
+
+impl Startup {
+    pub fn of(rt: &Runtime) -> Self {
+        Startup {
+            listen: rt.server.listen.clone(),
+            admin: rt.server.admin.clone(),
+            threads: rt.server.threads,
+            work_stealing: rt.server.work_stealing,
+            grace_period: rt.server.grace_period,
+            idle_timeout: rt.server.idle_timeout,
+            demo: rt.demo.clone(),
+            max_keys: rt.store.max_keys,
+            redis: rt.store.redis.clone(),
+        }
+    }
+}
+
+/// Serializes reloads and remembers how the last one went.
+#[derive(Debug, Default)]
+pub struct Reloader {
+    pub(crate) serial: tokio::sync::Mutex<()>,
+    state: Mutex<ReloaderState>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ReloaderState {
+    pub(crate) last: Option<LastReload>,
+    /// Hash of the last file that failed, so that directory noise does not
+    /// re-report an unchanged broken file.
+    pub(crate) failed_sha256: Option<String>,
+    /// The last successful reload, by the hash it loaded, so that a
+    /// `POST /-/reload` after the watcher already applied an edit still gets
+    /// the summary of what changed.
+    pub(crate) last_summary: Option<(String, ReloadSummary)>,
+    pub(crate) watching: bool,
+}
+
+impl Reloader {
+    pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, ReloaderState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn last(&self) -> Option<LastReload> {
+        self.state().last.clone()
+    }
+
+    /// Whether the file watcher is established.
+    pub fn watching(&self) -> bool {
+        self.state().watching
+    }
+
+    /// The summary of the reload that loaded the file with this hash.
+    pub fn summary_of(&self, sha256: &str) -> Option<ReloadSummary> {
+        match &self.state().last_summary {
+            Some((hash, summary)) if hash == sha256 => Some(summary.clone()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn remember(
+        &self,
+        trigger: Trigger,
+        result: &'static str,
+        problems: Vec<Problem>,
+        restart: Vec<String>,
+    ) {
+        self.state().last = Some(LastReload {
+            at: rfc3339(SystemTime::now()),
+            trigger,
+            result,
+            problems,
+            restart_required: restart,
+        });
+    }
+}
+
+/// Seconds since the Unix epoch, for gauges.
+pub fn unix_seconds(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A time as RFC 3339 text, for `GET /-/config`.
+pub fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
