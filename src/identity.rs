@@ -1,4 +1,4 @@
-//! Who is asking: the client IP (DESIGN promise 5), the key each limit counts
+//! Who is asking: the client IP (ARCHITECTURE.md, promise 5), the key each limit counts
 //! against, and whether an exemption lets the request skip its rule's limits.
 
 use std::borrow::Cow;

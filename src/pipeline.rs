@@ -1,4 +1,4 @@
-//! The request pipeline of DESIGN section 1 as plain functions over plain data:
+//! The request pipeline (ARCHITECTURE.md, "A request's path") as plain functions over plain data:
 //! normalize → route → identify → plan the limit checks → judge the decisions.
 //! The Pingora glue in `proxy` calls these in order; tests call them directly.
 
@@ -69,7 +69,7 @@ pub fn route<'a>(rt: &Runtime, req: &Incoming<'a>) -> Result<Routed<'a>, Unroute
     Ok(Routed { rule, path, host })
 }
 
-/// The client IP (DESIGN promise 5).
+/// The client IP (ARCHITECTURE.md, promise 5).
 pub fn client_ip(rt: &Runtime, req: &Incoming<'_>) -> IpAddr {
     let forwarded = req
         .headers

@@ -2,7 +2,7 @@
 //!
 //! The path a rule is matched against is the path the upstream receives: one
 //! canonical form, so that `%2e%2e`, `//` or `/./` can never dodge a rule that the
-//! plain spelling would hit (DESIGN promise 4).
+//! plain spelling would hit (ARCHITECTURE.md, promise 4).
 
 use std::borrow::Cow;
 use std::cell::RefCell;

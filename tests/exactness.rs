@@ -1,4 +1,4 @@
-//! Exact under concurrency (DESIGN promise 1): 1,000 simultaneous requests
+//! Exact under concurrency (ARCHITECTURE.md, promise 1): 1,000 simultaneous requests
 //! through the real gateway against a limit of 100 admit exactly what the
 //! algorithm allows — for every algorithm. Rates are per hour so that nothing
 //! refills while the test runs: the answer is exactly 100.

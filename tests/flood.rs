@@ -1,4 +1,4 @@
-//! Bounded state (DESIGN promise 6): a flood of distinct keys cannot grow the
+//! Bounded state (ARCHITECTURE.md, promise 6): a flood of distinct keys cannot grow the
 //! store past `max_keys`, nor evict a client that keeps coming back.
 
 mod common;

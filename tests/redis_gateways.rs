@@ -1,5 +1,5 @@
 //! Several gateways sharing one Redis (or one Redis Cluster) hold one limit
-//! together (DESIGN promise 1), and a Redis that dies or hangs is a decision,
+//! together (ARCHITECTURE.md, promise 1), and a Redis that dies or hangs is a decision,
 //! not an accident (promise 8).
 
 mod common;

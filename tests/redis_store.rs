@@ -1,4 +1,4 @@
-//! The Redis store against a real `redis-server` (DESIGN promise 3): random
+//! The Redis store against a real `redis-server` (ARCHITECTURE.md, promise 3): random
 //! traces of (time, client, cost) get the same decisions from the memory store
 //! and from the Lua script, for every algorithm, with two limits per request so
 //! that "a denied request spends nothing" is compared too.
