@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Two tollgate binaries side by side through the same proxy path, for a change
+# that must not make the gateway slower (a refactor, a dependency bump):
+#
+#   bash bench/compare.sh OLD_BINARY NEW_BINARY [rounds] [seconds]
+#
+# Both run with one worker and the same config (one memory limit admitting
+# everything, in front of an nginx origin answering 200); wrk -t1 -c50 drives
+# each in turn, rounds interleaved (old new old new ...). Prints each round and
+# the median new/old ratio. Loopback only, bounded, stops what it starts.
+# Needs nginx and wrk (apt-get install nginx wrk).
+set -euo pipefail
+OLD=${1:?old binary}; NEW=${2:?new binary}
+ROUNDS=${3:-5}; DURATION=${4:-5}
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+for tool in nginx wrk python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx wrk" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d /tmp/tollgate-compare.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+. "$HERE/bench/lib.sh"
+
+ORIGIN=$(free_port)
+start_origin "$ORIGIN"
+wait_port "$ORIGIN"
+declare -A PORT
+for side in old new; do
+  P=$(free_port); A=$(free_port); PORT[$side]=$P
+  cat > "$WORK/$side.yaml" <<YAML
+server: { listen: ["127.0.0.1:$P"], admin: "127.0.0.1:$A", threads: 1, watch: false }
+upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
+rules:
+  - { name: all, match: { path: "/**" }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second }] }
+YAML
+  bin=$OLD; [ "$side" = new ] && bin=$NEW
+  RUST_LOG=error "$bin" run -c "$WORK/$side.yaml" >/dev/null 2>&1 & PIDS+=($!)
+  wait_port "$P"
+done
+
+rps() {
+  wrk -t1 -c50 -d"${DURATION}s" "http://127.0.0.1:$1/all" |
+    python3 -c 'import re,sys; print(re.search(r"Requests/sec:\s+([\d.]+)", sys.stdin.read()).group(1))'
+}
+: > "$WORK/ratios"
+for round in $(seq 1 "$ROUNDS"); do
+  old=$(rps "${PORT[old]}"); new=$(rps "${PORT[new]}")
+  ratio=$(python3 -c "print(f'{$new/$old:.3f}')")
+  echo "round $round: old $old req/s, new $new req/s, new/old $ratio"
+  echo "$ratio" >> "$WORK/ratios"
+done
+python3 -c "import statistics; r=[float(l) for l in open('$WORK/ratios')]; print(f'median new/old: {statistics.median(r):.3f} (min {min(r):.3f}, max {max(r):.3f})')"
