@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand};
 use pingora::server::RunArgs;
 use tollgate::check::{self, Hypothetical};
 use tollgate::config::{self};
-use tollgate::metrics::Metrics;
 use tollgate::schema::Severity;
 use tollgate::server::{self, ProcessOptions};
 
@@ -127,7 +126,7 @@ fn check(
     headers: &[String],
     ip: IpAddr,
 ) -> ExitCode {
-    let runtime = match config::load_file(&config_path, &Metrics::new()) {
+    let runtime = match config::load_file(&config_path) {
         Ok(runtime) => runtime,
         Err(e) => {
             let errors = e

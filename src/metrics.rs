@@ -4,6 +4,7 @@
 //! from fixed enums, never from anything a client sends, so a flood of random
 //! paths or keys cannot grow the number of series.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::policy::OnError;
@@ -163,8 +164,9 @@ impl ConnectionMetrics {
     }
 }
 
-/// Counters of one rule, resolved once at config compile time so the request
-/// path never looks a label set up.
+/// Counters of one rule, resolved once when its snapshot is bound to the
+/// gateway's registry (`Runtime::bind_metrics`), so the request path never
+/// looks a label set up.
 #[derive(Debug, Clone)]
 pub struct RuleMetrics {
     by_outcome: [IntCounter; Outcome::ALL.len()],
@@ -176,6 +178,14 @@ pub struct RuleMetrics {
 }
 
 impl RuleMetrics {
+    /// Handles that count into no registry a gateway exposes: what a compiled
+    /// snapshot holds until it is bound, as it is swapped in. Compiling a
+    /// config thus touches no registry, and a snapshot that is never served
+    /// (`check`, a rejected reload) leaves no series behind.
+    pub fn unbound() -> Self {
+        unbound().0.clone()
+    }
+
     /// Counts a client WebSocket message of a rule with message limits.
     pub fn websocket_message(&self, result: MessageResult) {
         self.websocket_messages[result as usize].inc();
@@ -211,9 +221,24 @@ pub struct LimitMetrics {
 }
 
 impl LimitMetrics {
+    /// See [`RuleMetrics::unbound`].
+    pub fn unbound() -> Self {
+        unbound().1.clone()
+    }
+
     pub fn record(&self, result: DecisionResult) {
         self.by_result[result as usize].inc();
     }
+}
+
+/// One set of unbound handles, cloned into every compiled rule and limit: a
+/// registry of their own that nobody gathers, made once per process.
+fn unbound() -> &'static (RuleMetrics, LimitMetrics) {
+    static UNBOUND: OnceLock<(RuleMetrics, LimitMetrics)> = OnceLock::new();
+    UNBOUND.get_or_init(|| {
+        let scratch = Metrics::new();
+        (scratch.rule(""), scratch.limit("", ""))
+    })
 }
 
 /// The demo upstream's counters.

@@ -242,8 +242,10 @@ impl Upstream {
 }
 
 impl Runtime {
-    /// Points the snapshot's metric handles at `metrics` (a reload compiles
-    /// against a scratch registry so that a rejected file leaves no series).
+    /// Points the snapshot's metric handles at the gateway's registry. Done
+    /// once, where a snapshot is swapped in (`Shared::new` at start, and a
+    /// reload's apply): a compiled snapshot counts into nothing a gateway
+    /// exposes, so a rejected file leaves no series.
     pub fn bind_metrics(&mut self, metrics: &Metrics) {
         for rule in &mut self.rules {
             rule.metrics = metrics.rule(&rule.name);
@@ -265,5 +267,53 @@ impl Runtime {
 
     pub fn upstream_of(&self, rule: &Rule) -> &Upstream {
         &self.upstreams[rule.upstream]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::metrics::{DecisionResult, Metrics, Outcome};
+
+    const YAML: &str = "
+upstreams: { api: { servers: [\"127.0.0.1:9\"] } }
+rules:
+  - name: all
+    match: { path: \"/**\" }
+    upstream: api
+    limits: [{ name: per-ip, key: ip, rate: 1/second }]
+";
+
+    fn exposed(metrics: &Metrics) -> String {
+        String::from_utf8(metrics.encode()).unwrap()
+    }
+
+    #[test]
+    fn a_compiled_snapshot_counts_into_the_registry_only_once_bound() {
+        let mut rt = crate::config::load_str(YAML, Path::new("t.yaml")).unwrap();
+        let metrics = Metrics::new();
+        rt.rules[0].metrics.record(Outcome::Allowed);
+        rt.rules[0].limits[0]
+            .metrics
+            .record(DecisionResult::Allowed);
+        assert!(!exposed(&metrics).contains("rule=\"all\""));
+
+        rt.bind_metrics(&metrics);
+        rt.rules[0].metrics.record(Outcome::Allowed);
+        rt.rules[0].limits[0]
+            .metrics
+            .record(DecisionResult::Allowed);
+        let text = exposed(&metrics);
+        assert!(
+            text.contains(r#"tollgate_requests_total{outcome="allowed",rule="all"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"tollgate_decisions_total{limit="per-ip",result="allowed",rule="all"} 1"#
+            ),
+            "{text}"
+        );
     }
 }

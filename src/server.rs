@@ -55,14 +55,13 @@ pub enum LoadError {
 }
 
 pub fn load_shared(config_path: &Path) -> Result<Arc<Shared>, LoadError> {
-    let metrics = Metrics::new();
-    let runtime = config::load_file(config_path, &metrics)?;
+    let runtime = config::load_file(config_path)?;
     for warning in &runtime.warnings {
         tracing::warn!("{}:{warning}", config_path.display());
     }
     Ok(Arc::new(Shared::new(
         runtime,
-        metrics,
+        Metrics::new(),
         config_path.to_path_buf(),
     )?))
 }
@@ -260,12 +259,11 @@ mod tests {
     use super::*;
 
     fn server_for(yaml: &str, options: ProcessOptions) -> Server {
-        let metrics = Metrics::new();
         let yaml = format!(
             "{yaml}\nupstreams: {{ api: {{ servers: [\"127.0.0.1:9\"] }} }}\nrules: [{{ name: all, match: {{ path: \"/**\" }}, upstream: api }}]\n"
         );
-        let runtime = config::load_str(&yaml, Path::new("test.yaml"), &metrics).unwrap();
-        let shared = Shared::new(runtime, metrics, "test.yaml".into()).unwrap();
+        let runtime = config::load_str(&yaml, Path::new("test.yaml")).unwrap();
+        let shared = Shared::new(runtime, Metrics::new(), "test.yaml".into()).unwrap();
         build_server(Arc::new(shared), options)
     }
 

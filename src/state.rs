@@ -36,13 +36,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Fails only on Redis settings the config check let through but the
-    /// client refuses.
+    /// Binds `runtime`'s metric handles to `metrics` and serves it. Fails
+    /// only on Redis settings the config check let through but the client
+    /// refuses.
     pub fn new(
-        runtime: Runtime,
+        mut runtime: Runtime,
         metrics: Metrics,
         config_path: PathBuf,
     ) -> Result<Self, redis::RedisError> {
+        runtime.bind_metrics(&metrics);
         metrics
             .config_generation
             .set(runtime.source.generation as i64);

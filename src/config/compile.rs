@@ -22,7 +22,7 @@ use crate::limit::{
     Concurrent, FixedWindow, Gcra, LeakyBucket, LimitDefinition, LimitId, Limiter, SlidingCounter,
     SlidingLog, TokenBucket,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{LimitMetrics, RuleMetrics};
 use crate::policy::units::{self, Rate, MAX_RATE_COUNT};
 use crate::policy::{HeaderStyle, MissingPolicy};
 use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
@@ -125,11 +125,7 @@ impl Compiler<'_> {
 
 /// Compiles a parsed config. On success the runtime carries the warnings; on
 /// failure every problem (errors and warnings) is returned.
-pub fn compile(
-    origin: ConfigSource,
-    source: &SourceMap,
-    metrics: &Metrics,
-) -> Result<Runtime, Vec<Problem>> {
+pub fn compile(origin: ConfigSource, source: &SourceMap) -> Result<Runtime, Vec<Problem>> {
     let input = &origin.input;
     let mut c = Compiler {
         source,
@@ -151,7 +147,7 @@ pub fn compile(
             "no rules are defined: a gateway needs at least one rule (a catch-all is `match: { path: \"/**\" }`)",
         );
     }
-    let rules = compile_rules(&mut c, input, &upstream_index, metrics);
+    let rules = compile_rules(&mut c, input, &upstream_index);
     if store.redis.is_some() {
         check_redis_limits(&mut c, &rules);
     } else {
@@ -695,7 +691,6 @@ fn compile_rules(
     c: &mut Compiler<'_>,
     input: &ConfigInput,
     upstreams: &HashMap<&str, usize>,
-    metrics: &Metrics,
 ) -> Vec<Rule> {
     let mut seen_names = HashSet::new();
     let mut rules: Vec<Rule> = Vec::new();
@@ -708,7 +703,7 @@ fn compile_rules(
                 format!("duplicate rule name {:?}", r.name),
             );
         }
-        if let Some(rule) = compile_rule(c, &base, r, &input.server, upstreams, metrics) {
+        if let Some(rule) = compile_rule(c, &base, r, &input.server, upstreams) {
             rules.push(rule);
         }
     }
@@ -775,7 +770,6 @@ fn compile_rule(
     r: &RuleInput,
     server: &ServerInput,
     upstreams: &HashMap<&str, usize>,
-    metrics: &Metrics,
 ) -> Option<Rule> {
     let pattern = compile_path_pattern(c, &format!("{base}.match.path"), &r.matches.path);
     let mut methods = Vec::new();
@@ -817,7 +811,7 @@ fn compile_rule(
     let mut limits = Vec::new();
     for (i, l) in r.limits.iter().enumerate() {
         let path = format!("{base}.limits[{i}]");
-        if let Some(limit) = compile_limit(c, &path, &r.name, l, metrics) {
+        if let Some(limit) = compile_limit(c, &path, &r.name, l) {
             if !limit_names.insert(limit.name.clone()) {
                 c.error(
                     format!("{path}.name"),
@@ -838,14 +832,7 @@ fn compile_rule(
         .collect();
     let deny = compile_deny(c, &format!("{base}.deny"), r.deny.as_ref());
     let websocket = match &r.websocket {
-        Some(w) => compile_websocket(
-            c,
-            &format!("{base}.websocket"),
-            &r.name,
-            w,
-            &limit_names,
-            metrics,
-        ),
+        Some(w) => compile_websocket(c, &format!("{base}.websocket"), &r.name, w, &limit_names),
         None => WebSocketPolicy::default(),
     };
     Some(Rule {
@@ -859,7 +846,7 @@ fn compile_rule(
         deny,
         on_error: r.on_error,
         websocket,
-        metrics: metrics.rule(&r.name),
+        metrics: RuleMetrics::unbound(),
     })
 }
 
@@ -869,7 +856,6 @@ fn compile_websocket(
     rule: &str,
     w: &WebSocketInput,
     request_limits: &HashSet<String>,
-    metrics: &Metrics,
 ) -> WebSocketPolicy {
     let duration = |c: &mut Compiler<'_>, field: &str, text: &Option<String>| {
         let text = text.as_ref()?;
@@ -916,7 +902,7 @@ fn compile_websocket(
             input.key = KeyInput::One(KeyPartInput::Global);
             input.name = Some(l.name.clone().unwrap_or_else(|| "per-connection".into()));
         }
-        let limit = compile_limit(c, &path, rule, &input, metrics)?;
+        let limit = compile_limit(c, &path, rule, &input)?;
         if request_limits.contains(&limit.name) {
             c.error(
                 format!("{path}.name"),
@@ -978,7 +964,6 @@ fn compile_limit(
     path: &str,
     rule: &str,
     l: &LimitInput,
-    metrics: &Metrics,
 ) -> Option<RuleLimit> {
     let parts = l.key.parts();
     if parts.is_empty() {
@@ -1132,7 +1117,7 @@ fn compile_limit(
         ),
         batch,
         policy_header: rate.map(|r| policy_header(&name, &limiter, r, quota)),
-        metrics: metrics.limit(rule, &name),
+        metrics: LimitMetrics::unbound(),
         name,
         key,
         missing: l.missing.unwrap_or(MissingPolicy::Deny),

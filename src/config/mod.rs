@@ -10,7 +10,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::schema::{ConfigInput, ConfigSource, Problem, Severity};
 pub use locate::{Position, SourceMap};
@@ -92,13 +91,14 @@ pub fn read_file(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// Reads, parses and compiles a config file.
-pub fn load_file(path: &Path, metrics: &Metrics) -> Result<Runtime, ConfigError> {
-    load_str(&read_file(path)?, path, metrics)
+pub fn load_file(path: &Path) -> Result<Runtime, ConfigError> {
+    load_str(&read_file(path)?, path)
 }
 
 /// Parses and compiles config text; `file` is only used in messages. The
-/// runtime is generation 1, loaded now; a reload renumbers it.
-pub fn load_str(text: &str, file: &Path, metrics: &Metrics) -> Result<Runtime, ConfigError> {
+/// runtime is generation 1, loaded now; a reload renumbers it. Its metric
+/// handles are unbound until it is swapped in (see `Runtime::bind_metrics`).
+pub fn load_str(text: &str, file: &Path) -> Result<Runtime, ConfigError> {
     let refuse = |problems: Vec<Problem>| ConfigError {
         file: file.to_path_buf(),
         problems: redact_secrets(problems, text),
@@ -121,7 +121,7 @@ pub fn load_str(text: &str, file: &Path, metrics: &Metrics) -> Result<Runtime, C
         generation: 1,
         loaded_at: SystemTime::now(),
     };
-    compile::compile(origin, &source, metrics).map_err(refuse)
+    compile::compile(origin, &source).map_err(refuse)
 }
 
 /// True for text that holds no YAML node: blank lines, comments and document
