@@ -1,4 +1,5 @@
 //! Every Prometheus metric of the gateway, defined here and nowhere else.
+//! (Parts beside the gateway register their own in the same registry.)
 //!
 //! Label values come only from the config (rule, limit and upstream names) and
 //! from fixed enums, never from anything a client sends, so a flood of random
@@ -241,48 +242,6 @@ fn unbound() -> &'static (RuleMetrics, LimitMetrics) {
     })
 }
 
-/// The demo upstream's counters.
-#[derive(Debug, Clone)]
-pub struct DemoMetrics {
-    accepted: IntCounter,
-    rejected: IntCounter,
-    clients: IntGauge,
-    sent: IntCounter,
-    dropped: IntCounter,
-}
-
-/// Counts a WebSocket client for as long as it lives.
-pub struct ClientGuard(IntGauge);
-
-impl Drop for ClientGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-impl DemoMetrics {
-    pub fn accepted(&self, events: usize) {
-        self.accepted.inc_by(events as u64);
-    }
-
-    pub fn rejected(&self, events: usize) {
-        self.rejected.inc_by(events as u64);
-    }
-
-    pub fn client_connected(&self) -> ClientGuard {
-        self.clients.inc();
-        ClientGuard(self.clients.clone())
-    }
-
-    pub fn sent(&self) {
-        self.sent.inc();
-    }
-
-    pub fn dropped(&self, messages: u64) {
-        self.dropped.inc_by(messages);
-    }
-}
-
 /// The limiter store's health: Redis latency and failures, the circuit
 /// breaker, and the decisions taken without the shared store.
 #[derive(Debug, Clone)]
@@ -314,7 +273,6 @@ pub struct Metrics {
     pub tracked_keys: IntGauge,
     pub store_evictions: IntCounter,
     pub store: StoreMetrics,
-    pub demo: DemoMetrics,
     pub connections: ConnectionMetrics,
     /// Requests that matched no rule or were refused before routing.
     unrouted: RuleMetrics,
@@ -449,12 +407,6 @@ impl Metrics {
             "Unix time of the last successful config load",
         );
         let tracked_keys = gauge(r, "tracked_keys", "Limiter states held in memory");
-        let demo_events = counter_vec(
-            r,
-            "demo_events_total",
-            "Vehicle events the demo upstream accepted or rejected",
-            &["result"],
-        );
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help)
                 .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
@@ -497,23 +449,6 @@ impl Metrics {
                 "Times the circuit breaker in front of Redis opened",
             ),
         };
-        let demo = DemoMetrics {
-            accepted: demo_events.with_label_values(&["accepted"]),
-            rejected: demo_events.with_label_values(&["rejected"]),
-            clients: gauge(
-                r,
-                "demo_websocket_clients",
-                "WebSocket clients of the demo upstream",
-            ),
-            sent: counter(
-                "demo_messages_sent_total",
-                "Messages sent to demo WebSocket clients",
-            ),
-            dropped: counter(
-                "demo_messages_dropped_total",
-                "Messages slow demo WebSocket clients lost (oldest first)",
-            ),
-        };
         let connections_closed = counter_vec(
             r,
             "connections_closed_total",
@@ -549,7 +484,6 @@ impl Metrics {
             tracked_keys,
             store_evictions,
             store,
-            demo,
             connections,
             unrouted,
         }
@@ -651,6 +585,12 @@ impl Metrics {
     /// Counters for requests that never reached a rule (`rule=""`).
     pub fn unrouted(&self) -> &RuleMetrics {
         &self.unrouted
+    }
+
+    /// The registry `/metrics` encodes, for parts beside the gateway that
+    /// define metrics of their own (each in one place of its own).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The Prometheus text exposition of every metric.

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::admin::AdminApp;
 use crate::config::{self, ConfigError};
-use crate::demo::{Demo, DemoService};
+use crate::demo::{Demo, DemoMetrics, DemoService};
 use crate::metrics::Metrics;
 use crate::proxy::connection::Front;
 use crate::proxy::Gateway;
@@ -109,11 +109,16 @@ pub fn build_server(shared: Arc<Shared>, options: ProcessOptions) -> Server {
     admin.threads = Some(1);
 
     if let Some(settings) = rt.demo.clone() {
-        let demo = Demo::new(&settings, shared.metrics.demo.clone());
-        let mut service =
-            background_service("tollgate demo upstream", DemoService { settings, demo });
-        service.threads = Some(1);
-        server.add_service(service);
+        match DemoMetrics::register(shared.metrics.registry()) {
+            Ok(metrics) => {
+                let demo = Demo::new(&settings, metrics);
+                let mut service =
+                    background_service("tollgate demo upstream", DemoService { settings, demo });
+                service.threads = Some(1);
+                server.add_service(service);
+            }
+            Err(e) => tracing::error!("the demo upstream cannot register its metrics: {e}"),
+        }
     }
 
     let mut sweeper = background_service(

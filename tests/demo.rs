@@ -624,3 +624,16 @@ async fn the_config_endpoint_shows_the_demo_section_with_its_defaults_and_no_pas
     assert_eq!(demo["redis"]["url"], "redis://<redacted>@127.0.0.1:1");
     assert!(!config.to_string().contains("hunter2"), "{config}");
 }
+
+#[tokio::test]
+async fn a_gateway_without_the_demo_exposes_no_demo_metrics() {
+    let upstream = common::Upstream::start().await;
+    let rest = "rules: [{ name: all, match: { path: \"/**\" }, upstream: api }]\n";
+    let gw = Gateway::start(&common::gateway_config("api", rest), upstream.addr).await;
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("tollgate_config_generation 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("tollgate_demo_"), "{metrics}");
+}

@@ -6,6 +6,7 @@
 mod bus;
 mod fanout;
 mod http;
+pub mod metrics;
 pub mod schema;
 mod ws;
 
@@ -19,10 +20,10 @@ use axum::extract::ws::Utf8Bytes;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::metrics::DemoMetrics;
 use bus::Bus;
 pub use bus::BusSettings;
 use fanout::Fanout;
+pub use metrics::DemoMetrics;
 use schema::VehicleEvent;
 
 /// The most vehicles whose latest position is kept; beyond it the stalest go.
