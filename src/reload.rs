@@ -143,7 +143,7 @@ fn read_and_compile(shared: &Shared, trigger: Trigger) -> Result<Candidate, Conf
     if trigger == Trigger::File && failed.as_deref() == Some(sha256.as_str()) {
         return Ok(Candidate::NotYet);
     }
-    let result = config::load_str(&text, path);
+    let result = shared.loader.load_str(&text, path);
     match result {
         Ok(runtime) => Ok(Candidate::Compiled(Box::new(runtime))),
         Err(e) => {
@@ -318,8 +318,11 @@ pub fn restart_required(startup: &Startup, rt: &Runtime) -> Vec<String> {
     if now.grace_period != startup.grace_period {
         differ.push("server.grace_period".to_string());
     }
-    if now.demo != startup.demo {
-        differ.push("demo".to_string());
+    for (name, settings) in &now.parts {
+        let started = startup.parts.iter().find(|(n, _)| n == name);
+        if started.map(|(_, s)| s) != Some(settings) {
+            differ.push(name.to_string());
+        }
     }
     if now.max_keys != startup.max_keys {
         differ.push("store.memory.max_keys".to_string());
