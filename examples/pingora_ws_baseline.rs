@@ -21,8 +21,7 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use tokio_tungstenite::tungstenite::Message;
-use tollgate::demo::{BusSettings, Demo, DemoService, DemoSettings};
-use tollgate::metrics::Metrics;
+use tollgate::demo::{BusSettings, Demo, DemoMetrics, DemoService, DemoSettings};
 
 /// Pingora's proxy with nothing of ours in the way.
 struct Plain {
@@ -132,7 +131,10 @@ fn main() -> anyhow::Result<()> {
     if echo {
         std::thread::spawn(move || echo_upstream(demo_addr));
     } else {
-        let demo = Demo::new(&settings, Metrics::new().demo.clone());
+        let demo = Demo::new(
+            &settings,
+            DemoMetrics::register(&prometheus::Registry::new())?,
+        );
         server.add_service(background_service(
             "demo upstream",
             DemoService { settings, demo },

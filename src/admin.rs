@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::limit::redis::redact_url;
 use crate::policy::OnError;
 use crate::reload::{self, ReloadOutcome};
+use crate::runtime::Runtime;
 use crate::schema::ConfigInput;
 use crate::state::Shared;
 use crate::state::{rfc3339, Trigger};
@@ -172,9 +173,21 @@ impl AdminApp {
             "sha256": source.sha256,
             "warnings": rt.warnings,
             "last_reload": self.shared.reloader.last(),
-            "config": redacted(&source.input),
+            "config": shown(&rt),
         })
     }
+}
+
+/// The config in effect as JSON, secrets redacted: the core's sections, and
+/// each part's as the part shows it.
+fn shown(rt: &Runtime) -> Value {
+    let mut value = redacted(&rt.source.input);
+    if let Value::Object(sections) = &mut value {
+        for part in &rt.parts {
+            sections.insert(part.name.to_string(), part.shown.clone());
+        }
+    }
+    value
 }
 
 /// The config as JSON with its secrets replaced: the admin token, the values
@@ -186,10 +199,8 @@ pub fn redacted(input: &ConfigInput) -> Value {
             *token = Value::from(REDACTED);
         }
     }
-    for pointer in ["/store/redis/url", "/demo/redis/url"] {
-        if let Some(Value::String(url)) = value.pointer_mut(pointer) {
-            *url = redact_url(url);
-        }
+    if let Some(Value::String(url)) = value.pointer_mut("/store/redis/url") {
+        *url = redact_url(url);
     }
     if let Some(Value::Array(urls)) = value.pointer_mut("/store/redis/urls") {
         for url in urls {

@@ -7,11 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pingora::server::RunArgs;
+use tollgate::app;
 use tollgate::check::{self, Hypothetical};
-use tollgate::config::{self};
-use tollgate::metrics::Metrics;
 use tollgate::schema::Severity;
-use tollgate::server::{self, ProcessOptions};
+use tollgate::server::ProcessOptions;
 
 #[derive(Parser)]
 #[command(
@@ -90,14 +89,14 @@ fn survive_early_sighup() {
 
 fn run(config_path: PathBuf) -> ExitCode {
     survive_early_sighup();
-    let shared = match server::load_shared(&config_path) {
+    let shared = match app::load_shared(&config_path) {
         Ok(shared) => shared,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(1);
         }
     };
-    if let Err(e) = server::check_bindable(&shared) {
+    if let Err(e) = app::check_bindable(&shared) {
         eprintln!("tollgate: {e}");
         return ExitCode::from(1);
     }
@@ -117,7 +116,7 @@ fn run(config_path: PathBuf) -> ExitCode {
         grace_period_seconds: None,
         handle_sighup: true,
     };
-    server::build_server(shared, options).run(RunArgs::default());
+    app::build_server(shared, options).run(RunArgs::default());
     ExitCode::SUCCESS
 }
 
@@ -127,7 +126,7 @@ fn check(
     headers: &[String],
     ip: IpAddr,
 ) -> ExitCode {
-    let runtime = match config::load_file(&config_path, &Metrics::new()) {
+    let runtime = match app::loader().load_file(&config_path) {
         Ok(runtime) => runtime,
         Err(e) => {
             let errors = e

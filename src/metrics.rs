@@ -1,9 +1,11 @@
 //! Every Prometheus metric of the gateway, defined here and nowhere else.
+//! (Parts beside the gateway register their own in the same registry.)
 //!
 //! Label values come only from the config (rule, limit and upstream names) and
 //! from fixed enums, never from anything a client sends, so a flood of random
 //! paths or keys cannot grow the number of series.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::policy::OnError;
@@ -163,8 +165,9 @@ impl ConnectionMetrics {
     }
 }
 
-/// Counters of one rule, resolved once at config compile time so the request
-/// path never looks a label set up.
+/// Counters of one rule, resolved once when its snapshot is bound to the
+/// gateway's registry (`Runtime::bind_metrics`), so the request path never
+/// looks a label set up.
 #[derive(Debug, Clone)]
 pub struct RuleMetrics {
     by_outcome: [IntCounter; Outcome::ALL.len()],
@@ -176,6 +179,14 @@ pub struct RuleMetrics {
 }
 
 impl RuleMetrics {
+    /// Handles that count into no registry a gateway exposes: what a compiled
+    /// snapshot holds until it is bound, as it is swapped in. Compiling a
+    /// config thus touches no registry, and a snapshot that is never served
+    /// (`check`, a rejected reload) leaves no series behind.
+    pub fn unbound() -> Self {
+        unbound().0.clone()
+    }
+
     /// Counts a client WebSocket message of a rule with message limits.
     pub fn websocket_message(&self, result: MessageResult) {
         self.websocket_messages[result as usize].inc();
@@ -211,51 +222,24 @@ pub struct LimitMetrics {
 }
 
 impl LimitMetrics {
+    /// See [`RuleMetrics::unbound`].
+    pub fn unbound() -> Self {
+        unbound().1.clone()
+    }
+
     pub fn record(&self, result: DecisionResult) {
         self.by_result[result as usize].inc();
     }
 }
 
-/// The demo upstream's counters.
-#[derive(Debug, Clone)]
-pub struct DemoMetrics {
-    accepted: IntCounter,
-    rejected: IntCounter,
-    clients: IntGauge,
-    sent: IntCounter,
-    dropped: IntCounter,
-}
-
-/// Counts a WebSocket client for as long as it lives.
-pub struct ClientGuard(IntGauge);
-
-impl Drop for ClientGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-impl DemoMetrics {
-    pub fn accepted(&self, events: usize) {
-        self.accepted.inc_by(events as u64);
-    }
-
-    pub fn rejected(&self, events: usize) {
-        self.rejected.inc_by(events as u64);
-    }
-
-    pub fn client_connected(&self) -> ClientGuard {
-        self.clients.inc();
-        ClientGuard(self.clients.clone())
-    }
-
-    pub fn sent(&self) {
-        self.sent.inc();
-    }
-
-    pub fn dropped(&self, messages: u64) {
-        self.dropped.inc_by(messages);
-    }
+/// One set of unbound handles, cloned into every compiled rule and limit: a
+/// registry of their own that nobody gathers, made once per process.
+fn unbound() -> &'static (RuleMetrics, LimitMetrics) {
+    static UNBOUND: OnceLock<(RuleMetrics, LimitMetrics)> = OnceLock::new();
+    UNBOUND.get_or_init(|| {
+        let scratch = Metrics::new();
+        (scratch.rule(""), scratch.limit("", ""))
+    })
 }
 
 /// The limiter store's health: Redis latency and failures, the circuit
@@ -289,7 +273,6 @@ pub struct Metrics {
     pub tracked_keys: IntGauge,
     pub store_evictions: IntCounter,
     pub store: StoreMetrics,
-    pub demo: DemoMetrics,
     pub connections: ConnectionMetrics,
     /// Requests that matched no rule or were refused before routing.
     unrouted: RuleMetrics,
@@ -424,12 +407,6 @@ impl Metrics {
             "Unix time of the last successful config load",
         );
         let tracked_keys = gauge(r, "tracked_keys", "Limiter states held in memory");
-        let demo_events = counter_vec(
-            r,
-            "demo_events_total",
-            "Vehicle events the demo upstream accepted or rejected",
-            &["result"],
-        );
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help)
                 .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
@@ -472,23 +449,6 @@ impl Metrics {
                 "Times the circuit breaker in front of Redis opened",
             ),
         };
-        let demo = DemoMetrics {
-            accepted: demo_events.with_label_values(&["accepted"]),
-            rejected: demo_events.with_label_values(&["rejected"]),
-            clients: gauge(
-                r,
-                "demo_websocket_clients",
-                "WebSocket clients of the demo upstream",
-            ),
-            sent: counter(
-                "demo_messages_sent_total",
-                "Messages sent to demo WebSocket clients",
-            ),
-            dropped: counter(
-                "demo_messages_dropped_total",
-                "Messages slow demo WebSocket clients lost (oldest first)",
-            ),
-        };
         let connections_closed = counter_vec(
             r,
             "connections_closed_total",
@@ -524,7 +484,6 @@ impl Metrics {
             tracked_keys,
             store_evictions,
             store,
-            demo,
             connections,
             unrouted,
         }
@@ -626,6 +585,12 @@ impl Metrics {
     /// Counters for requests that never reached a rule (`rule=""`).
     pub fn unrouted(&self) -> &RuleMetrics {
         &self.unrouted
+    }
+
+    /// The registry `/metrics` encodes, for parts beside the gateway that
+    /// define metrics of their own (each in one place of its own).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The Prometheus text exposition of every metric.

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::config::{self, ConfigError};
 
 use crate::limit::LimitId;
-use crate::metrics::{Metrics, ReloadResult};
+use crate::metrics::ReloadResult;
 use crate::runtime::Runtime;
 use crate::schema::Problem;
 use crate::state::{unix_seconds, Changes, LimitChanges, ReloadSummary, Shared, Startup, Trigger};
@@ -122,8 +122,9 @@ pub async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutcome {
     }
 }
 
-/// Reads and compiles the file against a scratch registry: a file that fails
-/// must leave no trace, not even metric series.
+/// Reads and compiles the file. A file that fails must leave no trace, not
+/// even metric series: the compiled snapshot is bound to the registry only
+/// when `apply` swaps it in.
 fn read_and_compile(shared: &Shared, trigger: Trigger) -> Result<Candidate, ConfigError> {
     let path = &shared.config_path;
     let text = match std::fs::read_to_string(path) {
@@ -142,7 +143,7 @@ fn read_and_compile(shared: &Shared, trigger: Trigger) -> Result<Candidate, Conf
     if trigger == Trigger::File && failed.as_deref() == Some(sha256.as_str()) {
         return Ok(Candidate::NotYet);
     }
-    let result = config::load_str(&text, path, &Metrics::new());
+    let result = shared.loader.load_str(&text, path);
     match result {
         Ok(runtime) => Ok(Candidate::Compiled(Box::new(runtime))),
         Err(e) => {
@@ -317,8 +318,11 @@ pub fn restart_required(startup: &Startup, rt: &Runtime) -> Vec<String> {
     if now.grace_period != startup.grace_period {
         differ.push("server.grace_period".to_string());
     }
-    if now.demo != startup.demo {
-        differ.push("demo".to_string());
+    for (name, settings) in &now.parts {
+        let started = startup.parts.iter().find(|(n, _)| n == name);
+        if started.map(|(_, s)| s) != Some(settings) {
+            differ.push(name.to_string());
+        }
     }
     if now.max_keys != startup.max_keys {
         differ.push("store.memory.max_keys".to_string());

@@ -1,13 +1,15 @@
 //! The compiled, immutable snapshot a request is served with. Built from the
 //! config file by `config::compile`; swapped whole, never edited in place.
 
+use std::any::Any;
+use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
 
-use crate::demo::DemoSettings;
 use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
 use crate::limit::failover::BreakerSettings;
 use crate::limit::redis::RedisSettings;
@@ -39,8 +41,9 @@ pub struct MessageLimit {
 pub struct Runtime {
     pub server: ServerSettings,
     pub store: StoreSettings,
-    /// The built-in demo upstream, when enabled.
-    pub demo: Option<DemoSettings>,
+    /// What the parts beside the gateway made of their sections, in the
+    /// order the binary added them (see `config::part`).
+    pub parts: Vec<CompiledPart>,
     pub routes: RouteTable,
     /// In file order; `routes` yields indices into this.
     pub rules: Vec<Rule>,
@@ -241,9 +244,62 @@ impl Upstream {
     }
 }
 
+/// The settings a part runs with, held in the snapshot without the core
+/// knowing their type. Two are equal when they have the same type and value.
+#[derive(Debug, Clone)]
+pub struct PartSettings(Arc<dyn Erased>);
+
+impl PartSettings {
+    pub fn new<T: Any + Debug + PartialEq + Send + Sync>(settings: T) -> Self {
+        PartSettings(Arc::new(settings))
+    }
+
+    /// The settings, if they are a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref()
+    }
+}
+
+impl PartialEq for PartSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.same(&*other.0)
+    }
+}
+
+impl Eq for PartSettings {}
+
+/// Settings of any type, compared by value.
+trait Erased: Any + Debug + Send + Sync {
+    fn same(&self, other: &dyn Erased) -> bool;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Any + Debug + PartialEq + Send + Sync> Erased for T {
+    fn same(&self, other: &dyn Erased) -> bool {
+        other.as_any().downcast_ref::<T>() == Some(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// What a part beside the gateway made of its section of the file (see
+/// `config::part`), kept in the snapshot.
+#[derive(Debug, Clone)]
+pub struct CompiledPart {
+    pub name: &'static str,
+    /// The section as read, defaults filled in and secrets redacted, for
+    /// `GET /-/config` (`null` when absent).
+    pub shown: serde_json::Value,
+    pub settings: Option<PartSettings>,
+}
+
 impl Runtime {
-    /// Points the snapshot's metric handles at `metrics` (a reload compiles
-    /// against a scratch registry so that a rejected file leaves no series).
+    /// Points the snapshot's metric handles at the gateway's registry. Done
+    /// once, where a snapshot is swapped in (`Shared::new` at start, and a
+    /// reload's apply): a compiled snapshot counts into nothing a gateway
+    /// exposes, so a rejected file leaves no series.
     pub fn bind_metrics(&mut self, metrics: &Metrics) {
         for rule in &mut self.rules {
             rule.metrics = metrics.rule(&rule.name);
@@ -252,6 +308,14 @@ impl Runtime {
                 limit.metrics = metrics.limit(&rule.name, &limit.name);
             }
         }
+    }
+
+    /// The settings of the part `name`, if it runs and they are a `T`.
+    pub fn part<T: Any>(&self, name: &str) -> Option<&T> {
+        self.parts
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.settings.as_ref()?.get())
     }
 
     /// What a rule's requests get while Redis fails.
@@ -265,5 +329,64 @@ impl Runtime {
 
     pub fn upstream_of(&self, rule: &Rule) -> &Upstream {
         &self.upstreams[rule.upstream]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::PartSettings;
+    use crate::metrics::{DecisionResult, Metrics, Outcome};
+
+    const YAML: &str = "
+upstreams: { api: { servers: [\"127.0.0.1:9\"] } }
+rules:
+  - name: all
+    match: { path: \"/**\" }
+    upstream: api
+    limits: [{ name: per-ip, key: ip, rate: 1/second }]
+";
+
+    fn exposed(metrics: &Metrics) -> String {
+        String::from_utf8(metrics.encode()).unwrap()
+    }
+
+    #[test]
+    fn part_settings_are_equal_when_their_type_and_value_are() {
+        let a = PartSettings::new(1u32);
+        assert_eq!(a, PartSettings::new(1u32));
+        assert_ne!(a, PartSettings::new(2u32));
+        assert_ne!(a, PartSettings::new(1u64));
+        assert_eq!(a.get::<u32>(), Some(&1));
+        assert_eq!(a.get::<u64>(), None);
+    }
+
+    #[test]
+    fn a_compiled_snapshot_counts_into_the_registry_only_once_bound() {
+        let mut rt = crate::config::load_str(YAML, Path::new("t.yaml")).unwrap();
+        let metrics = Metrics::new();
+        rt.rules[0].metrics.record(Outcome::Allowed);
+        rt.rules[0].limits[0]
+            .metrics
+            .record(DecisionResult::Allowed);
+        assert!(!exposed(&metrics).contains("rule=\"all\""));
+
+        rt.bind_metrics(&metrics);
+        rt.rules[0].metrics.record(Outcome::Allowed);
+        rt.rules[0].limits[0]
+            .metrics
+            .record(DecisionResult::Allowed);
+        let text = exposed(&metrics);
+        assert!(
+            text.contains(r#"tollgate_requests_total{outcome="allowed",rule="all"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"tollgate_decisions_total{limit="per-ip",result="allowed",rule="all"} 1"#
+            ),
+            "{text}"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Assembles the Pingora server: the proxy listener(s), the admin listener and
-//! background housekeeping, all sharing one [`Shared`] state.
+//! background housekeeping, all sharing one [`Shared`] state, plus whatever
+//! services the caller adds (the parts beside the gateway: see `app`).
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -12,11 +13,11 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use pingora::services::ServiceWithDependents;
 use tokio::sync::Notify;
 
 use crate::admin::AdminApp;
-use crate::config::{self, ConfigError};
-use crate::demo::{Demo, DemoService};
+use crate::config::{ConfigError, Loader};
 use crate::metrics::Metrics;
 use crate::proxy::connection::Front;
 use crate::proxy::Gateway;
@@ -44,7 +45,6 @@ pub struct ProcessOptions {
     pub handle_sighup: bool,
 }
 
-/// Loads the config and builds the state the services share.
 /// Why the gateway could not be set up from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -54,16 +54,17 @@ pub enum LoadError {
     Redis(#[from] redis::RedisError),
 }
 
-pub fn load_shared(config_path: &Path) -> Result<Arc<Shared>, LoadError> {
-    let metrics = Metrics::new();
-    let runtime = config::load_file(config_path, &metrics)?;
+/// Loads the config with `loader` and builds the state the services share.
+pub fn load_shared(config_path: &Path, loader: Loader) -> Result<Arc<Shared>, LoadError> {
+    let runtime = loader.load_file(config_path)?;
     for warning in &runtime.warnings {
         tracing::warn!("{}:{warning}", config_path.display());
     }
     Ok(Arc::new(Shared::new(
         runtime,
-        metrics,
+        Metrics::new(),
         config_path.to_path_buf(),
+        loader,
     )?))
 }
 
@@ -71,21 +72,25 @@ pub fn load_shared(config_path: &Path) -> Result<Arc<Shared>, LoadError> {
 /// (Pingora would panic in a service thread instead).
 pub fn check_bindable(shared: &Shared) -> Result<(), String> {
     let rt = shared.runtime.load();
-    let demo = rt.demo.as_ref().map(|d| d.listen.to_string());
-    for addr in rt
-        .server
-        .listen
-        .iter()
-        .chain([&rt.server.admin])
-        .chain(demo.as_ref())
-    {
-        TcpListener::bind(addr.as_str()).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    for addr in rt.server.listen.iter().chain([&rt.server.admin]) {
+        bindable(addr)?;
     }
     Ok(())
 }
 
-/// Builds the Pingora server with all tollgate services.
-pub fn build_server(shared: Arc<Shared>, options: ProcessOptions) -> Server {
+/// Whether a listener could bind `addr` now; the error names it.
+pub fn bindable(addr: &str) -> Result<(), String> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+/// Builds the Pingora server with all tollgate services, and `extra` ones.
+pub fn build_server(
+    shared: Arc<Shared>,
+    options: ProcessOptions,
+    extra: Vec<Box<dyn ServiceWithDependents>>,
+) -> Server {
     let rt = shared.runtime.load_full();
     let grace_period = options
         .grace_period_seconds
@@ -109,13 +114,7 @@ pub fn build_server(shared: Arc<Shared>, options: ProcessOptions) -> Server {
     admin.add_tcp(&rt.server.admin);
     admin.threads = Some(1);
 
-    if let Some(settings) = rt.demo.clone() {
-        let demo = Demo::new(&settings, shared.metrics.demo.clone());
-        let mut service =
-            background_service("tollgate demo upstream", DemoService { settings, demo });
-        service.threads = Some(1);
-        server.add_service(service);
-    }
+    server.add_services(extra);
 
     let mut sweeper = background_service(
         "tollgate sweeper",
@@ -212,9 +211,10 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts the server on a new thread. Pingora builds its own runtimes, so
-    /// this must not be called from inside a tokio runtime's worker.
-    pub fn start(shared: Arc<Shared>) -> Self {
+    /// Starts the server, with `extra` services, on a new thread. Pingora
+    /// builds its own runtimes, so this must not be called from inside a
+    /// tokio runtime's worker.
+    pub fn start(shared: Arc<Shared>, extra: Vec<Box<dyn ServiceWithDependents>>) -> Self {
         let stop = Arc::new(Notify::new());
         let server = build_server(
             shared.clone(),
@@ -222,6 +222,7 @@ impl Running {
                 grace_period_seconds: Some(0),
                 handle_sighup: false,
             },
+            extra,
         );
         let signal = NotifyShutdown(stop.clone());
         let thread = std::thread::spawn(move || {
@@ -260,13 +261,18 @@ mod tests {
     use super::*;
 
     fn server_for(yaml: &str, options: ProcessOptions) -> Server {
-        let metrics = Metrics::new();
         let yaml = format!(
             "{yaml}\nupstreams: {{ api: {{ servers: [\"127.0.0.1:9\"] }} }}\nrules: [{{ name: all, match: {{ path: \"/**\" }}, upstream: api }}]\n"
         );
-        let runtime = config::load_str(&yaml, Path::new("test.yaml"), &metrics).unwrap();
-        let shared = Shared::new(runtime, metrics, "test.yaml".into()).unwrap();
-        build_server(Arc::new(shared), options)
+        let runtime = crate::config::load_str(&yaml, Path::new("test.yaml")).unwrap();
+        let shared = Shared::new(
+            runtime,
+            Metrics::new(),
+            "test.yaml".into(),
+            Loader::default(),
+        )
+        .unwrap();
+        build_server(Arc::new(shared), options, Vec::new())
     }
 
     #[test]

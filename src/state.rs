@@ -9,12 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::demo::DemoSettings;
+use crate::config::Loader;
 use crate::limit::failover::Limits;
 use crate::limit::redis::RedisStore;
 use crate::limit::{MemoryStore, MonotonicClock};
 use crate::metrics::Metrics;
-use crate::runtime::{RedisBackend, Runtime};
+use crate::runtime::{PartSettings, RedisBackend, Runtime};
 use crate::schema::Problem;
 
 /// State shared by the proxy, the admin listener and background tasks. The
@@ -25,6 +25,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub clock: MonotonicClock,
     pub config_path: PathBuf,
+    /// Loads the file at a reload, with the parts beside the gateway.
+    pub loader: Loader,
     /// What the listeners were started with (a reload cannot move them).
     pub startup: Startup,
     pub reloader: Reloader,
@@ -36,13 +38,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Fails only on Redis settings the config check let through but the
-    /// client refuses.
+    /// Binds `runtime`'s metric handles to `metrics` and serves it; `loader`
+    /// (which loaded it) loads the file again at a reload. Fails only on
+    /// Redis settings the config check let through but the client refuses.
     pub fn new(
-        runtime: Runtime,
+        mut runtime: Runtime,
         metrics: Metrics,
         config_path: PathBuf,
+        loader: Loader,
     ) -> Result<Self, redis::RedisError> {
+        runtime.bind_metrics(&metrics);
         metrics
             .config_generation
             .set(runtime.source.generation as i64);
@@ -71,6 +76,7 @@ impl Shared {
             metrics,
             clock,
             config_path,
+            loader,
             reloader: Reloader::default(),
             admin_token_env: std::env::var("TOLLGATE_ADMIN_TOKEN")
                 .ok()
@@ -143,7 +149,8 @@ pub struct Startup {
     /// Pingora takes the grace period and HTTP/2's idle timeout at start.
     pub grace_period: Duration,
     pub idle_timeout: Duration,
-    pub demo: Option<DemoSettings>,
+    /// Each part beside the gateway by name, with the settings it runs with.
+    pub parts: Vec<(&'static str, Option<PartSettings>)>,
     pub max_keys: usize,
     pub redis: Option<RedisBackend>,
 }
@@ -157,7 +164,11 @@ impl Startup {
             work_stealing: rt.server.work_stealing,
             grace_period: rt.server.grace_period,
             idle_timeout: rt.server.idle_timeout,
-            demo: rt.demo.clone(),
+            parts: rt
+                .parts
+                .iter()
+                .map(|p| (p.name, p.settings.clone()))
+                .collect(),
             max_keys: rt.store.max_keys,
             redis: rt.store.redis.clone(),
         }

@@ -7,7 +7,6 @@ use std::process::Command;
 
 use tollgate::check::{explain, Hypothetical};
 use tollgate::config::load_str;
-use tollgate::metrics::Metrics;
 use tollgate::schema::Severity;
 
 fn repo() -> PathBuf {
@@ -55,7 +54,7 @@ fn every_error_fixture_lists_each_problem_with_line_column_and_path() {
             "{} has no expectations",
             file.display()
         );
-        let error = load_str(&text, &file, &Metrics::new()).expect_err(&file.display().to_string());
+        let error = load_str(&text, &file).expect_err(&file.display().to_string());
         let errors: Vec<_> = error
             .problems
             .iter()
@@ -88,7 +87,7 @@ rules:
   - { name: all, match: { path: /** }, upstream: api }
   - { name: late, match: { path: /late }, upstream: api }
 ";
-    let loaded = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap();
+    let loaded = load_str(text, Path::new("t.yaml")).unwrap();
     let warning = &loaded.warnings[0];
     assert_eq!(warning.severity, Severity::Warning);
     assert_eq!(warning.path, "rules[1].match.path");
@@ -110,7 +109,7 @@ rules:
   - { name: posts, match: { path: /posts, methods: [POST] }, upstream: api }
   - { name: all-posts, match: { path: /posts }, upstream: api }
 ";
-    let loaded = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap();
+    let loaded = load_str(text, Path::new("t.yaml")).unwrap();
     let paths: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
     // `posts` only takes POST, so `all-posts` still matches other methods.
     assert_eq!(paths, vec!["rules[1].match.path"]);
@@ -126,13 +125,13 @@ fn with_a_rule(head: &str) -> String {
 #[test]
 fn trusting_every_peer_is_a_warning() {
     let text = with_a_rule("server: { trusted_proxies: [\"0.0.0.0/0\"] }");
-    let loaded = load_str(&text, Path::new("t.yaml"), &Metrics::new()).unwrap();
+    let loaded = load_str(&text, Path::new("t.yaml")).unwrap();
     assert_eq!(loaded.warnings[0].path, "server.trusted_proxies[0]");
     assert!(loaded.warnings[0].message.contains("every peer is trusted"));
 }
 
 fn only_problem(text: &str) -> tollgate::schema::Problem {
-    let error = load_str(text, Path::new("t.yaml"), &Metrics::new()).unwrap_err();
+    let error = load_str(text, Path::new("t.yaml")).unwrap_err();
     assert_eq!(error.problems.len(), 1, "{error}");
     error.problems[0].clone()
 }
@@ -189,11 +188,7 @@ fn ten_thousand_rules(flow: bool) -> String {
 
 #[test]
 fn ten_thousand_rules_in_block_style_load() {
-    let loaded = load_str(
-        &ten_thousand_rules(false),
-        Path::new("big.yaml"),
-        &Metrics::new(),
-    );
+    let loaded = load_str(&ten_thousand_rules(false), Path::new("big.yaml"));
     assert_eq!(
         loaded.map(|rt| rt.rules.len()).map_err(|e| e.to_string()),
         Ok(10_000)
@@ -202,11 +197,7 @@ fn ten_thousand_rules_in_block_style_load() {
 
 #[test]
 fn ten_thousand_rules_in_flow_style_load() {
-    let loaded = load_str(
-        &ten_thousand_rules(true),
-        Path::new("big.yaml"),
-        &Metrics::new(),
-    );
+    let loaded = load_str(&ten_thousand_rules(true), Path::new("big.yaml"));
     assert_eq!(
         loaded.map(|rt| rt.rules.len()).map_err(|e| e.to_string()),
         Ok(10_000)
@@ -233,7 +224,7 @@ fn a_huge_name_is_refused_without_being_echoed() {
     let text = format!(
         "upstreams: {{ api: {{ servers: [\"127.0.0.1:9\"] }} }}\nrules: [{{ name: {name}, match: {{ path: /a }}, upstream: api }}]\n"
     );
-    let error = load_str(&text, Path::new("t.yaml"), &Metrics::new()).unwrap_err();
+    let error = load_str(&text, Path::new("t.yaml")).unwrap_err();
     let shown = error.to_string();
     assert!(
         shown.contains("rules[0].name"),
@@ -252,7 +243,7 @@ fn a_redis_password_never_appears_in_a_problem() {
         "store: { backend: redis, redis: { urls: redis://:hunter2-secret@10.0.0.1:6379 } }",
     );
     for text in [bad_url, wrong_type] {
-        let error = load_str(&text, Path::new("t.yaml"), &Metrics::new()).unwrap_err();
+        let error = load_str(&text, Path::new("t.yaml")).unwrap_err();
         let shown = format!("{error} {error:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
     }
@@ -389,7 +380,7 @@ rules:
 ";
 
 async fn explain_with_host(host: &str) -> String {
-    let rt = load_str(HOST_RULES, Path::new("t.yaml"), &Metrics::new()).unwrap();
+    let rt = load_str(HOST_RULES, Path::new("t.yaml")).unwrap();
     let header = format!("host: {host}");
     let req = Hypothetical::parse("GET /x", &[header], "192.0.2.1".parse().unwrap()).unwrap();
     explain(&rt, &req).await
@@ -408,7 +399,7 @@ async fn explain_matches_host_rules_on_the_normalized_host() {
 #[tokio::test]
 async fn a_host_pattern_with_a_trailing_dot_matches_like_the_name_without_it() {
     let text = HOST_RULES.replace("host: api.example.com", "host: API.example.com.");
-    let rt = load_str(&text, Path::new("t.yaml"), &Metrics::new()).unwrap();
+    let rt = load_str(&text, Path::new("t.yaml")).unwrap();
     let header = ["host: api.example.com".to_string()];
     let req = Hypothetical::parse("GET /x", &header, "192.0.2.1".parse().unwrap()).unwrap();
     let out = explain(&rt, &req).await;
@@ -424,7 +415,7 @@ async fn explain_reports_hosts_that_would_be_refused() {
 
 #[tokio::test]
 async fn explain_refuses_a_repeated_host_like_the_gateway() {
-    let rt = load_str(HOST_RULES, Path::new("t.yaml"), &Metrics::new()).unwrap();
+    let rt = load_str(HOST_RULES, Path::new("t.yaml")).unwrap();
     let headers = ["host: elsewhere.org".into(), "host: api.example.com".into()];
     let req = Hypothetical::parse("GET /x", &headers, "192.0.2.1".parse().unwrap()).unwrap();
     let out = explain(&rt, &req).await;

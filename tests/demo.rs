@@ -505,3 +505,135 @@ async fn the_binary_with_a_redis_bus_carries_events_between_two_instances() {
     assert_eq!(posted.status(), 202);
     assert_eq!(next_json(&mut watcher).await["id"], "via-redis");
 }
+
+/// `tollgate check` (the real binary) on `yaml`: its exit code and report,
+/// with the file shown as `demo.yaml`.
+fn check(yaml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("demo.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let report =
+        String::from_utf8_lossy(&out.stdout).replace(&file.display().to_string(), "demo.yaml");
+    (out.status.code().unwrap_or(-1), report)
+}
+
+/// A file around a `demo:` section; nothing binds these addresses.
+const CHECKED: &str = "
+server: { listen: [\"127.0.0.1:1\"], admin: \"127.0.0.1:2\" }
+upstreams: { demo: { servers: [\"127.0.0.1:3\"] } }
+rules:
+  - { name: all, match: { path: \"/**\" }, upstream: demo }
+";
+
+#[test]
+fn check_locates_every_problem_of_the_demo_section() {
+    let yaml = format!(
+        "{}demo:
+  listen: \"127.0.0.1:1\"
+  bus: redis
+  redis: {{ url: \"http://user:hunter2@example\", channel: \"\" }}
+  client_queue: 0
+",
+        CHECKED.trim_start()
+    );
+    let (code, report) = check(&yaml);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        report,
+        "\
+demo.yaml:6:3: error: demo.listen: the demo upstream needs its own address, not the gateway's or the admin's
+demo.yaml:9:3: error: demo.client_queue: client_queue must be between 1 and 65536
+demo.yaml:8:12: error: demo.redis.url: \"http://<redacted>@example\" is not a Redis URL: Redis URL did not parse - InvalidClientConfig
+demo.yaml:8:48: error: demo.redis.channel: the channel name must not be empty
+demo.yaml: 4 error(s); the file was not accepted
+"
+    );
+}
+
+#[test]
+fn a_misspelled_demo_key_is_refused_at_its_line_like_any_other() {
+    // The demo section comes first, so its problem is the first of the
+    // file's shape, and the one reported (the misspelled rule key is not).
+    let yaml = format!(
+        "demo:\n  enabled: true\n  bogus: 1\n{}",
+        CHECKED
+            .trim_start()
+            .replace("upstream: demo }", "upstream: demo, misspelled: 1 }")
+    );
+    let (code, report) = check(&yaml);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        report,
+        "\
+demo.yaml:3:3: error: demo.bogus: unknown field `bogus`, expected one of enabled, listen, bus, redis, client_queue
+demo.yaml: 1 error(s); the file was not accepted
+"
+    );
+}
+
+/// Rewrites the running config of `gw`, replacing `from` by `to`.
+fn edit_config(gw: &Gateway, from: &str, to: &str) {
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    assert!(text.contains(from), "{from} not in {text}");
+    std::fs::write(&gw.config_path, text.replace(from, to)).unwrap();
+}
+
+async fn post_reload(gw: &Gateway) -> (u16, Value) {
+    let resp = client()
+        .post(gw.admin_url("/-/reload"))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_changed_demo_section_is_reported_as_needing_a_restart() {
+    let gw = start("client_queue: 1024").await;
+    edit_config(&gw, "client_queue: 1024", "client_queue: 16");
+    // The watcher may apply the edit first: the answer then shows its summary.
+    let (code, body) = post_reload(&gw).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["summary"]["restart_required"], json!(["demo"]));
+}
+
+#[tokio::test]
+async fn a_reload_with_a_bad_demo_section_keeps_the_running_config() {
+    let gw = start("client_queue: 1024").await;
+    edit_config(&gw, "client_queue: 1024", "client_queue: 0");
+    let (code, body) = post_reload(&gw).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["problems"][0]["path"], "demo.client_queue");
+    let config = get_json(&client(), &gw.admin_url("/-/config")).await;
+    assert_eq!(config["generation"], 1);
+}
+
+#[tokio::test]
+async fn the_config_endpoint_shows_the_demo_section_with_its_defaults_and_no_password() {
+    let gw = start("redis: { url: \"redis://user:hunter2@127.0.0.1:1\" }").await;
+    let config = get_json(&client(), &gw.admin_url("/-/config")).await;
+    let demo = &config["config"]["demo"];
+    assert_eq!(demo["client_queue"], 1024, "{demo}");
+    assert_eq!(demo["bus"], "memory", "{demo}");
+    assert_eq!(demo["redis"]["channel"], "tollgate:vehicles", "{demo}");
+    assert_eq!(demo["redis"]["url"], "redis://<redacted>@127.0.0.1:1");
+    assert!(!config.to_string().contains("hunter2"), "{config}");
+}
+
+#[tokio::test]
+async fn a_gateway_without_the_demo_exposes_no_demo_metrics() {
+    let upstream = common::Upstream::start().await;
+    let rest = "rules: [{ name: all, match: { path: \"/**\" }, upstream: api }]\n";
+    let gw = Gateway::start(&common::gateway_config("api", rest), upstream.addr).await;
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("tollgate_config_generation 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("tollgate_demo_"), "{metrics}");
+}

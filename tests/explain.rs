@@ -9,7 +9,6 @@ use std::path::Path;
 use common::{client_from, upstreams, Gateway, Upstream, SERVER};
 use tollgate::check::{explain, Hypothetical};
 use tollgate::config::load_str;
-use tollgate::metrics::Metrics;
 
 /// The gateway's config: [`RULES`], the file watcher off.
 fn config() -> String {
@@ -147,12 +146,7 @@ async fn live_status(gw: &Gateway, case: &Case) -> u16 {
 async fn explain_predicts_what_a_live_gateway_answers() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&config(), upstream.addr).await;
-    let rt = load_str(
-        &gw.render(&config(), upstream.addr),
-        Path::new("t.yaml"),
-        &Metrics::new(),
-    )
-    .unwrap();
+    let rt = load_str(&gw.render(&config(), upstream.addr), Path::new("t.yaml")).unwrap();
     let mut disagreements = Vec::new();
     for case in CASES {
         let headers: Vec<String> = case.headers.iter().map(|h| h.to_string()).collect();

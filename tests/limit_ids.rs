@@ -6,7 +6,6 @@
 use std::path::Path;
 
 use tollgate::config::load_str;
-use tollgate::metrics::Metrics;
 use tollgate::runtime::Runtime;
 
 /// One rule per limit, named by the test, on one upstream.
@@ -17,8 +16,7 @@ fn load(rules: &[(&str, &str)]) -> Runtime {
             "  - {{ name: {rule}, match: {{ path: /r{i} }}, upstream: api, {body} }}\n"
         ));
     }
-    load_str(&text, Path::new("ids.yaml"), &Metrics::new())
-        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+    load_str(&text, Path::new("ids.yaml")).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
 /// The id of the only limit of `rule` (its message limit when it has no

@@ -11,8 +11,8 @@ use http::{HeaderValue, Method};
 use ipnet::IpNet;
 
 use super::locate::SourceMap;
+use super::part::NamedSection;
 use super::{ConfigSource, Problem, Severity};
-use crate::demo::{BusSettings, DemoSettings};
 use crate::identity::{ApiKeySources, Exemption, KeyPart, KeySpec, TrustedProxies, MAX_KEY_PARTS};
 use crate::limit::failover::BreakerSettings;
 use crate::limit::memory::MAX_CHECKS;
@@ -22,18 +22,18 @@ use crate::limit::{
     Concurrent, FixedWindow, Gcra, LeakyBucket, LimitDefinition, LimitId, Limiter, SlidingCounter,
     SlidingLog, TokenBucket,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{LimitMetrics, RuleMetrics};
 use crate::policy::units::{self, Rate, MAX_RATE_COUNT};
 use crate::policy::{HeaderStyle, MissingPolicy};
 use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
 use crate::runtime::{
-    Cost, DenyResponse, MessageLimit, RedisBackend, Rule, RuleLimit, Runtime, ServerSettings,
-    StoreSettings, Upstream, WebSocketPolicy,
+    CompiledPart, Cost, DenyResponse, MessageLimit, RedisBackend, Rule, RuleLimit, Runtime,
+    ServerSettings, StoreSettings, Upstream, WebSocketPolicy,
 };
 use crate::schema::input::{
-    AlgorithmInput, ConfigInput, CostInput, DemoBus, DemoInput, DenyInput, ExemptInput, KeyInput,
-    KeyPartInput, LimitInput, RuleInput, ServerInput, StoreBackend, StoreInput, SyncInput,
-    UpstreamInput, WebSocketInput,
+    AlgorithmInput, ConfigInput, CostInput, DenyInput, ExemptInput, KeyInput, KeyPartInput,
+    LimitInput, RuleInput, ServerInput, StoreBackend, StoreInput, SyncInput, UpstreamInput,
+    WebSocketInput,
 };
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -123,12 +123,37 @@ impl Compiler<'_> {
     }
 }
 
-/// Compiles a parsed config. On success the runtime carries the warnings; on
-/// failure every problem (errors and warnings) is returned.
+/// Where a part beside the gateway reports the problems of its section
+/// (see `config::part`), located and listed with the core's own.
+pub struct Report<'c, 'a>(&'c mut Compiler<'a>);
+
+impl Report<'_, '_> {
+    /// An error at `path`, the YAML path of a key in the part's section.
+    pub fn error(&mut self, path: impl Into<String>, message: impl Display) {
+        self.0.error(path, message);
+    }
+
+    pub fn warn(&mut self, path: impl Into<String>, message: impl Display) {
+        self.0.warn(path, message);
+    }
+
+    /// Runs a fallible conversion, reporting its error at `path`.
+    pub fn check<T, E: Display>(
+        &mut self,
+        path: impl Into<String>,
+        result: Result<T, E>,
+    ) -> Option<T> {
+        self.0.check(path, result)
+    }
+}
+
+/// Compiles a parsed config, with the sections parts beside the gateway
+/// parsed from it. On success the runtime carries the warnings; on failure
+/// every problem (errors and warnings) is returned.
 pub fn compile(
     origin: ConfigSource,
     source: &SourceMap,
-    metrics: &Metrics,
+    sections: &[NamedSection],
 ) -> Result<Runtime, Vec<Problem>> {
     let input = &origin.input;
     let mut c = Compiler {
@@ -151,17 +176,20 @@ pub fn compile(
             "no rules are defined: a gateway needs at least one rule (a catch-all is `match: { path: \"/**\" }`)",
         );
     }
-    let rules = compile_rules(&mut c, input, &upstream_index, metrics);
+    let rules = compile_rules(&mut c, input, &upstream_index);
     if store.redis.is_some() {
         check_redis_limits(&mut c, &rules);
     } else {
         check_memory_limits(&mut c, &rules);
     }
-    let demo = input
-        .demo
-        .as_ref()
-        .filter(|d| d.enabled)
-        .and_then(|d| compile_demo(&mut c, d, &input.server));
+    let parts = sections
+        .iter()
+        .map(|(name, section)| CompiledPart {
+            name,
+            shown: section.shown(),
+            settings: section.compile(input, &mut Report(&mut c)),
+        })
+        .collect();
     let routes = RouteTable::new(
         rules
             .iter()
@@ -178,7 +206,7 @@ pub fn compile(
         (Some(server), Some(routes)) if !has_errors => Ok(Runtime {
             server,
             store,
-            demo,
+            parts,
             routes,
             rules,
             upstreams,
@@ -323,60 +351,12 @@ fn bounded_duration(
     value
 }
 
-fn compile_demo(c: &mut Compiler<'_>, d: &DemoInput, server: &ServerInput) -> Option<DemoSettings> {
-    let listen = c.check("demo.listen", parse_listen(&d.listen));
-    if let Some(addr) = listen {
-        let taken = server
-            .listen
-            .iter()
-            .chain([&server.admin])
-            .filter_map(|a| parse_listen(a).ok());
-        if taken
-            .into_iter()
-            .any(|t| t.port() == addr.port() && overlaps(t.ip(), addr.ip()))
-        {
-            c.error(
-                "demo.listen",
-                "the demo upstream needs its own address, not the gateway's or the admin's",
-            );
-        }
-    }
-    if !(1..=65_536).contains(&d.client_queue) {
-        c.error(
-            "demo.client_queue",
-            "client_queue must be between 1 and 65536",
-        );
-    }
-    let bus = match d.bus {
-        DemoBus::Memory => BusSettings::Memory,
-        DemoBus::Redis => {
-            if let Err(e) = redis::Client::open(d.redis.url.as_str()) {
-                c.error(
-                    "demo.redis.url",
-                    format!("{:?} is not a Redis URL: {e}", redact_url(&d.redis.url)),
-                );
-            }
-            if d.redis.channel.is_empty() {
-                c.error("demo.redis.channel", "the channel name must not be empty");
-            }
-            BusSettings::Redis {
-                url: d.redis.url.clone(),
-                channel: d.redis.channel.clone(),
-            }
-        }
-    };
-    Some(DemoSettings {
-        listen: listen?,
-        bus,
-        client_queue: d.client_queue,
-    })
-}
-
-fn overlaps(a: IpAddr, b: IpAddr) -> bool {
+/// Whether two listeners' IPs would take the same port.
+pub(crate) fn overlaps(a: IpAddr, b: IpAddr) -> bool {
     a == b || a.is_unspecified() || b.is_unspecified()
 }
 
-fn parse_listen(addr: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_listen(addr: &str) -> Result<SocketAddr, String> {
     addr.parse().map_err(|_| {
         format!("{addr:?} is not an IP:port listen address (e.g. 0.0.0.0:8080 or [::]:8080)")
     })
@@ -695,7 +675,6 @@ fn compile_rules(
     c: &mut Compiler<'_>,
     input: &ConfigInput,
     upstreams: &HashMap<&str, usize>,
-    metrics: &Metrics,
 ) -> Vec<Rule> {
     let mut seen_names = HashSet::new();
     let mut rules: Vec<Rule> = Vec::new();
@@ -708,7 +687,7 @@ fn compile_rules(
                 format!("duplicate rule name {:?}", r.name),
             );
         }
-        if let Some(rule) = compile_rule(c, &base, r, &input.server, upstreams, metrics) {
+        if let Some(rule) = compile_rule(c, &base, r, &input.server, upstreams) {
             rules.push(rule);
         }
     }
@@ -775,7 +754,6 @@ fn compile_rule(
     r: &RuleInput,
     server: &ServerInput,
     upstreams: &HashMap<&str, usize>,
-    metrics: &Metrics,
 ) -> Option<Rule> {
     let pattern = compile_path_pattern(c, &format!("{base}.match.path"), &r.matches.path);
     let mut methods = Vec::new();
@@ -817,7 +795,7 @@ fn compile_rule(
     let mut limits = Vec::new();
     for (i, l) in r.limits.iter().enumerate() {
         let path = format!("{base}.limits[{i}]");
-        if let Some(limit) = compile_limit(c, &path, &r.name, l, metrics) {
+        if let Some(limit) = compile_limit(c, &path, &r.name, l) {
             if !limit_names.insert(limit.name.clone()) {
                 c.error(
                     format!("{path}.name"),
@@ -838,14 +816,7 @@ fn compile_rule(
         .collect();
     let deny = compile_deny(c, &format!("{base}.deny"), r.deny.as_ref());
     let websocket = match &r.websocket {
-        Some(w) => compile_websocket(
-            c,
-            &format!("{base}.websocket"),
-            &r.name,
-            w,
-            &limit_names,
-            metrics,
-        ),
+        Some(w) => compile_websocket(c, &format!("{base}.websocket"), &r.name, w, &limit_names),
         None => WebSocketPolicy::default(),
     };
     Some(Rule {
@@ -859,7 +830,7 @@ fn compile_rule(
         deny,
         on_error: r.on_error,
         websocket,
-        metrics: metrics.rule(&r.name),
+        metrics: RuleMetrics::unbound(),
     })
 }
 
@@ -869,7 +840,6 @@ fn compile_websocket(
     rule: &str,
     w: &WebSocketInput,
     request_limits: &HashSet<String>,
-    metrics: &Metrics,
 ) -> WebSocketPolicy {
     let duration = |c: &mut Compiler<'_>, field: &str, text: &Option<String>| {
         let text = text.as_ref()?;
@@ -916,7 +886,7 @@ fn compile_websocket(
             input.key = KeyInput::One(KeyPartInput::Global);
             input.name = Some(l.name.clone().unwrap_or_else(|| "per-connection".into()));
         }
-        let limit = compile_limit(c, &path, rule, &input, metrics)?;
+        let limit = compile_limit(c, &path, rule, &input)?;
         if request_limits.contains(&limit.name) {
             c.error(
                 format!("{path}.name"),
@@ -978,7 +948,6 @@ fn compile_limit(
     path: &str,
     rule: &str,
     l: &LimitInput,
-    metrics: &Metrics,
 ) -> Option<RuleLimit> {
     let parts = l.key.parts();
     if parts.is_empty() {
@@ -1132,7 +1101,7 @@ fn compile_limit(
         ),
         batch,
         policy_header: rate.map(|r| policy_header(&name, &limiter, r, quota)),
-        metrics: metrics.limit(rule, &name),
+        metrics: LimitMetrics::unbound(),
         name,
         key,
         missing: l.missing.unwrap_or(MissingPolicy::Deny),

@@ -5,15 +5,18 @@
 
 pub mod compile;
 pub mod locate;
+pub mod part;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::metrics::Metrics;
+use serde::de::DeserializeOwned;
+
 use crate::runtime::Runtime;
 use crate::schema::{ConfigInput, ConfigSource, Problem, Severity};
 pub use locate::{Position, SourceMap};
+pub use part::{FileText, NamedSection, Part, Section};
 
 /// A config file that cannot be used, with every problem found in it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -91,37 +94,101 @@ pub fn read_file(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(cannot)
 }
 
-/// Reads, parses and compiles a config file.
-pub fn load_file(path: &Path, metrics: &Metrics) -> Result<Runtime, ConfigError> {
-    load_str(&read_file(path)?, path, metrics)
+/// Reads, parses and compiles a config file, with the core alone: the
+/// sections of parts beside the gateway are accepted unread.
+pub fn load_file(path: &Path) -> Result<Runtime, ConfigError> {
+    Loader::default().load_file(path)
 }
 
-/// Parses and compiles config text; `file` is only used in messages. The
-/// runtime is generation 1, loaded now; a reload renumbers it.
-pub fn load_str(text: &str, file: &Path, metrics: &Metrics) -> Result<Runtime, ConfigError> {
-    let refuse = |problems: Vec<Problem>| ConfigError {
-        file: file.to_path_buf(),
-        problems: redact_secrets(problems, text),
-    };
-    if is_empty_yaml(text) {
-        return Err(refuse(vec![Problem {
-            severity: Severity::Error,
-            path: String::new(),
-            line: 1,
-            column: 1,
-            message: "the file is empty (nothing but blank lines and comments): a gateway needs at least one rule".into(),
-        }]));
+/// Parses and compiles config text with the core alone; see [`Loader::load_str`].
+pub fn load_str(text: &str, file: &Path) -> Result<Runtime, ConfigError> {
+    Loader::default().load_str(text, file)
+}
+
+/// Loads config files with the parts beside the gateway that the binary adds
+/// (see `part`), each reading and checking its own section.
+#[derive(Default)]
+pub struct Loader {
+    parts: Vec<Box<dyn Part>>,
+}
+
+impl Loader {
+    pub fn new(parts: Vec<Box<dyn Part>>) -> Self {
+        Loader { parts }
     }
-    let source = SourceMap::build(text);
-    let input = parse(text, &source).map_err(|problem| refuse(vec![problem]))?;
-    let origin = ConfigSource {
-        file: file.to_path_buf(),
-        sha256: sha256_hex(text.as_bytes()),
-        input,
-        generation: 1,
-        loaded_at: SystemTime::now(),
-    };
-    compile::compile(origin, &source, metrics).map_err(refuse)
+
+    /// Reads, parses and compiles a config file.
+    pub fn load_file(&self, path: &Path) -> Result<Runtime, ConfigError> {
+        self.load_str(&read_file(path)?, path)
+    }
+
+    /// Parses and compiles config text; `file` is only used in messages. The
+    /// runtime is generation 1, loaded now; a reload renumbers it. Its metric
+    /// handles are unbound until it is swapped in (see `Runtime::bind_metrics`).
+    pub fn load_str(&self, text: &str, file: &Path) -> Result<Runtime, ConfigError> {
+        let refuse = |problems: Vec<Problem>| ConfigError {
+            file: file.to_path_buf(),
+            problems: redact_secrets(problems, text),
+        };
+        if is_empty_yaml(text) {
+            return Err(refuse(vec![Problem {
+                severity: Severity::Error,
+                path: String::new(),
+                line: 1,
+                column: 1,
+                message: "the file is empty (nothing but blank lines and comments): a gateway needs at least one rule".into(),
+            }]));
+        }
+        let source = SourceMap::build(text);
+        let file_text = |input| FileText {
+            text,
+            source: &source,
+            input,
+        };
+        let input = match parse::<ConfigInput>(text, &source) {
+            Ok(input) => input,
+            Err(problem) => {
+                // A shape problem stops loading; the first in the file is
+                // reported, whether it is in the core's sections or a part's.
+                let first = match self.parse_parts(&file_text(None)) {
+                    Err(earlier) if position(&earlier) < position(&problem) => earlier,
+                    _ => problem,
+                };
+                return Err(refuse(vec![first]));
+            }
+        };
+        let sections = self
+            .parse_parts(&file_text(Some(&input)))
+            .map_err(|problem| refuse(vec![problem]))?;
+        let origin = ConfigSource {
+            file: file.to_path_buf(),
+            sha256: sha256_hex(text.as_bytes()),
+            input,
+            generation: 1,
+            loaded_at: SystemTime::now(),
+        };
+        compile::compile(origin, &source, &sections).map_err(refuse)
+    }
+
+    /// Every part's section, or the first shape problem among them.
+    fn parse_parts(&self, file: &FileText<'_>) -> Result<Vec<NamedSection>, Problem> {
+        let mut sections = Vec::with_capacity(self.parts.len());
+        let mut problems = Vec::new();
+        for part in &self.parts {
+            match part.parse(file) {
+                Ok(section) => sections.push((part.name(), section)),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        match problems.into_iter().min_by_key(position) {
+            Some(first) => Err(first),
+            None => Ok(sections),
+        }
+    }
+}
+
+fn position(problem: &Problem) -> (u32, u32) {
+    (problem.line, problem.column)
 }
 
 /// True for text that holds no YAML node: blank lines, comments and document
@@ -200,14 +267,14 @@ fn redact_secrets(mut problems: Vec<Problem>, text: &str) -> Vec<Problem> {
 /// Deserializes the YAML. Its shape errors (syntax, unknown or missing fields,
 /// wrong types) stop at the first one, as serde does; the YAML path is recovered
 /// from the error's position.
-fn parse(text: &str, source: &SourceMap) -> Result<ConfigInput, Problem> {
+fn parse<T: DeserializeOwned>(text: &str, source: &SourceMap) -> Result<T, Problem> {
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_nodes: MAX_YAML_NODES,
             max_events: 2 * MAX_YAML_NODES,
         },
     };
-    serde_saphyr::from_str_with_options::<ConfigInput>(text, options).map_err(|error| {
+    serde_saphyr::from_str_with_options::<T>(text, options).map_err(|error| {
         let position = error
             .location()
             .filter(|l| l.line() > 0)

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::sync::Notify;
 
+use super::metrics::DemoMetrics;
 use super::Published;
-use crate::metrics::DemoMetrics;
 
 pub struct Fanout {
     clients: RwLock<HashMap<u64, Arc<ClientQueue>>>,
@@ -126,7 +126,6 @@ impl Drop for Subscription<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
 
     fn event(id: &str) -> Arc<Published> {
         Arc::new(Published {
@@ -137,11 +136,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_its_oldest_and_says_how_many() {
-        let metrics = Metrics::new();
+        let metrics = DemoMetrics::register(&prometheus::Registry::new()).unwrap();
         let fanout = Fanout::new(2);
         let sub = fanout.subscribe(None);
         for id in ["a", "b", "c", "d"] {
-            fanout.publish(&event(id), &metrics.demo);
+            fanout.publish(&event(id), &metrics);
         }
         let (events, dropped) = sub.next().await;
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
@@ -150,11 +149,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_filtered_client_only_queues_its_vehicle() {
-        let metrics = Metrics::new();
+        let metrics = DemoMetrics::register(&prometheus::Registry::new()).unwrap();
         let fanout = Fanout::new(1);
         let sub = fanout.subscribe(Some("x".into()));
         for id in ["a", "x", "b", "c"] {
-            fanout.publish(&event(id), &metrics.demo);
+            fanout.publish(&event(id), &metrics);
         }
         let (events, dropped) = sub.next().await;
         assert_eq!(

@@ -2,40 +2,38 @@
 //! positions, WebSocket clients watch them move, and a map page draws them.
 //! It runs in the gateway process as a background service, and the default
 //! config routes to it, so `cargo run --release` shows the whole product.
+//!
+//! A part beside the gateway, not of it: the core never imports this module.
+//! The binary's assembly (`app`) adds [`DemoPart`] to the config loader,
+//! which reads the `demo:` section ([`settings`]), and starts [`service`]
+//! when the section turns the demo on. Its metrics are its own ([`metrics`]).
 
 mod bus;
 mod fanout;
 mod http;
+pub mod metrics;
 pub mod schema;
+pub mod settings;
 mod ws;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
+use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
 
-use crate::metrics::DemoMetrics;
 use bus::Bus;
 pub use bus::BusSettings;
 use fanout::Fanout;
+pub use metrics::DemoMetrics;
 use schema::VehicleEvent;
+pub use settings::{DemoPart, DemoSettings, NAME};
 
 /// The most vehicles whose latest position is kept; beyond it the stalest go.
 const MAX_VEHICLES: usize = 10_000;
-
-/// The `demo:` section, compiled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DemoSettings {
-    pub listen: SocketAddr,
-    pub bus: BusSettings,
-    /// Messages buffered per WebSocket client before its oldest are dropped.
-    pub client_queue: usize,
-}
 
 /// An accepted event as it is fanned out: its id (for `?id=` filters) and
 /// its JSON, serialized once for every client.
@@ -127,6 +125,19 @@ fn forget_stalest(vehicles: &mut HashMap<String, Latest>) {
     for (_, id) in ages.into_iter().take(MAX_VEHICLES / 10) {
         vehicles.remove(&id);
     }
+}
+
+/// The demo upstream as a background service of the gateway's server, its
+/// metrics registered in `registry` (the gateway's, so that `/metrics` shows
+/// them). Fails only when that registry has them already.
+pub fn service(
+    settings: DemoSettings,
+    registry: &prometheus::Registry,
+) -> prometheus::Result<GenBackgroundService<DemoService>> {
+    let demo = Demo::new(&settings, DemoMetrics::register(registry)?);
+    let mut service = background_service("tollgate demo upstream", DemoService { settings, demo });
+    service.threads = Some(1);
+    Ok(service)
 }
 
 /// Runs the demo's HTTP server (and, with a Redis bus, its subscriber).

@@ -25,71 +25,22 @@ pub struct ConfigInput {
     pub upstreams: BTreeMap<String, UpstreamInput>,
     #[serde(default)]
     pub rules: Vec<RuleInput>,
-    /// The built-in demo upstream (off unless this section is present).
+    /// A section the core does not read: a part beside the gateway that
+    /// the binary adds parses and checks it (see `config::part`).
     #[serde(default)]
-    pub demo: Option<DemoInput>,
+    pub demo: Option<Opaque>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DemoInput {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(default = "default_demo_listen")]
-    pub listen: String,
-    #[serde(default)]
-    pub bus: DemoBus,
-    #[serde(default)]
-    pub redis: DemoRedisInput,
-    /// Messages buffered per WebSocket client before its oldest are dropped.
-    #[serde(default = "default_client_queue")]
-    pub client_queue: usize,
-}
+/// A section of the file read by a part beside the gateway, not by the core:
+/// any YAML is accepted here (the part reports its problems), and the part
+/// shows it in `GET /-/config`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Opaque;
 
-fn default_demo_listen() -> String {
-    "127.0.0.1:8081".into()
-}
-
-/// Two full batches: a fast client never loses events to one batch arriving
-/// at once.
-fn default_client_queue() -> usize {
-    1024
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DemoBus {
-    /// Events stay in this process.
-    #[default]
-    Memory,
-    /// Events go through a Redis Pub/Sub channel shared by every instance.
-    Redis,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DemoRedisInput {
-    #[serde(default = "default_redis_url")]
-    pub url: String,
-    #[serde(default = "default_demo_channel")]
-    pub channel: String,
-}
-
-impl Default for DemoRedisInput {
-    fn default() -> Self {
-        DemoRedisInput {
-            url: default_redis_url(),
-            channel: default_demo_channel(),
-        }
+impl<'de> Deserialize<'de> for Opaque {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        de::IgnoredAny::deserialize(deserializer).map(|_| Opaque)
     }
-}
-
-fn default_redis_url() -> String {
-    "redis://127.0.0.1:6379".into()
-}
-
-fn default_demo_channel() -> String {
-    "tollgate:vehicles".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -18,7 +18,8 @@ use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tempfile::TempDir;
-use tollgate::server::{load_shared, Running};
+use tollgate::app::{self, load_shared};
+use tollgate::server::Running;
 
 /// A port nobody listens on right now, outside the kernel's ephemeral range
 /// (so outgoing connections cannot take it meanwhile) and spread by process id
@@ -467,7 +468,7 @@ impl Gateway {
         std::fs::write(&config_path, text).unwrap();
         let shared =
             load_shared(&config_path).unwrap_or_else(|e| panic!("test config is invalid: {e}"));
-        let running = Running::start(shared);
+        let running = app::start(shared);
         wait_listening(addr).await;
         wait_listening(admin).await;
         // Edits are only seen once the file watcher is up.
