@@ -11,8 +11,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 mod common;
 use common::{algorithms, check};
 use futures_util::FutureExt;
-use tollgate::limit::failover::Limits;
-use tollgate::limit::{Check, Concurrent, Limiter, MemoryStore, MonotonicClock};
+use tollgate::limit::{Check, Concurrent, Limiter, Limits, MemoryStore, MonotonicClock};
 use tollgate::metrics::Metrics;
 use tollgate::policy::OnError;
 
