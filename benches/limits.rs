@@ -10,7 +10,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 mod common;
 use common::{algorithms, check};
-use tollgate::limit::{Check, Concurrent, Limiter, MemoryStore};
+use futures_util::FutureExt;
+use tollgate::limit::{Check, Concurrent, Limiter, Limits, MemoryStore, MonotonicClock};
+use tollgate::metrics::Metrics;
+use tollgate::policy::OnError;
 
 const KEYS: u32 = 100_000;
 fn single_thread(c: &mut Criterion) {
@@ -52,6 +55,32 @@ fn single_thread(c: &mut Criterion) {
     group.finish();
 }
 
+/// The call the proxy makes: one hot key through the memory front (the
+/// store's own clock, its timing metric, the answer type), not just the table.
+fn front(c: &mut Criterion) {
+    let mut group = c.benchmark_group("front");
+    group.throughput(Throughput::Elements(1));
+    for (name, limiter) in algorithms() {
+        let limits = Limits::memory(
+            MemoryStore::new(1_000_000, None),
+            MonotonicClock::default(),
+            Metrics::new().store,
+        );
+        let hot = [check(limiter, 1)];
+        group.bench_function(BenchmarkId::new("hot_key", name), |b| {
+            b.iter(|| {
+                // The memory front never waits: the future is ready at once.
+                black_box(
+                    limits
+                        .decide(black_box(&hot), OnError::Local)
+                        .now_or_never(),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Two threads deciding on one store: per decision, wall time over both.
 fn two_threads(c: &mut Criterion) {
     let mut group = c.benchmark_group("decision_2_threads");
@@ -89,6 +118,6 @@ fn two_threads(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    targets = single_thread, two_threads
+    targets = single_thread, front, two_threads
 }
 criterion_main!(benches);

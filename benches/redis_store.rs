@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 mod common;
 use common::{algorithms, check};
 use futures_util::future::join_all;
-use tollgate::limit::redis::{RedisSettings, RedisStore, RedisTarget};
+use tollgate::limit::store::redis::{RedisSettings, RedisStore, RedisTarget};
 use tollgate::limit::{Check, Limiter, MemoryStore};
 
 const IN_FLIGHT: u64 = 64;

@@ -9,7 +9,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
-use crate::limit::redis::redact_url;
+use crate::limit::store::redis::redact_url;
 use crate::policy::OnError;
 use crate::reload::{self, ReloadOutcome};
 use crate::runtime::Runtime;

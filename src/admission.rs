@@ -13,9 +13,7 @@ use http::header::HOST;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::identity::{ClientKey, KeyError, RequestFacts};
-use crate::limit::failover::{Answer, HeldPermits, Limits};
-use crate::limit::memory::MAX_CHECKS;
-use crate::limit::{Decided, Decision};
+use crate::limit::{Answer, Decided, Decision, HeldPermits, Limits, MAX_CHECKS};
 use crate::metrics::Outcome;
 use crate::pipeline::{self, Incoming, Plan, Routed, Unrouted};
 use crate::policy::Mode;

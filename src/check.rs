@@ -10,9 +10,8 @@ use http::{HeaderMap, HeaderValue, Method};
 
 use crate::admission::{self, Admission, RequestHead};
 use crate::identity::KeyError;
-use crate::limit::failover::Limits;
-use crate::limit::redis::{redact_url, RedisTarget};
-use crate::limit::{MemoryStore, MonotonicClock};
+use crate::limit::store::redis::{redact_url, RedisTarget};
+use crate::limit::{Limits, MemoryStore, MonotonicClock};
 use crate::metrics::{Metrics, Outcome};
 use crate::pipeline::{self, Incoming, Unrouted};
 use crate::policy::{MissingPolicy, Mode, OnLimit};

@@ -10,8 +10,7 @@ use http::header::HOST;
 use http::{HeaderMap, Method};
 
 use crate::identity::{self, ClientKey, KeyError, RequestFacts, X_FORWARDED_FOR};
-use crate::limit::memory::MAX_CHECKS;
-use crate::limit::{Check, Decision};
+use crate::limit::{Check, Decision, MAX_CHECKS};
 use crate::metrics::Outcome;
 use crate::policy::{MissingPolicy, Mode};
 use crate::route::{normalize_host, normalize_path, HostError, NormalHost, PathError, Target};

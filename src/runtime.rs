@@ -11,8 +11,8 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
-use crate::limit::failover::BreakerSettings;
-use crate::limit::redis::RedisSettings;
+use crate::limit::breaker::BreakerSettings;
+use crate::limit::store::redis::RedisSettings;
 use crate::limit::{Decision, LimitId, Limiter};
 use crate::metrics::{DecisionResult, LimitMetrics, Metrics, RuleMetrics};
 use crate::policy::units::Rate;

@@ -10,9 +10,8 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::Loader;
-use crate::limit::failover::Limits;
-use crate::limit::redis::RedisStore;
-use crate::limit::{MemoryStore, MonotonicClock};
+use crate::limit::store::redis::RedisStore;
+use crate::limit::{Limits, MemoryStore, MonotonicClock};
 use crate::metrics::Metrics;
 use crate::runtime::{PartSettings, RedisBackend, Runtime};
 use crate::schema::Problem;

@@ -15,11 +15,11 @@ use common::keys::ip_key;
 use common::redis::{RedisCluster, RedisServer};
 use proptest::prelude::*;
 use tollgate::identity::ClientKey;
-use tollgate::limit::failover::{Answer, BreakerSettings, Limits};
-use tollgate::limit::redis::{RedisSettings, RedisStore, RedisTarget};
+use tollgate::limit::breaker::BreakerSettings;
+use tollgate::limit::store::redis::{RedisSettings, RedisStore, RedisTarget};
 use tollgate::limit::{
-    Check, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, MemoryStore,
-    MonotonicClock, Nanos, Permit, SlidingCounter, SlidingLog, TokenBucket,
+    Answer, Check, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, Limits,
+    MemoryStore, MonotonicClock, Nanos, Permit, SlidingCounter, SlidingLog, TokenBucket,
 };
 use tollgate::metrics::Metrics;
 use tollgate::policy::OnError;

@@ -14,13 +14,12 @@ use super::locate::SourceMap;
 use super::part::NamedSection;
 use super::{ConfigSource, Problem, Severity};
 use crate::identity::{ApiKeySources, Exemption, KeyPart, KeySpec, TrustedProxies, MAX_KEY_PARTS};
-use crate::limit::failover::BreakerSettings;
-use crate::limit::memory::MAX_CHECKS;
-use crate::limit::redis::{redact_url, RedisSettings, RedisTarget};
-use crate::limit::sliding_log::MAX_LOG_LIMIT;
+use crate::limit::algorithm::sliding_log::MAX_LOG_LIMIT;
+use crate::limit::breaker::BreakerSettings;
+use crate::limit::store::redis::{exact_in_lua, redact_url, RedisSettings, RedisTarget};
 use crate::limit::{
     Concurrent, FixedWindow, Gcra, LeakyBucket, LimitDefinition, LimitId, Limiter, SlidingCounter,
-    SlidingLog, TokenBucket,
+    SlidingLog, TokenBucket, MAX_CHECKS,
 };
 use crate::metrics::{LimitMetrics, RuleMetrics};
 use crate::policy::units::{self, Rate, MAX_RATE_COUNT};
@@ -658,7 +657,7 @@ fn check_memory_limits(c: &mut Compiler<'_>, rules: &[Rule]) {
 fn check_redis_limits(c: &mut Compiler<'_>, rules: &[Rule]) {
     for (i, rule) in rules.iter().enumerate() {
         for (j, limit) in rule.limits.iter().enumerate() {
-            if !crate::limit::redis::exact_in_lua(&limit.limiter) {
+            if !exact_in_lua(&limit.limiter) {
                 c.error(
                     format!("rules[{i}].limits[{j}].rate"),
                     format!(

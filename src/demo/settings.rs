@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::BusSettings;
 use crate::config::compile::{overlaps, parse_listen, Report};
 use crate::config::{FileText, Part, Section};
-use crate::limit::redis::redact_url;
+use crate::limit::store::redis::redact_url;
 use crate::runtime::PartSettings;
 use crate::schema::input::ServerInput;
 use crate::schema::{ConfigInput, Problem};

@@ -17,8 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 
-use crate::limit::failover::Limits;
-use crate::limit::MonotonicClock;
+use crate::limit::{Limits, MonotonicClock};
 use crate::metrics::{MessageResult, RuleMetrics};
 use crate::websocket::frame::{close_frame, random_mask};
 use crate::websocket::{

@@ -14,8 +14,7 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, Method};
 
 use crate::identity::ClientKey;
-use crate::limit::failover::{Answer, Limits};
-use crate::limit::{Check, LimitState, Nanos};
+use crate::limit::{Answer, Check, LimitState, Limits, Nanos};
 use crate::metrics::RuleMetrics;
 use crate::policy::OnError;
 use crate::policy::{Mode, OnLimit};

@@ -17,8 +17,8 @@ use std::sync::{Mutex, PoisonError};
 
 use foldhash::fast::RandomState;
 
-use super::{Check, LimitId, Nanos};
 use crate::identity::ClientKey;
+use crate::limit::{Check, LimitId, Nanos};
 
 /// How long reserved units may be used; then what is left goes back to Redis.
 pub const SETTLE_AFTER: Nanos = 1_000_000_000;

@@ -30,10 +30,10 @@ use arrayvec::ArrayVec;
 use hashbrown::HashTable;
 use prometheus::IntCounter;
 
-use super::{Check, Decided, LimitId, LimitState, LogState, Nanos, Permit, Store, StoreError};
-
-/// The most limits one request can be decided against (a config limit per rule).
-pub const MAX_CHECKS: usize = 8;
+use crate::limit::{
+    Check, Decided, Held, LimitId, LimitState, LogState, Nanos, Permit, Store, StoreError,
+    MAX_CHECKS,
+};
 /// Share of a shard reserved for protected (returning) keys.
 const PROTECTED_SHARE: f64 = 0.8;
 /// How far from the LRU end eviction looks for an entry holding no permits.
@@ -216,7 +216,7 @@ impl Shard {
         if let Ok(entry) = self.table.find_entry(key[0], |&j| j == i) {
             entry.remove();
         }
-        self.nodes[i as usize].state = LimitState::Held(super::Held(0));
+        self.nodes[i as usize].state = LimitState::Held(Held(0));
         self.free.push(i);
     }
 

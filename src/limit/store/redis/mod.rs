@@ -3,7 +3,7 @@
 //! round trip, on Redis's clock, so gateway clocks do not matter and a denied
 //! request spends nothing.
 //!
-//! The script implements the algorithms of `limit::*` in microseconds; the
+//! The script implements the algorithms of `limit::algorithm` in microseconds; the
 //! differential test in `tests/redis_store.rs` holds the two to the same answers.
 //!
 //! Keys are `<prefix>:{<client digest>}:<limit id>`: the hash tag is the client
@@ -28,9 +28,10 @@ use ring::digest;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use super::memory::MAX_CHECKS;
-use super::{Check, Decided, Decision, Limiter, Nanos, Permit, Store, StoreError};
 use crate::identity::{ClientKey, KeyValue};
+use crate::limit::{
+    Check, Decided, Decision, Limiter, Nanos, Permit, Store, StoreError, MAX_CHECKS,
+};
 
 const DECIDE: &str = concat!(include_str!("clock.lua"), include_str!("decide.lua"));
 const REFUND: &str = concat!(include_str!("clock.lua"), include_str!("refund.lua"));

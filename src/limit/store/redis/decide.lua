@@ -1,6 +1,6 @@
 -- tollgate: decide every limit of one request in one atomic step.
 --
--- The same algorithms as src/limit/*.rs, in microseconds (Lua numbers are
+-- The same algorithms as src/limit/algorithm/*.rs, in microseconds (Lua numbers are
 -- doubles: integers are exact below 2^53, and microseconds since 1970 fit).
 -- Phase 1 reads every state and decides; phase 2 writes the new states only
 -- if no enforced limit denied — a denied request spends nothing anywhere.
