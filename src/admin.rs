@@ -17,7 +17,7 @@ use crate::schema::ConfigInput;
 use crate::state::Shared;
 use crate::state::{rfc3339, Trigger};
 
-pub struct AdminApp {
+pub(crate) struct AdminApp {
     shared: Arc<Shared>,
 }
 
@@ -30,7 +30,7 @@ impl AdminApp {
     }
 
     /// Routes an admin request; plain (no socket) so it is testable.
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         method: &Method,
         path: &str,
@@ -192,7 +192,7 @@ fn shown(rt: &Runtime) -> Value {
 
 /// The config as JSON with its secrets replaced: the admin token, the values
 /// of header exemptions (which are often shared secrets) and Redis passwords.
-pub fn redacted(input: &ConfigInput) -> Value {
+pub(crate) fn redacted(input: &ConfigInput) -> Value {
     let mut value = serde_json::to_value(input).unwrap_or(Value::Null);
     if let Some(token) = value.pointer_mut("/server/admin_token") {
         if !token.is_null() {

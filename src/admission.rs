@@ -25,22 +25,22 @@ use crate::websocket::is_websocket_request;
 
 /// The parts of a request head admission reads.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestHead<'a> {
-    pub method: &'a Method,
+pub(crate) struct RequestHead<'a> {
+    pub(crate) method: &'a Method,
     /// The request target exactly as received.
-    pub raw_target: &'a [u8],
-    pub headers: &'a HeaderMap,
+    pub(crate) raw_target: &'a [u8],
+    pub(crate) headers: &'a HeaderMap,
     /// The URI's authority (HTTP/2 `:authority`), when there is one.
-    pub uri_authority: Option<&'a str>,
+    pub(crate) uri_authority: Option<&'a str>,
     /// The TCP peer.
-    pub peer: IpAddr,
+    pub(crate) peer: IpAddr,
 }
 
 /// What admission decided.
 // `Forward` carries its decision inline: admission runs once per request and
 // boxing it would allocate every time.
 #[allow(clippy::large_enum_variant)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// The gateway answers the request itself.
     Reply(Refusal),
     /// The request goes upstream.
@@ -49,41 +49,41 @@ pub enum Admission {
 
 /// A request the gateway answers itself.
 #[derive(Debug)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// The matched rule (index in the snapshot), if routing got that far.
-    pub rule: Option<usize>,
+    pub(crate) rule: Option<usize>,
     /// What the answer counts as in `tollgate_requests_total`.
-    pub outcome: Outcome,
-    pub reply: Reply,
+    pub(crate) outcome: Outcome,
+    pub(crate) reply: Reply,
 }
 
 /// A request admitted upstream, with what the later phases need.
-pub struct Admitted {
-    pub rule: usize,
+pub(crate) struct Admitted {
+    pub(crate) rule: usize,
     /// `Allowed`, `Exempt`, `ShadowLimited`, or `StoreError` when the store
     /// failed and `on_error: allow` let it through.
-    pub outcome: Outcome,
+    pub(crate) outcome: Outcome,
     /// The limit (index in the rule) and decision the response headers report.
-    pub headline: Option<(usize, Decision)>,
+    pub(crate) headline: Option<(usize, Decision)>,
     /// How long a shaping leaky bucket holds the request before it goes on.
-    pub delay: Duration,
+    pub(crate) delay: Duration,
     /// Concurrency permits, given back when the request ends, however it ends.
-    pub permits: Option<HeldPermits>,
+    pub(crate) permits: Option<HeldPermits>,
     /// The key of the rule's WebSocket message limit, taken from the upgrade
     /// request (`None`: per connection, exempt, or no message limit).
-    pub message_key: Option<ClientKey<'static>>,
+    pub(crate) message_key: Option<ClientKey<'static>>,
     /// Set when the upstream must get a different target than the client sent.
-    pub forward_uri: Option<Uri>,
+    pub(crate) forward_uri: Option<Uri>,
     /// Host for an absolute-form request that came without a `Host` header.
-    pub forward_host: Option<HeaderValue>,
-    pub client_ip: IpAddr,
+    pub(crate) forward_host: Option<HeaderValue>,
+    pub(crate) client_ip: IpAddr,
     /// The peer is a trusted proxy: its forwarding headers are kept.
-    pub peer_trusted: bool,
+    pub(crate) peer_trusted: bool,
 }
 
 impl Admitted {
     /// An exemption applied: no limits, inside a WebSocket tunnel either.
-    pub fn exempt(&self) -> bool {
+    pub(crate) fn exempt(&self) -> bool {
         self.outcome == Outcome::Exempt
     }
 }
@@ -99,7 +99,7 @@ fn refuse(rule: Option<usize>, outcome: Outcome, reply: Reply) -> Admission {
 /// Routes, identifies and decides one request against one snapshot. The
 /// limits' own metrics (decisions per limit, degraded decisions) are counted
 /// here; the request's outcome is the caller's to count, once.
-pub async fn admit(rt: &Runtime, head: &RequestHead<'_>, limits: &Limits) -> Admission {
+pub(crate) async fn admit(rt: &Runtime, head: &RequestHead<'_>, limits: &Limits) -> Admission {
     let target = match Target::parse(head.raw_target) {
         Ok(t) => t,
         Err(e) => return refuse(None, Outcome::BadRequest, respond::bad_path(e)),
@@ -153,7 +153,7 @@ pub async fn admit(rt: &Runtime, head: &RequestHead<'_>, limits: &Limits) -> Adm
         peer_trusted: rt.server.trusted_proxies.contains(head.peer.to_canonical()),
     };
     admitted.outcome = match pipeline::plan(rule, &facts) {
-        Plan::Exempt(_) => Outcome::Exempt,
+        Plan::Exempt => Outcome::Exempt,
         Plan::BadCost { limit } => {
             let reply = respond::bad_cost(rule, &rule.limits[limit]);
             return refuse(Some(index), Outcome::BadRequest, reply);

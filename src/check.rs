@@ -156,12 +156,12 @@ pub enum ExplainError {
 /// A hypothetical request for `--explain`.
 #[derive(Debug, Clone)]
 pub struct Hypothetical {
-    pub method: Method,
-    pub path: String,
-    pub query: Option<String>,
-    pub headers: HeaderMap,
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+    pub(crate) headers: HeaderMap,
     /// The connecting peer.
-    pub ip: IpAddr,
+    pub(crate) ip: IpAddr,
 }
 
 impl Hypothetical {
@@ -201,7 +201,7 @@ impl Hypothetical {
 /// Says which rule a request matches, the path forwarded upstream, the client
 /// IP, whether an exemption fires and the key each limit would count against;
 /// then what the gateway would do with it as the first request it sees. The
-/// result comes from [`admission::admit`], the function the proxy calls, run
+/// result comes from `admission::admit`, the function the proxy calls, run
 /// against a scratch in-memory store.
 pub async fn explain(rt: &Runtime, req: &Hypothetical) -> String {
     let mut raw_target = req.path.clone().into_bytes();

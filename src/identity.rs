@@ -10,32 +10,32 @@ use http::HeaderMap;
 use ipnet::IpNet;
 
 /// `X-Forwarded-For`, as the gateway reads and writes it.
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The most parts a composite key may have; keys live on the stack.
-pub const MAX_KEY_PARTS: usize = 4;
+pub(crate) const MAX_KEY_PARTS: usize = 4;
 
 /// Peers whose `X-Forwarded-For` is believed.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub(crate) struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {
     pub fn new(nets: Vec<IpNet>) -> Self {
         TrustedProxies(nets)
     }
 
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|net| net.contains(&ip))
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 }
 
 /// `::ffff:a.b.c.d` is the IPv4 client `a.b.c.d`.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
@@ -49,7 +49,7 @@ const MAX_FORWARDED_HOPS: usize = 32;
 /// append whatever it likes on the left; it cannot change what our trusted
 /// proxies appended on the right. An unparsable hop ends the walk at the proxy
 /// that reported it.
-pub fn client_ip<'a>(
+pub(crate) fn client_ip<'a>(
     peer: IpAddr,
     forwarded_for: impl DoubleEndedIterator<Item = &'a [u8]>,
     trusted: &TrustedProxies,
@@ -97,7 +97,7 @@ fn parse_forwarded_hop(hop: &[u8]) -> Option<IpAddr> {
 
 /// The address a client is counted under: IPv4 as is, IPv6 by its `/prefix`
 /// network, since one IPv6 host usually owns a whole /64.
-pub fn ip_bucket(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+pub(crate) fn ip_bucket(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {
@@ -116,9 +116,9 @@ pub fn ip_bucket(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
 /// `Authorization: Bearer`, then a query parameter.
 #[derive(Debug, Clone)]
 pub struct ApiKeySources {
-    pub headers: Vec<HeaderName>,
-    pub bearer: bool,
-    pub query_param: Option<String>,
+    pub(crate) headers: Vec<HeaderName>,
+    pub(crate) bearer: bool,
+    pub(crate) query_param: Option<String>,
 }
 
 impl Default for ApiKeySources {
@@ -179,7 +179,7 @@ pub struct RequestFacts<'a> {
 
 /// One extracted key component, borrowed from the request where possible.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum KeyValue<'a> {
+pub(crate) enum KeyValue<'a> {
     Ip(IpAddr),
     Text(Cow<'a, [u8]>),
     Global,
@@ -195,20 +195,20 @@ impl fmt::Display for KeyValue<'_> {
     }
 }
 
-/// A limit's key for one request: up to [`MAX_KEY_PARTS`] values, no heap.
+/// A limit's key for one request: up to `MAX_KEY_PARTS` values, no heap.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientKey<'a> {
     parts: [Option<KeyValue<'a>>; MAX_KEY_PARTS],
 }
 
 impl<'a> ClientKey<'a> {
-    pub fn values(&self) -> impl Iterator<Item = &KeyValue<'a>> {
+    pub(crate) fn values(&self) -> impl Iterator<Item = &KeyValue<'a>> {
         self.parts.iter().flatten()
     }
 
     /// The same key, owning its values (for limits decided after the request,
     /// such as WebSocket message limits).
-    pub fn into_owned(self) -> ClientKey<'static> {
+    pub(crate) fn into_owned(self) -> ClientKey<'static> {
         ClientKey {
             parts: self.parts.map(|part| {
                 part.map(|value| match value {
@@ -228,7 +228,7 @@ impl<'a> ClientKey<'a> {
     }
 
     /// The key of a lone client IP (used by `missing: ip`).
-    pub fn ip(facts: &RequestFacts<'a>) -> Self {
+    pub(crate) fn ip(facts: &RequestFacts<'a>) -> Self {
         let mut parts = [None, None, None, None];
         parts[0] = Some(KeyValue::Ip(ip_bucket(facts.client_ip, facts.ipv6_prefix)));
         ClientKey { parts }
@@ -283,7 +283,7 @@ impl KeySpec {
     }
 
     /// True when every request has this key (so `missing:` never applies).
-    pub fn always_present(&self) -> bool {
+    pub(crate) fn always_present(&self) -> bool {
         self.0
             .iter()
             .all(|p| matches!(p, KeyPart::Ip | KeyPart::Global))
@@ -418,7 +418,7 @@ fn decode_query(text: &str) -> Cow<'_, [u8]> {
 
 /// A reason to let a request skip its rule's limits.
 #[derive(Debug, Clone)]
-pub enum Exemption {
+pub(crate) enum Exemption {
     /// The client IP is in one of these networks.
     Networks(Vec<IpNet>),
     /// A header's value matches a glob (`internal-*`).
@@ -433,7 +433,7 @@ impl Exemption {
     /// A header exemption needs the header present and every one of its
     /// values matching, so an extra matching line cannot exempt a request whose
     /// other line the upstream may believe.
-    pub fn applies(&self, facts: &RequestFacts<'_>) -> bool {
+    pub(crate) fn applies(&self, facts: &RequestFacts<'_>) -> bool {
         match self {
             Exemption::Networks(nets) => nets.iter().any(|n| n.contains(&facts.client_ip)),
             Exemption::Header { name, value, .. } => {

@@ -1,13 +1,21 @@
 //! tollgate: a rate-limiting reverse proxy built on Pingora.
 //!
-//! A request goes through the steps of [`pipeline`] (normalize, route, identify,
+//! A request goes through one admission step (`admission`: route, identify,
 //! decide) against one immutable [`runtime::Runtime`] snapshot compiled from the
-//! config file by [`config`]; [`proxy`] is the Pingora glue around them.
-//! [`app`] puts the core together with the parts beside it ([`demo`]), which
-//! the core never imports.
+//! config file by [`config`]; `proxy` is the Pingora glue around it. [`app`]
+//! puts the core together with the parts beside it ([`demo`]), which the core
+//! never imports. ARCHITECTURE.md draws the layers.
+//!
+//! The public surface is what the binary, the tests and the benches use:
+//! starting a gateway ([`app`], [`server`]), loading and checking a config
+//! ([`config`], [`schema`], [`check`]), and the parts tested on their own:
+//! algorithms and stores ([`limit`]), identity and routing ([`identity`],
+//! [`route`]), the WebSocket frame parser ([`websocket`]), the policy
+//! vocabulary ([`policy`]) and the metrics ([`metrics`]). Everything else is
+//! crate-private.
 
-pub mod admin;
-pub mod admission;
+pub(crate) mod admin;
+pub(crate) mod admission;
 pub mod app;
 pub mod check;
 pub mod config;
@@ -15,14 +23,14 @@ pub mod demo;
 pub mod identity;
 pub mod limit;
 pub mod metrics;
-pub mod pipeline;
+pub(crate) mod pipeline;
 pub mod policy;
-pub mod proxy;
-pub mod reload;
-pub mod respond;
+pub(crate) mod proxy;
+pub(crate) mod reload;
+pub(crate) mod respond;
 pub mod route;
 pub mod runtime;
 pub mod schema;
 pub mod server;
-pub mod state;
+pub(crate) mod state;
 pub mod websocket;

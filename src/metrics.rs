@@ -17,7 +17,7 @@ use prometheus::{
 
 /// How a request ended, from the gateway's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Allowed,
     Limited,
     Exempt,
@@ -29,7 +29,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub(crate) const ALL: [Outcome; 8] = [
         Outcome::Allowed,
         Outcome::Limited,
         Outcome::Exempt,
@@ -40,7 +40,7 @@ impl Outcome {
         Outcome::StoreError,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Outcome::Allowed => "allowed",
             Outcome::Limited => "limited",
@@ -56,7 +56,7 @@ impl Outcome {
 
 /// What one limit said about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecisionResult {
+pub(crate) enum DecisionResult {
     Allowed,
     Denied,
     /// A shadow limit that would have denied.
@@ -64,7 +64,7 @@ pub enum DecisionResult {
 }
 
 impl DecisionResult {
-    pub const ALL: [DecisionResult; 3] = [
+    pub(crate) const ALL: [DecisionResult; 3] = [
         DecisionResult::Allowed,
         DecisionResult::Denied,
         DecisionResult::ShadowDenied,
@@ -81,7 +81,7 @@ impl DecisionResult {
 
 /// What happened to a client WebSocket message under a rule's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageResult {
+pub(crate) enum MessageResult {
     Forwarded,
     /// Over the message limit, dropped (`on_limit: drop`).
     Dropped,
@@ -92,7 +92,7 @@ pub enum MessageResult {
 }
 
 impl MessageResult {
-    pub const ALL: [MessageResult; 4] = [
+    pub(crate) const ALL: [MessageResult; 4] = [
         MessageResult::Forwarded,
         MessageResult::Dropped,
         MessageResult::Closed,
@@ -111,7 +111,7 @@ impl MessageResult {
 
 /// How a config reload attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadResult {
+pub(crate) enum ReloadResult {
     Success,
     Failure,
 }
@@ -127,7 +127,7 @@ impl ReloadResult {
 
 /// Why the gateway closed a client connection itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectionClose {
+pub(crate) enum ConnectionClose {
     /// The request's headers did not arrive within `server.header_timeout`.
     HeaderTimeout,
     /// No request began within `server.idle_timeout`.
@@ -137,7 +137,7 @@ pub enum ConnectionClose {
 }
 
 impl ConnectionClose {
-    pub const ALL: [ConnectionClose; 3] = [
+    pub(crate) const ALL: [ConnectionClose; 3] = [
         ConnectionClose::HeaderTimeout,
         ConnectionClose::IdleTimeout,
         ConnectionClose::PerIpLimit,
@@ -155,12 +155,12 @@ impl ConnectionClose {
 /// Connections the gateway closed itself, by reason; cloned into each
 /// connection so that closing one looks nothing up.
 #[derive(Debug, Clone)]
-pub struct ConnectionMetrics {
+pub(crate) struct ConnectionMetrics {
     closed: [IntCounter; ConnectionClose::ALL.len()],
 }
 
 impl ConnectionMetrics {
-    pub fn closed(&self, why: ConnectionClose) {
+    pub(crate) fn closed(&self, why: ConnectionClose) {
         self.closed[why as usize].inc();
     }
 }
@@ -169,7 +169,7 @@ impl ConnectionMetrics {
 /// gateway's registry (`Runtime::bind_metrics`), so the request path never
 /// looks a label set up.
 #[derive(Debug, Clone)]
-pub struct RuleMetrics {
+pub(crate) struct RuleMetrics {
     by_outcome: [IntCounter; Outcome::ALL.len()],
     request_duration: Histogram,
     upstream_duration: Histogram,
@@ -183,34 +183,34 @@ impl RuleMetrics {
     /// snapshot holds until it is bound, as it is swapped in. Compiling a
     /// config thus touches no registry, and a snapshot that is never served
     /// (`check`, a rejected reload) leaves no series behind.
-    pub fn unbound() -> Self {
+    pub(crate) fn unbound() -> Self {
         unbound().0.clone()
     }
 
     /// Counts a client WebSocket message of a rule with message limits.
-    pub fn websocket_message(&self, result: MessageResult) {
+    pub(crate) fn websocket_message(&self, result: MessageResult) {
         self.websocket_messages[result as usize].inc();
     }
 
     /// Counts a request decided under `on_error` because Redis failed.
-    pub fn degraded(&self, on_error: OnError) {
+    pub(crate) fn degraded(&self, on_error: OnError) {
         self.degraded[on_error as usize].inc();
     }
 
-    pub fn record(&self, outcome: Outcome) {
+    pub(crate) fn record(&self, outcome: Outcome) {
         self.by_outcome[outcome as usize].inc();
     }
 
-    pub fn observe_request(&self, took: Duration) {
+    pub(crate) fn observe_request(&self, took: Duration) {
         self.request_duration.observe(took.as_secs_f64());
     }
 
-    pub fn observe_upstream(&self, took: Duration) {
+    pub(crate) fn observe_upstream(&self, took: Duration) {
         self.upstream_duration.observe(took.as_secs_f64());
     }
 
     /// Open WebSocket (upgraded) connections of the rule.
-    pub fn websockets(&self) -> &IntGauge {
+    pub(crate) fn websockets(&self) -> &IntGauge {
         &self.websockets
     }
 }
@@ -223,11 +223,11 @@ pub struct LimitMetrics {
 
 impl LimitMetrics {
     /// See [`RuleMetrics::unbound`].
-    pub fn unbound() -> Self {
+    pub(crate) fn unbound() -> Self {
         unbound().1.clone()
     }
 
-    pub fn record(&self, result: DecisionResult) {
+    pub(crate) fn record(&self, result: DecisionResult) {
         self.by_result[result as usize].inc();
     }
 }
@@ -246,8 +246,8 @@ fn unbound() -> &'static (RuleMetrics, LimitMetrics) {
 /// breaker, and the decisions taken without the shared store.
 #[derive(Debug, Clone)]
 pub struct StoreMetrics {
-    pub memory_duration: Histogram,
-    pub redis_duration: Histogram,
+    pub(crate) memory_duration: Histogram,
+    pub(crate) redis_duration: Histogram,
     pub redis_timeouts: IntCounter,
     pub redis_errors: IntCounter,
     /// 0 closed, 1 open, 2 half-open (probing).
@@ -268,12 +268,12 @@ pub struct Metrics {
     websockets: IntGaugeVec,
     degraded: IntCounterVec,
     websocket_messages: IntCounterVec,
-    pub config_generation: IntGauge,
-    pub last_reload_success: IntGauge,
-    pub tracked_keys: IntGauge,
-    pub store_evictions: IntCounter,
+    pub(crate) config_generation: IntGauge,
+    pub(crate) last_reload_success: IntGauge,
+    pub(crate) tracked_keys: IntGauge,
+    pub(crate) store_evictions: IntCounter,
     pub store: StoreMetrics,
-    pub connections: ConnectionMetrics,
+    pub(crate) connections: ConnectionMetrics,
     /// Requests that matched no rule or were refused before routing.
     unrouted: RuleMetrics,
 }
@@ -510,7 +510,7 @@ impl Metrics {
     }
 
     /// Handles for a rule named in the config.
-    pub fn rule(&self, name: &str) -> RuleMetrics {
+    pub(crate) fn rule(&self, name: &str) -> RuleMetrics {
         Self::rule_metrics_of(
             &self.requests,
             &self.request_duration,
@@ -530,17 +530,17 @@ impl Metrics {
         }
     }
 
-    pub fn upstream_error(&self, upstream: &str) {
+    pub(crate) fn upstream_error(&self, upstream: &str) {
         self.upstream_errors.with_label_values(&[upstream]).inc();
     }
 
-    pub fn reload(&self, result: ReloadResult) {
+    pub(crate) fn reload(&self, result: ReloadResult) {
         self.reloads.with_label_values(&[result.label()]).inc();
     }
 
     /// Drops the series of a rule that left the config, so removed names do
     /// not linger in the exposition. Open WebSockets of the rule keep theirs.
-    pub fn forget_rule(&self, rule: &str, limits: &[&str]) {
+    pub(crate) fn forget_rule(&self, rule: &str, limits: &[&str]) {
         for outcome in Outcome::ALL {
             let _ = self.requests.remove_label_values(&[rule, outcome.label()]);
         }
@@ -561,7 +561,7 @@ impl Metrics {
     }
 
     /// Drops the decision series of a limit that left the config.
-    pub fn forget_limit(&self, rule: &str, limit: &str) {
+    pub(crate) fn forget_limit(&self, rule: &str, limit: &str) {
         for result in DecisionResult::ALL {
             let _ = self
                 .decisions
@@ -570,31 +570,31 @@ impl Metrics {
     }
 
     /// Drops the error series of an upstream that left the config.
-    pub fn forget_upstream(&self, upstream: &str) {
+    pub(crate) fn forget_upstream(&self, upstream: &str) {
         let _ = self.upstream_errors.remove_label_values(&[upstream]);
     }
 
     /// Drops the WebSocket gauge of a rule that left the config once its last
     /// connection has closed.
-    pub fn forget_idle_websockets(&self, rule: &str) {
+    pub(crate) fn forget_idle_websockets(&self, rule: &str) {
         if self.websockets.with_label_values(&[rule]).get() == 0 {
             let _ = self.websockets.remove_label_values(&[rule]);
         }
     }
 
     /// Counters for requests that never reached a rule (`rule=""`).
-    pub fn unrouted(&self) -> &RuleMetrics {
+    pub(crate) fn unrouted(&self) -> &RuleMetrics {
         &self.unrouted
     }
 
     /// The registry `/metrics` encodes, for parts beside the gateway that
     /// define metrics of their own (each in one place of its own).
-    pub fn registry(&self) -> &Registry {
+    pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

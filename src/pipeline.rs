@@ -18,30 +18,30 @@ use crate::runtime::{Rule, RuleLimit, Runtime};
 
 /// The parts of an incoming request the pipeline looks at.
 #[derive(Debug, Clone, Copy)]
-pub struct Incoming<'a> {
-    pub method: &'a Method,
+pub(crate) struct Incoming<'a> {
+    pub(crate) method: &'a Method,
     /// The request target as received.
-    pub target: Target<'a>,
+    pub(crate) target: Target<'a>,
     /// `Host` header, else the target's or the URI's authority, as received.
-    pub host: Option<&'a [u8]>,
-    pub headers: &'a HeaderMap,
+    pub(crate) host: Option<&'a [u8]>,
+    pub(crate) headers: &'a HeaderMap,
     /// The TCP peer.
-    pub peer: IpAddr,
+    pub(crate) peer: IpAddr,
 }
 
 /// A request that matched a rule.
 #[derive(Debug, Clone)]
-pub struct Routed<'a> {
-    pub rule: usize,
+pub(crate) struct Routed<'a> {
+    pub(crate) rule: usize,
     /// The normalized path: matched, and forwarded upstream.
-    pub path: Cow<'a, str>,
+    pub(crate) path: Cow<'a, str>,
     /// The normalized host: matched, and forwarded upstream.
-    pub host: Option<NormalHost<'a>>,
+    pub(crate) host: Option<NormalHost<'a>>,
 }
 
 /// Why a request never reached a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unrouted {
+pub(crate) enum Unrouted {
     BadPath(PathError),
     BadHost(HostError),
     NoRoute,
@@ -69,7 +69,7 @@ pub fn route<'a>(rt: &Runtime, req: &Incoming<'a>) -> Result<Routed<'a>, Unroute
 }
 
 /// The client IP (ARCHITECTURE.md, promise 5).
-pub fn client_ip(rt: &Runtime, req: &Incoming<'_>) -> IpAddr {
+pub(crate) fn client_ip(rt: &Runtime, req: &Incoming<'_>) -> IpAddr {
     let forwarded = req
         .headers
         .get_all(X_FORWARDED_FOR)
@@ -79,7 +79,11 @@ pub fn client_ip(rt: &Runtime, req: &Incoming<'_>) -> IpAddr {
 }
 
 /// Step 4: the facts keys and exemptions are computed from.
-pub fn facts<'a>(rt: &'a Runtime, req: &Incoming<'a>, client_ip: IpAddr) -> RequestFacts<'a> {
+pub(crate) fn facts<'a>(
+    rt: &'a Runtime,
+    req: &Incoming<'a>,
+    client_ip: IpAddr,
+) -> RequestFacts<'a> {
     RequestFacts {
         headers: req.headers,
         query: req.target.query.and_then(|q| std::str::from_utf8(q).ok()),
@@ -94,9 +98,9 @@ pub fn facts<'a>(rt: &'a Runtime, req: &Incoming<'a>, client_ip: IpAddr) -> Requ
 // `Decide` carries its checks inline: the plan lives on the stack for one
 // request, and boxing it would allocate per request.
 #[allow(clippy::large_enum_variant)]
-pub enum Plan<'a> {
+pub(crate) enum Plan<'a> {
     /// An exemption fired: no limits apply.
-    Exempt(usize),
+    Exempt,
     /// An enforced limit could not take its key from the request: it is
     /// missing (with `missing: deny`) or ambiguous.
     Refuse { limit: usize, error: KeyError },
@@ -115,7 +119,7 @@ pub enum Plan<'a> {
 
 /// A limit's key in this request, under its `missing:` policy: `Ok(None)`
 /// when the policy skips the limit, `Err` when the request cannot be counted.
-pub fn limit_key<'a>(
+pub(crate) fn limit_key<'a>(
     limit: &RuleLimit,
     facts: &RequestFacts<'a>,
 ) -> Result<Option<ClientKey<'a>>, KeyError> {
@@ -130,9 +134,9 @@ pub fn limit_key<'a>(
 /// Step 4: exemptions first, then one check per limit whose key is present (or
 /// whose `missing:` policy says what to count instead). A shadow limit never
 /// refuses: where it would have, the request is only marked.
-pub fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
-    if let Some(i) = rule.exemptions.iter().position(|e| e.applies(facts)) {
-        return Plan::Exempt(i);
+pub(crate) fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
+    if rule.exemptions.iter().any(|e| e.applies(facts)) {
+        return Plan::Exempt;
     }
     // No heap per request: a rule has at most MAX_CHECKS limits (the config
     // check refuses more).
@@ -179,14 +183,14 @@ pub fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
 /// The verdict on a decided request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
-    pub outcome: Outcome,
+    pub(crate) outcome: Outcome,
     /// The limit (index in the rule) whose state the response headers report:
     /// the denying limit for a denial, the most constrained one otherwise.
-    pub headline: Option<(usize, Decision)>,
+    pub(crate) headline: Option<(usize, Decision)>,
 }
 
 impl Verdict {
-    pub fn denied(&self) -> bool {
+    pub(crate) fn denied(&self) -> bool {
         self.outcome == Outcome::Limited
     }
 }
@@ -195,7 +199,7 @@ impl Verdict {
 /// (reporting the one that frees up last); a denial by a shadow limit (or a
 /// shadow refusal from `plan`) only marks the request; otherwise the enforced
 /// limit with the least headroom is reported.
-pub fn judge(rule: &Rule, decided: &[(usize, Decision)], shadow_refusal: bool) -> Verdict {
+pub(crate) fn judge(rule: &Rule, decided: &[(usize, Decision)], shadow_refusal: bool) -> Verdict {
     let enforced = |(i, _): &&(usize, Decision)| rule.limits[*i].mode == Mode::Enforce;
     let denial = decided
         .iter()
@@ -231,7 +235,7 @@ pub fn judge(rule: &Rule, decided: &[(usize, Decision)], shadow_refusal: bool) -
 
 /// How long an admitted request waits for a shaping leaky bucket: the longest
 /// wait among its enforced limits.
-pub fn shaping_delay(rule: &Rule, decided: &[(usize, Decision)]) -> std::time::Duration {
+pub(crate) fn shaping_delay(rule: &Rule, decided: &[(usize, Decision)]) -> std::time::Duration {
     let wait = decided
         .iter()
         .filter(|(i, d)| d.allowed && rule.limits[*i].mode == Mode::Enforce)

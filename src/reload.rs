@@ -30,7 +30,7 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 const MAX_DEBOUNCE: Duration = Duration::from_millis(250);
 
 #[derive(Debug)]
-pub enum ReloadOutcome {
+pub(crate) enum ReloadOutcome {
     Reloaded(Box<ReloadSummary>),
     /// The file has the bytes the gateway already runs.
     Unchanged,
@@ -49,7 +49,7 @@ enum Candidate {
 
 /// Reloads the config file. Concurrent calls run one after another, each
 /// reading the file afresh, so the last write wins.
-pub async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutcome {
+pub(crate) async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutcome {
     let _serial = shared.reloader.serial.lock().await;
     let candidate = {
         let shared = shared.clone();
@@ -297,7 +297,7 @@ fn summarize(old: &Runtime, new: &Runtime, startup: &Startup) -> ReloadSummary {
 
 /// Settings of `rt` that differ from what the process started with and so
 /// are not in effect until a restart.
-pub fn restart_required(startup: &Startup, rt: &Runtime) -> Vec<String> {
+pub(crate) fn restart_required(startup: &Startup, rt: &Runtime) -> Vec<String> {
     let now = Startup::of(rt);
     let mut differ = Vec::new();
     if now.listen != startup.listen {
@@ -340,9 +340,9 @@ pub fn restart_required(startup: &Startup, rt: &Runtime) -> Vec<String> {
 /// it; when the file is a symlink, its target's directory is watched too.
 /// Only events that mean "a file is complete" count: a closed write, a
 /// rename, a removal. A writer that is still writing has not closed the file.
-pub struct ConfigWatcher {
-    pub shared: Arc<Shared>,
-    pub handle_sighup: bool,
+pub(crate) struct ConfigWatcher {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) handle_sighup: bool,
 }
 
 /// Events that can mean a new version of the config is complete.

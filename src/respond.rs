@@ -14,17 +14,18 @@ use crate::policy::HeaderStyle;
 use crate::route::{HostError, PathError};
 use crate::runtime::{Rule, RuleLimit};
 
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub(crate) const X_RATELIMIT_REMAINING: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining");
+pub(crate) const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// A complete answer: header and body.
 #[derive(Debug)]
-pub struct Reply {
-    pub header: ResponseHeader,
-    pub body: Bytes,
+pub(crate) struct Reply {
+    pub(crate) header: ResponseHeader,
+    pub(crate) body: Bytes,
 }
 
 /// Any header this module builds is valid by construction; a failure here would
@@ -58,7 +59,7 @@ fn json_reply(status: u16, body: serde_json::Value) -> Reply {
 }
 
 /// 400 for a path the gateway refuses to route.
-pub fn bad_path(error: PathError) -> Reply {
+pub(crate) fn bad_path(error: PathError) -> Reply {
     json_reply(
         400,
         json!({ "error": "bad_request", "reason": error.code(), "message": error.to_string() }),
@@ -66,7 +67,7 @@ pub fn bad_path(error: PathError) -> Reply {
 }
 
 /// 400 for a host that cannot be normalized (or a repeated `Host`).
-pub fn bad_host(error: HostError) -> Reply {
+pub(crate) fn bad_host(error: HostError) -> Reply {
     json_reply(
         400,
         json!({ "error": "bad_request", "reason": error.code(), "message": error.to_string() }),
@@ -74,7 +75,7 @@ pub fn bad_host(error: HostError) -> Reply {
 }
 
 /// 404 when no rule matches.
-pub fn no_route() -> Reply {
+pub(crate) fn no_route() -> Reply {
     json_reply(
         404,
         json!({ "error": "no_route", "message": "no rule matches this request" }),
@@ -83,7 +84,7 @@ pub fn no_route() -> Reply {
 
 /// 401 when a limit with `missing: deny` found no key. RFC 9110 requires a
 /// challenge with every 401: it names where the key is expected.
-pub fn missing_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Reply {
+pub(crate) fn missing_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Reply {
     let mut r = json_reply(
         401,
         json!({
@@ -105,7 +106,7 @@ pub fn missing_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Reply {
 }
 
 /// 400 when a limit's cost header holds no valid cost.
-pub fn bad_cost(rule: &Rule, limit: &RuleLimit) -> Reply {
+pub(crate) fn bad_cost(rule: &Rule, limit: &RuleLimit) -> Reply {
     let (header, max) = match &limit.cost {
         crate::runtime::Cost::Header { name, max, .. } => (name.to_string(), *max),
         crate::runtime::Cost::Fixed(n) => (String::new(), *n),
@@ -123,7 +124,7 @@ pub fn bad_cost(rule: &Rule, limit: &RuleLimit) -> Reply {
 
 /// 503 when Redis cannot decide and the rule's `on_error` is `deny`. The
 /// breaker's cool-down is the earliest a retry can succeed.
-pub fn store_unavailable(rule: &Rule) -> Reply {
+pub(crate) fn store_unavailable(rule: &Rule) -> Reply {
     let mut r = json_reply(
         503,
         json!({
@@ -137,7 +138,7 @@ pub fn store_unavailable(rule: &Rule) -> Reply {
 }
 
 /// 400 when the request carries a limit's key twice with different values.
-pub fn conflicting_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Reply {
+pub(crate) fn conflicting_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Reply {
     json_reply(
         400,
         json!({
@@ -159,13 +160,13 @@ fn describe_part(part: &KeyPart) -> String {
 }
 
 /// Whole seconds, rounded up, so a client that waits that long is never early.
-pub fn ceil_seconds(ns: Nanos) -> u64 {
+pub(crate) fn ceil_seconds(ns: Nanos) -> u64 {
     ns.div_ceil(1_000_000_000)
 }
 
 /// The answer to a request a limit denied: the rule's status and body (429 and
 /// a JSON body by default), `Retry-After`, and the rule's rate-limit headers.
-pub fn limited(rule: &Rule, limit: &RuleLimit, decision: &Decision) -> Reply {
+pub(crate) fn limited(rule: &Rule, limit: &RuleLimit, decision: &Decision) -> Reply {
     let retry_after = ceil_seconds(decision.retry_after).max(1);
     let mut r = match &rule.deny.body {
         None => json_reply(
@@ -196,7 +197,7 @@ pub fn limited(rule: &Rule, limit: &RuleLimit, decision: &Decision) -> Reply {
 /// Adds the headers of `style` describing `limit` after `decision`.
 /// For a denial, the reset is when the next request would pass, the same
 /// moment `Retry-After` names.
-pub fn add_rate_limit_headers(
+pub(crate) fn add_rate_limit_headers(
     header: &mut ResponseHeader,
     style: HeaderStyle,
     limit: &RuleLimit,
@@ -230,7 +231,7 @@ pub fn add_rate_limit_headers(
 }
 
 /// 502 (or 504 for a timeout) when the upstream cannot be reached or fails.
-pub fn upstream_failure(status: u16, upstream: &str) -> Reply {
+pub(crate) fn upstream_failure(status: u16, upstream: &str) -> Reply {
     let (error, message) = if status == 504 {
         ("upstream_timeout", "the upstream did not answer in time")
     } else {
@@ -243,7 +244,7 @@ pub fn upstream_failure(status: u16, upstream: &str) -> Reply {
 }
 
 /// Any other failure the proxy reports (e.g. a malformed request Pingora refused).
-pub fn generic_error(status: u16) -> Reply {
+pub(crate) fn generic_error(status: u16) -> Reply {
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())

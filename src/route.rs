@@ -32,7 +32,7 @@ pub enum PathError {
 
 impl PathError {
     /// Stable machine-readable reason for JSON bodies.
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             PathError::NotAbsolute => "target_not_absolute",
             PathError::BadEscape => "bad_percent_escape",
@@ -48,11 +48,11 @@ impl PathError {
 /// A request target split into its parts, straight from the request line's
 /// bytes (not from a lossy or re-parsed URI, so what is matched is what was sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     /// The authority of an absolute-form target (`GET http://host/path`).
-    pub authority: Option<&'a str>,
-    pub path: &'a [u8],
-    pub query: Option<&'a [u8]>,
+    pub(crate) authority: Option<&'a str>,
+    pub(crate) path: &'a [u8],
+    pub(crate) query: Option<&'a [u8]>,
 }
 
 impl<'a> Target<'a> {
@@ -236,7 +236,7 @@ fn resolve_segments(path: &str) -> Result<String, PathError> {
 /// cannot be used to slip past a rule into a looser one.
 #[derive(Debug, Clone)]
 pub struct PathPattern {
-    pub source: String,
+    pub(crate) source: String,
     /// Globs that together express the pattern (a trailing `/**` also matches the
     /// parent itself, which globset alone does not).
     globs: Vec<globset::Glob>,
@@ -272,24 +272,16 @@ impl PathPattern {
         })
     }
 
-    /// Whether a (normalized) path matches. For config checks; requests use
-    /// the precompiled [`RouteTable`].
-    pub fn matches(&self, path: &str) -> bool {
-        self.globs
-            .iter()
-            .any(|g| g.compile_matcher().is_match(path))
-    }
-
     /// True for `/**` and `**`: every path matches.
-    pub fn is_catch_all(&self) -> bool {
+    pub(crate) fn is_catch_all(&self) -> bool {
         matches!(self.source.as_str(), "/**" | "**")
     }
 }
 
 /// A host pattern: exact or with `*` wildcards (`*.example.com`), case-insensitive.
 #[derive(Debug, Clone)]
-pub struct HostPattern {
-    pub source: String,
+pub(crate) struct HostPattern {
+    pub(crate) source: String,
     matcher: globset::GlobMatcher,
 }
 
@@ -306,7 +298,7 @@ impl HostPattern {
         })
     }
 
-    pub fn matches(&self, host: &str) -> bool {
+    pub(crate) fn matches(&self, host: &str) -> bool {
         self.matcher.is_match(host)
     }
 }
@@ -315,7 +307,7 @@ impl HostPattern {
 /// was refused with 400: an upstream might read it as a host that a rule
 /// would have matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HostError {
+pub(crate) enum HostError {
     #[error("the request carries more than one Host header")]
     Repeated,
     #[error("the host has an empty label (a leading dot, '..', or more than one trailing dot)")]
@@ -330,7 +322,7 @@ pub enum HostError {
 
 impl HostError {
     /// Stable machine-readable reason for JSON bodies.
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             HostError::Repeated => "repeated_host",
             HostError::EmptyLabel => "host_empty_label",
@@ -343,11 +335,11 @@ impl HostError {
 
 /// A host in the one form host patterns match and the upstream receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NormalHost<'a> {
+pub(crate) struct NormalHost<'a> {
     /// ASCII lower case, without the trailing dot of a fully qualified name;
     /// an IPv6 literal in brackets, in its canonical form. No port.
-    pub name: Cow<'a, str>,
-    pub port: Option<u16>,
+    pub(crate) name: Cow<'a, str>,
+    pub(crate) port: Option<u16>,
     /// The host as received already was `name[:port]`.
     verbatim: bool,
 }
@@ -355,7 +347,7 @@ pub struct NormalHost<'a> {
 impl NormalHost<'_> {
     /// The `Host` the upstream must get instead of the one received, when
     /// they differ, so that it serves the host the rule was chosen for.
-    pub fn rewritten(&self) -> Option<String> {
+    pub(crate) fn rewritten(&self) -> Option<String> {
         (!self.verbatim).then(|| self.to_string())
     }
 }
@@ -376,7 +368,7 @@ impl fmt::Display for NormalHost<'_> {
 /// bracketed IPv6 literal, with an optional port, is refused: `a..b`, two
 /// trailing dots, user info, percent-escapes, bytes outside ASCII. An empty
 /// value stays empty. Borrowed when nothing changes, the common case.
-pub fn normalize_host(raw: &[u8]) -> Result<NormalHost<'_>, HostError> {
+pub(crate) fn normalize_host(raw: &[u8]) -> Result<NormalHost<'_>, HostError> {
     let text = std::str::from_utf8(raw).map_err(|_| HostError::Character)?;
     let (name, port_text) = match text.strip_prefix('[') {
         Some(rest) => {
@@ -448,13 +440,13 @@ pub fn normalize_host(raw: &[u8]) -> Result<NormalHost<'_>, HostError> {
 #[derive(Debug, Clone, Default)]
 pub struct RouteConditions {
     /// Empty means any method.
-    pub methods: Vec<Method>,
-    pub host: Option<HostPattern>,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) host: Option<HostPattern>,
 }
 
 impl RouteConditions {
     /// `host` is the [`NormalHost::name`] of the request.
-    pub fn accepts(&self, method: &Method, host: Option<&str>) -> bool {
+    pub(crate) fn accepts(&self, method: &Method, host: Option<&str>) -> bool {
         let method_ok = self.methods.is_empty() || self.methods.iter().any(|m| m == method);
         let host_ok = match (&self.host, host) {
             (None, _) => true,
@@ -500,7 +492,7 @@ impl RouteTable {
 
     /// Every rule with a glob matching the path, whatever its conditions (for
     /// config checks: allocates).
-    pub fn matching_rules(&self, path: &str) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn matching_rules(&self, path: &str) -> impl Iterator<Item = usize> + '_ {
         self.set
             .matches(path)
             .into_iter()
@@ -508,7 +500,7 @@ impl RouteTable {
     }
 
     /// Index of the first rule (in file order) matching the normalized path,
-    /// method and host name (see [`normalize_host`]).
+    /// method and host name (see `normalize_host`).
     pub fn find(&self, path: &str, method: &Method, host: Option<&str>) -> Option<usize> {
         let candidate = Candidate::new(path);
         MATCHES.with(|cell| {

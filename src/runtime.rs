@@ -22,115 +22,115 @@ use crate::schema::{ConfigSource, Problem};
 
 /// Limits inside a rule's WebSocket connections.
 #[derive(Debug, Clone, Default)]
-pub struct WebSocketPolicy {
-    pub messages: Option<MessageLimit>,
-    pub max_message_bytes: Option<u64>,
-    pub on_limit: OnLimit,
-    pub idle_timeout: Option<Duration>,
-    pub max_lifetime: Option<Duration>,
+pub(crate) struct WebSocketPolicy {
+    pub(crate) messages: Option<MessageLimit>,
+    pub(crate) max_message_bytes: Option<u64>,
+    pub(crate) on_limit: OnLimit,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_lifetime: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
-pub struct MessageLimit {
-    pub limit: RuleLimit,
+pub(crate) struct MessageLimit {
+    pub(crate) limit: RuleLimit,
     /// Counted per connection, in the tunnel itself (no store involved).
-    pub per_connection: bool,
+    pub(crate) per_connection: bool,
 }
 
 #[derive(Debug)]
 pub struct Runtime {
     pub server: ServerSettings,
-    pub store: StoreSettings,
+    pub(crate) store: StoreSettings,
     /// What the parts beside the gateway made of their sections, in the
     /// order the binary added them (see `config::part`).
-    pub parts: Vec<CompiledPart>,
-    pub routes: RouteTable,
+    pub(crate) parts: Vec<CompiledPart>,
+    pub(crate) routes: RouteTable,
     /// In file order; `routes` yields indices into this.
     pub rules: Vec<Rule>,
-    pub upstreams: Vec<Upstream>,
+    pub(crate) upstreams: Vec<Upstream>,
     /// Non-fatal findings of the compile (e.g. unreachable rules).
     pub warnings: Vec<Problem>,
-    pub source: ConfigSource,
+    pub(crate) source: ConfigSource,
 }
 
 #[derive(Debug, Clone)]
-pub struct StoreSettings {
+pub(crate) struct StoreSettings {
     /// How long the state of a limit removed by a reload is kept, in case a
     /// later reload brings the limit back.
-    pub release_after: Duration,
+    pub(crate) release_after: Duration,
     /// Most states the memory store holds.
-    pub max_keys: usize,
+    pub(crate) max_keys: usize,
     /// Present when `backend: redis`.
-    pub redis: Option<RedisBackend>,
+    pub(crate) redis: Option<RedisBackend>,
     /// What requests get while Redis fails; rules may override it.
-    pub on_error: OnError,
+    pub(crate) on_error: OnError,
 }
 
 /// The shared store and the breaker in front of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisBackend {
-    pub redis: RedisSettings,
-    pub breaker: BreakerSettings,
+pub(crate) struct RedisBackend {
+    pub(crate) redis: RedisSettings,
+    pub(crate) breaker: BreakerSettings,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub listen: Vec<String>,
     pub admin: String,
-    pub admin_token: Option<String>,
-    pub watch: bool,
-    pub threads: usize,
-    pub work_stealing: bool,
-    pub trusted_proxies: TrustedProxies,
-    pub ipv6_prefix: u8,
-    pub api_key: ApiKeySources,
+    pub(crate) admin_token: Option<String>,
+    pub(crate) watch: bool,
+    pub(crate) threads: usize,
+    pub(crate) work_stealing: bool,
+    pub(crate) trusted_proxies: TrustedProxies,
+    pub(crate) ipv6_prefix: u8,
+    pub(crate) api_key: ApiKeySources,
     /// From a request's first byte to the end of its headers.
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// Before a connection's first request and between keep-alive requests.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Open connections per client IP (network, for IPv6); `None`: no cap.
-    pub max_connections_per_ip: Option<u32>,
+    pub(crate) max_connections_per_ip: Option<u32>,
     /// After SIGTERM, the time requests in flight get to finish.
-    pub grace_period: Duration,
+    pub(crate) grace_period: Duration,
 }
 
 #[derive(Debug)]
 pub struct Rule {
     pub name: String,
-    pub pattern: PathPattern,
-    pub conditions: RouteConditions,
+    pub(crate) pattern: PathPattern,
+    pub(crate) conditions: RouteConditions,
     /// Index into `Runtime::upstreams`.
-    pub upstream: usize,
-    pub limits: Vec<RuleLimit>,
-    pub exemptions: Vec<Exemption>,
-    pub headers: HeaderStyle,
-    pub deny: DenyResponse,
+    pub(crate) upstream: usize,
+    pub(crate) limits: Vec<RuleLimit>,
+    pub(crate) exemptions: Vec<Exemption>,
+    pub(crate) headers: HeaderStyle,
+    pub(crate) deny: DenyResponse,
     /// Overrides `store.on_error`.
-    pub on_error: Option<OnError>,
-    pub websocket: WebSocketPolicy,
-    pub metrics: RuleMetrics,
+    pub(crate) on_error: Option<OnError>,
+    pub(crate) websocket: WebSocketPolicy,
+    pub(crate) metrics: RuleMetrics,
 }
 
 #[derive(Debug, Clone)]
 pub struct RuleLimit {
     pub id: LimitId,
-    pub name: String,
-    pub key: KeySpec,
-    pub missing: MissingPolicy,
-    pub mode: Mode,
+    pub(crate) name: String,
+    pub(crate) key: KeySpec,
+    pub(crate) missing: MissingPolicy,
+    pub(crate) mode: Mode,
     /// `None` for a concurrency limit.
-    pub rate: Option<Rate>,
+    pub(crate) rate: Option<Rate>,
     /// Requests admissible at once (a bucket's burst, a window's count, the
     /// concurrency maximum).
-    pub burst: u64,
-    pub cost: Cost,
-    pub limiter: Limiter,
+    pub(crate) burst: u64,
+    pub(crate) cost: Cost,
+    pub(crate) limiter: Limiter,
     /// `sync: batched`: units reserved in Redis per call (`None`: exact).
-    pub batch: Option<u64>,
+    pub(crate) batch: Option<u64>,
     /// Pre-rendered `RateLimit-Policy` item, e.g. `"per-ip";q=100;w=1`; `None`
     /// for a concurrency limit, which the fields cannot describe.
-    pub policy_header: Option<HeaderValue>,
-    pub metrics: LimitMetrics,
+    pub(crate) policy_header: Option<HeaderValue>,
+    pub(crate) metrics: LimitMetrics,
 }
 
 impl Rule {
@@ -144,7 +144,7 @@ impl Rule {
 
 impl RuleLimit {
     /// Counts one of this limit's decisions (a shadow limit's denial apart).
-    pub fn record(&self, decision: &Decision) {
+    pub(crate) fn record(&self, decision: &Decision) {
         self.metrics.record(match (decision.allowed, self.mode) {
             (true, _) => DecisionResult::Allowed,
             (false, Mode::Enforce) => DecisionResult::Denied,
@@ -153,7 +153,7 @@ impl RuleLimit {
     }
 
     /// `gcra 100/1s burst 100`, `fixed_window 10/1m`, `concurrent 5`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self.rate {
             None => format!("concurrent {}", self.burst),
             Some(rate) => match self.limiter {
@@ -168,7 +168,7 @@ impl RuleLimit {
 
 /// What one request costs a limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cost {
+pub(crate) enum Cost {
     Fixed(u64),
     /// Read from a header (a batch endpoint's item count); `default` when the
     /// header is absent; a value above `max`, zero or not a number is refused.
@@ -181,7 +181,7 @@ pub enum Cost {
 
 impl Cost {
     /// The cost of a request, or `None` when its header holds no valid cost.
-    pub fn of(&self, headers: &http::HeaderMap) -> Option<u64> {
+    pub(crate) fn of(&self, headers: &http::HeaderMap) -> Option<u64> {
         match self {
             Cost::Fixed(n) => Some(*n),
             Cost::Header { name, max, default } => match headers.get(name) {
@@ -198,11 +198,11 @@ impl Cost {
 
 /// How a denied request is answered.
 #[derive(Debug, Clone)]
-pub struct DenyResponse {
-    pub status: u16,
+pub(crate) struct DenyResponse {
+    pub(crate) status: u16,
     /// `None` means the standard JSON body.
-    pub body: Option<String>,
-    pub content_type: HeaderValue,
+    pub(crate) body: Option<String>,
+    pub(crate) content_type: HeaderValue,
 }
 
 impl Default for DenyResponse {
@@ -216,25 +216,25 @@ impl Default for DenyResponse {
 }
 
 #[derive(Debug)]
-pub struct Upstream {
-    pub name: String,
-    pub servers: Vec<SocketAddr>,
-    pub tls: bool,
-    pub sni: String,
-    pub verify_cert: bool,
-    pub host_header: Option<HeaderValue>,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub write_timeout: Duration,
+pub(crate) struct Upstream {
+    pub(crate) name: String,
+    pub(crate) servers: Vec<SocketAddr>,
+    pub(crate) tls: bool,
+    pub(crate) sni: String,
+    pub(crate) verify_cert: bool,
+    pub(crate) host_header: Option<HeaderValue>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) read_timeout: Duration,
+    pub(crate) write_timeout: Duration,
     /// Read timeout of upgraded (WebSocket) connections.
-    pub tunnel_idle_timeout: Duration,
+    pub(crate) tunnel_idle_timeout: Duration,
     /// Round-robin position.
     pub(crate) next: AtomicUsize,
 }
 
 impl Upstream {
     /// Where the next request starts in round-robin order.
-    pub fn round_robin_start(&self) -> usize {
+    pub(crate) fn round_robin_start(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -247,7 +247,7 @@ impl Upstream {
 /// The settings a part runs with, held in the snapshot without the core
 /// knowing their type. Two are equal when they have the same type and value.
 #[derive(Debug, Clone)]
-pub struct PartSettings(Arc<dyn Erased>);
+pub(crate) struct PartSettings(Arc<dyn Erased>);
 
 impl PartSettings {
     pub fn new<T: Any + Debug + PartialEq + Send + Sync>(settings: T) -> Self {
@@ -255,7 +255,7 @@ impl PartSettings {
     }
 
     /// The settings, if they are a `T`.
-    pub fn get<T: Any>(&self) -> Option<&T> {
+    pub(crate) fn get<T: Any>(&self) -> Option<&T> {
         self.0.as_any().downcast_ref()
     }
 }
@@ -287,12 +287,12 @@ impl<T: Any + Debug + PartialEq + Send + Sync> Erased for T {
 /// What a part beside the gateway made of its section of the file (see
 /// `config::part`), kept in the snapshot.
 #[derive(Debug, Clone)]
-pub struct CompiledPart {
-    pub name: &'static str,
+pub(crate) struct CompiledPart {
+    pub(crate) name: &'static str,
     /// The section as read, defaults filled in and secrets redacted, for
     /// `GET /-/config` (`null` when absent).
-    pub shown: serde_json::Value,
-    pub settings: Option<PartSettings>,
+    pub(crate) shown: serde_json::Value,
+    pub(crate) settings: Option<PartSettings>,
 }
 
 impl Runtime {
@@ -300,7 +300,7 @@ impl Runtime {
     /// once, where a snapshot is swapped in (`Shared::new` at start, and a
     /// reload's apply): a compiled snapshot counts into nothing a gateway
     /// exposes, so a rejected file leaves no series.
-    pub fn bind_metrics(&mut self, metrics: &Metrics) {
+    pub(crate) fn bind_metrics(&mut self, metrics: &Metrics) {
         for rule in &mut self.rules {
             rule.metrics = metrics.rule(&rule.name);
             let messages = rule.websocket.messages.as_mut().map(|m| &mut m.limit);
@@ -311,7 +311,7 @@ impl Runtime {
     }
 
     /// The settings of the part `name`, if it runs and they are a `T`.
-    pub fn part<T: Any>(&self, name: &str) -> Option<&T> {
+    pub(crate) fn part<T: Any>(&self, name: &str) -> Option<&T> {
         self.parts
             .iter()
             .find(|p| p.name == name)
@@ -319,15 +319,15 @@ impl Runtime {
     }
 
     /// What a rule's requests get while Redis fails.
-    pub fn on_error(&self, rule: &Rule) -> OnError {
+    pub(crate) fn on_error(&self, rule: &Rule) -> OnError {
         rule.on_error.unwrap_or(self.store.on_error)
     }
 
-    pub fn rule(&self, index: usize) -> &Rule {
+    pub(crate) fn rule(&self, index: usize) -> &Rule {
         &self.rules[index]
     }
 
-    pub fn upstream_of(&self, rule: &Rule) -> &Upstream {
+    pub(crate) fn upstream_of(&self, rule: &Rule) -> &Upstream {
         &self.upstreams[rule.upstream]
     }
 }

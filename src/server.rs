@@ -1,5 +1,5 @@
 //! Assembles the Pingora server: the proxy listener(s), the admin listener and
-//! background housekeeping, all sharing one [`Shared`] state, plus whatever
+//! background housekeeping, all sharing one `Shared` state, plus whatever
 //! services the caller adds (the parts beside the gateway: see `app`).
 
 use std::net::TcpListener;
@@ -79,7 +79,7 @@ pub fn check_bindable(shared: &Shared) -> Result<(), String> {
 }
 
 /// Whether a listener could bind `addr` now; the error names it.
-pub fn bindable(addr: &str) -> Result<(), String> {
+pub(crate) fn bindable(addr: &str) -> Result<(), String> {
     TcpListener::bind(addr)
         .map(drop)
         .map_err(|e| format!("cannot listen on {addr}: {e}"))
@@ -205,7 +205,6 @@ impl ShutdownSignalWatch for NotifyShutdown {
 
 /// A gateway running on its own thread until stopped or dropped.
 pub struct Running {
-    pub shared: Arc<Shared>,
     stop: Arc<Notify>,
     thread: Option<JoinHandle<()>>,
 }
@@ -231,7 +230,6 @@ impl Running {
             })
         });
         Running {
-            shared,
             stop,
             thread: Some(thread),
         }

@@ -20,20 +20,20 @@ use crate::schema::Problem;
 /// store and metrics outlive any one config snapshot.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
-    pub limits: Limits,
-    pub metrics: Metrics,
-    pub clock: MonotonicClock,
-    pub config_path: PathBuf,
+    pub(crate) limits: Limits,
+    pub(crate) metrics: Metrics,
+    pub(crate) clock: MonotonicClock,
+    pub(crate) config_path: PathBuf,
     /// Loads the file at a reload, with the parts beside the gateway.
-    pub loader: Loader,
+    pub(crate) loader: Loader,
     /// What the listeners were started with (a reload cannot move them).
-    pub startup: Startup,
-    pub reloader: Reloader,
+    pub(crate) startup: Startup,
+    pub(crate) reloader: Reloader,
     /// `TOLLGATE_ADMIN_TOKEN` at start; overrides `server.admin_token`.
-    pub admin_token_env: Option<String>,
+    pub(crate) admin_token_env: Option<String>,
     /// Turns true when a graceful shutdown begins (the listeners have
     /// closed): open tunnels then close with 1001.
-    pub stopping: tokio::sync::watch::Sender<bool>,
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -88,7 +88,7 @@ impl Shared {
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Trigger {
+pub(crate) enum Trigger {
     File,
     Signal,
     Admin,
@@ -96,66 +96,66 @@ pub enum Trigger {
 
 /// Names added, removed and changed between two configs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Changes {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub changed: Vec<String>,
+pub(crate) struct Changes {
+    pub(crate) added: Vec<String>,
+    pub(crate) removed: Vec<String>,
+    pub(crate) changed: Vec<String>,
 }
 
 /// What a reload did to limiter state, by `rule/limit`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct LimitChanges {
+pub(crate) struct LimitChanges {
     /// Same definition: counters carried over.
-    pub kept: Vec<String>,
+    pub(crate) kept: Vec<String>,
     /// Same name, new definition: counters start fresh.
-    pub reset: Vec<String>,
-    pub added: Vec<String>,
+    pub(crate) reset: Vec<String>,
+    pub(crate) added: Vec<String>,
     /// Gone: their state is released.
-    pub removed: Vec<String>,
+    pub(crate) removed: Vec<String>,
 }
 
 /// The answer to a successful reload.
 #[derive(Debug, Clone, Serialize)]
-pub struct ReloadSummary {
-    pub generation: u64,
-    pub rules: Changes,
-    pub upstreams: Changes,
-    pub limits: LimitChanges,
+pub(crate) struct ReloadSummary {
+    pub(crate) generation: u64,
+    pub(crate) rules: Changes,
+    pub(crate) upstreams: Changes,
+    pub(crate) limits: LimitChanges,
     /// Settings that changed in the file but only take effect after a restart.
-    pub restart_required: Vec<String>,
-    pub warnings: Vec<Problem>,
+    pub(crate) restart_required: Vec<String>,
+    pub(crate) warnings: Vec<Problem>,
 }
 
 /// The last reload attempt, for `GET /-/config`.
 #[derive(Debug, Clone, Serialize)]
-pub struct LastReload {
-    pub at: String,
-    pub trigger: Trigger,
+pub(crate) struct LastReload {
+    pub(crate) at: String,
+    pub(crate) trigger: Trigger,
     /// `success`, `failure`, or `reverted` (the file is back to the running
     /// config after a failure).
-    pub result: &'static str,
-    pub problems: Vec<Problem>,
-    pub restart_required: Vec<String>,
+    pub(crate) result: &'static str,
+    pub(crate) problems: Vec<Problem>,
+    pub(crate) restart_required: Vec<String>,
 }
 
 /// Settings Pingora binds at start; a reload can only report their change.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Startup {
-    pub listen: Vec<String>,
-    pub admin: String,
-    pub threads: usize,
-    pub work_stealing: bool,
+pub(crate) struct Startup {
+    pub(crate) listen: Vec<String>,
+    pub(crate) admin: String,
+    pub(crate) threads: usize,
+    pub(crate) work_stealing: bool,
     /// Pingora takes the grace period and HTTP/2's idle timeout at start.
-    pub grace_period: Duration,
-    pub idle_timeout: Duration,
+    pub(crate) grace_period: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Each part beside the gateway by name, with the settings it runs with.
-    pub parts: Vec<(&'static str, Option<PartSettings>)>,
-    pub max_keys: usize,
-    pub redis: Option<RedisBackend>,
+    pub(crate) parts: Vec<(&'static str, Option<PartSettings>)>,
+    pub(crate) max_keys: usize,
+    pub(crate) redis: Option<RedisBackend>,
 }
 
 impl Startup {
-    pub fn of(rt: &Runtime) -> Self {
+    pub(crate) fn of(rt: &Runtime) -> Self {
         Startup {
             listen: rt.server.listen.clone(),
             admin: rt.server.admin.clone(),
@@ -176,7 +176,7 @@ impl Startup {
 
 /// Serializes reloads and remembers how the last one went.
 #[derive(Debug, Default)]
-pub struct Reloader {
+pub(crate) struct Reloader {
     pub(crate) serial: tokio::sync::Mutex<()>,
     state: Mutex<ReloaderState>,
 }
@@ -199,17 +199,17 @@ impl Reloader {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn last(&self) -> Option<LastReload> {
+    pub(crate) fn last(&self) -> Option<LastReload> {
         self.state().last.clone()
     }
 
     /// Whether the file watcher is established.
-    pub fn watching(&self) -> bool {
+    pub(crate) fn watching(&self) -> bool {
         self.state().watching
     }
 
     /// The summary of the reload that loaded the file with this hash.
-    pub fn summary_of(&self, sha256: &str) -> Option<ReloadSummary> {
+    pub(crate) fn summary_of(&self, sha256: &str) -> Option<ReloadSummary> {
         match &self.state().last_summary {
             Some((hash, summary)) if hash == sha256 => Some(summary.clone()),
             _ => None,
@@ -234,12 +234,12 @@ impl Reloader {
 }
 
 /// Seconds since the Unix epoch, for gauges.
-pub fn unix_seconds(at: SystemTime) -> i64 {
+pub(crate) fn unix_seconds(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A time as RFC 3339 text, for `GET /-/config`.
-pub fn rfc3339(at: SystemTime) -> String {
+pub(crate) fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }

@@ -23,7 +23,7 @@ use crate::limit::{
 };
 use crate::metrics::{LimitMetrics, RuleMetrics};
 use crate::policy::units::{self, Rate, MAX_RATE_COUNT};
-use crate::policy::{HeaderStyle, MissingPolicy};
+use crate::policy::MissingPolicy;
 use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
 use crate::runtime::{
     CompiledPart, Cost, DenyResponse, MessageLimit, RedisBackend, Rule, RuleLimit, Runtime,
@@ -124,16 +124,12 @@ impl Compiler<'_> {
 
 /// Where a part beside the gateway reports the problems of its section
 /// (see `config::part`), located and listed with the core's own.
-pub struct Report<'c, 'a>(&'c mut Compiler<'a>);
+pub(crate) struct Report<'c, 'a>(&'c mut Compiler<'a>);
 
 impl Report<'_, '_> {
     /// An error at `path`, the YAML path of a key in the part's section.
-    pub fn error(&mut self, path: impl Into<String>, message: impl Display) {
+    pub(crate) fn error(&mut self, path: impl Into<String>, message: impl Display) {
         self.0.error(path, message);
-    }
-
-    pub fn warn(&mut self, path: impl Into<String>, message: impl Display) {
-        self.0.warn(path, message);
     }
 
     /// Runs a fallible conversion, reporting its error at `path`.
@@ -149,7 +145,7 @@ impl Report<'_, '_> {
 /// Compiles a parsed config, with the sections parts beside the gateway
 /// parsed from it. On success the runtime carries the warnings; on failure
 /// every problem (errors and warnings) is returned.
-pub fn compile(
+pub(crate) fn compile(
     origin: ConfigSource,
     source: &SourceMap,
     sections: &[NamedSection],
@@ -1328,14 +1324,4 @@ fn compile_deny(c: &mut Compiler<'_>, path: &str, d: Option<&DenyInput>) -> Deny
         }
     }
     deny
-}
-
-/// Used by `check` to render what a rule's header style means.
-pub fn header_style_name(style: HeaderStyle) -> &'static str {
-    match style {
-        HeaderStyle::Ietf => "ietf",
-        HeaderStyle::Legacy => "legacy",
-        HeaderStyle::Both => "both",
-        HeaderStyle::None => "none",
-    }
 }

@@ -10,14 +10,14 @@ use serde_saphyr::granit_parser::{Event, Parser};
 
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Position {
-    pub line: u32,
-    pub column: u32,
+pub(crate) struct Position {
+    pub(crate) line: u32,
+    pub(crate) column: u32,
 }
 
 /// YAML paths (`rules[1].limits[0].rate`) and their positions.
 #[derive(Debug, Default)]
-pub struct SourceMap {
+pub(crate) struct SourceMap {
     by_path: HashMap<String, Position>,
     /// Every node in document order, for finding the path at a position.
     in_order: Vec<(Position, String)>,
@@ -29,7 +29,7 @@ enum Frame {
 }
 
 impl SourceMap {
-    pub fn build(text: &str) -> Self {
+    pub(crate) fn build(text: &str) -> Self {
         let mut map = SourceMap::default();
         let mut stack: Vec<Frame> = Vec::new();
         for item in Parser::new_from_str(text) {
@@ -93,7 +93,7 @@ impl SourceMap {
 
     /// The position of `path`, or of its nearest ancestor that is in the file
     /// (a missing field is reported where its parent is).
-    pub fn position_of(&self, path: &str) -> Position {
+    pub(crate) fn position_of(&self, path: &str) -> Position {
         let mut current = path;
         loop {
             if let Some(p) = self.by_path.get(current) {
@@ -107,7 +107,7 @@ impl SourceMap {
     }
 
     /// The path of the last node that starts at or before `position`.
-    pub fn path_at(&self, position: Position) -> Option<&str> {
+    pub(crate) fn path_at(&self, position: Position) -> Option<&str> {
         let after = self.in_order.partition_point(|(p, _)| *p <= position);
         after.checked_sub(1).map(|i| self.in_order[i].1.as_str())
     }

@@ -3,9 +3,9 @@
 //! column and YAML path. Nothing here touches a running gateway; a caller swaps
 //! the result in only when it is whole.
 
-pub mod compile;
-pub mod locate;
-pub mod part;
+pub(crate) mod compile;
+pub(crate) mod locate;
+pub(crate) mod part;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,13 +15,13 @@ use serde::de::DeserializeOwned;
 
 use crate::runtime::Runtime;
 use crate::schema::{ConfigInput, ConfigSource, Problem, Severity};
-pub use locate::{Position, SourceMap};
-pub use part::{FileText, NamedSection, Part, Section};
+pub(crate) use locate::{Position, SourceMap};
+pub(crate) use part::{FileText, NamedSection, Part, Section};
 
 /// A config file that cannot be used, with every problem found in it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct ConfigError {
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     pub problems: Vec<Problem>,
 }
 
@@ -57,7 +57,7 @@ impl ConfigError {
 
 /// Hex SHA-256 of config text: identifies a file version in `/-/config` and
 /// lets a reload of unchanged bytes be skipped.
-pub fn sha256_hex(text: &[u8]) -> String {
+pub(crate) fn sha256_hex(text: &[u8]) -> String {
     use std::fmt::Write as _;
     let digest = ring::digest::digest(&ring::digest::SHA256, text);
     digest
@@ -71,16 +71,16 @@ pub fn sha256_hex(text: &[u8]) -> String {
 
 /// The largest config file read: far above 10,000 rules (about 2 MB), far
 /// below what would strain memory.
-pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// YAML nodes (scalars, sequences, mappings) a file may hold: 10,000 rules of
 /// a few limits each take about 400,000.
-pub const MAX_YAML_NODES: usize = 4_000_000;
+pub(crate) const MAX_YAML_NODES: usize = 4_000_000;
 /// Problem messages longer than this are cut, so a huge value in the file is
 /// never echoed back whole.
 const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// Reads a config file.
-pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
     let cannot =
         |e: std::io::Error| ConfigError::single(path, "", format!("cannot read the file: {e}"));
     let size = std::fs::metadata(path).map_err(cannot)?.len();
@@ -113,7 +113,7 @@ pub struct Loader {
 }
 
 impl Loader {
-    pub fn new(parts: Vec<Box<dyn Part>>) -> Self {
+    pub(crate) fn new(parts: Vec<Box<dyn Part>>) -> Self {
         Loader { parts }
     }
 

@@ -14,7 +14,7 @@ use crate::runtime::PartSettings;
 use crate::schema::{ConfigInput, Problem};
 
 /// A part beside the gateway with a section of the config file.
-pub trait Part: Send + Sync {
+pub(crate) trait Part: Send + Sync {
     /// The section's top-level key; it also names the part in
     /// `restart_required` and in `GET /-/config`.
     fn name(&self) -> &'static str;
@@ -25,7 +25,7 @@ pub trait Part: Send + Sync {
 }
 
 /// A part's section, parsed.
-pub trait Section {
+pub(crate) trait Section {
     /// Checks the section against the rest of the file, reporting problems
     /// to `report`. Returns what the part runs with, or `None` when it does
     /// not run (the section is absent or turned off, or has errors).
@@ -37,10 +37,10 @@ pub trait Section {
 }
 
 /// A part's name with its parsed section.
-pub type NamedSection = (&'static str, Box<dyn Section>);
+pub(crate) type NamedSection = (&'static str, Box<dyn Section>);
 
 /// The text of a config file being loaded, for a part to parse its section.
-pub struct FileText<'a> {
+pub(crate) struct FileText<'a> {
     pub(super) text: &'a str,
     pub(super) source: &'a SourceMap,
     pub(super) input: Option<&'a ConfigInput>,
@@ -49,14 +49,14 @@ pub struct FileText<'a> {
 impl FileText<'_> {
     /// The file as the core parsed it; `None` when that failed, and a part
     /// is asked only whether its section has a problem earlier in the file.
-    pub fn input(&self) -> Option<&ConfigInput> {
+    pub(crate) fn input(&self) -> Option<&ConfigInput> {
         self.input
     }
 
     /// Deserializes the whole file as `T` (which ignores the keys it does
     /// not own) with the core's limits, locating a shape problem like the
     /// core's own.
-    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Problem> {
+    pub(crate) fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Problem> {
         super::parse(self.text, self.source)
     }
 }

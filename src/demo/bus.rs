@@ -23,12 +23,12 @@ pub enum BusSettings {
     Redis { url: String, channel: String },
 }
 
-pub enum Bus {
+pub(crate) enum Bus {
     Memory,
     Redis(Box<RedisBus>),
 }
 
-pub struct RedisBus {
+pub(crate) struct RedisBus {
     client: redis::Client,
     /// Made on the first publish, inside the demo service's runtime: the
     /// manager spawns its tasks on the runtime it is made in, and the bus is
@@ -39,7 +39,7 @@ pub struct RedisBus {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BusError {
+pub(crate) enum BusError {
     #[error("the event bus is unavailable: {0}")]
     Unavailable(String),
 }
@@ -64,7 +64,7 @@ impl Bus {
         }
     }
 
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Bus::Memory => "memory",
             Bus::Redis(_) => "redis",
@@ -72,7 +72,7 @@ impl Bus {
     }
 
     /// Whether events from other instances can arrive.
-    pub fn connected(&self) -> bool {
+    pub(crate) fn connected(&self) -> bool {
         match self {
             Bus::Memory => true,
             Bus::Redis(r) => r.subscribed.load(Ordering::Relaxed),
@@ -80,7 +80,11 @@ impl Bus {
     }
 
     /// Sends accepted events to every instance (this one included).
-    pub async fn publish(&self, demo: &Demo, events: Vec<VehicleEvent>) -> Result<(), BusError> {
+    pub(crate) async fn publish(
+        &self,
+        demo: &Demo,
+        events: Vec<VehicleEvent>,
+    ) -> Result<(), BusError> {
         match self {
             Bus::Memory => {
                 for event in events {
@@ -93,7 +97,7 @@ impl Bus {
     }
 
     /// Starts the Redis subscriber, which feeds `demo` until aborted.
-    pub fn spawn_subscriber(&self, demo: Arc<Demo>) -> Option<tokio::task::JoinHandle<()>> {
+    pub(crate) fn spawn_subscriber(&self, demo: Arc<Demo>) -> Option<tokio::task::JoinHandle<()>> {
         match self {
             Bus::Memory => None,
             Bus::Redis(r) => {

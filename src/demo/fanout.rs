@@ -12,13 +12,13 @@ use tokio::sync::Notify;
 use super::metrics::DemoMetrics;
 use super::Published;
 
-pub struct Fanout {
+pub(crate) struct Fanout {
     clients: RwLock<HashMap<u64, Arc<ClientQueue>>>,
     next_id: AtomicU64,
     capacity: usize,
 }
 
-pub struct ClientQueue {
+pub(crate) struct ClientQueue {
     only: Option<String>,
     pending: Mutex<Pending>,
     ready: Notify,
@@ -31,7 +31,7 @@ struct Pending {
 }
 
 /// A client's place in the fan-out; leaves it when dropped.
-pub struct Subscription<'a> {
+pub(crate) struct Subscription<'a> {
     fanout: &'a Fanout,
     id: u64,
     queue: Arc<ClientQueue>,
@@ -46,7 +46,7 @@ impl Fanout {
         }
     }
 
-    pub fn subscribe(&self, only: Option<String>) -> Subscription<'_> {
+    pub(crate) fn subscribe(&self, only: Option<String>) -> Subscription<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(ClientQueue {
             only,
@@ -65,7 +65,7 @@ impl Fanout {
     }
 
     /// Queues an event for every client that wants it.
-    pub fn publish(&self, event: &Arc<Published>, metrics: &DemoMetrics) {
+    pub(crate) fn publish(&self, event: &Arc<Published>, metrics: &DemoMetrics) {
         let clients = self.clients.read().unwrap_or_else(PoisonError::into_inner);
         for client in clients.values() {
             if client.only.as_ref().is_some_and(|id| *id != event.id) {
@@ -94,7 +94,7 @@ impl Fanout {
 
 impl Subscription<'_> {
     /// Waits for events; returns them with how many were dropped before them.
-    pub async fn next(&self) -> (Vec<Arc<Published>>, u64) {
+    pub(crate) async fn next(&self) -> (Vec<Arc<Published>>, u64) {
         loop {
             {
                 let mut pending = self

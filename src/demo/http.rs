@@ -21,7 +21,7 @@ const MAX_BATCH_BODY: usize = 1024 * 1024;
 
 const MAP_PAGE: &str = include_str!("map.html");
 
-pub fn router(demo: Arc<Demo>) -> Router {
+pub(crate) fn router(demo: Arc<Demo>) -> Router {
     Router::new()
         .route("/", get(map_page))
         .route("/healthz", get(health))

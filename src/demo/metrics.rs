@@ -18,7 +18,7 @@ pub struct DemoMetrics {
 }
 
 /// Counts a WebSocket client for as long as it lives.
-pub struct ClientGuard(IntGauge);
+pub(crate) struct ClientGuard(IntGauge);
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
@@ -63,24 +63,24 @@ impl DemoMetrics {
         })
     }
 
-    pub fn accepted(&self, events: usize) {
+    pub(crate) fn accepted(&self, events: usize) {
         self.accepted.inc_by(events as u64);
     }
 
-    pub fn rejected(&self, events: usize) {
+    pub(crate) fn rejected(&self, events: usize) {
         self.rejected.inc_by(events as u64);
     }
 
-    pub fn client_connected(&self) -> ClientGuard {
+    pub(crate) fn client_connected(&self) -> ClientGuard {
         self.clients.inc();
         ClientGuard(self.clients.clone())
     }
 
-    pub fn sent(&self) {
+    pub(crate) fn sent(&self) {
         self.sent.inc();
     }
 
-    pub fn dropped(&self, messages: u64) {
+    pub(crate) fn dropped(&self, messages: u64) {
         self.dropped.inc_by(messages);
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! A part beside the gateway, not of it: the core never imports this module.
 //! The binary's assembly (`app`) adds [`DemoPart`] to the config loader,
-//! which reads the `demo:` section ([`settings`]), and starts [`service`]
+//! which reads the `demo:` section (`settings`), and starts `service`
 //! when the section turns the demo on. Its metrics are its own ([`metrics`]).
 
 mod bus;
@@ -13,7 +13,7 @@ mod fanout;
 mod http;
 pub mod metrics;
 pub mod schema;
-pub mod settings;
+pub(crate) mod settings;
 mod ws;
 
 use std::collections::HashMap;
@@ -38,9 +38,9 @@ const MAX_VEHICLES: usize = 10_000;
 /// An accepted event as it is fanned out: its id (for `?id=` filters) and
 /// its JSON, serialized once for every client.
 #[derive(Debug)]
-pub struct Published {
-    pub id: String,
-    pub json: Utf8Bytes,
+pub(crate) struct Published {
+    pub(crate) id: String,
+    pub(crate) json: Utf8Bytes,
 }
 
 struct Latest {
@@ -130,7 +130,7 @@ fn forget_stalest(vehicles: &mut HashMap<String, Latest>) {
 /// The demo upstream as a background service of the gateway's server, its
 /// metrics registered in `registry` (the gateway's, so that `/metrics` shows
 /// them). Fails only when that registry has them already.
-pub fn service(
+pub(crate) fn service(
     settings: DemoSettings,
     registry: &prometheus::Registry,
 ) -> prometheus::Result<GenBackgroundService<DemoService>> {

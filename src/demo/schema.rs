@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Most events one batch may carry.
-pub const MAX_BATCH: usize = 500;
+pub(crate) const MAX_BATCH: usize = 500;
 /// Most errors one answer lists, so a 422 cannot be larger than its request.
-pub const MAX_ERRORS: usize = 100;
+pub(crate) const MAX_ERRORS: usize = 100;
 /// Unknown fields reported per event before the rest are summarized.
 const MAX_UNKNOWN_FIELDS: usize = 10;
 const MAX_ID_CHARS: usize = 64;
@@ -16,21 +16,21 @@ const MAX_SPEED_KMH: f64 = 400.0;
 
 /// An accepted vehicle position.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VehicleEvent {
-    pub id: String,
-    pub lat: f64,
-    pub lon: f64,
+pub(crate) struct VehicleEvent {
+    pub(crate) id: String,
+    pub(crate) lat: f64,
+    pub(crate) lon: f64,
     /// km/h.
-    pub speed: f64,
+    pub(crate) speed: f64,
     /// RFC 3339, UTC.
-    pub ts: String,
+    pub(crate) ts: String,
 }
 
 /// One thing wrong with a submitted event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
+pub(crate) struct FieldError {
+    pub(crate) field: String,
+    pub(crate) message: String,
 }
 
 fn error(prefix: &str, field: &str, message: impl Into<String>) -> FieldError {
@@ -42,7 +42,7 @@ fn error(prefix: &str, field: &str, message: impl Into<String>) -> FieldError {
 
 /// Validates one event object; `prefix` names it in errors (`events[3].`).
 /// `now` fills in a missing timestamp.
-pub fn validate_event(
+pub(crate) fn validate_event(
     value: &Value,
     prefix: &str,
     now: DateTime<Utc>,
@@ -175,7 +175,7 @@ fn number_in(
 }
 
 /// Validates a batch: an array of 1 to [`MAX_BATCH`] events, all valid.
-pub fn validate_batch(
+pub(crate) fn validate_batch(
     value: &Value,
     now: DateTime<Utc>,
 ) -> Result<Vec<VehicleEvent>, Vec<FieldError>> {
@@ -209,7 +209,7 @@ pub fn validate_batch(
     }
 }
 
-pub fn rfc3339(at: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 

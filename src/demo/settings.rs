@@ -23,18 +23,18 @@ pub const NAME: &str = "demo";
 /// The `demo:` section as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct DemoInput {
+pub(crate) struct DemoInput {
     #[serde(default = "default_true")]
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     #[serde(default = "default_listen")]
-    pub listen: String,
+    pub(crate) listen: String,
     #[serde(default)]
-    pub bus: DemoBus,
+    pub(crate) bus: DemoBus,
     #[serde(default)]
-    pub redis: DemoRedisInput,
+    pub(crate) redis: DemoRedisInput,
     /// Messages buffered per WebSocket client before its oldest are dropped.
     #[serde(default = "default_client_queue")]
-    pub client_queue: usize,
+    pub(crate) client_queue: usize,
 }
 
 fn default_true() -> bool {
@@ -53,7 +53,7 @@ fn default_client_queue() -> usize {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DemoBus {
+pub(crate) enum DemoBus {
     /// Events stay in this process.
     #[default]
     Memory,
@@ -63,11 +63,11 @@ pub enum DemoBus {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct DemoRedisInput {
+pub(crate) struct DemoRedisInput {
     #[serde(default = "default_redis_url")]
-    pub url: String,
+    pub(crate) url: String,
     #[serde(default = "default_channel")]
-    pub channel: String,
+    pub(crate) channel: String,
 }
 
 impl Default for DemoRedisInput {

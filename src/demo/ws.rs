@@ -22,11 +22,11 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 const MAX_CLIENT_MESSAGE: usize = 4096;
 
 #[derive(Debug, Deserialize)]
-pub struct Filter {
+pub(crate) struct Filter {
     id: Option<String>,
 }
 
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     State(demo): State<Arc<Demo>>,
     Query(filter): Query<Filter>,
     ws: WebSocketUpgrade,

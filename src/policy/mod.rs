@@ -2,14 +2,14 @@
 //! from, shared by the config's serde types, the compiled snapshot, the
 //! limiter stores and the metrics. A leaf: it imports nothing of the crate.
 
-pub mod units;
+pub(crate) mod units;
 
 use serde::{Deserialize, Serialize};
 
 /// Which rate-limit response headers to send.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum HeaderStyle {
+pub(crate) enum HeaderStyle {
     /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10).
     #[default]
     Ietf,
@@ -20,10 +20,10 @@ pub enum HeaderStyle {
 }
 
 impl HeaderStyle {
-    pub fn ietf(self) -> bool {
+    pub(crate) fn ietf(self) -> bool {
         matches!(self, HeaderStyle::Ietf | HeaderStyle::Both)
     }
-    pub fn legacy(self) -> bool {
+    pub(crate) fn legacy(self) -> bool {
         matches!(self, HeaderStyle::Legacy | HeaderStyle::Both)
     }
 }
@@ -31,7 +31,7 @@ impl HeaderStyle {
 /// What a limit does when the request lacks its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MissingPolicy {
+pub(crate) enum MissingPolicy {
     /// Answer 401 naming the missing key.
     Deny,
     /// Do not apply this limit to the request.
@@ -43,7 +43,7 @@ pub enum MissingPolicy {
 /// What a WebSocket message over its limit gets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum OnLimit {
+pub(crate) enum OnLimit {
     /// The message is dropped and the client told, in a text frame,
     /// `{"type":"rate_limited","retry_after_ms":N}`.
     #[default]
@@ -55,7 +55,7 @@ pub enum OnLimit {
 /// Whether a limit denies or only reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Mode {
+pub(crate) enum Mode {
     #[default]
     Enforce,
     /// Count and log what would be denied, but let the request through.
@@ -76,9 +76,9 @@ pub enum OnError {
 }
 
 impl OnError {
-    pub const ALL: [OnError; 3] = [OnError::Allow, OnError::Deny, OnError::Local];
+    pub(crate) const ALL: [OnError; 3] = [OnError::Allow, OnError::Deny, OnError::Local];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             OnError::Allow => "allow",
             OnError::Deny => "deny",

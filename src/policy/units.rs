@@ -9,21 +9,21 @@ use std::time::Duration;
 
 /// Largest count a single rate may allow. Beyond this a limit is meaningless and
 /// usually a typo (an extra zero or two).
-pub const MAX_RATE_COUNT: u64 = 1_000_000_000;
+pub(crate) const MAX_RATE_COUNT: u64 = 1_000_000_000;
 /// Longest period a rate may span. Limiter state lives at most this long.
-pub const MAX_RATE_PERIOD: Duration = Duration::from_secs(31 * 24 * 3600);
+pub(crate) const MAX_RATE_PERIOD: Duration = Duration::from_secs(31 * 24 * 3600);
 
 /// `count` events per `period`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Rate {
-    pub count: u64,
-    pub period: Duration,
+pub(crate) struct Rate {
+    pub(crate) count: u64,
+    pub(crate) period: Duration,
 }
 
 impl Rate {
     /// Nanoseconds between two events at the sustained rate, rounded up so
     /// that a limit is never faster than configured.
-    pub fn emission_interval_ns(&self) -> u64 {
+    pub(crate) fn emission_interval_ns(&self) -> u64 {
         self.period
             .as_nanos()
             .div_ceil(u128::from(self.count.max(1))) as u64
@@ -37,7 +37,7 @@ impl fmt::Display for Rate {
 }
 
 /// Renders a duration the way an operator would write it (`1s`, `10m`, `500ms`).
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if d.subsec_millis() != 0 || ms == 0 {
         return format!("{}ms", ms);
@@ -52,7 +52,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UnitError {
+pub(crate) enum UnitError {
     #[error("{0:?} is not a rate: write COUNT/PERIOD such as 100/second, 5/10s, 20 per 2 minutes or 1000/500ms")]
     RateSyntax(String),
     #[error("{0:?} is not a duration: write a number and a unit such as 25ms, 2s, 5m, 1h")]
@@ -74,7 +74,7 @@ pub enum UnitError {
 }
 
 /// Parses a rate such as `100/second`, `5/10s`, `20 per 2 minutes` or `1000/500ms`.
-pub fn parse_rate(text: &str) -> Result<Rate, UnitError> {
+pub(crate) fn parse_rate(text: &str) -> Result<Rate, UnitError> {
     let syntax = || UnitError::RateSyntax(text.to_string());
     let trimmed = text.trim();
     let (count, period) = if let Some((c, p)) = trimmed.split_once('/') {
@@ -109,7 +109,7 @@ pub fn parse_rate(text: &str) -> Result<Rate, UnitError> {
 }
 
 /// Parses a duration such as `25ms`, `2s`, `1.5s`, `5 minutes`.
-pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -61,7 +61,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The public listeners' application: admits a connection (or closes it at
 /// once over the per-IP cap), wraps its stream in a [`TimedStream`] and hands
 /// it to Pingora's HTTP handling.
-pub struct Front {
+pub(crate) struct Front {
     requests: Arc<Requests>,
     shared: Arc<Shared>,
     open: Arc<OpenPerIp>,
@@ -176,7 +176,7 @@ impl HttpServerApp for Requests {
 
 /// Tells a request's connection that its head is in: the header deadline no
 /// longer applies. Called from the proxy's first hook; a no-op for HTTP/2.
-pub fn head_received(session: &ServerSession) {
+pub(crate) fn head_received(session: &ServerSession) {
     if let Some(stream) = timed(session) {
         stream.tell(Signal::HeadReceived);
     }
@@ -272,7 +272,7 @@ enum Signal {
 /// The phase and deadline are atomics because the HTTP layer changes them
 /// through a shared reference (the stream is inside Pingora's session then);
 /// the session's task is the only one that touches them.
-pub struct TimedStream {
+pub(crate) struct TimedStream {
     inner: Stream,
     /// Bytes the h2c check took, served again before the socket is read.
     replay: BytesMut,

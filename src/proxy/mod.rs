@@ -1,8 +1,8 @@
 //! The Pingora `ProxyHttp` impl: glue that runs the `pipeline` steps in order
 //! and writes what they decide. No policy lives here.
 
-pub mod connection;
-pub mod tunnel;
+pub(crate) mod connection;
+pub(crate) mod tunnel;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -37,7 +37,7 @@ const UNTRUSTED_FORWARDING_HEADERS: [HeaderName; 4] = [
 ];
 
 /// The proxy application.
-pub struct Gateway {
+pub(crate) struct Gateway {
     shared: Arc<Shared>,
     /// Opens the connections of the tunnels we own (see `tunnel`).
     connector: TransportConnector,
@@ -126,7 +126,7 @@ fn prepare_upstream_request(
 
 /// Per-request state carried between Pingora's hooks.
 #[derive(Default)]
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     /// The one snapshot this request is served with.
     runtime: Option<Arc<Runtime>>,
     /// The matched rule, also for requests the gateway answered itself.

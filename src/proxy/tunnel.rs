@@ -33,7 +33,7 @@ const READ_CHUNK: usize = 16 * 1024;
 const TO_UPSTREAM_QUEUE: usize = 8;
 
 /// Removes a non-WebSocket upgrade offer from a request proxied normally.
-pub fn strip_upgrade_offer(request: &mut RequestHeader) {
+pub(crate) fn strip_upgrade_offer(request: &mut RequestHeader) {
     request.remove_header(&UPGRADE);
     request.remove_header("http2-settings");
     let kept: Vec<String> = request
@@ -57,7 +57,7 @@ pub fn strip_upgrade_offer(request: &mut RequestHeader) {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TunnelError {
+pub(crate) enum TunnelError {
     #[error("cannot connect to the upstream: {0}")]
     Connect(String),
     #[error("the upstream failed during the handshake: {0}")]
@@ -67,16 +67,16 @@ pub enum TunnelError {
 }
 
 /// The upstream's answer to the upgrade request.
-pub struct Handshake {
-    pub response: ResponseHeader,
+pub(crate) struct Handshake {
+    pub(crate) response: ResponseHeader,
     /// Bytes the upstream sent after its response head.
-    pub rest: Bytes,
-    pub upstream: Stream,
+    pub(crate) rest: Bytes,
+    pub(crate) upstream: Stream,
 }
 
 /// Connects to `peer` (within `connect_timeout`, TLS included), sends
 /// `request` and reads the final response head (within `read_timeout`).
-pub async fn handshake(
+pub(crate) async fn handshake(
     connector: &TransportConnector,
     peer: &HttpPeer,
     request: &RequestHeader,
@@ -172,13 +172,13 @@ async fn read_final_response_head(
 }
 
 /// Whether a `101` really switched to WebSocket.
-pub fn switched_to_websocket(response: &ResponseHeader) -> bool {
+pub(crate) fn switched_to_websocket(response: &ResponseHeader) -> bool {
     response.status.as_u16() == 101 && header_has_token(&response.headers, &UPGRADE, "websocket")
 }
 
 /// How a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TunnelEnd {
+pub(crate) enum TunnelEnd {
     ClientClosed,
     UpstreamClosed,
     Idle,
@@ -190,24 +190,24 @@ pub enum TunnelEnd {
 
 /// Timeouts of one tunnel.
 #[derive(Debug, Clone, Copy)]
-pub struct TunnelTimeouts {
+pub(crate) struct TunnelTimeouts {
     /// Closed when neither side sends anything for this long.
-    pub idle: Duration,
+    pub(crate) idle: Duration,
     /// A write to either side may not take longer than this.
-    pub write: Duration,
+    pub(crate) write: Duration,
     /// Closed with 1001 after this long, however busy.
-    pub lifetime: Option<Duration>,
+    pub(crate) lifetime: Option<Duration>,
 }
 
 /// Frame-level inspection of a tunnel: message limits and sizes, and where
 /// the gateway's own frames may go.
-pub struct Inspection<'a> {
-    pub filter: ClientFilter,
-    pub watch: ServerWatch,
-    pub gate: Option<MessageGate>,
-    pub limits: &'a Limits,
-    pub clock: MonotonicClock,
-    pub metrics: &'a RuleMetrics,
+pub(crate) struct Inspection<'a> {
+    pub(crate) filter: ClientFilter,
+    pub(crate) watch: ServerWatch,
+    pub(crate) gate: Option<MessageGate>,
+    pub(crate) limits: &'a Limits,
+    pub(crate) clock: MonotonicClock,
+    pub(crate) metrics: &'a RuleMetrics,
 }
 
 impl Inspection<'_> {
@@ -273,7 +273,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Client → upstream writes happen in their own task behind a small queue, so
 /// the loop keeps reading the upstream while the upstream is slow to accept:
 /// neither direction can block the other.
-pub async fn pump(
+pub(crate) async fn pump(
     session: &mut Session,
     upstream: Stream,
     rest: Bytes,
@@ -475,7 +475,7 @@ async fn relay(
 /// plain response, streamed by the upstream's own framing. A body that
 /// cannot be relayed whole ends in an error, never in a response that looks
 /// complete.
-pub async fn relay_refusal(
+pub(crate) async fn relay_refusal(
     session: &mut Session,
     mut response: ResponseHeader,
     rest: Bytes,

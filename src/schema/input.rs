@@ -18,24 +18,24 @@ use crate::policy::{HeaderStyle, MissingPolicy, Mode, OnLimit};
 #[serde(deny_unknown_fields)]
 pub struct ConfigInput {
     #[serde(default)]
-    pub server: ServerInput,
+    pub(crate) server: ServerInput,
     #[serde(default)]
-    pub store: StoreInput,
+    pub(crate) store: StoreInput,
     #[serde(default)]
-    pub upstreams: BTreeMap<String, UpstreamInput>,
+    pub(crate) upstreams: BTreeMap<String, UpstreamInput>,
     #[serde(default)]
-    pub rules: Vec<RuleInput>,
+    pub(crate) rules: Vec<RuleInput>,
     /// A section the core does not read: a part beside the gateway that
     /// the binary adds parses and checks it (see `config::part`).
     #[serde(default)]
-    pub demo: Option<Opaque>,
+    pub(crate) demo: Option<Opaque>,
 }
 
 /// A section of the file read by a part beside the gateway, not by the core:
 /// any YAML is accepted here (the part reports its problems), and the part
 /// shows it in `GET /-/config`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Opaque;
+pub(crate) struct Opaque;
 
 impl<'de> Deserialize<'de> for Opaque {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -45,52 +45,52 @@ impl<'de> Deserialize<'de> for Opaque {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServerInput {
+pub(crate) struct ServerInput {
     #[serde(default = "default_listen")]
-    pub listen: Vec<String>,
+    pub(crate) listen: Vec<String>,
     #[serde(default = "default_admin")]
-    pub admin: String,
+    pub(crate) admin: String,
     /// Bearer token for the admin API (all but /healthz and /readyz);
     /// `TOLLGATE_ADMIN_TOKEN` overrides it.
     #[serde(default)]
-    pub admin_token: Option<String>,
+    pub(crate) admin_token: Option<String>,
     /// Reload when the config file changes on disk (SIGHUP and
     /// `POST /-/reload` work either way).
     #[serde(default = "default_true")]
-    pub watch: bool,
+    pub(crate) watch: bool,
     /// Worker threads for the proxy; defaults to the number of CPUs.
     #[serde(default)]
-    pub threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
     /// One tokio runtime shared by the threads, which steal each other's
     /// tasks (`true`, the default), or one runtime per thread (`false`:
     /// fewer cross-thread wake-ups, about 20 % more requests per second on
     /// the benchmark machine).
     #[serde(default = "default_true")]
-    pub work_stealing: bool,
+    pub(crate) work_stealing: bool,
     #[serde(default)]
-    pub trusted_proxies: Vec<String>,
+    pub(crate) trusted_proxies: Vec<String>,
     #[serde(default = "default_ipv6_prefix")]
-    pub ipv6_prefix: u8,
+    pub(crate) ipv6_prefix: u8,
     #[serde(default)]
-    pub api_key: ApiKeyInput,
+    pub(crate) api_key: ApiKeyInput,
     /// Which rate-limit headers responses carry unless a rule says otherwise.
     #[serde(default)]
-    pub headers: HeaderStyle,
+    pub(crate) headers: HeaderStyle,
     /// The longest a client may take to send a request's headers, counted
     /// from their first byte (default 10s).
     #[serde(default)]
-    pub header_timeout: Option<String>,
+    pub(crate) header_timeout: Option<String>,
     /// The longest a connection may wait for a request: before its first
     /// byte and between keep-alive requests (default 60s).
     #[serde(default)]
-    pub idle_timeout: Option<String>,
+    pub(crate) idle_timeout: Option<String>,
     /// Open connections per client IP (an IPv6 client: per `ipv6_prefix`
     /// network); more are closed at once. Off unless set.
     #[serde(default)]
-    pub max_connections_per_ip: Option<u32>,
+    pub(crate) max_connections_per_ip: Option<u32>,
     /// After SIGTERM, how long requests in flight get to finish (default 10s).
     #[serde(default)]
-    pub grace_period: Option<String>,
+    pub(crate) grace_period: Option<String>,
 }
 
 impl Default for ServerInput {
@@ -129,13 +129,13 @@ fn default_ipv6_prefix() -> u8 {
 /// Where `key: api_key` finds the key.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ApiKeyInput {
+pub(crate) struct ApiKeyInput {
     #[serde(default = "default_api_key_headers")]
-    pub headers: Vec<String>,
+    pub(crate) headers: Vec<String>,
     #[serde(default = "default_true")]
-    pub bearer: bool,
+    pub(crate) bearer: bool,
     #[serde(default)]
-    pub query: Option<String>,
+    pub(crate) query: Option<String>,
 }
 
 impl Default for ApiKeyInput {
@@ -158,70 +158,70 @@ fn default_true() -> bool {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct StoreInput {
+pub(crate) struct StoreInput {
     #[serde(default)]
-    pub backend: StoreBackend,
+    pub(crate) backend: StoreBackend,
     /// How long a limit removed by a reload keeps its state (default 60s), so
     /// that undoing an edit does not reset counters.
     #[serde(default)]
-    pub release_after: Option<String>,
+    pub(crate) release_after: Option<String>,
     #[serde(default)]
-    pub memory: MemoryStoreInput,
+    pub(crate) memory: MemoryStoreInput,
     /// Required when `backend: redis`.
     #[serde(default)]
-    pub redis: Option<RedisStoreInput>,
+    pub(crate) redis: Option<RedisStoreInput>,
     /// What requests get while Redis fails (default `local`).
     #[serde(default)]
-    pub on_error: Option<OnError>,
+    pub(crate) on_error: Option<OnError>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RedisStoreInput {
+pub(crate) struct RedisStoreInput {
     /// One Redis server.
     #[serde(default)]
-    pub url: Option<String>,
+    pub(crate) url: Option<String>,
     /// Seed nodes of a Redis Cluster (instead of `url`).
     #[serde(default)]
-    pub urls: Option<Vec<String>>,
+    pub(crate) urls: Option<Vec<String>>,
     /// Key prefix (default `tollgate`).
     #[serde(default)]
-    pub prefix: Option<String>,
+    pub(crate) prefix: Option<String>,
     /// Longest wait for a decision (default 25ms).
     #[serde(default)]
-    pub timeout: Option<String>,
+    pub(crate) timeout: Option<String>,
     /// Longest wait for a (re)connection (default 1s).
     #[serde(default)]
-    pub connect_timeout: Option<String>,
+    pub(crate) connect_timeout: Option<String>,
     /// Lifetime of a concurrency permit unless renewed (default 30s).
     #[serde(default)]
-    pub lease: Option<String>,
+    pub(crate) lease: Option<String>,
     #[serde(default)]
-    pub breaker: BreakerInput,
+    pub(crate) breaker: BreakerInput,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct BreakerInput {
+pub(crate) struct BreakerInput {
     /// Consecutive failures that open it (default 3).
     #[serde(default)]
-    pub failures: Option<u32>,
+    pub(crate) failures: Option<u32>,
     /// How long it stays open before a probe (default 250ms).
     #[serde(default)]
-    pub cooldown: Option<String>,
+    pub(crate) cooldown: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct MemoryStoreInput {
+pub(crate) struct MemoryStoreInput {
     /// Most limiter states held (default 1,000,000).
     #[serde(default)]
-    pub max_keys: Option<usize>,
+    pub(crate) max_keys: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum StoreBackend {
+pub(crate) enum StoreBackend {
     /// State in this process; the embedded default.
     #[default]
     Memory,
@@ -231,130 +231,130 @@ pub enum StoreBackend {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamInput {
-    pub servers: Vec<String>,
+pub(crate) struct UpstreamInput {
+    pub(crate) servers: Vec<String>,
     #[serde(default)]
-    pub tls: bool,
+    pub(crate) tls: bool,
     /// TLS server name; defaults to the host part of the first server.
     #[serde(default)]
-    pub sni: Option<String>,
+    pub(crate) sni: Option<String>,
     #[serde(default = "default_true")]
-    pub verify_cert: bool,
+    pub(crate) verify_cert: bool,
     /// Replaces the client's `Host` header (useful for name-based upstreams).
     #[serde(default)]
-    pub host_header: Option<String>,
+    pub(crate) host_header: Option<String>,
     #[serde(default)]
-    pub connect_timeout: Option<String>,
+    pub(crate) connect_timeout: Option<String>,
     #[serde(default)]
-    pub read_timeout: Option<String>,
+    pub(crate) read_timeout: Option<String>,
     #[serde(default)]
-    pub write_timeout: Option<String>,
+    pub(crate) write_timeout: Option<String>,
     /// Read timeout of upgraded (WebSocket) connections.
     #[serde(default)]
-    pub tunnel_idle_timeout: Option<String>,
+    pub(crate) tunnel_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RuleInput {
-    pub name: String,
+pub(crate) struct RuleInput {
+    pub(crate) name: String,
     #[serde(rename = "match")]
-    pub matches: MatchInput,
-    pub upstream: String,
+    pub(crate) matches: MatchInput,
+    pub(crate) upstream: String,
     #[serde(default)]
-    pub limits: Vec<LimitInput>,
+    pub(crate) limits: Vec<LimitInput>,
     #[serde(default)]
-    pub exempt: Vec<ExemptInput>,
+    pub(crate) exempt: Vec<ExemptInput>,
     /// Overrides `server.headers` for this rule.
     #[serde(default)]
-    pub headers: Option<HeaderStyle>,
+    pub(crate) headers: Option<HeaderStyle>,
     /// Replaces the default 429 answer.
     #[serde(default)]
-    pub deny: Option<DenyInput>,
+    pub(crate) deny: Option<DenyInput>,
     /// Overrides `store.on_error` for this rule.
     #[serde(default)]
-    pub on_error: Option<OnError>,
+    pub(crate) on_error: Option<OnError>,
     /// Limits inside the WebSocket connections of this rule.
     #[serde(default)]
-    pub websocket: Option<WebSocketInput>,
+    pub(crate) websocket: Option<WebSocketInput>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct WebSocketInput {
+pub(crate) struct WebSocketInput {
     /// A limit on client-to-upstream data messages; `key: connection` counts
     /// per connection, any other key across connections (and gateways).
     #[serde(default)]
-    pub messages: Option<LimitInput>,
+    pub(crate) messages: Option<LimitInput>,
     /// The largest client message (all its fragments); larger ones close the
     /// connection with 1009.
     #[serde(default)]
-    pub max_message_bytes: Option<u64>,
+    pub(crate) max_message_bytes: Option<u64>,
     /// What a message over the limit gets (default `drop`).
     #[serde(default)]
-    pub on_limit: Option<OnLimit>,
+    pub(crate) on_limit: Option<OnLimit>,
     /// Closed when nothing moves either way for this long (default: the
     /// upstream's `tunnel_idle_timeout`).
     #[serde(default)]
-    pub idle_timeout: Option<String>,
+    pub(crate) idle_timeout: Option<String>,
     /// Closed (1001) after this long, however busy.
     #[serde(default)]
-    pub max_lifetime: Option<String>,
+    pub(crate) max_lifetime: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct MatchInput {
-    pub path: String,
+pub(crate) struct MatchInput {
+    pub(crate) path: String,
     #[serde(default)]
-    pub methods: Vec<String>,
+    pub(crate) methods: Vec<String>,
     #[serde(default)]
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitInput {
+pub(crate) struct LimitInput {
     #[serde(default)]
-    pub name: Option<String>,
-    pub key: KeyInput,
+    pub(crate) name: Option<String>,
+    pub(crate) key: KeyInput,
     /// `100/second`…; or `concurrent:` instead.
     #[serde(default)]
-    pub rate: Option<String>,
+    pub(crate) rate: Option<String>,
     /// In-flight requests (open connections) per key, instead of a rate.
     #[serde(default)]
-    pub concurrent: Option<u64>,
+    pub(crate) concurrent: Option<u64>,
     /// Default `gcra`.
     #[serde(default)]
-    pub algorithm: Option<AlgorithmInput>,
+    pub(crate) algorithm: Option<AlgorithmInput>,
     #[serde(default)]
-    pub burst: Option<u64>,
+    pub(crate) burst: Option<u64>,
     /// `token_bucket` only: tokens a client may borrow and must pay back.
     #[serde(default)]
-    pub debt: Option<u64>,
+    pub(crate) debt: Option<u64>,
     /// `leaky_bucket` only: delay excess requests instead of refusing them.
     #[serde(default)]
-    pub delay: Option<bool>,
+    pub(crate) delay: Option<bool>,
     /// What one request costs (default 1).
     #[serde(default)]
-    pub cost: Option<CostInput>,
+    pub(crate) cost: Option<CostInput>,
     #[serde(default)]
-    pub missing: Option<MissingPolicy>,
+    pub(crate) missing: Option<MissingPolicy>,
     #[serde(default)]
-    pub mode: Mode,
+    pub(crate) mode: Mode,
     /// With the Redis store: `exact` (default, one round trip per request)
     /// or `batched` (admit from a small allowance reserved in Redis).
     #[serde(default)]
-    pub sync: Option<SyncInput>,
+    pub(crate) sync: Option<SyncInput>,
     /// Units reserved per Redis call with `sync: batched` (default 10).
     #[serde(default)]
-    pub batch: Option<u64>,
+    pub(crate) batch: Option<u64>,
 }
 
 /// How a limit on the Redis store talks to Redis.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SyncInput {
+pub(crate) enum SyncInput {
     /// One atomic round trip per request.
     #[default]
     Exact,
@@ -365,7 +365,7 @@ pub enum SyncInput {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AlgorithmInput {
+pub(crate) enum AlgorithmInput {
     #[default]
     Gcra,
     TokenBucket,
@@ -378,20 +378,20 @@ pub enum AlgorithmInput {
 /// A request's cost: a number, or read from a header with a cap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
-pub enum CostInput {
+pub(crate) enum CostInput {
     Fixed(u64),
     Header(HeaderCostInput),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct HeaderCostInput {
-    pub header: String,
+pub(crate) struct HeaderCostInput {
+    pub(crate) header: String,
     /// The most one request may cost; larger values are refused with 400.
-    pub max: u64,
+    pub(crate) max: u64,
     /// The cost when the header is absent.
     #[serde(default = "default_cost")]
-    pub default: u64,
+    pub(crate) default: u64,
 }
 
 fn default_cost() -> u64 {
@@ -434,7 +434,7 @@ impl<'de> Deserialize<'de> for CostInput {
 /// (WebSocket message limits only) or `{ header: NAME }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum KeyPartInput {
+pub(crate) enum KeyPartInput {
     Ip,
     Connection,
     ApiKey,
@@ -445,13 +445,13 @@ pub enum KeyPartInput {
 /// A key: one part, or a list of parts for a composite key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
-pub enum KeyInput {
+pub(crate) enum KeyInput {
     One(KeyPartInput),
     Composite(Vec<KeyPartInput>),
 }
 
 impl KeyInput {
-    pub fn parts(&self) -> &[KeyPartInput] {
+    pub(crate) fn parts(&self) -> &[KeyPartInput] {
         match self {
             KeyInput::One(part) => std::slice::from_ref(part),
             KeyInput::Composite(parts) => parts,
@@ -492,7 +492,7 @@ impl<'de> Deserialize<'de> for KeyInput {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ExemptInput {
+pub(crate) enum ExemptInput {
     /// Client IPs in these CIDRs skip the rule's limits.
     Ip(Vec<String>),
     /// Requests whose header matches a glob skip the rule's limits.
@@ -501,19 +501,19 @@ pub enum ExemptInput {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct HeaderExemptInput {
-    pub name: String,
-    pub value: String,
+pub(crate) struct HeaderExemptInput {
+    pub(crate) name: String,
+    pub(crate) value: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct DenyInput {
+pub(crate) struct DenyInput {
     #[serde(default)]
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
     /// Body template; `{rule}`, `{limit}` and `{retry_after}` are filled in.
     #[serde(default)]
-    pub body: Option<String>,
+    pub(crate) body: Option<String>,
     #[serde(default)]
-    pub content_type: Option<String>,
+    pub(crate) content_type: Option<String>,
 }

@@ -2,7 +2,7 @@
 //! file came from, and the problems found in it. Below both the loader
 //! (`config`) and the snapshot it compiles (`runtime`).
 
-pub mod input;
+pub(crate) mod input;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -51,12 +51,12 @@ impl fmt::Display for Problem {
 
 /// Where a runtime snapshot came from, for `GET /-/config` and reload diffs.
 #[derive(Debug, Clone)]
-pub struct ConfigSource {
-    pub file: PathBuf,
+pub(crate) struct ConfigSource {
+    pub(crate) file: PathBuf,
     /// Hex SHA-256 of the file's bytes.
-    pub sha256: String,
-    pub input: ConfigInput,
+    pub(crate) sha256: String,
+    pub(crate) input: ConfigInput,
     /// 1 for the config the process started with, +1 per successful reload.
-    pub generation: u64,
-    pub loaded_at: SystemTime,
+    pub(crate) generation: u64,
+    pub(crate) loaded_at: SystemTime,
 }

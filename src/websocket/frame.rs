@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 /// The longest frame header: 2 bytes, 8 of extended length, 4 of mask.
-pub const MAX_HEADER: usize = 14;
+pub(crate) const MAX_HEADER: usize = 14;
 /// Control frames carry at most this much (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: u64 = 125;
 
@@ -42,7 +42,7 @@ impl Opcode {
         })
     }
 
-    pub fn is_control(self) -> bool {
+    pub(crate) fn is_control(self) -> bool {
         matches!(self, Opcode::Close | Opcode::Ping | Opcode::Pong)
     }
 }
@@ -51,9 +51,9 @@ impl Opcode {
 pub struct FrameHeader {
     pub fin: bool,
     /// RSV1–3, as sent (extensions such as permessage-deflate use RSV1).
-    pub rsv: u8,
+    pub(crate) rsv: u8,
     pub opcode: Opcode,
-    pub masked: bool,
+    pub(crate) masked: bool,
     pub payload_len: u64,
 }
 
@@ -129,12 +129,12 @@ impl FrameParser {
     }
 
     /// Whether part of a frame header has been read but not all of it.
-    pub fn holding_header(&self) -> bool {
+    pub(crate) fn holding_header(&self) -> bool {
         self.pending_len > 0
     }
 
     /// Whether the stream is between frames (no partial header either).
-    pub fn at_frame_boundary(&self) -> bool {
+    pub(crate) fn at_frame_boundary(&self) -> bool {
         self.in_frame.is_none() && self.pending_len == 0
     }
 
@@ -317,14 +317,14 @@ pub fn encode_frame(opcode: Opcode, payload: &[u8], mask: Option<[u8; 4]>) -> Ve
 /// A masking key for frames the gateway sends upstream. RFC 6455 wants it
 /// unpredictable; should the system's randomness fail, a fixed key still
 /// makes a valid frame.
-pub fn random_mask() -> [u8; 4] {
+pub(crate) fn random_mask() -> [u8; 4] {
     let mut key = [0x5a, 0xc3, 0x91, 0x2e];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key);
     key
 }
 
 /// A close frame with a status code and a reason (at most 123 bytes of it).
-pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
+pub(crate) fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut payload = code.to_be_bytes().to_vec();
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {

@@ -24,13 +24,13 @@ use frame::{FrameParser, Piece, Sender, MAX_HEADER};
 /// Whether a request asks for a WebSocket: `GET`, `Upgrade: websocket` and
 /// `Connection: upgrade`. Other upgrades (such as `h2c`, whose tunnel would
 /// carry requests past routing and limits) are never tunnelled.
-pub fn is_websocket_request(method: &Method, headers: &HeaderMap) -> bool {
+pub(crate) fn is_websocket_request(method: &Method, headers: &HeaderMap) -> bool {
     method == Method::GET
         && header_has_token(headers, &UPGRADE, "websocket")
         && header_has_token(headers, &CONNECTION, "upgrade")
 }
 
-pub fn header_has_token(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> bool {
+pub(crate) fn header_has_token(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()
@@ -40,10 +40,10 @@ pub fn header_has_token(headers: &HeaderMap, name: &http::HeaderName, token: &st
 }
 
 /// Close codes the gateway sends (RFC 6455 §7.4.1).
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
-pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
+pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
+pub(crate) const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+pub(crate) const CLOSE_POLICY_VIOLATION: u16 = 1008;
+pub(crate) const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 
 /// What the gateway says about one client message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +60,8 @@ pub enum Verdict {
 /// Why the gateway closes a tunnel itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Close {
-    pub code: u16,
-    pub reason: &'static str,
+    pub(crate) code: u16,
+    pub(crate) reason: &'static str,
 }
 
 /// The result of filtering one piece of the client's stream.
@@ -71,7 +71,7 @@ pub struct Filtered {
     pub forward: Option<Bytes>,
     /// Tell the client a message was dropped (at the next message boundary
     /// of the upstream's stream).
-    pub notice: Option<Duration>,
+    pub(crate) notice: Option<Duration>,
     pub close: Option<Close>,
     /// Messages the limit dropped in this piece.
     pub dropped: u32,
@@ -229,7 +229,7 @@ impl ClientFilter {
 
     /// Whether the stream forwarded upstream is between frames and open: a
     /// frame of the gateway's own (a close) may go upstream now.
-    pub fn may_send_upstream(&self) -> bool {
+    pub(crate) fn may_send_upstream(&self) -> bool {
         !self.forwarding_frame && !self.closed
     }
 
@@ -276,7 +276,7 @@ impl ClientFilter {
 /// followed no further (and nothing is inserted into it); nothing is
 /// inserted after the upstream's close frame either.
 #[derive(Debug)]
-pub struct ServerWatch {
+pub(crate) struct ServerWatch {
     parser: FrameParser,
     pieces: Vec<Piece>,
     lost: bool,
@@ -307,7 +307,7 @@ impl ServerWatch {
     }
 
     /// The upstream sent its close frame: the gateway sends no frame after it.
-    pub fn closed(&self) -> bool {
+    pub(crate) fn closed(&self) -> bool {
         self.closed
     }
 
@@ -317,13 +317,13 @@ impl ServerWatch {
     }
 
     /// A control frame (a close) may go to the client here.
-    pub fn at_frame_boundary(&self) -> bool {
+    pub(crate) fn at_frame_boundary(&self) -> bool {
         !self.lost && !self.closed && self.parser.at_frame_boundary()
     }
 }
 
 /// The text frame telling a client its message was dropped.
-pub fn notice_frame(retry_after: Duration) -> Vec<u8> {
+pub(crate) fn notice_frame(retry_after: Duration) -> Vec<u8> {
     let ms = retry_after.as_millis().max(1);
     let text = format!("{{\"type\":\"rate_limited\",\"retry_after_ms\":{ms}}}");
     frame::encode_frame(frame::Opcode::Text, text.as_bytes(), None)
@@ -343,14 +343,14 @@ enum Scope {
 
 /// Decides client messages against a rule's message limit.
 #[derive(Debug)]
-pub struct MessageGate {
+pub(crate) struct MessageGate {
     limit: RuleLimit,
     on_limit: OnLimit,
     scope: Scope,
 }
 
 impl MessageGate {
-    pub fn per_connection(limit: RuleLimit, on_limit: OnLimit) -> Self {
+    pub(crate) fn per_connection(limit: RuleLimit, on_limit: OnLimit) -> Self {
         MessageGate {
             limit,
             on_limit,
@@ -358,7 +358,7 @@ impl MessageGate {
         }
     }
 
-    pub fn shared(
+    pub(crate) fn shared(
         limit: RuleLimit,
         on_limit: OnLimit,
         key: ClientKey<'static>,
@@ -373,7 +373,12 @@ impl MessageGate {
 
     /// The verdict on a message starting at `now` (the limiter's clock).
     /// Decisions Redis could not take count as the rule's degraded ones.
-    pub async fn admit(&mut self, limits: &Limits, now: Nanos, rule: &RuleMetrics) -> Verdict {
+    pub(crate) async fn admit(
+        &mut self,
+        limits: &Limits,
+        now: Nanos,
+        rule: &RuleMetrics,
+    ) -> Verdict {
         let decision = match &mut self.scope {
             Scope::Connection(state) => {
                 let (decision, next) = self.limit.limiter.decide(state.as_ref(), now, 1);
