@@ -165,14 +165,13 @@ pub async fn admit(rt: &Runtime, head: &RequestHead<'_>, limits: &Limits) -> Adm
         Plan::Decide {
             limits: indices,
             checks,
-            batches,
             shadow_refusal,
         } => {
             let on_error = rt.on_error(rule);
             let answer = if checks.is_empty() {
                 Answer::Decided(Decided::default())
             } else {
-                limits.decide_batched(&checks, on_error, &batches).await
+                limits.decide(&checks, on_error).await
             };
             let decided = match answer {
                 Answer::Decided(decided) => Some(decided),

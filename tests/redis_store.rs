@@ -19,7 +19,7 @@ use tollgate::limit::breaker::BreakerSettings;
 use tollgate::limit::store::redis::{RedisSettings, RedisStore, RedisTarget};
 use tollgate::limit::{
     Answer, Check, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, Limits,
-    MemoryStore, MonotonicClock, Nanos, Permit, SlidingCounter, SlidingLog, TokenBucket,
+    MemoryStore, MonotonicClock, Nanos, Permit, SlidingCounter, SlidingLog, SyncMode, TokenBucket,
 };
 use tollgate::metrics::Metrics;
 use tollgate::policy::OnError;
@@ -88,6 +88,7 @@ fn checks(
             key: per_ip,
             cost,
             enforced: true,
+            sync: SyncMode::Exact,
         },
         Check {
             limit: LimitId(id + 1),
@@ -95,6 +96,7 @@ fn checks(
             key: everyone,
             cost: 1,
             enforced: true,
+            sync: SyncMode::Exact,
         },
     ]
 }

@@ -14,7 +14,7 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, Method};
 
 use crate::identity::ClientKey;
-use crate::limit::{Answer, Check, LimitState, Limits, Nanos};
+use crate::limit::{Answer, Check, LimitState, Limits, Nanos, SyncMode};
 use crate::metrics::RuleMetrics;
 use crate::policy::OnError;
 use crate::policy::{Mode, OnLimit};
@@ -389,6 +389,9 @@ impl MessageGate {
                     key: key.clone(),
                     cost: 1,
                     enforced: self.limit.mode == Mode::Enforce,
+                    // Message limits are decided exactly (the config refuses
+                    // `sync: batched` for them).
+                    sync: SyncMode::Exact,
                 };
                 match limits.decide(std::slice::from_ref(&check), *on_error).await {
                     Answer::Decided(d) => match d.decisions.first() {

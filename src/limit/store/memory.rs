@@ -593,7 +593,7 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
     use crate::identity::ClientKey;
-    use crate::limit::{Concurrent, Gcra, LimitId, Limiter};
+    use crate::limit::{Concurrent, Gcra, LimitId, Limiter, SyncMode};
     use std::sync::Arc;
 
     const MINUTE: Nanos = 60_000_000_000;
@@ -609,6 +609,7 @@ mod tests {
             key: ClientKey::of_client(client),
             cost: 1,
             enforced: true,
+            sync: SyncMode::Exact,
         }
     }
 
