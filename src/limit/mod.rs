@@ -23,7 +23,7 @@ pub use algorithm::{
     WindowState,
 };
 pub use id::{LimitDefinition, LimitId};
-pub use store::failover::{Answer, HeldPermits, Limits, StoreHealth};
+pub use store::failover::{HeldPermits, Limits, StoreAnswer, StoreHealth};
 pub use store::memory::MemoryStore;
 
 /// Nanoseconds on the limiter's clock. Only differences matter.
@@ -84,7 +84,7 @@ pub enum StoreError {
 
 /// What a store decided for one request.
 #[derive(Debug, Default)]
-pub struct Decided {
+pub struct Decisions {
     /// One per check, in order (no heap: a rule has at most 8 limits).
     pub decisions: ArrayVec<Decision, MAX_CHECKS>,
     /// Concurrency permits taken; give them back with [`Store::release_permits`]
@@ -111,7 +111,7 @@ pub trait Store: Send + Sync {
         &self,
         checks: &[Check<'_>],
         clock: &(dyn Fn() -> Nanos + Sync),
-    ) -> impl Future<Output = Result<Decided, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Decisions, StoreError>> + Send;
 
     /// Gives permits back.
     fn release_permits(&self, permits: &[Permit]);

@@ -17,7 +17,7 @@ use super::batch::{Allowances, Slot};
 use super::redis::RedisStore;
 use crate::limit::breaker::{Breaker, BreakerSettings, BreakerState};
 use crate::limit::{
-    Check, Decided, Decision, MemoryStore, MonotonicClock, Permit, Store, StoreError, SyncMode,
+    Check, Decision, Decisions, MemoryStore, MonotonicClock, Permit, Store, StoreError, SyncMode,
     MAX_CHECKS,
 };
 use crate::metrics::StoreMetrics;
@@ -36,11 +36,11 @@ struct Shared {
 
 /// What the store said about a request.
 #[derive(Debug)]
-pub enum Answer {
+pub enum StoreAnswer {
     /// Decided by the configured store.
-    Decided(Decided),
+    Decided(Decisions),
     /// Redis failed (or the breaker is open); this is what `on_error` says.
-    Degraded(OnError, Option<Decided>),
+    Degraded(OnError, Option<Decisions>),
 }
 
 /// The limiter store as the proxy sees it.
@@ -100,9 +100,9 @@ impl Limits {
     /// Decides `checks`; `on_error` (the rule's, else the store's) applies
     /// when Redis cannot. Checks with `sync: batched` are admitted from this
     /// gateway's allowances where they can (see `store::batch`).
-    pub async fn decide(&self, checks: &[Check<'_>], on_error: OnError) -> Answer {
+    pub async fn decide(&self, checks: &[Check<'_>], on_error: OnError) -> StoreAnswer {
         let Some(shared) = &self.shared else {
-            return Answer::Decided(self.decide_locally(checks));
+            return StoreAnswer::Decided(self.decide_locally(checks));
         };
         let batch_of = |i: usize| match checks[i].sync {
             SyncMode::Batched(batch) => batch,
@@ -154,11 +154,11 @@ impl Limits {
             }
         };
         let mut answered = if ask.is_empty() {
-            Decided::default()
+            Decisions::default()
         } else {
             match self.ask_redis(shared, &ask, on_error).await {
-                Answer::Decided(d) => d,
-                Answer::Degraded(..) => {
+                StoreAnswer::Decided(d) => d,
+                StoreAnswer::Degraded(..) => {
                     untake(&local);
                     unclaim(&claims);
                     return self.degrade(on_error, checks);
@@ -182,8 +182,8 @@ impl Limits {
                 check.cost = checks[i].cost;
             }
             answered = match self.ask_redis(shared, &ask, on_error).await {
-                Answer::Decided(d) => d,
-                Answer::Degraded(..) => {
+                StoreAnswer::Decided(d) => d,
+                StoreAnswer::Degraded(..) => {
                     untake(&local);
                     return self.degrade(on_error, checks);
                 }
@@ -227,7 +227,7 @@ impl Limits {
             };
             decisions.push(decision);
         }
-        Answer::Decided(Decided {
+        StoreAnswer::Decided(Decisions {
             decisions,
             permits: answered.permits,
         })
@@ -244,7 +244,12 @@ impl Limits {
     }
 
     /// One call to Redis behind the breaker and the timeout.
-    async fn ask_redis(&self, shared: &Shared, checks: &[Check<'_>], on_error: OnError) -> Answer {
+    async fn ask_redis(
+        &self,
+        shared: &Shared,
+        checks: &[Check<'_>],
+        on_error: OnError,
+    ) -> StoreAnswer {
         if !shared.breaker.admit(self.clock.now()) {
             return self.degrade(on_error, checks);
         }
@@ -254,7 +259,7 @@ impl Limits {
                 timer.observe_duration();
                 shared.breaker.succeeded();
                 self.show_breaker(shared);
-                return Answer::Decided(decided);
+                return StoreAnswer::Decided(decided);
             }
             Err(e) => e,
         };
@@ -346,12 +351,12 @@ impl Limits {
         }
     }
 
-    fn degrade(&self, on_error: OnError, checks: &[Check<'_>]) -> Answer {
+    fn degrade(&self, on_error: OnError, checks: &[Check<'_>]) -> StoreAnswer {
         let local = (on_error == OnError::Local).then(|| self.decide_locally(checks));
-        Answer::Degraded(on_error, local)
+        StoreAnswer::Degraded(on_error, local)
     }
 
-    fn decide_locally(&self, checks: &[Check<'_>]) -> Decided {
+    fn decide_locally(&self, checks: &[Check<'_>]) -> Decisions {
         let timer = self.metrics.memory_duration.start_timer();
         let clock = self.clock;
         let decided = self.memory.decide_with(checks, || clock.now());

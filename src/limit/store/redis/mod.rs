@@ -30,7 +30,7 @@ use tokio::task::AbortHandle;
 
 use crate::identity::{ClientKey, KeyValue};
 use crate::limit::{
-    Check, Decided, Decision, Limiter, Nanos, Permit, Store, StoreError, MAX_CHECKS,
+    Check, Decision, Decisions, Limiter, Nanos, Permit, Store, StoreError, MAX_CHECKS,
 };
 
 const DECIDE: &str = concat!(include_str!("clock.lua"), include_str!("decide.lua"));
@@ -162,7 +162,7 @@ impl RedisStore {
     }
 
     /// Decides on Redis's clock.
-    pub async fn decide_shared(&self, checks: &[Check<'_>]) -> Result<Decided, RedisError> {
+    pub async fn decide_shared(&self, checks: &[Check<'_>]) -> Result<Decisions, RedisError> {
         self.decide_at(checks, None).await
     }
 
@@ -172,7 +172,7 @@ impl RedisStore {
         &self,
         checks: &[Check<'_>],
         now_micros: Option<u64>,
-    ) -> Result<Decided, RedisError> {
+    ) -> Result<Decisions, RedisError> {
         let plan = self.plan(checks, now_micros);
         if plan.groups.len() == 1 {
             return self.run(&plan).await;
@@ -215,7 +215,7 @@ impl RedisStore {
         }
     }
 
-    async fn run(&self, plan: &Plan) -> Result<Decided, RedisError> {
+    async fn run(&self, plan: &Plan) -> Result<Decisions, RedisError> {
         let replies = join_all(plan.groups.iter().map(|group| {
             self.invoke::<Vec<i64>>(&self.inner.decide, plan, &group.members, &plan.now)
         }))
@@ -264,7 +264,7 @@ impl RedisStore {
                 }
             }
         }
-        Ok(Decided {
+        Ok(Decisions {
             decisions: decisions[..plan.checks.len()].iter().copied().collect(),
             permits,
         })
@@ -510,7 +510,7 @@ impl Store for RedisStore {
         &self,
         checks: &[Check<'_>],
         _clock: &(dyn Fn() -> Nanos + Sync),
-    ) -> Result<Decided, StoreError> {
+    ) -> Result<Decisions, StoreError> {
         match tokio::time::timeout(self.inner.settings.timeout, self.decide_shared(checks)).await {
             Ok(Ok(decided)) => Ok(decided),
             // The client's own response timeout equals ours.
