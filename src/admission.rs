@@ -13,7 +13,7 @@ use http::header::HOST;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::identity::{ClientKey, KeyError, RequestFacts};
-use crate::limit::{Answer, Decided, Decision, HeldPermits, Limits, MAX_CHECKS};
+use crate::limit::{Decision, Decisions, HeldPermits, Limits, StoreAnswer, MAX_CHECKS};
 use crate::metrics::Outcome;
 use crate::pipeline::{self, Incoming, Plan, Routed, Unrouted};
 use crate::policy::Mode;
@@ -165,18 +165,17 @@ pub(crate) async fn admit(rt: &Runtime, head: &RequestHead<'_>, limits: &Limits)
         Plan::Decide {
             limits: indices,
             checks,
-            batches,
             shadow_refusal,
         } => {
             let on_error = rt.on_error(rule);
             let answer = if checks.is_empty() {
-                Answer::Decided(Decided::default())
+                StoreAnswer::Decided(Decisions::default())
             } else {
-                limits.decide_batched(&checks, on_error, &batches).await
+                limits.decide(&checks, on_error).await
             };
             let decided = match answer {
-                Answer::Decided(decided) => Some(decided),
-                Answer::Degraded(mode, local) => {
+                StoreAnswer::Decided(decided) => Some(decided),
+                StoreAnswer::Degraded(mode, local) => {
                     rule.metrics.degraded(mode);
                     if mode == OnError::Deny {
                         let reply = respond::store_unavailable(rule);
@@ -185,7 +184,7 @@ pub(crate) async fn admit(rt: &Runtime, head: &RequestHead<'_>, limits: &Limits)
                     local
                 }
             };
-            let Some(Decided { decisions, permits }) = decided else {
+            let Some(Decisions { decisions, permits }) = decided else {
                 // `on_error: allow`: through, unlimited.
                 return forward(admitted, Outcome::StoreError, &target, &routed, head);
             };

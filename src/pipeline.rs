@@ -10,7 +10,7 @@ use http::header::HOST;
 use http::{HeaderMap, Method};
 
 use crate::identity::{self, ClientKey, KeyError, RequestFacts, X_FORWARDED_FOR};
-use crate::limit::{Check, Decision, MAX_CHECKS};
+use crate::limit::{Check, Decision, SyncMode, MAX_CHECKS};
 use crate::metrics::Outcome;
 use crate::policy::{MissingPolicy, Mode};
 use crate::route::{normalize_host, normalize_path, HostError, NormalHost, PathError, Target};
@@ -110,8 +110,6 @@ pub(crate) enum Plan<'a> {
     Decide {
         limits: ArrayVec<usize, MAX_CHECKS>,
         checks: ArrayVec<Check<'a>, MAX_CHECKS>,
-        /// Per check: units reserved per Redis call (`sync: batched`), or 0.
-        batches: ArrayVec<u64, MAX_CHECKS>,
         /// A shadow limit would have refused the request for its key.
         shadow_refusal: bool,
     },
@@ -142,7 +140,6 @@ pub(crate) fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
     // check refuses more).
     let mut limits = ArrayVec::new();
     let mut checks = ArrayVec::new();
-    let mut batches = ArrayVec::new();
     let mut shadow_refusal = false;
     for (i, limit) in rule.limits.iter().enumerate().take(MAX_CHECKS) {
         let enforced = limit.mode == Mode::Enforce;
@@ -163,19 +160,18 @@ pub(crate) fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
             continue;
         };
         limits.push(i);
-        batches.push(limit.batch.unwrap_or(0));
         checks.push(Check {
             limit: limit.id,
             limiter: limit.limiter,
             key,
             cost,
             enforced,
+            sync: SyncMode::of_batch(limit.batch),
         });
     }
     Plan::Decide {
         limits,
         checks,
-        batches,
         shadow_refusal,
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
+use crate::limit::algorithm::Setting;
 use crate::limit::breaker::BreakerSettings;
 use crate::limit::store::redis::RedisSettings;
 use crate::limit::{Decision, LimitId, Limiter};
@@ -154,14 +155,13 @@ impl RuleLimit {
 
     /// `gcra 100/1s burst 100`, `fixed_window 10/1m`, `concurrent 5`.
     pub(crate) fn describe(&self) -> String {
+        let name = self.limiter.name();
         match self.rate {
-            None => format!("concurrent {}", self.burst),
-            Some(rate) => match self.limiter {
-                Limiter::Gcra(_) | Limiter::TokenBucket(_) | Limiter::LeakyBucket(_) => {
-                    format!("{} {rate} burst {}", self.limiter.name(), self.burst)
-                }
-                _ => format!("{} {rate}", self.limiter.name()),
-            },
+            None => format!("{name} {}", self.burst),
+            Some(rate) if self.limiter.spec().takes(Setting::Burst) => {
+                format!("{name} {rate} burst {}", self.burst)
+            }
+            Some(rate) => format!("{name} {rate}"),
         }
     }
 }

@@ -356,6 +356,7 @@ fn common_check(limiter: tollgate::limit::Limiter, cost: u64) -> tollgate::limit
         key: common::keys::ip_key([192, 0, 2, 1]),
         cost,
         enforced: true,
+        sync: tollgate::limit::SyncMode::Exact,
     }
 }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::keys::client_key;
-use tollgate::limit::{Check, Gcra, LimitId, Limiter, MemoryStore};
+use tollgate::limit::{Check, Gcra, LimitId, Limiter, MemoryStore, SyncMode};
 
 const CAPACITY: usize = 100_000;
 const FLOOD: u32 = 1_000_000;
@@ -21,6 +21,7 @@ fn a_million_random_keys_stay_within_max_keys_and_spare_an_active_client() {
         key: client_key(client),
         cost: 1,
         enforced: true,
+        sync: SyncMode::Exact,
     };
     let active = u32::MAX;
     let mut active_requests = 0;

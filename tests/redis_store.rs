@@ -18,8 +18,9 @@ use tollgate::identity::ClientKey;
 use tollgate::limit::breaker::BreakerSettings;
 use tollgate::limit::store::redis::{RedisSettings, RedisStore, RedisTarget};
 use tollgate::limit::{
-    Answer, Check, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, Limits,
-    MemoryStore, MonotonicClock, Nanos, Permit, SlidingCounter, SlidingLog, TokenBucket,
+    Check, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, Limits,
+    MemoryStore, MonotonicClock, Nanos, Permit, SlidingCounter, SlidingLog, StoreAnswer, SyncMode,
+    TokenBucket,
 };
 use tollgate::metrics::Metrics;
 use tollgate::policy::OnError;
@@ -88,6 +89,7 @@ fn checks(
             key: per_ip,
             cost,
             enforced: true,
+            sync: SyncMode::Exact,
         },
         Check {
             limit: LimitId(id + 1),
@@ -95,6 +97,7 @@ fn checks(
             key: everyone,
             cost: 1,
             enforced: true,
+            sync: SyncMode::Exact,
         },
     ]
 }
@@ -307,10 +310,10 @@ async fn limits_with_an_open_breaker(
     let limiter = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 1000));
     let checks = checks(limiter, limiter, fresh_limit(), 1, 1);
     let answer = limits.decide(&checks, OnError::Allow).await;
-    assert!(matches!(answer, Answer::Decided(_)), "{answer:?}");
+    assert!(matches!(answer, StoreAnswer::Decided(_)), "{answer:?}");
     server.kill();
     let answer = limits.decide(&checks, OnError::Allow).await;
-    assert!(matches!(answer, Answer::Degraded(..)), "{answer:?}");
+    assert!(matches!(answer, StoreAnswer::Degraded(..)), "{answer:?}");
     assert_eq!(metrics.store.breaker_state.get(), 1, "the breaker is open");
     (limits, metrics, checks)
 }
@@ -328,7 +331,7 @@ async fn the_background_probe_closes_the_breaker_once_redis_answers() {
         }) => {}
     }
     let answer = limits.decide(&checks, OnError::Allow).await;
-    assert!(matches!(answer, Answer::Decided(_)), "{answer:?}");
+    assert!(matches!(answer, StoreAnswer::Decided(_)), "{answer:?}");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 mod keys;
 
 use tollgate::limit::{
-    Check, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, SlidingCounter, SlidingLog,
+    Check, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, SlidingCounter, SlidingLog, SyncMode,
     TokenBucket,
 };
 
@@ -49,5 +49,6 @@ pub fn check(limiter: Limiter, client: u32) -> Check<'static> {
         key: keys::client_key(client),
         cost: 1,
         enforced: true,
+        sync: SyncMode::Exact,
     }
 }

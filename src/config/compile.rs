@@ -15,6 +15,7 @@ use super::part::NamedSection;
 use super::{ConfigSource, Problem, Severity};
 use crate::identity::{ApiKeySources, Exemption, KeyPart, KeySpec, TrustedProxies, MAX_KEY_PARTS};
 use crate::limit::algorithm::sliding_log::MAX_LOG_LIMIT;
+use crate::limit::algorithm::Setting;
 use crate::limit::breaker::BreakerSettings;
 use crate::limit::store::redis::{exact_in_lua, redact_url, RedisSettings, RedisTarget};
 use crate::limit::{
@@ -1118,27 +1119,21 @@ fn compile_rate_limit(
 ) -> Option<(Limiter, u64)> {
     let interval = rate.emission_interval_ns();
     let period = rate.period.as_nanos() as u64;
-    let bucket = matches!(
-        algorithm,
-        AlgorithmInput::Gcra | AlgorithmInput::TokenBucket | AlgorithmInput::LeakyBucket
-    );
-    if l.burst.is_some() && !bucket {
-        c.error(
-            format!("{path}.burst"),
-            "`burst` applies to gcra, token_bucket and leaky_bucket only",
-        );
-    }
-    if l.debt.is_some() && algorithm != AlgorithmInput::TokenBucket {
-        c.error(
-            format!("{path}.debt"),
-            "`debt` applies to token_bucket only",
-        );
-    }
-    if l.delay.is_some() && algorithm != AlgorithmInput::LeakyBucket {
-        c.error(
-            format!("{path}.delay"),
-            "`delay` applies to leaky_bucket only",
-        );
+    let spec = algorithm.spec();
+    let bucket = spec.takes(Setting::Burst);
+    let settings = [
+        (Setting::Burst, l.burst.is_some()),
+        (Setting::Debt, l.debt.is_some()),
+        (Setting::Delay, l.delay.is_some()),
+    ];
+    for (setting, given) in settings {
+        if given && !spec.takes(setting) {
+            let key = setting.key();
+            c.error(
+                format!("{path}.{key}"),
+                format!("`{key}` applies to {} only", setting.taken_by()),
+            );
+        }
     }
     // A leaky bucket's burst is nginx's: requests beyond the one being
     // served, 0 by default. The others count the requests admissible at once.

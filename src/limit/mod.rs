@@ -23,7 +23,7 @@ pub use algorithm::{
     WindowState,
 };
 pub use id::{LimitDefinition, LimitId};
-pub use store::failover::{Answer, HeldPermits, Limits, StoreHealth};
+pub use store::failover::{HeldPermits, Limits, StoreAnswer, StoreHealth};
 pub use store::memory::MemoryStore;
 
 /// Nanoseconds on the limiter's clock. Only differences matter.
@@ -43,6 +43,35 @@ pub struct Check<'a> {
     /// Shadow limits are decided and reported but never deny, so their denial
     /// must not block the others from being spent.
     pub enforced: bool,
+    /// How the check meets a shared store; only batching reads it.
+    pub sync: SyncMode,
+}
+
+/// How a limit's decisions meet a shared store (the config's `sync:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// Every decision is the store's.
+    #[default]
+    Exact,
+    /// Decisions come from an allowance this gateway reserves in the store,
+    /// this many units per reservation (see `store::batch`).
+    Batched(u64),
+}
+
+impl SyncMode {
+    /// `sync: batched` with `batch` units, or exact for `None`.
+    pub fn of_batch(batch: Option<u64>) -> Self {
+        batch.map_or(SyncMode::Exact, SyncMode::Batched)
+    }
+
+    /// The batch a request of `cost` can be admitted from: its limit is
+    /// batched and the cost fits in one batch.
+    pub fn batch_for(self, cost: u64) -> Option<u64> {
+        match self {
+            SyncMode::Batched(batch) if batch > 0 && cost <= batch => Some(batch),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +84,7 @@ pub enum StoreError {
 
 /// What a store decided for one request.
 #[derive(Debug, Default)]
-pub struct Decided {
+pub struct Decisions {
     /// One per check, in order (no heap: a rule has at most 8 limits).
     pub decisions: ArrayVec<Decision, MAX_CHECKS>,
     /// Concurrency permits taken; give them back with [`Store::release_permits`]
@@ -82,7 +111,7 @@ pub trait Store: Send + Sync {
         &self,
         checks: &[Check<'_>],
         clock: &(dyn Fn() -> Nanos + Sync),
-    ) -> impl Future<Output = Result<Decided, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Decisions, StoreError>> + Send;
 
     /// Gives permits back.
     fn release_permits(&self, permits: &[Permit]);

@@ -14,7 +14,7 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, Method};
 
 use crate::identity::ClientKey;
-use crate::limit::{Answer, Check, LimitState, Limits, Nanos};
+use crate::limit::{Check, LimitState, Limits, Nanos, StoreAnswer, SyncMode};
 use crate::metrics::RuleMetrics;
 use crate::policy::OnError;
 use crate::policy::{Mode, OnLimit};
@@ -394,13 +394,16 @@ impl MessageGate {
                     key: key.clone(),
                     cost: 1,
                     enforced: self.limit.mode == Mode::Enforce,
+                    // Message limits are decided exactly (the config refuses
+                    // `sync: batched` for them).
+                    sync: SyncMode::Exact,
                 };
                 match limits.decide(std::slice::from_ref(&check), *on_error).await {
-                    Answer::Decided(d) => match d.decisions.first() {
+                    StoreAnswer::Decided(d) => match d.decisions.first() {
                         Some(decision) => *decision,
                         None => return Verdict::Forward,
                     },
-                    Answer::Degraded(mode, local) => {
+                    StoreAnswer::Degraded(mode, local) => {
                         rule.degraded(mode);
                         match (mode, local.and_then(|d| d.decisions.first().copied())) {
                             (_, Some(decision)) => decision,

@@ -1,6 +1,7 @@
 //! The algorithms: pure functions of (stored state, now, cost), with no clock
 //! reads and no I/O, so that every store (and every test) drives them the same
-//! way. [`Limiter`] is a limit's algorithm with its compiled parameters.
+//! way. [`Limiter`] is a limit's algorithm with its compiled parameters; each
+//! algorithm's names live once, in its [`Spec`].
 
 pub mod concurrent;
 pub mod fixed_window;
@@ -75,6 +76,121 @@ pub trait Algorithm {
     /// as no state).
     fn ttl(&self, state: &Self::State, now: Nanos) -> Nanos;
 }
+
+/// A setting of a limit, beside its `rate`, that only some algorithms take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    Burst,
+    Debt,
+    Delay,
+}
+
+impl Setting {
+    /// Its key in the config.
+    pub fn key(self) -> &'static str {
+        match self {
+            Setting::Burst => "burst",
+            Setting::Debt => "debt",
+            Setting::Delay => "delay",
+        }
+    }
+
+    /// The algorithms that take it, for people: `gcra, token_bucket and
+    /// leaky_bucket`.
+    pub fn taken_by(self) -> String {
+        let names: Vec<&str> = ALGORITHMS
+            .iter()
+            .filter(|spec| spec.takes(self))
+            .map(|spec| spec.name)
+            .collect();
+        match names.split_last() {
+            None => String::new(),
+            Some((last, [])) => (*last).to_string(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        }
+    }
+}
+
+/// An algorithm's names and settings: the config, `check`, the config's error
+/// messages and the Redis scripts all read them here, so that no two places
+/// can spell an algorithm differently. (Limit ids spell algorithms on their
+/// own, on purpose: see `limit::id`.)
+#[derive(Debug, PartialEq, Eq)]
+pub struct Spec {
+    /// In the config (`algorithm:`; the concurrency limit is `concurrent:`),
+    /// in `check` and in `--explain`.
+    pub name: &'static str,
+    /// In `decide.lua` and `refund.lua`.
+    pub lua: &'static str,
+    /// The settings beside `rate` it takes.
+    pub settings: &'static [Setting],
+}
+
+impl Spec {
+    pub fn takes(&self, setting: Setting) -> bool {
+        self.settings.contains(&setting)
+    }
+}
+
+/// The default: a smooth, exact limit with a burst, in one timestamp.
+pub const GCRA: Spec = Spec {
+    name: "gcra",
+    lua: "gcra",
+    settings: &[Setting::Burst],
+};
+
+/// Tokens refilled at the rate, with an optional overdraft (`debt`).
+pub const TOKEN_BUCKET: Spec = Spec {
+    name: "token_bucket",
+    lua: "token",
+    settings: &[Setting::Burst, Setting::Debt],
+};
+
+/// nginx's `limit_req`: policing, or shaping with `delay: true`.
+pub const LEAKY_BUCKET: Spec = Spec {
+    name: "leaky_bucket",
+    lua: "leaky",
+    settings: &[Setting::Burst, Setting::Delay],
+};
+
+/// A counter per fixed window.
+pub const FIXED_WINDOW: Spec = Spec {
+    name: "fixed_window",
+    lua: "fixed",
+    settings: &[],
+};
+
+/// Every counted request, exact over any `period`.
+pub const SLIDING_WINDOW_LOG: Spec = Spec {
+    name: "sliding_window_log",
+    lua: "log",
+    settings: &[],
+};
+
+/// The previous window weighted by its overlap, plus the current one.
+pub const SLIDING_WINDOW_COUNTER: Spec = Spec {
+    name: "sliding_window_counter",
+    lua: "counter",
+    settings: &[],
+};
+
+/// Requests (or connections) in flight at once.
+pub const CONCURRENT: Spec = Spec {
+    name: "concurrent",
+    lua: "conc",
+    settings: &[],
+};
+
+/// Every algorithm, in the order of the README's table.
+pub const ALGORITHMS: [&Spec; 7] = [
+    &GCRA,
+    &TOKEN_BUCKET,
+    &LEAKY_BUCKET,
+    &FIXED_WINDOW,
+    &SLIDING_WINDOW_LOG,
+    &SLIDING_WINDOW_COUNTER,
+    &CONCURRENT,
+];
 
 /// A limit's algorithm with its compiled parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,17 +272,22 @@ impl Limiter {
         }
     }
 
+    /// This algorithm's names and settings.
+    pub fn spec(&self) -> &'static Spec {
+        match self {
+            Limiter::Gcra(_) => &GCRA,
+            Limiter::TokenBucket(_) => &TOKEN_BUCKET,
+            Limiter::LeakyBucket(_) => &LEAKY_BUCKET,
+            Limiter::FixedWindow(_) => &FIXED_WINDOW,
+            Limiter::SlidingLog(_) => &SLIDING_WINDOW_LOG,
+            Limiter::SlidingCounter(_) => &SLIDING_WINDOW_COUNTER,
+            Limiter::Concurrent(_) => &CONCURRENT,
+        }
+    }
+
     /// The name the config uses for this algorithm.
     pub fn name(&self) -> &'static str {
-        match self {
-            Limiter::Gcra(_) => "gcra",
-            Limiter::TokenBucket(_) => "token_bucket",
-            Limiter::LeakyBucket(_) => "leaky_bucket",
-            Limiter::FixedWindow(_) => "fixed_window",
-            Limiter::SlidingLog(_) => "sliding_window_log",
-            Limiter::SlidingCounter(_) => "sliding_window_counter",
-            Limiter::Concurrent(_) => "concurrent",
-        }
+        self.spec().name
     }
 
     /// The quota advertised to clients: requests admissible from idle.
@@ -185,5 +306,61 @@ impl Limiter {
     /// Whether admitted requests hold a permit until they end.
     pub fn holds_permits(&self) -> bool {
         matches!(self, Limiter::Concurrent(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_algorithm_has_one_config_name_and_one_script_name() {
+        for (i, a) in ALGORITHMS.iter().enumerate() {
+            for b in &ALGORITHMS[i + 1..] {
+                assert_ne!(a.name, b.name);
+                assert_ne!(a.lua, b.lua);
+            }
+        }
+    }
+
+    #[test]
+    fn every_limiter_finds_its_row_in_the_table() {
+        let limiters = [
+            Limiter::Gcra(Gcra::from_interval(1, 1)),
+            Limiter::TokenBucket(TokenBucket::new(1, 1, 0)),
+            Limiter::LeakyBucket(LeakyBucket::new(1, 0, false)),
+            Limiter::FixedWindow(FixedWindow::new(1, 1)),
+            Limiter::SlidingLog(SlidingLog::new(1, 1)),
+            Limiter::SlidingCounter(SlidingCounter::new(1, 1)),
+            Limiter::Concurrent(Concurrent::new(1)),
+        ];
+        let specs: Vec<&Spec> = limiters.iter().map(Limiter::spec).collect();
+        assert_eq!(specs, ALGORITHMS);
+    }
+
+    #[test]
+    fn the_config_spells_each_algorithm_as_its_row_does() {
+        use crate::schema::input::AlgorithmInput;
+        for input in [
+            AlgorithmInput::Gcra,
+            AlgorithmInput::TokenBucket,
+            AlgorithmInput::LeakyBucket,
+            AlgorithmInput::FixedWindow,
+            AlgorithmInput::SlidingWindowLog,
+            AlgorithmInput::SlidingWindowCounter,
+        ] {
+            let written = serde_json::to_value(input).unwrap_or_default();
+            assert_eq!(written, input.spec().name, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn a_setting_names_the_algorithms_that_take_it() {
+        assert_eq!(
+            Setting::Burst.taken_by(),
+            "gcra, token_bucket and leaky_bucket"
+        );
+        assert_eq!(Setting::Debt.taken_by(), "token_bucket");
+        assert_eq!(Setting::Delay.taken_by(), "leaky_bucket");
     }
 }

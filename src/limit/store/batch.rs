@@ -18,7 +18,7 @@ use std::sync::{Mutex, PoisonError};
 use foldhash::fast::RandomState;
 
 use crate::identity::ClientKey;
-use crate::limit::{Check, LimitId, Nanos};
+use crate::limit::{LimitId, Nanos};
 
 /// How long reserved units may be used; then what is left goes back to Redis.
 pub const SETTLE_AFTER: Nanos = 1_000_000_000;
@@ -151,12 +151,6 @@ impl Allowances {
         }
         lapsed
     }
-}
-
-/// Whether a check of a request can be batched: it has a batch and the
-/// request's cost fits in one.
-pub fn batched(check: &Check<'_>, batch: u64) -> bool {
-    batch > 0 && check.cost <= batch
 }
 
 #[cfg(test)]

@@ -13,11 +13,12 @@ use arrayvec::ArrayVec;
 
 use crate::policy::OnError;
 
-use super::batch::{self, Allowances, Slot};
+use super::batch::{Allowances, Slot};
 use super::redis::RedisStore;
 use crate::limit::breaker::{Breaker, BreakerSettings, BreakerState};
 use crate::limit::{
-    Check, Decided, Decision, MemoryStore, MonotonicClock, Permit, Store, StoreError, MAX_CHECKS,
+    Check, Decision, Decisions, MemoryStore, MonotonicClock, Permit, Store, StoreError, SyncMode,
+    MAX_CHECKS,
 };
 use crate::metrics::StoreMetrics;
 
@@ -35,11 +36,11 @@ struct Shared {
 
 /// What the store said about a request.
 #[derive(Debug)]
-pub enum Answer {
+pub enum StoreAnswer {
     /// Decided by the configured store.
-    Decided(Decided),
+    Decided(Decisions),
     /// Redis failed (or the breaker is open); this is what `on_error` says.
-    Degraded(OnError, Option<Decided>),
+    Degraded(OnError, Option<Decisions>),
 }
 
 /// The limiter store as the proxy sees it.
@@ -97,39 +98,30 @@ impl Limits {
     }
 
     /// Decides `checks`; `on_error` (the rule's, else the store's) applies
-    /// when Redis cannot.
-    pub async fn decide(&self, checks: &[Check<'_>], on_error: OnError) -> Answer {
-        self.decide_batched(checks, on_error, &[]).await
-    }
-
-    /// Like [`Self::decide`]; `batches[i]` > 0 makes check `i` `sync: batched`
-    /// with that many units reserved per Redis call (see `limit::batch`).
-    pub async fn decide_batched(
-        &self,
-        checks: &[Check<'_>],
-        on_error: OnError,
-        batches: &[u64],
-    ) -> Answer {
+    /// when Redis cannot. Checks with `sync: batched` are admitted from this
+    /// gateway's allowances where they can (see `store::batch`).
+    pub async fn decide(&self, checks: &[Check<'_>], on_error: OnError) -> StoreAnswer {
         let Some(shared) = &self.shared else {
-            return Answer::Decided(self.decide_locally(checks));
+            return StoreAnswer::Decided(self.decide_locally(checks));
         };
-        let batch_of = |i: usize| batches.get(i).copied().unwrap_or(0);
-        if (0..checks.len()).all(|i| !batch::batched(&checks[i], batch_of(i))) {
+        let batch_of = |i: usize| match checks[i].sync {
+            SyncMode::Batched(batch) => batch,
+            SyncMode::Exact => 0,
+        };
+        if checks.iter().all(|c| c.sync.batch_for(c.cost).is_none()) {
             return self.ask_redis(shared, checks, on_error).await;
         }
         let now = self.clock.now();
         // From this gateway's allowances first.
         let mut local: ArrayVec<Option<(Slot, u64)>, MAX_CHECKS> = ArrayVec::new();
-        for (i, check) in checks.iter().enumerate() {
-            let taken = batch::batched(check, batch_of(i))
-                .then(|| {
-                    let slot = shared.allowances.slot(check.limit, &check.key);
-                    shared
-                        .allowances
-                        .take(slot, check.cost, now)
-                        .map(|left| (slot, left))
-                })
-                .flatten();
+        for check in checks {
+            let taken = check.sync.batch_for(check.cost).and_then(|_| {
+                let slot = shared.allowances.slot(check.limit, &check.key);
+                shared
+                    .allowances
+                    .take(slot, check.cost, now)
+                    .map(|left| (slot, left))
+            });
             local.push(taken);
         }
         let untake = |local: &[Option<(Slot, u64)>]| {
@@ -148,7 +140,8 @@ impl Limits {
         for &i in &rest {
             let mut check = checks[i].clone();
             let slot = shared.allowances.slot(check.limit, &check.key);
-            let claimed = batch::batched(&check, batch_of(i)) && shared.allowances.claim(slot, now);
+            let claimed =
+                check.sync.batch_for(check.cost).is_some() && shared.allowances.claim(slot, now);
             if claimed {
                 check.cost += batch_of(i);
             }
@@ -161,11 +154,11 @@ impl Limits {
             }
         };
         let mut answered = if ask.is_empty() {
-            Decided::default()
+            Decisions::default()
         } else {
             match self.ask_redis(shared, &ask, on_error).await {
-                Answer::Decided(d) => d,
-                Answer::Degraded(..) => {
+                StoreAnswer::Decided(d) => d,
+                StoreAnswer::Degraded(..) => {
                     untake(&local);
                     unclaim(&claims);
                     return self.degrade(on_error, checks);
@@ -189,8 +182,8 @@ impl Limits {
                 check.cost = checks[i].cost;
             }
             answered = match self.ask_redis(shared, &ask, on_error).await {
-                Answer::Decided(d) => d,
-                Answer::Degraded(..) => {
+                StoreAnswer::Decided(d) => d,
+                StoreAnswer::Degraded(..) => {
                     untake(&local);
                     return self.degrade(on_error, checks);
                 }
@@ -234,7 +227,7 @@ impl Limits {
             };
             decisions.push(decision);
         }
-        Answer::Decided(Decided {
+        StoreAnswer::Decided(Decisions {
             decisions,
             permits: answered.permits,
         })
@@ -251,7 +244,12 @@ impl Limits {
     }
 
     /// One call to Redis behind the breaker and the timeout.
-    async fn ask_redis(&self, shared: &Shared, checks: &[Check<'_>], on_error: OnError) -> Answer {
+    async fn ask_redis(
+        &self,
+        shared: &Shared,
+        checks: &[Check<'_>],
+        on_error: OnError,
+    ) -> StoreAnswer {
         if !shared.breaker.admit(self.clock.now()) {
             return self.degrade(on_error, checks);
         }
@@ -261,7 +259,7 @@ impl Limits {
                 timer.observe_duration();
                 shared.breaker.succeeded();
                 self.show_breaker(shared);
-                return Answer::Decided(decided);
+                return StoreAnswer::Decided(decided);
             }
             Err(e) => e,
         };
@@ -353,12 +351,12 @@ impl Limits {
         }
     }
 
-    fn degrade(&self, on_error: OnError, checks: &[Check<'_>]) -> Answer {
+    fn degrade(&self, on_error: OnError, checks: &[Check<'_>]) -> StoreAnswer {
         let local = (on_error == OnError::Local).then(|| self.decide_locally(checks));
-        Answer::Degraded(on_error, local)
+        StoreAnswer::Degraded(on_error, local)
     }
 
-    fn decide_locally(&self, checks: &[Check<'_>]) -> Decided {
+    fn decide_locally(&self, checks: &[Check<'_>]) -> Decisions {
         let timer = self.metrics.memory_duration.start_timer();
         let clock = self.clock;
         let decided = self.memory.decide_with(checks, || clock.now());

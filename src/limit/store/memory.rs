@@ -31,7 +31,7 @@ use hashbrown::HashTable;
 use prometheus::IntCounter;
 
 use crate::limit::{
-    Check, Decided, Held, LimitId, LimitState, LogState, Nanos, Permit, Store, StoreError,
+    Check, Decisions, Held, LimitId, LimitState, LogState, Nanos, Permit, Store, StoreError,
     MAX_CHECKS,
 };
 /// Share of a shard reserved for protected (returning) keys.
@@ -400,7 +400,7 @@ impl MemoryStore {
     ///
     /// # Panics
     /// If given more than [`MAX_CHECKS`] checks (config validation forbids it).
-    pub fn decide_now(&self, checks: &[Check<'_>], now: Nanos) -> Decided {
+    pub fn decide_now(&self, checks: &[Check<'_>], now: Nanos) -> Decisions {
         self.decide_with(checks, || now)
     }
 
@@ -408,7 +408,7 @@ impl MemoryStore {
     /// involved is locked: per key, time then never runs backwards (a thread
     /// preempted between reading the clock and locking would otherwise decide
     /// with a `now` older than the state it finds).
-    pub fn decide_with(&self, checks: &[Check<'_>], clock: impl FnOnce() -> Nanos) -> Decided {
+    pub fn decide_with(&self, checks: &[Check<'_>], clock: impl FnOnce() -> Nanos) -> Decisions {
         assert!(
             checks.len() <= MAX_CHECKS,
             "too many limits for one request"
@@ -486,7 +486,7 @@ impl MemoryStore {
                 }
             }
         }
-        Decided { decisions, permits }
+        Decisions { decisions, permits }
     }
 
     fn count_eviction(&self) {
@@ -580,7 +580,7 @@ impl Store for MemoryStore {
         &self,
         checks: &[Check<'_>],
         clock: &(dyn Fn() -> Nanos + Sync),
-    ) -> Result<Decided, StoreError> {
+    ) -> Result<Decisions, StoreError> {
         Ok(self.decide_with(checks, clock))
     }
 
@@ -593,7 +593,7 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
     use crate::identity::ClientKey;
-    use crate::limit::{Concurrent, Gcra, LimitId, Limiter};
+    use crate::limit::{Concurrent, Gcra, LimitId, Limiter, SyncMode};
     use std::sync::Arc;
 
     const MINUTE: Nanos = 60_000_000_000;
@@ -609,6 +609,7 @@ mod tests {
             key: ClientKey::of_client(client),
             cost: 1,
             enforced: true,
+            sync: SyncMode::Exact,
         }
     }
 
@@ -722,7 +723,7 @@ mod tests {
     #[test]
     fn entries_holding_permits_neither_get_evicted_nor_block_eviction() {
         let s = MemoryStore::with_shards(1, 100, None);
-        let held: Vec<Decided> = (0..50)
+        let held: Vec<Decisions> = (0..50)
             .map(|n| s.decide_now(&[check(2, Limiter::Concurrent(Concurrent::new(1)), n)], 0))
             .collect();
         let regular = |n| check(1, limiter(1000), n);

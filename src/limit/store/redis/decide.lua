@@ -10,8 +10,9 @@
 -- ARGV[1]: "now" in microseconds, or "" for the server's TIME (tests pin it).
 -- ARGV[2]: the number of checks n.
 -- Then 7 values per check: algorithm, a, b, c, cost, enforced (1/0), member
---   gcra | leaky        a = interval  b = capacity
---   leaky_shape         a = interval  b = capacity   (delays instead of denying)
+-- (the names are the `lua` names of src/limit/algorithm/mod.rs):
+--   gcra                a = interval  b = capacity
+--   leaky               a = interval  b = capacity   c = 1 to delay instead of denying
 --   token               a = interval  b = capacity   c = debt
 --   fixed | log | counter  a = period  b = limit
 --   conc                a = lease     b = max         member = lease id
@@ -234,8 +235,9 @@ for i = 1, n do
   local cost, enforced, member = tonumber(ARGV[base + 5]), ARGV[base + 6] == '1', ARGV[base + 7]
   local key = KEYS[i]
   local r, write
-  if alg == 'gcra' or alg == 'leaky' then r, write = gcra(key, a, b, cost)
-  elseif alg == 'leaky_shape' then r, write = leaky_shape(key, a, b, cost)
+  if alg == 'gcra' then r, write = gcra(key, a, b, cost)
+  elseif alg == 'leaky' and c == 1 then r, write = leaky_shape(key, a, b, cost)
+  elseif alg == 'leaky' then r, write = gcra(key, a, b, cost)
   elseif alg == 'token' then r, write = token(key, a, b, c, cost)
   elseif alg == 'fixed' then r, write = fixed(key, a, b, cost)
   elseif alg == 'log' then r, write = log(key, a, b, cost, member)

@@ -30,7 +30,7 @@ use tokio::task::AbortHandle;
 
 use crate::identity::{ClientKey, KeyValue};
 use crate::limit::{
-    Check, Decided, Decision, Limiter, Nanos, Permit, Store, StoreError, MAX_CHECKS,
+    Check, Decision, Decisions, Limiter, Nanos, Permit, Store, StoreError, MAX_CHECKS,
 };
 
 const DECIDE: &str = concat!(include_str!("clock.lua"), include_str!("decide.lua"));
@@ -162,7 +162,7 @@ impl RedisStore {
     }
 
     /// Decides on Redis's clock.
-    pub async fn decide_shared(&self, checks: &[Check<'_>]) -> Result<Decided, RedisError> {
+    pub async fn decide_shared(&self, checks: &[Check<'_>]) -> Result<Decisions, RedisError> {
         self.decide_at(checks, None).await
     }
 
@@ -172,7 +172,7 @@ impl RedisStore {
         &self,
         checks: &[Check<'_>],
         now_micros: Option<u64>,
-    ) -> Result<Decided, RedisError> {
+    ) -> Result<Decisions, RedisError> {
         let plan = self.plan(checks, now_micros);
         if plan.groups.len() == 1 {
             return self.run(&plan).await;
@@ -215,7 +215,7 @@ impl RedisStore {
         }
     }
 
-    async fn run(&self, plan: &Plan) -> Result<Decided, RedisError> {
+    async fn run(&self, plan: &Plan) -> Result<Decisions, RedisError> {
         let replies = join_all(plan.groups.iter().map(|group| {
             self.invoke::<Vec<i64>>(&self.inner.decide, plan, &group.members, &plan.now)
         }))
@@ -264,7 +264,7 @@ impl RedisStore {
                 }
             }
         }
-        Ok(Decided {
+        Ok(Decisions {
             decisions: decisions[..plan.checks.len()].iter().copied().collect(),
             permits,
         })
@@ -510,7 +510,7 @@ impl Store for RedisStore {
         &self,
         checks: &[Check<'_>],
         _clock: &(dyn Fn() -> Nanos + Sync),
-    ) -> Result<Decided, StoreError> {
+    ) -> Result<Decisions, StoreError> {
         match tokio::time::timeout(self.inner.settings.timeout, self.decide_shared(checks)).await {
             Ok(Ok(decided)) => Ok(decided),
             // The client's own response timeout equals ours.
@@ -599,18 +599,19 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The script's name and parameters for an algorithm, times in microseconds
-/// (rounded up: a limit is never looser in Redis than in memory).
+/// (rounded up: a limit is never looser in Redis than in memory). The order
+/// is `decide.lua`'s: a time, a count, and what else the algorithm takes.
 fn script_params(limiter: &Limiter, lease: Duration) -> (&'static str, u64, u64, u64) {
-    match limiter {
-        Limiter::Gcra(g) => ("gcra", micros(g.interval), g.burst, 0),
-        Limiter::LeakyBucket(l) if l.delay => ("leaky_shape", micros(l.interval), l.capacity, 0),
-        Limiter::LeakyBucket(l) => ("leaky", micros(l.interval), l.capacity, 0),
-        Limiter::TokenBucket(t) => ("token", micros(t.interval), t.capacity, t.debt),
-        Limiter::FixedWindow(w) => ("fixed", micros(w.period), w.limit, 0),
-        Limiter::SlidingLog(w) => ("log", micros(w.period), w.limit, 0),
-        Limiter::SlidingCounter(w) => ("counter", micros(w.period), w.limit, 0),
-        Limiter::Concurrent(c) => ("conc", micros(lease.as_nanos() as Nanos), c.max, 0),
-    }
+    let [a, b, c] = match limiter {
+        Limiter::Gcra(g) => [micros(g.interval), g.burst, 0],
+        Limiter::LeakyBucket(l) => [micros(l.interval), l.capacity, u64::from(l.delay)],
+        Limiter::TokenBucket(t) => [micros(t.interval), t.capacity, t.debt],
+        Limiter::FixedWindow(w) => [micros(w.period), w.limit, 0],
+        Limiter::SlidingLog(w) => [micros(w.period), w.limit, 0],
+        Limiter::SlidingCounter(w) => [micros(w.period), w.limit, 0],
+        Limiter::Concurrent(c) => [micros(lease.as_nanos() as Nanos), c.max, 0],
+    };
+    (limiter.spec().lua, a, b, c)
 }
 
 /// Whether the script computes `limiter` exactly: Lua numbers are doubles,
@@ -621,10 +622,12 @@ fn script_params(limiter: &Limiter, lease: Duration) -> (&'static str, u64, u64,
 pub fn exact_in_lua(limiter: &Limiter) -> bool {
     let (_, a, b, c) = script_params(limiter, Duration::ZERO);
     let largest = match limiter {
-        Limiter::Gcra(_)
-        | Limiter::LeakyBucket(_)
-        | Limiter::TokenBucket(_)
-        | Limiter::SlidingCounter(_) => u128::from(a) * (u128::from(b) + u128::from(c) + 1),
+        // A token bucket's debt is a count too; a leaky bucket's third
+        // parameter is a flag.
+        Limiter::TokenBucket(_) => u128::from(a) * (u128::from(b) + u128::from(c) + 1),
+        Limiter::Gcra(_) | Limiter::LeakyBucket(_) | Limiter::SlidingCounter(_) => {
+            u128::from(a) * (u128::from(b) + 1)
+        }
         Limiter::FixedWindow(_) | Limiter::SlidingLog(_) | Limiter::Concurrent(_) => u128::from(a),
     };
     largest < 1 << 52

@@ -16,7 +16,7 @@ for i = 1, n do
   local a, b = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
   local cost, member = tonumber(ARGV[base + 5]), ARGV[base + 7]
   local key = KEYS[i]
-  if alg == 'gcra' or alg == 'leaky' or alg == 'leaky_shape' then
+  if alg == 'gcra' or alg == 'leaky' then
     local tat = tonumber(redis.call('GET', key))
     if tat then
       local back = tat - a * cost
