@@ -15,7 +15,7 @@ use super::part::NamedSection;
 use super::{ConfigSource, Problem, Severity};
 use crate::identity::{ApiKeySources, Exemption, KeyPart, KeySpec, TrustedProxies, MAX_KEY_PARTS};
 use crate::limit::algorithm::sliding_log::MAX_LOG_LIMIT;
-use crate::limit::algorithm::Setting;
+use crate::limit::algorithm::{self, Setting, Spec};
 use crate::limit::breaker::BreakerSettings;
 use crate::limit::store::redis::{exact_in_lua, redact_url, RedisSettings, RedisTarget};
 use crate::limit::{
@@ -744,6 +744,18 @@ fn compile_host_pattern(c: &mut Compiler<'_>, path: &str, pattern: &str) -> Opti
     c.check(path, HostPattern::new(pattern))
 }
 
+/// An algorithm's row in the table of names and settings.
+pub(crate) fn spec_of(algorithm: AlgorithmInput) -> &'static Spec {
+    match algorithm {
+        AlgorithmInput::Gcra => &algorithm::GCRA,
+        AlgorithmInput::TokenBucket => &algorithm::TOKEN_BUCKET,
+        AlgorithmInput::LeakyBucket => &algorithm::LEAKY_BUCKET,
+        AlgorithmInput::FixedWindow => &algorithm::FIXED_WINDOW,
+        AlgorithmInput::SlidingWindowLog => &algorithm::SLIDING_WINDOW_LOG,
+        AlgorithmInput::SlidingWindowCounter => &algorithm::SLIDING_WINDOW_COUNTER,
+    }
+}
+
 fn compile_rule(
     c: &mut Compiler<'_>,
     base: &str,
@@ -1119,7 +1131,7 @@ fn compile_rate_limit(
 ) -> Option<(Limiter, u64)> {
     let interval = rate.emission_interval_ns();
     let period = rate.period.as_nanos() as u64;
-    let spec = algorithm.spec();
+    let spec = spec_of(algorithm);
     let bucket = spec.takes(Setting::Burst);
     let settings = [
         (Setting::Burst, l.burst.is_some()),

@@ -11,7 +11,6 @@ use serde::de::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::limit::algorithm::{self, Spec};
 use crate::policy::OnError;
 use crate::policy::{HeaderStyle, MissingPolicy, Mode, OnLimit};
 
@@ -374,20 +373,6 @@ pub(crate) enum AlgorithmInput {
     FixedWindow,
     SlidingWindowLog,
     SlidingWindowCounter,
-}
-
-impl AlgorithmInput {
-    /// The algorithm's row in the table of names and settings.
-    pub fn spec(self) -> &'static Spec {
-        match self {
-            AlgorithmInput::Gcra => &algorithm::GCRA,
-            AlgorithmInput::TokenBucket => &algorithm::TOKEN_BUCKET,
-            AlgorithmInput::LeakyBucket => &algorithm::LEAKY_BUCKET,
-            AlgorithmInput::FixedWindow => &algorithm::FIXED_WINDOW,
-            AlgorithmInput::SlidingWindowLog => &algorithm::SLIDING_WINDOW_LOG,
-            AlgorithmInput::SlidingWindowCounter => &algorithm::SLIDING_WINDOW_COUNTER,
-        }
-    }
 }
 
 /// A request's cost: a number, or read from a header with a cap.

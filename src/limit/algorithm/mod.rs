@@ -350,7 +350,11 @@ mod tests {
             AlgorithmInput::SlidingWindowCounter,
         ] {
             let written = serde_json::to_value(input).unwrap_or_default();
-            assert_eq!(written, input.spec().name, "{input:?}");
+            assert_eq!(
+                written,
+                crate::config::compile::spec_of(input).name,
+                "{input:?}"
+            );
         }
     }
 
