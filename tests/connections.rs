@@ -60,12 +60,16 @@ async fn closed_by_gateway(stream: &mut TcpStream, guard: Duration) -> bool {
 }
 
 /// The value of a counter line of the Prometheus text, 0 if absent.
-fn counter(metrics: &str, series: &str) -> u64 {
-    metrics
+/// Asserts how many connections the gateway closed for `reason`.
+async fn assert_closed(gw: &Gateway, reason: &str, expected: u64) {
+    let metrics = gw.metrics().await;
+    let series = format!("tollgate_connections_closed_total{{reason=\"{reason}\"}}");
+    let closed = metrics
         .lines()
-        .find_map(|l| l.strip_prefix(series))
+        .find_map(|l| l.strip_prefix(series.as_str()))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    assert_eq!(closed, expected, "{metrics}");
 }
 
 /// What became of a client that sends its request head one byte at a time.
@@ -115,12 +119,7 @@ async fn slow_header_senders_are_closed_at_the_deadline_while_other_clients_are_
     for (i, task) in slow.into_iter().enumerate() {
         assert_eq!(task.await.unwrap(), Dribble::Closed, "slow client {i}");
     }
-    let metrics = gw.metrics().await;
-    let closed = counter(
-        &metrics,
-        "tollgate_connections_closed_total{reason=\"header_timeout\"}",
-    );
-    assert_eq!(closed, 200, "{metrics}");
+    assert_closed(&gw, "header_timeout", 200).await;
 }
 
 #[tokio::test]
@@ -128,12 +127,7 @@ async fn a_connection_that_never_sends_a_byte_is_closed_after_the_idle_timeout()
     let (_upstream, gw) = start("  idle_timeout: 1s").await;
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
     assert!(closed_by_gateway(&mut silent, Duration::from_secs(15)).await);
-    let metrics = gw.metrics().await;
-    let closed = counter(
-        &metrics,
-        "tollgate_connections_closed_total{reason=\"idle_timeout\"}",
-    );
-    assert_eq!(closed, 1, "{metrics}");
+    assert_closed(&gw, "idle_timeout", 1).await;
 }
 
 #[tokio::test]
@@ -147,12 +141,7 @@ async fn a_keep_alive_connection_is_closed_after_the_idle_timeout_between_reques
         assert_eq!(status, 200, "{answer}");
     }
     assert!(closed_by_gateway(&mut stream, Duration::from_secs(15)).await);
-    let metrics = gw.metrics().await;
-    let closed = counter(
-        &metrics,
-        "tollgate_connections_closed_total{reason=\"idle_timeout\"}",
-    );
-    assert_eq!(closed, 1, "{metrics}");
+    assert_closed(&gw, "idle_timeout", 1).await;
 }
 
 #[tokio::test]
@@ -202,12 +191,7 @@ async fn connections_over_the_per_ip_cap_are_closed_at_once() {
     // Other clients are not affected.
     let other = client_from("127.0.0.3").get(gw.url("/api/y")).send().await;
     assert_eq!(other.unwrap().status(), 200);
-    let metrics = gw.metrics().await;
-    let refused = counter(
-        &metrics,
-        "tollgate_connections_closed_total{reason=\"max_connections_per_ip\"}",
-    );
-    assert_eq!(refused, 1, "{metrics}");
+    assert_closed(&gw, "max_connections_per_ip", 1).await;
     // A closed connection frees its place.
     drop(first);
     let c = client_from("127.0.0.2");
