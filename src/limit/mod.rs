@@ -1,20 +1,23 @@
-//! Rate-limit decisions: algorithms are pure functions of (state, now, quota,
-//! cost); stores hold the state and decide all the limits of a request together,
-//! so a request denied by one limit spends nothing from the others.
+//! Rate-limit decisions. Three parts, each importing only the ones above it:
 //!
-//! - [`algorithm`]: the algorithms, with no clock and no I/O.
-//! - [`store`]: where state lives: memory, Redis, batching, failover.
-//! - [`breaker`]: the circuit breaker in front of Redis.
+//! - [`algorithm`]: the algorithms as pure functions of (state, now, cost),
+//!   and the one table of their names.
+//! - [`store`]: where state lives. Every store decides all the checks of one
+//!   request together, so a request denied by one limit spends nothing from
+//!   the others: memory, Redis, and wrappers that compose them (batching over
+//!   a store, a store behind a [`breaker`], failover to a fallback).
+//! - [`Limits`]: the composition the gateway uses, built once from the config.
 
 pub mod algorithm;
 pub mod breaker;
+mod front;
 mod id;
 pub mod store;
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use arrayvec::ArrayVec;
-use std::time::Instant;
 
 use crate::identity::ClientKey;
 pub use algorithm::{
@@ -22,9 +25,10 @@ pub use algorithm::{
     LimitState, Limiter, LogState, SlidingCounter, SlidingLog, Tat, TokenBucket, TokenState,
     WindowState,
 };
+pub use front::{HeldPermits, Limits, StoreHealth};
 pub use id::{LimitDefinition, LimitId};
-pub use store::failover::{HeldPermits, Limits, StoreAnswer, StoreHealth};
 pub use store::memory::MemoryStore;
+pub use store::StoreAnswer;
 
 /// Nanoseconds on the limiter's clock. Only differences matter.
 pub type Nanos = u64;
@@ -80,6 +84,9 @@ pub enum StoreError {
     Timeout,
     #[error("limiter store unavailable: {0}")]
     Unavailable(String),
+    /// The breaker in front of the store is open: it was not asked.
+    #[error("limiter store not asked: its circuit breaker is open")]
+    BreakerOpen,
 }
 
 /// What a store decided for one request.
@@ -104,17 +111,25 @@ pub enum Permit {
 /// Where limiter state lives. `decide` is atomic over all `checks`: either every
 /// check that was admitted is recorded, or — when any enforced check denies —
 /// nothing is recorded at all.
+///
+/// Time is each store's own: the memory store reads its clock after taking
+/// its locks, so that each key sees time move forward; Redis reads `TIME`, so
+/// that every gateway sharing it shares its clock.
 pub trait Store: Send + Sync {
-    /// `clock` gives the decision's time; a store reads it as late as it can
-    /// (after taking its locks) so that each key sees time move forward.
     fn decide(
         &self,
         checks: &[Check<'_>],
-        clock: &(dyn Fn() -> Nanos + Sync),
     ) -> impl Future<Output = Result<Decisions, StoreError>> + Send;
 
-    /// Gives permits back.
+    /// Gives permits back; permits another store took are not this one's.
     fn release_permits(&self, permits: &[Permit]);
+
+    /// Whether the store answers within `timeout`, for probes and `/readyz`.
+    /// A store in this process always does.
+    fn ping(&self, timeout: Duration) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = timeout;
+        async { Ok(()) }
+    }
 }
 
 /// The limiter's time source. Production uses a monotonic clock; tests pass

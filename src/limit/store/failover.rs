@@ -1,297 +1,70 @@
-//! The limiter store the proxy talks to: the memory store, or Redis behind a
-//! timeout and a circuit breaker with `on_error` deciding what a failure means
-//! (DESIGN promise 8). A dead Redis costs one timeout per breaker cool-down,
-//! not one per request.
+//! What a failing shared store means, in two layers. [`Guarded`] puts a
+//! circuit breaker in front of a store's calls, so a dead Redis costs one
+//! timeout per cool-down rather than one per request; [`Failover`] answers
+//! for a primary that failed (or was not asked) as `on_error` says, from a
+//! fallback for `on_error: local`. The breaker guards each call to the store
+//! itself, below batching: a request served from an allowance asks nothing,
+//! so it neither waits for the breaker nor counts as a probe.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-use tokio::task::AbortHandle;
-
-use arrayvec::ArrayVec;
-
-use crate::policy::OnError;
-
-use super::batch::{Allowances, Slot};
-use super::redis::RedisStore;
 use crate::limit::breaker::{Breaker, BreakerSettings, BreakerState};
-use crate::limit::{
-    Check, Decision, Decisions, MemoryStore, MonotonicClock, Permit, Store, StoreError, SyncMode,
-    MAX_CHECKS,
-};
+use crate::limit::{Check, Decisions, MonotonicClock, Permit, Store, StoreError};
 use crate::metrics::StoreMetrics;
+use crate::policy::OnError;
 
 /// How often the background probe looks at a closed breaker at most: a
 /// cool-down of a millisecond need not wake it a thousand times a second.
 const MIN_PROBE_POLL: Duration = Duration::from_millis(10);
 
-/// Redis with its breaker and this gateway's batched allowances.
-struct Shared {
-    redis: RedisStore,
+/// A store behind a circuit breaker. Its calls, failures and breaker state
+/// are the `tollgate_redis_*` metrics: Redis is the store it guards.
+pub struct Guarded<S> {
+    inner: S,
     breaker: Breaker,
-    /// `sync: batched` units this gateway holds.
-    allowances: Allowances,
-}
-
-/// What the store said about a request.
-#[derive(Debug)]
-pub enum StoreAnswer {
-    /// Decided by the configured store.
-    Decided(Decisions),
-    /// Redis failed (or the breaker is open); this is what `on_error` says.
-    Degraded(OnError, Option<Decisions>),
-}
-
-/// The limiter store as the proxy sees it.
-pub struct Limits {
-    /// Always present: the store itself, or the fallback of `on_error: local`.
-    pub memory: Arc<MemoryStore>,
-    shared: Option<Arc<Shared>>,
+    /// What a background probe may take: the decision timeout, so that a
+    /// store too slow for decisions keeps the breaker open.
+    probe_timeout: Duration,
     clock: MonotonicClock,
     metrics: StoreMetrics,
 }
 
-/// Health of the store, for `/readyz`.
-#[derive(Debug, Clone, Serialize)]
-pub struct StoreHealth {
-    pub backend: &'static str,
-    /// Whether the shared store answers (always true for memory).
-    pub healthy: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub breaker: Option<&'static str>,
-}
-
-impl Limits {
-    pub fn memory(memory: MemoryStore, clock: MonotonicClock, metrics: StoreMetrics) -> Self {
-        Limits {
-            memory: Arc::new(memory),
-            shared: None,
-            clock,
-            metrics,
-        }
-    }
-
-    /// Redis in front, `memory` for `on_error: local`.
-    pub fn redis(
-        redis: RedisStore,
+impl<S: Store> Guarded<S> {
+    pub fn new(
+        inner: S,
         breaker: BreakerSettings,
-        memory: MemoryStore,
+        probe_timeout: Duration,
         clock: MonotonicClock,
         metrics: StoreMetrics,
     ) -> Self {
-        Limits {
-            memory: Arc::new(memory),
-            shared: Some(Arc::new(Shared {
-                redis,
-                breaker: Breaker::new(breaker),
-                allowances: Allowances::default(),
-            })),
+        Guarded {
+            inner,
+            breaker: Breaker::new(breaker),
+            probe_timeout,
             clock,
             metrics,
         }
     }
 
-    /// Whether a circuit breaker stands in front of a shared store.
-    pub fn has_breaker(&self) -> bool {
-        self.shared.is_some()
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
     }
 
-    /// Decides `checks`; `on_error` (the rule's, else the store's) applies
-    /// when Redis cannot. Checks with `sync: batched` are admitted from this
-    /// gateway's allowances where they can (see `store::batch`).
-    pub async fn decide(&self, checks: &[Check<'_>], on_error: OnError) -> StoreAnswer {
-        let Some(shared) = &self.shared else {
-            return StoreAnswer::Decided(self.decide_locally(checks));
-        };
-        let batch_of = |i: usize| match checks[i].sync {
-            SyncMode::Batched(batch) => batch,
-            SyncMode::Exact => 0,
-        };
-        if checks.iter().all(|c| c.sync.batch_for(c.cost).is_none()) {
-            return self.ask_redis(shared, checks, on_error).await;
-        }
-        let now = self.clock.now();
-        // From this gateway's allowances first.
-        let mut local: ArrayVec<Option<(Slot, u64)>, MAX_CHECKS> = ArrayVec::new();
-        for check in checks {
-            let taken = check.sync.batch_for(check.cost).and_then(|_| {
-                let slot = shared.allowances.slot(check.limit, &check.key);
-                shared
-                    .allowances
-                    .take(slot, check.cost, now)
-                    .map(|left| (slot, left))
-            });
-            local.push(taken);
-        }
-        let untake = |local: &[Option<(Slot, u64)>]| {
-            for (i, taken) in local.iter().enumerate() {
-                if let Some((slot, _)) = taken {
-                    shared.allowances.untake(*slot, checks[i].cost);
-                }
-            }
-        };
-        // The rest from Redis; a batched check whose key has no reservation in
-        // flight here reserves a batch with it, the others go exact.
-        let rest: ArrayVec<usize, MAX_CHECKS> =
-            (0..checks.len()).filter(|&i| local[i].is_none()).collect();
-        let mut ask: ArrayVec<Check<'_>, MAX_CHECKS> = ArrayVec::new();
-        let mut claims: ArrayVec<Option<Slot>, MAX_CHECKS> = ArrayVec::new();
-        for &i in &rest {
-            let mut check = checks[i].clone();
-            let slot = shared.allowances.slot(check.limit, &check.key);
-            let claimed =
-                check.sync.batch_for(check.cost).is_some() && shared.allowances.claim(slot, now);
-            if claimed {
-                check.cost += batch_of(i);
-            }
-            claims.push(claimed.then_some(slot));
-            ask.push(check);
-        }
-        let unclaim = |claims: &[Option<Slot>]| {
-            for slot in claims.iter().flatten() {
-                shared.allowances.unclaim(*slot);
-            }
-        };
-        let mut answered = if ask.is_empty() {
-            Decisions::default()
-        } else {
-            match self.ask_redis(shared, &ask, on_error).await {
-                StoreAnswer::Decided(d) => d,
-                StoreAnswer::Degraded(..) => {
-                    untake(&local);
-                    unclaim(&claims);
-                    return self.degrade(on_error, checks);
-                }
-            }
-        };
-        let refused = |d: &Decision, c: &Check<'_>| c.enforced && !d.allowed;
-        // Retry without reservations only when just a reservation was
-        // refused and the request alone still fits.
-        let pairs = || answered.decisions.iter().zip(&ask).zip(&claims);
-        let exact_refused = pairs().any(|((d, c), claim)| claim.is_none() && refused(d, c));
-        let retry = !exact_refused
-            && pairs().any(|((d, c), claim)| claim.is_some() && refused(d, c))
-            && pairs().zip(&rest).all(|(((d, c), claim), &i)| {
-                claim.is_none() || !refused(d, c) || d.remaining >= checks[i].cost
-            });
-        let mut reserved = true;
-        if retry {
-            unclaim(&claims);
-            for (check, &i) in ask.iter_mut().zip(&rest) {
-                check.cost = checks[i].cost;
-            }
-            answered = match self.ask_redis(shared, &ask, on_error).await {
-                StoreAnswer::Decided(d) => d,
-                StoreAnswer::Degraded(..) => {
-                    untake(&local);
-                    return self.degrade(on_error, checks);
-                }
-            };
-            reserved = false;
-        }
-        let request_denied = answered
-            .decisions
-            .iter()
-            .zip(&ask)
-            .any(|(d, c)| refused(d, c));
-        if request_denied {
-            untake(&local);
-            if reserved {
-                unclaim(&claims);
-            }
-        } else if reserved {
-            for (k, &i) in rest.iter().enumerate() {
-                let Some(slot) = claims[k] else { continue };
-                match answered.decisions.get_mut(k) {
-                    // The batch is this gateway's to spend: the client may too.
-                    Some(d) if d.allowed => {
-                        shared.allowances.fill(slot, batch_of(i), now);
-                        d.remaining += batch_of(i);
-                    }
-                    // A refused reservation (a shadow limit's) spent nothing.
-                    _ => shared.allowances.unclaim(slot),
-                }
-            }
-        }
-        // Put the decisions back in the order of the checks.
-        let mut redis_decisions = answered.decisions.into_iter();
-        let mut decisions = ArrayVec::new();
-        for (i, check) in checks.iter().enumerate() {
-            let decision = match local[i] {
-                Some((_, left)) => Decision::allowed(check.limiter.quota(), left, 0),
-                None => match redis_decisions.next() {
-                    Some(d) => d,
-                    None => Decision::allowed(check.limiter.quota(), 0, 0),
-                },
-            };
-            decisions.push(decision);
-        }
-        StoreAnswer::Decided(Decisions {
-            decisions,
-            permits: answered.permits,
-        })
-    }
-
-    /// Drops expired `sync: batched` allowances; their unused units lapse.
-    pub fn settle(&self) {
-        if let Some(shared) = &self.shared {
-            let lapsed = shared.allowances.sweep(self.clock.now());
-            if lapsed > 0 {
-                tracing::debug!(lapsed, "unused batched units lapsed");
-            }
-        }
-    }
-
-    /// One call to Redis behind the breaker and the timeout.
-    async fn ask_redis(
-        &self,
-        shared: &Shared,
-        checks: &[Check<'_>],
-        on_error: OnError,
-    ) -> StoreAnswer {
-        if !shared.breaker.admit(self.clock.now()) {
-            return self.degrade(on_error, checks);
-        }
-        let timer = self.metrics.redis_duration.start_timer();
-        let failure = match shared.redis.decide(checks, &|| 0).await {
-            Ok(decided) => {
-                timer.observe_duration();
-                shared.breaker.succeeded();
-                self.show_breaker(shared);
-                return StoreAnswer::Decided(decided);
-            }
-            Err(e) => e,
-        };
-        timer.stop_and_discard();
-        if let StoreError::Unavailable(e) = &failure {
-            tracing::warn!("redis limiter call failed: {e}");
-        }
-        if self.fail(shared, &failure) {
-            tracing::warn!("redis failing: circuit breaker open, on_error applies");
-        }
-        self.degrade(on_error, checks)
-    }
-
-    /// Probes Redis while the breaker is open, until dropped. Requests only
-    /// probe when they come; this closes the breaker as soon as Redis answers
-    /// a PING, whatever the traffic. It claims each cool-down's probe as a
-    /// request would, so there is still at most one probe per cool-down.
-    /// Returns at once without Redis.
+    /// Probes the store while the breaker is open, until dropped. Requests
+    /// only probe when they come; this closes the breaker as soon as the
+    /// store answers a ping, whatever the traffic. It claims each cool-down's
+    /// probe as a request would, so there is still at most one probe per
+    /// cool-down.
     pub async fn keep_probing(&self) {
-        let Some(shared) = &self.shared else {
-            return;
-        };
-        let poll = shared.breaker.cooldown().max(MIN_PROBE_POLL);
+        let poll = self.breaker.cooldown().max(MIN_PROBE_POLL);
         loop {
-            let wait = match shared.breaker.probe_due_in(self.clock.now()) {
+            let wait = match self.breaker.probe_due_in(self.clock.now()) {
                 // Closed: look again within a cool-down of its opening.
                 None => poll,
                 Some(wait) if !wait.is_zero() => wait,
                 Some(_) => {
-                    self.probe(shared).await;
-                    shared
-                        .breaker
+                    self.probe().await;
+                    self.breaker
                         .probe_due_in(self.clock.now())
                         .unwrap_or(poll)
                         .max(Duration::from_millis(1))
@@ -301,126 +74,220 @@ impl Limits {
         }
     }
 
-    /// One background probe: a PING bounded by the decision timeout, so a
-    /// Redis too slow for decisions keeps the breaker open.
-    async fn probe(&self, shared: &Shared) {
-        if !shared.breaker.admit(self.clock.now()) {
+    /// One background probe.
+    async fn probe(&self) {
+        if !self.breaker.admit(self.clock.now()) {
             // A request took this cool-down's probe.
             return;
         }
-        let timeout = shared.redis.settings().timeout;
-        let failure = match tokio::time::timeout(timeout, shared.redis.ping()).await {
-            Ok(Ok(())) => {
-                let was_open = shared.breaker.state() != BreakerState::Closed;
-                shared.breaker.succeeded();
-                self.show_breaker(shared);
+        match self.inner.ping(self.probe_timeout).await {
+            Ok(()) => {
+                let was_open = self.breaker.state() != BreakerState::Closed;
+                self.succeeded();
                 if was_open {
                     tracing::info!("redis answers again: circuit breaker closed");
                 }
-                return;
             }
-            Ok(Err(e)) if e.is_timeout() => StoreError::Timeout,
-            Ok(Err(e)) => StoreError::Unavailable(e.to_string()),
-            Err(_) => StoreError::Timeout,
-        };
-        // Debug only: an idle gateway would otherwise log every cool-down
-        // for as long as Redis is down.
-        tracing::debug!("background probe of redis failed: {failure}");
-        self.fail(shared, &failure);
+            Err(failure) => {
+                // Debug only: an idle gateway would otherwise log every
+                // cool-down for as long as Redis is down.
+                tracing::debug!("background probe of redis failed: {failure}");
+                self.failed(&failure);
+            }
+        }
     }
 
-    /// Counts a failed Redis call and tells the breaker; true when this call
+    fn succeeded(&self) {
+        self.breaker.succeeded();
+        self.show_breaker();
+    }
+
+    /// Counts a failed call and tells the breaker; true when this call
     /// opened it (or reopened it after a probe).
-    fn fail(&self, shared: &Shared, failure: &StoreError) -> bool {
+    fn failed(&self, failure: &StoreError) -> bool {
         match failure {
             StoreError::Timeout => self.metrics.redis_timeouts.inc(),
             StoreError::Unavailable(_) => self.metrics.redis_errors.inc(),
+            // Another breaker's refusal: not this store's failure.
+            StoreError::BreakerOpen => return false,
         }
-        let opened = shared.breaker.failed(self.clock.now());
+        let opened = self.breaker.failed(self.clock.now());
         if opened {
             self.metrics.breaker_opened.inc();
         }
-        self.show_breaker(shared);
+        self.show_breaker();
         opened
     }
 
-    fn show_breaker(&self, shared: &Shared) {
-        let state = shared.breaker.state() as i64;
+    fn show_breaker(&self) {
+        let state = self.breaker.state() as i64;
         if self.metrics.breaker_state.get() != state {
             self.metrics.breaker_state.set(state);
         }
     }
+}
 
-    fn degrade(&self, on_error: OnError, checks: &[Check<'_>]) -> StoreAnswer {
-        let local = (on_error == OnError::Local).then(|| self.decide_locally(checks));
+impl<S: Store> Store for Guarded<S> {
+    /// Fails at once with [`StoreError::BreakerOpen`] while the breaker
+    /// keeps the store from being asked.
+    async fn decide(&self, checks: &[Check<'_>]) -> Result<Decisions, StoreError> {
+        if !self.breaker.admit(self.clock.now()) {
+            return Err(StoreError::BreakerOpen);
+        }
+        let failure = match self.inner.decide(checks).await {
+            Ok(decided) => {
+                self.succeeded();
+                return Ok(decided);
+            }
+            Err(failure) => failure,
+        };
+        if let StoreError::Unavailable(e) = &failure {
+            tracing::warn!("redis limiter call failed: {e}");
+        }
+        if self.failed(&failure) {
+            tracing::warn!("redis failing: circuit breaker open, on_error applies");
+        }
+        Err(failure)
+    }
+
+    fn release_permits(&self, permits: &[Permit]) {
+        self.inner.release_permits(permits);
+    }
+
+    /// Asks the store itself, whatever the breaker says.
+    async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        self.inner.ping(timeout).await
+    }
+}
+
+/// What the gateway's store said about a request.
+#[derive(Debug)]
+pub enum StoreAnswer {
+    /// Decided by the configured store.
+    Decided(Decisions),
+    /// The shared store failed (or its breaker is open): this is what
+    /// `on_error` says, with the fallback's decisions for `on_error: local`.
+    Degraded(OnError, Option<Decisions>),
+}
+
+/// A primary store and the fallback `on_error: local` decides with. Not a
+/// [`Store`] itself: its answer says more than decisions (whether the primary
+/// failed, and what `on_error` made of it), and it never fails.
+pub struct Failover<P, F> {
+    primary: P,
+    fallback: F,
+}
+
+impl<P: Store, F: Store> Failover<P, F> {
+    pub fn new(primary: P, fallback: F) -> Self {
+        Failover { primary, fallback }
+    }
+
+    pub fn primary(&self) -> &P {
+        &self.primary
+    }
+
+    /// Decides `checks` with the primary; `on_error` (the rule's, else the
+    /// store's) says what its failure means. A fallback that fails too (the
+    /// memory store never does) decides nothing: the request goes through
+    /// unlimited, as with `on_error: allow`.
+    pub async fn decide(&self, checks: &[Check<'_>], on_error: OnError) -> StoreAnswer {
+        if let Ok(decided) = self.primary.decide(checks).await {
+            return StoreAnswer::Decided(decided);
+        }
+        let local = match on_error {
+            OnError::Local => self.fallback.decide(checks).await.ok(),
+            OnError::Allow | OnError::Deny => None,
+        };
         StoreAnswer::Degraded(on_error, local)
     }
 
-    fn decide_locally(&self, checks: &[Check<'_>]) -> Decisions {
-        let timer = self.metrics.memory_duration.start_timer();
-        let clock = self.clock;
-        let decided = self.memory.decide_with(checks, || clock.now());
-        timer.observe_duration();
-        decided
+    /// Gives permits back to whichever of the two took them.
+    pub fn release_permits(&self, permits: &[Permit]) {
+        self.primary.release_permits(permits);
+        self.fallback.release_permits(permits);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::ClientKey;
+    use crate::limit::{FixedWindow, LimitId, Limiter, MemoryStore, SyncMode};
+    use crate::metrics::Metrics;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A store that is down: every call fails, and is counted.
+    #[derive(Default)]
+    struct Down {
+        calls: AtomicUsize,
     }
 
-    /// Holds `permits` until the returned guard drops; Redis leases are
-    /// renewed meanwhile, so a long-lived connection keeps its permit and a
-    /// crashed gateway's expire.
-    pub fn hold(&self, permits: Vec<Permit>) -> HeldPermits {
-        let redis = self.shared.as_ref().map(|shared| shared.redis.clone());
-        let renewal = redis.as_ref().and_then(|r| r.keep_renewed(&permits));
-        HeldPermits {
-            memory: self.memory.clone(),
-            redis,
-            permits,
-            renewal,
+    impl Store for Down {
+        async fn decide(&self, _: &[Check<'_>]) -> Result<Decisions, StoreError> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            Err(StoreError::Unavailable("down".into()))
         }
+
+        fn release_permits(&self, _: &[Permit]) {}
     }
 
-    /// Health for `/readyz`: a PING within the timeout.
-    pub async fn health(&self) -> StoreHealth {
-        let Some(shared) = &self.shared else {
-            return StoreHealth {
-                backend: "memory",
-                healthy: true,
-                breaker: None,
-            };
+    fn checks() -> [Check<'static>; 1] {
+        [Check {
+            limit: LimitId(1),
+            limiter: Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 10)),
+            key: ClientKey::global(),
+            cost: 1,
+            enforced: true,
+            sync: SyncMode::Exact,
+        }]
+    }
+
+    fn guarded(down: Arc<Down>, metrics: &Metrics) -> Guarded<Arc<Down>> {
+        let breaker = BreakerSettings {
+            failures: 2,
+            cooldown: Duration::from_secs(3600),
         };
-        let timeout = shared
-            .redis
-            .settings()
-            .timeout
-            .max(Duration::from_millis(250));
-        let healthy = matches!(
-            tokio::time::timeout(timeout, shared.redis.ping()).await,
-            Ok(Ok(()))
+        let clock = MonotonicClock::default();
+        Guarded::new(down, breaker, Duration::ZERO, clock, metrics.store.clone())
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_keeps_the_store_from_being_asked() {
+        let down = Arc::new(Down::default());
+        let metrics = Metrics::new();
+        let store = guarded(down.clone(), &metrics);
+        for _ in 0..5 {
+            assert!(store.decide(&checks()).await.is_err());
+        }
+        assert_eq!(down.calls.load(Ordering::Relaxed), 2, "opened after two");
+        assert_eq!(store.breaker_state(), BreakerState::Open);
+        assert_eq!(metrics.store.redis_errors.get(), 2);
+        assert_eq!(metrics.store.breaker_opened.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn each_on_error_policy_gets_its_answer_from_a_failed_primary() {
+        let failover = Failover::new(Down::default(), MemoryStore::default());
+        let local = failover.decide(&checks(), OnError::Local).await;
+        assert!(
+            matches!(&local, StoreAnswer::Degraded(OnError::Local, Some(d)) if d.decisions[0].allowed),
+            "{local:?}"
         );
-        StoreHealth {
-            backend: "redis",
-            healthy,
-            breaker: Some(shared.breaker.state().label()),
+        for on_error in [OnError::Allow, OnError::Deny] {
+            let answer = failover.decide(&checks(), on_error).await;
+            assert!(
+                matches!(answer, StoreAnswer::Degraded(mode, None) if mode == on_error),
+                "{answer:?}"
+            );
         }
     }
-}
 
-/// Concurrency permits of one request or connection; given back on drop, so
-/// no exit path can leak one.
-pub struct HeldPermits {
-    memory: Arc<MemoryStore>,
-    redis: Option<RedisStore>,
-    permits: Vec<Permit>,
-    renewal: Option<AbortHandle>,
-}
-
-impl Drop for HeldPermits {
-    fn drop(&mut self) {
-        if let Some(renewal) = self.renewal.take() {
-            renewal.abort();
-        }
-        self.memory.release_permits(&self.permits);
-        if let Some(redis) = &self.redis {
-            redis.release_permits(&self.permits);
-        }
+    #[tokio::test]
+    async fn a_primary_that_answers_decides() {
+        let failover = Failover::new(MemoryStore::default(), Down::default());
+        let answer = failover.decide(&checks(), OnError::Deny).await;
+        assert!(matches!(answer, StoreAnswer::Decided(_)), "{answer:?}");
     }
 }

@@ -31,9 +31,10 @@ use hashbrown::HashTable;
 use prometheus::IntCounter;
 
 use crate::limit::{
-    Check, Decisions, Held, LimitId, LimitState, LogState, Nanos, Permit, Store, StoreError,
-    MAX_CHECKS,
+    Check, Decisions, Held, LimitId, LimitState, LogState, MonotonicClock, Nanos, Permit, Store,
+    StoreError, MAX_CHECKS,
 };
+
 /// Share of a shard reserved for protected (returning) keys.
 const PROTECTED_SHARE: f64 = 0.8;
 /// How far from the LRU end eviction looks for an entry holding no permits.
@@ -339,6 +340,8 @@ impl Shard {
 
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
+    /// Read once per decision, after the shards are locked.
+    clock: MonotonicClock,
     hash_lo: RandomState,
     hash_hi: RandomState,
     evictions: AtomicU64,
@@ -372,11 +375,19 @@ impl MemoryStore {
             shards: (0..count)
                 .map(|_| Mutex::new(Shard::new(per_shard)))
                 .collect(),
+            clock: MonotonicClock::default(),
             hash_lo: RandomState::default(),
             hash_hi: RandomState::default(),
             evictions: AtomicU64::new(0),
             eviction_counter,
         }
+    }
+
+    /// Keeps time with `clock`: the one the gateway sweeps with, so that
+    /// state expires when its decisions said it would.
+    pub fn with_clock(mut self, clock: MonotonicClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn entry_key(&self, check: &Check<'_>) -> [u64; 2] {
@@ -397,6 +408,8 @@ impl MemoryStore {
     }
 
     /// Decides all checks at `now`; see [`Store`] for the atomicity promise.
+    /// Tests and benches drive time this way; the gateway decides on the
+    /// store's clock ([`Self::decide_on_clock`]).
     ///
     /// # Panics
     /// If given more than [`MAX_CHECKS`] checks (config validation forbids it).
@@ -404,11 +417,17 @@ impl MemoryStore {
         self.decide_with(checks, || now)
     }
 
+    /// Decides all checks on the store's clock, as [`Store::decide`] does,
+    /// without a future to await: the memory-only gateway's hot path.
+    pub fn decide_on_clock(&self, checks: &[Check<'_>]) -> Decisions {
+        self.decide_with(checks, || self.clock.now())
+    }
+
     /// Like [`Self::decide_now`], reading the clock only once every shard
     /// involved is locked: per key, time then never runs backwards (a thread
     /// preempted between reading the clock and locking would otherwise decide
     /// with a `now` older than the state it finds).
-    pub fn decide_with(&self, checks: &[Check<'_>], clock: impl FnOnce() -> Nanos) -> Decisions {
+    fn decide_with(&self, checks: &[Check<'_>], clock: impl FnOnce() -> Nanos) -> Decisions {
         assert!(
             checks.len() <= MAX_CHECKS,
             "too many limits for one request"
@@ -576,12 +595,9 @@ fn shard_slot(order: &[usize; MAX_CHECKS], len: usize, shard: usize) -> usize {
 }
 
 impl Store for MemoryStore {
-    async fn decide(
-        &self,
-        checks: &[Check<'_>],
-        clock: &(dyn Fn() -> Nanos + Sync),
-    ) -> Result<Decisions, StoreError> {
-        Ok(self.decide_with(checks, clock))
+    /// Never fails.
+    async fn decide(&self, checks: &[Check<'_>]) -> Result<Decisions, StoreError> {
+        Ok(self.decide_on_clock(checks))
     }
 
     fn release_permits(&self, permits: &[Permit]) {

@@ -369,7 +369,7 @@ impl RedisStore {
     }
 
     /// Whether Redis answers a PING.
-    pub async fn ping(&self) -> Result<(), RedisError> {
+    async fn ping_once(&self) -> Result<(), RedisError> {
         let mut connection = self.connection().await?;
         redis::cmd("PING")
             .query_async::<String>(&mut connection)
@@ -504,18 +504,14 @@ fn leases(permits: &[Permit]) -> Vec<Lease> {
 }
 
 impl Store for RedisStore {
-    /// Bounded by `timeout`. Redis decides on its own clock; `clock` is not
-    /// read.
-    async fn decide(
-        &self,
-        checks: &[Check<'_>],
-        _clock: &(dyn Fn() -> Nanos + Sync),
-    ) -> Result<Decisions, StoreError> {
-        match tokio::time::timeout(self.inner.settings.timeout, self.decide_shared(checks)).await {
+    /// Bounded by `timeout`. Redis keeps the time: the script reads `TIME`,
+    /// so the gateways sharing it share one clock.
+    async fn decide(&self, checks: &[Check<'_>]) -> Result<Decisions, StoreError> {
+        let decided = tokio::time::timeout(self.inner.settings.timeout, self.decide_shared(checks));
+        match decided.await {
             Ok(Ok(decided)) => Ok(decided),
             // The client's own response timeout equals ours.
-            Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Ok(Err(e)) => Err(store_error(e)),
             Err(_) => Err(StoreError::Timeout),
         }
     }
@@ -537,6 +533,21 @@ impl Store for RedisStore {
                 tracing::debug!("releasing concurrency leases failed (they expire): {e}");
             }
         });
+    }
+
+    async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        match tokio::time::timeout(timeout, self.ping_once()).await {
+            Ok(answered) => answered.map_err(store_error),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+}
+
+fn store_error(e: RedisError) -> StoreError {
+    if e.is_timeout() {
+        StoreError::Timeout
+    } else {
+        StoreError::Unavailable(e.to_string())
     }
 }
 

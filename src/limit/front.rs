@@ -1,0 +1,183 @@
+//! The store as the gateway uses it: built once at start from the config's
+//! `store:`, as the memory store alone or as Redis (timed, behind a breaker,
+//! batched where limits say so) failing over to memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Histogram;
+use serde::Serialize;
+use tokio::task::AbortHandle;
+
+use super::breaker::BreakerSettings;
+use super::store::redis::RedisStore;
+use super::store::{Batching, Failover, Guarded, StoreAnswer, Timed};
+use super::{Check, MemoryStore, MonotonicClock, Permit, Store};
+use crate::metrics::StoreMetrics;
+use crate::policy::OnError;
+
+/// Redis with its layers, failing over to memory.
+type Shared = Failover<Batching<Guarded<Timed<RedisStore>>>, Timed<Arc<MemoryStore>>>;
+
+enum Front {
+    /// Called directly, not through [`Timed`]: each layer of futures would
+    /// move the decisions once more, on every request.
+    Memory {
+        memory: Arc<MemoryStore>,
+        duration: Histogram,
+    },
+    Shared {
+        store: Shared,
+        /// The store at the bottom, for lease renewals.
+        redis: RedisStore,
+    },
+}
+
+/// The limiter store as the proxy sees it.
+pub struct Limits {
+    /// Always present: the store itself, or the fallback of `on_error: local`;
+    /// sweeps and reloads reach it here.
+    pub memory: Arc<MemoryStore>,
+    front: Arc<Front>,
+}
+
+/// Health of the store, for `/readyz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreHealth {
+    pub backend: &'static str,
+    /// Whether the shared store answers (always true for memory).
+    pub healthy: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<&'static str>,
+}
+
+impl Limits {
+    /// The memory store alone. `clock` is the gateway's limiter clock: the
+    /// store decides on it, and the gateway sweeps with it.
+    pub fn memory(memory: MemoryStore, clock: MonotonicClock, metrics: StoreMetrics) -> Self {
+        let memory = Arc::new(memory.with_clock(clock));
+        let front = Front::Memory {
+            memory: memory.clone(),
+            duration: metrics.memory_duration,
+        };
+        Limits {
+            memory,
+            front: Arc::new(front),
+        }
+    }
+
+    /// Redis in front, `memory` for `on_error: local`; the breaker and the
+    /// batched allowances keep time with `clock` too.
+    pub fn redis(
+        redis: RedisStore,
+        breaker: BreakerSettings,
+        memory: MemoryStore,
+        clock: MonotonicClock,
+        metrics: StoreMetrics,
+    ) -> Self {
+        let memory = Arc::new(memory.with_clock(clock));
+        let timeout = redis.settings().timeout;
+        let timed = Timed::new(redis.clone(), metrics.redis_duration.clone());
+        let fallback = Timed::new(memory.clone(), metrics.memory_duration.clone());
+        let guarded = Guarded::new(timed, breaker, timeout, clock, metrics);
+        let store = Failover::new(Batching::new(guarded, clock), fallback);
+        Limits {
+            memory,
+            front: Arc::new(Front::Shared { store, redis }),
+        }
+    }
+
+    /// Whether a circuit breaker stands in front of a shared store.
+    pub fn has_breaker(&self) -> bool {
+        matches!(*self.front, Front::Shared { .. })
+    }
+
+    /// Decides `checks`; `on_error` (the rule's, else the store's) applies
+    /// when Redis cannot.
+    pub async fn decide(&self, checks: &[Check<'_>], on_error: OnError) -> StoreAnswer {
+        match &*self.front {
+            Front::Memory { memory, duration } => {
+                let timer = duration.start_timer();
+                let decided = memory.decide_on_clock(checks);
+                timer.observe_duration();
+                StoreAnswer::Decided(decided)
+            }
+            // Boxed: the shared store's future is kilobytes (the batching
+            // state, the Redis call), and unboxed it would size this future,
+            // and every future awaiting it, for the memory store too. A
+            // shared decision allocates anyway.
+            Front::Shared { store, .. } => Box::pin(store.decide(checks, on_error)).await,
+        }
+    }
+
+    /// Drops expired `sync: batched` allowances; their unused units lapse.
+    pub fn settle(&self) {
+        if let Front::Shared { store, .. } = &*self.front {
+            let lapsed = store.primary().settle();
+            if lapsed > 0 {
+                tracing::debug!(lapsed, "unused batched units lapsed");
+            }
+        }
+    }
+
+    /// Probes Redis while its breaker is open, until dropped (see
+    /// [`Guarded::keep_probing`]). Returns at once without Redis.
+    pub async fn keep_probing(&self) {
+        if let Front::Shared { store, .. } = &*self.front {
+            store.primary().inner().keep_probing().await;
+        }
+    }
+
+    /// Holds `permits` until the returned guard drops; Redis leases are
+    /// renewed meanwhile, so a long-lived connection keeps its permit and a
+    /// crashed gateway's expire.
+    pub fn hold(&self, permits: Vec<Permit>) -> HeldPermits {
+        let renewal = match &*self.front {
+            Front::Shared { redis, .. } => redis.keep_renewed(&permits),
+            Front::Memory { .. } => None,
+        };
+        HeldPermits {
+            front: self.front.clone(),
+            permits,
+            renewal,
+        }
+    }
+
+    /// Health for `/readyz`: a PING within the timeout.
+    pub async fn health(&self) -> StoreHealth {
+        let Front::Shared { store, redis } = &*self.front else {
+            return StoreHealth {
+                backend: "memory",
+                healthy: true,
+                breaker: None,
+            };
+        };
+        let guarded = store.primary().inner();
+        let timeout = redis.settings().timeout.max(Duration::from_millis(250));
+        StoreHealth {
+            backend: "redis",
+            healthy: guarded.ping(timeout).await.is_ok(),
+            breaker: Some(guarded.breaker_state().label()),
+        }
+    }
+}
+
+/// Concurrency permits of one request or connection; given back on drop, so
+/// no exit path can leak one.
+pub struct HeldPermits {
+    front: Arc<Front>,
+    permits: Vec<Permit>,
+    renewal: Option<AbortHandle>,
+}
+
+impl Drop for HeldPermits {
+    fn drop(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
+        match &*self.front {
+            Front::Memory { memory, .. } => memory.release_permits_now(&self.permits),
+            Front::Shared { store, .. } => store.release_permits(&self.permits),
+        }
+    }
+}
