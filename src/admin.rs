@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use crate::limit::store::redis::redact_url;
 use crate::policy::OnError;
 use crate::reload::{self, ReloadOutcome};
-use crate::runtime::Runtime;
 use crate::schema::ConfigInput;
+use crate::snapshot::Snapshot;
 use crate::state::Shared;
 use crate::state::{rfc3339, Trigger};
 
@@ -89,7 +89,7 @@ impl AdminApp {
         self.shared
             .admin_token_env
             .clone()
-            .or_else(|| self.shared.runtime.load().server.admin_token.clone())
+            .or_else(|| self.shared.snapshot.load().server.admin_token.clone())
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
@@ -110,7 +110,7 @@ impl AdminApp {
     /// `allow` or `local` the gateway still serves, and says it is degraded.
     async fn ready(&self) -> Response<Vec<u8>> {
         let store = self.shared.limits.health().await;
-        let rt = self.shared.runtime.load();
+        let rt = self.shared.snapshot.load();
         let refusing = !store.healthy && rt.store.on_error == OnError::Deny;
         json(
             if refusing {
@@ -139,7 +139,7 @@ impl AdminApp {
             ),
             ReloadOutcome::Unchanged => {
                 // The watcher may have applied the edit already: show what it did.
-                let rt = self.shared.runtime.load();
+                let rt = self.shared.snapshot.load();
                 json(
                     StatusCode::OK,
                     json!({
@@ -162,7 +162,7 @@ impl AdminApp {
     }
 
     fn config(&self) -> Value {
-        let rt = self.shared.runtime.load();
+        let rt = self.shared.snapshot.load();
         let source = &rt.source;
         json!({
             "generation": source.generation,
@@ -180,7 +180,7 @@ impl AdminApp {
 
 /// The config in effect as JSON, secrets redacted: the core's sections, and
 /// each part's as the part shows it.
-fn shown(rt: &Runtime) -> Value {
+fn shown(rt: &Snapshot) -> Value {
     let mut value = redacted(&rt.source.input);
     if let Value::Object(sections) = &mut value {
         for part in &rt.parts {

@@ -20,7 +20,7 @@ use crate::policy::Mode;
 use crate::policy::OnError;
 use crate::respond::{self, Reply};
 use crate::route::{PathError, Target};
-use crate::runtime::{Rule, RuleLimit, Runtime};
+use crate::snapshot::{Rule, RuleLimit, Snapshot};
 use crate::websocket::is_websocket_request;
 
 /// The parts of a request head admission reads.
@@ -99,7 +99,7 @@ fn refuse(rule: Option<usize>, outcome: Outcome, reply: Reply) -> Admission {
 /// Routes, identifies and decides one request against one snapshot. The
 /// limits' own metrics (decisions per limit, degraded decisions) are counted
 /// here; the request's outcome is the caller's to count, once.
-pub(crate) async fn admit(rt: &Runtime, head: &RequestHead<'_>, limits: &Limits) -> Admission {
+pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits) -> Admission {
     let target = match Target::parse(head.raw_target) {
         Ok(t) => t,
         Err(e) => return refuse(None, Outcome::BadRequest, respond::bad_path(e)),
@@ -193,17 +193,17 @@ pub(crate) async fn admit(rt: &Runtime, head: &RequestHead<'_>, limits: &Limits)
             for (i, d) in &decided {
                 rule.limits[*i].record(d);
             }
-            let verdict = pipeline::judge(rule, &decided, shadow_refusal);
-            if let (true, Some((i, decision))) = (verdict.denied(), verdict.headline) {
+            let judgement = pipeline::judge(rule, &decided, shadow_refusal);
+            if let (true, Some((i, decision))) = (judgement.denied(), judgement.headline) {
                 let reply = respond::limited(rule, &rule.limits[i], &decision);
                 return refuse(Some(index), Outcome::Limited, reply);
             }
-            admitted.headline = verdict.headline;
+            admitted.headline = judgement.headline;
             admitted.delay = pipeline::shaping_delay(rule, &decided);
             if !permits.is_empty() {
                 admitted.permits = Some(limits.hold(permits));
             }
-            verdict.outcome
+            judgement.outcome
         }
     };
     let outcome = admitted.outcome;

@@ -50,7 +50,7 @@ pub fn start(shared: Arc<Shared>) -> Running {
 /// The demo's settings at start, when its section turns it on.
 fn demo_settings(shared: &Shared) -> Option<DemoSettings> {
     shared
-        .runtime
+        .snapshot
         .load()
         .part::<DemoSettings>(demo::NAME)
         .cloned()

@@ -16,10 +16,10 @@ use crate::metrics::{Metrics, Outcome};
 use crate::pipeline::{self, Incoming, Unrouted};
 use crate::policy::{MissingPolicy, Mode, OnLimit};
 use crate::route::Target;
-use crate::runtime::Runtime;
+use crate::snapshot::Snapshot;
 
 /// A table of rules (in match order), their limits, and the upstreams.
-pub fn summary(rt: &Runtime) -> String {
+pub fn summary(rt: &Snapshot) -> String {
     let mut out = String::new();
     let _ = match &rt.store.redis {
         None => writeln!(out, "store: memory (max_keys {})", rt.store.max_keys),
@@ -203,7 +203,7 @@ impl Hypothetical {
 /// then what the gateway would do with it as the first request it sees. The
 /// result comes from `admission::admit`, the function the proxy calls, run
 /// against a scratch in-memory store.
-pub async fn explain(rt: &Runtime, req: &Hypothetical) -> String {
+pub async fn explain(rt: &Snapshot, req: &Hypothetical) -> String {
     let mut raw_target = req.path.clone().into_bytes();
     if let Some(query) = &req.query {
         raw_target.push(b'?');
@@ -231,7 +231,7 @@ pub async fn explain(rt: &Runtime, req: &Hypothetical) -> String {
 const SCRATCH_KEYS: usize = 64;
 
 /// The request's way through routing and identification, for people.
-fn describe(rt: &Runtime, req: &Hypothetical, raw_target: &[u8]) -> String {
+fn describe(rt: &Snapshot, req: &Hypothetical, raw_target: &[u8]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "request      {} {}", req.method, req.path);
     let Ok(target) = Target::parse(raw_target) else {
@@ -328,7 +328,7 @@ fn describe(rt: &Runtime, req: &Hypothetical, raw_target: &[u8]) -> String {
 }
 
 /// What the gateway does with the request, from its admission.
-fn result_of(rt: &Runtime, admission: &Admission) -> String {
+fn result_of(rt: &Snapshot, admission: &Admission) -> String {
     match admission {
         Admission::Reply(refusal) => {
             let status = refusal.reply.header.status;

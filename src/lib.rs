@@ -1,7 +1,7 @@
 //! tollgate: a rate-limiting reverse proxy built on Pingora.
 //!
 //! A request goes through one admission step (`admission`: route, identify,
-//! decide) against one immutable [`runtime::Runtime`] snapshot compiled from the
+//! decide) against one immutable [`snapshot::Snapshot`] compiled from the
 //! config file by [`config`]; `proxy` is the Pingora glue around it. [`app`]
 //! puts the core together with the parts beside it ([`demo`]), which the core
 //! never imports. ARCHITECTURE.md draws the layers.
@@ -29,8 +29,8 @@ pub(crate) mod proxy;
 pub(crate) mod reload;
 pub(crate) mod respond;
 pub mod route;
-pub mod runtime;
 pub mod schema;
 pub mod server;
+pub mod snapshot;
 pub(crate) mod state;
 pub mod websocket;

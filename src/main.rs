@@ -101,7 +101,7 @@ fn run(config_path: PathBuf) -> ExitCode {
         return ExitCode::from(1);
     }
     {
-        let rt = shared.runtime.load();
+        let rt = shared.snapshot.load();
         tracing::info!(
             config = %config_path.display(),
             listen = ?rt.server.listen,

@@ -166,7 +166,7 @@ impl ConnectionMetrics {
 }
 
 /// Counters of one rule, resolved once when its snapshot is bound to the
-/// gateway's registry (`Runtime::bind_metrics`), so the request path never
+/// gateway's registry (`Snapshot::bind_metrics`), so the request path never
 /// looks a label set up.
 #[derive(Debug, Clone)]
 pub(crate) struct RuleMetrics {

@@ -14,7 +14,7 @@ use crate::limit::{Check, Decision, SyncMode, MAX_CHECKS};
 use crate::metrics::Outcome;
 use crate::policy::{MissingPolicy, Mode};
 use crate::route::{normalize_host, normalize_path, HostError, NormalHost, PathError, Target};
-use crate::runtime::{Rule, RuleLimit, Runtime};
+use crate::snapshot::{Rule, RuleLimit, Snapshot};
 
 /// The parts of an incoming request the pipeline looks at.
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +51,7 @@ pub(crate) enum Unrouted {
 /// rule. A repeated `Host` is refused: the upstream may read another line
 /// than the one matched (Pingora's parser refuses it before the proxy runs;
 /// this keeps `check --explain` saying so too).
-pub fn route<'a>(rt: &Runtime, req: &Incoming<'a>) -> Result<Routed<'a>, Unrouted> {
+pub fn route<'a>(rt: &Snapshot, req: &Incoming<'a>) -> Result<Routed<'a>, Unrouted> {
     let path = normalize_path(req.target.path).map_err(Unrouted::BadPath)?;
     if req.headers.get_all(HOST).iter().nth(1).is_some() {
         return Err(Unrouted::BadHost(HostError::Repeated));
@@ -69,7 +69,7 @@ pub fn route<'a>(rt: &Runtime, req: &Incoming<'a>) -> Result<Routed<'a>, Unroute
 }
 
 /// The client IP (ARCHITECTURE.md, promise 5).
-pub(crate) fn client_ip(rt: &Runtime, req: &Incoming<'_>) -> IpAddr {
+pub(crate) fn client_ip(rt: &Snapshot, req: &Incoming<'_>) -> IpAddr {
     let forwarded = req
         .headers
         .get_all(X_FORWARDED_FOR)
@@ -80,7 +80,7 @@ pub(crate) fn client_ip(rt: &Runtime, req: &Incoming<'_>) -> IpAddr {
 
 /// Step 4: the facts keys and exemptions are computed from.
 pub(crate) fn facts<'a>(
-    rt: &'a Runtime,
+    rt: &'a Snapshot,
     req: &Incoming<'a>,
     client_ip: IpAddr,
 ) -> RequestFacts<'a> {
@@ -176,16 +176,16 @@ pub(crate) fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
     }
 }
 
-/// The verdict on a decided request.
+/// The judgement on a decided request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
+pub struct Judgement {
     pub(crate) outcome: Outcome,
     /// The limit (index in the rule) whose state the response headers report:
     /// the denying limit for a denial, the most constrained one otherwise.
     pub(crate) headline: Option<(usize, Decision)>,
 }
 
-impl Verdict {
+impl Judgement {
     pub(crate) fn denied(&self) -> bool {
         self.outcome == Outcome::Limited
     }
@@ -195,7 +195,7 @@ impl Verdict {
 /// (reporting the one that frees up last); a denial by a shadow limit (or a
 /// shadow refusal from `plan`) only marks the request; otherwise the enforced
 /// limit with the least headroom is reported.
-pub(crate) fn judge(rule: &Rule, decided: &[(usize, Decision)], shadow_refusal: bool) -> Verdict {
+pub(crate) fn judge(rule: &Rule, decided: &[(usize, Decision)], shadow_refusal: bool) -> Judgement {
     let enforced = |(i, _): &&(usize, Decision)| rule.limits[*i].mode == Mode::Enforce;
     let denial = decided
         .iter()
@@ -203,7 +203,7 @@ pub(crate) fn judge(rule: &Rule, decided: &[(usize, Decision)], shadow_refusal: 
         .filter(|(_, d)| !d.allowed)
         .max_by_key(|(_, d)| d.retry_after);
     if let Some(&headline) = denial {
-        return Verdict {
+        return Judgement {
             outcome: Outcome::Limited,
             headline: Some(headline),
         };
@@ -219,7 +219,7 @@ pub(crate) fn judge(rule: &Rule, decided: &[(usize, Decision)], shadow_refusal: 
         .filter(|(i, _)| rule.limits[*i].policy_header.is_some())
         .min_by_key(|(_, d)| (d.remaining, std::cmp::Reverse(d.reset_after)))
         .copied();
-    Verdict {
+    Judgement {
         outcome: if shadow_denied {
             Outcome::ShadowLimited
         } else {

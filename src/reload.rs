@@ -20,8 +20,8 @@ use crate::config::{self, ConfigError};
 
 use crate::limit::LimitId;
 use crate::metrics::ReloadResult;
-use crate::runtime::Runtime;
 use crate::schema::Problem;
+use crate::snapshot::Snapshot;
 use crate::state::{unix_seconds, Changes, LimitChanges, ReloadSummary, Shared, Startup, Trigger};
 
 /// Events closer together than this are one edit (editors write in bursts).
@@ -44,7 +44,7 @@ enum Candidate {
     /// Nothing to do yet (the file is gone mid-save, or is the broken file
     /// already reported).
     NotYet,
-    Compiled(Box<Runtime>),
+    Compiled(Box<Snapshot>),
 }
 
 /// Reloads the config file. Concurrent calls run one after another, each
@@ -84,8 +84,10 @@ pub(crate) async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutc
             {
                 let mut state = shared.reloader.state();
                 state.failed_sha256 = None;
-                state.last_summary =
-                    Some((shared.runtime.load().source.sha256.clone(), summary.clone()));
+                state.last_summary = Some((
+                    shared.snapshot.load().source.sha256.clone(),
+                    summary.clone(),
+                ));
             }
             shared.reloader.remember(
                 trigger,
@@ -136,7 +138,7 @@ fn read_and_compile(shared: &Shared, trigger: Trigger) -> Result<Candidate, Conf
         _ => config::read_file(path)?,
     };
     let sha256 = config::sha256_hex(text.as_bytes());
-    if sha256 == shared.runtime.load().source.sha256 {
+    if sha256 == shared.snapshot.load().source.sha256 {
         return Ok(Candidate::Unchanged);
     }
     let failed = shared.reloader.state().failed_sha256.clone();
@@ -154,8 +156,8 @@ fn read_and_compile(shared: &Shared, trigger: Trigger) -> Result<Candidate, Conf
 }
 
 /// Swaps in a validated runtime and tidies what the old one leaves behind.
-fn apply(shared: &Arc<Shared>, mut new: Runtime) -> ReloadSummary {
-    let old = shared.runtime.load_full();
+fn apply(shared: &Arc<Shared>, mut new: Snapshot) -> ReloadSummary {
+    let old = shared.snapshot.load_full();
     new.source.generation = old.source.generation + 1;
     new.source.loaded_at = SystemTime::now();
     new.bind_metrics(&shared.metrics);
@@ -167,7 +169,7 @@ fn apply(shared: &Arc<Shared>, mut new: Runtime) -> ReloadSummary {
             .filter(|id| !live.contains(id))
             .collect()
     };
-    shared.runtime.store(Arc::new(new));
+    shared.snapshot.store(Arc::new(new));
 
     let metrics = &shared.metrics;
     metrics.reload(ReloadResult::Success);
@@ -198,12 +200,12 @@ fn apply(shared: &Arc<Shared>, mut new: Runtime) -> ReloadSummary {
 /// Releases the state of removed limits after `store.release_after`, unless a
 /// later reload brought them back (a reverted edit keeps its counters).
 fn schedule_release(shared: Arc<Shared>, removed: Vec<LimitId>) {
-    let delay = shared.runtime.load().store.release_after;
+    let delay = shared.snapshot.load().store.release_after;
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         // Under the reload lock, so the live set cannot change meanwhile.
         let _serial = shared.reloader.serial.lock().await;
-        let live: Vec<LimitId> = limit_ids(&shared.runtime.load()).into_values().collect();
+        let live: Vec<LimitId> = limit_ids(&shared.snapshot.load()).into_values().collect();
         let gone: Vec<LimitId> = removed
             .into_iter()
             .filter(|id| !live.contains(id))
@@ -220,7 +222,7 @@ fn schedule_release(shared: Arc<Shared>, removed: Vec<LimitId>) {
 }
 
 /// `rule/limit` → the limit's counter identity.
-fn limit_ids(rt: &Runtime) -> HashMap<String, LimitId> {
+fn limit_ids(rt: &Snapshot) -> HashMap<String, LimitId> {
     rt.rules
         .iter()
         .flat_map(|r| {
@@ -256,7 +258,7 @@ fn changes<'a, T: Serialize + 'a>(
     c
 }
 
-fn summarize(old: &Runtime, new: &Runtime, startup: &Startup) -> ReloadSummary {
+fn summarize(old: &Snapshot, new: &Snapshot, startup: &Startup) -> ReloadSummary {
     let (old_in, new_in) = (&old.source.input, &new.source.input);
     let rules = changes(
         old_in.rules.iter().map(|r| (r.name.as_str(), r)),
@@ -297,7 +299,7 @@ fn summarize(old: &Runtime, new: &Runtime, startup: &Startup) -> ReloadSummary {
 
 /// Settings of `rt` that differ from what the process started with and so
 /// are not in effect until a restart.
-pub(crate) fn restart_required(startup: &Startup, rt: &Runtime) -> Vec<String> {
+pub(crate) fn restart_required(startup: &Startup, rt: &Snapshot) -> Vec<String> {
     let now = Startup::of(rt);
     let mut differ = Vec::new();
     if now.listen != startup.listen {
@@ -427,7 +429,7 @@ impl BackgroundService for ConfigWatcher {
         // An edit made while the gateway was starting had no watcher to see it.
         if _watcher.is_some() {
             self.shared.reloader.state().watching = true;
-            if self.shared.runtime.load().server.watch {
+            if self.shared.snapshot.load().server.watch {
                 reload(&self.shared, Trigger::File).await;
             }
         }
@@ -441,7 +443,7 @@ impl BackgroundService for ConfigWatcher {
             tokio::select! {
                 Some(()) = rx.recv() => {
                     debounce(&mut rx).await;
-                    if self.shared.runtime.load().server.watch {
+                    if self.shared.snapshot.load().server.watch {
                         reload(&self.shared, Trigger::File).await;
                     }
                 }

@@ -12,7 +12,7 @@ use crate::identity::KeyPart;
 use crate::limit::{Decision, Nanos};
 use crate::policy::HeaderStyle;
 use crate::route::{HostError, PathError};
-use crate::runtime::{Rule, RuleLimit};
+use crate::snapshot::{Rule, RuleLimit};
 
 pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -108,8 +108,8 @@ pub(crate) fn missing_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Rep
 /// 400 when a limit's cost header holds no valid cost.
 pub(crate) fn bad_cost(rule: &Rule, limit: &RuleLimit) -> Reply {
     let (header, max) = match &limit.cost {
-        crate::runtime::Cost::Header { name, max, .. } => (name.to_string(), *max),
-        crate::runtime::Cost::Fixed(n) => (String::new(), *n),
+        crate::snapshot::Cost::Header { name, max, .. } => (name.to_string(), *max),
+        crate::snapshot::Cost::Fixed(n) => (String::new(), *n),
     };
     json_reply(
         400,

@@ -71,7 +71,7 @@ pub fn load_shared(config_path: &Path, loader: Loader) -> Result<Arc<Shared>, Lo
 /// Fails early, with the address in the message, when a listener cannot bind
 /// (Pingora would panic in a service thread instead).
 pub fn check_bindable(shared: &Shared) -> Result<(), String> {
-    let rt = shared.runtime.load();
+    let rt = shared.snapshot.load();
     for addr in rt.server.listen.iter().chain([&rt.server.admin]) {
         bindable(addr)?;
     }
@@ -91,7 +91,7 @@ pub fn build_server(
     options: ProcessOptions,
     extra: Vec<Box<dyn ServiceWithDependents>>,
 ) -> Server {
-    let rt = shared.runtime.load_full();
+    let rt = shared.snapshot.load_full();
     let grace_period = options
         .grace_period_seconds
         .unwrap_or(rt.server.grace_period.as_secs());

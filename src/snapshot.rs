@@ -39,7 +39,7 @@ pub(crate) struct MessageLimit {
 }
 
 #[derive(Debug)]
-pub struct Runtime {
+pub struct Snapshot {
     pub server: ServerSettings,
     pub(crate) store: StoreSettings,
     /// What the parts beside the gateway made of their sections, in the
@@ -100,7 +100,7 @@ pub struct Rule {
     pub name: String,
     pub(crate) pattern: PathPattern,
     pub(crate) conditions: RouteConditions,
-    /// Index into `Runtime::upstreams`.
+    /// Index into `Snapshot::upstreams`.
     pub(crate) upstream: usize,
     pub(crate) limits: Vec<RuleLimit>,
     pub(crate) exemptions: Vec<Exemption>,
@@ -295,7 +295,7 @@ pub(crate) struct CompiledPart {
     pub(crate) settings: Option<PartSettings>,
 }
 
-impl Runtime {
+impl Snapshot {
     /// Points the snapshot's metric handles at the gateway's registry. Done
     /// once, where a snapshot is swapped in (`Shared::new` at start, and a
     /// reload's apply): a compiled snapshot counts into nothing a gateway

@@ -13,13 +13,13 @@ use crate::config::Loader;
 use crate::limit::store::redis::RedisStore;
 use crate::limit::{Limits, MemoryStore, MonotonicClock};
 use crate::metrics::Metrics;
-use crate::runtime::{PartSettings, RedisBackend, Runtime};
 use crate::schema::Problem;
+use crate::snapshot::{PartSettings, RedisBackend, Snapshot};
 
 /// State shared by the proxy, the admin listener and background tasks. The
 /// store and metrics outlive any one config snapshot.
 pub struct Shared {
-    pub runtime: ArcSwap<Runtime>,
+    pub snapshot: ArcSwap<Snapshot>,
     pub(crate) limits: Limits,
     pub(crate) metrics: Metrics,
     pub(crate) clock: MonotonicClock,
@@ -37,28 +37,28 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Binds `runtime`'s metric handles to `metrics` and serves it; `loader`
+    /// Binds `snapshot`'s metric handles to `metrics` and serves it; `loader`
     /// (which loaded it) loads the file again at a reload. Fails only on
     /// Redis settings the config check let through but the client refuses.
     pub fn new(
-        mut runtime: Runtime,
+        mut snapshot: Snapshot,
         metrics: Metrics,
         config_path: PathBuf,
         loader: Loader,
     ) -> Result<Self, redis::RedisError> {
-        runtime.bind_metrics(&metrics);
+        snapshot.bind_metrics(&metrics);
         metrics
             .config_generation
-            .set(runtime.source.generation as i64);
+            .set(snapshot.source.generation as i64);
         metrics
             .last_reload_success
-            .set(unix_seconds(runtime.source.loaded_at));
+            .set(unix_seconds(snapshot.source.loaded_at));
         let memory = MemoryStore::new(
-            runtime.store.max_keys,
+            snapshot.store.max_keys,
             Some(metrics.store_evictions.clone()),
         );
         let clock = MonotonicClock::default();
-        let limits = match &runtime.store.redis {
+        let limits = match &snapshot.store.redis {
             None => Limits::memory(memory, clock, metrics.store.clone()),
             Some(backend) => Limits::redis(
                 RedisStore::new(backend.redis.clone())?,
@@ -69,8 +69,8 @@ impl Shared {
             ),
         };
         Ok(Shared {
-            startup: Startup::of(&runtime),
-            runtime: ArcSwap::from_pointee(runtime),
+            startup: Startup::of(&snapshot),
+            snapshot: ArcSwap::from_pointee(snapshot),
             limits,
             metrics,
             clock,
@@ -155,7 +155,7 @@ pub(crate) struct Startup {
 }
 
 impl Startup {
-    pub(crate) fn of(rt: &Runtime) -> Self {
+    pub(crate) fn of(rt: &Snapshot) -> Self {
         Startup {
             listen: rt.server.listen.clone(),
             admin: rt.server.admin.clone(),

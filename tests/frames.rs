@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use tollgate::websocket::frame::{encode_frame, FrameParser, Opcode, Piece, Sender};
-use tollgate::websocket::{ClientFilter, Step, Verdict};
+use tollgate::websocket::{ClientFilter, MessageVerdict, Step};
 
 /// A frame as the test wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +168,7 @@ proptest! {
             filter.start(Bytes::copy_from_slice(piece));
             loop {
                 match filter.step() {
-                    Step::Decide => filter.verdict(Verdict::Forward),
+                    Step::Decide => filter.verdict(MessageVerdict::Forward),
                     Step::Done(f) => {
                         prop_assert!(f.close.is_none());
                         out.extend_from_slice(f.forward.as_deref().unwrap_or_default());
@@ -210,9 +210,9 @@ proptest! {
                         let drop = drops[decided];
                         decided += 1;
                         filter.verdict(if drop {
-                            Verdict::Drop { retry_after: std::time::Duration::from_secs(1) }
+                            MessageVerdict::Drop { retry_after: std::time::Duration::from_secs(1) }
                         } else {
-                            Verdict::Forward
+                            MessageVerdict::Forward
                         });
                     }
                     Step::Done(f) => {

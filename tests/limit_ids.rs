@@ -6,10 +6,10 @@
 use std::path::Path;
 
 use tollgate::config::load_str;
-use tollgate::runtime::Runtime;
+use tollgate::snapshot::Snapshot;
 
 /// One rule per limit, named by the test, on one upstream.
-fn load(rules: &[(&str, &str)]) -> Runtime {
+fn load(rules: &[(&str, &str)]) -> Snapshot {
     let mut text = String::from("upstreams: { api: { servers: [\"127.0.0.1:9\"] } }\nrules:\n");
     for (i, (rule, body)) in rules.iter().enumerate() {
         text.push_str(&format!(
@@ -21,7 +21,7 @@ fn load(rules: &[(&str, &str)]) -> Runtime {
 
 /// The id of the only limit of `rule` (its message limit when it has no
 /// request limit).
-fn id_of(runtime: &Runtime, rule: &str) -> u64 {
+fn id_of(runtime: &Snapshot, rule: &str) -> u64 {
     let rule = runtime.rules.iter().find(|r| r.name == rule).unwrap();
     rule.all_limits().next().unwrap().id.0
 }

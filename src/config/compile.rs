@@ -26,14 +26,14 @@ use crate::metrics::{LimitMetrics, RuleMetrics};
 use crate::policy::units::{self, Rate, MAX_RATE_COUNT};
 use crate::policy::MissingPolicy;
 use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
-use crate::runtime::{
-    CompiledPart, Cost, DenyResponse, MessageLimit, RedisBackend, Rule, RuleLimit, Runtime,
-    ServerSettings, StoreSettings, Upstream, WebSocketPolicy,
-};
 use crate::schema::input::{
     AlgorithmInput, ConfigInput, CostInput, DenyInput, ExemptInput, KeyInput, KeyPartInput,
     LimitInput, RuleInput, ServerInput, StoreBackend, StoreInput, SyncInput, UpstreamInput,
     WebSocketInput,
+};
+use crate::snapshot::{
+    CompiledPart, Cost, DenyResponse, MessageLimit, RedisBackend, Rule, RuleLimit, ServerSettings,
+    Snapshot, StoreSettings, Upstream, WebSocketPolicy,
 };
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -150,7 +150,7 @@ pub(crate) fn compile(
     origin: ConfigSource,
     source: &SourceMap,
     sections: &[NamedSection],
-) -> Result<Runtime, Vec<Problem>> {
+) -> Result<Snapshot, Vec<Problem>> {
     let input = &origin.input;
     let mut c = Compiler {
         source,
@@ -199,7 +199,7 @@ pub(crate) fn compile(
 
     let has_errors = c.problems.iter().any(|p| p.severity == Severity::Error);
     match (server, routes) {
-        (Some(server), Some(routes)) if !has_errors => Ok(Runtime {
+        (Some(server), Some(routes)) if !has_errors => Ok(Snapshot {
             server,
             store,
             parts,

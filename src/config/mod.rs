@@ -13,8 +13,8 @@ use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 
-use crate::runtime::Runtime;
 use crate::schema::{ConfigInput, ConfigSource, Problem, Severity};
+use crate::snapshot::Snapshot;
 pub(crate) use locate::{Position, SourceMap};
 pub(crate) use part::{FileText, NamedSection, Part, Section};
 
@@ -96,12 +96,12 @@ pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
 
 /// Reads, parses and compiles a config file, with the core alone: the
 /// sections of parts beside the gateway are accepted unread.
-pub fn load_file(path: &Path) -> Result<Runtime, ConfigError> {
+pub fn load_file(path: &Path) -> Result<Snapshot, ConfigError> {
     Loader::default().load_file(path)
 }
 
 /// Parses and compiles config text with the core alone; see [`Loader::load_str`].
-pub fn load_str(text: &str, file: &Path) -> Result<Runtime, ConfigError> {
+pub fn load_str(text: &str, file: &Path) -> Result<Snapshot, ConfigError> {
     Loader::default().load_str(text, file)
 }
 
@@ -118,14 +118,14 @@ impl Loader {
     }
 
     /// Reads, parses and compiles a config file.
-    pub fn load_file(&self, path: &Path) -> Result<Runtime, ConfigError> {
+    pub fn load_file(&self, path: &Path) -> Result<Snapshot, ConfigError> {
         self.load_str(&read_file(path)?, path)
     }
 
     /// Parses and compiles config text; `file` is only used in messages. The
     /// runtime is generation 1, loaded now; a reload renumbers it. Its metric
-    /// handles are unbound until it is swapped in (see `Runtime::bind_metrics`).
-    pub fn load_str(&self, text: &str, file: &Path) -> Result<Runtime, ConfigError> {
+    /// handles are unbound until it is swapped in (see `Snapshot::bind_metrics`).
+    pub fn load_str(&self, text: &str, file: &Path) -> Result<Snapshot, ConfigError> {
         let refuse = |problems: Vec<Problem>| ConfigError {
             file: file.to_path_buf(),
             problems: redact_secrets(problems, text),

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use super::compile::Report;
 use super::locate::SourceMap;
-use crate::runtime::PartSettings;
 use crate::schema::{ConfigInput, Problem};
+use crate::snapshot::PartSettings;
 
 /// A part beside the gateway with a section of the config file.
 pub(crate) trait Part: Send + Sync {

@@ -13,9 +13,9 @@ use super::BusSettings;
 use crate::config::compile::{overlaps, parse_listen, Report};
 use crate::config::{FileText, Part, Section};
 use crate::limit::store::redis::redact_url;
-use crate::runtime::PartSettings;
 use crate::schema::input::ServerInput;
 use crate::schema::{ConfigInput, Problem};
+use crate::snapshot::PartSettings;
 
 /// The section's key, and the part's name in `restart_required`.
 pub const NAME: &str = "demo";

@@ -17,7 +17,7 @@ use crate::metrics::StoreMetrics;
 use crate::policy::OnError;
 
 /// Redis with its layers, failing over to memory.
-type Shared = Failover<Batching<Guarded<Timed<RedisStore>>>, Timed<Arc<MemoryStore>>>;
+type RedisWithFailover = Failover<Batching<Guarded<Timed<RedisStore>>>, Timed<Arc<MemoryStore>>>;
 
 enum Front {
     /// Called directly, not through [`Timed`]: each layer of futures would
@@ -26,8 +26,8 @@ enum Front {
         memory: Arc<MemoryStore>,
         duration: Histogram,
     },
-    Shared {
-        store: Shared,
+    Redis {
+        store: RedisWithFailover,
         /// The store at the bottom, for lease renewals.
         redis: RedisStore,
     },
@@ -83,13 +83,13 @@ impl Limits {
         let store = Failover::new(Batching::new(guarded, clock), fallback);
         Limits {
             memory,
-            front: Arc::new(Front::Shared { store, redis }),
+            front: Arc::new(Front::Redis { store, redis }),
         }
     }
 
     /// Whether a circuit breaker stands in front of a shared store.
     pub fn has_breaker(&self) -> bool {
-        matches!(*self.front, Front::Shared { .. })
+        matches!(*self.front, Front::Redis { .. })
     }
 
     /// Decides `checks`; `on_error` (the rule's, else the store's) applies
@@ -106,13 +106,13 @@ impl Limits {
             // state, the Redis call), and unboxed it would size this future,
             // and every future awaiting it, for the memory store too. A
             // shared decision allocates anyway.
-            Front::Shared { store, .. } => Box::pin(store.decide(checks, on_error)).await,
+            Front::Redis { store, .. } => Box::pin(store.decide(checks, on_error)).await,
         }
     }
 
     /// Drops expired `sync: batched` allowances; their unused units lapse.
     pub fn settle(&self) {
-        if let Front::Shared { store, .. } = &*self.front {
+        if let Front::Redis { store, .. } = &*self.front {
             let lapsed = store.primary().settle();
             if lapsed > 0 {
                 tracing::debug!(lapsed, "unused batched units lapsed");
@@ -123,7 +123,7 @@ impl Limits {
     /// Probes Redis while its breaker is open, until dropped (see
     /// [`Guarded::keep_probing`]). Returns at once without Redis.
     pub async fn keep_probing(&self) {
-        if let Front::Shared { store, .. } = &*self.front {
+        if let Front::Redis { store, .. } = &*self.front {
             store.primary().inner().keep_probing().await;
         }
     }
@@ -133,7 +133,7 @@ impl Limits {
     /// crashed gateway's expire.
     pub fn hold(&self, permits: Vec<Permit>) -> HeldPermits {
         let renewal = match &*self.front {
-            Front::Shared { redis, .. } => redis.keep_renewed(&permits),
+            Front::Redis { redis, .. } => redis.keep_renewed(&permits),
             Front::Memory { .. } => None,
         };
         HeldPermits {
@@ -145,7 +145,7 @@ impl Limits {
 
     /// Health for `/readyz`: a PING within the timeout.
     pub async fn health(&self) -> StoreHealth {
-        let Front::Shared { store, redis } = &*self.front else {
+        let Front::Redis { store, redis } = &*self.front else {
             return StoreHealth {
                 backend: "memory",
                 healthy: true,
@@ -177,7 +177,7 @@ impl Drop for HeldPermits {
         }
         match &*self.front {
             Front::Memory { memory, .. } => memory.release_permits_now(&self.permits),
-            Front::Shared { store, .. } => store.release_permits(&self.permits),
+            Front::Redis { store, .. } => store.release_permits(&self.permits),
         }
     }
 }

@@ -71,7 +71,7 @@ pub(crate) struct Front {
 
 impl Front {
     pub fn new(shared: Arc<Shared>, mut proxy: HttpProxy<Gateway>) -> Self {
-        let idle_timeout = shared.runtime.load().server.idle_timeout;
+        let idle_timeout = shared.snapshot.load().server.idle_timeout;
         let mut options = HttpServerOptions::default();
         options.h2c = true;
         options.h2_idle_timeout = Some(idle_timeout);
@@ -95,7 +95,7 @@ impl ServerApp for Front {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let (header_timeout, _place) = {
-            let rt = self.shared.runtime.load();
+            let rt = self.shared.snapshot.load();
             let server = &rt.server;
             let peer = stream
                 .get_socket_digest()

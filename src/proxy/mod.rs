@@ -21,7 +21,7 @@ use crate::admission::{self, Admission, Admitted, RequestHead};
 use crate::identity::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::metrics::Outcome;
 use crate::respond::{self, Reply};
-use crate::runtime::{Runtime, Upstream};
+use crate::snapshot::{Snapshot, Upstream};
 use crate::state::Shared;
 use crate::websocket::{is_websocket_request, ClientFilter, MessageGate, ServerWatch};
 use tunnel::TunnelError;
@@ -52,7 +52,7 @@ impl Gateway {
     }
 
     /// Counts a request's outcome once, under its rule or as unrouted.
-    fn count(&self, rt: &Runtime, rule: Option<usize>, outcome: Outcome) {
+    fn count(&self, rt: &Snapshot, rule: Option<usize>, outcome: Outcome) {
         match rule {
             Some(i) => {
                 let rule = rt.rule(i);
@@ -128,7 +128,7 @@ fn prepare_upstream_request(
 #[derive(Default)]
 pub(crate) struct RequestCtx {
     /// The one snapshot this request is served with.
-    runtime: Option<Arc<Runtime>>,
+    snapshot: Option<Arc<Snapshot>>,
     /// The matched rule, also for requests the gateway answered itself.
     rule: Option<usize>,
     /// What admission decided, for a request that goes upstream.
@@ -156,7 +156,7 @@ impl Gateway {
     /// Proxies an admitted upgrade request through a tunnel we own.
     async fn tunnel(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         // The tunnel owns the admission (and its permits) for its whole life.
-        let Some((rt, mut admitted)) = ctx.runtime.clone().zip(ctx.admitted.take()) else {
+        let Some((rt, mut admitted)) = ctx.snapshot.clone().zip(ctx.admitted.take()) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "tunnel without an admitted request",
@@ -306,8 +306,8 @@ async fn write_reply(session: &mut Session, reply: Reply) -> Result<()> {
     session.write_response_body(Some(reply.body), true).await
 }
 
-fn snapshot(ctx: &RequestCtx) -> Result<(&Runtime, usize)> {
-    match (&ctx.runtime, ctx.rule) {
+fn snapshot(ctx: &RequestCtx) -> Result<(&Snapshot, usize)> {
+    match (&ctx.snapshot, ctx.rule) {
         (Some(rt), Some(rule)) => Ok((rt, rule)),
         _ => Err(Error::explain(
             ErrorType::InternalError,
@@ -335,7 +335,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Some(Instant::now());
-        let rt = self.shared.runtime.load_full();
+        let rt = self.shared.snapshot.load_full();
         let peer = peer_ip(session);
         let req = session.req_header();
         let head = RequestHead {
@@ -350,7 +350,7 @@ impl ProxyHttp for Gateway {
             Admission::Reply(refusal) => {
                 self.count(&rt, refusal.rule, refusal.outcome);
                 ctx.rule = refusal.rule;
-                ctx.runtime = Some(rt);
+                ctx.snapshot = Some(rt);
                 write_reply(session, refusal.reply).await?;
                 return Ok(true);
             }
@@ -360,7 +360,7 @@ impl ProxyHttp for Gateway {
         let delay = admitted.delay;
         ctx.rule = Some(admitted.rule);
         ctx.admitted = Some(admitted);
-        ctx.runtime = Some(rt);
+        ctx.snapshot = Some(rt);
         if !delay.is_zero() {
             // Shaping: the request waits its turn, holding no worker thread.
             tokio::time::sleep(delay).await;
@@ -397,7 +397,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let rt = ctx.runtime.clone();
+        let rt = ctx.snapshot.clone();
         let host_header = match (&rt, ctx.rule) {
             (Some(rt), Some(rule)) => rt.upstream_of(rt.rule(rule)).host_header.as_ref(),
             _ => None,
@@ -461,7 +461,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let Some(rt) = &ctx.runtime else { return };
+        let Some(rt) = &ctx.snapshot else { return };
         let (metrics, rule_name) = match ctx.rule {
             Some(rule) => (&rt.rule(rule).metrics, Some(&rt.rule(rule).name)),
             None => (self.shared.metrics.unrouted(), None),
@@ -478,7 +478,7 @@ impl ProxyHttp for Gateway {
         if let Some(name) = rule_name {
             if !self
                 .shared
-                .runtime
+                .snapshot
                 .load()
                 .rules
                 .iter()

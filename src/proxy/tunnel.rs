@@ -21,8 +21,8 @@ use crate::limit::{Limits, MonotonicClock};
 use crate::metrics::{MessageResult, RuleMetrics};
 use crate::websocket::frame::{close_frame, random_mask};
 use crate::websocket::{
-    header_has_token, notice_frame, ClientFilter, Close, Filtered, MessageGate, ServerWatch, Step,
-    Verdict, CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG,
+    header_has_token, notice_frame, ClientFilter, Close, Filtered, MessageGate, MessageVerdict,
+    ServerWatch, Step, CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG,
 };
 
 /// The largest response head we accept from an upstream.
@@ -238,17 +238,17 @@ impl Inspection<'_> {
                             gate.admit(self.limits, self.clock.now(), self.metrics)
                                 .await
                         }
-                        (None, None) => Verdict::Forward,
+                        (None, None) => MessageVerdict::Forward,
                     };
                     match verdict {
-                        Verdict::Forward => {
+                        MessageVerdict::Forward => {
                             self.metrics.websocket_message(MessageResult::Forwarded)
                         }
-                        Verdict::Drop { .. } => {
+                        MessageVerdict::Drop { .. } => {
                             self.metrics.websocket_message(MessageResult::Dropped);
                             refused = Some(verdict);
                         }
-                        Verdict::Close => {}
+                        MessageVerdict::Close => {}
                     }
                     self.filter.verdict(verdict);
                 }

@@ -18,7 +18,7 @@ use crate::limit::{Check, LimitState, Limits, Nanos, StoreAnswer, SyncMode};
 use crate::metrics::RuleMetrics;
 use crate::policy::OnError;
 use crate::policy::{Mode, OnLimit};
-use crate::runtime::RuleLimit;
+use crate::snapshot::RuleLimit;
 use frame::{FrameParser, Piece, Sender, MAX_HEADER};
 
 /// Whether a request asks for a WebSocket: `GET`, `Upgrade: websocket` and
@@ -47,7 +47,7 @@ pub(crate) const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 
 /// What the gateway says about one client message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum MessageVerdict {
     Forward,
     /// Over the limit: dropped, the client told when to try again.
     Drop {
@@ -234,17 +234,17 @@ impl ClientFilter {
     }
 
     /// The verdict on the message whose first frame [`Step::Decide`] stopped at.
-    pub fn verdict(&mut self, verdict: Verdict) {
+    pub fn verdict(&mut self, verdict: MessageVerdict) {
         self.verdict_given = true;
         self.message_bytes = 0;
         match verdict {
-            Verdict::Forward => self.dropping = false,
-            Verdict::Drop { retry_after } => {
+            MessageVerdict::Forward => self.dropping = false,
+            MessageVerdict::Drop { retry_after } => {
                 self.dropping = true;
                 self.result.dropped += 1;
                 self.result.notice = Some(retry_after);
             }
-            Verdict::Close => {
+            MessageVerdict::Close => {
                 self.result.close = Some(Close {
                     code: CLOSE_POLICY_VIOLATION,
                     reason: "message rate limit exceeded",
@@ -378,7 +378,7 @@ impl MessageGate {
         limits: &Limits,
         now: Nanos,
         rule: &RuleMetrics,
-    ) -> Verdict {
+    ) -> MessageVerdict {
         let decision = match &mut self.scope {
             Scope::Connection(state) => {
                 let (decision, next) = self.limit.limiter.decide(state.as_ref(), now, 1);
@@ -401,7 +401,7 @@ impl MessageGate {
                 match limits.decide(std::slice::from_ref(&check), *on_error).await {
                     StoreAnswer::Decided(d) => match d.decisions.first() {
                         Some(decision) => *decision,
-                        None => return Verdict::Forward,
+                        None => return MessageVerdict::Forward,
                     },
                     StoreAnswer::Degraded(mode, local) => {
                         rule.degraded(mode);
@@ -410,7 +410,7 @@ impl MessageGate {
                             (OnError::Deny, None) if self.limit.mode == Mode::Enforce => {
                                 return self.refuse(STORE_RETRY);
                             }
-                            _ => return Verdict::Forward,
+                            _ => return MessageVerdict::Forward,
                         }
                     }
                 }
@@ -418,15 +418,15 @@ impl MessageGate {
         };
         self.limit.record(&decision);
         if decision.allowed || self.limit.mode == Mode::Shadow {
-            return Verdict::Forward;
+            return MessageVerdict::Forward;
         }
         self.refuse(Duration::from_nanos(decision.retry_after.min(u64::MAX / 2)))
     }
 
-    fn refuse(&self, retry_after: Duration) -> Verdict {
+    fn refuse(&self, retry_after: Duration) -> MessageVerdict {
         match self.on_limit {
-            OnLimit::Drop => Verdict::Drop { retry_after },
-            OnLimit::Close => Verdict::Close,
+            OnLimit::Drop => MessageVerdict::Drop { retry_after },
+            OnLimit::Close => MessageVerdict::Close,
         }
     }
 }
@@ -458,11 +458,11 @@ pub fn fuzz_filter(data: &[u8]) {
                     decisions += 1;
                     filter.verdict(if drop_some && decisions.is_multiple_of(3) {
                         dropped += 1;
-                        Verdict::Drop {
+                        MessageVerdict::Drop {
                             retry_after: Duration::from_millis(1),
                         }
                     } else {
-                        Verdict::Forward
+                        MessageVerdict::Forward
                     });
                 }
                 Step::Done(filtered) => {
@@ -530,7 +530,11 @@ mod tests {
     }
 
     /// Feeds `stream` in pieces of `split` bytes, answering `verdicts` in turn.
-    fn filter(stream: &[u8], split: usize, verdicts: &[Verdict]) -> (Vec<u8>, u32, Option<Close>) {
+    fn filter(
+        stream: &[u8],
+        split: usize,
+        verdicts: &[MessageVerdict],
+    ) -> (Vec<u8>, u32, Option<Close>) {
         let mut f = ClientFilter::new(Some(1000));
         let mut verdicts = verdicts.iter();
         let (mut out, mut dropped, mut close) = (Vec::new(), 0, None);
@@ -538,7 +542,7 @@ mod tests {
             f.start(Bytes::copy_from_slice(piece));
             loop {
                 match f.step() {
-                    Step::Decide => f.verdict(*verdicts.next().unwrap_or(&Verdict::Forward)),
+                    Step::Decide => f.verdict(*verdicts.next().unwrap_or(&MessageVerdict::Forward)),
                     Step::Done(r) => {
                         out.extend_from_slice(r.forward.as_deref().unwrap_or_default());
                         dropped += r.dropped;
@@ -569,11 +573,11 @@ mod tests {
         expected.extend(&last);
         for split in 1..=stream.len() {
             let verdicts = [
-                Verdict::Forward,
-                Verdict::Drop {
+                MessageVerdict::Forward,
+                MessageVerdict::Drop {
                     retry_after: Duration::from_secs(1),
                 },
-                Verdict::Forward,
+                MessageVerdict::Forward,
             ];
             let (out, dropped, close) = filter(&stream, split, &verdicts);
             assert_eq!(out, expected, "split every {split} bytes");
@@ -607,7 +611,11 @@ mod tests {
         let first = fragment(Opcode::Text, b"ok", true);
         let mut stream = first.clone();
         stream.extend(fragment(Opcode::Text, b"over", true));
-        let (out, _, close) = filter(&stream, stream.len(), &[Verdict::Forward, Verdict::Close]);
+        let (out, _, close) = filter(
+            &stream,
+            stream.len(),
+            &[MessageVerdict::Forward, MessageVerdict::Close],
+        );
         assert_eq!(out, first);
         assert_eq!(close.map(|c| c.code), Some(CLOSE_POLICY_VIOLATION));
     }
@@ -618,7 +626,7 @@ mod tests {
         let mut f = ClientFilter::new(None);
         f.start(stream.clone());
         assert!(matches!(f.step(), Step::Decide));
-        f.verdict(Verdict::Forward);
+        f.verdict(MessageVerdict::Forward);
         let Step::Done(r) = f.step() else {
             panic!("no verdict needed");
         };

@@ -120,7 +120,7 @@ struct ScriptCheck {
 }
 
 /// A request's decision, planned: its checks, their slots, its id.
-struct Plan {
+struct ScriptCall {
     checks: ArrayVec<ScriptCheck, MAX_CHECKS>,
     groups: ArrayVec<Group, MAX_CHECKS>,
     id: String,
@@ -200,10 +200,10 @@ impl RedisStore {
         }
     }
 
-    fn plan(&self, checks: &[Check<'_>], now_micros: Option<u64>) -> Plan {
+    fn plan(&self, checks: &[Check<'_>], now_micros: Option<u64>) -> ScriptCall {
         let checks: ArrayVec<ScriptCheck, MAX_CHECKS> =
             checks.iter().map(|c| self.script_check(c)).collect();
-        Plan {
+        ScriptCall {
             groups: self.groups(&checks),
             checks,
             id: format!(
@@ -215,7 +215,7 @@ impl RedisStore {
         }
     }
 
-    async fn run(&self, plan: &Plan) -> Result<Decisions, RedisError> {
+    async fn run(&self, plan: &ScriptCall) -> Result<Decisions, RedisError> {
         let replies = join_all(plan.groups.iter().map(|group| {
             self.invoke::<Vec<i64>>(&self.inner.decide, plan, &group.members, &plan.now)
         }))
@@ -273,7 +273,7 @@ impl RedisStore {
     /// Gives back what the groups that spent took. A refund that fails is
     /// logged, not returned: the request's answer stands, and the quota comes
     /// back when its keys expire.
-    async fn refund(&self, plan: &Plan, spent: &[Option<&Vec<i64>>]) {
+    async fn refund(&self, plan: &ScriptCall, spent: &[Option<&Vec<i64>>]) {
         let calls = plan.groups.iter().zip(spent).filter_map(|(group, reply)| {
             let reply = (*reply)?;
             let admitted: ArrayVec<usize, MAX_CHECKS> = group
@@ -300,7 +300,7 @@ impl RedisStore {
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         script: &Script,
-        plan: &Plan,
+        plan: &ScriptCall,
         members: &[usize],
         now: &str,
     ) -> Result<T, RedisError> {
