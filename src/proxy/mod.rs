@@ -21,7 +21,7 @@ use crate::admission::{self, Admission, Admitted, RequestHead};
 use crate::identity::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::metrics::Outcome;
 use crate::respond::{self, Reply};
-use crate::snapshot::{Snapshot, Upstream};
+use crate::snapshot::{Rule, Snapshot, Upstream};
 use crate::state::Shared;
 use crate::websocket::{is_websocket_request, ClientFilter, MessageGate, ServerWatch};
 use tunnel::TunnelError;
@@ -176,45 +176,18 @@ impl Gateway {
             peer_ip(session),
             upstream.host_header.as_ref(),
         )?;
-        let first = upstream.round_robin_start();
         let started = Instant::now();
-        let mut failure = None;
-        let mut handshake = None;
-        // Like the proxy path: a refused connection tries the next server.
-        for attempt in 0..upstream.servers.len() {
-            let peer = peer_for(upstream, first + attempt);
-            let attempt = tunnel::handshake(
-                &self.connector,
-                &peer,
-                &request,
-                upstream.connect_timeout,
-                upstream.read_timeout,
-            )
-            .await;
-            match attempt {
-                Ok(h) => {
-                    handshake = Some(h);
-                    break;
-                }
-                Err(e) => {
-                    self.shared.metrics.upstream_error(&upstream.name);
-                    let retry = matches!(e, TunnelError::Connect(_));
-                    failure = Some(e);
-                    if !retry {
-                        break;
-                    }
-                }
+        let handshake = match self.connect_upgrade(upstream, &request).await {
+            Ok(handshake) => handshake,
+            Err(failure) => {
+                tracing::warn!(upstream = %upstream.name, "upgrade failed: {failure}");
+                let status = match failure {
+                    TunnelError::HandshakeTimeout(_) => 504,
+                    _ => 502,
+                };
+                return write_reply(session, respond::upstream_failure(status, &upstream.name))
+                    .await;
             }
-        }
-        let Some(handshake) = handshake else {
-            let status = match failure {
-                Some(TunnelError::HandshakeTimeout(_)) => 504,
-                _ => 502,
-            };
-            if let Some(e) = failure {
-                tracing::warn!(upstream = %upstream.name, "upgrade failed: {e}");
-            }
-            return write_reply(session, respond::upstream_failure(status, &upstream.name)).await;
         };
         rule.metrics.observe_upstream(started.elapsed());
         let tunnel::Handshake {
@@ -255,18 +228,25 @@ impl Gateway {
         session
             .write_response_header(Box::new(response), false)
             .await?;
+        let gate = message_gate(&rt, rule, &mut admitted);
+        self.pump_tunnel(session, rule, upstream, gate, stream, rest)
+            .await;
+        Ok(())
+    }
+
+    /// Relays the switched connection both ways under the rule's WebSocket
+    /// policy until either side ends it, a deadline passes, or the gateway
+    /// stops.
+    async fn pump_tunnel(
+        &self,
+        session: &mut Session,
+        rule: &Rule,
+        upstream: &Upstream,
+        gate: Option<MessageGate>,
+        stream: pingora::protocols::Stream,
+        rest: bytes::Bytes,
+    ) {
         let policy = &rule.websocket;
-        let gate = match policy.messages.as_ref().filter(|_| !admitted.exempt()) {
-            Some(m) if m.per_connection => Some(MessageGate::per_connection(
-                m.limit.clone(),
-                policy.on_limit,
-            )),
-            Some(m) => admitted.message_key.take().map(|key| {
-                let on_error = rt.on_error(rule);
-                MessageGate::shared(m.limit.clone(), policy.on_limit, key, on_error)
-            }),
-            None => None,
-        };
         let inspection = tunnel::Inspection {
             filter: ClientFilter::new(policy.max_message_bytes),
             watch: ServerWatch::default(),
@@ -283,7 +263,57 @@ impl Gateway {
         let stopping = self.shared.stopping.subscribe();
         let end = tunnel::pump(session, stream, rest, timeouts, inspection, stopping).await;
         tracing::debug!(rule = %rule.name, ?end, "tunnel closed");
-        Ok(())
+    }
+
+    /// Sends the upgrade request to the upstream's servers in turn: like the
+    /// proxy path, a refused connection tries the next server; any other
+    /// failure is the answer.
+    async fn connect_upgrade(
+        &self,
+        upstream: &Upstream,
+        request: &RequestHeader,
+    ) -> std::result::Result<tunnel::Handshake, TunnelError> {
+        let first = upstream.round_robin_start();
+        let mut failure = TunnelError::Connect("the upstream has no servers".into());
+        for attempt in 0..upstream.servers.len() {
+            let peer = peer_for(upstream, first + attempt);
+            let attempt = tunnel::handshake(
+                &self.connector,
+                &peer,
+                request,
+                upstream.connect_timeout,
+                upstream.read_timeout,
+            )
+            .await;
+            match attempt {
+                Ok(handshake) => return Ok(handshake),
+                Err(e) => {
+                    self.shared.metrics.upstream_error(&upstream.name);
+                    let retry = matches!(e, TunnelError::Connect(_));
+                    failure = e;
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(failure)
+    }
+}
+
+/// The message limit of a tunnel: one budget per connection, or the shared
+/// one of the request's message key; none for an exempt request.
+fn message_gate(rt: &Snapshot, rule: &Rule, admitted: &mut Admitted) -> Option<MessageGate> {
+    let policy = &rule.websocket;
+    match policy.messages.as_ref().filter(|_| !admitted.exempt()) {
+        Some(m) if m.per_connection => Some(MessageGate::per_connection(
+            m.limit.clone(),
+            policy.on_limit,
+        )),
+        Some(m) => admitted.message_key.take().map(|key| {
+            MessageGate::shared(m.limit.clone(), policy.on_limit, key, rt.on_error(rule))
+        }),
+        None => None,
     }
 }
 

@@ -436,39 +436,55 @@ async fn relay(
                 return TunnelEnd::Closed(closing.map_or(CLOSE_GOING_AWAY, |(c, _)| c.code));
             },
         }
-        // The gateway's own frames go only where the upstream's stream is
-        // between frames (a notice: between messages).
-        if let Some(retry_after) = notice {
-            if closing.is_none() && inspection.watch.at_message_boundary() {
-                if session
-                    .write_response_body(Some(Bytes::from(notice_frame(retry_after))), false)
-                    .await
-                    .is_err()
-                {
-                    return TunnelEnd::Failed;
-                }
-                notice = None;
-            }
-        }
-        if let Some((close, _)) = closing {
-            // After the upstream's own close frame, nothing more goes to the
-            // client: the tunnel just ends.
-            if inspection.watch.closed() {
-                return TunnelEnd::Closed(close.code);
-            }
-            if inspection.watch.at_frame_boundary() {
-                let to_client = Bytes::from(close_frame(close.code, close.reason, None));
-                let _ = session.write_response_body(Some(to_client), false).await;
-                // Upstream, a close frame only fits between the frames sent
-                // there, and not after the client's own close.
-                if let (Some(q), true) = (&queue, inspection.filter.may_send_upstream()) {
-                    let to_upstream = close_frame(close.code, close.reason, Some(random_mask()));
-                    let _ = timeout(CLOSE_GRACE, q.send(Bytes::from(to_upstream))).await;
-                }
-                return TunnelEnd::Closed(close.code);
-            }
+        let close = closing.map(|(close, _)| close);
+        if let Some(end) =
+            send_own_frames(session, inspection, queue.as_ref(), &mut notice, close).await
+        {
+            return end;
         }
     }
+}
+
+/// Writes the gateway's own frames where the streams allow them: a pending
+/// notice goes to the client between the upstream's messages, a close goes
+/// both ways between frames. `Some` ends the tunnel.
+async fn send_own_frames(
+    session: &mut Session,
+    inspection: &Inspection<'_>,
+    queue: Option<&mpsc::Sender<Bytes>>,
+    notice: &mut Option<Duration>,
+    closing: Option<Close>,
+) -> Option<TunnelEnd> {
+    if let Some(retry_after) = *notice {
+        if closing.is_none() && inspection.watch.at_message_boundary() {
+            if session
+                .write_response_body(Some(Bytes::from(notice_frame(retry_after))), false)
+                .await
+                .is_err()
+            {
+                return Some(TunnelEnd::Failed);
+            }
+            *notice = None;
+        }
+    }
+    let close = closing?;
+    // After the upstream's own close frame, nothing more goes to the
+    // client: the tunnel just ends.
+    if inspection.watch.closed() {
+        return Some(TunnelEnd::Closed(close.code));
+    }
+    if !inspection.watch.at_frame_boundary() {
+        return None;
+    }
+    let to_client = Bytes::from(close_frame(close.code, close.reason, None));
+    let _ = session.write_response_body(Some(to_client), false).await;
+    // Upstream, a close frame only fits between the frames sent there, and
+    // not after the client's own close.
+    if let (Some(q), true) = (queue, inspection.filter.may_send_upstream()) {
+        let to_upstream = close_frame(close.code, close.reason, Some(random_mask()));
+        let _ = timeout(CLOSE_GRACE, q.send(Bytes::from(to_upstream))).await;
+    }
+    Some(TunnelEnd::Closed(close.code))
 }
 
 /// Relays a declined upgrade (any final status but a WebSocket 101) as a
