@@ -10,7 +10,7 @@ use http::header::HOST;
 use http::{HeaderMap, Method};
 
 use crate::identity::{self, ClientKey, KeyError, RequestFacts, X_FORWARDED_FOR};
-use crate::limit::{Check, Decision, SyncMode, MAX_CHECKS};
+use crate::limit::{Check, Decision, MAX_CHECKS};
 use crate::metrics::Outcome;
 use crate::policy::{MissingPolicy, Mode};
 use crate::route::{normalize_host, normalize_path, HostError, NormalHost, PathError, Target};
@@ -166,7 +166,7 @@ pub(crate) fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
             key,
             cost,
             enforced,
-            sync: SyncMode::of_batch(limit.batch),
+            sync: limit.sync,
         });
     }
     Plan::Decide {

@@ -14,7 +14,7 @@ use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
 use crate::limit::algorithm::Setting;
 use crate::limit::breaker::BreakerSettings;
 use crate::limit::store::redis::RedisSettings;
-use crate::limit::{Decision, LimitId, Limiter};
+use crate::limit::{Decision, LimitId, Limiter, SyncMode};
 use crate::metrics::{DecisionResult, LimitMetrics, Metrics, RuleMetrics};
 use crate::policy::units::Rate;
 use crate::policy::{HeaderStyle, MissingPolicy, Mode, OnError, OnLimit};
@@ -126,8 +126,8 @@ pub struct RuleLimit {
     pub(crate) burst: u64,
     pub(crate) cost: Cost,
     pub(crate) limiter: Limiter,
-    /// `sync: batched`: units reserved in Redis per call (`None`: exact).
-    pub(crate) batch: Option<u64>,
+    /// How its decisions meet a shared store (the config's `sync:`).
+    pub(crate) sync: SyncMode,
     /// Pre-rendered `RateLimit-Policy` item, e.g. `"per-ip";q=100;w=1`; `None`
     /// for a concurrency limit, which the fields cannot describe.
     pub(crate) policy_header: Option<HeaderValue>,

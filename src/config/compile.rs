@@ -20,7 +20,7 @@ use crate::limit::breaker::BreakerSettings;
 use crate::limit::store::redis::{exact_in_lua, redact_url, RedisSettings, RedisTarget};
 use crate::limit::{
     Concurrent, FixedWindow, Gcra, LeakyBucket, LimitDefinition, LimitId, Limiter, SlidingCounter,
-    SlidingLog, TokenBucket, MAX_CHECKS,
+    SlidingLog, SyncMode, TokenBucket, MAX_CHECKS,
 };
 use crate::metrics::{LimitMetrics, RuleMetrics};
 use crate::policy::units::{self, Rate, MAX_RATE_COUNT};
@@ -28,8 +28,8 @@ use crate::policy::MissingPolicy;
 use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
 use crate::schema::input::{
     AlgorithmInput, ConfigInput, CostInput, DenyInput, ExemptInput, KeyInput, KeyPartInput,
-    LimitInput, RuleInput, ServerInput, StoreBackend, StoreInput, SyncInput, UpstreamInput,
-    WebSocketInput,
+    LimitInput, RedisStoreInput, RuleInput, ServerInput, StoreBackend, StoreInput, SyncInput,
+    UpstreamInput, WebSocketInput,
 };
 use crate::snapshot::{
     CompiledPart, Cost, DenyResponse, MessageLimit, RedisBackend, Rule, RuleLimit, ServerSettings,
@@ -487,20 +487,13 @@ fn host_part(server: &str) -> &str {
 }
 
 fn compile_store(c: &mut Compiler<'_>, input: &StoreInput) -> StoreSettings {
-    let duration =
-        |c: &mut Compiler<'_>, path: &str, text: &Option<String>, default: Duration| match text {
-            None => default,
-            Some(text) => c
-                .check(path, units::parse_duration(text))
-                .unwrap_or(default),
-        };
     let store = StoreSettings {
-        release_after: duration(
-            c,
-            "store.release_after",
-            &input.release_after,
-            DEFAULT_RELEASE_AFTER,
-        ),
+        release_after: match &input.release_after {
+            None => DEFAULT_RELEASE_AFTER,
+            Some(text) => c
+                .check("store.release_after", units::parse_duration(text))
+                .unwrap_or(DEFAULT_RELEASE_AFTER),
+        },
         max_keys: input.memory.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
         redis: None,
         on_error: input.on_error.unwrap_or_default(),
@@ -522,6 +515,65 @@ fn compile_store(c: &mut Compiler<'_>, input: &StoreInput) -> StoreSettings {
         }
         (StoreBackend::Redis, Some(redis)) => redis,
     };
+    let target = compile_redis_target(c, redis);
+    let prefix = redis.prefix.clone().unwrap_or_else(|| "tollgate".into());
+    if prefix.is_empty() || prefix.contains(['{', '}']) || prefix.len() > MAX_NAME_LEN {
+        c.error(
+            "store.redis.prefix",
+            format!("the prefix must be 1 to {MAX_NAME_LEN} characters without braces (Redis Cluster reads braces as a hash tag)"),
+        );
+    }
+    let ms = Duration::from_millis;
+    let secs = Duration::from_secs;
+    let timeout = bounded_duration(
+        c,
+        "store.redis.timeout",
+        redis.timeout.as_deref(),
+        ms(25),
+        ms(1)..=secs(10),
+    );
+    let connect_timeout = bounded_duration(
+        c,
+        "store.redis.connect_timeout",
+        redis.connect_timeout.as_deref(),
+        secs(1),
+        ms(1)..=secs(60),
+    );
+    let lease = bounded_duration(
+        c,
+        "store.redis.lease",
+        redis.lease.as_deref(),
+        secs(30),
+        secs(1)..=secs(86_400),
+    );
+    let cooldown = bounded_duration(
+        c,
+        "store.redis.breaker.cooldown",
+        redis.breaker.cooldown.as_deref(),
+        ms(250),
+        ms(1)..=secs(600),
+    );
+    let failures = redis.breaker.failures.unwrap_or(3);
+    if failures == 0 {
+        c.error("store.redis.breaker.failures", "must be at least 1");
+    }
+    StoreSettings {
+        redis: target.map(|target| RedisBackend {
+            redis: RedisSettings {
+                target,
+                prefix,
+                timeout,
+                connect_timeout,
+                lease,
+            },
+            breaker: BreakerSettings { failures, cooldown },
+        }),
+        ..store
+    }
+}
+
+/// One Redis or a cluster's nodes, every URL one the client accepts.
+fn compile_redis_target(c: &mut Compiler<'_>, redis: &RedisStoreInput) -> Option<RedisTarget> {
     let target = match (&redis.url, &redis.urls) {
         (Some(url), None) => Some(RedisTarget::Single(url.clone())),
         (None, Some(urls)) if !urls.is_empty() => Some(RedisTarget::Cluster(urls.clone())),
@@ -555,91 +607,14 @@ fn compile_store(c: &mut Compiler<'_>, input: &StoreInput) -> StoreSettings {
             );
         }
     }
-    let prefix = redis.prefix.clone().unwrap_or_else(|| "tollgate".into());
-    if prefix.is_empty() || prefix.contains(['{', '}']) || prefix.len() > MAX_NAME_LEN {
-        c.error(
-            "store.redis.prefix",
-            format!("the prefix must be 1 to {MAX_NAME_LEN} characters without braces (Redis Cluster reads braces as a hash tag)"),
-        );
-    }
-    let timeout = duration(
-        c,
-        "store.redis.timeout",
-        &redis.timeout,
-        Duration::from_millis(25),
-    );
-    let connect_timeout = duration(
-        c,
-        "store.redis.connect_timeout",
-        &redis.connect_timeout,
-        Duration::from_secs(1),
-    );
-    let lease = duration(
-        c,
-        "store.redis.lease",
-        &redis.lease,
-        Duration::from_secs(30),
-    );
-    let cooldown = duration(
-        c,
-        "store.redis.breaker.cooldown",
-        &redis.breaker.cooldown,
-        Duration::from_millis(250),
-    );
-    let failures = redis.breaker.failures.unwrap_or(3);
-    for (path, value, low, high) in [
-        (
-            "store.redis.timeout",
-            timeout,
-            Duration::from_millis(1),
-            Duration::from_secs(10),
-        ),
-        (
-            "store.redis.connect_timeout",
-            connect_timeout,
-            Duration::from_millis(1),
-            Duration::from_secs(60),
-        ),
-        (
-            "store.redis.lease",
-            lease,
-            Duration::from_secs(1),
-            Duration::from_secs(86_400),
-        ),
-        (
-            "store.redis.breaker.cooldown",
-            cooldown,
-            Duration::from_millis(1),
-            Duration::from_secs(600),
-        ),
-    ] {
-        if value < low || value > high {
-            c.error(path, format!("must be between {low:?} and {high:?}"));
-        }
-    }
-    if failures == 0 {
-        c.error("store.redis.breaker.failures", "must be at least 1");
-    }
-    StoreSettings {
-        redis: target.map(|target| RedisBackend {
-            redis: RedisSettings {
-                target,
-                prefix,
-                timeout,
-                connect_timeout,
-                lease,
-            },
-            breaker: BreakerSettings { failures, cooldown },
-        }),
-        ..store
-    }
+    target
 }
 
 /// `sync: batched` reserves quota in Redis: it means nothing in memory.
 fn check_memory_limits(c: &mut Compiler<'_>, rules: &[Rule]) {
     for (i, rule) in rules.iter().enumerate() {
         for (j, limit) in rule.limits.iter().enumerate() {
-            if limit.batch.is_some() {
+            if limit.sync != SyncMode::Exact {
                 c.error(
                     format!("rules[{i}].limits[{j}].sync"),
                     "`sync: batched` needs store.backend: redis (in memory every decision is exact and local)",
@@ -951,12 +926,8 @@ fn compile_path_pattern(c: &mut Compiler<'_>, path: &str, pattern: &str) -> Opti
     )
 }
 
-fn compile_limit(
-    c: &mut Compiler<'_>,
-    path: &str,
-    rule: &str,
-    l: &LimitInput,
-) -> Option<RuleLimit> {
+/// A limit's key: its parts, each at most once.
+fn compile_key(c: &mut Compiler<'_>, path: &str, l: &LimitInput) -> KeySpec {
     let parts = l.key.parts();
     if parts.is_empty() {
         c.error(format!("{path}.key"), "a key needs at least one part");
@@ -994,69 +965,49 @@ fn compile_limit(
             key.push(k);
         }
     }
-    let key = KeySpec(key);
-    let name = l.name.clone().unwrap_or_else(|| default_limit_name(&key));
-    if l.name.is_some() {
-        c.name(format!("{path}.name"), &name, "limit");
-    }
-    if l.missing.is_some() && key.always_present() {
-        c.warn(
-            format!("{path}.missing"),
-            format!("key {key} is always present, so `missing` never applies"),
-        );
-    }
-    let cost = compile_cost(c, path, l.cost.as_ref());
-    let (limiter, rate, quota) = match (&l.rate, l.concurrent) {
-        (Some(_), Some(_)) | (None, None) => {
+    KeySpec(key)
+}
+
+/// A `concurrent:` limit: a maximum of requests in flight, with none of the
+/// rate settings.
+fn compile_concurrent(
+    c: &mut Compiler<'_>,
+    path: &str,
+    l: &LimitInput,
+    max: u64,
+) -> Option<Limiter> {
+    let mut extra = |field: &str, present: bool| {
+        if present {
             c.error(
-                path,
-                "a limit has either `rate:` or `concurrent:`, exactly one",
+                format!("{path}.{field}"),
+                format!("`{field}` does not apply to a `concurrent:` limit"),
             );
-            return None;
-        }
-        (None, Some(max)) => {
-            let mut extra = |field: &str, present: bool| {
-                if present {
-                    c.error(
-                        format!("{path}.{field}"),
-                        format!("`{field}` does not apply to a `concurrent:` limit"),
-                    );
-                }
-            };
-            extra("algorithm", l.algorithm.is_some());
-            extra("burst", l.burst.is_some());
-            extra("debt", l.debt.is_some());
-            extra("delay", l.delay.is_some());
-            if max == 0 || max > MAX_RATE_COUNT {
-                c.error(
-                    format!("{path}.concurrent"),
-                    format!("concurrent must be between 1 and {MAX_RATE_COUNT}"),
-                );
-                return None;
-            }
-            (Limiter::Concurrent(Concurrent::new(max)), None, max)
-        }
-        (Some(text), None) => {
-            let rate = c.check(format!("{path}.rate"), units::parse_rate(text))?;
-            let algorithm = l.algorithm.unwrap_or_default();
-            let (limiter, quota) = compile_rate_limit(c, path, l, algorithm, rate)?;
-            (limiter, Some(rate), quota)
         }
     };
-    let cost = cost?;
-    // A request costing more than the limit can ever hold would never pass.
-    let most = quota.saturating_add(l.debt.unwrap_or(0));
-    let dearest = match &cost {
-        Cost::Fixed(n) => *n,
-        Cost::Header { max, .. } => *max,
-    };
-    if dearest > most {
+    extra("algorithm", l.algorithm.is_some());
+    extra("burst", l.burst.is_some());
+    extra("debt", l.debt.is_some());
+    extra("delay", l.delay.is_some());
+    if max == 0 || max > MAX_RATE_COUNT {
         c.error(
-            format!("{path}.cost"),
-            format!("a cost of up to {dearest} can never fit a limit of {most}"),
+            format!("{path}.concurrent"),
+            format!("concurrent must be between 1 and {MAX_RATE_COUNT}"),
         );
         return None;
     }
+    Some(Limiter::Concurrent(Concurrent::new(max)))
+}
+
+/// How a limit meets a shared store: exact, or batched with a batch that
+/// fits the limit beside the dearest request (`dearest`, of a limit of `most`).
+fn compile_sync(
+    c: &mut Compiler<'_>,
+    path: &str,
+    l: &LimitInput,
+    limiter: &Limiter,
+    dearest: u64,
+    most: u64,
+) -> SyncMode {
     let batch = match (l.sync.unwrap_or_default(), l.batch) {
         (SyncInput::Exact, None) => None,
         (SyncInput::Exact, Some(_)) => {
@@ -1094,6 +1045,61 @@ fn compile_limit(
             Some(batch)
         }
     };
+    SyncMode::of_batch(batch)
+}
+
+fn compile_limit(
+    c: &mut Compiler<'_>,
+    path: &str,
+    rule: &str,
+    l: &LimitInput,
+) -> Option<RuleLimit> {
+    let key = compile_key(c, path, l);
+    let name = l.name.clone().unwrap_or_else(|| default_limit_name(&key));
+    if l.name.is_some() {
+        c.name(format!("{path}.name"), &name, "limit");
+    }
+    if l.missing.is_some() && key.always_present() {
+        c.warn(
+            format!("{path}.missing"),
+            format!("key {key} is always present, so `missing` never applies"),
+        );
+    }
+    let cost = compile_cost(c, path, l.cost.as_ref());
+    let (limiter, rate, quota) = match (&l.rate, l.concurrent) {
+        (Some(_), Some(_)) | (None, None) => {
+            c.error(
+                path,
+                "a limit has either `rate:` or `concurrent:`, exactly one",
+            );
+            return None;
+        }
+        (None, Some(max)) => {
+            let limiter = compile_concurrent(c, path, l, max)?;
+            (limiter, None, max)
+        }
+        (Some(text), None) => {
+            let rate = c.check(format!("{path}.rate"), units::parse_rate(text))?;
+            let algorithm = l.algorithm.unwrap_or_default();
+            let (limiter, quota) = compile_rate_limit(c, path, l, algorithm, rate)?;
+            (limiter, Some(rate), quota)
+        }
+    };
+    let cost = cost?;
+    // A request costing more than the limit can ever hold would never pass.
+    let most = quota.saturating_add(l.debt.unwrap_or(0));
+    let dearest = match &cost {
+        Cost::Fixed(n) => *n,
+        Cost::Header { max, .. } => *max,
+    };
+    if dearest > most {
+        c.error(
+            format!("{path}.cost"),
+            format!("a cost of up to {dearest} can never fit a limit of {most}"),
+        );
+        return None;
+    }
+    let sync = compile_sync(c, path, l, &limiter, dearest, most);
     Some(RuleLimit {
         id: LimitId::encode(
             rule,
@@ -1107,7 +1113,7 @@ fn compile_limit(
                 key: &key,
             },
         ),
-        batch,
+        sync,
         policy_header: rate.map(|r| policy_header(&name, &limiter, r, quota)),
         metrics: LimitMetrics::unbound(),
         name,
