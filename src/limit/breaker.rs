@@ -18,7 +18,7 @@ pub struct BreakerSettings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum BreakerState {
+pub(crate) enum BreakerState {
     Closed = 0,
     Open = 1,
     /// Open, with one probe in flight.
@@ -26,7 +26,7 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",
@@ -37,7 +37,7 @@ impl BreakerState {
 
 /// A lock-free circuit breaker. Time is passed in, so tests drive it.
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     settings: BreakerSettings,
     state: AtomicU8,
     failures: AtomicU32,
@@ -46,7 +46,7 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    pub fn new(settings: BreakerSettings) -> Self {
+    pub(crate) fn new(settings: BreakerSettings) -> Self {
         Breaker {
             settings,
             state: AtomicU8::new(BreakerState::Closed as u8),
@@ -56,11 +56,11 @@ impl Breaker {
     }
 
     /// How long it stays open before the next probe.
-    pub fn cooldown(&self) -> Duration {
+    pub(crate) fn cooldown(&self) -> Duration {
         self.settings.cooldown
     }
 
-    pub fn state(&self) -> BreakerState {
+    pub(crate) fn state(&self) -> BreakerState {
         match self.state.load(Ordering::Acquire) {
             0 => BreakerState::Closed,
             1 => BreakerState::Open,
@@ -71,7 +71,7 @@ impl Breaker {
     /// Whether a request may try the store at `now`. While open, one request per
     /// cool-down is let through as the probe; a probe that never reports (its
     /// client went away) is replaced after another cool-down.
-    pub fn admit(&self, now: Nanos) -> bool {
+    pub(crate) fn admit(&self, now: Nanos) -> bool {
         let state = self.state.load(Ordering::Acquire);
         if state == BreakerState::Closed as u8 {
             return true;
@@ -100,7 +100,7 @@ impl Breaker {
     }
 
     /// How long after `now` the next probe may start; `None` while closed.
-    pub fn probe_due_in(&self, now: Nanos) -> Option<Duration> {
+    pub(crate) fn probe_due_in(&self, now: Nanos) -> Option<Duration> {
         if self.state() == BreakerState::Closed {
             return None;
         }
@@ -110,7 +110,7 @@ impl Breaker {
     }
 
     /// Records a successful call: the breaker closes.
-    pub fn succeeded(&self) {
+    pub(crate) fn succeeded(&self) {
         // Loads first: the hot path must not write a shared cache line.
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
@@ -123,7 +123,7 @@ impl Breaker {
 
     /// Records a failed call at `now`; returns true when this call opened
     /// the breaker (exactly one of several racing failures does).
-    pub fn failed(&self, now: Nanos) -> bool {
+    pub(crate) fn failed(&self, now: Nanos) -> bool {
         let state = self.state();
         if state != BreakerState::Closed {
             // A failed probe (or a call that started before it opened).

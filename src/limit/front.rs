@@ -37,18 +37,18 @@ enum Front {
 pub struct Limits {
     /// Always present: the store itself, or the fallback of `on_error: local`;
     /// sweeps and reloads reach it here.
-    pub memory: Arc<MemoryStore>,
+    pub(crate) memory: Arc<MemoryStore>,
     front: Arc<Front>,
 }
 
 /// Health of the store, for `/readyz`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreHealth {
-    pub backend: &'static str,
+    pub(crate) backend: &'static str,
     /// Whether the shared store answers (always true for memory).
-    pub healthy: bool,
+    pub(crate) healthy: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub breaker: Option<&'static str>,
+    pub(crate) breaker: Option<&'static str>,
 }
 
 impl Limits {
@@ -88,7 +88,7 @@ impl Limits {
     }
 
     /// Whether a circuit breaker stands in front of a shared store.
-    pub fn has_breaker(&self) -> bool {
+    pub(crate) fn has_breaker(&self) -> bool {
         matches!(*self.front, Front::Redis { .. })
     }
 
@@ -111,7 +111,7 @@ impl Limits {
     }
 
     /// Drops expired `sync: batched` allowances; their unused units lapse.
-    pub fn settle(&self) {
+    pub(crate) fn settle(&self) {
         if let Front::Redis { store, .. } = &*self.front {
             let lapsed = store.primary().settle();
             if lapsed > 0 {
@@ -131,7 +131,7 @@ impl Limits {
     /// Holds `permits` until the returned guard drops; Redis leases are
     /// renewed meanwhile, so a long-lived connection keeps its permit and a
     /// crashed gateway's expire.
-    pub fn hold(&self, permits: Vec<Permit>) -> HeldPermits {
+    pub(crate) fn hold(&self, permits: Vec<Permit>) -> HeldPermits {
         let renewal = match &*self.front {
             Front::Redis { redis, .. } => redis.keep_renewed(&permits),
             Front::Memory { .. } => None,
@@ -144,7 +144,7 @@ impl Limits {
     }
 
     /// Health for `/readyz`: a PING within the timeout.
-    pub async fn health(&self) -> StoreHealth {
+    pub(crate) async fn health(&self) -> StoreHealth {
         let Front::Redis { store, redis } = &*self.front else {
             return StoreHealth {
                 backend: "memory",

@@ -21,16 +21,16 @@ pub struct LimitId(pub u64);
 #[derive(Debug, Clone, Copy)]
 pub struct LimitDefinition<'a> {
     /// Only the algorithm is encoded; its parameters follow from the rest.
-    pub limiter: &'a Limiter,
+    pub(crate) limiter: &'a Limiter,
     /// `None` for a concurrency limit.
-    pub rate: Option<(u64, Duration)>,
+    pub(crate) rate: Option<(u64, Duration)>,
     /// Requests admissible at once (burst, window count or maximum).
-    pub quota: u64,
+    pub(crate) quota: u64,
     /// As configured: leaving `debt` out and writing it are told apart.
-    pub debt: Option<u64>,
+    pub(crate) debt: Option<u64>,
     /// As configured, like `debt`.
-    pub delay: Option<bool>,
-    pub key: &'a KeySpec,
+    pub(crate) delay: Option<bool>,
+    pub(crate) key: &'a KeySpec,
 }
 
 /// Bump only on purpose: every id changes with it, so every counter restarts.
@@ -38,7 +38,7 @@ const VERSION: &str = "v1";
 
 impl LimitId {
     /// The id of limit `name` of rule `rule`.
-    pub fn encode(rule: &str, name: &str, definition: &LimitDefinition<'_>) -> Self {
+    pub(crate) fn encode(rule: &str, name: &str, definition: &LimitDefinition<'_>) -> Self {
         LimitId(fnv1a(canonical(rule, name, definition).as_bytes()))
     }
 }

@@ -8,7 +8,7 @@
 //!   a store, a store behind a [`breaker`], failover to a fallback).
 //! - [`Limits`]: the composition the gateway uses, built once from the config.
 
-pub mod algorithm;
+pub(crate) mod algorithm;
 pub mod breaker;
 mod front;
 mod id;
@@ -21,10 +21,10 @@ use arrayvec::ArrayVec;
 
 use crate::identity::ClientKey;
 pub use algorithm::{
-    Algorithm, Concurrent, CounterState, Decision, FixedWindow, Gcra, Held, LeakyBucket,
-    LimitState, Limiter, LogState, SlidingCounter, SlidingLog, Tat, TokenBucket, TokenState,
-    WindowState,
+    Algorithm, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, Limiter, SlidingCounter,
+    SlidingLog, TokenBucket,
 };
+pub(crate) use algorithm::{Held, LimitState, LogState};
 pub use front::{HeldPermits, Limits, StoreHealth};
 pub use id::{LimitDefinition, LimitId};
 pub use store::memory::MemoryStore;
@@ -35,7 +35,7 @@ pub type Nanos = u64;
 
 /// The most limits one request can be decided against (a config limit per
 /// rule): decisions of one request live on the stack.
-pub const MAX_CHECKS: usize = 8;
+pub(crate) const MAX_CHECKS: usize = 8;
 
 /// One limit to decide for one request.
 #[derive(Debug, Clone)]
@@ -64,13 +64,13 @@ pub enum SyncMode {
 
 impl SyncMode {
     /// `sync: batched` with `batch` units, or exact for `None`.
-    pub fn of_batch(batch: Option<u64>) -> Self {
+    pub(crate) fn of_batch(batch: Option<u64>) -> Self {
         batch.map_or(SyncMode::Exact, SyncMode::Batched)
     }
 
     /// The batch a request of `cost` can be admitted from: its limit is
     /// batched and the cost fits in one batch.
-    pub fn batch_for(self, cost: u64) -> Option<u64> {
+    pub(crate) fn batch_for(self, cost: u64) -> Option<u64> {
         match self {
             SyncMode::Batched(batch) if batch > 0 && cost <= batch => Some(batch),
             _ => None,
@@ -79,7 +79,7 @@ impl SyncMode {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("limiter store did not answer in time")]
     Timeout,
     #[error("limiter store unavailable: {0}")]
@@ -115,7 +115,7 @@ pub enum Permit {
 /// Time is each store's own: the memory store reads its clock after taking
 /// its locks, so that each key sees time move forward; Redis reads `TIME`, so
 /// that every gateway sharing it shares its clock.
-pub trait Store: Send + Sync {
+pub(crate) trait Store: Send + Sync {
     fn decide(
         &self,
         checks: &[Check<'_>],
@@ -148,7 +148,7 @@ impl Default for MonotonicClock {
 }
 
 impl MonotonicClock {
-    pub fn now(&self) -> Nanos {
+    pub(crate) fn now(&self) -> Nanos {
         self.origin.elapsed().as_nanos() as Nanos
     }
 }

@@ -6,7 +6,7 @@ use super::{Algorithm, Decision, Nanos};
 
 /// How long a client refused for concurrency is told to wait: the moment a
 /// permit frees up cannot be known.
-pub const CONCURRENCY_RETRY: Nanos = 1_000_000_000;
+pub(crate) const CONCURRENCY_RETRY: Nanos = 1_000_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Concurrent {

@@ -14,8 +14,8 @@ pub struct FixedWindow {
 /// The count of the window that starts at `start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowState {
-    pub start: Nanos,
-    pub count: u64,
+    pub(crate) start: Nanos,
+    pub(crate) count: u64,
 }
 
 impl FixedWindow {

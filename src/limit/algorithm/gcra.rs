@@ -27,10 +27,6 @@ impl Gcra {
             burst: burst.max(1),
         }
     }
-
-    pub fn burst(&self) -> u64 {
-        self.burst
-    }
 }
 
 impl Algorithm for Gcra {

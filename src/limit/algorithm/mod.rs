@@ -3,22 +3,28 @@
 //! way. [`Limiter`] is a limit's algorithm with its compiled parameters; each
 //! algorithm's names live once, in its [`Spec`].
 
-pub mod concurrent;
-pub mod fixed_window;
-pub mod gcra;
-pub mod leaky_bucket;
-pub mod sliding_counter;
-pub mod sliding_log;
-pub mod token_bucket;
+pub(crate) mod concurrent;
+pub(crate) mod fixed_window;
+pub(crate) mod gcra;
+pub(crate) mod leaky_bucket;
+pub(crate) mod sliding_counter;
+pub(crate) mod sliding_log;
+pub(crate) mod token_bucket;
 
 use super::Nanos;
-pub use concurrent::{Concurrent, Held};
-pub use fixed_window::{FixedWindow, WindowState};
-pub use gcra::{Gcra, Tat};
+pub use concurrent::Concurrent;
+pub(crate) use concurrent::Held;
+pub use fixed_window::FixedWindow;
+pub(crate) use fixed_window::WindowState;
+pub use gcra::Gcra;
+pub(crate) use gcra::Tat;
 pub use leaky_bucket::LeakyBucket;
-pub use sliding_counter::{CounterState, SlidingCounter};
-pub use sliding_log::{LogState, SlidingLog};
-pub use token_bucket::{TokenBucket, TokenState};
+pub(crate) use sliding_counter::CounterState;
+pub use sliding_counter::SlidingCounter;
+pub(crate) use sliding_log::LogState;
+pub use sliding_log::SlidingLog;
+pub use token_bucket::TokenBucket;
+pub(crate) use token_bucket::TokenState;
 
 /// What a limit says about one request, with what the response headers need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +45,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    pub fn allowed(limit: u64, remaining: u64, reset_after: Nanos) -> Self {
+    pub(crate) fn allowed(limit: u64, remaining: u64, reset_after: Nanos) -> Self {
         Decision {
             allowed: true,
             limit,
@@ -50,7 +56,12 @@ impl Decision {
         }
     }
 
-    pub fn denied(limit: u64, remaining: u64, reset_after: Nanos, retry_after: Nanos) -> Self {
+    pub(crate) fn denied(
+        limit: u64,
+        remaining: u64,
+        reset_after: Nanos,
+        retry_after: Nanos,
+    ) -> Self {
         Decision {
             allowed: false,
             limit,
@@ -79,7 +90,7 @@ pub trait Algorithm {
 
 /// A setting of a limit, beside its `rate`, that only some algorithms take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Setting {
+pub(crate) enum Setting {
     Burst,
     Debt,
     Delay,
@@ -87,7 +98,7 @@ pub enum Setting {
 
 impl Setting {
     /// Its key in the config.
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Setting::Burst => "burst",
             Setting::Debt => "debt",
@@ -97,7 +108,7 @@ impl Setting {
 
     /// The algorithms that take it, for people: `gcra, token_bucket and
     /// leaky_bucket`.
-    pub fn taken_by(self) -> String {
+    pub(crate) fn taken_by(self) -> String {
         let names: Vec<&str> = ALGORITHMS
             .iter()
             .filter(|spec| spec.takes(self))
@@ -116,73 +127,73 @@ impl Setting {
 /// can spell an algorithm differently. (Limit ids spell algorithms on their
 /// own, on purpose: see `limit::id`.)
 #[derive(Debug, PartialEq, Eq)]
-pub struct Spec {
+pub(crate) struct Spec {
     /// In the config (`algorithm:`; the concurrency limit is `concurrent:`),
     /// in `check` and in `--explain`.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// In `decide.lua` and `refund.lua`.
-    pub lua: &'static str,
+    pub(crate) lua: &'static str,
     /// The settings beside `rate` it takes.
-    pub settings: &'static [Setting],
+    pub(crate) settings: &'static [Setting],
 }
 
 impl Spec {
-    pub fn takes(&self, setting: Setting) -> bool {
+    pub(crate) fn takes(&self, setting: Setting) -> bool {
         self.settings.contains(&setting)
     }
 }
 
 /// The default: a smooth, exact limit with a burst, in one timestamp.
-pub const GCRA: Spec = Spec {
+pub(crate) const GCRA: Spec = Spec {
     name: "gcra",
     lua: "gcra",
     settings: &[Setting::Burst],
 };
 
 /// Tokens refilled at the rate, with an optional overdraft (`debt`).
-pub const TOKEN_BUCKET: Spec = Spec {
+pub(crate) const TOKEN_BUCKET: Spec = Spec {
     name: "token_bucket",
     lua: "token",
     settings: &[Setting::Burst, Setting::Debt],
 };
 
 /// nginx's `limit_req`: policing, or shaping with `delay: true`.
-pub const LEAKY_BUCKET: Spec = Spec {
+pub(crate) const LEAKY_BUCKET: Spec = Spec {
     name: "leaky_bucket",
     lua: "leaky",
     settings: &[Setting::Burst, Setting::Delay],
 };
 
 /// A counter per fixed window.
-pub const FIXED_WINDOW: Spec = Spec {
+pub(crate) const FIXED_WINDOW: Spec = Spec {
     name: "fixed_window",
     lua: "fixed",
     settings: &[],
 };
 
 /// Every counted request, exact over any `period`.
-pub const SLIDING_WINDOW_LOG: Spec = Spec {
+pub(crate) const SLIDING_WINDOW_LOG: Spec = Spec {
     name: "sliding_window_log",
     lua: "log",
     settings: &[],
 };
 
 /// The previous window weighted by its overlap, plus the current one.
-pub const SLIDING_WINDOW_COUNTER: Spec = Spec {
+pub(crate) const SLIDING_WINDOW_COUNTER: Spec = Spec {
     name: "sliding_window_counter",
     lua: "counter",
     settings: &[],
 };
 
 /// Requests (or connections) in flight at once.
-pub const CONCURRENT: Spec = Spec {
+pub(crate) const CONCURRENT: Spec = Spec {
     name: "concurrent",
     lua: "conc",
     settings: &[],
 };
 
 /// Every algorithm, in the order of the README's table.
-pub const ALGORITHMS: [&Spec; 7] = [
+pub(crate) const ALGORITHMS: [&Spec; 7] = [
     &GCRA,
     &TOKEN_BUCKET,
     &LEAKY_BUCKET,
@@ -206,7 +217,7 @@ pub enum Limiter {
 
 /// Per-key state of any algorithm.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LimitState {
+pub(crate) enum LimitState {
     /// GCRA and the leaky bucket.
     Tat(Tat),
     Tokens(TokenState),
@@ -232,7 +243,7 @@ macro_rules! dispatch {
 impl Limiter {
     /// Decides a request against `state`. The returned state is to be stored
     /// only if the whole request is admitted.
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         state: Option<&LimitState>,
         now: Nanos,
@@ -259,7 +270,7 @@ impl Limiter {
     }
 
     /// How long `state` must be kept from `now` before it is equivalent to none.
-    pub fn ttl(&self, state: &LimitState, now: Nanos) -> Nanos {
+    pub(crate) fn ttl(&self, state: &LimitState, now: Nanos) -> Nanos {
         match (self, state) {
             (Limiter::Gcra(a), LimitState::Tat(s)) => a.ttl(s, now),
             (Limiter::LeakyBucket(a), LimitState::Tat(s)) => a.ttl(s, now),
@@ -273,7 +284,7 @@ impl Limiter {
     }
 
     /// This algorithm's names and settings.
-    pub fn spec(&self) -> &'static Spec {
+    pub(crate) fn spec(&self) -> &'static Spec {
         match self {
             Limiter::Gcra(_) => &GCRA,
             Limiter::TokenBucket(_) => &TOKEN_BUCKET,
@@ -286,12 +297,12 @@ impl Limiter {
     }
 
     /// The name the config uses for this algorithm.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         self.spec().name
     }
 
     /// The quota advertised to clients: requests admissible from idle.
-    pub fn quota(&self) -> u64 {
+    pub(crate) fn quota(&self) -> u64 {
         match self {
             Limiter::Gcra(a) => a.burst,
             Limiter::TokenBucket(a) => a.capacity,
@@ -304,7 +315,7 @@ impl Limiter {
     }
 
     /// Whether admitted requests hold a permit until they end.
-    pub fn holds_permits(&self) -> bool {
+    pub(crate) fn holds_permits(&self) -> bool {
         matches!(self, Limiter::Concurrent(_))
     }
 }

@@ -17,9 +17,9 @@ pub struct SlidingCounter {
 /// (32 bits suffice: a window's count is at most the limit, at most 10⁹).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterState {
-    pub start: Nanos,
-    pub previous: u32,
-    pub current: u32,
+    pub(crate) start: Nanos,
+    pub(crate) previous: u32,
+    pub(crate) current: u32,
 }
 
 impl SlidingCounter {

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use super::{Algorithm, Decision, Nanos};
 
 /// The largest `count` a sliding log may have: each counted request is kept.
-pub const MAX_LOG_LIMIT: u64 = 10_000;
+pub(crate) const MAX_LOG_LIMIT: u64 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SlidingLog {
@@ -20,7 +20,7 @@ pub struct SlidingLog {
 /// Admitted requests, oldest first: (time, cost).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogState {
-    pub entries: VecDeque<(Nanos, u32)>,
+    pub(crate) entries: VecDeque<(Nanos, u32)>,
 }
 
 impl SlidingLog {

@@ -18,7 +18,7 @@ pub struct TokenBucket {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenState {
     pub level: i64,
-    pub at: Nanos,
+    pub(crate) at: Nanos,
 }
 
 impl TokenBucket {

@@ -26,7 +26,7 @@ use crate::limit::{
 };
 
 /// How long reserved units may be used; then what is left goes back to Redis.
-pub const SETTLE_AFTER: Nanos = 1_000_000_000;
+pub(crate) const SETTLE_AFTER: Nanos = 1_000_000_000;
 const SHARDS: usize = 16;
 /// Keys with an allowance at once, per shard; beyond, requests go exact.
 const MAX_PER_SHARD: usize = 4096;
@@ -43,7 +43,7 @@ type Shard = HashMap<[u64; 2], Allowance>;
 
 /// This gateway's allowances, sharded by key.
 #[derive(Debug)]
-pub struct Allowances {
+pub(crate) struct Allowances {
     shards: Box<[Mutex<Shard>]>,
     hash_lo: RandomState,
     hash_hi: RandomState,
@@ -61,10 +61,10 @@ impl Default for Allowances {
 
 /// Where a check's allowance lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Slot([u64; 2]);
+pub(crate) struct Slot([u64; 2]);
 
 impl Allowances {
-    pub fn slot(&self, limit: LimitId, key: &ClientKey<'_>) -> Slot {
+    pub(crate) fn slot(&self, limit: LimitId, key: &ClientKey<'_>) -> Slot {
         let item = (limit, key);
         Slot([self.hash_lo.hash_one(item), self.hash_hi.hash_one(item)])
     }
@@ -78,7 +78,7 @@ impl Allowances {
 
     /// Takes `cost` units at `now`; returns what is left, or `None` when the
     /// allowance is missing, expired or too small (then Redis decides).
-    pub fn take(&self, slot: Slot, cost: u64, now: Nanos) -> Option<u64> {
+    pub(crate) fn take(&self, slot: Slot, cost: u64, now: Nanos) -> Option<u64> {
         let mut shard = self.shard(slot);
         let allowance = shard.get_mut(&slot.0)?;
         if allowance.expires <= now || allowance.units < cost {
@@ -89,7 +89,7 @@ impl Allowances {
     }
 
     /// Gives back units taken for a request that another limit denied.
-    pub fn untake(&self, slot: Slot, cost: u64) {
+    pub(crate) fn untake(&self, slot: Slot, cost: u64) {
         if let Some(allowance) = self.shard(slot).get_mut(&slot.0) {
             allowance.units += cost;
         }
@@ -98,7 +98,7 @@ impl Allowances {
     /// Claims the right to reserve a batch for `slot`: true for one caller
     /// until [`Self::fill`] or [`Self::unclaim`]; the others decide exactly.
     /// A claim lapses with its allowance, so a lost reply cannot block a key.
-    pub fn claim(&self, slot: Slot, now: Nanos) -> bool {
+    pub(crate) fn claim(&self, slot: Slot, now: Nanos) -> bool {
         let mut shard = self.shard(slot);
         let full = shard.len() >= MAX_PER_SHARD;
         match shard.get_mut(&slot.0) {
@@ -124,7 +124,7 @@ impl Allowances {
     }
 
     /// Ends a claim whose reservation Redis refused (or never answered).
-    pub fn unclaim(&self, slot: Slot) {
+    pub(crate) fn unclaim(&self, slot: Slot) {
         if let Some(allowance) = self.shard(slot).get_mut(&slot.0) {
             allowance.reserving = false;
         }
@@ -132,7 +132,7 @@ impl Allowances {
 
     /// Ends a claim with the units Redis reserved: the allowance holds them
     /// (and nothing older: earlier leftovers lapse) until `now + SETTLE_AFTER`.
-    pub fn fill(&self, slot: Slot, units: u64, now: Nanos) {
+    pub(crate) fn fill(&self, slot: Slot, units: u64, now: Nanos) {
         if let Some(allowance) = self.shard(slot).get_mut(&slot.0) {
             allowance.units = units;
             allowance.expires = now + SETTLE_AFTER;
@@ -142,7 +142,7 @@ impl Allowances {
 
     /// Drops allowances expired by `now` (their units lapse); returns how
     /// many units lapsed.
-    pub fn sweep(&self, now: Nanos) -> u64 {
+    pub(crate) fn sweep(&self, now: Nanos) -> u64 {
         let mut lapsed = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
@@ -161,7 +161,7 @@ impl Allowances {
 /// `sync: batched` over a store: batched checks are admitted from this
 /// gateway's allowances where they can and reserve the next batch with the
 /// store where they cannot; every other check goes to the store as it is.
-pub struct Batching<S> {
+pub(crate) struct Batching<S> {
     inner: S,
     allowances: Allowances,
     clock: MonotonicClock,
@@ -182,7 +182,7 @@ struct Asked<'a> {
 }
 
 impl<S> Batching<S> {
-    pub fn new(inner: S, clock: MonotonicClock) -> Self {
+    pub(crate) fn new(inner: S, clock: MonotonicClock) -> Self {
         Batching {
             inner,
             allowances: Allowances::default(),
@@ -190,12 +190,12 @@ impl<S> Batching<S> {
         }
     }
 
-    pub fn inner(&self) -> &S {
+    pub(crate) fn inner(&self) -> &S {
         &self.inner
     }
 
     /// Drops expired allowances; returns the units that lapsed unused.
-    pub fn settle(&self) -> u64 {
+    pub(crate) fn settle(&self) -> u64 {
         self.allowances.sweep(self.clock.now())
     }
 

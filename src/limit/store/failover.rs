@@ -19,7 +19,7 @@ const MIN_PROBE_POLL: Duration = Duration::from_millis(10);
 
 /// A store behind a circuit breaker. Its calls, failures and breaker state
 /// are the `tollgate_redis_*` metrics: Redis is the store it guards.
-pub struct Guarded<S> {
+pub(crate) struct Guarded<S> {
     inner: S,
     breaker: Breaker,
     /// What a background probe may take: the decision timeout, so that a
@@ -30,7 +30,7 @@ pub struct Guarded<S> {
 }
 
 impl<S: Store> Guarded<S> {
-    pub fn new(
+    pub(crate) fn new(
         inner: S,
         breaker: BreakerSettings,
         probe_timeout: Duration,
@@ -46,7 +46,7 @@ impl<S: Store> Guarded<S> {
         }
     }
 
-    pub fn breaker_state(&self) -> BreakerState {
+    pub(crate) fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
     }
 
@@ -55,7 +55,7 @@ impl<S: Store> Guarded<S> {
     /// store answers a ping, whatever the traffic. It claims each cool-down's
     /// probe as a request would, so there is still at most one probe per
     /// cool-down.
-    pub async fn keep_probing(&self) {
+    pub(crate) async fn keep_probing(&self) {
         let poll = self.breaker.cooldown().max(MIN_PROBE_POLL);
         loop {
             let wait = match self.breaker.probe_due_in(self.clock.now()) {
@@ -173,17 +173,17 @@ pub enum StoreAnswer {
 /// A primary store and the fallback `on_error: local` decides with. Not a
 /// [`Store`] itself: its answer says more than decisions (whether the primary
 /// failed, and what `on_error` made of it), and it never fails.
-pub struct Failover<P, F> {
+pub(crate) struct Failover<P, F> {
     primary: P,
     fallback: F,
 }
 
 impl<P: Store, F: Store> Failover<P, F> {
-    pub fn new(primary: P, fallback: F) -> Self {
+    pub(crate) fn new(primary: P, fallback: F) -> Self {
         Failover { primary, fallback }
     }
 
-    pub fn primary(&self) -> &P {
+    pub(crate) fn primary(&self) -> &P {
         &self.primary
     }
 
@@ -191,7 +191,7 @@ impl<P: Store, F: Store> Failover<P, F> {
     /// store's) says what its failure means. A fallback that fails too (the
     /// memory store never does) decides nothing: the request goes through
     /// unlimited, as with `on_error: allow`.
-    pub async fn decide(&self, checks: &[Check<'_>], on_error: OnError) -> StoreAnswer {
+    pub(crate) async fn decide(&self, checks: &[Check<'_>], on_error: OnError) -> StoreAnswer {
         if let Ok(decided) = self.primary.decide(checks).await {
             return StoreAnswer::Decided(decided);
         }
@@ -203,7 +203,7 @@ impl<P: Store, F: Store> Failover<P, F> {
     }
 
     /// Gives permits back to whichever of the two took them.
-    pub fn release_permits(&self, permits: &[Permit]) {
+    pub(crate) fn release_permits(&self, permits: &[Permit]) {
         self.primary.release_permits(permits);
         self.fallback.release_permits(permits);
     }

@@ -385,7 +385,7 @@ impl MemoryStore {
 
     /// Keeps time with `clock`: the one the gateway sweeps with, so that
     /// state expires when its decisions said it would.
-    pub fn with_clock(mut self, clock: MonotonicClock) -> Self {
+    pub(crate) fn with_clock(mut self, clock: MonotonicClock) -> Self {
         self.clock = clock;
         self
     }
@@ -419,7 +419,7 @@ impl MemoryStore {
 
     /// Decides all checks on the store's clock, as [`Store::decide`] does,
     /// without a future to await: the memory-only gateway's hot path.
-    pub fn decide_on_clock(&self, checks: &[Check<'_>]) -> Decisions {
+    pub(crate) fn decide_on_clock(&self, checks: &[Check<'_>]) -> Decisions {
         self.decide_with(checks, || self.clock.now())
     }
 
@@ -539,14 +539,14 @@ impl MemoryStore {
 
     /// Drops state that has expired by `now`, one shard at a time so that no
     /// request waits for more than one shard's sweep.
-    pub fn sweep(&self, now: Nanos) -> usize {
+    pub(crate) fn sweep(&self, now: Nanos) -> usize {
         self.retain(|n| n.expires_at > now)
     }
 
     /// Drops the state of the `removed` limits. Entries carry half a
     /// fingerprint, so a removed limit whose half equals a `live` one's is
     /// left to expire rather than risk a live limit's counters.
-    pub fn release_limits(&self, removed: &[LimitId], live: &[LimitId]) -> usize {
+    pub(crate) fn release_limits(&self, removed: &[LimitId], live: &[LimitId]) -> usize {
         let half = |id: &LimitId| id.0 as u32;
         let live: std::collections::HashSet<u32> = live.iter().map(half).collect();
         let gone: std::collections::HashSet<u32> = removed

@@ -8,9 +8,9 @@
 //! Each layer does one thing and passes the rest through, so each can be
 //! tested over any other store (batching over memory, say).
 
-pub mod batch;
-pub mod failover;
-pub mod memory;
+pub(crate) mod batch;
+pub(crate) mod failover;
+pub(crate) mod memory;
 pub mod redis;
 
 use std::sync::Arc;
@@ -19,8 +19,9 @@ use std::time::Duration;
 use prometheus::Histogram;
 
 use super::{Check, Decisions, Permit, Store, StoreError};
-pub use batch::Batching;
-pub use failover::{Failover, Guarded, StoreAnswer};
+pub(crate) use batch::Batching;
+pub use failover::StoreAnswer;
+pub(crate) use failover::{Failover, Guarded};
 
 impl<S: Store> Store for Arc<S> {
     async fn decide(&self, checks: &[Check<'_>]) -> Result<Decisions, StoreError> {
@@ -38,13 +39,13 @@ impl<S: Store> Store for Arc<S> {
 
 /// A store whose decisions are timed into a histogram. Failed calls are not
 /// observed: their time is the timeout's, not the store's.
-pub struct Timed<S> {
+pub(crate) struct Timed<S> {
     inner: S,
     duration: Histogram,
 }
 
 impl<S> Timed<S> {
-    pub fn new(inner: S, duration: Histogram) -> Self {
+    pub(crate) fn new(inner: S, duration: Histogram) -> Self {
         Timed { inner, duration }
     }
 }

@@ -157,7 +157,7 @@ impl RedisStore {
         })
     }
 
-    pub fn settings(&self) -> &RedisSettings {
+    pub(crate) fn settings(&self) -> &RedisSettings {
         &self.inner.settings
     }
 
@@ -320,7 +320,7 @@ impl RedisStore {
     }
 
     /// Pushes the expiry of held leases to now + lease.
-    pub async fn renew(&self, leases: &[Lease]) -> Result<(), RedisError> {
+    pub(crate) async fn renew(&self, leases: &[Lease]) -> Result<(), RedisError> {
         self.lease_op("renew", leases).await
     }
 
@@ -347,7 +347,7 @@ impl RedisStore {
     /// Renews the leases among `permits` every lease/3 until the returned
     /// handle is aborted, so a long-lived connection keeps its permits while a
     /// crashed gateway's expire. `None` without leases (or a runtime).
-    pub fn keep_renewed(&self, permits: &[Permit]) -> Option<AbortHandle> {
+    pub(crate) fn keep_renewed(&self, permits: &[Permit]) -> Option<AbortHandle> {
         let leases = leases(permits);
         if leases.is_empty() {
             return None;
@@ -598,7 +598,7 @@ impl redis::aio::ConnectionLike for AnyConnection {
 }
 
 /// `url` with any user and password replaced, for logs and admin output.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -630,7 +630,7 @@ fn script_params(limiter: &Limiter, lease: Duration) -> (&'static str, u64, u64,
 /// product an algorithm forms, so that must stay below 2^52. Buckets multiply
 /// their interval by a cost of at most the capacity; the sliding counter
 /// weighs counts by the period; the fixed window and the log never multiply.
-pub fn exact_in_lua(limiter: &Limiter) -> bool {
+pub(crate) fn exact_in_lua(limiter: &Limiter) -> bool {
     let (_, a, b, c) = script_params(limiter, Duration::ZERO);
     let largest = match limiter {
         // A token bucket's debt is a count too; a leaky bucket's third
