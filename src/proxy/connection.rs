@@ -338,9 +338,13 @@ impl TimedStream {
         let Some(deadline) = self.since.checked_add(nanos) else {
             return Poll::Pending; // past any time this process will see
         };
+        // Moving a registered timer takes a lock in the timer wheel, and a
+        // keep-alive connection moves its deadline at every request. So the
+        // timer is only moved earlier; one that fires early (before a later
+        // deadline) is moved then, once per idle period rather than per request.
         let timer = match &mut self.timer {
             Some(timer) => {
-                if timer.deadline() != deadline {
+                if timer.deadline() > deadline {
                     timer.as_mut().reset(deadline);
                 }
                 timer
@@ -349,13 +353,16 @@ impl TimedStream {
                 .timer
                 .insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.phase.store(Phase::Expired as u8, Ordering::Release);
-                self.metrics.closed(why);
-                Poll::Ready(Err(expired()))
+        loop {
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if timer.deadline() < deadline => timer.as_mut().reset(deadline),
+                Poll::Ready(()) => {
+                    self.phase.store(Phase::Expired as u8, Ordering::Release);
+                    self.metrics.closed(why);
+                    return Poll::Ready(Err(expired()));
+                }
             }
-            Poll::Pending => Poll::Pending,
         }
     }
 }
