@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Instructions per proxied request of two tollgate binaries, counted by
+# valgrind (callgrind), for a change that must not make the gateway slower
+# where wall-clock rates are too noisy to tell (a shared 2-core VM):
+#
+#   bash bench/instructions.sh OLD_BINARY NEW_BINARY [requests]
+#
+# Each binary runs under callgrind with the config of bench/compare.sh (one
+# memory limit admitting everything, an nginx origin answering 200) twice:
+# once for 1,000 keep-alive requests from `ab` and once for 1,000 + `requests`
+# (default 10,000). The difference over `requests` is the cost of a request
+# without start-up and shutdown. Counts are repeatable to a fraction of a per
+# cent for the same binary; background tasks that run on wall-clock time (the
+# store sweep, timers) add a little noise. Loopback only, bounded, stops what
+# it starts. Needs valgrind, nginx and ab (apt-get install valgrind nginx
+# apache2-utils).
+set -euo pipefail
+OLD=${1:?old binary}; NEW=${2:?new binary}
+REQUESTS=${3:-10000}
+BASE=1000
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+for tool in valgrind nginx ab python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install valgrind nginx apache2-utils" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d /tmp/tollgate-instructions.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+. "$HERE/bench/lib.sh"
+
+ORIGIN=$(free_port)
+start_origin "$ORIGIN"
+wait_port "$ORIGIN"
+
+# Total instructions of one run of $1 serving $2 requests.
+count() {
+  local bin=$1 n=$2 port admin out pid
+  port=$(free_port); admin=$(free_port); out="$WORK/callgrind.$RANDOM"
+  cat > "$WORK/gateway.yaml" <<YAML
+server: { listen: ["127.0.0.1:$port"], admin: "127.0.0.1:$admin", threads: 1, watch: false }
+upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
+rules:
+  - { name: all, match: { path: "/**" }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second }] }
+YAML
+  RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" \
+    "$bin" run -c "$WORK/gateway.yaml" >/dev/null 2>&1 &
+  pid=$!
+  # Slow under valgrind: allow a minute to start.
+  for _ in $(seq 1 1200); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+  ab -q -k -c 8 -n "$n" "http://127.0.0.1:$port/all" >"$WORK/ab.out" 2>&1 ||
+    { echo "ab failed:" >&2; cat "$WORK/ab.out" >&2; exit 1; }
+  grep -q "^Failed requests: *0" "$WORK/ab.out" || { echo "requests failed:" >&2; cat "$WORK/ab.out" >&2; exit 1; }
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  # callgrind writes one file per thread group; sum their totals.
+  cat "$out"* | python3 -c 'import sys; print(sum(int(l.split()[1]) for l in sys.stdin if l.startswith("summary:")))'
+}
+
+for side in old new; do
+  bin=$OLD; [ "$side" = new ] && bin=$NEW
+  small=$(count "$bin" "$BASE"); large=$(count "$bin" $((BASE + REQUESTS)))
+  per=$(( (large - small) / REQUESTS ))
+  echo "$side: $per instructions per request ($small for $BASE requests, $large for $((BASE + REQUESTS)))"
+  echo "$per" > "$WORK/$side"
+done
+python3 -c "o=int(open('$WORK/old').read()); n=int(open('$WORK/new').read()); print(f'new/old instructions per request: {n/o:.3f}')"
