@@ -3,9 +3,9 @@
 //! header and a body; the glue writes them.
 
 use bytes::Bytes;
-use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::HeaderValue;
-use pingora::http::ResponseHeader;
+use pingora::http::{IntoCaseHeaderName, ResponseHeader};
 use serde_json::json;
 
 use crate::identity::KeyPart;
@@ -14,12 +14,14 @@ use crate::policy::HeaderStyle;
 use crate::route::{HostError, PathError};
 use crate::snapshot::{Rule, RuleLimit};
 
-pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-pub(crate) const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-pub(crate) const X_RATELIMIT_REMAINING: HeaderName =
-    HeaderName::from_static("x-ratelimit-remaining");
-pub(crate) const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+// Names as `&'static str`: Pingora copies a `HeaderName` it does not know
+// into a new buffer for its case map, per header and per response; a static
+// string it keeps as it is. Lower case, as they were always written.
+const RATELIMIT_POLICY: &str = "ratelimit-policy";
+const RATELIMIT: &str = "ratelimit";
+const X_RATELIMIT_LIMIT: &str = "x-ratelimit-limit";
+const X_RATELIMIT_REMAINING: &str = "x-ratelimit-remaining";
+const X_RATELIMIT_RESET: &str = "x-ratelimit-reset";
 
 /// A complete answer: header and body.
 #[derive(Debug)]
@@ -30,7 +32,7 @@ pub(crate) struct Reply {
 
 /// Any header this module builds is valid by construction; a failure here would
 /// be a bug in this file, not something a client can cause.
-fn insert(header: &mut ResponseHeader, name: HeaderName, value: HeaderValue) {
+fn insert(header: &mut ResponseHeader, name: impl IntoCaseHeaderName, value: HeaderValue) {
     if let Err(e) = header.insert_header(name, value) {
         tracing::error!("cannot set a response header: {e}");
     }

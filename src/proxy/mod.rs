@@ -28,6 +28,13 @@ use tunnel::TunnelError;
 
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+// The headers the gateway sets, named as `&'static str`: Pingora copies a
+// `HeaderName` it does not know into a new buffer for its case map, on every
+// request; a static string it keeps as it is.
+const X_FORWARDED_FOR_NAME: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO_NAME: &str = "x-forwarded-proto";
+const X_REAL_IP_NAME: &str = "x-real-ip";
+
 /// Forwarding headers only a trusted proxy may set.
 const UNTRUSTED_FORWARDING_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("forwarded"),
@@ -96,7 +103,8 @@ fn prepare_upstream_request(
     if let Some(host) = admitted.forward_host.take() {
         request.insert_header(HOST, host)?;
     }
-    let peer = peer.to_canonical().to_string();
+    let peer = peer.to_canonical();
+    let peer_text = peer.to_string();
     // A trusted proxy's chain is extended; anyone else's is replaced, and
     // their other forwarding headers dropped, so the upstream never sees
     // a chain a client made up.
@@ -106,18 +114,22 @@ fn prepare_upstream_request(
             chain.extend_from_slice(line.as_bytes());
             chain.extend_from_slice(b", ");
         }
-        chain.extend_from_slice(peer.as_bytes());
-        request.insert_header(X_FORWARDED_FOR, chain)?;
+        chain.extend_from_slice(peer_text.as_bytes());
+        request.insert_header(X_FORWARDED_FOR_NAME, chain)?;
     } else {
         for name in UNTRUSTED_FORWARDING_HEADERS {
             request.remove_header(&name);
         }
-        request.insert_header(X_FORWARDED_FOR, peer)?;
+        request.insert_header(X_FORWARDED_FOR_NAME, peer_text.as_str())?;
     }
     if !(admitted.peer_trusted && request.headers.contains_key(X_FORWARDED_PROTO)) {
-        request.insert_header(X_FORWARDED_PROTO, "http")?;
+        request.insert_header(X_FORWARDED_PROTO_NAME, "http")?;
     }
-    request.insert_header(X_REAL_IP, admitted.client_ip.to_string())?;
+    if admitted.client_ip == peer {
+        request.insert_header(X_REAL_IP_NAME, peer_text)?;
+    } else {
+        request.insert_header(X_REAL_IP_NAME, admitted.client_ip.to_string())?;
+    }
     if let Some(host) = host_header {
         request.insert_header(HOST, host.clone())?;
     }
