@@ -7,7 +7,10 @@
 # Both run with one worker and the same config (one memory limit admitting
 # everything, in front of an nginx origin answering 200); wrk -t1 -c50 drives
 # each in turn, rounds interleaved (old new old new ...). Prints each round and
-# the median new/old ratio. Loopback only, bounded, stops what it starts.
+# the median new/old ratios of requests per second and of the gateway's CPU
+# time (user + system, from /proc) per request: on a shared machine the
+# second moves much less with the neighbours than the first. Loopback only,
+# bounded, stops what it starts.
 # Needs nginx and wrk (apt-get install nginx wrk).
 set -euo pipefail
 OLD=${1:?old binary}; NEW=${2:?new binary}
@@ -30,7 +33,7 @@ trap cleanup EXIT
 ORIGIN=$(free_port)
 start_origin "$ORIGIN"
 wait_port "$ORIGIN"
-declare -A PORT
+declare -A PORT PID
 for side in old new; do
   P=$(free_port); A=$(free_port); PORT[$side]=$P
   cat > "$WORK/$side.yaml" <<YAML
@@ -40,19 +43,37 @@ rules:
   - { name: all, match: { path: "/**" }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second }] }
 YAML
   bin=$OLD; [ "$side" = new ] && bin=$NEW
-  RUST_LOG=error "$bin" run -c "$WORK/$side.yaml" >/dev/null 2>&1 & PIDS+=($!)
+  RUST_LOG=error "$bin" run -c "$WORK/$side.yaml" >/dev/null 2>&1 & PIDS+=($!); PID[$side]=$!
   wait_port "$P"
 done
 
-rps() {
-  wrk -t1 -c50 -d"${DURATION}s" "http://127.0.0.1:$1/all" |
-    python3 -c 'import re,sys; print(re.search(r"Requests/sec:\s+([\d.]+)", sys.stdin.read()).group(1))'
+# CPU ticks (user + system) the gateway process $1 has used.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# Runs wrk against side $1; prints "requests/s CPU-microseconds/request".
+measure() {
+  local before after out
+  before=$(ticks "${PID[$1]}")
+  out=$(wrk -t1 -c50 -d"${DURATION}s" "http://127.0.0.1:${PORT[$1]}/all")
+  after=$(ticks "${PID[$1]}")
+  python3 -c '
+import re, sys, os
+out, ticks = sys.argv[1], int(sys.argv[2])
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+requests = int(re.search(r"(\d+) requests in", out).group(1))
+hz = os.sysconf("SC_CLK_TCK")
+print(f"{rps:.0f} {ticks / hz * 1e6 / requests:.2f}")' "$out" $((after - before))
 }
 : > "$WORK/ratios"
 for round in $(seq 1 "$ROUNDS"); do
-  old=$(rps "${PORT[old]}"); new=$(rps "${PORT[new]}")
-  ratio=$(python3 -c "print(f'{$new/$old:.3f}')")
-  echo "round $round: old $old req/s, new $new req/s, new/old $ratio"
-  echo "$ratio" >> "$WORK/ratios"
+  read -r old old_cpu <<<"$(measure old)"; read -r new new_cpu <<<"$(measure new)"
+  ratios=$(python3 -c "print(f'{$new/$old:.3f} {$new_cpu/$old_cpu:.3f}')")
+  echo "round $round: old $old req/s $old_cpu us/req, new $new req/s $new_cpu us/req, new/old $ratios"
+  echo "$ratios" >> "$WORK/ratios"
 done
-python3 -c "import statistics; r=[float(l) for l in open('$WORK/ratios')]; print(f'median new/old: {statistics.median(r):.3f} (min {min(r):.3f}, max {max(r):.3f})')"
+python3 -c "
+import statistics
+rows = [list(map(float, l.split())) for l in open('$WORK/ratios')]
+for i, what in enumerate(['requests per second', 'CPU per request']):
+    r = [row[i] for row in rows]
+    print(f'median new/old {what}: {statistics.median(r):.3f} (min {min(r):.3f}, max {max(r):.3f})')"
