@@ -5,6 +5,10 @@
 #
 #   bash bench/instructions.sh OLD_BINARY NEW_BINARY [requests]
 #
+# Either binary may be examples/pingora_baseline (a bare Pingora proxy), to
+# see what tollgate adds to Pingora:
+#   bash bench/instructions.sh target/release/examples/pingora_baseline target/release/tollgate
+#
 # Each binary runs under callgrind with the config of bench/compare.sh (one
 # memory limit admitting everything, an nginx origin answering 200) twice:
 # once for 1,000 keep-alive requests from `ab` and once for 1,000 + `requests`
@@ -47,8 +51,9 @@ upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
 rules:
   - { name: all, match: { path: "/**" }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second }] }
 YAML
-  RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$bin" run -c "$WORK/gateway.yaml" >/dev/null 2>&1 &
+  local args=(run -c "$WORK/gateway.yaml")
+  [ "$(basename "$bin")" = pingora_baseline ] && args=("127.0.0.1:$port" "127.0.0.1:$ORIGIN" 1)
+  RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" "${args[@]}" >/dev/null 2>&1 &
   pid=$!
   # Slow under valgrind: allow a minute to start.
   for _ in $(seq 1 1200); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done

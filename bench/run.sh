@@ -8,6 +8,7 @@
 #   nginx                  nginx proxy_pass with keepalive to the origin: the baseline proxy
 #   nginx+limit_req        ... with limit_req keyed by $binary_remote_addr, admitting everything
 #   nginx+limit_req/deny   ... with a limit that denies almost everything (429)
+#   pingora                a bare Pingora ProxyHttp (examples/pingora_baseline.rs), same profile
 #   tollgate               no limits
 #   tollgate+limit         one memory limit per request, admitting everything
 #   tollgate+limit/deny    one memory limit that denies almost everything (429)
@@ -32,9 +33,10 @@ for tool in nginx redis-server wrk python3; do
 done
 HAVE_OHA=0; command -v oha >/dev/null && HAVE_OHA=1
 [ "$HAVE_OHA" = 1 ] || echo "oha is not installed (cargo install oha): the open-loop rows are skipped" >&2
-(cd "$HERE" && cargo build --release --quiet --bin tollgate --example ws_bench)
+(cd "$HERE" && cargo build --release --quiet --bin tollgate --example ws_bench --example pingora_baseline)
 BIN="$HERE/target/release/tollgate"
 WSBENCH="$HERE/target/release/examples/ws_bench"
+BASELINE="$HERE/target/release/examples/pingora_baseline"
 
 WORK=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
 PIDS=()
@@ -80,6 +82,9 @@ http {
 }
 NGINX
   start nginx -c "$WORK/nginx$W.conf" -p "$WORK"
+  P=$(free_port); PORT[pingora$W]=$P
+  start "$BASELINE" "127.0.0.1:$P" "127.0.0.1:$ORIGIN" "$W"
+  wait_port "$P"
   for store in memory redis; do
     P=$(free_port); A=$(free_port); PORT[tollgate$W$store]=$P
     if [ "$store" = redis ]; then
@@ -130,6 +135,7 @@ variants() { # name kind url, per worker count
   echo "nginx http http://127.0.0.1:${PORT[nginx$W]}/open"
   echo "nginx+limit_req http http://127.0.0.1:${PORT[nginx$W]}/all"
   echo "nginx+limit_req/deny http http://127.0.0.1:${PORT[nginx$W]}/few"
+  echo "pingora http http://127.0.0.1:${PORT[pingora$W]}/open"
   echo "tollgate http http://127.0.0.1:${PORT[tollgate${W}memory]}/open"
   echo "tollgate+limit http http://127.0.0.1:${PORT[tollgate${W}memory]}/all"
   echo "tollgate+limit/deny http http://127.0.0.1:${PORT[tollgate${W}memory]}/few"
@@ -199,6 +205,8 @@ print("| ratio | " + " | ".join(f"{w} worker{'s' if w > 1 else ''}" for w in wor
 print("| --- |" + " ---: |" * len(workers))
 ratios = [
     ("tollgate / nginx (no limits)", "tollgate", "nginx"),
+    ("tollgate+limit / pingora (what tollgate adds to Pingora)", "tollgate+limit", "pingora"),
+    ("pingora / nginx", "pingora", "nginx"),
     ("tollgate+limit / nginx+limit_req", "tollgate+limit", "nginx+limit_req"),
     ("tollgate+limit/deny / nginx+limit_req/deny", "tollgate+limit/deny", "nginx+limit_req/deny"),
     ("limits on / off (tollgate+limit / tollgate)", "tollgate+limit", "tollgate"),

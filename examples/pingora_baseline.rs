@@ -1,0 +1,61 @@
+//! The baseline tollgate's proxy path is held to: Pingora's own `ProxyHttp`
+//! with nothing in it but the choice of the peer, built with the same
+//! profile (and allocator) as tollgate. `bench/run.sh` runs it beside nginx
+//! and tollgate; "tollgate+limit / pingora" is what our own code costs.
+//!
+//! ```sh
+//! cargo run --release --example pingora_baseline -- 127.0.0.1:8081 127.0.0.1:9000 1
+//! #                                                   listen         upstream       threads
+//! ```
+//!
+//! Plain HTTP/1.1 to the upstream, connections pooled, one service whose
+//! worker count is the third argument (default 1), as tollgate's
+//! `server.threads`.
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+
+/// Pingora's proxy with nothing of ours in the way.
+struct Plain {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Plain {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: pingora_baseline LISTEN UPSTREAM [THREADS]";
+    let listen = args.next().ok_or_else(|| anyhow::anyhow!(usage))?;
+    let upstream: SocketAddr = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
+    let threads = match args.next() {
+        Some(n) => n.parse()?,
+        None => 1,
+    };
+    let conf = ServerConf {
+        threads,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Plain { upstream });
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+    server.run_forever()
+}
