@@ -19,6 +19,10 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
+/// The same allocator as tollgate's binary, so that the two compare fairly.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Pingora's proxy with nothing of ours in the way.
 struct Plain {
     upstream: SocketAddr,

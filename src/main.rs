@@ -12,6 +12,12 @@ use tollgate::check::{self, Hypothetical};
 use tollgate::schema::Severity;
 use tollgate::server::ProcessOptions;
 
+/// mimalloc: a request allocates a few dozen small, short-lived buffers across
+/// threads; glibc's malloc spent about 15 % of a proxied request's
+/// instructions on them (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tollgate",
