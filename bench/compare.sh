@@ -4,6 +4,9 @@
 #
 #   bash bench/compare.sh OLD_BINARY NEW_BINARY [rounds] [seconds]
 #
+# Either binary may be examples/pingora_baseline (a bare Pingora proxy), to
+# see what tollgate adds to Pingora.
+#
 # Both run with one worker and the same config (one memory limit admitting
 # everything, in front of an nginx origin answering 200); wrk -t1 -c50 drives
 # each in turn, rounds interleaved (old new old new ...). Prints each round and
@@ -43,7 +46,9 @@ rules:
   - { name: all, match: { path: "/**" }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second }] }
 YAML
   bin=$OLD; [ "$side" = new ] && bin=$NEW
-  RUST_LOG=error "$bin" run -c "$WORK/$side.yaml" >/dev/null 2>&1 & PIDS+=($!); PID[$side]=$!
+  args=(run -c "$WORK/$side.yaml")
+  case "$(basename "$bin")" in pingora_baseline*) true ;; *) false ;; esac && args=("127.0.0.1:$P" "127.0.0.1:$ORIGIN" 1)
+  RUST_LOG=error "$bin" "${args[@]}" >/dev/null 2>&1 & PIDS+=($!); PID[$side]=$!
   wait_port "$P"
 done
 

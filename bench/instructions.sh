@@ -52,7 +52,7 @@ rules:
   - { name: all, match: { path: "/**" }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second }] }
 YAML
   local args=(run -c "$WORK/gateway.yaml")
-  [ "$(basename "$bin")" = pingora_baseline ] && args=("127.0.0.1:$port" "127.0.0.1:$ORIGIN" 1)
+  case "$(basename "$bin")" in pingora_baseline*) true ;; *) false ;; esac && args=("127.0.0.1:$port" "127.0.0.1:$ORIGIN" 1)
   RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" "${args[@]}" >/dev/null 2>&1 &
   pid=$!
   # Slow under valgrind: allow a minute to start.
