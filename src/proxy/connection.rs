@@ -11,8 +11,9 @@
 //! accepted stream is wrapped in a [`TimedStream`] that fails reads once a
 //! deadline passes, and the stream is told where the connection stands:
 //!
-//! - accepted, or a new request awaited ([`Requests::process_new_http`]):
-//!   the next request's first byte must come within `idle_timeout`;
+//! - accepted, or the previous request answered ([`request_done`], from the
+//!   proxy's last hook): the next request's first byte must come within
+//!   `idle_timeout`;
 //! - first byte read: the rest of the head must come within `header_timeout`
 //!   of it (for a pipelined request whose start is already buffered: of the
 //!   first byte read after it);
@@ -36,8 +37,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
-use pingora::protocols::http::v2::server::H2Options;
+use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
@@ -62,7 +62,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// once over the per-IP cap), wraps its stream in a [`TimedStream`] and hands
 /// it to Pingora's HTTP handling.
 pub(crate) struct Front {
-    requests: Arc<Requests>,
+    proxy: Arc<HttpProxy<Gateway>>,
     shared: Arc<Shared>,
     open: Arc<OpenPerIp>,
     /// Taken at start, like HTTP/2's idle timeout, which Pingora fixes then.
@@ -77,9 +77,7 @@ impl Front {
         options.h2_idle_timeout = Some(idle_timeout);
         proxy.server_options = Some(options);
         Front {
-            requests: Arc::new(Requests {
-                proxy: Arc::new(proxy),
-            }),
+            proxy: Arc::new(proxy),
             shared,
             open: Arc::default(),
             idle_timeout,
@@ -126,59 +124,60 @@ impl ServerApp for Front {
         let stream: Stream = Box::new(TimedStream::new(stream, timeouts, metrics));
         // Pingora's HTTP handling serves the connection to its end (the h2c
         // check, then every request) and never hands the stream back.
-        self.requests.process_new(stream, shutdown).await
+        self.proxy.process_new(stream, shutdown).await
     }
 
     async fn cleanup(&self) {
         // The listeners are closed: a shutdown has begun. Tunnels close with
         // 1001 rather than being cut when the grace period ends.
         self.shared.stopping.send_replace(true);
-        ServerApp::cleanup(self.requests.as_ref()).await;
-    }
-}
-
-/// Pingora's proxy, with each request of a connection announced to its
-/// [`TimedStream`] first.
-struct Requests {
-    proxy: Arc<HttpProxy<Gateway>>,
-}
-
-#[async_trait]
-impl HttpServerApp for Requests {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        if let Some(stream) = timed(&session) {
-            stream.tell(Signal::AwaitRequest);
-        }
-        // Requests a client sends before reading the previous answer are
-        // answered in order (RFC 9112 §9.3.2), one after the other. Without
-        // this, Pingora answers the first with `Connection: keep-alive` and
-        // then closes, dropping the rest.
-        session.set_pipelining_enabled(true);
-        self.proxy.process_new_http(session, shutdown).await
-    }
-
-    fn h2_options(&self) -> Option<H2Options> {
-        self.proxy.h2_options()
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.proxy.server_options.as_ref()
-    }
-
-    async fn http_cleanup(&self) {
-        self.proxy.http_cleanup().await;
+        ServerApp::cleanup(self.proxy.as_ref()).await;
     }
 }
 
 /// Tells a request's connection that its head is in: the header deadline no
-/// longer applies. Called from the proxy's first hook; a no-op for HTTP/2.
-pub(crate) fn head_received(session: &ServerSession) {
+/// longer applies. Also lets Pingora answer requests a client sends before
+/// reading the previous answer, in order (RFC 9112 §9.3.2): without it,
+/// Pingora answers the first with `Connection: keep-alive` and then closes,
+/// dropping the rest. Called from the proxy's first hook; for HTTP/2 only the
+/// latter (a no-op there).
+///
+/// These are hooks rather than a wrapper around Pingora's per-request
+/// handling: a wrapper moved each request's whole session once more (BENCHMARKS.md).
+pub(crate) fn head_received(session: &mut ServerSession) {
+    session.set_pipelining_enabled(true);
     if let Some(stream) = timed(session) {
         stream.tell(Signal::HeadReceived);
+    }
+}
+
+/// Tells a request's connection that the request is answered: the wait for
+/// the next one, under `idle_timeout`, begins. What is left of the request's
+/// body (an upstream may answer before reading it all) is read first, as
+/// Pingora would before reusing the connection, within the idle timeout; a
+/// body that does not end in time ends the connection instead. Called from the
+/// proxy's last hook.
+pub(crate) async fn request_done(session: &mut ServerSession) {
+    let ServerSession::H1(h1) = &*session else {
+        return;
+    };
+    // A connection that ends here (upgraded, `Connection: close`, shutting
+    // down) waits for nothing.
+    if !h1.will_keepalive() {
+        return;
+    }
+    let Some(idle) = timed(session).map(|stream| stream.timeouts.idle) else {
+        return;
+    };
+    if !session.is_body_done() {
+        let drained = tokio::time::timeout(idle, session.drain_request_body()).await;
+        if !matches!(drained, Ok(Ok(()))) {
+            session.set_keepalive(None);
+            return;
+        }
+    }
+    if let Some(stream) = timed(session) {
+        stream.tell(Signal::AwaitRequest);
     }
 }
 

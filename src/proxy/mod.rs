@@ -502,7 +502,8 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        connection::request_done(session).await;
         let Some(rt) = &ctx.snapshot else { return };
         let (metrics, rule_name) = match ctx.rule {
             Some(rule) => (&rt.rule(rule).metrics, Some(&rt.rule(rule).name)),
