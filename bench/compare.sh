@@ -19,19 +19,9 @@ set -euo pipefail
 OLD=${1:?old binary}; NEW=${2:?new binary}
 ROUNDS=${3:-5}; DURATION=${4:-5}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-for tool in nginx wrk python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx wrk" >&2; exit 1; }
-done
-
-WORK=$(mktemp -d /tmp/tollgate-compare.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 . "$HERE/bench/lib.sh"
+require "apt-get install nginx wrk" nginx wrk python3
+scratch compare
 
 ORIGIN=$(free_port)
 start_origin "$ORIGIN"
@@ -46,9 +36,8 @@ rules:
   - { name: all, match: { path: "/**" }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second }] }
 YAML
   bin=$OLD; [ "$side" = new ] && bin=$NEW
-  args=(run -c "$WORK/$side.yaml")
-  case "$(basename "$bin")" in pingora_baseline*) true ;; *) false ;; esac && args=("127.0.0.1:$P" "127.0.0.1:$ORIGIN" 1)
-  RUST_LOG=error "$bin" "${args[@]}" >/dev/null 2>&1 & PIDS+=($!); PID[$side]=$!
+  gateway_args "$bin" "$P" "$WORK/$side.yaml"
+  RUST_LOG=error "$bin" "${ARGS[@]}" >/dev/null 2>&1 & PIDS+=($!); PID[$side]=$!
   wait_port "$P"
 done
 

@@ -23,19 +23,9 @@ OLD=${1:?old binary}; NEW=${2:?new binary}
 REQUESTS=${3:-10000}
 BASE=1000
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-for tool in valgrind nginx ab python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install valgrind nginx apache2-utils" >&2; exit 1; }
-done
-
-WORK=$(mktemp -d /tmp/tollgate-instructions.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 . "$HERE/bench/lib.sh"
+require "apt-get install valgrind nginx apache2-utils" valgrind nginx ab python3
+scratch instructions
 
 ORIGIN=$(free_port)
 start_origin "$ORIGIN"
@@ -51,9 +41,8 @@ upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
 rules:
   - { name: all, match: { path: "/**" }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second }] }
 YAML
-  local args=(run -c "$WORK/gateway.yaml")
-  case "$(basename "$bin")" in pingora_baseline*) true ;; *) false ;; esac && args=("127.0.0.1:$port" "127.0.0.1:$ORIGIN" 1)
-  RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" "${args[@]}" >/dev/null 2>&1 &
+  gateway_args "$bin" "$port" "$WORK/gateway.yaml"
+  RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" "${ARGS[@]}" >/dev/null 2>&1 &
   pid=$!
   # Slow under valgrind: allow a minute to start.
   for _ in $(seq 1 1200); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done

@@ -20,3 +20,29 @@ http { access_log off; server { listen 127.0.0.1:$1; location / { return 200 "ok
 NGINX
   nginx -c "$WORK/origin.conf" -p "$WORK" >/dev/null 2>&1 & PIDS+=($!)
 }
+
+# Exits with how to install them unless every command after the hint exists.
+require() {
+  local hint=$1 tool; shift
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: $hint" >&2; exit 1; }
+  done
+}
+
+# A scratch WORK directory and a PIDS list: on exit the processes get SIGINT
+# (Pingora stops at once on it) and the directory goes.
+scratch() {
+  WORK=$(mktemp -d "/tmp/tollgate-$1.XXXXXX")
+  PIDS=()
+  trap 'for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+}
+
+# ARGS for gateway binary $1 to listen on port $2 with config file $3 and
+# ORIGIN as its upstream: tollgate's `run -c`, or a pingora_baseline* build's
+# listen/upstream/threads.
+gateway_args() {
+  case "$(basename "$1")" in
+    pingora_baseline*) ARGS=("127.0.0.1:$2" "127.0.0.1:$ORIGIN" 1) ;;
+    *) ARGS=(run -c "$3") ;;
+  esac
+}

@@ -14,34 +14,16 @@
 
 use std::net::SocketAddr;
 
-use async_trait::async_trait;
-use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
+
+#[path = "support/plain.rs"]
+mod plain;
+use plain::Plain;
 
 /// The same allocator as tollgate's binary, so that the two compare fairly.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Pingora's proxy with nothing of ours in the way.
-struct Plain {
-    upstream: SocketAddr,
-}
-
-#[async_trait]
-impl ProxyHttp for Plain {
-    type CTX = ();
-
-    fn new_ctx(&self) {}
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut (),
-    ) -> pingora::Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

@@ -15,33 +15,15 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
-use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use tokio_tungstenite::tungstenite::Message;
 use tollgate::demo::{BusSettings, Demo, DemoMetrics, DemoService, DemoSettings};
 
-/// Pingora's proxy with nothing of ours in the way.
-struct Plain {
-    upstream: SocketAddr,
-}
-
-#[async_trait]
-impl ProxyHttp for Plain {
-    type CTX = ();
-
-    fn new_ctx(&self) {}
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut (),
-    ) -> pingora::Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
-    }
-}
+#[path = "support/plain.rs"]
+mod plain;
+use plain::Plain;
 
 /// A WebSocket server that echoes every message at once: the fastest
 /// upstream there is.
