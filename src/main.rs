@@ -121,6 +121,7 @@ fn run(config_path: PathBuf) -> ExitCode {
     let options = ProcessOptions {
         grace_period_seconds: None,
         handle_sighup: true,
+        owns_process: true,
     };
     app::build_server(shared, options).run(RunArgs::default());
     ExitCode::SUCCESS

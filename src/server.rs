@@ -43,6 +43,16 @@ pub struct ProcessOptions {
     /// Reload on SIGHUP. Off when embedded (tests), where the signal would
     /// reach every gateway of the process.
     pub handle_sighup: bool,
+    /// The server is the process's one and lives as long as it (the
+    /// binary). Only then may `server.work_stealing: false` put each thread
+    /// on a runtime of its own: Pingora finds those runtimes through a
+    /// `thread_local` table keyed by thread ids, which are recycled and
+    /// never cleared, so once such a server stops inside a running process,
+    /// any thread started later may inherit an exited thread's entry and
+    /// have Pingora spawn its connections onto a dead runtime (seen as
+    /// gateways in one test process that reset every connection). Embedded
+    /// servers (tests) always steal work.
+    pub owns_process: bool,
 }
 
 /// Why the gateway could not be set up from its config.
@@ -97,7 +107,7 @@ pub fn build_server(
         .unwrap_or(rt.server.grace_period.as_secs());
     let conf = ServerConf {
         threads: rt.server.threads,
-        work_stealing: rt.server.work_stealing,
+        work_stealing: rt.server.work_stealing || !options.owns_process,
         grace_period_seconds: Some(grace_period),
         graceful_shutdown_timeout_seconds: Some(RUNTIME_EXIT_TIMEOUT_SECONDS),
         ..ServerConf::default()
@@ -220,6 +230,7 @@ impl Running {
             ProcessOptions {
                 grace_period_seconds: Some(0),
                 handle_sighup: false,
+                owns_process: false,
             },
             extra,
         );
@@ -280,6 +291,34 @@ mod tests {
             ProcessOptions::default(),
         );
         assert_eq!(server.configuration.grace_period_seconds, Some(10));
+    }
+
+    #[test]
+    fn the_binary_puts_each_proxy_thread_on_a_runtime_of_its_own_by_default() {
+        let options = ProcessOptions {
+            owns_process: true,
+            ..ProcessOptions::default()
+        };
+        let server = server_for("server: { listen: [\"127.0.0.1:1\"] }", options);
+        assert!(!server.configuration.work_stealing);
+    }
+
+    #[test]
+    fn the_binary_steals_work_when_the_config_asks() {
+        let options = ProcessOptions {
+            owns_process: true,
+            ..ProcessOptions::default()
+        };
+        let yaml = "server: { listen: [\"127.0.0.1:1\"], work_stealing: true }";
+        let server = server_for(yaml, options);
+        assert!(server.configuration.work_stealing);
+    }
+
+    #[test]
+    fn an_embedded_server_steals_work_whatever_the_config_says() {
+        let yaml = "server: { listen: [\"127.0.0.1:1\"], work_stealing: false }";
+        let server = server_for(yaml, ProcessOptions::default());
+        assert!(server.configuration.work_stealing);
     }
 
     #[test]

@@ -61,11 +61,11 @@ pub(crate) struct ServerInput {
     /// Worker threads for the proxy; defaults to the number of CPUs.
     #[serde(default)]
     pub(crate) threads: Option<usize>,
-    /// One tokio runtime shared by the threads, which steal each other's
-    /// tasks (`true`, the default), or one runtime per thread (`false`:
-    /// fewer cross-thread wake-ups, about 20 % more requests per second on
-    /// the benchmark machine).
-    #[serde(default = "default_true")]
+    /// One runtime per thread (`false`, the default: no cross-thread
+    /// wake-ups, the faster choice in BENCHMARKS.md), or one tokio runtime
+    /// whose threads steal each other's tasks (`true`: evens out a few
+    /// long-lived, busy connections).
+    #[serde(default)]
     pub(crate) work_stealing: bool,
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
@@ -101,7 +101,7 @@ impl Default for ServerInput {
             admin_token: None,
             watch: true,
             threads: None,
-            work_stealing: true,
+            work_stealing: false,
             trusted_proxies: Vec::new(),
             ipv6_prefix: default_ipv6_prefix(),
             api_key: ApiKeyInput::default(),
