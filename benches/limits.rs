@@ -12,7 +12,6 @@ mod common;
 use common::{algorithms, check};
 use futures_util::FutureExt;
 use tollgate::limit::{Check, Concurrent, Limiter, Limits, MemoryStore, MonotonicClock};
-use tollgate::metrics::Metrics;
 use tollgate::policy::OnError;
 
 const KEYS: u32 = 100_000;
@@ -56,16 +55,12 @@ fn single_thread(c: &mut Criterion) {
 }
 
 /// The call the proxy makes: one hot key through the memory front (the
-/// store's own clock, its timing metric, the answer type), not just the table.
+/// store's own clock, the answer type), not just the table.
 fn front(c: &mut Criterion) {
     let mut group = c.benchmark_group("front");
     group.throughput(Throughput::Elements(1));
     for (name, limiter) in algorithms() {
-        let limits = Limits::memory(
-            MemoryStore::new(1_000_000, None),
-            MonotonicClock::default(),
-            Metrics::new().store,
-        );
+        let limits = Limits::memory(MemoryStore::new(1_000_000, None), MonotonicClock::default());
         let hot = [check(limiter, 1)];
         group.bench_function(BenchmarkId::new("hot_key", name), |b| {
             b.iter(|| {

@@ -12,7 +12,7 @@ use crate::admission::{self, Admission, RequestHead};
 use crate::identity::KeyError;
 use crate::limit::store::redis::{redact_url, RedisTarget};
 use crate::limit::{Limits, MemoryStore, MonotonicClock};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::Outcome;
 use crate::pipeline::{self, Incoming, Unrouted};
 use crate::policy::{MissingPolicy, Mode, OnLimit};
 use crate::route::Target;
@@ -219,7 +219,6 @@ pub async fn explain(rt: &Snapshot, req: &Hypothetical) -> String {
     let scratch = Limits::memory(
         MemoryStore::new(SCRATCH_KEYS, None),
         MonotonicClock::default(),
-        Metrics::new().store,
     );
     let admission = admission::admit(rt, &head, &scratch).await;
     let mut out = describe(rt, req, &raw_target);

@@ -216,8 +216,7 @@ pub(crate) fn add_rate_limit_headers(
     };
     if style.ietf() {
         insert(header, RATELIMIT_POLICY, policy.clone());
-        let value = format!("\"{}\";r={};t={}", limit.name, decision.remaining, reset);
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Some(v) = ratelimit_value(&limit.name, decision.remaining, reset) {
             insert(header, RATELIMIT, v);
         }
     }
@@ -230,6 +229,26 @@ pub(crate) fn add_rate_limit_headers(
         );
         insert(header, X_RATELIMIT_RESET, HeaderValue::from(reset));
     }
+}
+
+/// `"name";r=remaining;t=reset`, built in one buffer of the right size: it
+/// is written on every limited response, and `format!` would grow a string
+/// through the formatting machinery.
+fn ratelimit_value(name: &str, remaining: u64, reset: u64) -> Option<HeaderValue> {
+    let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (r, t) = (r.format(remaining), t.format(reset));
+    let mut value = Vec::with_capacity(name.len() + r.len() + t.len() + 8);
+    for part in [
+        b"\"",
+        name.as_bytes(),
+        b"\";r=",
+        r.as_bytes(),
+        b";t=",
+        t.as_bytes(),
+    ] {
+        value.extend_from_slice(part);
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
 }
 
 /// 502 (or 504 for a timeout) when the upstream cannot be reached or fails.
@@ -257,6 +276,14 @@ pub(crate) fn generic_error(status: u16) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ratelimit_field_quotes_the_limit_and_gives_remaining_and_reset() {
+        let value = ratelimit_value("per-ip", 4, 60).unwrap();
+        assert_eq!(value, "\"per-ip\";r=4;t=60");
+        let value = ratelimit_value("a", u64::MAX, 0).unwrap();
+        assert_eq!(value, "\"a\";r=18446744073709551615;t=0");
+    }
 
     #[test]
     fn seconds_round_up() {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
+use pingora::upstreams::peer::HttpPeer;
 
 use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
 use crate::limit::algorithm::Setting;
@@ -230,17 +231,41 @@ pub(crate) struct Upstream {
     pub(crate) tunnel_idle_timeout: Duration,
     /// Round-robin position.
     pub(crate) next: AtomicUsize,
+    /// The Pingora peer of each server (same order), built once per
+    /// snapshot: a request clones one instead of building it.
+    pub(crate) peers: Vec<HttpPeer>,
 }
 
 impl Upstream {
+    /// Builds the peers of the servers from the upstream's settings.
+    pub(crate) fn with_peers(mut self) -> Self {
+        self.peers = self.servers.iter().map(|&s| self.peer_of(s)).collect();
+        self
+    }
+
+    fn peer_of(&self, server: SocketAddr) -> HttpPeer {
+        let mut peer = HttpPeer::new(server, self.tls, self.sni.clone());
+        let options = &mut peer.options;
+        options.connection_timeout = Some(self.connect_timeout);
+        // TCP and TLS together: a server that accepts and then stalls the
+        // TLS handshake must not hold a request for ever.
+        options.total_connection_timeout = Some(self.connect_timeout);
+        options.write_timeout = Some(self.write_timeout);
+        // Tunnels keep their own idle time (see `proxy::tunnel::pump`).
+        options.read_timeout = Some(self.read_timeout);
+        options.verify_cert = self.verify_cert;
+        options.verify_hostname = self.verify_cert;
+        peer
+    }
+
+    /// The peer at round-robin position `index`.
+    pub(crate) fn peer(&self, index: usize) -> HttpPeer {
+        self.peers[index % self.peers.len()].clone()
+    }
+
     /// Where the next request starts in round-robin order.
     pub(crate) fn round_robin_start(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The server at round-robin position `index`.
-    pub fn server(&self, index: usize) -> SocketAddr {
-        self.servers[index % self.servers.len()]
     }
 }
 

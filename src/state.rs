@@ -59,7 +59,7 @@ impl Shared {
         );
         let clock = MonotonicClock::default();
         let limits = match &snapshot.store.redis {
-            None => Limits::memory(memory, clock, metrics.store.clone()),
+            None => Limits::memory(memory, clock),
             Some(backend) => Limits::redis(
                 RedisStore::new(backend.redis.clone())?,
                 backend.breaker,

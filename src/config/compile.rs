@@ -442,18 +442,22 @@ fn compile_upstream(c: &mut Compiler<'_>, name: &str, u: &UpstreamInput) -> Opti
             "TLS to an IP address without `sni:` will fail certificate verification for most servers",
         );
     }
-    (!servers.is_empty()).then(|| Upstream {
-        name: name.to_string(),
-        servers,
-        tls: u.tls,
-        sni,
-        verify_cert: u.verify_cert,
-        host_header,
-        connect_timeout,
-        read_timeout,
-        write_timeout,
-        tunnel_idle_timeout,
-        next: Default::default(),
+    (!servers.is_empty()).then(|| {
+        Upstream {
+            name: name.to_string(),
+            servers,
+            tls: u.tls,
+            sni,
+            verify_cert: u.verify_cert,
+            host_header,
+            connect_timeout,
+            read_timeout,
+            write_timeout,
+            tunnel_idle_timeout,
+            next: Default::default(),
+            peers: Vec::new(),
+        }
+        .with_peers()
     })
 }
 

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::Histogram;
 use serde::Serialize;
 use tokio::task::AbortHandle;
 
@@ -20,12 +19,11 @@ use crate::policy::OnError;
 type RedisWithFailover = Failover<Batching<Guarded<Timed<RedisStore>>>, Timed<Arc<MemoryStore>>>;
 
 enum Front {
-    /// Called directly, not through [`Timed`]: each layer of futures would
-    /// move the decisions once more, on every request.
-    Memory {
-        memory: Arc<MemoryStore>,
-        duration: Histogram,
-    },
+    /// Called directly and not timed: a decision takes well under a
+    /// microsecond, which a latency histogram cannot tell apart, and two
+    /// clock reads per request would cost more than it (decisions are
+    /// counted per limit instead).
+    Memory { memory: Arc<MemoryStore> },
     Redis {
         store: RedisWithFailover,
         /// The store at the bottom, for lease renewals.
@@ -54,11 +52,10 @@ pub struct StoreHealth {
 impl Limits {
     /// The memory store alone. `clock` is the gateway's limiter clock: the
     /// store decides on it, and the gateway sweeps with it.
-    pub fn memory(memory: MemoryStore, clock: MonotonicClock, metrics: StoreMetrics) -> Self {
+    pub fn memory(memory: MemoryStore, clock: MonotonicClock) -> Self {
         let memory = Arc::new(memory.with_clock(clock));
         let front = Front::Memory {
             memory: memory.clone(),
-            duration: metrics.memory_duration,
         };
         Limits {
             memory,
@@ -96,12 +93,7 @@ impl Limits {
     /// when Redis cannot.
     pub async fn decide(&self, checks: &[Check<'_>], on_error: OnError) -> StoreAnswer {
         match &*self.front {
-            Front::Memory { memory, duration } => {
-                let timer = duration.start_timer();
-                let decided = memory.decide_on_clock(checks);
-                timer.observe_duration();
-                StoreAnswer::Decided(decided)
-            }
+            Front::Memory { memory } => StoreAnswer::Decided(memory.decide_on_clock(checks)),
             // Boxed: the shared store's future is kilobytes (the batching
             // state, the Redis call), and unboxed it would size this future,
             // and every future awaiting it, for the memory store too. A

@@ -170,7 +170,9 @@ pub(crate) async fn request_done(session: &mut ServerSession) {
         return;
     };
     if !session.is_body_done() {
-        let drained = tokio::time::timeout(idle, session.drain_request_body()).await;
+        // Boxed: inline, the timer and the body read would size the proxy's
+        // last hook, whose future Pingora moves on every request.
+        let drained = Box::pin(tokio::time::timeout(idle, session.drain_request_body())).await;
         if !matches!(drained, Ok(Ok(()))) {
             session.set_keepalive(None);
             return;

@@ -13,6 +13,7 @@ use http::header::{HeaderName, HOST};
 use http::HeaderValue;
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -34,6 +35,39 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_FOR_NAME: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO_NAME: &str = "x-forwarded-proto";
 const X_REAL_IP_NAME: &str = "x-real-ip";
+
+const HTTP_SCHEME: HeaderValue = HeaderValue::from_static("http");
+
+/// An address as a header value, in its canonical text form. IPv4 is written
+/// by hand: the formatting machinery costs more than the rest of the
+/// forwarding headers together.
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).unwrap_or(UNKNOWN_ADDRESS);
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    HeaderValue::from_bytes(&text[..len]).unwrap_or(UNKNOWN_ADDRESS)
+}
+
+/// Never used in practice: an address's text is always a valid value.
+const UNKNOWN_ADDRESS: HeaderValue = HeaderValue::from_static("unknown");
 
 /// Forwarding headers only a trusted proxy may set.
 const UNTRUSTED_FORWARDING_HEADERS: [HeaderName; 4] = [
@@ -73,22 +107,6 @@ impl Gateway {
     }
 }
 
-/// The peer for round-robin position `index` of an upstream.
-fn peer_for(upstream: &Upstream, index: usize) -> HttpPeer {
-    let mut peer = HttpPeer::new(upstream.server(index), upstream.tls, upstream.sni.clone());
-    let options = &mut peer.options;
-    options.connection_timeout = Some(upstream.connect_timeout);
-    // TCP and TLS together: a server that accepts and then stalls the TLS
-    // handshake must not hold a request for ever.
-    options.total_connection_timeout = Some(upstream.connect_timeout);
-    options.write_timeout = Some(upstream.write_timeout);
-    // Tunnels keep their own idle time (see `tunnel::pump`).
-    options.read_timeout = Some(upstream.read_timeout);
-    options.verify_cert = upstream.verify_cert;
-    options.verify_hostname = upstream.verify_cert;
-    peer
-}
-
 /// Rewrites a request for the upstream: the normalized target, `Host`, and
 /// the forwarding headers.
 fn prepare_upstream_request(
@@ -104,7 +122,7 @@ fn prepare_upstream_request(
         request.insert_header(HOST, host)?;
     }
     let peer = peer.to_canonical();
-    let peer_text = peer.to_string();
+    let peer_text = ip_header_value(peer);
     // A trusted proxy's chain is extended; anyone else's is replaced, and
     // their other forwarding headers dropped, so the upstream never sees
     // a chain a client made up.
@@ -120,16 +138,17 @@ fn prepare_upstream_request(
         for name in UNTRUSTED_FORWARDING_HEADERS {
             request.remove_header(&name);
         }
-        request.insert_header(X_FORWARDED_FOR_NAME, peer_text.as_str())?;
+        request.insert_header(X_FORWARDED_FOR_NAME, peer_text.clone())?;
     }
     if !(admitted.peer_trusted && request.headers.contains_key(X_FORWARDED_PROTO)) {
-        request.insert_header(X_FORWARDED_PROTO_NAME, "http")?;
+        request.insert_header(X_FORWARDED_PROTO_NAME, HTTP_SCHEME)?;
     }
-    if admitted.client_ip == peer {
-        request.insert_header(X_REAL_IP_NAME, peer_text)?;
+    let real_ip = if admitted.client_ip == peer {
+        peer_text
     } else {
-        request.insert_header(X_REAL_IP_NAME, admitted.client_ip.to_string())?;
-    }
+        ip_header_value(admitted.client_ip)
+    };
+    request.insert_header(X_REAL_IP_NAME, real_ip)?;
     if let Some(host) = host_header {
         request.insert_header(HOST, host.clone())?;
     }
@@ -288,7 +307,7 @@ impl Gateway {
         let first = upstream.round_robin_start();
         let mut failure = TunnelError::Connect("the upstream has no servers".into());
         for attempt in 0..upstream.servers.len() {
-            let peer = peer_for(upstream, first + attempt);
+            let peer = upstream.peer(first + attempt);
             let attempt = tunnel::handshake(
                 &self.connector,
                 &peer,
@@ -366,6 +385,11 @@ impl ProxyHttp for Gateway {
         RequestCtx::default()
     }
 
+    /// None: Pingora's default installs a response-compression module that
+    /// it leaves switched off, and every request would still build and call
+    /// it. The gateway passes bodies through as the upstream sent them.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     async fn early_request_filter(
         &self,
         session: &mut Session,
@@ -393,7 +417,7 @@ impl ProxyHttp for Gateway {
                 self.count(&rt, refusal.rule, refusal.outcome);
                 ctx.rule = refusal.rule;
                 ctx.snapshot = Some(rt);
-                write_reply(session, refusal.reply).await?;
+                Box::pin(write_reply(session, refusal.reply)).await?;
                 return Ok(true);
             }
             Admission::Forward(admitted) => admitted,
@@ -403,12 +427,15 @@ impl ProxyHttp for Gateway {
         ctx.rule = Some(admitted.rule);
         ctx.admitted = Some(admitted);
         ctx.snapshot = Some(rt);
+        // The rare paths' futures are boxed: Pingora moves this hook's whole
+        // future into a box on every request, so whatever it holds inline
+        // (a timer, a tunnel's state) is copied for every request.
         if !delay.is_zero() {
             // Shaping: the request waits its turn, holding no worker thread.
-            tokio::time::sleep(delay).await;
+            Box::pin(tokio::time::sleep(delay)).await;
         }
         if wants_websocket(session) {
-            self.tunnel(session, ctx).await?;
+            Box::pin(self.tunnel(session, ctx)).await?;
             return Ok(true);
         }
         Ok(false)
@@ -427,7 +454,7 @@ impl ProxyHttp for Gateway {
             .unwrap_or_else(|| upstream.round_robin_start());
         // WebSocket upgrades never get here (they are tunnelled); other
         // upgrade offers are stripped and proxied as plain requests.
-        let peer = peer_for(upstream, first + ctx.connect_failures);
+        let peer = upstream.peer(first + ctx.connect_failures);
         ctx.first_server = Some(first);
         ctx.upstream_started.get_or_insert_with(Instant::now);
         Ok(Box::new(peer))
@@ -601,5 +628,28 @@ fn failure_status(e: &Error) -> u16 {
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn an_ipv4_header_value_is_the_address_as_displayed(octets: [u8; 4]) {
+            let ip = IpAddr::V4(Ipv4Addr::from(octets));
+            prop_assert_eq!(ip_header_value(ip), ip.to_string());
+        }
+
+        #[test]
+        fn an_ipv6_header_value_is_the_address_as_displayed(segments: [u16; 8]) {
+            let ip = IpAddr::V6(Ipv6Addr::from(segments));
+            prop_assert_eq!(ip_header_value(ip), ip.to_string());
+        }
     }
 }
