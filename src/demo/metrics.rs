@@ -76,8 +76,8 @@ impl DemoMetrics {
         ClientGuard(self.clients.clone())
     }
 
-    pub(crate) fn sent(&self) {
-        self.sent.inc();
+    pub(crate) fn sent(&self, messages: u64) {
+        self.sent.inc_by(messages);
     }
 
     pub(crate) fn dropped(&self, messages: u64) {

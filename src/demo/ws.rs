@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
+use futures_util::SinkExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -31,16 +32,28 @@ pub(crate) async fn upgrade(
     Query(filter): Query<Filter>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // The read buffer too is sized for those: tungstenite zero-fills it
+    // whenever the socket is polled, which here is after every batch sent.
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| serve(demo, socket, filter.id))
 }
 
 async fn send(socket: &mut WebSocket, message: Message) -> bool {
-    matches!(
-        tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await,
-        Ok(Ok(()))
-    )
+    send_all(socket, [message]).await
+}
+
+/// Sends `messages` and flushes once: a batch of events is one write to the
+/// socket, not one per event.
+async fn send_all(socket: &mut WebSocket, messages: impl IntoIterator<Item = Message>) -> bool {
+    let sent = async {
+        for message in messages {
+            socket.feed(message).await?;
+        }
+        socket.flush().await
+    };
+    matches!(tokio::time::timeout(SEND_TIMEOUT, sent).await, Ok(Ok(())))
 }
 
 async fn serve(demo: Arc<Demo>, mut socket: WebSocket, only: Option<String>) {
@@ -52,18 +65,16 @@ async fn serve(demo: Arc<Demo>, mut socket: WebSocket, only: Option<String>) {
     loop {
         tokio::select! {
             (events, dropped) = subscription.next() => {
+                let mut messages = Vec::with_capacity(events.len() + 1);
                 if dropped > 0 {
                     let notice = format!(r#"{{"type":"lagged","dropped":{dropped}}}"#);
-                    if !send(&mut socket, Message::Text(notice.into())).await {
-                        return;
-                    }
+                    messages.push(Message::Text(notice.into()));
                 }
-                for event in events {
-                    if !send(&mut socket, Message::Text(event.json.clone())).await {
-                        return;
-                    }
-                    demo.metrics.sent();
+                messages.extend(events.iter().map(|event| Message::Text(event.json.clone())));
+                if !send_all(&mut socket, messages).await {
+                    return;
                 }
+                demo.metrics.sent(events.len() as u64);
             }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
