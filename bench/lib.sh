@@ -39,10 +39,11 @@ scratch() {
 
 # ARGS for gateway binary $1 to listen on port $2 with config file $3 and
 # ORIGIN as its upstream: tollgate's `run -c`, or a pingora_baseline* build's
-# listen/upstream/threads.
+# listen/upstream/threads/runtimes (BASELINE_RUNTIMES: `steal`, Pingora's
+# default, or `no-steal`, tollgate's).
 gateway_args() {
   case "$(basename "$1")" in
-    pingora_baseline*) ARGS=("127.0.0.1:$2" "127.0.0.1:$ORIGIN" 1) ;;
+    pingora_baseline*) ARGS=("127.0.0.1:$2" "127.0.0.1:$ORIGIN" 1 "${BASELINE_RUNTIMES:-steal}") ;;
     *) ARGS=(run -c "$3") ;;
   esac
 }
