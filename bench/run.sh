@@ -8,7 +8,13 @@
 #   nginx                  nginx proxy_pass with keepalive to the origin: the baseline proxy
 #   nginx+limit_req        ... with limit_req keyed by $binary_remote_addr, admitting everything
 #   nginx+limit_req/deny   ... with a limit that denies almost everything (429)
-#   pingora                a bare Pingora ProxyHttp (examples/pingora_baseline.rs), same profile
+#   pingora                a bare Pingora ProxyHttp (examples/pingora_baseline.rs), same profile,
+#                          with Pingora's default work-stealing runtime
+#   pingora/no-steal       the same with work_stealing off, tollgate's default runtime flavour
+#   pingap                 Pingap 0.13.1 (a Pingora-based gateway), threads = workers, its default
+#                          work stealing, no access log, upstream keepalive pool 128
+#   pingap+limit           ... with its `limit` plugin (type rate, tag ip), admitting everything
+#   pingap+limit/deny      ... with a limit of 10/s per ip that denies almost everything (429)
 #   tollgate               no limits
 #   tollgate+limit         one memory limit per request, admitting everything
 #   tollgate+limit/deny    one memory limit that denies almost everything (429)
@@ -17,9 +23,15 @@
 #   ws direct / ws tollgate / ws tollgate+limit   WebSocket echo round trips per second
 # Rounds are interleaved (A B C ... A B C ...); the table shows medians, min-max and ratios.
 # Latency (p50/p99) comes from wrk --latency (closed loop) and, when `oha` is installed
-# (`cargo install oha`), from oha at a fixed rate with latency correction (open loop).
+# (`cargo install oha --locked`), from oha at a fixed rate (RATE, default 4000 req/s) with
+# latency correction (open loop: p50/p99/p99.9, rounds interleaved too) for nginx+limit_req,
+# pingora, pingap+limit and tollgate+limit.
+# The pingap rows need `pingap` on PATH (apt-get install protobuf-compiler &&
+# cargo install pingap@0.13.1 --locked, ~15 min); without it they are skipped.
+# BUILD=0 uses target/release as it is instead of running cargo build first.
 #
-# Loopback only, bounded (rounds x variants x seconds), and it stops everything it starts.
+# Loopback only, bounded (rounds x variants x seconds), and it stops everything it starts
+# (SIGINT, which stops Pingora, Pingap, tollgate, nginx and Redis at once; SIGKILL after 10 s).
 # Needs nginx, redis-server, wrk (apt-get install nginx redis-server wrk).
 set -euo pipefail
 ROUNDS=${1:-3}
@@ -32,20 +44,41 @@ for tool in nginx redis-server wrk python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx redis-server wrk" >&2; exit 1; }
 done
 HAVE_OHA=0; command -v oha >/dev/null && HAVE_OHA=1
-[ "$HAVE_OHA" = 1 ] || echo "oha is not installed (cargo install oha): the open-loop rows are skipped" >&2
-(cd "$HERE" && cargo build --release --quiet --bin tollgate --example ws_bench --example pingora_baseline)
+[ "$HAVE_OHA" = 1 ] || echo "oha is not installed (cargo install oha --locked): the open-loop rows are skipped" >&2
+HAVE_PINGAP=0; command -v pingap >/dev/null && HAVE_PINGAP=1
+[ "$HAVE_PINGAP" = 1 ] || echo "pingap is not installed (apt-get install protobuf-compiler && cargo install pingap@0.13.1 --locked, ~15 min): the pingap rows are skipped" >&2
+if [ "${BUILD:-1}" != 0 ]; then
+  (cd "$HERE" && cargo build --release --quiet --bin tollgate --example ws_bench --example pingora_baseline)
+fi
 BIN="$HERE/target/release/tollgate"
 WSBENCH="$HERE/target/release/examples/ws_bench"
 BASELINE="$HERE/target/release/examples/pingora_baseline"
+for bin in "$BIN" "$BASELINE"; do
+  [ -x "$bin" ] || { echo "missing $bin: cargo build --release --bin tollgate --example pingora_baseline" >&2; exit 1; }
+done
+HAVE_WS=0; [ -x "$WSBENCH" ] && HAVE_WS=1
+[ "$HAVE_WS" = 1 ] || echo "missing $WSBENCH (cargo build --release --example ws_bench): the ws rows are skipped" >&2
 
 WORK=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
 PIDS=()
+# SIGINT: Pingora, Pingap and tollgate stop at once on it (SIGTERM would hold them
+# through their grace period), nginx and Redis too. Whatever still runs after
+# 10 s gets SIGKILL, so that nothing outlives the script.
+running() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [ "${s:0:1}" != Z ]; }
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  trap - INT TERM
+  local p left
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  for _ in $(seq 1 100); do
+    left=0; for p in "${PIDS[@]}"; do running "$p" && left=1; done
+    [ "$left" = 0 ] && break; sleep 0.1
+  done
+  for p in "${PIDS[@]}"; do running "$p" && kill -KILL "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 . "$HERE/bench/lib.sh"
 start() { "$@" >/dev/null 2>&1 & PIDS+=($!); }
@@ -53,8 +86,8 @@ start() { "$@" >/dev/null 2>&1 & PIDS+=($!); }
 ORIGIN=$(free_port); REDIS=$(free_port); WSECHO=$(free_port)
 start_origin "$ORIGIN"
 start redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK"
-start "$WSBENCH" serve "127.0.0.1:$WSECHO"
-wait_port "$ORIGIN"; wait_port "$REDIS"; wait_port "$WSECHO"
+[ "$HAVE_WS" = 1 ] && start "$WSBENCH" serve "127.0.0.1:$WSECHO"
+wait_port "$ORIGIN"; wait_port "$REDIS"; [ "$HAVE_WS" = 0 ] || wait_port "$WSECHO"
 
 declare -A PORT
 for W in $WORKERS; do
@@ -82,9 +115,68 @@ http {
 }
 NGINX
   start nginx -c "$WORK/nginx$W.conf" -p "$WORK"
-  P=$(free_port); PORT[pingora$W]=$P
-  start "$BASELINE" "127.0.0.1:$P" "127.0.0.1:$ORIGIN" "$W"
-  wait_port "$P"
+  for steal in steal no-steal; do
+    P=$(free_port); PORT[pingora$W$steal]=$P
+    start "$BASELINE" "127.0.0.1:$P" "127.0.0.1:$ORIGIN" "$W" "$steal"
+    wait_port "$P"
+  done
+  if [ "$HAVE_PINGAP" = 1 ]; then
+    # Pingap's defaults but for what the other proxies do too: no access log
+    # (none unless set), threads = workers, keepalive pool of 128 to the origin.
+    # Its limit plugin counts per ip over a sliding window of `interval` and
+    # answers 429 past `max` per second. Short grace periods for SIGTERM; the
+    # cleanup sends SIGINT anyway. No daemon (no -d), no autorestart.
+    P=$(free_port); PORT[pingap$W]=$P
+    cat > "$WORK/pingap$W.toml" <<TOML
+[basic]
+name = "bench$W"
+pid_file = "$WORK/pingap$W.pid"
+upgrade_sock = "$WORK/pingap$W.sock"
+threads = $W
+grace_period = "1s"
+graceful_shutdown_timeout = "1s"
+upstream_keepalive_pool_size = 128
+log_level = "error"
+
+[upstreams.origin]
+addrs = ["127.0.0.1:$ORIGIN"]
+
+[plugins.limitAll]
+category = "limit"
+type = "rate"
+tag = "ip"
+max = 100000000
+interval = "1s"
+
+[plugins.limitFew]
+category = "limit"
+type = "rate"
+tag = "ip"
+max = 10
+interval = "1s"
+
+[locations.open]
+upstream = "origin"
+path = "/open"
+
+[locations.all]
+upstream = "origin"
+path = "/all"
+plugins = ["limitAll"]
+
+[locations.few]
+upstream = "origin"
+path = "/few"
+plugins = ["limitFew"]
+
+[servers.bench]
+addr = "127.0.0.1:$P"
+locations = ["open", "all", "few"]
+threads = $W
+TOML
+    start env RUST_LOG=error PINGAP_DISABLE_ACME=1 pingap -c "$WORK/pingap$W.toml"
+    wait_port "$P"
+  fi
   for store in memory redis; do
     P=$(free_port); A=$(free_port); PORT[tollgate$W$store]=$P
     if [ "$store" = redis ]; then
@@ -135,15 +227,23 @@ variants() { # name kind url, per worker count
   echo "nginx http http://127.0.0.1:${PORT[nginx$W]}/open"
   echo "nginx+limit_req http http://127.0.0.1:${PORT[nginx$W]}/all"
   echo "nginx+limit_req/deny http http://127.0.0.1:${PORT[nginx$W]}/few"
-  echo "pingora http http://127.0.0.1:${PORT[pingora$W]}/open"
+  echo "pingora http http://127.0.0.1:${PORT[pingora${W}steal]}/open"
+  echo "pingora/no-steal http http://127.0.0.1:${PORT[pingora${W}no-steal]}/open"
+  if [ "$HAVE_PINGAP" = 1 ]; then
+    echo "pingap http http://127.0.0.1:${PORT[pingap$W]}/open"
+    echo "pingap+limit http http://127.0.0.1:${PORT[pingap$W]}/all"
+    echo "pingap+limit/deny http http://127.0.0.1:${PORT[pingap$W]}/few"
+  fi
   echo "tollgate http http://127.0.0.1:${PORT[tollgate${W}memory]}/open"
   echo "tollgate+limit http http://127.0.0.1:${PORT[tollgate${W}memory]}/all"
   echo "tollgate+limit/deny http http://127.0.0.1:${PORT[tollgate${W}memory]}/few"
   echo "tollgate+redis http http://127.0.0.1:${PORT[tollgate${W}redis]}/all"
   echo "tollgate+redis/batched http http://127.0.0.1:${PORT[tollgate${W}redis]}/batched"
-  echo "ws_direct ws ws://127.0.0.1:$WSECHO/ws/open"
-  echo "ws_tollgate ws ws://127.0.0.1:${PORT[tollgate${W}memory]}/ws/open"
-  echo "ws_tollgate+limit ws ws://127.0.0.1:${PORT[tollgate${W}memory]}/ws/limited"
+  if [ "$HAVE_WS" = 1 ]; then
+    echo "ws_direct ws ws://127.0.0.1:$WSECHO/ws/open"
+    echo "ws_tollgate ws ws://127.0.0.1:${PORT[tollgate${W}memory]}/ws/open"
+    echo "ws_tollgate+limit ws ws://127.0.0.1:${PORT[tollgate${W}memory]}/ws/limited"
+  fi
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
@@ -165,19 +265,39 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 if [ "$HAVE_OHA" = 1 ]; then
-  # Open loop at a fixed rate both proxies sustain: latency without the
-  # coordinated omission of a closed loop.
+  # Open loop at a fixed rate every proxy sustains: latency without the
+  # coordinated omission of a closed loop. Rounds interleaved as above.
   RATE=${RATE:-4000}
-  for W in $WORKERS; do
-    for pair in "nginx+limit_req http://127.0.0.1:${PORT[nginx$W]}/all" "tollgate+limit http://127.0.0.1:${PORT[tollgate${W}memory]}/all"; do
-      set -- $pair
-      oha -z "${DURATION}s" -q "$RATE" -c "$CONNECTIONS" --latency-correction --no-tui --output-format json "$2" \
-        | python3 -c 'import json,sys; d=json.load(sys.stdin)["latencyPercentiles"]; print(sys.argv[1], sys.argv[2], d["p50"]*1000, d["p99"]*1000)' "$1" "$W" >> "$WORK/oha.txt"
+  open_loop() { # name url, per worker count
+    local W=$1
+    echo "nginx+limit_req http://127.0.0.1:${PORT[nginx$W]}/all"
+    echo "pingora http://127.0.0.1:${PORT[pingora${W}steal]}/open"
+    [ "$HAVE_PINGAP" = 1 ] && echo "pingap+limit http://127.0.0.1:${PORT[pingap$W]}/all"
+    echo "tollgate+limit http://127.0.0.1:${PORT[tollgate${W}memory]}/all"
+  }
+  for round in $(seq 1 "$ROUNDS"); do
+    for W in $WORKERS; do
+      while read -r name url; do
+        # prints "name workers p50_ms p99_ms p99.9_ms non-2xx"
+        oha -z "${DURATION}s" -q "$RATE" -c "$CONNECTIONS" --latency-correction --no-tui --output-format json "$url" \
+          | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+p = d["latencyPercentiles"]
+codes = {c: n for c, n in d.get("statusCodeDistribution", {}).items() if not c.startswith("2")}
+# requests still in flight when -z ends are "aborted due to deadline": not failures
+errors = {e: n for e, n in d.get("errorDistribution", {}).items() if "deadline" not in e}
+bad = sum(codes.values()) + sum(errors.values())
+if bad:
+    print(f"oha {sys.argv[1]} ({sys.argv[2]} workers): non-2xx {codes}, errors {errors}", file=sys.stderr)
+print(sys.argv[1], sys.argv[2], p["p50"] * 1000, p["p99"] * 1000, p["p99.9"] * 1000, bad)' "$name" "$W" >> "$WORK/oha.txt"
+      done < <(open_loop "$W")
     done
+    echo "open-loop round $round of $ROUNDS done" >&2
   done
 fi
 
-python3 - "$RESULTS" "$WORK/oha.txt" <<'PY'
+python3 - "$RESULTS" "$WORK/oha.txt" "${RATE:-4000}" <<'PY'
 import collections, os, statistics, sys
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
@@ -186,6 +306,8 @@ for line in open(sys.argv[1]):
 def med(key, i=0):
     v = [r[i] for r in rows.get(key, [])]
     return statistics.median(v) if v else float("nan")
+def have(name):
+    return any((name, w) in rows for w in workers)
 def span(key):
     v = [r[0] for r in rows.get(key, [])]
     return f"{min(v):.0f}-{max(v):.0f}" if v else "-"
@@ -206,6 +328,10 @@ print("| --- |" + " ---: |" * len(workers))
 ratios = [
     ("tollgate / nginx (no limits)", "tollgate", "nginx"),
     ("tollgate+limit / pingora (what tollgate adds to Pingora)", "tollgate+limit", "pingora"),
+    ("tollgate+limit / pingora/no-steal (same runtime flavour)", "tollgate+limit", "pingora/no-steal"),
+    ("pingora/no-steal / pingora (the runtime flavour alone)", "pingora/no-steal", "pingora"),
+    ("tollgate+limit / pingap+limit", "tollgate+limit", "pingap+limit"),
+    ("pingap+limit / pingora (what Pingap adds to Pingora)", "pingap+limit", "pingora"),
     ("pingora / nginx", "pingora", "nginx"),
     ("tollgate+limit / nginx+limit_req", "tollgate+limit", "nginx+limit_req"),
     ("tollgate+limit/deny / nginx+limit_req/deny", "tollgate+limit/deny", "nginx+limit_req/deny"),
@@ -218,6 +344,8 @@ ratios = [
     ("ws message limit on / off", "ws_tollgate+limit", "ws_tollgate"),
 ]
 for label, a, b in ratios:
+    if not (have(a) and have(b)):
+        continue  # e.g. pingap not installed
     cells = []
     for w in workers:
         cells.append(f"{med((a, w)) / med((b, w)):.2f}")
@@ -227,10 +355,28 @@ for w in workers:
     p99.append(f"{med(('tollgate+limit', w), 2):.2f} vs {med(('nginx+limit_req', w), 2):.2f}")
 print(f"| p99 ms, tollgate+limit vs nginx+limit_req (wrk) | " + " | ".join(p99) + " |")
 if os.path.exists(sys.argv[2]):
-    print()
-    print("| open loop (oha, latency-corrected) | workers | p50 ms | p99 ms |")
-    print("| --- | ---: | ---: | ---: |")
+    rate = sys.argv[3]
+    oha = collections.defaultdict(list)
     for line in open(sys.argv[2]):
-        name, w, p50, p99 = line.split()
-        print(f"| {name} | {w} | {float(p50):.2f} | {float(p99):.2f} |")
+        name, w, p50, p99, p999, bad = line.split()
+        oha[(name, int(w))].append((float(p50), float(p99), float(p999), int(bad)))
+    def omed(key, i):
+        v = [r[i] for r in oha.get(key, [])]
+        return statistics.median(v) if v else float("nan")
+    print()
+    print(f"| open loop (oha -q {rate}, latency-corrected; medians) | workers | p50 ms | p99 ms | p99.9 ms | p99 min-max | non-2xx or errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for w in sorted({w for _, w in oha}):
+        for n in dict.fromkeys(n for n, _ in oha):
+            k = (n, w)
+            if k not in oha: continue
+            p99s = [r[1] for r in oha[k]]
+            print(f"| {n} | {w} | {omed(k,0):.2f} | {omed(k,1):.2f} | {omed(k,2):.2f} | {min(p99s):.2f}-{max(p99s):.2f} | {sum(r[3] for r in oha[k])} |")
+    ows = sorted({w for _, w in oha})
+    print()
+    print("| open-loop ratio | " + " | ".join(f"{w} worker{'s' if w > 1 else ''}" for w in ows) + " |")
+    print("| --- |" + " ---: |" * len(ows))
+    for label, i in (("p99, tollgate+limit / nginx+limit_req", 1), ("p99.9, tollgate+limit / nginx+limit_req", 2)):
+        cells = [f"{omed(('tollgate+limit', w), i) / omed(('nginx+limit_req', w), i):.2f}" for w in ows]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 PY
