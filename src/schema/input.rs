@@ -61,11 +61,10 @@ pub(crate) struct ServerInput {
     /// Worker threads for the proxy; defaults to the number of CPUs.
     #[serde(default)]
     pub(crate) threads: Option<usize>,
-    /// One runtime per thread (`false`, the default: no cross-thread
-    /// wake-ups, the faster choice in BENCHMARKS.md), or one tokio runtime
-    /// whose threads steal each other's tasks (`true`: evens out a few
-    /// long-lived, busy connections).
-    #[serde(default)]
+    /// One tokio runtime whose threads steal each other's tasks (`true`,
+    /// the default), or one runtime per thread (`false`: faster on one
+    /// benchmark machine, slower on another; BENCHMARKS.md has both).
+    #[serde(default = "default_true")]
     pub(crate) work_stealing: bool,
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
@@ -101,7 +100,7 @@ impl Default for ServerInput {
             admin_token: None,
             watch: true,
             threads: None,
-            work_stealing: false,
+            work_stealing: true,
             trusted_proxies: Vec::new(),
             ipv6_prefix: default_ipv6_prefix(),
             api_key: ApiKeyInput::default(),
