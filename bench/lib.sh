@@ -29,12 +29,29 @@ require() {
   done
 }
 
-# A scratch WORK directory and a PIDS list: on exit the processes get SIGINT
-# (Pingora stops at once on it) and the directory goes.
+# A scratch WORK directory and a PIDS list. On exit (or Ctrl-C, SIGTERM) every
+# process in PIDS gets SIGINT (Pingora, Pingap and tollgate stop at once on it;
+# SIGTERM would hold them through their grace period; nginx and Redis stop
+# too), whatever still runs after 10 s gets SIGKILL, and the directory goes:
+# nothing outlives the script.
 scratch() {
   WORK=$(mktemp -d "/tmp/tollgate-$1.XXXXXX")
   PIDS=()
-  trap 'for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+  trap stop_all EXIT
+  trap 'exit 130' INT TERM
+}
+running() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [ "${s:0:1}" != Z ]; }
+stop_all() {
+  trap - INT TERM
+  local p left
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  for _ in $(seq 1 100); do
+    left=0; for p in "${PIDS[@]}"; do running "$p" && left=1; done
+    [ "$left" = 0 ] && break; sleep 0.1
+  done
+  for p in "${PIDS[@]}"; do running "$p" && kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
 }
 
 # ARGS for gateway binary $1 to listen on port $2 with config file $3 and

@@ -59,28 +59,8 @@ done
 HAVE_WS=0; [ -x "$WSBENCH" ] && HAVE_WS=1
 [ "$HAVE_WS" = 1 ] || echo "missing $WSBENCH (cargo build --release --example ws_bench): the ws rows are skipped" >&2
 
-WORK=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
-PIDS=()
-# SIGINT: Pingora, Pingap and tollgate stop at once on it (SIGTERM would hold them
-# through their grace period), nginx and Redis too. Whatever still runs after
-# 10 s gets SIGKILL, so that nothing outlives the script.
-running() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [ "${s:0:1}" != Z ]; }
-cleanup() {
-  trap - INT TERM
-  local p left
-  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  for _ in $(seq 1 100); do
-    left=0; for p in "${PIDS[@]}"; do running "$p" && left=1; done
-    [ "$left" = 0 ] && break; sleep 0.1
-  done
-  for p in "${PIDS[@]}"; do running "$p" && kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 . "$HERE/bench/lib.sh"
+scratch bench
 start() { "$@" >/dev/null 2>&1 & PIDS+=($!); }
 
 ORIGIN=$(free_port); REDIS=$(free_port); WSECHO=$(free_port)
