@@ -12,7 +12,8 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
-use crate::identity::{ClientKey, KeyError, RequestFacts};
+use crate::consumer::{Consumers, Unknown, Who};
+use crate::identity::{self, ClientKey, KeyError, KeyPart, RequestFacts};
 use crate::limit::{Decision, Decisions, HeldPermits, Limits, StoreAnswer, MAX_CHECKS};
 use crate::metrics::Outcome;
 use crate::pipeline::{self, Incoming, Plan, Routed, Unrouted};
@@ -79,6 +80,12 @@ pub(crate) struct Admitted {
     pub(crate) client_ip: IpAddr,
     /// The peer is a trusted proxy: its forwarding headers are kept.
     pub(crate) peer_trusted: bool,
+    /// The consumer's plan (index in the snapshot), on a rule that needs to
+    /// know the consumer: the request's limits are `rule.limits_for(plan)`.
+    pub(crate) plan: Option<usize>,
+    /// The consumer (index in the snapshot's key table); `None` for an
+    /// anonymous request.
+    pub(crate) consumer: Option<usize>,
 }
 
 impl Admitted {
@@ -124,7 +131,20 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
     let index = routed.rule;
     let rule = rt.rule(index);
     let client_ip = pipeline::client_ip(rt, &incoming);
-    let facts = pipeline::facts(rt, &incoming, client_ip);
+    let mut facts = pipeline::facts(rt, &incoming, client_ip);
+    let who = match rt.consumers.as_ref().filter(|_| rule.needs_consumer) {
+        Some(consumers) => match identify(consumers, &facts) {
+            Ok(who) => Some(who),
+            Err(why) => {
+                let (outcome, reply) = refuse_unidentified(rule, why);
+                return refuse(Some(index), outcome, reply);
+            }
+        },
+        None => None,
+    };
+    facts.consumer = who.and_then(|w| w.id());
+    let plan = who.map(|w| w.plan());
+    let limits_of_request = rule.limits_for(plan);
     let mut message_key = None;
     // The message limit's key is checked before the request's limits spend
     // anything, so a refused upgrade costs nothing.
@@ -151,15 +171,23 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
         forward_host: None,
         client_ip,
         peer_trusted: rt.server.trusted_proxies.contains(head.peer.to_canonical()),
+        plan,
+        consumer: who.and_then(|w| w.index()),
     };
-    admitted.outcome = match pipeline::plan(rule, &facts) {
+    let exempt_by_plan = rule.plan_limits.is_some() && plan.is_some_and(|p| rt.plans[p].exempt);
+    let planned = if exempt_by_plan {
+        Plan::Exempt
+    } else {
+        pipeline::plan(rule, limits_of_request, &facts)
+    };
+    admitted.outcome = match planned {
         Plan::Exempt => Outcome::Exempt,
         Plan::BadCost { limit } => {
-            let reply = respond::bad_cost(rule, &rule.limits[limit]);
+            let reply = respond::bad_cost(rule, &limits_of_request[limit]);
             return refuse(Some(index), Outcome::BadRequest, reply);
         }
         Plan::Refuse { limit, error } => {
-            let (outcome, reply) = refuse_key(rule, &rule.limits[limit], error);
+            let (outcome, reply) = refuse_key(rule, &limits_of_request[limit], error);
             return refuse(Some(index), outcome, reply);
         }
         Plan::Decide {
@@ -191,15 +219,16 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
             let decided: ArrayVec<(usize, Decision), MAX_CHECKS> =
                 indices.into_iter().zip(decisions).collect();
             for (i, d) in &decided {
-                rule.limits[*i].record(d);
+                limits_of_request[*i].record(d);
             }
-            let judgement = pipeline::judge(rule, &decided, shadow_refusal);
+            let judgement = pipeline::judge(limits_of_request, &decided, shadow_refusal);
             if let (true, Some((i, decision))) = (judgement.denied(), judgement.headline) {
-                let reply = respond::limited(rule, &rule.limits[i], &decision);
+                let plan_name = plan.map(|p| rt.plans[p].name.as_str());
+                let reply = respond::limited(rule, &limits_of_request[i], &decision, plan_name);
                 return refuse(Some(index), Outcome::Limited, reply);
             }
             admitted.headline = judgement.headline;
-            admitted.delay = pipeline::shaping_delay(rule, &decided);
+            admitted.delay = pipeline::shaping_delay(limits_of_request, &decided);
             if !permits.is_empty() {
                 admitted.permits = Some(limits.hold(permits));
             }
@@ -291,6 +320,44 @@ fn websocket_message_key<'r>(
     }
 }
 
+/// Why a request that needs a consumer has none.
+enum Unidentified {
+    /// Two API keys that differ.
+    Conflicting(KeyPart),
+    Nobody(Unknown),
+}
+
+/// Who the request's API key names.
+fn identify<'c>(
+    consumers: &'c Consumers,
+    facts: &RequestFacts<'_>,
+) -> Result<Who<'c>, Unidentified> {
+    let key = identity::request_api_key(facts).map_err(|error| match error {
+        KeyError::Conflicting(part) | KeyError::Missing(part) => Unidentified::Conflicting(part),
+    })?;
+    consumers
+        .resolve(key.as_deref())
+        .map_err(Unidentified::Nobody)
+}
+
+/// The answer to a request whose consumer cannot be told: 401 without a known
+/// key, 400 for two keys that differ.
+fn refuse_unidentified(rule: &Rule, why: Unidentified) -> (Outcome, Reply) {
+    match why {
+        Unidentified::Conflicting(part) => (
+            Outcome::BadRequest,
+            respond::conflicting_key(rule, None, &part),
+        ),
+        Unidentified::Nobody(unknown) => {
+            let outcome = match unknown {
+                Unknown::MissingKey => Outcome::MissingKey,
+                Unknown::UnknownKey => Outcome::UnknownKey,
+            };
+            (outcome, respond::unknown_consumer(rule, unknown))
+        }
+    }
+}
+
 /// The answer to a request a limit cannot take its key from.
 fn refuse_key(rule: &Rule, limit: &RuleLimit, error: KeyError) -> (Outcome, Reply) {
     match error {
@@ -300,7 +367,7 @@ fn refuse_key(rule: &Rule, limit: &RuleLimit, error: KeyError) -> (Outcome, Repl
         ),
         KeyError::Conflicting(part) => (
             Outcome::BadRequest,
-            respond::conflicting_key(rule, limit, &part),
+            respond::conflicting_key(rule, Some(limit), &part),
         ),
     }
 }

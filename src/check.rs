@@ -9,7 +9,8 @@ use http::header::{HeaderName, HOST};
 use http::{HeaderMap, HeaderValue, Method};
 
 use crate::admission::{self, Admission, RequestHead};
-use crate::identity::KeyError;
+use crate::consumer::Unknown;
+use crate::identity::{self, KeyError};
 use crate::limit::store::redis::{redact_url, RedisTarget};
 use crate::limit::{Limits, MemoryStore, MonotonicClock};
 use crate::metrics::Outcome;
@@ -70,6 +71,9 @@ pub fn summary(rt: &Snapshot) -> String {
         );
         if let Some(on_error) = rule.on_error {
             let _ = writeln!(out, "       on_error {}", on_error.label());
+        }
+        if rule.plan_limits.is_some() {
+            let _ = writeln!(out, "       plan  the consumer's plan limits apply too");
         }
         for limit in &rule.limits {
             let _ = writeln!(
@@ -285,16 +289,49 @@ fn describe(rt: &Snapshot, req: &Hypothetical, raw_target: &[u8]) -> String {
             " (from X-Forwarded-For via a trusted proxy)"
         }
     );
-    let facts = pipeline::facts(rt, &incoming, client_ip);
+    let mut facts = pipeline::facts(rt, &incoming, client_ip);
+    let mut plan = None;
+    if let Some(consumers) = rt.consumers.as_ref().filter(|_| rule.needs_consumer) {
+        let key = identity::request_api_key(&facts);
+        let who = key.as_ref().ok().map(|k| consumers.resolve(k.as_deref()));
+        let line = match who {
+            Some(Ok(who)) => {
+                plan = Some(who.plan());
+                let plan_name = &rt.plans[who.plan()].name;
+                match who.id() {
+                    Some(id) => format!("{id} (plan {plan_name})"),
+                    None => format!("anonymous: no API key (plan {plan_name})"),
+                }
+            }
+            Some(Err(Unknown::MissingKey)) => "none: no API key, and no plan for that".into(),
+            Some(Err(Unknown::UnknownKey)) => "none: the API key is not known".into(),
+            None => "none: two different API keys".into(),
+        };
+        let _ = writeln!(out, "consumer     {line}");
+        facts.consumer = who.and_then(|w| w.ok()).and_then(|w| w.id());
+    }
     if let Some(exemption) = rule.exemptions.iter().find(|e| e.applies(&facts)) {
         let _ = writeln!(out, "exemption    {exemption}: no limits apply");
         return out;
     }
     let _ = writeln!(out, "exemption    none fires");
-    if rule.limits.is_empty() {
+    if let Some(p) = plan.filter(|&p| rule.plan_limits.is_some() && rt.plans[p].exempt) {
+        let _ = writeln!(
+            out,
+            "plan         {} is exempt: no limits apply",
+            rt.plans[p].name
+        );
+        return out;
+    }
+    let limits = rule.limits_for(plan);
+    if limits.is_empty() {
         let _ = writeln!(out, "limits       none");
     }
-    for limit in &rule.limits {
+    for (i, limit) in limits.iter().enumerate() {
+        let from_plan = match plan {
+            Some(p) if i >= rule.limits.len() => format!(" (plan {})", rt.plans[p].name),
+            _ => String::new(),
+        };
         let what = match (pipeline::limit_key(limit, &facts), limit.missing) {
             (Ok(Some(key)), MissingPolicy::Ip) if limit.key.extract(&facts).is_err() => {
                 format!("key {} missing -> counted by ip = {key}", limit.key)
@@ -313,7 +350,7 @@ fn describe(rt: &Snapshot, req: &Hypothetical, raw_target: &[u8]) -> String {
         };
         let _ = writeln!(
             out,
-            "limit        {} {}{}: {what}",
+            "limit        {}{from_plan} {}{}: {what}",
             limit.name,
             limit.describe(),
             if limit.mode == Mode::Shadow {
@@ -347,7 +384,7 @@ fn result_of(rt: &Snapshot, admission: &Admission) -> String {
                 _ => "the limits above have room",
             };
             let headline = admitted.headline.map_or(String::new(), |(i, d)| {
-                let limit = &rt.rule(admitted.rule).limits[i];
+                let limit = &rt.rule(admitted.rule).limits_for(admitted.plan)[i];
                 format!("; {} has {} left", limit.name, d.remaining)
             });
             format!("proxied ({why}{headline})")

@@ -137,7 +137,11 @@ pub enum KeyPart {
     Ip,
     Header(HeaderName),
     ApiKey,
+    /// The id of the consumer the request's API key names.
+    Consumer,
     Global,
+    Cookie(String),
+    Query(String),
 }
 
 impl fmt::Display for KeyPart {
@@ -146,7 +150,10 @@ impl fmt::Display for KeyPart {
             KeyPart::Ip => f.write_str("ip"),
             KeyPart::Header(name) => write!(f, "header:{name}"),
             KeyPart::ApiKey => f.write_str("api_key"),
+            KeyPart::Consumer => f.write_str("consumer"),
             KeyPart::Global => f.write_str("global"),
+            KeyPart::Cookie(name) => write!(f, "cookie:{name}"),
+            KeyPart::Query(name) => write!(f, "query:{name}"),
         }
     }
 }
@@ -175,6 +182,8 @@ pub struct RequestFacts<'a> {
     pub client_ip: IpAddr,
     pub ipv6_prefix: u8,
     pub api_key: &'a ApiKeySources,
+    /// The consumer's id, once its API key has been looked up.
+    pub consumer: Option<&'a str>,
 }
 
 /// One extracted key component, borrowed from the request where possible.
@@ -302,6 +311,9 @@ fn extract_part<'a>(
         KeyPart::Global => return Ok(KeyValue::Global),
         KeyPart::Header(name) => header_value(facts.headers, name)?.map(Cow::Borrowed),
         KeyPart::ApiKey => api_key(facts)?,
+        KeyPart::Consumer => facts.consumer.map(|id| Cow::Borrowed(id.as_bytes())),
+        KeyPart::Cookie(name) => cookie_value(facts.headers, name)?.map(Cow::Borrowed),
+        KeyPart::Query(name) => query_value(facts.query, name)?,
     };
     value.map(KeyValue::Text).ok_or(KeyError::Missing)
 }
@@ -336,7 +348,36 @@ fn header_value<'a>(
     Ok(found)
 }
 
+/// The cookie's non-empty value, from every `Cookie` line; several must agree.
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a [u8]>, KeyErrorKind> {
+    let mut found: Option<&[u8]> = None;
+    let pairs = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|&b| b == b';'));
+    for pair in pairs {
+        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let (key, value) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
+        if key != name.as_bytes() || value.is_empty() {
+            continue;
+        }
+        match found {
+            Some(existing) if existing != value => return Err(KeyError::Conflicting),
+            _ => found = Some(value),
+        }
+    }
+    Ok(found)
+}
+
 /// The API key from every configured source that carries one; they must agree.
+pub(crate) fn request_api_key<'a>(
+    facts: &RequestFacts<'a>,
+) -> Result<Option<Cow<'a, [u8]>>, KeyError> {
+    api_key(facts).map_err(|kind| kind(KeyPart::ApiKey))
+}
+
 fn api_key<'a>(facts: &RequestFacts<'a>) -> Result<Option<Cow<'a, [u8]>>, KeyErrorKind> {
     let sources = facts.api_key;
     let mut found = None;
@@ -374,6 +415,23 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     }
     let token = rest.trim_ascii();
     (!token.is_empty()).then_some(token)
+}
+
+/// The parameter's one value (repeats must agree).
+fn query_value<'a>(
+    query: Option<&'a str>,
+    name: &str,
+) -> Result<Option<Cow<'a, [u8]>>, KeyErrorKind> {
+    let mut found = None;
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    for (k, v) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        if !v.is_empty() && decode_query(k).as_ref() == name.as_bytes() {
+            agree(&mut found, decode_query(v))?;
+        }
+    }
+    Ok(found)
 }
 
 /// The percent-decoded values of every non-empty `name=` parameter. Decoding
@@ -611,7 +669,61 @@ mod tests {
             client_ip: ip("192.0.2.1"),
             ipv6_prefix: 64,
             api_key: sources,
+            consumer: None,
         }
+    }
+
+    #[test]
+    fn cookie_key_reads_the_named_cookie_from_every_line() {
+        let h = headers(&[("cookie", "a=1; session=abc"), ("cookie", "b=2")]);
+        let sources = ApiKeySources::default();
+        let spec = KeySpec(vec![KeyPart::Cookie("session".into())]);
+        assert_eq!(
+            key_text(&spec, &facts(&h, None, &sources)).unwrap(),
+            "\"abc\""
+        );
+    }
+
+    #[test]
+    fn two_cookies_of_one_name_that_differ_are_a_conflict() {
+        let h = headers(&[("cookie", "session=abc"), ("cookie", "session=xyz")]);
+        let sources = ApiKeySources::default();
+        let part = KeyPart::Cookie("session".into());
+        assert_eq!(
+            key_text(&KeySpec(vec![part.clone()]), &facts(&h, None, &sources)),
+            Err(KeyError::Conflicting(part))
+        );
+    }
+
+    #[test]
+    fn query_key_is_the_decoded_parameter_and_repeats_must_agree() {
+        let h = HeaderMap::new();
+        let sources = ApiKeySources::default();
+        let part = KeyPart::Query("tenant".into());
+        let spec = KeySpec(vec![part.clone()]);
+        let one = facts(&h, Some("tenant=%61cme&x=1"), &sources);
+        assert_eq!(key_text(&spec, &one).unwrap(), "\"acme\"");
+        let two = facts(&h, Some("tenant=acme&tenant=other"), &sources);
+        assert_eq!(
+            key_text(&spec, &two),
+            Err(KeyError::Conflicting(part.clone()))
+        );
+        let none = facts(&h, Some("x=1"), &sources);
+        assert_eq!(key_text(&spec, &none), Err(KeyError::Missing(part)));
+    }
+
+    #[test]
+    fn consumer_key_is_the_resolved_consumer_and_missing_without_one() {
+        let h = HeaderMap::new();
+        let sources = ApiKeySources::default();
+        let spec = KeySpec(vec![KeyPart::Consumer]);
+        let mut f = facts(&h, None, &sources);
+        assert_eq!(
+            key_text(&spec, &f),
+            Err(KeyError::Missing(KeyPart::Consumer))
+        );
+        f.consumer = Some("acme");
+        assert_eq!(key_text(&spec, &f).unwrap(), "\"acme\"");
     }
 
     fn key_text(spec: &KeySpec, f: &RequestFacts<'_>) -> Result<String, KeyError> {

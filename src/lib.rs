@@ -19,6 +19,7 @@ pub(crate) mod admission;
 pub mod app;
 pub mod check;
 pub mod config;
+pub mod consumer;
 pub mod demo;
 pub mod identity;
 pub mod limit;

@@ -142,7 +142,7 @@ fn check(
                 .filter(|p| p.severity == Severity::Error)
                 .count();
             for problem in &e.problems {
-                println!("{}:{problem}", config_path.display());
+                println!("{}:{problem}", problem.file_or(&config_path).display());
             }
             println!(
                 "{}: {errors} error(s); the file was not accepted",

@@ -23,18 +23,21 @@ pub(crate) enum Outcome {
     Exempt,
     ShadowLimited,
     MissingKey,
+    /// An API key no consumer has.
+    UnknownKey,
     NoRoute,
     BadRequest,
     StoreError,
 }
 
 impl Outcome {
-    pub(crate) const ALL: [Outcome; 8] = [
+    pub(crate) const ALL: [Outcome; 9] = [
         Outcome::Allowed,
         Outcome::Limited,
         Outcome::Exempt,
         Outcome::ShadowLimited,
         Outcome::MissingKey,
+        Outcome::UnknownKey,
         Outcome::NoRoute,
         Outcome::BadRequest,
         Outcome::StoreError,
@@ -47,6 +50,7 @@ impl Outcome {
             Outcome::Exempt => "exempt",
             Outcome::ShadowLimited => "shadow_limited",
             Outcome::MissingKey => "missing_key",
+            Outcome::UnknownKey => "unknown_key",
             Outcome::NoRoute => "no_route",
             Outcome::BadRequest => "bad_request",
             Outcome::StoreError => "store_error",

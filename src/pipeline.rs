@@ -90,6 +90,7 @@ pub(crate) fn facts<'a>(
         client_ip,
         ipv6_prefix: rt.server.ipv6_prefix,
         api_key: &rt.server.api_key,
+        consumer: None,
     }
 }
 
@@ -129,19 +130,20 @@ pub(crate) fn limit_key<'a>(
     }
 }
 
-/// Step 4: exemptions first, then one check per limit whose key is present (or
+/// Step 4: exemptions first, then one check per limit of `limits` (the
+/// rule's, and its plan's for a consumer) whose key is present (or
 /// whose `missing:` policy says what to count instead). A shadow limit never
 /// refuses: where it would have, the request is only marked.
-pub(crate) fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
+pub(crate) fn plan<'a>(rule: &Rule, limits: &[RuleLimit], facts: &RequestFacts<'a>) -> Plan<'a> {
     if rule.exemptions.iter().any(|e| e.applies(facts)) {
         return Plan::Exempt;
     }
     // No heap per request: a rule has at most MAX_CHECKS limits (the config
     // check refuses more).
-    let mut limits = ArrayVec::new();
+    let mut indices = ArrayVec::new();
     let mut checks = ArrayVec::new();
     let mut shadow_refusal = false;
-    for (i, limit) in rule.limits.iter().enumerate().take(MAX_CHECKS) {
+    for (i, limit) in limits.iter().enumerate().take(MAX_CHECKS) {
         let enforced = limit.mode == Mode::Enforce;
         let key = match limit_key(limit, facts) {
             Ok(Some(key)) => key,
@@ -159,7 +161,7 @@ pub(crate) fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
             shadow_refusal = true;
             continue;
         };
-        limits.push(i);
+        indices.push(i);
         checks.push(Check {
             limit: limit.id,
             limiter: limit.limiter,
@@ -170,7 +172,7 @@ pub(crate) fn plan<'a>(rule: &Rule, facts: &RequestFacts<'a>) -> Plan<'a> {
         });
     }
     Plan::Decide {
-        limits,
+        limits: indices,
         checks,
         shadow_refusal,
     }
@@ -195,8 +197,12 @@ impl Judgement {
 /// (reporting the one that frees up last); a denial by a shadow limit (or a
 /// shadow refusal from `plan`) only marks the request; otherwise the enforced
 /// limit with the least headroom is reported.
-pub(crate) fn judge(rule: &Rule, decided: &[(usize, Decision)], shadow_refusal: bool) -> Judgement {
-    let enforced = |(i, _): &&(usize, Decision)| rule.limits[*i].mode == Mode::Enforce;
+pub(crate) fn judge(
+    limits: &[RuleLimit],
+    decided: &[(usize, Decision)],
+    shadow_refusal: bool,
+) -> Judgement {
+    let enforced = |(i, _): &&(usize, Decision)| limits[*i].mode == Mode::Enforce;
     let denial = decided
         .iter()
         .filter(enforced)
@@ -211,12 +217,12 @@ pub(crate) fn judge(rule: &Rule, decided: &[(usize, Decision)], shadow_refusal: 
     let shadow_denied = shadow_refusal
         || decided
             .iter()
-            .any(|(i, d)| rule.limits[*i].mode == Mode::Shadow && !d.allowed);
+            .any(|(i, d)| limits[*i].mode == Mode::Shadow && !d.allowed);
     // Concurrency limits have no quota over time to put in the headers.
     let headline = decided
         .iter()
         .filter(enforced)
-        .filter(|(i, _)| rule.limits[*i].policy_header.is_some())
+        .filter(|(i, _)| limits[*i].policy_header.is_some())
         .min_by_key(|(_, d)| (d.remaining, std::cmp::Reverse(d.reset_after)))
         .copied();
     Judgement {
@@ -231,10 +237,13 @@ pub(crate) fn judge(rule: &Rule, decided: &[(usize, Decision)], shadow_refusal: 
 
 /// How long an admitted request waits for a shaping leaky bucket: the longest
 /// wait among its enforced limits.
-pub(crate) fn shaping_delay(rule: &Rule, decided: &[(usize, Decision)]) -> std::time::Duration {
+pub(crate) fn shaping_delay(
+    limits: &[RuleLimit],
+    decided: &[(usize, Decision)],
+) -> std::time::Duration {
     let wait = decided
         .iter()
-        .filter(|(i, d)| d.allowed && rule.limits[*i].mode == Mode::Enforce)
+        .filter(|(i, d)| d.allowed && limits[*i].mode == Mode::Enforce)
         .map(|(_, d)| d.delay)
         .max()
         .unwrap_or(0);

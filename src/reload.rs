@@ -60,6 +60,7 @@ pub(crate) async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutc
             file: shared.config_path.clone(),
             problems: vec![Problem {
                 severity: crate::schema::Severity::Error,
+                file: None,
                 path: String::new(),
                 line: 1,
                 column: 1,
@@ -138,15 +139,26 @@ fn read_and_compile(shared: &Shared, trigger: Trigger) -> Result<Candidate, Conf
         _ => config::read_file(path)?,
     };
     let sha256 = config::sha256_hex(text.as_bytes());
-    if sha256 == shared.snapshot.load().source.sha256 {
-        return Ok(Candidate::Unchanged);
-    }
+    // The config's bytes say whether it changed, unless it names a consumers
+    // file: an edit there is a new config too.
+    let whole_in_text = {
+        let running = shared.snapshot.load();
+        let same = sha256 == running.source.sha256;
+        let consumers_file = running.consumers.as_ref().is_some_and(|c| c.file.is_some());
+        if same && !consumers_file {
+            return Ok(Candidate::Unchanged);
+        }
+        !consumers_file
+    };
     let failed = shared.reloader.state().failed_sha256.clone();
-    if trigger == Trigger::File && failed.as_deref() == Some(sha256.as_str()) {
+    if whole_in_text && trigger == Trigger::File && failed.as_deref() == Some(sha256.as_str()) {
         return Ok(Candidate::NotYet);
     }
     let result = shared.loader.load_str(&text, path);
     match result {
+        Ok(runtime) if runtime.source.sha256 == shared.snapshot.load().source.sha256 => {
+            Ok(Candidate::Unchanged)
+        }
         Ok(runtime) => Ok(Candidate::Compiled(Box::new(runtime))),
         Err(e) => {
             shared.reloader.state().failed_sha256 = Some(sha256);

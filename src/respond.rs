@@ -8,6 +8,7 @@ use http::HeaderValue;
 use pingora::http::{IntoCaseHeaderName, ResponseHeader};
 use serde_json::json;
 
+use crate::consumer::Unknown;
 use crate::identity::KeyPart;
 use crate::limit::{Decision, Nanos};
 use crate::policy::HeaderStyle;
@@ -107,6 +108,25 @@ pub(crate) fn missing_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Rep
     r
 }
 
+/// 401 when a rule that limits by consumer cannot tell who the client is:
+/// no key (and requests without one have no plan), or a key no consumer has.
+pub(crate) fn unknown_consumer(rule: &Rule, why: Unknown) -> Reply {
+    let (error, message) = match why {
+        Unknown::MissingKey => ("missing_key", "this endpoint needs an API key"),
+        Unknown::UnknownKey => ("unknown_key", "the API key is not known"),
+    };
+    let mut r = json_reply(
+        401,
+        json!({ "error": error, "message": message, "rule": rule.name }),
+    );
+    insert(
+        &mut r.header,
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"tollgate\""),
+    );
+    r
+}
+
 /// 400 when a limit's cost header holds no valid cost.
 pub(crate) fn bad_cost(rule: &Rule, limit: &RuleLimit) -> Reply {
     let (header, max) = match &limit.cost {
@@ -140,17 +160,18 @@ pub(crate) fn store_unavailable(rule: &Rule) -> Reply {
 }
 
 /// 400 when the request carries a limit's key twice with different values.
-pub(crate) fn conflicting_key(rule: &Rule, limit: &RuleLimit, part: &KeyPart) -> Reply {
-    json_reply(
-        400,
-        json!({
-            "error": "conflicting_key",
-            "message": format!("the request carries {} more than once, with different values", describe_part(part)),
-            "rule": rule.name,
-            "limit": limit.name,
-            "key": part.to_string(),
-        }),
-    )
+/// Without a limit: the API key that names the consumer.
+pub(crate) fn conflicting_key(rule: &Rule, limit: Option<&RuleLimit>, part: &KeyPart) -> Reply {
+    let mut body = json!({
+        "error": "conflicting_key",
+        "message": format!("the request carries {} more than once, with different values", describe_part(part)),
+        "rule": rule.name,
+        "key": part.to_string(),
+    });
+    if let Some(limit) = limit {
+        body["limit"] = limit.name.as_str().into();
+    }
+    json_reply(400, body)
 }
 
 fn describe_part(part: &KeyPart) -> String {
@@ -168,25 +189,34 @@ pub(crate) fn ceil_seconds(ns: Nanos) -> u64 {
 
 /// The answer to a request a limit denied: the rule's status and body (429 and
 /// a JSON body by default), `Retry-After`, and the rule's rate-limit headers.
-pub(crate) fn limited(rule: &Rule, limit: &RuleLimit, decision: &Decision) -> Reply {
+pub(crate) fn limited(
+    rule: &Rule,
+    limit: &RuleLimit,
+    decision: &Decision,
+    plan: Option<&str>,
+) -> Reply {
     let retry_after = ceil_seconds(decision.retry_after).max(1);
     let mut r = match &rule.deny.body {
-        None => json_reply(
-            rule.deny.status,
-            json!({
+        None => {
+            let mut body = json!({
                 "error": "rate_limited",
                 "message": "too many requests",
                 "rule": rule.name,
                 "limit": limit.name,
                 "retry_after": retry_after,
-            }),
-        ),
+            });
+            if let Some(plan) = plan {
+                body["plan"] = plan.into();
+            }
+            json_reply(rule.deny.status, body)
+        }
         Some(template) => reply(
             rule.deny.status,
             rule.deny.content_type.clone(),
             template
                 .replace("{rule}", &rule.name)
                 .replace("{limit}", &limit.name)
+                .replace("{plan}", plan.unwrap_or(""))
                 .replace("{retry_after}", &retry_after.to_string())
                 .into_bytes(),
         ),

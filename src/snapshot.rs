@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::consumer::{Consumers, Plan};
 use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
 use crate::limit::algorithm::Setting;
 use crate::limit::breaker::BreakerSettings;
@@ -49,6 +50,10 @@ pub struct Snapshot {
     pub(crate) routes: RouteTable,
     /// In file order; `routes` yields indices into this.
     pub rules: Vec<Rule>,
+    /// In name order; consumers and rules' plan limits index into this.
+    pub plans: Vec<Plan>,
+    /// The key table, when consumers are configured.
+    pub consumers: Option<Consumers>,
     pub(crate) upstreams: Vec<Upstream>,
     /// Non-fatal findings of the compile (e.g. unreachable rules).
     pub warnings: Vec<Problem>,
@@ -104,6 +109,13 @@ pub struct Rule {
     /// Index into `Snapshot::upstreams`.
     pub(crate) upstream: usize,
     pub(crate) limits: Vec<RuleLimit>,
+    /// For a rule that applies plans: per plan (same order as
+    /// `Snapshot::plans`), the rule's own limits followed by the plan's, so a
+    /// request's limits are one list decided in one step.
+    pub(crate) plan_limits: Option<Vec<Vec<RuleLimit>>>,
+    /// The request's consumer must be known: the rule applies plans, or a
+    /// limit is keyed by `consumer`.
+    pub(crate) needs_consumer: bool,
     pub(crate) exemptions: Vec<Exemption>,
     pub(crate) headers: HeaderStyle,
     pub(crate) deny: DenyResponse,
@@ -139,8 +151,23 @@ impl Rule {
     /// The request limits, then the WebSocket message limit if any: every
     /// limit with counters and metrics of its own.
     pub fn all_limits(&self) -> impl Iterator<Item = &RuleLimit> {
+        let own = self.limits.len();
+        let from_plans = self
+            .plan_limits
+            .iter()
+            .flatten()
+            .flat_map(move |limits| &limits[own..]);
         let messages = self.websocket.messages.as_ref().map(|m| &m.limit);
-        self.limits.iter().chain(messages)
+        self.limits.iter().chain(from_plans).chain(messages)
+    }
+
+    /// The limits a request on `plan` gets (the rule's own without a plan, or
+    /// on a rule that applies none).
+    pub(crate) fn limits_for(&self, plan: Option<usize>) -> &[RuleLimit] {
+        match (&self.plan_limits, plan) {
+            (Some(by_plan), Some(plan)) => &by_plan[plan],
+            _ => &self.limits,
+        }
     }
 }
 
@@ -329,7 +356,8 @@ impl Snapshot {
         for rule in &mut self.rules {
             rule.metrics = metrics.rule(&rule.name);
             let messages = rule.websocket.messages.as_mut().map(|m| &mut m.limit);
-            for limit in rule.limits.iter_mut().chain(messages) {
+            let from_plans = rule.plan_limits.iter_mut().flatten().flatten();
+            for limit in rule.limits.iter_mut().chain(from_plans).chain(messages) {
                 limit.metrics = metrics.limit(&rule.name, &limit.name);
             }
         }

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use super::locate::SourceMap;
 use super::part::NamedSection;
 use super::{ConfigSource, Problem, Severity};
+use crate::consumer::{self, Consumer, Consumers, Plan};
 use crate::identity::{ApiKeySources, Exemption, KeyPart, KeySpec, TrustedProxies, MAX_KEY_PARTS};
 use crate::limit::algorithm::sliding_log::MAX_LOG_LIMIT;
 use crate::limit::algorithm::{self, Setting, Spec};
@@ -27,9 +28,10 @@ use crate::policy::units::{self, Rate, MAX_RATE_COUNT};
 use crate::policy::MissingPolicy;
 use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
 use crate::schema::input::{
-    AlgorithmInput, ConfigInput, CostInput, DenyInput, ExemptInput, KeyInput, KeyPartInput,
-    LimitInput, RedisStoreInput, RuleInput, ServerInput, StoreBackend, StoreInput, SyncInput,
-    UpstreamInput, WebSocketInput,
+    AlgorithmInput, ConfigInput, ConsumerInput, ConsumersFileInput, ConsumersInput, CostInput,
+    DenyInput, ExemptInput, KeyInput, KeyPartInput, LimitInput, PlanInput, PlanSelectInput,
+    RedisStoreInput, RuleInput, ServerInput, StoreBackend, StoreInput, SyncInput, UpstreamInput,
+    WebSocketInput,
 };
 use crate::snapshot::{
     CompiledPart, Cost, DenyResponse, MessageLimit, RedisBackend, Rule, RuleLimit, ServerSettings,
@@ -79,6 +81,7 @@ impl Compiler<'_> {
         let position = self.source.position_of(&path);
         self.problems.push(Problem {
             severity,
+            file: None,
             path,
             line: position.line,
             column: position.column,
@@ -172,11 +175,29 @@ pub(crate) fn compile(
             "no rules are defined: a gateway needs at least one rule (a catch-all is `match: { path: \"/**\" }`)",
         );
     }
-    let rules = compile_rules(&mut c, input, &upstream_index);
-    if store.redis.is_some() {
-        check_redis_limits(&mut c, &rules);
-    } else {
-        check_memory_limits(&mut c, &rules);
+    let plans = compile_plans(&mut c, &input.plans);
+    let mut consumers_file_sha256 = None;
+    let consumers = input.consumers.as_ref().map(|given| {
+        compile_consumers(
+            &mut c,
+            given,
+            &origin.file,
+            &plans.plans,
+            &mut consumers_file_sha256,
+        )
+    });
+    let rules = compile_rules(&mut c, input, &upstream_index, &plans, consumers.is_some());
+    let limit_lists = rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| (format!("rules[{i}].limits"), &rule.limits[..]))
+        .chain(plans.limit_lists());
+    for (base, limits) in limit_lists {
+        if store.redis.is_some() {
+            check_redis_limits(&mut c, &base, limits);
+        } else {
+            check_memory_limits(&mut c, &base, limits);
+        }
     }
     let parts = sections
         .iter()
@@ -198,6 +219,15 @@ pub(crate) fn compile(
     }
 
     let has_errors = c.problems.iter().any(|p| p.severity == Severity::Error);
+    let mut origin = origin;
+    if let Some(given) = origin.input.consumers.as_mut() {
+        digest_listed_keys(&mut given.list);
+    }
+    if let Some(file) = consumers_file_sha256 {
+        // The version of the config is both files': an edit of either is a
+        // new one.
+        origin.sha256 = super::sha256_hex(format!("{}+{file}", origin.sha256).as_bytes());
+    }
     match (server, routes) {
         (Some(server), Some(routes)) if !has_errors => Ok(Snapshot {
             server,
@@ -205,6 +235,8 @@ pub(crate) fn compile(
             parts,
             routes,
             rules,
+            plans: plans.plans,
+            consumers: consumers.flatten(),
             upstreams,
             warnings: c.problems,
             source: origin,
@@ -365,6 +397,18 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
     text.parse::<IpAddr>()
         .map(IpNet::from)
         .map_err(|_| format!("{text:?} is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
+}
+
+/// A cookie's or query parameter's name: a non-empty token.
+fn parse_token(name: &str, what: &str) -> Result<String, String> {
+    let token = |c: char| c.is_ascii_graphic() && !matches!(c, '=' | ';' | ',' | '"' | '&');
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !name.chars().all(token) {
+        return Err(format!(
+            "{what} name {:?} must be 1 to {MAX_NAME_LEN} visible characters without = ; , \" &",
+            name.chars().take(MAX_NAME_LEN).collect::<String>()
+        ));
+    }
+    Ok(name.to_string())
 }
 
 fn parse_header_name(name: &str) -> Result<HeaderName, String> {
@@ -615,33 +659,316 @@ fn compile_redis_target(c: &mut Compiler<'_>, redis: &RedisStoreInput) -> Option
 }
 
 /// `sync: batched` reserves quota in Redis: it means nothing in memory.
-fn check_memory_limits(c: &mut Compiler<'_>, rules: &[Rule]) {
-    for (i, rule) in rules.iter().enumerate() {
-        for (j, limit) in rule.limits.iter().enumerate() {
-            if limit.sync != SyncMode::Exact {
-                c.error(
-                    format!("rules[{i}].limits[{j}].sync"),
-                    "`sync: batched` needs store.backend: redis (in memory every decision is exact and local)",
-                );
-            }
+fn check_memory_limits(c: &mut Compiler<'_>, base: &str, limits: &[RuleLimit]) {
+    for (j, limit) in limits.iter().enumerate() {
+        if limit.sync != SyncMode::Exact {
+            c.error(
+                format!("{base}[{j}].sync"),
+                "`sync: batched` needs store.backend: redis (in memory every decision is exact and local)",
+            );
         }
     }
 }
 
 /// Redis scripts compute with Lua's doubles: a limit whose numbers could
 /// exceed 2^53 microseconds would be decided inexactly there.
-fn check_redis_limits(c: &mut Compiler<'_>, rules: &[Rule]) {
-    for (i, rule) in rules.iter().enumerate() {
-        for (j, limit) in rule.limits.iter().enumerate() {
-            if !exact_in_lua(&limit.limiter) {
-                c.error(
-                    format!("rules[{i}].limits[{j}].rate"),
-                    format!(
-                        "{} with this rate and burst needs numbers beyond 2^53 microseconds, which the Redis store cannot decide exactly: use a shorter period or a smaller limit",
-                        limit.limiter.name()
-                    ),
-                );
+fn check_redis_limits(c: &mut Compiler<'_>, base: &str, limits: &[RuleLimit]) {
+    for (j, limit) in limits.iter().enumerate() {
+        if !exact_in_lua(&limit.limiter) {
+            c.error(
+                format!("{base}[{j}].rate"),
+                format!(
+                    "{} with this rate and burst needs numbers beyond 2^53 microseconds, which the Redis store cannot decide exactly: use a shorter period or a smaller limit",
+                    limit.limiter.name()
+                ),
+            );
+        }
+    }
+}
+
+/// The plans, in name order, with each plan's limits compiled once: a plan's
+/// limit is one budget per key across every rule that applies it.
+struct CompiledPlans {
+    plans: Vec<Plan>,
+    limits: Vec<Vec<RuleLimit>>,
+}
+
+impl CompiledPlans {
+    /// Each plan's limits with the YAML path of their list.
+    fn limit_lists(&self) -> impl Iterator<Item = (String, &[RuleLimit])> {
+        self.plans
+            .iter()
+            .zip(&self.limits)
+            .map(|(plan, limits)| (format!("plans.{}.limits", plan.name), &limits[..]))
+    }
+}
+
+/// The scope plan limits' identities are encoded under: not a valid rule
+/// name, so a plan's counters never meet a rule's.
+fn plan_scope(plan: &str) -> String {
+    format!("plan/{plan}")
+}
+
+fn compile_plans(
+    c: &mut Compiler<'_>,
+    input: &std::collections::BTreeMap<String, PlanInput>,
+) -> CompiledPlans {
+    let mut compiled = CompiledPlans {
+        plans: Vec::new(),
+        limits: Vec::new(),
+    };
+    for (name, plan) in input {
+        let base = format!("plans.{name}");
+        c.name(base.clone(), name, "plan");
+        if plan.exempt && !plan.limits.is_empty() {
+            c.warn(
+                format!("{base}.exempt"),
+                "an exempt plan's limits never apply",
+            );
+        }
+        let mut names = HashSet::new();
+        let mut limits = Vec::new();
+        for (i, l) in plan.limits.iter().enumerate() {
+            let path = format!("{base}.limits[{i}]");
+            if let Some(limit) = compile_limit(c, &path, &plan_scope(name), l) {
+                if !names.insert(limit.name.clone()) {
+                    c.error(
+                        format!("{path}.name"),
+                        format!("duplicate limit name {:?} in plan {name:?}", limit.name),
+                    );
+                }
+                limits.push(limit);
             }
+        }
+        compiled.plans.push(Plan {
+            name: name.clone(),
+            exempt: plan.exempt,
+        });
+        compiled.limits.push(limits);
+    }
+    compiled
+}
+
+/// Which of each plan's limits a rule applies; `None` when it applies none.
+fn select_plan_limits(
+    c: &mut Compiler<'_>,
+    base: &str,
+    select: Option<&PlanSelectInput>,
+    plans: &CompiledPlans,
+    consumers_configured: bool,
+) -> Option<Vec<Vec<RuleLimit>>> {
+    let names = match select? {
+        PlanSelectInput::All(false) => return None,
+        PlanSelectInput::All(true) => None,
+        PlanSelectInput::Named(names) => Some(names),
+    };
+    let path = format!("{base}.plan");
+    if !consumers_configured {
+        c.error(
+            &path,
+            "a rule that applies plans needs `consumers:` (who is on which plan)",
+        );
+    }
+    if plans.plans.is_empty() {
+        c.error(&path, "no plans are defined (`plans:`)");
+    }
+    for (i, name) in names.into_iter().flatten().enumerate() {
+        if !plans.limits.iter().flatten().any(|l| &l.name == name) {
+            c.error(
+                format!("{path}[{i}]"),
+                format!("no plan has a limit named {name:?}"),
+            );
+        }
+    }
+    let chosen = |limit: &&RuleLimit| names.is_none_or(|names| names.contains(&limit.name));
+    Some(
+        plans
+            .limits
+            .iter()
+            .map(|limits| limits.iter().filter(chosen).cloned().collect())
+            .collect(),
+    )
+}
+
+/// The key table. Problems in a consumers file are located in that file.
+fn compile_consumers(
+    c: &mut Compiler<'_>,
+    input: &ConsumersInput,
+    config_file: &std::path::Path,
+    plans: &[Plan],
+    file_sha256: &mut Option<String>,
+) -> Option<Consumers> {
+    let plan_index = |name: &str| plans.iter().position(|p| p.name == name);
+    let anonymous = input.anonymous.as_deref().and_then(|name| {
+        let found = plan_index(name);
+        if found.is_none() {
+            c.error("consumers.anonymous", unknown_plan(name, plans));
+        }
+        found
+    });
+    let forward = |c: &mut Compiler<'_>, field: &str, name: Option<&String>| {
+        name.and_then(|n| c.check(format!("consumers.forward.{field}"), parse_header_name(n)))
+    };
+    let forward_id = forward(c, "id", input.forward.id.as_ref());
+    let forward_plan = forward(c, "plan", input.forward.plan.as_ref());
+    if forward_id.is_some() && forward_id == forward_plan {
+        c.error(
+            "consumers.forward",
+            "the consumer's id and plan need two different headers",
+        );
+    }
+    let mut table = Consumers {
+        anonymous,
+        forward_id,
+        forward_plan,
+        ..Consumers::default()
+    };
+    let listed = !input.list.is_empty();
+    match (&input.file, listed) {
+        (Some(_), true) => {
+            c.error(
+                "consumers",
+                "consumers come from `file:` or `list:`, not both",
+            );
+            return None;
+        }
+        (None, _) => {
+            add_consumers(c, &mut table, &input.list, "consumers.list", plans);
+        }
+        (Some(file), false) => {
+            let path = config_file
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(file);
+            let problems = read_consumers_file(&path, &mut table, plans, file_sha256);
+            let failed = !problems.is_empty();
+            c.problems.extend(problems);
+            table.file = Some(path);
+            if failed {
+                return None;
+            }
+        }
+    }
+    Some(table)
+}
+
+/// Reads the consumers file into `table`; its problems, located in it.
+fn read_consumers_file(
+    path: &std::path::Path,
+    table: &mut Consumers,
+    plans: &[Plan],
+    sha256: &mut Option<String>,
+) -> Vec<Problem> {
+    let in_file = |mut problems: Vec<Problem>| {
+        for p in &mut problems {
+            p.file = Some(path.to_path_buf());
+            // A shape error may quote a value, and a value may be a key.
+            p.message = redact_quoted(&p.message);
+        }
+        problems
+    };
+    let text = match super::read_file(path) {
+        Ok(text) => text,
+        Err(e) => return in_file(e.problems),
+    };
+    *sha256 = Some(super::sha256_hex(text.as_bytes()));
+    let source = SourceMap::build(&text);
+    let parsed = super::parse::<ConsumersFileInput>(&text, &source);
+    let input = match parsed {
+        Ok(input) => input,
+        Err(problem) => return in_file(vec![problem]),
+    };
+    let mut c = Compiler {
+        source: &source,
+        problems: Vec::new(),
+    };
+    add_consumers(&mut c, table, &input.consumers, "consumers", plans);
+    in_file(c.problems)
+}
+
+/// Adds consumers to the table: each id once, each key once across all.
+fn add_consumers(
+    c: &mut Compiler<'_>,
+    table: &mut Consumers,
+    consumers: &[ConsumerInput],
+    base: &str,
+    plans: &[Plan],
+) {
+    let mut ids = HashMap::new();
+    for (i, consumer) in consumers.iter().enumerate() {
+        let path = format!("{base}[{i}]");
+        c.name(format!("{path}.id"), &consumer.id, "consumer");
+        if let Some(first) = ids.insert(consumer.id.as_str(), i) {
+            c.error(
+                format!("{path}.id"),
+                format!(
+                    "consumer {:?} is also {base}[{first}]: each consumer once, with all its keys",
+                    consumer.id
+                ),
+            );
+        }
+        let plan = plans.iter().position(|p| p.name == consumer.plan);
+        if plan.is_none() {
+            c.error(format!("{path}.plan"), unknown_plan(&consumer.plan, plans));
+        }
+        if consumer.keys.is_empty() {
+            c.error(format!("{path}.keys"), "a consumer needs at least one key");
+        }
+        let index = table.list.len();
+        for (j, written) in consumer.keys.iter().enumerate() {
+            let key_path = format!("{path}.keys[{j}]");
+            let Some(digest) = c.check(&key_path, consumer::digest_of_written(written)) else {
+                continue;
+            };
+            if let Some(&other) = table.by_key.get(&digest) {
+                let holder = &table.list[other].id;
+                let message = if holder == &consumer.id {
+                    format!("this key is listed twice for consumer {holder:?}")
+                } else {
+                    format!("this key is also consumer {holder:?}'s: a key names one consumer")
+                };
+                c.error(&key_path, message);
+                continue;
+            }
+            table.by_key.insert(digest, index);
+        }
+        table.list.push(Consumer {
+            id: consumer.id.clone(),
+            plan: plan.unwrap_or(0),
+        });
+    }
+}
+
+fn unknown_plan(name: &str, plans: &[Plan]) -> String {
+    let known: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+    format!(
+        "plan {name:?} is not defined (defined: {})",
+        list_or_none(known)
+    )
+}
+
+/// A message with every double-quoted value replaced.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        out.push_str(if i % 2 == 0 { "<redacted>" } else { part });
+    }
+    out
+}
+
+/// Keys listed in the config itself are kept only as digests (they are shown
+/// in `GET /-/config`); a key that is not valid is left out.
+fn digest_listed_keys(list: &mut [ConsumerInput]) {
+    for consumer in list {
+        for key in &mut consumer.keys {
+            *key = consumer::digest_of_written(key)
+                .map(|d| consumer::written_digest(&d))
+                .unwrap_or_else(|_| "<invalid>".into());
         }
     }
 }
@@ -650,6 +977,8 @@ fn compile_rules(
     c: &mut Compiler<'_>,
     input: &ConfigInput,
     upstreams: &HashMap<&str, usize>,
+    plans: &CompiledPlans,
+    consumers_configured: bool,
 ) -> Vec<Rule> {
     let mut seen_names = HashSet::new();
     let mut rules: Vec<Rule> = Vec::new();
@@ -662,11 +991,65 @@ fn compile_rules(
                 format!("duplicate rule name {:?}", r.name),
             );
         }
-        if let Some(rule) = compile_rule(c, &base, r, &input.server, upstreams) {
+        let rule = compile_rule(c, &base, r, &input.server, upstreams);
+        if let Some(mut rule) = rule {
+            rule.plan_limits =
+                select_plan_limits(c, &base, r.plan.as_ref(), plans, consumers_configured).map(
+                    |by_plan| {
+                        by_plan
+                            .into_iter()
+                            .map(|plan| rule.limits.iter().cloned().chain(plan).collect())
+                            .collect()
+                    },
+                );
+            check_plan_limits(c, &base, &rule);
+            let keyed_by_consumer = rule
+                .limits
+                .iter()
+                .any(|l| l.key.0.contains(&KeyPart::Consumer));
+            if keyed_by_consumer && !consumers_configured {
+                c.error(
+                    format!("{base}.limits"),
+                    "`key: consumer` needs `consumers:` (who is on which plan)",
+                );
+            }
+            rule.needs_consumer = rule.plan_limits.is_some() || keyed_by_consumer;
             rules.push(rule);
         }
     }
     rules
+}
+
+/// A request's limits, the rule's own and its plan's, are decided in one
+/// step: at most `MAX_CHECKS`, each name once (names label the headers and
+/// the metrics).
+fn check_plan_limits(c: &mut Compiler<'_>, base: &str, rule: &Rule) {
+    for limits in rule.plan_limits.iter().flatten() {
+        if limits.len() > MAX_CHECKS {
+            c.error(
+                format!("{base}.plan"),
+                format!(
+                    "with a plan's limits this rule would have {} limits; a request may have at most {MAX_CHECKS}",
+                    limits.len()
+                ),
+            );
+            return;
+        }
+        let own = &limits[..rule.limits.len()];
+        if let Some(clash) = limits[rule.limits.len()..]
+            .iter()
+            .find(|l| own.iter().any(|o| o.name == l.name))
+        {
+            c.error(
+                format!("{base}.plan"),
+                format!(
+                    "the rule and a plan both have a limit named {:?}; name them apart",
+                    clash.name
+                ),
+            );
+            return;
+        }
+    }
 }
 
 /// Warns of rules that can never match: an earlier rule without a method or
@@ -812,6 +1195,8 @@ fn compile_rule(
         conditions: RouteConditions { methods, host },
         upstream: upstream?,
         limits,
+        plan_limits: None,
+        needs_consumer: false,
         exemptions,
         headers: r.headers.unwrap_or(server.headers),
         deny,
@@ -958,6 +1343,13 @@ fn compile_key(c: &mut Compiler<'_>, path: &str, l: &LimitInput) -> KeySpec {
             KeyPartInput::Header(name) => c
                 .check(format!("{path}.key"), parse_header_name(name))
                 .map(KeyPart::Header),
+            KeyPartInput::Consumer => Some(KeyPart::Consumer),
+            KeyPartInput::Cookie(name) => c
+                .check(format!("{path}.key"), parse_token(name, "cookie"))
+                .map(KeyPart::Cookie),
+            KeyPartInput::Query(name) => c
+                .check(format!("{path}.key"), parse_token(name, "query parameter"))
+                .map(KeyPart::Query),
         };
         if let Some(k) = compiled {
             if key.contains(&k) {

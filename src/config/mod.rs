@@ -34,7 +34,7 @@ impl fmt::Display for ConfigError {
             .count();
         write!(f, "{}: {errors} error(s)", self.file.display())?;
         for problem in &self.problems {
-            write!(f, "\n  {}:{problem}", self.file.display())?;
+            write!(f, "\n  {}:{problem}", problem.file_or(&self.file).display())?;
         }
         Ok(())
     }
@@ -46,6 +46,7 @@ impl ConfigError {
             file: file.to_path_buf(),
             problems: vec![Problem {
                 severity: Severity::Error,
+                file: None,
                 path: path.to_string(),
                 line: 1,
                 column: 1,
@@ -133,6 +134,7 @@ impl Loader {
         if is_empty_yaml(text) {
             return Err(refuse(vec![Problem {
                 severity: Severity::Error,
+                file: None,
                 path: String::new(),
                 line: 1,
                 column: 1,
@@ -285,6 +287,7 @@ fn parse<T: DeserializeOwned>(text: &str, source: &SourceMap) -> Result<T, Probl
             .unwrap_or(Position { line: 1, column: 1 });
         Problem {
             severity: Severity::Error,
+            file: None,
             path: source.path_at(position).unwrap_or_default().to_string(),
             line: position.line,
             column: position.column,

@@ -91,6 +91,9 @@ fn key_part(part: &KeyPart) -> String {
         KeyPart::Global => "global".into(),
         // Header names are lower-case tokens; a token may hold `+` or `:`.
         KeyPart::Header(name) => format!("header:{}", text(name.as_str())),
+        KeyPart::Consumer => "consumer".into(),
+        KeyPart::Cookie(name) => format!("cookie:{}", text(name)),
+        KeyPart::Query(name) => format!("query:{}", text(name)),
     }
 }
 

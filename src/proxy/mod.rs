@@ -19,6 +19,7 @@ use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::admission::{self, Admission, Admitted, RequestHead};
+use crate::consumer::Consumers;
 use crate::identity::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::metrics::Outcome;
 use crate::respond::{self, Reply};
@@ -112,8 +113,9 @@ fn prepare_upstream_request(
     request: &mut RequestHeader,
     admitted: &mut Admitted,
     peer: IpAddr,
-    host_header: Option<&HeaderValue>,
+    rt: &Snapshot,
 ) -> Result<()> {
+    let host_header = rt.upstream_of(rt.rule(admitted.rule)).host_header.as_ref();
     if let Some(uri) = admitted.forward_uri.take() {
         request.set_uri(uri);
     }
@@ -150,6 +152,29 @@ fn prepare_upstream_request(
     request.insert_header(X_REAL_IP_NAME, real_ip)?;
     if let Some(host) = host_header {
         request.insert_header(HOST, host.clone())?;
+    }
+    if let Some(consumers) = &rt.consumers {
+        forward_consumer(request, admitted, consumers, rt)?;
+    }
+    Ok(())
+}
+
+/// Tells the upstream who the consumer is, in the headers the config names;
+/// a client's own copies of those headers never reach it.
+fn forward_consumer(
+    request: &mut RequestHeader,
+    admitted: &Admitted,
+    consumers: &Consumers,
+    rt: &Snapshot,
+) -> Result<()> {
+    let id = admitted.consumer.map(|i| consumers.list[i].id.as_str());
+    let plan = admitted.plan.map(|p| rt.plans[p].name.as_str());
+    for (name, value) in [(&consumers.forward_id, id), (&consumers.forward_plan, plan)] {
+        let Some(name) = name else { continue };
+        request.remove_header(name);
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            request.insert_header(name.clone(), value)?;
+        }
     }
     Ok(())
 }
@@ -200,12 +225,7 @@ impl Gateway {
             // counted on the wire and inflate past it upstream.
             request.remove_header("sec-websocket-extensions");
         }
-        prepare_upstream_request(
-            &mut request,
-            &mut admitted,
-            peer_ip(session),
-            upstream.host_header.as_ref(),
-        )?;
+        prepare_upstream_request(&mut request, &mut admitted, peer_ip(session), &rt)?;
         let started = Instant::now();
         let handshake = match self.connect_upgrade(upstream, &request).await {
             Ok(handshake) => handshake,
@@ -229,7 +249,7 @@ impl Gateway {
             respond::add_rate_limit_headers(
                 &mut response,
                 rule.headers,
-                &rule.limits[limit],
+                &rule.limits_for(admitted.plan)[limit],
                 &decision,
             );
         }
@@ -465,10 +485,11 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let rt = ctx.snapshot.clone();
-        let host_header = match (&rt, ctx.rule) {
-            (Some(rt), Some(rule)) => rt.upstream_of(rt.rule(rule)).host_header.as_ref(),
-            _ => None,
+        let Some(rt) = ctx.snapshot.clone() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "request reached the upstream without a snapshot",
+            ));
         };
         // Only WebSocket upgrades are tunnelled (by us); any other upgrade
         // offer (h2c above all) would open a tunnel past routing and limits.
@@ -481,7 +502,7 @@ impl ProxyHttp for Gateway {
                 "request reached the upstream without an admission",
             ));
         };
-        prepare_upstream_request(upstream_request, admitted, peer_ip(session), host_header)
+        prepare_upstream_request(upstream_request, admitted, peer_ip(session), &rt)
     }
 
     async fn connected_to_upstream(
@@ -515,13 +536,15 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let headline = ctx.admitted.as_ref().and_then(|a| a.headline);
-        if let (Some((limit, decision)), Ok((rt, rule))) = (headline, snapshot(ctx)) {
+        let Some(admitted) = &ctx.admitted else {
+            return Ok(());
+        };
+        if let (Some((limit, decision)), Ok((rt, rule))) = (admitted.headline, snapshot(ctx)) {
             let rule = rt.rule(rule);
             respond::add_rate_limit_headers(
                 upstream_response,
                 rule.headers,
-                &rule.limits[limit],
+                &rule.limits_for(admitted.plan)[limit],
                 &decision,
             );
         }

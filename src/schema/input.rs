@@ -25,6 +25,13 @@ pub struct ConfigInput {
     pub(crate) upstreams: BTreeMap<String, UpstreamInput>,
     #[serde(default)]
     pub(crate) rules: Vec<RuleInput>,
+    /// Named sets of limits a consumer's requests get on the rules that say
+    /// `plan:`.
+    #[serde(default)]
+    pub(crate) plans: BTreeMap<String, PlanInput>,
+    /// Who the clients are: API keys, each naming a consumer and its plan.
+    #[serde(default)]
+    pub(crate) consumers: Option<ConsumersInput>,
     /// A section the core does not read: a part beside the gateway that
     /// the binary adds parses and checks it (see `config::part`).
     #[serde(default)]
@@ -123,6 +130,99 @@ fn default_admin() -> String {
 
 fn default_ipv6_prefix() -> u8 {
     64
+}
+
+/// A plan: limits counted per consumer, or none at all.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PlanInput {
+    #[serde(default)]
+    pub(crate) limits: Vec<LimitInput>,
+    /// Consumers on this plan skip the limits of every rule that says `plan:`.
+    #[serde(default)]
+    pub(crate) exempt: bool,
+}
+
+/// The consumers: in a file of their own (watched like the config), or listed
+/// here.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsumersInput {
+    /// A YAML file with a `consumers:` list, relative to the config file.
+    #[serde(default)]
+    pub(crate) file: Option<String>,
+    /// Consumers listed in the config itself.
+    #[serde(default)]
+    pub(crate) list: Vec<ConsumerInput>,
+    /// The plan of requests without a key; unset, they are refused (401).
+    #[serde(default)]
+    pub(crate) anonymous: Option<String>,
+    /// Headers that tell the upstream who the consumer is; any copy the
+    /// client sent is removed.
+    #[serde(default)]
+    pub(crate) forward: ForwardInput,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ForwardInput {
+    /// Header for the consumer's id, e.g. `x-consumer-id`.
+    #[serde(default)]
+    pub(crate) id: Option<String>,
+    /// Header for the consumer's plan, e.g. `x-consumer-plan`.
+    #[serde(default)]
+    pub(crate) plan: Option<String>,
+}
+
+/// One consumer: an id, a plan, and the API keys that name it, in clear or
+/// as `sha256:` and the hex digest of the key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsumerInput {
+    pub(crate) id: String,
+    pub(crate) plan: String,
+    pub(crate) keys: Vec<String>,
+}
+
+/// The consumers file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsumersFileInput {
+    pub(crate) consumers: Vec<ConsumerInput>,
+}
+
+/// Which of the consumer's plan limits a rule applies: `true` (all),
+/// `false` (none), or a list of their names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub(crate) enum PlanSelectInput {
+    All(bool),
+    Named(Vec<String>),
+}
+
+/// Dispatches on the YAML shape, so each shape keeps precise messages.
+impl<'de> Deserialize<'de> for PlanSelectInput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PlanSelectVisitor;
+
+        impl<'de> de::Visitor<'de> for PlanSelectVisitor {
+            type Value = PlanSelectInput;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, or a list of plan limit names")
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<PlanSelectInput, E> {
+                Ok(PlanSelectInput::All(v))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<PlanSelectInput, A::Error> {
+                Vec::deserialize(SeqAccessDeserializer::new(seq)).map(PlanSelectInput::Named)
+            }
+        }
+
+        deserializer.deserialize_any(PlanSelectVisitor)
+    }
 }
 
 /// Where `key: api_key` finds the key.
@@ -262,6 +362,9 @@ pub(crate) struct RuleInput {
     pub(crate) upstream: String,
     #[serde(default)]
     pub(crate) limits: Vec<LimitInput>,
+    /// The consumer's plan limits, decided with `limits` in one step.
+    #[serde(default)]
+    pub(crate) plan: Option<PlanSelectInput>,
     #[serde(default)]
     pub(crate) exempt: Vec<ExemptInput>,
     /// Overrides `server.headers` for this rule.
@@ -429,16 +532,20 @@ impl<'de> Deserialize<'de> for CostInput {
     }
 }
 
-/// One part of a key as written: `ip`, `api_key`, `global`, `connection`
-/// (WebSocket message limits only) or `{ header: NAME }`.
+/// One part of a key as written: `ip`, `api_key`, `consumer`, `global`,
+/// `connection` (WebSocket message limits only), `{ header: NAME }`,
+/// `{ cookie: NAME }` or `{ query: NAME }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum KeyPartInput {
     Ip,
     Connection,
     ApiKey,
+    Consumer,
     Global,
     Header(String),
+    Cookie(String),
+    Query(String),
 }
 
 /// A key: one part, or a list of parts for a composite key.
@@ -469,7 +576,7 @@ impl<'de> Deserialize<'de> for KeyInput {
             type Value = KeyInput;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("ip, api_key, global, connection, { header: NAME }, or a list of these")
+                f.write_str("ip, api_key, consumer, global, connection, { header: NAME }, { cookie: NAME }, { query: NAME }, or a list of these")
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyInput, E> {

@@ -23,11 +23,22 @@ pub enum Severity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
     pub severity: Severity,
+    /// The file the problem is in, when it is not the config file itself
+    /// (the consumers file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
     /// YAML path such as `rules[1].limits[0].rate` (empty for the document).
     pub path: String,
     pub line: u32,
     pub column: u32,
     pub message: String,
+}
+
+impl Problem {
+    /// The file to name before the problem: its own, else `config`.
+    pub fn file_or<'a>(&'a self, config: &'a std::path::Path) -> &'a std::path::Path {
+        self.file.as_deref().unwrap_or(config)
+    }
 }
 
 impl fmt::Display for Problem {

@@ -18,6 +18,7 @@ pub fn facts_from(ip: impl Into<IpAddr>) -> RequestFacts<'static> {
         client_ip: ip.into(),
         ipv6_prefix: 64,
         api_key: SOURCES.get_or_init(ApiKeySources::default),
+        consumer: None,
     }
 }
 
