@@ -862,8 +862,6 @@ fn read_consumers_file(
     let in_file = |mut problems: Vec<Problem>| {
         for p in &mut problems {
             p.file = Some(path.to_path_buf());
-            // A shape error may quote a value, and a value may be a key.
-            p.message = redact_quoted(&p.message);
         }
         problems
     };
@@ -876,7 +874,11 @@ fn read_consumers_file(
     let parsed = super::parse::<ConsumersFileInput>(&text, &source);
     let input = match parsed {
         Ok(input) => input,
-        Err(problem) => return in_file(vec![problem]),
+        Err(mut problem) => {
+            // A shape error may quote a value, and a value may be a key.
+            problem.message = redact_quoted(&problem.message);
+            return in_file(vec![problem]);
+        }
     };
     let mut c = Compiler {
         source: &source,

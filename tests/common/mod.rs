@@ -460,10 +460,23 @@ impl Gateway {
     /// Starts a gateway whose config is `yaml` with `{listen}`, `{admin}` and
     /// `{upstream}` replaced by the free ports chosen here and `upstream`.
     pub async fn start(yaml: &str, upstream: SocketAddr) -> Self {
+        Self::start_with_files(yaml, upstream, &[]).await
+    }
+
+    /// Like [`Gateway::start`], with `files` (name, content) written beside
+    /// the config first.
+    pub async fn start_with_files(
+        yaml: &str,
+        upstream: SocketAddr,
+        files: &[(&str, &str)],
+    ) -> Self {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let text = render(yaml, addr, admin, upstream);
         let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, text).unwrap();
         let shared =
@@ -498,6 +511,12 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Replaces a file beside the config (such as the consumers file).
+    pub fn write_beside(&self, name: &str, content: &str) {
+        let dir = self.config_path.parent().unwrap();
+        std::fs::write(dir.join(name), content).unwrap();
     }
 
     /// Replaces the config file's content in place.
