@@ -57,6 +57,16 @@ async fn start(extra: &str, upstream: &Upstream) -> Gateway {
     .await
 }
 
+/// One request to the rule that applies plans, with `key`.
+async fn with_key(gw: &Gateway, key: &str) -> reqwest::Response {
+    client()
+        .get(gw.url("/api/x"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Sends `n` requests with `key` at once, spread over `gateways`; counts the
 /// 200s (everything else must be a 429).
 async fn admitted(gateways: &[Gateway], key: &str, n: usize) -> usize {
@@ -128,12 +138,7 @@ async fn an_unknown_key_is_401_unknown_key_and_no_key_is_401_missing_key() {
     let upstream = Upstream::start().await;
     let gw = start("", &upstream).await;
     let c = client();
-    let unknown = c
-        .get(gw.url("/api/x"))
-        .header("x-api-key", "guess")
-        .send()
-        .await
-        .unwrap();
+    let unknown = with_key(&gw, "guess").await;
     assert_eq!(unknown.status(), 401);
     assert!(unknown.headers().contains_key("www-authenticate"));
     let body: serde_json::Value = unknown.json().await.unwrap();
@@ -184,12 +189,7 @@ async fn the_429_names_the_plan_and_the_limit() {
     let upstream = Upstream::start().await;
     let gw = start("", &upstream).await;
     admitted(std::slice::from_ref(&gw), "free-key", 10).await;
-    let answer = client()
-        .get(gw.url("/api/x"))
-        .header("x-api-key", "free-key")
-        .send()
-        .await
-        .unwrap();
+    let answer = with_key(&gw, "free-key").await;
     assert_eq!(answer.status(), 429);
     let body: serde_json::Value = answer.json().await.unwrap();
     assert_eq!(body["plan"], "free");
@@ -251,12 +251,7 @@ async fn a_consumer_moved_to_another_plan_gets_its_quota_at_once_and_the_others_
         Duration::from_secs(10),
         "the consumers file reloads",
         || async {
-            let answer = client()
-                .get(gw.url("/api/x"))
-                .header("x-api-key", "free-key")
-                .send()
-                .await
-                .unwrap();
+            let answer = with_key(&gw, "free-key").await;
             answer.status() == 200
                 && answer.headers()["ratelimit-policy"]
                     .to_str()
@@ -296,12 +291,7 @@ async fn a_broken_consumers_file_is_refused_with_its_own_location_and_the_old_ta
     let text = config.to_string();
     assert!(text.contains("consumers.yaml"), "{text}");
     assert!(text.contains("consumers[0].plan"), "{text}");
-    let answer = c
-        .get(gw.url("/api/x"))
-        .header("x-api-key", "free-key")
-        .send()
-        .await
-        .unwrap();
+    let answer = with_key(&gw, "free-key").await;
     assert_eq!(answer.status(), 200, "the running table still serves");
 }
 
@@ -316,11 +306,7 @@ async fn an_api_key_shows_nowhere_in_clear() {
     );
     let gw = Gateway::start(&inline, upstream.addr).await;
     let c = client();
-    c.get(gw.url("/api/x"))
-        .header("x-api-key", "inline-secret-key")
-        .send()
-        .await
-        .unwrap();
+    with_key(&gw, "inline-secret-key").await;
     let config = c
         .get(gw.admin_url("/-/config"))
         .send()
