@@ -635,6 +635,7 @@ async fn metrics_labels_never_come_from_clients() {
         "exempt",
         "shadow_limited",
         "missing_key",
+        "unknown_key",
         "no_route",
         "bad_request",
         "store_error",
