@@ -174,8 +174,7 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
         plan,
         consumer: who.and_then(|w| w.index()),
     };
-    let exempt_by_plan = rule.plan_limits.is_some() && plan.is_some_and(|p| rt.plans[p].exempt);
-    let planned = if exempt_by_plan {
+    let planned = if rule.exempt_by_plan(plan, &rt.plans) {
         Plan::Exempt
     } else {
         pipeline::plan(rule, limits_of_request, &facts)
@@ -321,20 +320,19 @@ fn websocket_message_key<'r>(
 }
 
 /// Why a request that needs a consumer has none.
-enum Unidentified {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unidentified {
     /// Two API keys that differ.
-    Conflicting(KeyPart),
+    ConflictingKeys,
     Nobody(Unknown),
 }
 
-/// Who the request's API key names.
-fn identify<'c>(
+/// Who the request's API key names (`check --explain` asks too).
+pub(crate) fn identify<'c>(
     consumers: &'c Consumers,
     facts: &RequestFacts<'_>,
 ) -> Result<Who<'c>, Unidentified> {
-    let key = identity::request_api_key(facts).map_err(|error| match error {
-        KeyError::Conflicting(part) | KeyError::Missing(part) => Unidentified::Conflicting(part),
-    })?;
+    let key = identity::request_api_key(facts).map_err(|_| Unidentified::ConflictingKeys)?;
     consumers
         .resolve(key.as_deref())
         .map_err(Unidentified::Nobody)
@@ -344,9 +342,9 @@ fn identify<'c>(
 /// key, 400 for two keys that differ.
 fn refuse_unidentified(rule: &Rule, why: Unidentified) -> (Outcome, Reply) {
     match why {
-        Unidentified::Conflicting(part) => (
+        Unidentified::ConflictingKeys => (
             Outcome::BadRequest,
-            respond::conflicting_key(rule, None, &part),
+            respond::conflicting_key(rule, None, &KeyPart::ApiKey),
         ),
         Unidentified::Nobody(unknown) => {
             let outcome = match unknown {

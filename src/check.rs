@@ -8,9 +8,9 @@ use std::net::IpAddr;
 use http::header::{HeaderName, HOST};
 use http::{HeaderMap, HeaderValue, Method};
 
-use crate::admission::{self, Admission, RequestHead};
+use crate::admission::{self, Admission, RequestHead, Unidentified};
 use crate::consumer::Unknown;
-use crate::identity::{self, KeyError};
+use crate::identity::KeyError;
 use crate::limit::store::redis::{redact_url, RedisTarget};
 use crate::limit::{Limits, MemoryStore, MonotonicClock};
 use crate::metrics::Outcome;
@@ -292,10 +292,9 @@ fn describe(rt: &Snapshot, req: &Hypothetical, raw_target: &[u8]) -> String {
     let mut facts = pipeline::facts(rt, &incoming, client_ip);
     let mut plan = None;
     if let Some(consumers) = rt.consumers.as_ref().filter(|_| rule.needs_consumer) {
-        let key = identity::request_api_key(&facts);
-        let who = key.as_ref().ok().map(|k| consumers.resolve(k.as_deref()));
+        let who = admission::identify(consumers, &facts);
         let line = match who {
-            Some(Ok(who)) => {
+            Ok(who) => {
                 plan = Some(who.plan());
                 let plan_name = &rt.plans[who.plan()].name;
                 match who.id() {
@@ -303,19 +302,23 @@ fn describe(rt: &Snapshot, req: &Hypothetical, raw_target: &[u8]) -> String {
                     None => format!("anonymous: no API key (plan {plan_name})"),
                 }
             }
-            Some(Err(Unknown::MissingKey)) => "none: no API key, and no plan for that".into(),
-            Some(Err(Unknown::UnknownKey)) => "none: the API key is not known".into(),
-            None => "none: two different API keys".into(),
+            Err(Unidentified::Nobody(Unknown::MissingKey)) => {
+                "none: no API key, and no plan for that".into()
+            }
+            Err(Unidentified::Nobody(Unknown::UnknownKey)) => {
+                "none: the API key is not known".into()
+            }
+            Err(Unidentified::ConflictingKeys) => "none: two different API keys".into(),
         };
         let _ = writeln!(out, "consumer     {line}");
-        facts.consumer = who.and_then(|w| w.ok()).and_then(|w| w.id());
+        facts.consumer = who.ok().and_then(|w| w.id());
     }
     if let Some(exemption) = rule.exemptions.iter().find(|e| e.applies(&facts)) {
         let _ = writeln!(out, "exemption    {exemption}: no limits apply");
         return out;
     }
     let _ = writeln!(out, "exemption    none fires");
-    if let Some(p) = plan.filter(|&p| rule.plan_limits.is_some() && rt.plans[p].exempt) {
+    if let Some(p) = plan.filter(|_| rule.exempt_by_plan(plan, &rt.plans)) {
         let _ = writeln!(
             out,
             "plan         {} is exempt: no limits apply",
@@ -327,11 +330,7 @@ fn describe(rt: &Snapshot, req: &Hypothetical, raw_target: &[u8]) -> String {
     if limits.is_empty() {
         let _ = writeln!(out, "limits       none");
     }
-    for (i, limit) in limits.iter().enumerate() {
-        let from_plan = match plan {
-            Some(p) if i >= rule.limits.len() => format!(" (plan {})", rt.plans[p].name),
-            _ => String::new(),
-        };
+    for limit in limits {
         let what = match (pipeline::limit_key(limit, &facts), limit.missing) {
             (Ok(Some(key)), MissingPolicy::Ip) if limit.key.extract(&facts).is_err() => {
                 format!("key {} missing -> counted by ip = {key}", limit.key)
@@ -350,7 +349,7 @@ fn describe(rt: &Snapshot, req: &Hypothetical, raw_target: &[u8]) -> String {
         };
         let _ = writeln!(
             out,
-            "limit        {}{from_plan} {}{}: {what}",
+            "limit        {} {}{}: {what}",
             limit.name,
             limit.describe(),
             if limit.mode == Mode::Shadow {

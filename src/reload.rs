@@ -138,30 +138,26 @@ fn read_and_compile(shared: &Shared, trigger: Trigger) -> Result<Candidate, Conf
         }
         _ => config::read_file(path)?,
     };
-    let sha256 = config::sha256_hex(text.as_bytes());
-    // The config's bytes say whether it changed, unless it names a consumers
-    // file: an edit there is a new config too.
-    let whole_in_text = {
-        let running = shared.snapshot.load();
-        let same = sha256 == running.source.sha256;
-        let consumers_file = running.consumers.as_ref().is_some_and(|c| c.file.is_some());
-        if same && !consumers_file {
-            return Ok(Candidate::Unchanged);
-        }
-        !consumers_file
-    };
-    let failed = shared.reloader.state().failed_sha256.clone();
-    if whole_in_text && trigger == Trigger::File && failed.as_deref() == Some(sha256.as_str()) {
-        return Ok(Candidate::NotYet);
+    // With a consumers file the running version is the digest of both files,
+    // known once compiled; without one, the text's own digest.
+    if config::sha256_hex(text.as_bytes()) == shared.snapshot.load().source.sha256 {
+        return Ok(Candidate::Unchanged);
     }
-    let result = shared.loader.load_str(&text, path);
-    match result {
+    match shared.loader.load_str(&text, path) {
         Ok(runtime) if runtime.source.sha256 == shared.snapshot.load().source.sha256 => {
             Ok(Candidate::Unchanged)
         }
         Ok(runtime) => Ok(Candidate::Compiled(Box::new(runtime))),
         Err(e) => {
-            shared.reloader.state().failed_sha256 = Some(sha256);
+            // The same text failing the same way (a neighbour file's events)
+            // is not reported again; a fix in the consumers file alone is
+            // seen, since its problems were part of the failure.
+            let failure = config::sha256_hex(format!("{text}\n{:?}", e.problems).as_bytes());
+            let mut state = shared.reloader.state();
+            if trigger == Trigger::File && state.failed_sha256.as_deref() == Some(&failure) {
+                return Ok(Candidate::NotYet);
+            }
+            state.failed_sha256 = Some(failure);
             Err(e)
         }
     }

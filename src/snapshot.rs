@@ -161,6 +161,12 @@ impl Rule {
         self.limits.iter().chain(from_plans).chain(messages)
     }
 
+    /// A consumer on an exempt plan skips every limit of a rule that applies
+    /// plans.
+    pub(crate) fn exempt_by_plan(&self, plan: Option<usize>, plans: &[Plan]) -> bool {
+        self.plan_limits.is_some() && plan.is_some_and(|p| plans[p].exempt)
+    }
+
     /// The limits a request on `plan` gets (the rule's own without a plan, or
     /// on a rule that applies none).
     pub(crate) fn limits_for(&self, plan: Option<usize>) -> &[RuleLimit] {

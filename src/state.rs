@@ -184,8 +184,8 @@ pub(crate) struct Reloader {
 #[derive(Debug, Default)]
 pub(crate) struct ReloaderState {
     pub(crate) last: Option<LastReload>,
-    /// Hash of the last file that failed, so that directory noise does not
-    /// re-report an unchanged broken file.
+    /// Hash of the last failure (the text and its problems), so that
+    /// directory noise does not re-report an unchanged broken file.
     pub(crate) failed_sha256: Option<String>,
     /// The last successful reload, by the hash it loaded, so that a
     /// `POST /-/reload` after the watcher already applied an edit still gets

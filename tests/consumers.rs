@@ -185,7 +185,7 @@ async fn requests_without_a_key_get_the_anonymous_plan_when_there_is_one() {
 }
 
 #[tokio::test]
-async fn the_429_names_the_plan_and_the_limit() {
+async fn the_429_names_the_plan_and_the_plan_limit_by_plan_and_name() {
     let upstream = Upstream::start().await;
     let gw = start("", &upstream).await;
     admitted(std::slice::from_ref(&gw), "free-key", 10).await;
@@ -193,7 +193,7 @@ async fn the_429_names_the_plan_and_the_limit() {
     assert_eq!(answer.status(), 429);
     let body: serde_json::Value = answer.json().await.unwrap();
     assert_eq!(body["plan"], "free");
-    assert_eq!(body["limit"], "quota");
+    assert_eq!(body["limit"], "free.quota");
 }
 
 #[tokio::test]
@@ -293,6 +293,45 @@ async fn a_broken_consumers_file_is_refused_with_its_own_location_and_the_old_ta
     assert!(text.contains("consumers[0].plan"), "{text}");
     let answer = with_key(&gw, "free-key").await;
     assert_eq!(answer.status(), 200, "the running table still serves");
+    // Mending the consumers file alone (the config is as it was) is seen.
+    gw.write_beside(
+        "consumers.yaml",
+        &CONSUMERS.replace("keys: [free-key]", "keys: [free-key, new-key]"),
+    );
+    eventually(Duration::from_secs(10), "the mended file loads", || async {
+        with_key(&gw, "new-key").await.status() == 200
+    })
+    .await;
+}
+
+/// Plans whose limits share a name (`quota`) stay apart: each is `PLAN.LIMIT`
+/// in the metrics and in a reload's record of kept counters, and a reload
+/// that changes neither keeps every plan's counters.
+#[tokio::test]
+async fn plan_limits_that_share_a_name_keep_their_own_counters_series_and_reload_record() {
+    let upstream = Upstream::start().await;
+    let gw = start("store: { release_after: 10ms }\n", &upstream).await;
+    let one = std::slice::from_ref(&gw);
+    assert_eq!(admitted(one, "free-key", 6).await, 6);
+    assert_eq!(admitted(one, "pro-key-1", 6).await, 6);
+    let metrics = gw.metrics().await;
+    for plan in ["free", "pro"] {
+        let series = format!("limit=\"{plan}.quota\",result=\"allowed\",rule=\"api\"}} 6");
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let added = "rules:\n  - { name: added, match: { path: /added }, upstream: api }\n";
+    std::fs::write(&gw.config_path, config.replacen("rules:\n", added, 1)).unwrap();
+    let c = client();
+    let answer = c.post(gw.admin_url("/-/reload")).send().await.unwrap();
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let kept = body["summary"]["limits"]["kept"].to_string();
+    for limit in ["api/free.quota", "api/pro.quota", "api/partner.quota"] {
+        assert!(kept.contains(limit), "{limit} kept: {body}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(admitted(one, "free-key", 10).await, 4, "free kept its 6");
+    assert_eq!(admitted(one, "pro-key-1", 30).await, 24, "pro kept its 6");
 }
 
 #[tokio::test]
@@ -305,16 +344,8 @@ async fn an_api_key_shows_nowhere_in_clear() {
         ),
     );
     let gw = Gateway::start(&inline, upstream.addr).await;
-    let c = client();
     with_key(&gw, "inline-secret-key").await;
-    let config = c
-        .get(gw.admin_url("/-/config"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let config = gw.admin_text("/-/config").await;
     assert!(!config.contains("inline-secret-key"), "{config}");
     assert!(config.contains("sha256:"), "the digest stands in: {config}");
     assert!(!gw.metrics().await.contains("inline-secret-key"));

@@ -783,11 +783,32 @@ fn select_plan_limits(
     let chosen = |limit: &&RuleLimit| names.is_none_or(|names| names.contains(&limit.name));
     Some(
         plans
-            .limits
+            .plans
             .iter()
-            .map(|limits| limits.iter().filter(chosen).cloned().collect())
+            .zip(&plans.limits)
+            .map(|(plan, limits)| {
+                limits
+                    .iter()
+                    .filter(chosen)
+                    .map(|limit| in_plan(&plan.name, limit))
+                    .collect()
+            })
             .collect(),
     )
+}
+
+/// A plan's limit as a rule applies it, named `PLAN.LIMIT`: two plans' limits
+/// of one name stay apart in the headers, the metrics and a reload's record
+/// of kept counters. Its identity keeps the plan's scope and written name.
+fn in_plan(plan: &str, limit: &RuleLimit) -> RuleLimit {
+    let name = format!("{plan}.{}", limit.name);
+    RuleLimit {
+        policy_header: limit
+            .rate
+            .map(|rate| policy_header(&name, &limit.limiter, rate, limit.burst)),
+        name,
+        ..limit.clone()
+    }
 }
 
 /// The key table. Problems in a consumers file are located in that file.

@@ -535,8 +535,13 @@ impl Gateway {
 
     /// The admin listener's Prometheus text.
     pub async fn metrics(&self) -> String {
+        self.admin_text("/metrics").await
+    }
+
+    /// The text an admin endpoint answers.
+    pub async fn admin_text(&self, path: &str) -> String {
         client()
-            .get(self.admin_url("/metrics"))
+            .get(self.admin_url(path))
             .send()
             .await
             .unwrap()
