@@ -5,6 +5,7 @@
 //! request.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrayvec::ArrayVec;
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
+use crate::consumer::jwt::{self, TokenError};
 use crate::consumer::{Consumers, Unknown, Who};
 use crate::identity::{self, ClientKey, KeyError, KeyPart, RequestFacts};
 use crate::limit::{Decision, Decisions, HeldPermits, Limits, StoreAnswer, MAX_CHECKS};
@@ -83,9 +85,8 @@ pub(crate) struct Admitted {
     /// The consumer's plan (index in the snapshot), on a rule that needs to
     /// know the consumer: the request's limits are `rule.limits_for(plan)`.
     pub(crate) plan: Option<usize>,
-    /// The consumer (index in the snapshot's key table); `None` for an
-    /// anonymous request.
-    pub(crate) consumer: Option<usize>,
+    /// The consumer's id; `None` for an anonymous request.
+    pub(crate) consumer: Option<Arc<str>>,
 }
 
 impl Admitted {
@@ -131,7 +132,7 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
     let index = routed.rule;
     let rule = rt.rule(index);
     let client_ip = pipeline::client_ip(rt, &incoming);
-    let mut facts = pipeline::facts(rt, &incoming, client_ip);
+    let facts = pipeline::facts(rt, &incoming, client_ip);
     let who = match rt.consumers.as_ref().filter(|_| rule.needs_consumer) {
         Some(consumers) => match identify(consumers, &facts) {
             Ok(who) => Some(who),
@@ -142,8 +143,8 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
         },
         None => None,
     };
-    facts.consumer = who.and_then(|w| w.id());
-    let plan = who.map(|w| w.plan());
+    let facts = with_consumer(facts, who.as_ref());
+    let plan = who.as_ref().map(|w| w.plan());
     let limits_of_request = rule.limits_for(plan);
     let mut message_key = None;
     // The message limit's key is checked before the request's limits spend
@@ -172,7 +173,7 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
         client_ip,
         peer_trusted: rt.server.trusted_proxies.contains(head.peer.to_canonical()),
         plan,
-        consumer: who.and_then(|w| w.index()),
+        consumer: who.as_ref().and_then(|w| w.id().cloned()),
     };
     let planned = if rule.exempt_by_plan(plan, &rt.plans) {
         Plan::Exempt
@@ -322,16 +323,29 @@ fn websocket_message_key<'r>(
 /// Why a request that needs a consumer has none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Unidentified {
-    /// Two API keys that differ.
+    /// Two API keys (or bearer tokens) that differ.
     ConflictingKeys,
     Nobody(Unknown),
+    BadToken(TokenError),
 }
 
-/// Who the request's API key names (`check --explain` asks too).
+/// Who the request's bearer JWT or API key names (`check --explain` asks
+/// too). With JWTs configured, a bearer token shaped like one is verified as
+/// one; anything else is an API key.
 pub(crate) fn identify<'c>(
     consumers: &'c Consumers,
     facts: &RequestFacts<'_>,
 ) -> Result<Who<'c>, Unidentified> {
+    if let Some(verifier) = &consumers.jwt {
+        let token =
+            identity::bearer_jwt(facts.headers).map_err(|_| Unidentified::ConflictingKeys)?;
+        if let Some(token) = token {
+            return verifier
+                .verify(token, jwt::unix_now())
+                .map(Who::Token)
+                .map_err(Unidentified::BadToken);
+        }
+    }
     let key = identity::request_api_key(facts).map_err(|_| Unidentified::ConflictingKeys)?;
     consumers
         .resolve(key.as_deref())
@@ -353,6 +367,21 @@ fn refuse_unidentified(rule: &Rule, why: Unidentified) -> (Outcome, Reply) {
             };
             (outcome, respond::unknown_consumer(rule, unknown))
         }
+        Unidentified::BadToken(error) => {
+            (Outcome::InvalidToken, respond::invalid_token(rule, error))
+        }
+    }
+}
+
+/// The request's facts with the consumer it was found to be.
+pub(crate) fn with_consumer<'a>(
+    facts: RequestFacts<'a>,
+    who: Option<&'a Who<'_>>,
+) -> RequestFacts<'a> {
+    RequestFacts {
+        consumer: who.and_then(|w| w.id()).map(|id| &**id),
+        token: who.and_then(|w| w.token()),
+        ..facts
     }
 }
 

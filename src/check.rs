@@ -289,13 +289,15 @@ fn describe(rt: &Snapshot, req: &Hypothetical, raw_target: &[u8]) -> String {
             " (from X-Forwarded-For via a trusted proxy)"
         }
     );
-    let mut facts = pipeline::facts(rt, &incoming, client_ip);
-    let mut plan = None;
-    if let Some(consumers) = rt.consumers.as_ref().filter(|_| rule.needs_consumer) {
-        let who = admission::identify(consumers, &facts);
+    let facts = pipeline::facts(rt, &incoming, client_ip);
+    let who = rt
+        .consumers
+        .as_ref()
+        .filter(|_| rule.needs_consumer)
+        .map(|consumers| admission::identify(consumers, &facts));
+    if let Some(who) = &who {
         let line = match who {
             Ok(who) => {
-                plan = Some(who.plan());
                 let plan_name = &rt.plans[who.plan()].name;
                 match who.id() {
                     Some(id) => format!("{id} (plan {plan_name})"),
@@ -309,10 +311,15 @@ fn describe(rt: &Snapshot, req: &Hypothetical, raw_target: &[u8]) -> String {
                 "none: the API key is not known".into()
             }
             Err(Unidentified::ConflictingKeys) => "none: two different API keys".into(),
+            Err(Unidentified::BadToken(e)) => {
+                format!("none: the token is refused ({})", e.reason())
+            }
         };
         let _ = writeln!(out, "consumer     {line}");
-        facts.consumer = who.ok().and_then(|w| w.id());
     }
+    let who = who.as_ref().and_then(|w| w.as_ref().ok());
+    let plan = who.map(|w| w.plan());
+    let facts = admission::with_consumer(facts, who);
     if let Some(exemption) = rule.exemptions.iter().find(|e| e.applies(&facts)) {
         let _ = writeln!(out, "exemption    {exemption}: no limits apply");
         return out;

@@ -9,6 +9,8 @@ use http::header::{HeaderName, AUTHORIZATION};
 use http::HeaderMap;
 use ipnet::IpNet;
 
+use crate::consumer::jwt::Verified;
+
 /// `X-Forwarded-For`, as the gateway reads and writes it.
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -142,6 +144,12 @@ pub enum KeyPart {
     Global,
     Cookie(String),
     Query(String),
+    /// A claim of the request's verified JWT, by its slot among the claims
+    /// the verifier keeps.
+    JwtClaim {
+        name: String,
+        slot: usize,
+    },
 }
 
 impl fmt::Display for KeyPart {
@@ -154,6 +162,7 @@ impl fmt::Display for KeyPart {
             KeyPart::Global => f.write_str("global"),
             KeyPart::Cookie(name) => write!(f, "cookie:{name}"),
             KeyPart::Query(name) => write!(f, "query:{name}"),
+            KeyPart::JwtClaim { name, .. } => write!(f, "jwt_claim:{name}"),
         }
     }
 }
@@ -182,8 +191,10 @@ pub struct RequestFacts<'a> {
     pub client_ip: IpAddr,
     pub ipv6_prefix: u8,
     pub api_key: &'a ApiKeySources,
-    /// The consumer's id, once its API key has been looked up.
+    /// The consumer's id, once its API key or token has been looked up.
     pub consumer: Option<&'a str>,
+    /// The verified JWT the consumer came from.
+    pub token: Option<&'a Verified>,
 }
 
 /// One extracted key component, borrowed from the request where possible.
@@ -314,6 +325,10 @@ fn extract_part<'a>(
         KeyPart::Consumer => facts.consumer.map(|id| Cow::Borrowed(id.as_bytes())),
         KeyPart::Cookie(name) => cookie_value(facts.headers, name)?.map(Cow::Borrowed),
         KeyPart::Query(name) => query_value(facts.query, name)?,
+        KeyPart::JwtClaim { slot, .. } => facts
+            .token
+            .and_then(|t| t.claim(*slot))
+            .map(|v| Cow::Borrowed(v.as_bytes())),
     };
     value.map(KeyValue::Text).ok_or(KeyError::Missing)
 }
@@ -369,6 +384,28 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a [u8
         }
     }
     Ok(found)
+}
+
+/// The bearer token, when it has a JWT's shape (three base64url parts);
+/// several `Authorization: Bearer` lines must agree.
+pub(crate) fn bearer_jwt(headers: &HeaderMap) -> Result<Option<&str>, KeyError> {
+    let mut found: Option<&[u8]> = None;
+    for token in bearer_tokens(headers) {
+        match found {
+            Some(existing) if existing != token => {
+                return Err(KeyError::Conflicting(KeyPart::ApiKey))
+            }
+            _ => found = Some(token),
+        }
+    }
+    let jwt_shaped = |t: &&[u8]| {
+        t.iter().filter(|&&b| b == b'.').count() == 2
+            && t.iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+    };
+    Ok(found
+        .filter(jwt_shaped)
+        .and_then(|t| std::str::from_utf8(t).ok()))
 }
 
 /// The API key from every configured source that carries one; they must agree.
@@ -670,6 +707,7 @@ mod tests {
             ipv6_prefix: 64,
             api_key: sources,
             consumer: None,
+            token: None,
         }
     }
 

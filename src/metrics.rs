@@ -25,19 +25,22 @@ pub(crate) enum Outcome {
     MissingKey,
     /// An API key no consumer has.
     UnknownKey,
+    /// A bearer JWT that does not verify.
+    InvalidToken,
     NoRoute,
     BadRequest,
     StoreError,
 }
 
 impl Outcome {
-    pub(crate) const ALL: [Outcome; 9] = [
+    pub(crate) const ALL: [Outcome; 10] = [
         Outcome::Allowed,
         Outcome::Limited,
         Outcome::Exempt,
         Outcome::ShadowLimited,
         Outcome::MissingKey,
         Outcome::UnknownKey,
+        Outcome::InvalidToken,
         Outcome::NoRoute,
         Outcome::BadRequest,
         Outcome::StoreError,
@@ -51,6 +54,7 @@ impl Outcome {
             Outcome::ShadowLimited => "shadow_limited",
             Outcome::MissingKey => "missing_key",
             Outcome::UnknownKey => "unknown_key",
+            Outcome::InvalidToken => "invalid_token",
             Outcome::NoRoute => "no_route",
             Outcome::BadRequest => "bad_request",
             Outcome::StoreError => "store_error",

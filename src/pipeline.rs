@@ -91,6 +91,7 @@ pub(crate) fn facts<'a>(
         ipv6_prefix: rt.server.ipv6_prefix,
         api_key: &rt.server.api_key,
         consumer: None,
+        token: None,
     }
 }
 

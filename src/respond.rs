@@ -8,6 +8,7 @@ use http::HeaderValue;
 use pingora::http::{IntoCaseHeaderName, ResponseHeader};
 use serde_json::json;
 
+use crate::consumer::jwt::TokenError;
 use crate::consumer::Unknown;
 use crate::identity::KeyPart;
 use crate::limit::{Decision, Nanos};
@@ -124,6 +125,28 @@ pub(crate) fn unknown_consumer(rule: &Rule, why: Unknown) -> Reply {
         WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"tollgate\""),
     );
+    r
+}
+
+/// 401 for a bearer JWT that does not verify, with the reason (RFC 6750's
+/// challenge says so too).
+pub(crate) fn invalid_token(rule: &Rule, error: TokenError) -> Reply {
+    let reason = error.reason();
+    let mut r = json_reply(
+        401,
+        json!({
+            "error": "invalid_token",
+            "reason": reason,
+            "message": format!("the bearer token is not accepted: {}", reason.replace('_', " ")),
+            "rule": rule.name,
+        }),
+    );
+    let challenge = format!(
+        "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"{reason}\""
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        insert(&mut r.header, WWW_AUTHENTICATE, value);
+    }
     r
 }
 

@@ -636,6 +636,7 @@ async fn metrics_labels_never_come_from_clients() {
         "shadow_limited",
         "missing_key",
         "unknown_key",
+        "invalid_token",
         "no_route",
         "bad_request",
         "store_error",

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -13,6 +14,9 @@ use ipnet::IpNet;
 use super::locate::SourceMap;
 use super::part::NamedSection;
 use super::{ConfigSource, Problem, Severity};
+use jsonwebtoken::Algorithm;
+
+use crate::consumer::jwt::{JwtSettings, JwtVerifier, Keys};
 use crate::consumer::{self, Consumer, Consumers, Plan};
 use crate::identity::{ApiKeySources, Exemption, KeyPart, KeySpec, TrustedProxies, MAX_KEY_PARTS};
 use crate::limit::algorithm::sliding_log::MAX_LOG_LIMIT;
@@ -29,9 +33,9 @@ use crate::policy::MissingPolicy;
 use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
 use crate::schema::input::{
     AlgorithmInput, ConfigInput, ConsumerInput, ConsumersFileInput, ConsumersInput, CostInput,
-    DenyInput, ExemptInput, KeyInput, KeyPartInput, LimitInput, PlanInput, PlanSelectInput,
-    RedisStoreInput, RuleInput, ServerInput, StoreBackend, StoreInput, SyncInput, UpstreamInput,
-    WebSocketInput,
+    DenyInput, ExemptInput, JwtAlgorithmInput, JwtInput, JwtKeysInput, KeyInput, KeyPartInput,
+    LimitInput, PlanInput, PlanSelectInput, RedisStoreInput, RuleInput, SecretEnvInput,
+    ServerInput, StoreBackend, StoreInput, SyncInput, UpstreamInput, WebSocketInput,
 };
 use crate::snapshot::{
     CompiledPart, Cost, DenyResponse, MessageLimit, RedisBackend, Rule, RuleLimit, ServerSettings,
@@ -74,6 +78,22 @@ const KNOWN_METHODS: [Method; 9] = [
 struct Compiler<'a> {
     source: &'a SourceMap,
     problems: Vec<Problem>,
+    /// The JWT claims limits are keyed by (`key: { jwt_claim: NAME }`), in
+    /// the order the verifier keeps them.
+    jwt_claims: Vec<String>,
+    /// Whether bearer JWTs are configured.
+    jwt: bool,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(source: &'a SourceMap) -> Self {
+        Compiler {
+            source,
+            problems: Vec::new(),
+            jwt_claims: Vec::new(),
+            jwt: false,
+        }
+    }
 }
 
 impl Compiler<'_> {
@@ -155,10 +175,12 @@ pub(crate) fn compile(
     sections: &[NamedSection],
 ) -> Result<Snapshot, Vec<Problem>> {
     let input = &origin.input;
-    let mut c = Compiler {
-        source,
-        problems: Vec::new(),
-    };
+    let mut c = Compiler::new(source);
+    c.jwt_claims = jwt_claims_used(input);
+    c.jwt = input
+        .consumers
+        .as_ref()
+        .is_some_and(|given| given.jwt.is_some());
     let server = compile_server(&mut c, &input.server);
     let store = compile_store(&mut c, &input.store);
     let mut upstream_index = HashMap::new();
@@ -176,15 +198,9 @@ pub(crate) fn compile(
         );
     }
     let plans = compile_plans(&mut c, &input.plans);
-    let mut consumers_file_sha256 = None;
+    let mut other_files = Vec::new();
     let consumers = input.consumers.as_ref().map(|given| {
-        compile_consumers(
-            &mut c,
-            given,
-            &origin.file,
-            &plans.plans,
-            &mut consumers_file_sha256,
-        )
+        compile_consumers(&mut c, given, &origin.file, &plans.plans, &mut other_files)
     });
     let rules = compile_rules(&mut c, input, &upstream_index, &plans, consumers.is_some());
     let limit_lists = rules
@@ -223,10 +239,11 @@ pub(crate) fn compile(
     if let Some(given) = origin.input.consumers.as_mut() {
         digest_listed_keys(&mut given.list);
     }
-    if let Some(file) = consumers_file_sha256 {
-        // The version of the config is both files': an edit of either is a
-        // new one.
-        origin.sha256 = super::sha256_hex(format!("{}+{file}", origin.sha256).as_bytes());
+    if !other_files.is_empty() {
+        // The version of the config covers the files it names (consumers,
+        // JWKS): an edit of any is a new one.
+        let all = format!("{}+{}", origin.sha256, other_files.join("+"));
+        origin.sha256 = super::sha256_hex(all.as_bytes());
     }
     match (server, routes) {
         (Some(server), Some(routes)) if !has_errors => Ok(Snapshot {
@@ -817,8 +834,14 @@ fn compile_consumers(
     input: &ConsumersInput,
     config_file: &std::path::Path,
     plans: &[Plan],
-    file_sha256: &mut Option<String>,
+    other_files: &mut Vec<String>,
 ) -> Option<Consumers> {
+    let beside_config = |file: &str| {
+        config_file
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(file)
+    };
     let plan_index = |name: &str| plans.iter().position(|p| p.name == name);
     let anonymous = input.anonymous.as_deref().and_then(|name| {
         let found = plan_index(name);
@@ -857,20 +880,155 @@ fn compile_consumers(
             add_consumers(c, &mut table, &input.list, "consumers.list", plans);
         }
         (Some(file), false) => {
-            let path = config_file
-                .parent()
-                .unwrap_or(std::path::Path::new("."))
-                .join(file);
-            let problems = read_consumers_file(&path, &mut table, plans, file_sha256);
+            let path = beside_config(file);
+            let problems = read_consumers_file(&path, &mut table, plans, other_files);
             let failed = !problems.is_empty();
             c.problems.extend(problems);
-            table.file = Some(path);
             if failed {
                 return None;
             }
         }
     }
+    if let Some(jwt) = &input.jwt {
+        table.jwt = Some(compile_jwt(c, jwt, plans, &beside_config, other_files)?);
+    }
     Some(table)
+}
+
+/// Every `jwt_claim` a limit is keyed by, once each, in file order.
+fn jwt_claims_used(input: &ConfigInput) -> Vec<String> {
+    let rule_limits = input.rules.iter().flat_map(|r| {
+        let messages = r.websocket.as_ref().and_then(|w| w.messages.as_ref());
+        r.limits.iter().chain(messages)
+    });
+    let plan_limits = input.plans.values().flat_map(|p| &p.limits);
+    let mut claims: Vec<String> = Vec::new();
+    for limit in rule_limits.chain(plan_limits) {
+        for part in limit.key.parts() {
+            if let KeyPartInput::JwtClaim(name) = part {
+                if !claims.contains(name) {
+                    claims.push(name.clone());
+                }
+            }
+        }
+    }
+    claims
+}
+
+/// The JWT verifier: its keys (a JWKS file, located problems in it, or a
+/// secret from the environment), algorithms, claims and plans.
+fn compile_jwt(
+    c: &mut Compiler<'_>,
+    input: &JwtInput,
+    plans: &[Plan],
+    beside_config: &dyn Fn(&str) -> std::path::PathBuf,
+    other_files: &mut Vec<String>,
+) -> Option<JwtVerifier> {
+    let base = "consumers.jwt";
+    let keys = match &input.keys {
+        JwtKeysInput::Secret(SecretEnvInput { secret_env }) => {
+            let secret = std::env::var(secret_env).ok().filter(|s| !s.is_empty());
+            if secret.is_none() {
+                c.error(
+                    format!("{base}.keys.secret_env"),
+                    format!("the environment variable {secret_env} is not set (or empty)"),
+                );
+            }
+            secret.map(|s| Keys::secret(s.as_bytes()))
+        }
+        JwtKeysInput::File(file) => {
+            let path = beside_config(file);
+            match read_jwks(&path, other_files) {
+                Ok(keys) => Some(keys),
+                Err(problem) => {
+                    c.problems.push(*problem);
+                    None
+                }
+            }
+        }
+    };
+    if input.algorithms.is_empty() {
+        c.error(format!("{base}.algorithms"), "list at least one algorithm");
+    }
+    let leeway = match &input.leeway {
+        None => DEFAULT_JWT_LEEWAY,
+        Some(text) => c
+            .check(format!("{base}.leeway"), units::parse_duration(text))
+            .unwrap_or(DEFAULT_JWT_LEEWAY),
+    };
+    let plan_index = |name: &str| plans.iter().position(|p| p.name == name);
+    let default_plan = input.default_plan.as_deref().and_then(|name| {
+        let found = plan_index(name);
+        if found.is_none() {
+            c.error(format!("{base}.default_plan"), unknown_plan(name, plans));
+        }
+        found
+    });
+    if input.plan_claim.is_none() && input.default_plan.is_none() {
+        c.error(
+            base,
+            "name the plan: a `plan_claim`, a `default_plan`, or both",
+        );
+    }
+    let settings = JwtSettings {
+        keys: keys?,
+        algorithms: input.algorithms.iter().map(|&a| jwt_algorithm(a)).collect(),
+        issuer: input.issuer.clone(),
+        audience: input.audience.clone(),
+        leeway: leeway.as_secs(),
+        consumer_claim: input.consumer_claim.clone().unwrap_or_else(|| "sub".into()),
+        plan_claim: input.plan_claim.clone(),
+        plans: plans
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect(),
+        default_plan,
+        kept_claims: c.jwt_claims.clone(),
+    };
+    let verifier = JwtVerifier::new(settings);
+    c.check(format!("{base}.algorithms"), verifier)
+}
+
+const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
+
+fn jwt_algorithm(input: JwtAlgorithmInput) -> Algorithm {
+    match input {
+        JwtAlgorithmInput::RS256 => Algorithm::RS256,
+        JwtAlgorithmInput::RS384 => Algorithm::RS384,
+        JwtAlgorithmInput::RS512 => Algorithm::RS512,
+        JwtAlgorithmInput::PS256 => Algorithm::PS256,
+        JwtAlgorithmInput::PS384 => Algorithm::PS384,
+        JwtAlgorithmInput::PS512 => Algorithm::PS512,
+        JwtAlgorithmInput::ES256 => Algorithm::ES256,
+        JwtAlgorithmInput::ES384 => Algorithm::ES384,
+        JwtAlgorithmInput::EdDSA => Algorithm::EdDSA,
+        JwtAlgorithmInput::HS256 => Algorithm::HS256,
+        JwtAlgorithmInput::HS384 => Algorithm::HS384,
+        JwtAlgorithmInput::HS512 => Algorithm::HS512,
+    }
+}
+
+/// Reads a JWKS file; a problem is located in it.
+fn read_jwks(path: &std::path::Path, other_files: &mut Vec<String>) -> Result<Keys, Box<Problem>> {
+    let in_file = |line: usize, column: usize, message: String| {
+        Box::new(Problem {
+            severity: Severity::Error,
+            file: Some(path.to_path_buf()),
+            path: String::new(),
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+            column: u32::try_from(column).unwrap_or(u32::MAX),
+            message: super::shorten(message),
+        })
+    };
+    let text = super::read_file(path).map_err(|e| {
+        let message = e.problems.into_iter().next().map(|p| p.message);
+        in_file(1, 1, message.unwrap_or_default())
+    })?;
+    other_files.push(super::sha256_hex(text.as_bytes()));
+    let set = serde_json::from_str(&text)
+        .map_err(|e| in_file(e.line(), e.column(), format!("not a JWKS document: {e}")))?;
+    Keys::from_set(set).map_err(|message| in_file(1, 1, message))
 }
 
 /// Reads the consumers file into `table`; its problems, located in it.
@@ -878,7 +1036,7 @@ fn read_consumers_file(
     path: &std::path::Path,
     table: &mut Consumers,
     plans: &[Plan],
-    sha256: &mut Option<String>,
+    other_files: &mut Vec<String>,
 ) -> Vec<Problem> {
     let in_file = |mut problems: Vec<Problem>| {
         for p in &mut problems {
@@ -890,7 +1048,7 @@ fn read_consumers_file(
         Ok(text) => text,
         Err(e) => return in_file(e.problems),
     };
-    *sha256 = Some(super::sha256_hex(text.as_bytes()));
+    other_files.push(super::sha256_hex(text.as_bytes()));
     let source = SourceMap::build(&text);
     let parsed = super::parse::<ConsumersFileInput>(&text, &source);
     let input = match parsed {
@@ -901,10 +1059,7 @@ fn read_consumers_file(
             return in_file(vec![problem]);
         }
     };
-    let mut c = Compiler {
-        source: &source,
-        problems: Vec::new(),
-    };
+    let mut c = Compiler::new(&source);
     add_consumers(&mut c, table, &input.consumers, "consumers", plans);
     in_file(c.problems)
 }
@@ -945,7 +1100,7 @@ fn add_consumers(
             };
             if let Some(&other) = table.by_key.get(&digest) {
                 let holder = &table.list[other].id;
-                let message = if holder == &consumer.id {
+                let message = if **holder == *consumer.id {
                     format!("this key is listed twice for consumer {holder:?}")
                 } else {
                     format!("this key is also consumer {holder:?}'s: a key names one consumer")
@@ -956,7 +1111,7 @@ fn add_consumers(
             table.by_key.insert(digest, index);
         }
         table.list.push(Consumer {
-            id: consumer.id.clone(),
+            id: Arc::from(consumer.id.as_str()),
             plan: plan.unwrap_or(0),
         });
     }
@@ -1026,10 +1181,12 @@ fn compile_rules(
                     },
                 );
             check_plan_limits(c, &base, &rule);
-            let keyed_by_consumer = rule
-                .limits
-                .iter()
-                .any(|l| l.key.0.contains(&KeyPart::Consumer));
+            let keyed_by_consumer = rule.limits.iter().any(|l| {
+                l.key
+                    .0
+                    .iter()
+                    .any(|p| matches!(p, KeyPart::Consumer | KeyPart::JwtClaim { .. }))
+            });
             if keyed_by_consumer && !consumers_configured {
                 c.error(
                     format!("{base}.limits"),
@@ -1373,6 +1530,19 @@ fn compile_key(c: &mut Compiler<'_>, path: &str, l: &LimitInput) -> KeySpec {
             KeyPartInput::Query(name) => c
                 .check(format!("{path}.key"), parse_token(name, "query parameter"))
                 .map(KeyPart::Query),
+            KeyPartInput::JwtClaim(name) => {
+                if !c.jwt {
+                    c.error(
+                        format!("{path}.key"),
+                        "`jwt_claim` needs consumers.jwt (the tokens it is read from)",
+                    );
+                }
+                let slot = c.jwt_claims.iter().position(|claim| claim == name);
+                slot.map(|slot| KeyPart::JwtClaim {
+                    name: name.clone(),
+                    slot,
+                })
+            }
         };
         if let Some(k) = compiled {
             if key.contains(&k) {

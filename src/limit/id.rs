@@ -94,6 +94,7 @@ fn key_part(part: &KeyPart) -> String {
         KeyPart::Consumer => "consumer".into(),
         KeyPart::Cookie(name) => format!("cookie:{}", text(name)),
         KeyPart::Query(name) => format!("query:{}", text(name)),
+        KeyPart::JwtClaim { name, .. } => format!("jwt_claim:{}", text(name)),
     }
 }
 

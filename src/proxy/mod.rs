@@ -167,7 +167,7 @@ fn forward_consumer(
     consumers: &Consumers,
     rt: &Snapshot,
 ) -> Result<()> {
-    let id = admitted.consumer.map(|i| consumers.list[i].id.as_str());
+    let id = admitted.consumer.as_deref();
     let plan = admitted.plan.map(|p| rt.plans[p].name.as_str());
     for (name, value) in [(&consumers.forward_id, id), (&consumers.forward_plan, plan)] {
         let Some(name) = name else { continue };

@@ -161,6 +161,95 @@ pub(crate) struct ConsumersInput {
     /// client sent is removed.
     #[serde(default)]
     pub(crate) forward: ForwardInput,
+    /// Consumers named by verified bearer JWTs.
+    #[serde(default)]
+    pub(crate) jwt: Option<JwtInput>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JwtInput {
+    /// A JWKS file (relative to the config, watched like it), or
+    /// `{ secret_env: NAME }` for a shared secret.
+    pub(crate) keys: JwtKeysInput,
+    pub(crate) algorithms: Vec<JwtAlgorithmInput>,
+    /// Required `iss`, when set.
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
+    /// Required `aud`, when set.
+    #[serde(default)]
+    pub(crate) audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (default 30s).
+    #[serde(default)]
+    pub(crate) leeway: Option<String>,
+    /// The claim naming the consumer (default `sub`).
+    #[serde(default)]
+    pub(crate) consumer_claim: Option<String>,
+    /// The claim naming the consumer's plan.
+    #[serde(default)]
+    pub(crate) plan_claim: Option<String>,
+    /// The plan of a token whose plan claim is missing or names no plan;
+    /// unset, such a token is refused.
+    #[serde(default)]
+    pub(crate) default_plan: Option<String>,
+}
+
+/// A JWKS file's path, or a secret from the environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub(crate) enum JwtKeysInput {
+    File(String),
+    Secret(SecretEnvInput),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SecretEnvInput {
+    pub(crate) secret_env: String,
+}
+
+/// Dispatches on the YAML shape, so each shape keeps precise messages.
+impl<'de> Deserialize<'de> for JwtKeysInput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeysVisitor;
+
+        impl<'de> de::Visitor<'de> for KeysVisitor {
+            type Value = JwtKeysInput;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JWKS file's path, or { secret_env: NAME }")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<JwtKeysInput, E> {
+                Ok(JwtKeysInput::File(v.to_string()))
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<JwtKeysInput, A::Error> {
+                SecretEnvInput::deserialize(MapAccessDeserializer::new(map))
+                    .map(JwtKeysInput::Secret)
+            }
+        }
+
+        deserializer.deserialize_any(KeysVisitor)
+    }
+}
+
+/// The JWT signature algorithms tollgate verifies, by their JOSE names.
+/// `none` is not one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub(crate) enum JwtAlgorithmInput {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -546,6 +635,7 @@ pub(crate) enum KeyPartInput {
     Header(String),
     Cookie(String),
     Query(String),
+    JwtClaim(String),
 }
 
 /// A key: one part, or a list of parts for a composite key.
@@ -576,7 +666,7 @@ impl<'de> Deserialize<'de> for KeyInput {
             type Value = KeyInput;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("ip, api_key, consumer, global, connection, { header: NAME }, { cookie: NAME }, { query: NAME }, or a list of these")
+                f.write_str("ip, api_key, consumer, global, connection, { header: NAME }, { cookie: NAME }, { query: NAME }, { jwt_claim: NAME }, or a list of these")
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyInput, E> {

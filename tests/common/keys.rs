@@ -19,6 +19,7 @@ pub fn facts_from(ip: impl Into<IpAddr>) -> RequestFacts<'static> {
         ipv6_prefix: 64,
         api_key: SOURCES.get_or_init(ApiKeySources::default),
         consumer: None,
+        token: None,
     }
 }
 

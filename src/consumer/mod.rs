@@ -2,11 +2,15 @@
 //! which plan its requests are limited by. Keys are held only as SHA-256
 //! digests: a memory dump, a log line or `/-/config` never shows one in clear.
 
+pub mod jwt;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use http::HeaderName;
+
+use jwt::{JwtVerifier, Verified};
 
 /// The SHA-256 digest of an API key.
 pub(crate) type KeyDigest = [u8; 32];
@@ -68,13 +72,14 @@ pub struct Plan {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer {
-    pub id: String,
+    /// Shared with the requests that forward it upstream.
+    pub id: Arc<str>,
     /// Index into the snapshot's plans.
     pub plan: usize,
 }
 
 /// The key table, compiled from the config (and its consumers file).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Consumers {
     pub(crate) by_key: HashMap<KeyDigest, usize>,
     pub(crate) list: Vec<Consumer>,
@@ -83,38 +88,44 @@ pub struct Consumers {
     /// Headers that carry the consumer's id and plan upstream.
     pub(crate) forward_id: Option<HeaderName>,
     pub(crate) forward_plan: Option<HeaderName>,
-    /// The consumers file, when the consumers come from one.
-    pub(crate) file: Option<PathBuf>,
+    /// Verifies bearer JWTs, when configured.
+    pub(crate) jwt: Option<JwtVerifier>,
 }
 
 /// Who sent a request, as far as plans go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Who<'a> {
-    /// The consumer and its index in the key table.
-    Consumer(&'a Consumer, usize),
+    Consumer(&'a Consumer),
+    /// A verified JWT.
+    Token(Arc<Verified>),
     /// No key, and the config gives such requests a plan.
-    Anonymous { plan: usize },
+    Anonymous {
+        plan: usize,
+    },
 }
 
-impl<'a> Who<'a> {
+impl Who<'_> {
     pub(crate) fn plan(&self) -> usize {
         match self {
-            Who::Consumer(c, _) => c.plan,
+            Who::Consumer(c) => c.plan,
+            Who::Token(t) => t.plan,
             Who::Anonymous { plan } => *plan,
         }
     }
 
-    pub(crate) fn id(self) -> Option<&'a str> {
+    pub(crate) fn id(&self) -> Option<&Arc<str>> {
         match self {
-            Who::Consumer(c, _) => Some(&c.id),
+            Who::Consumer(c) => Some(&c.id),
+            Who::Token(t) => Some(&t.id),
             Who::Anonymous { .. } => None,
         }
     }
 
-    pub(crate) fn index(&self) -> Option<usize> {
+    /// The verified token, for `key: { jwt_claim: NAME }`.
+    pub(crate) fn token(&self) -> Option<&Verified> {
         match self {
-            Who::Consumer(_, i) => Some(*i),
-            Who::Anonymous { .. } => None,
+            Who::Token(t) => Some(t),
+            _ => None,
         }
     }
 }
@@ -139,7 +150,7 @@ impl Consumers {
             Some(key) => self
                 .by_key
                 .get(&digest(key))
-                .map(|&i| Who::Consumer(&self.list[i], i))
+                .map(|&i| Who::Consumer(&self.list[i]))
                 .ok_or(Unknown::UnknownKey),
         }
     }
@@ -189,19 +200,26 @@ mod tests {
     #[test]
     fn a_known_key_names_its_consumer() {
         let t = table();
-        assert_eq!(t.resolve(Some(b"k1")).map(|w| w.id()), Ok(Some("acme")));
+        let who = t.resolve(Some(b"k1")).ok();
+        assert_eq!(
+            who.and_then(|w| w.id().map(|id| id.to_string())).as_deref(),
+            Some("acme")
+        );
     }
 
     #[test]
     fn an_unknown_key_is_unknown() {
-        assert_eq!(table().resolve(Some(b"k2")), Err(Unknown::UnknownKey));
+        assert_eq!(
+            table().resolve(Some(b"k2")).err(),
+            Some(Unknown::UnknownKey)
+        );
     }
 
     #[test]
     fn no_key_is_refused_unless_anonymous_requests_have_a_plan() {
         let mut t = table();
-        assert_eq!(t.resolve(None), Err(Unknown::MissingKey));
+        assert_eq!(t.resolve(None).err(), Some(Unknown::MissingKey));
         t.anonymous = Some(0);
-        assert_eq!(t.resolve(None), Ok(Who::Anonymous { plan: 0 }));
+        assert_eq!(t.resolve(None).map(|w| w.plan()).ok(), Some(0));
     }
 }
