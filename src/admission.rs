@@ -58,6 +58,8 @@ pub(crate) struct Refusal {
     /// What the answer counts as in `tollgate_requests_total`.
     pub(crate) outcome: Outcome,
     pub(crate) reply: Reply,
+    /// The consumer's plan, when it was known before the refusal.
+    pub(crate) plan: Option<usize>,
 }
 
 /// A request admitted upstream, with what the later phases need.
@@ -97,10 +99,21 @@ impl Admitted {
 }
 
 fn refuse(rule: Option<usize>, outcome: Outcome, reply: Reply) -> Admission {
+    refuse_on(None, rule, outcome, reply)
+}
+
+/// A refusal of a request whose consumer's plan is known.
+fn refuse_on(
+    plan: Option<usize>,
+    rule: Option<usize>,
+    outcome: Outcome,
+    reply: Reply,
+) -> Admission {
     Admission::Reply(Refusal {
         rule,
         outcome,
         reply,
+        plan,
     })
 }
 
@@ -157,7 +170,7 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
             Ok(key) => message_key = key,
             Err((limit, error)) => {
                 let (outcome, reply) = refuse_key(rule, limit, error);
-                return refuse(Some(index), outcome, reply);
+                return refuse_on(plan, Some(index), outcome, reply);
             }
         }
     }
@@ -184,11 +197,11 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
         Plan::Exempt => Outcome::Exempt,
         Plan::BadCost { limit } => {
             let reply = respond::bad_cost(rule, &limits_of_request[limit]);
-            return refuse(Some(index), Outcome::BadRequest, reply);
+            return refuse_on(plan, Some(index), Outcome::BadRequest, reply);
         }
         Plan::Refuse { limit, error } => {
             let (outcome, reply) = refuse_key(rule, &limits_of_request[limit], error);
-            return refuse(Some(index), outcome, reply);
+            return refuse_on(plan, Some(index), outcome, reply);
         }
         Plan::Decide {
             limits: indices,
@@ -207,7 +220,7 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
                     rule.metrics.degraded(mode);
                     if mode == OnError::Deny {
                         let reply = respond::store_unavailable(rule);
-                        return refuse(Some(index), Outcome::StoreError, reply);
+                        return refuse_on(plan, Some(index), Outcome::StoreError, reply);
                     }
                     local
                 }
@@ -225,7 +238,7 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
             if let (true, Some((i, decision))) = (judgement.denied(), judgement.headline) {
                 let plan_name = plan.map(|p| rt.plans[p].name.as_str());
                 let reply = respond::limited(rule, &limits_of_request[i], &decision, plan_name);
-                return refuse(Some(index), Outcome::Limited, reply);
+                return refuse_on(plan, Some(index), Outcome::Limited, reply);
             }
             admitted.headline = judgement.headline;
             admitted.delay = pipeline::shaping_delay(limits_of_request, &decided);
@@ -252,7 +265,12 @@ fn forward(
         Ok(uri) => admitted.forward_uri = uri,
         Err(e) => {
             let reply = respond::bad_path(e);
-            return refuse(Some(admitted.rule), Outcome::BadRequest, reply);
+            return refuse_on(
+                admitted.plan,
+                Some(admitted.rule),
+                Outcome::BadRequest,
+                reply,
+            );
         }
     }
     // The upstream is told the host the rule was chosen for: the target's

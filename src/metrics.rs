@@ -178,7 +178,10 @@ impl ConnectionMetrics {
 /// looks a label set up.
 #[derive(Debug, Clone)]
 pub(crate) struct RuleMetrics {
+    /// Requests without a plan (`plan=""`).
     by_outcome: [IntCounter; Outcome::ALL.len()],
+    /// Per plan (snapshot order), for a rule that tells consumers apart.
+    by_plan: Vec<[IntCounter; Outcome::ALL.len()]>,
     request_duration: Histogram,
     upstream_duration: Histogram,
     websockets: IntGauge,
@@ -205,8 +208,12 @@ impl RuleMetrics {
         self.degraded[on_error as usize].inc();
     }
 
-    pub(crate) fn record(&self, outcome: Outcome) {
-        self.by_outcome[outcome as usize].inc();
+    /// Counts a request's outcome, under its consumer's plan if it has one.
+    pub(crate) fn record(&self, outcome: Outcome, plan: Option<usize>) {
+        let counters = plan
+            .and_then(|p| self.by_plan.get(p))
+            .unwrap_or(&self.by_outcome);
+        counters[outcome as usize].inc();
     }
 
     pub(crate) fn observe_request(&self, took: Duration) {
@@ -240,13 +247,44 @@ impl LimitMetrics {
     }
 }
 
+/// The metric families a rule's handles are taken from.
+struct RuleFamilies<'a> {
+    requests: &'a IntCounterVec,
+    request_duration: &'a HistogramVec,
+    upstream_duration: &'a HistogramVec,
+    websockets: &'a IntGaugeVec,
+    degraded: &'a IntCounterVec,
+    websocket_messages: &'a IntCounterVec,
+}
+
+impl RuleFamilies<'_> {
+    /// The handles of `rule`, its requests also per plan of `plans`.
+    fn bind(&self, rule: &str, plans: &[&str]) -> RuleMetrics {
+        let outcomes = |plan: &str| {
+            Outcome::ALL.map(|o| self.requests.with_label_values(&[rule, o.label(), plan]))
+        };
+        RuleMetrics {
+            by_outcome: outcomes(""),
+            by_plan: plans.iter().map(|plan| outcomes(plan)).collect(),
+            request_duration: self.request_duration.with_label_values(&[rule]),
+            upstream_duration: self.upstream_duration.with_label_values(&[rule]),
+            websockets: self.websockets.with_label_values(&[rule]),
+            degraded: OnError::ALL.map(|o| self.degraded.with_label_values(&[rule, o.label()])),
+            websocket_messages: MessageResult::ALL.map(|m| {
+                self.websocket_messages
+                    .with_label_values(&[rule, m.label()])
+            }),
+        }
+    }
+}
+
 /// One set of unbound handles, cloned into every compiled rule and limit: a
 /// registry of their own that nobody gathers, made once per process.
 fn unbound() -> &'static (RuleMetrics, LimitMetrics) {
     static UNBOUND: OnceLock<(RuleMetrics, LimitMetrics)> = OnceLock::new();
     UNBOUND.get_or_init(|| {
         let scratch = Metrics::new();
-        (scratch.rule(""), scratch.limit("", ""))
+        (scratch.rule("", &[]), scratch.limit("", ""))
     })
 }
 
@@ -354,7 +392,7 @@ impl Metrics {
             r,
             "requests_total",
             "Requests by matched rule and how the gateway handled them",
-            &["rule", "outcome"],
+            &["rule", "outcome", "plan"],
         );
         let decisions = counter_vec(
             r,
@@ -467,15 +505,15 @@ impl Metrics {
             closed: ConnectionClose::ALL
                 .map(|c| connections_closed.with_label_values(&[c.label()])),
         };
-        let unrouted = Self::rule_metrics_of(
-            &requests,
-            &request_duration,
-            &upstream_duration,
-            &websockets,
-            &degraded,
-            &websocket_messages,
-            "",
-        );
+        let unrouted = RuleFamilies {
+            requests: &requests,
+            request_duration: &request_duration,
+            upstream_duration: &upstream_duration,
+            websockets: &websockets,
+            degraded: &degraded,
+            websocket_messages: &websocket_messages,
+        }
+        .bind("", &[]);
         Metrics {
             registry,
             requests,
@@ -497,37 +535,18 @@ impl Metrics {
         }
     }
 
-    fn rule_metrics_of(
-        requests: &IntCounterVec,
-        request_duration: &HistogramVec,
-        upstream_duration: &HistogramVec,
-        websockets: &IntGaugeVec,
-        degraded: &IntCounterVec,
-        websocket_messages: &IntCounterVec,
-        rule: &str,
-    ) -> RuleMetrics {
-        RuleMetrics {
-            by_outcome: Outcome::ALL.map(|o| requests.with_label_values(&[rule, o.label()])),
-            request_duration: request_duration.with_label_values(&[rule]),
-            upstream_duration: upstream_duration.with_label_values(&[rule]),
-            websockets: websockets.with_label_values(&[rule]),
-            degraded: OnError::ALL.map(|o| degraded.with_label_values(&[rule, o.label()])),
-            websocket_messages: MessageResult::ALL
-                .map(|m| websocket_messages.with_label_values(&[rule, m.label()])),
+    /// Handles for a rule named in the config, with its requests counted per
+    /// plan of `plans` (none for a rule that does not tell consumers apart).
+    pub(crate) fn rule(&self, name: &str, plans: &[&str]) -> RuleMetrics {
+        RuleFamilies {
+            requests: &self.requests,
+            request_duration: &self.request_duration,
+            upstream_duration: &self.upstream_duration,
+            websockets: &self.websockets,
+            degraded: &self.degraded,
+            websocket_messages: &self.websocket_messages,
         }
-    }
-
-    /// Handles for a rule named in the config.
-    pub(crate) fn rule(&self, name: &str) -> RuleMetrics {
-        Self::rule_metrics_of(
-            &self.requests,
-            &self.request_duration,
-            &self.upstream_duration,
-            &self.websockets,
-            &self.degraded,
-            &self.websocket_messages,
-            name,
-        )
+        .bind(name, plans)
     }
 
     /// Handles for a limit named in the config.
@@ -548,10 +567,9 @@ impl Metrics {
 
     /// Drops the series of a rule that left the config, so removed names do
     /// not linger in the exposition. Open WebSockets of the rule keep theirs.
+    /// Its requests under plans are forgotten with the plans (`forget_plan`).
     pub(crate) fn forget_rule(&self, rule: &str, limits: &[&str]) {
-        for outcome in Outcome::ALL {
-            let _ = self.requests.remove_label_values(&[rule, outcome.label()]);
-        }
+        self.forget_plan(rule, "");
         let _ = self.request_duration.remove_label_values(&[rule]);
         let _ = self.upstream_duration.remove_label_values(&[rule]);
         for on_error in OnError::ALL {
@@ -591,6 +609,15 @@ impl Metrics {
     }
 
     /// Counters for requests that never reached a rule (`rule=""`).
+    /// Drops a rule's request counts under a plan it no longer has.
+    pub(crate) fn forget_plan(&self, rule: &str, plan: &str) {
+        for outcome in Outcome::ALL {
+            let _ = self
+                .requests
+                .remove_label_values(&[rule, outcome.label(), plan]);
+        }
+    }
+
     pub(crate) fn unrouted(&self) -> &RuleMetrics {
         &self.unrouted
     }
@@ -634,11 +661,16 @@ mod tests {
     #[test]
     fn recorded_outcomes_appear_in_the_exposition() {
         let m = Metrics::new();
-        m.rule("api").record(Outcome::Limited);
+        m.rule("api", &["pro"]).record(Outcome::Limited, None);
+        m.rule("api", &["pro"]).record(Outcome::Allowed, Some(0));
         m.limit("api", "per-ip").record(DecisionResult::Denied);
         let text = text(&m);
         assert!(
-            text.contains(r#"tollgate_requests_total{outcome="limited",rule="api"} 1"#),
+            text.contains(r#"tollgate_requests_total{outcome="limited",plan="",rule="api"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tollgate_requests_total{outcome="allowed",plan="pro",rule="api"} 1"#),
             "{text}"
         );
         assert!(
@@ -652,9 +684,10 @@ mod tests {
     #[test]
     fn forgotten_rules_leave_the_exposition() {
         let m = Metrics::new();
-        m.rule("gone").record(Outcome::Allowed);
+        m.rule("gone", &["pro"]).record(Outcome::Allowed, Some(0));
         m.limit("gone", "l").record(DecisionResult::Allowed);
         m.forget_rule("gone", &["l"]);
+        m.forget_plan("gone", "pro");
         let text = text(&m);
         assert!(!text.contains("rule=\"gone\""), "{text}");
     }

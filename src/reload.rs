@@ -185,6 +185,15 @@ fn apply(shared: &Arc<Shared>, mut new: Snapshot) -> ReloadSummary {
     metrics
         .last_reload_success
         .set(unix_seconds(SystemTime::now()));
+    {
+        let new = shared.snapshot.load();
+        let live = plan_series(&new);
+        for (rule, plan) in plan_series(&old) {
+            if !live.contains(&(rule, plan)) {
+                metrics.forget_plan(rule, plan);
+            }
+        }
+    }
     for rule in &old.rules {
         let limits: Vec<&str> = rule.all_limits().map(|l| l.name.as_str()).collect();
         if summary.rules.removed.contains(&rule.name) {
@@ -227,6 +236,15 @@ fn schedule_release(shared: Arc<Shared>, removed: Vec<LimitId>) {
                 .await;
         tracing::debug!(?released, "released the state of removed limits");
     });
+}
+
+/// The (rule, plan) pairs whose requests a snapshot counts apart.
+fn plan_series(rt: &Snapshot) -> HashSet<(&str, &str)> {
+    rt.rules
+        .iter()
+        .filter(|r| r.needs_consumer)
+        .flat_map(|r| rt.plans.iter().map(|p| (r.name.as_str(), p.name.as_str())))
+        .collect()
 }
 
 /// `rule/limit` → the limit's counter identity.

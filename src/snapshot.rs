@@ -161,6 +161,16 @@ impl Rule {
         self.limits.iter().chain(from_plans).chain(messages)
     }
 
+    /// The plans its requests are counted under: every plan, for a rule that
+    /// tells consumers apart.
+    pub(crate) fn plan_labels<'p>(&self, plans: &'p [&'p str]) -> &'p [&'p str] {
+        if self.needs_consumer {
+            plans
+        } else {
+            &[]
+        }
+    }
+
     /// A consumer on an exempt plan skips every limit of a rule that applies
     /// plans.
     pub(crate) fn exempt_by_plan(&self, plan: Option<usize>, plans: &[Plan]) -> bool {
@@ -359,8 +369,9 @@ impl Snapshot {
     /// reload's apply): a compiled snapshot counts into nothing a gateway
     /// exposes, so a rejected file leaves no series.
     pub(crate) fn bind_metrics(&mut self, metrics: &Metrics) {
+        let plans: Vec<&str> = self.plans.iter().map(|p| p.name.as_str()).collect();
         for rule in &mut self.rules {
-            rule.metrics = metrics.rule(&rule.name);
+            rule.metrics = metrics.rule(&rule.name, rule.plan_labels(&plans));
             let messages = rule.websocket.messages.as_mut().map(|m| &mut m.limit);
             let from_plans = rule.plan_limits.iter_mut().flatten().flatten();
             for limit in rule.limits.iter_mut().chain(from_plans).chain(messages) {
@@ -425,20 +436,20 @@ rules:
     fn a_compiled_snapshot_counts_into_the_registry_only_once_bound() {
         let mut rt = crate::config::load_str(YAML, Path::new("t.yaml")).unwrap();
         let metrics = Metrics::new();
-        rt.rules[0].metrics.record(Outcome::Allowed);
+        rt.rules[0].metrics.record(Outcome::Allowed, None);
         rt.rules[0].limits[0]
             .metrics
             .record(DecisionResult::Allowed);
         assert!(!exposed(&metrics).contains("rule=\"all\""));
 
         rt.bind_metrics(&metrics);
-        rt.rules[0].metrics.record(Outcome::Allowed);
+        rt.rules[0].metrics.record(Outcome::Allowed, None);
         rt.rules[0].limits[0]
             .metrics
             .record(DecisionResult::Allowed);
         let text = exposed(&metrics);
         assert!(
-            text.contains(r#"tollgate_requests_total{outcome="allowed",rule="all"} 1"#),
+            text.contains(r#"tollgate_requests_total{outcome="allowed",plan="",rule="all"} 1"#),
             "{text}"
         );
         assert!(

@@ -335,6 +335,30 @@ async fn plan_limits_that_share_a_name_keep_their_own_counters_series_and_reload
 }
 
 #[tokio::test]
+async fn requests_are_counted_under_their_consumers_plan() {
+    let upstream = Upstream::start().await;
+    let gw = start("", &upstream).await;
+    let one = std::slice::from_ref(&gw);
+    admitted(one, "free-key", 12).await;
+    admitted(one, "partner-key", 2).await;
+    with_key(&gw, "guess").await;
+    let metrics = gw.metrics().await;
+    for series in [
+        r#"tollgate_requests_total{outcome="allowed",plan="free",rule="api"} 10"#,
+        r#"tollgate_requests_total{outcome="limited",plan="free",rule="api"} 2"#,
+        r#"tollgate_requests_total{outcome="allowed",plan="partner",rule="api"} 2"#,
+        r#"tollgate_requests_total{outcome="unknown_key",plan="",rule="api"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+    // The public rule does not tell consumers apart: no plan series.
+    assert!(
+        !metrics.contains(r#"plan="free",rule="public""#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn an_api_key_shows_nowhere_in_clear() {
     let upstream = Upstream::start().await;
     let inline = gateway_config(

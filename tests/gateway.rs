@@ -180,7 +180,7 @@ async fn exempt_networks_skip_the_limits() {
     assert_eq!(statuses(&other, &gw.url("/"), 2).await, vec![200, 429]);
     let metrics = gw.metrics().await;
     assert!(
-        metrics.contains("tollgate_requests_total{outcome=\"exempt\",rule=\"api\"} 5"),
+        metrics.contains("tollgate_requests_total{outcome=\"exempt\",plan=\"\",rule=\"api\"} 5"),
         "{metrics}"
     );
 }
@@ -551,7 +551,9 @@ async fn shadow_limits_count_but_never_deny() {
     assert_eq!(statuses(&c, &gw.url("/"), 3).await, vec![200, 200, 200]);
     let metrics = gw.metrics().await;
     assert!(
-        metrics.contains("tollgate_requests_total{outcome=\"shadow_limited\",rule=\"api\"} 2"),
+        metrics.contains(
+            "tollgate_requests_total{outcome=\"shadow_limited\",plan=\"\",rule=\"api\"} 2"
+        ),
         "{metrics}"
     );
 }
@@ -587,11 +589,11 @@ async fn the_admin_listener_serves_health_and_metrics() {
     assert_eq!(health.status(), 200);
     let metrics = gw.metrics().await;
     assert!(
-        metrics.contains("tollgate_requests_total{outcome=\"no_route\",rule=\"\"} 1"),
+        metrics.contains("tollgate_requests_total{outcome=\"no_route\",plan=\"\",rule=\"\"} 1"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("tollgate_requests_total{outcome=\"allowed\",rule=\"deep\"} 1"),
+        metrics.contains("tollgate_requests_total{outcome=\"allowed\",plan=\"\",rule=\"deep\"} 1"),
         "{metrics}"
     );
     // The admin endpoints are not on the public listener.
@@ -901,7 +903,9 @@ async fn a_shadow_limit_with_a_missing_key_lets_the_request_through() {
     assert_eq!(c.get(gw.url("/")).send().await.unwrap().status(), 200);
     let metrics = gw.metrics().await;
     assert!(
-        metrics.contains("tollgate_requests_total{outcome=\"shadow_limited\",rule=\"api\"} 1"),
+        metrics.contains(
+            "tollgate_requests_total{outcome=\"shadow_limited\",plan=\"\",rule=\"api\"} 1"
+        ),
         "{metrics}"
     );
 }

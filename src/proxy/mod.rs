@@ -92,17 +92,18 @@ impl Gateway {
         }
     }
 
-    /// Counts a request's outcome once, under its rule or as unrouted.
-    fn count(&self, rt: &Snapshot, rule: Option<usize>, outcome: Outcome) {
+    /// Counts a request's outcome once, under its rule (and its consumer's
+    /// plan) or as unrouted.
+    fn count(&self, rt: &Snapshot, rule: Option<usize>, outcome: Outcome, plan: Option<usize>) {
         match rule {
             Some(i) => {
                 let rule = rt.rule(i);
-                rule.metrics.record(outcome);
+                rule.metrics.record(outcome, plan);
                 if outcome == Outcome::ShadowLimited {
                     tracing::debug!(rule = %rule.name, "a shadow limit would have denied this request");
                 }
             }
-            None => self.shared.metrics.unrouted().record(outcome),
+            None => self.shared.metrics.unrouted().record(outcome, None),
         }
     }
 }
@@ -433,7 +434,7 @@ impl ProxyHttp for Gateway {
         let admission = admission::admit(&rt, &head, &self.shared.limits).await;
         let admitted = match admission {
             Admission::Reply(refusal) => {
-                self.count(&rt, refusal.rule, refusal.outcome);
+                self.count(&rt, refusal.rule, refusal.outcome, refusal.plan);
                 ctx.rule = refusal.rule;
                 ctx.snapshot = Some(rt);
                 Box::pin(write_reply(session, refusal.reply)).await?;
@@ -441,7 +442,7 @@ impl ProxyHttp for Gateway {
             }
             Admission::Forward(admitted) => admitted,
         };
-        self.count(&rt, Some(admitted.rule), admitted.outcome);
+        self.count(&rt, Some(admitted.rule), admitted.outcome, admitted.plan);
         let delay = admitted.delay;
         ctx.rule = Some(admitted.rule);
         ctx.admitted = Some(admitted);
