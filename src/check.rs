@@ -168,6 +168,15 @@ pub struct Hypothetical {
     pub(crate) ip: IpAddr,
 }
 
+/// `--api-key KEY` as a header line, in the first place `server.api_key`
+/// looks: its first header, else `Authorization: Bearer`.
+pub fn api_key_header(rt: &Snapshot, key: &str) -> String {
+    match rt.server.api_key.headers.first() {
+        Some(name) => format!("{name}: {key}"),
+        None => format!("authorization: Bearer {key}"),
+    }
+}
+
 impl Hypothetical {
     pub fn parse(request: &str, headers: &[String], ip: IpAddr) -> Result<Self, ExplainError> {
         let (method, target) = request

@@ -53,6 +53,12 @@ enum Command {
         /// The connecting peer's IP for --explain.
         #[arg(long, default_value = "127.0.0.1")]
         ip: IpAddr,
+        /// An API key for --explain, sent where `server.api_key` looks first.
+        #[arg(long, value_name = "KEY")]
+        api_key: Option<String>,
+        /// A bearer token (a JWT) for --explain.
+        #[arg(long, value_name = "JWT")]
+        token: Option<String>,
     },
 }
 
@@ -70,9 +76,14 @@ fn main() -> ExitCode {
         Command::Run => run(cli.config),
         Command::Check {
             explain,
-            headers,
+            mut headers,
             ip,
-        } => check(cli.config, explain, &headers, ip),
+            api_key,
+            token,
+        } => {
+            headers.extend(token.map(|t| format!("authorization: Bearer {t}")));
+            check(cli.config, explain, headers, api_key, ip)
+        }
     }
 }
 
@@ -130,7 +141,8 @@ fn run(config_path: PathBuf) -> ExitCode {
 fn check(
     config_path: PathBuf,
     explain: Option<String>,
-    headers: &[String],
+    mut headers: Vec<String>,
+    api_key: Option<String>,
     ip: IpAddr,
 ) -> ExitCode {
     let runtime = match app::loader().load_file(&config_path) {
@@ -159,7 +171,14 @@ fn check(
             println!("{}: ok", config_path.display());
             print!("{}", check::summary(&runtime));
         }
-        Some(request) => match Hypothetical::parse(&request, headers, ip) {
+        Some(request) => match Hypothetical::parse(
+            &request,
+            {
+                headers.extend(api_key.map(|key| check::api_key_header(&runtime, &key)));
+                &headers
+            },
+            ip,
+        ) {
             Ok(req) => {
                 let runtime_for_explain = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

@@ -448,3 +448,27 @@ fn the_container_config_matches_the_schema() {
     let text = std::fs::read_to_string(repo().join("docker/config.yaml")).unwrap();
     serde_saphyr::from_str::<tollgate::schema::ConfigInput>(&text).unwrap();
 }
+
+#[test]
+fn explain_shows_the_consumer_and_plan_of_an_api_key_or_a_token() {
+    let explain = |flag: &str, value: &str| {
+        let (code, stdout, stderr) = tollgate(&[
+            "check",
+            "-c",
+            "examples/plans.yaml",
+            "--explain",
+            "GET /vehicles",
+            flag,
+            value,
+        ]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        stdout
+    };
+    let by_key = explain("--api-key", "pro-key-1");
+    assert!(by_key.contains("consumer     acme (plan pro)"), "{by_key}");
+    assert!(by_key.contains("pro.per-consumer"), "{by_key}");
+    let unknown = explain("--api-key", "nobody");
+    assert!(unknown.contains("401 unknown_key"), "{unknown}");
+    let bad_token = explain("--token", "eyJhbGciOiJub25lIn0.e30.");
+    assert!(bad_token.contains("algorithm_not_allowed"), "{bad_token}");
+}
