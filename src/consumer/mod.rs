@@ -140,6 +140,17 @@ pub(crate) enum Unknown {
 }
 
 impl Consumers {
+    /// The consumer an API key names (the gateway's lookup: one SHA-256 and
+    /// one probe).
+    pub fn lookup(&self, key: &[u8]) -> Option<&Consumer> {
+        self.by_key.get(&digest(key)).map(|&i| &self.list[i])
+    }
+
+    /// The JWT verifier, when JWTs are configured.
+    pub fn jwt(&self) -> Option<&JwtVerifier> {
+        self.jwt.as_ref()
+    }
+
     /// The consumer `key` names, or the anonymous plan when there is no key.
     pub(crate) fn resolve(&self, key: Option<&[u8]>) -> Result<Who<'_>, Unknown> {
         match key {
@@ -148,9 +159,8 @@ impl Consumers {
                 .map(|plan| Who::Anonymous { plan })
                 .ok_or(Unknown::MissingKey),
             Some(key) => self
-                .by_key
-                .get(&digest(key))
-                .map(|&i| Who::Consumer(&self.list[i]))
+                .lookup(key)
+                .map(Who::Consumer)
                 .ok_or(Unknown::UnknownKey),
         }
     }
