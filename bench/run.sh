@@ -18,6 +18,8 @@
 #   tollgate               no limits
 #   tollgate+limit         one memory limit per request, admitting everything
 #   tollgate+limit/deny    one memory limit that denies almost everything (429)
+#   tollgate+jwt           a plan limit keyed by the consumer of a bearer JWT (HS256, one
+#                          token for every request, so verified once and then cached)
 #   tollgate+redis         one Redis limit (exact), admitting everything
 #   tollgate+redis/batched the same limit with sync: batched (batch: 100)
 #   ws direct / ws tollgate / ws tollgate+limit   WebSocket echo round trips per second
@@ -70,6 +72,19 @@ start redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --
 wait_port "$ORIGIN"; wait_port "$REDIS"; [ "$HAVE_WS" = 0 ] || wait_port "$WSECHO"
 
 declare -A PORT
+# The JWT every tollgate+jwt request carries, and its key (HS256).
+JWT_SECRET=bench-secret
+JWT_KEY=$(printf %s "$JWT_SECRET" | base64 | tr '+/' '-_' | tr -d '=')
+JWT=$(python3 - "$JWT_SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+head = b64(json.dumps({"alg": "HS256", "kid": "bench"}).encode())
+body = b64(json.dumps({"sub": "bench", "plan": "pro", "exp": int(time.time()) + 86400}).encode())
+sig = b64(hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
+print(f"{head}.{body}.{sig}")
+PY
+)
+
 for W in $WORKERS; do
   P=$(free_port); PORT[nginx$W]=$P
   cat > "$WORK/nginx$W.conf" <<NGINX
@@ -159,6 +174,7 @@ TOML
   fi
   for store in memory redis; do
     P=$(free_port); A=$(free_port); PORT[tollgate$W$store]=$P
+    printf '{"keys":[{"kty":"oct","kid":"bench","k":"%s"}]}' "$JWT_KEY" > "$WORK/jwks.json"
     if [ "$store" = redis ]; then
       STORE="{ backend: redis, redis: { url: \"redis://127.0.0.1:$REDIS\", prefix: \"b$W\" }, on_error: deny }"
       BATCHED="sync: batched, batch: 100"
@@ -182,6 +198,10 @@ rules:
     match: { path: /ws/limited }
     upstream: echo
     websocket: { messages: { key: connection, rate: 100000000/second } }
+  - { name: jwt, match: { path: /jwt }, upstream: origin, plan: true }
+plans: { pro: { limits: [{ name: per-consumer, key: consumer, rate: 100000000/second }] } }
+consumers:
+  jwt: { keys: jwks.json, algorithms: [HS256], plan_claim: plan }
 YAML
     start env RUST_LOG=error "$BIN" run -c "$WORK/tollgate$W$store.yaml"
     wait_port "$P"
@@ -189,9 +209,10 @@ YAML
   wait_port "${PORT[nginx$W]}"
 done
 
-# One wrk run: prints "rps p50_ms p99_ms".
+# One wrk run: prints "rps p50_ms p99_ms". Extra arguments go to wrk.
 http_run() {
-  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$1" | python3 -c '
+  local url=$1; shift
+  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url" | python3 -c '
 import re, sys
 text = sys.stdin.read()
 def ms(v, unit): return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
@@ -217,6 +238,7 @@ variants() { # name kind url, per worker count
   echo "tollgate http http://127.0.0.1:${PORT[tollgate${W}memory]}/open"
   echo "tollgate+limit http http://127.0.0.1:${PORT[tollgate${W}memory]}/all"
   echo "tollgate+limit/deny http http://127.0.0.1:${PORT[tollgate${W}memory]}/few"
+  echo "tollgate+jwt jwt http://127.0.0.1:${PORT[tollgate${W}memory]}/jwt"
   echo "tollgate+redis http http://127.0.0.1:${PORT[tollgate${W}redis]}/all"
   echo "tollgate+redis/batched http http://127.0.0.1:${PORT[tollgate${W}redis]}/batched"
   if [ "$HAVE_WS" = 1 ]; then
@@ -231,13 +253,18 @@ echo "wrk -t2 -c$CONNECTIONS -d${DURATION}s; $ROUNDS interleaved rounds; workers
 for W in $WORKERS; do   # warm-up: connections, Redis script, caches
   variants "$W" | while read -r name kind url; do
     if [ "$kind" = http ]; then wrk -t1 -c8 -d1s "$url" >/dev/null; fi
+    if [ "$kind" = jwt ]; then wrk -t1 -c8 -d1s -H "authorization: Bearer $JWT" "$url" >/dev/null; fi
   done
 done
 RESULTS="$WORK/results.txt"; : > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
   for W in $WORKERS; do
     while read -r name kind url; do
-      if [ "$kind" = http ]; then out=$(http_run "$url"); else out=$(ws_run "$url"); fi
+      case $kind in
+        http) out=$(http_run "$url") ;;
+        jwt) out=$(http_run "$url" -H "authorization: Bearer $JWT") ;;
+        *) out=$(ws_run "$url") ;;
+      esac
       echo "$name $W $out" >> "$RESULTS"
     done < <(variants "$W")
   done
@@ -319,6 +346,7 @@ ratios = [
     ("Redis / memory (tollgate+redis / tollgate+limit)", "tollgate+redis", "tollgate+limit"),
     ("Redis batched / memory (tollgate+redis/batched / tollgate+limit)", "tollgate+redis/batched", "tollgate+limit"),
     ("429 / admitted (tollgate+limit/deny / tollgate+limit)", "tollgate+limit/deny", "tollgate+limit"),
+    ("JWT-keyed / IP-keyed limit (tollgate+jwt / tollgate+limit)", "tollgate+jwt", "tollgate+limit"),
     ("tollgate / direct (of the ceiling)", "tollgate", "direct"),
     ("ws tollgate / direct", "ws_tollgate", "ws_direct"),
     ("ws message limit on / off", "ws_tollgate+limit", "ws_tollgate"),
