@@ -4,7 +4,7 @@
 //! because limiter state is keyed by each limit's definition, not its position.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -385,7 +385,10 @@ fn completes_a_file(kind: &EventKind) -> bool {
     )
 }
 
-fn watch_directories(path: &Path, events: mpsc::Sender<()>) -> notify::Result<RecommendedWatcher> {
+fn watch_directories(
+    files: &[&Path],
+    events: mpsc::Sender<()>,
+) -> notify::Result<RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         match event {
             Ok(event) if !completes_a_file(&event.kind) => {}
@@ -395,14 +398,25 @@ fn watch_directories(path: &Path, events: mpsc::Sender<()>) -> notify::Result<Re
             }
         }
     })?;
-    let mut dirs = vec![parent_dir(path)];
-    if let Ok(target) = std::fs::canonicalize(path) {
-        let target_dir = parent_dir(&target);
-        if std::fs::canonicalize(&dirs[0]).ok().as_deref() != Some(target_dir.as_path()) {
-            dirs.push(target_dir);
+    // Each file's directory, and its target's when it is a symlink; each
+    // directory once.
+    let mut dirs: Vec<(PathBuf, Option<PathBuf>)> = Vec::new();
+    let targets = files.iter().flat_map(|&path| {
+        [
+            Some(parent_dir(path)),
+            std::fs::canonicalize(path).ok().map(|t| parent_dir(&t)),
+        ]
+    });
+    for dir in targets.flatten() {
+        let canonical = std::fs::canonicalize(&dir).ok();
+        if !dirs
+            .iter()
+            .any(|(d, c)| *d == dir || (c.is_some() && *c == canonical))
+        {
+            dirs.push((dir, canonical));
         }
     }
-    for dir in &dirs {
+    for (dir, _) in &dirs {
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
     }
     Ok(watcher)
@@ -432,7 +446,14 @@ async fn debounce(events: &mut mpsc::Receiver<()>) {
 impl BackgroundService for ConfigWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = mpsc::channel(1);
-        let _watcher = match watch_directories(&self.shared.config_path, tx) {
+        // The files the config names are watched where they are at start;
+        // one moved elsewhere by a later edit is seen on SIGHUP or
+        // `POST /-/reload`.
+        let named = self.shared.snapshot.load().source.other_files.clone();
+        let files: Vec<&Path> = std::iter::once(self.shared.config_path.as_path())
+            .chain(named.iter().map(PathBuf::as_path))
+            .collect();
+        let _watcher = match watch_directories(&files, tx) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(

@@ -335,6 +335,30 @@ async fn plan_limits_that_share_a_name_keep_their_own_counters_series_and_reload
 }
 
 #[tokio::test]
+async fn a_consumers_file_in_another_directory_is_watched_too() {
+    let upstream = Upstream::start().await;
+    let config = gateway_config(
+        "api",
+        &format!("{PLANS}consumers:\n  file: keys/consumers.yaml\n{RULES}"),
+    );
+    let gw = Gateway::start_with_files(
+        &config,
+        upstream.addr,
+        &[("keys/consumers.yaml", CONSUMERS)],
+    )
+    .await;
+    assert_eq!(with_key(&gw, "late-key").await.status(), 401);
+    gw.write_beside(
+        "keys/consumers.yaml",
+        &CONSUMERS.replace("keys: [free-key]", "keys: [free-key, late-key]"),
+    );
+    eventually(Duration::from_secs(10), "the edit is seen", || async {
+        with_key(&gw, "late-key").await.status() == 200
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn requests_are_counted_under_their_consumers_plan() {
     let upstream = Upstream::start().await;
     let gw = start("", &upstream).await;

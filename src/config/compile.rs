@@ -242,8 +242,10 @@ pub(crate) fn compile(
     if !other_files.is_empty() {
         // The version of the config covers the files it names (consumers,
         // JWKS): an edit of any is a new one.
-        let all = format!("{}+{}", origin.sha256, other_files.join("+"));
+        let digests: Vec<&str> = other_files.iter().map(|(_, d)| d.as_str()).collect();
+        let all = format!("{}+{}", origin.sha256, digests.join("+"));
         origin.sha256 = super::sha256_hex(all.as_bytes());
+        origin.other_files = other_files.into_iter().map(|(path, _)| path).collect();
     }
     match (server, routes) {
         (Some(server), Some(routes)) if !has_errors => Ok(Snapshot {
@@ -834,7 +836,7 @@ fn compile_consumers(
     input: &ConsumersInput,
     config_file: &std::path::Path,
     plans: &[Plan],
-    other_files: &mut Vec<String>,
+    other_files: &mut Vec<(std::path::PathBuf, String)>,
 ) -> Option<Consumers> {
     let beside_config = |file: &str| {
         config_file
@@ -922,7 +924,7 @@ fn compile_jwt(
     input: &JwtInput,
     plans: &[Plan],
     beside_config: &dyn Fn(&str) -> std::path::PathBuf,
-    other_files: &mut Vec<String>,
+    other_files: &mut Vec<(std::path::PathBuf, String)>,
 ) -> Option<JwtVerifier> {
     let base = "consumers.jwt";
     let keys = match &input.keys {
@@ -1010,7 +1012,10 @@ fn jwt_algorithm(input: JwtAlgorithmInput) -> Algorithm {
 }
 
 /// Reads a JWKS file; a problem is located in it.
-fn read_jwks(path: &std::path::Path, other_files: &mut Vec<String>) -> Result<Keys, Box<Problem>> {
+fn read_jwks(
+    path: &std::path::Path,
+    other_files: &mut Vec<(std::path::PathBuf, String)>,
+) -> Result<Keys, Box<Problem>> {
     let in_file = |line: usize, column: usize, message: String| {
         Box::new(Problem {
             severity: Severity::Error,
@@ -1025,7 +1030,7 @@ fn read_jwks(path: &std::path::Path, other_files: &mut Vec<String>) -> Result<Ke
         let message = e.problems.into_iter().next().map(|p| p.message);
         in_file(1, 1, message.unwrap_or_default())
     })?;
-    other_files.push(super::sha256_hex(text.as_bytes()));
+    other_files.push((path.to_path_buf(), super::sha256_hex(text.as_bytes())));
     let set = serde_json::from_str(&text)
         .map_err(|e| in_file(e.line(), e.column(), format!("not a JWKS document: {e}")))?;
     Keys::from_set(set).map_err(|message| in_file(1, 1, message))
@@ -1036,7 +1041,7 @@ fn read_consumers_file(
     path: &std::path::Path,
     table: &mut Consumers,
     plans: &[Plan],
-    other_files: &mut Vec<String>,
+    other_files: &mut Vec<(std::path::PathBuf, String)>,
 ) -> Vec<Problem> {
     let in_file = |mut problems: Vec<Problem>| {
         for p in &mut problems {
@@ -1048,7 +1053,7 @@ fn read_consumers_file(
         Ok(text) => text,
         Err(e) => return in_file(e.problems),
     };
-    other_files.push(super::sha256_hex(text.as_bytes()));
+    other_files.push((path.to_path_buf(), super::sha256_hex(text.as_bytes())));
     let source = SourceMap::build(&text);
     let parsed = super::parse::<ConsumersFileInput>(&text, &source);
     let input = match parsed {

@@ -168,6 +168,7 @@ impl Loader {
             input,
             generation: 1,
             loaded_at: SystemTime::now(),
+            other_files: Vec::new(),
         };
         compile::compile(origin, &source, &sections).map_err(refuse)
     }

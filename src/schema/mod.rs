@@ -70,4 +70,7 @@ pub(crate) struct ConfigSource {
     /// 1 for the config the process started with, +1 per successful reload.
     pub(crate) generation: u64,
     pub(crate) loaded_at: SystemTime,
+    /// The other files it names and was compiled with (consumers, JWKS),
+    /// watched like it.
+    pub(crate) other_files: Vec<PathBuf>,
 }

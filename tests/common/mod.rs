@@ -475,7 +475,11 @@ impl Gateway {
         let text = render(yaml, addr, admin, upstream);
         let dir = tempfile::tempdir().unwrap();
         for (name, content) in files {
-            std::fs::write(dir.path().join(name), content).unwrap();
+            let path = dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).unwrap();
+            }
+            std::fs::write(path, content).unwrap();
         }
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, text).unwrap();
