@@ -259,3 +259,27 @@ async fn an_api_key_where_a_token_is_expected_is_refused_as_an_unknown_key() {
     let answer = client().get(gw.url("/api/x")).send().await.unwrap();
     assert_eq!(answer.status(), 401);
 }
+
+#[test]
+fn a_jwks_that_does_not_parse_is_refused_with_its_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        "{\n  \"keys\": [ { \"kty\": \"RSA\", }\n}",
+    )
+    .unwrap();
+    let config = dir.path().join("config.yaml");
+    let [listen, admin, upstream] =
+        ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:9"].map(|a| a.parse().unwrap());
+    let text = common::render(&gateway_config("api", CONFIG), listen, admin, upstream);
+    std::fs::write(&config, text).unwrap();
+    let error = tollgate::config::load_file(&config).expect_err("a broken JWKS");
+    assert_eq!(error.problems.len(), 1, "{error}");
+    let problem = &error.problems[0];
+    assert_eq!(
+        problem.file.as_deref(),
+        Some(dir.path().join("jwks.json").as_path())
+    );
+    assert_eq!((problem.line, problem.column), (2, 29), "{problem}");
+    assert!(problem.message.contains("not a JWKS document"), "{problem}");
+}

@@ -1031,8 +1031,14 @@ fn read_jwks(
         in_file(1, 1, message.unwrap_or_default())
     })?;
     other_files.push((path.to_path_buf(), super::sha256_hex(text.as_bytes())));
-    let set = serde_json::from_str(&text)
-        .map_err(|e| in_file(e.line(), e.column(), format!("not a JWKS document: {e}")))?;
+    let set = serde_json::from_str(&text).map_err(|e| {
+        let message = super::strip_location(&e.to_string());
+        in_file(
+            e.line(),
+            e.column(),
+            format!("not a JWKS document: {message}"),
+        )
+    })?;
     Keys::from_set(set).map_err(|message| in_file(1, 1, message))
 }
 
