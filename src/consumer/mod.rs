@@ -1,6 +1,7 @@
-//! Consumers and plans: who a client is, from the API key it presents, and
-//! which plan its requests are limited by. Keys are held only as SHA-256
-//! digests: a memory dump, a log line or `/-/config` never shows one in clear.
+//! Consumers and plans: who a client is, from the API key or the verified
+//! JWT (`jwt`) it presents, and which plan its requests are limited by. Keys
+//! are held only as SHA-256 digests: a memory dump, a log line or `/-/config`
+//! never shows one in clear.
 
 pub mod jwt;
 
