@@ -144,6 +144,16 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
     };
     let index = routed.rule;
     let rule = rt.rule(index);
+    // A body declared too large is refused before anything is spent on it.
+    if let Some(max) = rule.max_body_bytes {
+        if declared_body_bytes(head.headers).is_some_and(|n| n > max) {
+            return refuse(
+                Some(index),
+                Outcome::TooLarge,
+                respond::too_large(rule, max),
+            );
+        }
+    }
     let client_ip = pipeline::client_ip(rt, &incoming);
     let facts = pipeline::facts(rt, &incoming, client_ip);
     let who = match rt.consumers.as_ref().filter(|_| rule.needs_consumer) {
@@ -285,6 +295,18 @@ fn forward(
         admitted.forward_host = forward.and_then(|h| HeaderValue::from_str(&h).ok());
     }
     Admission::Forward(admitted)
+}
+
+/// The body length a request declares (Pingora has already refused a
+/// `Content-Length` that is not one number).
+fn declared_body_bytes(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `Host` header, else the authority of an absolute-form target, else the

@@ -27,13 +27,15 @@ pub(crate) enum Outcome {
     UnknownKey,
     /// A bearer JWT that does not verify.
     InvalidToken,
+    /// A request body over the rule's `max_body_bytes`.
+    TooLarge,
     NoRoute,
     BadRequest,
     StoreError,
 }
 
 impl Outcome {
-    pub(crate) const ALL: [Outcome; 10] = [
+    pub(crate) const ALL: [Outcome; 11] = [
         Outcome::Allowed,
         Outcome::Limited,
         Outcome::Exempt,
@@ -41,6 +43,7 @@ impl Outcome {
         Outcome::MissingKey,
         Outcome::UnknownKey,
         Outcome::InvalidToken,
+        Outcome::TooLarge,
         Outcome::NoRoute,
         Outcome::BadRequest,
         Outcome::StoreError,
@@ -55,6 +58,7 @@ impl Outcome {
             Outcome::MissingKey => "missing_key",
             Outcome::UnknownKey => "unknown_key",
             Outcome::InvalidToken => "invalid_token",
+            Outcome::TooLarge => "too_large",
             Outcome::NoRoute => "no_route",
             Outcome::BadRequest => "bad_request",
             Outcome::StoreError => "store_error",

@@ -150,6 +150,20 @@ pub(crate) fn invalid_token(rule: &Rule, error: TokenError) -> Reply {
     r
 }
 
+/// 413 for a request body over the rule's `max_body_bytes`: declared by its
+/// `Content-Length`, or found while it streams.
+pub(crate) fn too_large(rule: &Rule, max: u64) -> Reply {
+    json_reply(
+        413,
+        json!({
+            "error": "body_too_large",
+            "message": format!("the request body may be at most {max} bytes"),
+            "rule": rule.name,
+            "max_bytes": max,
+        }),
+    )
+}
+
 /// 400 when a limit's cost header holds no valid cost.
 pub(crate) fn bad_cost(rule: &Rule, limit: &RuleLimit) -> Reply {
     let (header, max) = match &limit.cost {

@@ -122,6 +122,8 @@ pub struct Rule {
     /// Overrides `store.on_error`.
     pub(crate) on_error: Option<OnError>,
     pub(crate) websocket: WebSocketPolicy,
+    /// The largest request body; `None`: no limit.
+    pub(crate) max_body_bytes: Option<u64>,
     pub(crate) metrics: RuleMetrics,
 }
 

@@ -637,6 +637,7 @@ async fn metrics_labels_never_come_from_clients() {
         "missing_key",
         "unknown_key",
         "invalid_token",
+        "too_large",
         "no_route",
         "bad_request",
         "store_error",

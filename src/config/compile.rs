@@ -1393,6 +1393,7 @@ fn compile_rule(
         deny,
         on_error: r.on_error,
         websocket,
+        max_body_bytes: r.max_body_bytes.or(server.max_body_bytes),
         metrics: RuleMetrics::unbound(),
     })
 }

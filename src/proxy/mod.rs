@@ -199,6 +199,8 @@ pub(crate) struct RequestCtx {
     upstream_started: Option<Instant>,
     /// The request became a WebSocket (or other upgraded) tunnel.
     tunnel_open: bool,
+    /// Body bytes read from the client so far, against `max_body_bytes`.
+    body_bytes: u64,
 }
 
 fn peer_ip(session: &Session) -> IpAddr {
@@ -506,6 +508,30 @@ impl ProxyHttp for Gateway {
         prepare_upstream_request(upstream_request, admitted, peer_ip(session), &rt)
     }
 
+    /// A body that streams past the rule's `max_body_bytes` (one without a
+    /// `Content-Length`, or one longer than it said) ends the request with a
+    /// 413; declared sizes were refused before anything was spent.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(chunk) = body else { return Ok(()) };
+        ctx.body_bytes += chunk.len() as u64;
+        let max = snapshot(ctx)
+            .ok()
+            .and_then(|(rt, rule)| rt.rule(rule).max_body_bytes);
+        if max.is_some_and(|max| ctx.body_bytes > max) {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "the request body exceeds max_body_bytes",
+            ));
+        }
+        Ok(())
+    }
+
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
@@ -620,6 +646,10 @@ impl ProxyHttp for Gateway {
             let reply = match snapshot(ctx) {
                 Ok((rt, rule)) if matches!(code, 502 | 504) => {
                     respond::upstream_failure(code, &rt.upstream_of(rt.rule(rule)).name)
+                }
+                Ok((rt, rule)) if code == 413 => {
+                    let rule = rt.rule(rule);
+                    respond::too_large(rule, rule.max_body_bytes.unwrap_or_default())
                 }
                 _ => respond::generic_error(code),
             };

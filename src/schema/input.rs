@@ -97,6 +97,9 @@ pub(crate) struct ServerInput {
     /// After SIGTERM, how long requests in flight get to finish (default 10s).
     #[serde(default)]
     pub(crate) grace_period: Option<String>,
+    /// The largest request body, for rules that set none (413 beyond it).
+    #[serde(default)]
+    pub(crate) max_body_bytes: Option<u64>,
 }
 
 impl Default for ServerInput {
@@ -116,6 +119,7 @@ impl Default for ServerInput {
             idle_timeout: None,
             max_connections_per_ip: None,
             grace_period: None,
+            max_body_bytes: None,
         }
     }
 }
@@ -468,6 +472,10 @@ pub(crate) struct RuleInput {
     /// Limits inside the WebSocket connections of this rule.
     #[serde(default)]
     pub(crate) websocket: Option<WebSocketInput>,
+    /// The largest request body (413 beyond it); overrides
+    /// `server.max_body_bytes`.
+    #[serde(default)]
+    pub(crate) max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
