@@ -34,4 +34,5 @@ pub mod schema;
 pub mod server;
 pub mod snapshot;
 pub(crate) mod state;
+pub(crate) mod tls;
 pub mod websocket;

@@ -146,13 +146,19 @@ pub(crate) enum ConnectionClose {
     IdleTimeout,
     /// The client IP already had `server.max_connections_per_ip` open.
     PerIpLimit,
+    /// A TLS handshake did not finish within `server.handshake_timeout`.
+    HandshakeTimeout,
+    /// A TLS handshake failed (no common version or cipher, not TLS at all).
+    HandshakeFailed,
 }
 
 impl ConnectionClose {
-    pub(crate) const ALL: [ConnectionClose; 3] = [
+    pub(crate) const ALL: [ConnectionClose; 5] = [
         ConnectionClose::HeaderTimeout,
         ConnectionClose::IdleTimeout,
         ConnectionClose::PerIpLimit,
+        ConnectionClose::HandshakeTimeout,
+        ConnectionClose::HandshakeFailed,
     ];
 
     fn label(self) -> &'static str {
@@ -160,6 +166,8 @@ impl ConnectionClose {
             ConnectionClose::HeaderTimeout => "header_timeout",
             ConnectionClose::IdleTimeout => "idle_timeout",
             ConnectionClose::PerIpLimit => "max_connections_per_ip",
+            ConnectionClose::HandshakeTimeout => "handshake_timeout",
+            ConnectionClose::HandshakeFailed => "handshake_failed",
         }
     }
 }

@@ -177,6 +177,13 @@ fn apply(shared: &Arc<Shared>, mut new: Snapshot) -> ReloadSummary {
             .filter(|id| !live.contains(id))
             .collect()
     };
+    // New handshakes get the new certificates from here on; a listener the
+    // file no longer has keeps serving its last ones until a restart.
+    for (listen, certs) in &shared.certificates {
+        if let Some(listener) = new.server.tls.iter().find(|t| &t.listen == listen) {
+            certs.replace(listener.certs.clone());
+        }
+    }
     shared.snapshot.store(Arc::new(new));
 
     let metrics = &shared.metrics;
@@ -357,6 +364,9 @@ pub(crate) fn restart_required(startup: &Startup, rt: &Snapshot) -> Vec<String> 
     }
     if now.redis != startup.redis {
         differ.push("store.backend/store.redis".to_string());
+    }
+    if now.tls != startup.tls {
+        differ.push("server.tls (listeners, versions, alpn, redirects)".to_string());
     }
     differ
 }

@@ -20,8 +20,10 @@ use crate::admin::AdminApp;
 use crate::config::{ConfigError, Loader};
 use crate::metrics::Metrics;
 use crate::proxy::connection::Front;
+use crate::proxy::edge::Roles;
 use crate::proxy::Gateway;
 use crate::reload::ConfigWatcher;
+use crate::snapshot::Snapshot;
 use crate::state::Shared;
 
 /// How often expired limiter state is dropped.
@@ -82,10 +84,20 @@ pub fn load_shared(config_path: &Path, loader: Loader) -> Result<Arc<Shared>, Lo
 /// (Pingora would panic in a service thread instead).
 pub fn check_bindable(shared: &Shared) -> Result<(), String> {
     let rt = shared.snapshot.load();
-    for addr in rt.server.listen.iter().chain([&rt.server.admin]) {
+    for addr in public_listeners(&rt).iter().chain([&rt.server.admin]) {
         bindable(addr)?;
     }
-    Ok(())
+    Roles::of(shared).map(drop)
+}
+
+/// The addresses of the proxy's listeners: plain, TLS and redirecting.
+fn public_listeners(rt: &Snapshot) -> Vec<String> {
+    let mut all = rt.server.listen.clone();
+    for tls in &rt.server.tls {
+        all.push(tls.listen.clone());
+        all.extend(tls.redirect_from.iter().map(|a| a.to_string()));
+    }
+    all
 }
 
 /// Whether a listener could bind `addr` now; the error names it.
@@ -115,8 +127,18 @@ pub fn build_server(
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
     let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
-    let mut proxy = Service::new("tollgate proxy".into(), Front::new(shared.clone(), gateway));
-    for addr in &rt.server.listen {
+    // `check_bindable` reported a listener that cannot be set up; here it
+    // is left out rather than served as plain HTTP.
+    let (roles, listeners) = match Roles::of(&shared) {
+        Ok(roles) => (roles, public_listeners(&rt)),
+        Err(e) => {
+            tracing::error!("{e}: the TLS listeners are not started");
+            (Roles::default(), rt.server.listen.clone())
+        }
+    };
+    let front = Front::new(shared.clone(), gateway, roles);
+    let mut proxy = Service::new("tollgate proxy".into(), front);
+    for addr in &listeners {
         proxy.add_tcp(addr);
     }
 

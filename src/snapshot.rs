@@ -19,9 +19,10 @@ use crate::limit::store::redis::RedisSettings;
 use crate::limit::{Decision, LimitId, Limiter, SyncMode};
 use crate::metrics::{DecisionResult, LimitMetrics, Metrics, RuleMetrics};
 use crate::policy::units::Rate;
-use crate::policy::{HeaderStyle, MissingPolicy, Mode, OnError, OnLimit};
+use crate::policy::{Alpn, HeaderStyle, MissingPolicy, Mode, OnError, OnLimit, TlsVersion};
 use crate::route::{PathPattern, RouteConditions, RouteTable};
 use crate::schema::{ConfigSource, Problem};
+use crate::tls::CertPair;
 
 /// Limits inside a rule's WebSocket connections.
 #[derive(Debug, Clone, Default)]
@@ -99,6 +100,23 @@ pub struct ServerSettings {
     pub(crate) max_connections_per_ip: Option<u32>,
     /// After SIGTERM, the time requests in flight get to finish.
     pub(crate) grace_period: Duration,
+    /// The listeners that terminate TLS.
+    pub(crate) tls: Vec<TlsListener>,
+    /// From a TLS connection's accept to the end of its handshake.
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// A listener that terminates TLS. Its address, versions, ALPN and
+/// redirects are bound at start; its certificates follow the config.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsListener {
+    pub(crate) listen: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) certs: Vec<CertPair>,
+    pub(crate) min_version: TlsVersion,
+    pub(crate) alpn: Vec<Alpn>,
+    /// Plain-HTTP addresses that redirect to this listener.
+    pub(crate) redirect_from: Vec<SocketAddr>,
 }
 
 #[derive(Debug)]

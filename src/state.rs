@@ -3,7 +3,7 @@
 //! the proxy, the admin listener, the reloader and background tasks hold it.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -13,8 +13,10 @@ use crate::config::Loader;
 use crate::limit::store::redis::RedisStore;
 use crate::limit::{Limits, MemoryStore, MonotonicClock};
 use crate::metrics::Metrics;
+use crate::policy::{Alpn, TlsVersion};
 use crate::schema::Problem;
 use crate::snapshot::{PartSettings, RedisBackend, Snapshot};
+use crate::tls::CertStore;
 
 /// State shared by the proxy, the admin listener and background tasks. The
 /// store and metrics outlive any one config snapshot.
@@ -34,6 +36,9 @@ pub struct Shared {
     /// Turns true when a graceful shutdown begins (the listeners have
     /// closed): open tunnels then close with 1001.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+    /// The certificates of each TLS listener (by its `listen` as started),
+    /// refilled from the config at every successful reload.
+    pub(crate) certificates: Vec<(String, Arc<CertStore>)>,
 }
 
 impl Shared {
@@ -68,7 +73,14 @@ impl Shared {
                 metrics.store.clone(),
             ),
         };
+        let certificates = snapshot
+            .server
+            .tls
+            .iter()
+            .map(|t| (t.listen.clone(), Arc::new(CertStore::new(t.certs.clone()))))
+            .collect();
         Ok(Shared {
+            certificates,
             startup: Startup::of(&snapshot),
             snapshot: ArcSwap::from_pointee(snapshot),
             limits,
@@ -152,6 +164,9 @@ pub(crate) struct Startup {
     pub(crate) parts: Vec<(&'static str, Option<PartSettings>)>,
     pub(crate) max_keys: usize,
     pub(crate) redis: Option<RedisBackend>,
+    /// Each TLS listener's address, versions, ALPN and redirects (not its
+    /// certificates, which follow the config).
+    pub(crate) tls: Vec<(String, TlsVersion, Vec<Alpn>, Vec<std::net::SocketAddr>)>,
 }
 
 impl Startup {
@@ -170,6 +185,19 @@ impl Startup {
                 .collect(),
             max_keys: rt.store.max_keys,
             redis: rt.store.redis.clone(),
+            tls: rt
+                .server
+                .tls
+                .iter()
+                .map(|t| {
+                    (
+                        t.listen.clone(),
+                        t.min_version,
+                        t.alpn.clone(),
+                        t.redirect_from.clone(),
+                    )
+                })
+                .collect(),
         }
     }
 }

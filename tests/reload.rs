@@ -658,6 +658,8 @@ async fn metrics_labels_never_come_from_clients() {
         "header_timeout",
         "idle_timeout",
         "max_connections_per_ip",
+        "handshake_timeout",
+        "handshake_failed",
         "+Inf",
     ]
     .into_iter()

@@ -11,6 +11,8 @@ use http::header::HeaderName;
 use http::{HeaderValue, Method};
 use ipnet::IpNet;
 
+mod edge;
+
 use super::locate::SourceMap;
 use super::part::NamedSection;
 use super::{ConfigSource, Problem, Severity};
@@ -57,6 +59,8 @@ const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What the README has always promised in-flight requests at SIGTERM.
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// As long as a header deadline: a handshake is a few round trips.
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// Units a `sync: batched` limit reserves per Redis call.
@@ -202,6 +206,8 @@ pub(crate) fn compile(
     let consumers = input.consumers.as_ref().map(|given| {
         compile_consumers(&mut c, given, &origin.file, &plans.plans, &mut other_files)
     });
+    let tls = edge::compile_tls(&mut c, &input.server, &origin.file, &mut other_files);
+    let server = server.map(|server| ServerSettings { tls, ..server });
     let rules = compile_rules(&mut c, input, &upstream_index, &plans, consumers.is_some());
     let limit_lists = rules
         .iter()
@@ -265,26 +271,13 @@ pub(crate) fn compile(
 }
 
 fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSettings> {
-    if s.listen.is_empty() {
-        c.error("server.listen", "at least one listen address is needed");
+    if s.listen.is_empty() && s.tls.is_empty() {
+        c.error(
+            "server.listen",
+            "at least one listen address is needed (in server.listen or server.tls)",
+        );
     }
-    let mut listen_addrs = Vec::new();
-    for (i, addr) in s.listen.iter().enumerate() {
-        if let Some(a) = c.check(format!("server.listen[{i}]"), parse_listen(addr)) {
-            listen_addrs.push(a);
-        }
-    }
-    if let Some(admin) = c.check("server.admin", parse_listen(&s.admin)) {
-        if listen_addrs
-            .iter()
-            .any(|l| l.port() == admin.port() && overlaps(l.ip(), admin.ip()))
-        {
-            c.error(
-                "server.admin",
-                "the admin listener must not share an address with the public listener",
-            );
-        }
-    }
+    edge::check_listeners_apart(c, s);
     let threads = s
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -355,6 +348,13 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
             "must be at least 1 (omit it for no cap)",
         );
     }
+    let handshake_timeout = bounded_duration(
+        c,
+        "server.handshake_timeout",
+        s.handshake_timeout.as_deref(),
+        DEFAULT_HANDSHAKE_TIMEOUT,
+        one_ms..=MAX_CONNECTION_TIMEOUT,
+    );
     Some(ServerSettings {
         listen: s.listen.clone(),
         admin: s.admin.clone(),
@@ -373,6 +373,8 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
         idle_timeout,
         max_connections_per_ip: s.max_connections_per_ip,
         grace_period,
+        tls: Vec::new(),
+        handshake_timeout,
     })
 }
 

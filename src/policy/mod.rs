@@ -86,3 +86,22 @@ impl OnError {
         }
     }
 }
+
+/// The oldest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub(crate) enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2", alias = "tls1.2")]
+    Tls12,
+    #[serde(rename = "1.3", alias = "tls1.3")]
+    Tls13,
+}
+
+/// An application protocol a TLS listener offers by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub(crate) enum Alpn {
+    #[serde(rename = "h2")]
+    H2,
+    #[serde(rename = "http/1.1")]
+    Http11,
+}

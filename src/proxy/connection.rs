@@ -20,7 +20,11 @@
 //! - head parsed ([`head_received`], from the proxy's first hook): no
 //!   deadline, the request's own timeouts apply.
 //!
-//! An HTTP/2 (h2c) connection has no deadline once its preface has arrived;
+//! On a TLS listener the handshake comes first, under `handshake_timeout`
+//! from the accept; the deadlines above then apply to what it decrypts.
+//!
+//! An HTTP/2 connection (h2c, or h2 chosen by ALPN) has no deadline once its
+//! preface has arrived (for ALPN: once the handshake chose it);
 //! Pingora's `h2_idle_timeout` closes it when it has had no stream open for
 //! `idle_timeout`.
 
@@ -50,6 +54,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::edge::{self, Role, Roles};
 use super::Gateway;
 use crate::identity::ip_bucket;
 use crate::metrics::{ConnectionClose, ConnectionMetrics};
@@ -67,10 +72,12 @@ pub(crate) struct Front {
     open: Arc<OpenPerIp>,
     /// Taken at start, like HTTP/2's idle timeout, which Pingora fixes then.
     idle_timeout: Duration,
+    /// The listeners that terminate TLS or redirect to one.
+    roles: Roles,
 }
 
 impl Front {
-    pub fn new(shared: Arc<Shared>, mut proxy: HttpProxy<Gateway>) -> Self {
+    pub fn new(shared: Arc<Shared>, mut proxy: HttpProxy<Gateway>, roles: Roles) -> Self {
         let idle_timeout = shared.snapshot.load().server.idle_timeout;
         let mut options = HttpServerOptions::default();
         options.h2c = true;
@@ -81,6 +88,7 @@ impl Front {
             shared,
             open: Arc::default(),
             idle_timeout,
+            roles,
         }
     }
 }
@@ -92,7 +100,7 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (header_timeout, _place) = {
+        let (header_timeout, handshake_timeout, _place) = {
             let rt = self.shared.snapshot.load();
             let server = &rt.server;
             let peer = stream
@@ -114,14 +122,24 @@ impl ServerApp for Front {
                 }
                 _ => None,
             };
-            (server.header_timeout, place)
+            (server.header_timeout, server.handshake_timeout, place)
         };
         let timeouts = Timeouts {
             header: header_timeout,
             idle: self.idle_timeout,
         };
         let metrics = self.shared.metrics.connections.clone();
+        let role = self.roles.of_stream(&stream);
+        let stream = match role {
+            Some(Role::Tls(acceptor)) => {
+                edge::handshake(acceptor, stream, handshake_timeout, &metrics).await?
+            }
+            _ => stream,
+        };
         let stream: Stream = Box::new(TimedStream::new(stream, timeouts, metrics));
+        if let Some(Role::Redirect(redirect)) = role {
+            return redirect.process_new(stream, shutdown).await;
+        }
         // Pingora's HTTP handling serves the connection to its end (the h2c
         // check, then every request) and never hands the stream back.
         self.proxy.process_new(stream, shutdown).await
@@ -226,7 +244,7 @@ impl Drop for Place {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Timeouts {
     header: Duration,
     idle: Duration,
@@ -289,6 +307,9 @@ pub(crate) struct TimedStream {
 
 impl TimedStream {
     fn new(inner: Stream, timeouts: Timeouts, metrics: ConnectionMetrics) -> Self {
+        // HTTP/2 chosen by ALPN has no heads of ours to wait for (h2c is
+        // told apart later, by its preface).
+        let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
         let stream = TimedStream {
             inner,
             replay: BytesMut::new(),
@@ -299,7 +320,20 @@ impl TimedStream {
             timer: None,
             metrics,
         };
-        stream.enter(Phase::Idle, timeouts.idle);
+        if h2 {
+            stream.phase.store(Phase::Open as u8, Ordering::Release);
+        } else {
+            stream.enter(Phase::Idle, timeouts.idle);
+        }
+        stream
+    }
+
+    /// A stream without deadlines, for a TLS handshake (which runs under a
+    /// deadline of its own) to run over: Pingora's acceptor takes a stream
+    /// type, not the boxed one a listener hands over.
+    pub(crate) fn untimed(inner: Stream, metrics: ConnectionMetrics) -> Self {
+        let stream = TimedStream::new(inner, Timeouts::default(), metrics);
+        stream.phase.store(Phase::Open as u8, Ordering::Release);
         stream
     }
 

@@ -2,6 +2,7 @@
 //! and writes what they decide. No policy lives here.
 
 pub(crate) mod connection;
+pub(crate) mod edge;
 pub(crate) mod tunnel;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -38,6 +39,14 @@ const X_FORWARDED_PROTO_NAME: &str = "x-forwarded-proto";
 const X_REAL_IP_NAME: &str = "x-real-ip";
 
 const HTTP_SCHEME: HeaderValue = HeaderValue::from_static("http");
+const HTTPS_SCHEME: HeaderValue = HeaderValue::from_static("https");
+
+/// Whether the client's connection is TLS (for `X-Forwarded-Proto`).
+fn over_tls(session: &Session) -> bool {
+    session
+        .digest()
+        .is_some_and(|digest| digest.ssl_digest.is_some())
+}
 
 /// An address as a header value, in its canonical text form. IPv4 is written
 /// by hand: through `Display` it cost a quarter of the forwarding headers.
@@ -113,7 +122,7 @@ impl Gateway {
 fn prepare_upstream_request(
     request: &mut RequestHeader,
     admitted: &mut Admitted,
-    peer: IpAddr,
+    (peer, tls): (IpAddr, bool),
     rt: &Snapshot,
 ) -> Result<()> {
     let host_header = rt.upstream_of(rt.rule(admitted.rule)).host_header.as_ref();
@@ -143,7 +152,8 @@ fn prepare_upstream_request(
         request.insert_header(X_FORWARDED_FOR_NAME, peer_value.clone())?;
     }
     if !(admitted.peer_trusted && request.headers.contains_key(X_FORWARDED_PROTO)) {
-        request.insert_header(X_FORWARDED_PROTO_NAME, HTTP_SCHEME)?;
+        let scheme = if tls { HTTPS_SCHEME } else { HTTP_SCHEME };
+        request.insert_header(X_FORWARDED_PROTO_NAME, scheme)?;
     }
     let real_ip = if admitted.client_ip == peer {
         peer_value
@@ -228,7 +238,8 @@ impl Gateway {
             // counted on the wire and inflate past it upstream.
             request.remove_header("sec-websocket-extensions");
         }
-        prepare_upstream_request(&mut request, &mut admitted, peer_ip(session), &rt)?;
+        let client = (peer_ip(session), over_tls(session));
+        prepare_upstream_request(&mut request, &mut admitted, client, &rt)?;
         let started = Instant::now();
         let handshake = match self.connect_upgrade(upstream, &request).await {
             Ok(handshake) => handshake,
@@ -505,7 +516,8 @@ impl ProxyHttp for Gateway {
                 "request reached the upstream without an admission",
             ));
         };
-        prepare_upstream_request(upstream_request, admitted, peer_ip(session), &rt)
+        let client = (peer_ip(session), over_tls(session));
+        prepare_upstream_request(upstream_request, admitted, client, &rt)
     }
 
     /// A body that streams past the rule's `max_body_bytes` (one without a

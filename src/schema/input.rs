@@ -11,7 +11,7 @@ use serde::de::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::policy::OnError;
+use crate::policy::{Alpn, OnError, TlsVersion};
 use crate::policy::{HeaderStyle, MissingPolicy, Mode, OnLimit};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -100,6 +100,43 @@ pub(crate) struct ServerInput {
     /// The largest request body, for rules that set none (413 beyond it).
     #[serde(default)]
     pub(crate) max_body_bytes: Option<u64>,
+    /// Listeners that terminate TLS (HTTP/1.1 and HTTP/2 by ALPN).
+    #[serde(default)]
+    pub(crate) tls: Vec<TlsListenerInput>,
+    /// The longest a TLS handshake may take, from the connection's accept
+    /// (default 10s).
+    #[serde(default)]
+    pub(crate) handshake_timeout: Option<String>,
+}
+
+/// A listener that terminates TLS.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsListenerInput {
+    pub(crate) listen: String,
+    /// Certificate/key pairs (PEM files, relative to the config file); a
+    /// handshake gets the first whose names cover its SNI, else the first.
+    pub(crate) certs: Vec<CertInput>,
+    #[serde(default)]
+    pub(crate) min_version: TlsVersion,
+    /// Protocols offered by ALPN, preferred first (default h2, http/1.1).
+    #[serde(default = "default_alpn")]
+    pub(crate) alpn: Vec<Alpn>,
+    /// Plain-HTTP addresses whose every request is redirected (308) to this
+    /// listener.
+    #[serde(default)]
+    pub(crate) redirect_from: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertInput {
+    pub(crate) cert: String,
+    pub(crate) key: String,
+}
+
+fn default_alpn() -> Vec<Alpn> {
+    vec![Alpn::H2, Alpn::Http11]
 }
 
 impl Default for ServerInput {
@@ -120,6 +157,8 @@ impl Default for ServerInput {
             max_connections_per_ip: None,
             grace_period: None,
             max_body_bytes: None,
+            tls: Vec::new(),
+            handshake_timeout: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod keys;
+pub mod pki;
 pub mod redis;
 
 use std::collections::BTreeMap;
@@ -627,7 +628,7 @@ pub async fn raw_response(addr: SocketAddr, request: &[u8]) -> (u16, String) {
 
 /// Reads one response framed by Content-Length from a connection that stays
 /// open, and returns the status and the whole answer.
-pub async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, String) {
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (u16, String) {
     use tokio::io::AsyncReadExt;
     let mut answer = Vec::new();
     let complete = |answer: &[u8]| {
