@@ -8,6 +8,8 @@
 #   nginx                  nginx proxy_pass with keepalive to the origin: the baseline proxy
 #   nginx+limit_req        ... with limit_req keyed by $binary_remote_addr, admitting everything
 #   nginx+limit_req/deny   ... with a limit that denies almost everything (429)
+#   nginx/https            nginx terminating TLS (listen ... ssl, HTTP/1.1, no http2), proxy_pass
+#                          with keepalive to the origin; wrk keeps its connections alive
 #   pingora                a bare Pingora ProxyHttp (examples/pingora_baseline.rs), same profile,
 #                          with Pingora's default work-stealing runtime
 #   pingora/no-steal       the same with work_stealing off, tollgate's default runtime flavour
@@ -22,12 +24,19 @@
 #                          token for every request, so verified once and then cached)
 #   tollgate+redis         one Redis limit (exact), admitting everything
 #   tollgate+redis/batched the same limit with sync: batched (batch: 100)
+#   tollgate/https         tollgate terminating TLS (server.tls, alpn [http/1.1]), no limits
+#   tollgate+limit/https   ... with the tollgate+limit limit
+#   tollgate+limit+log     tollgate+limit with the access log on (JSON lines to a file); skipped
+#                          with a message if that tollgate does not start (e.g. a build
+#                          without access_log)
 #   ws direct / ws tollgate / ws tollgate+limit   WebSocket echo round trips per second
 # Rounds are interleaved (A B C ... A B C ...); the table shows medians, min-max and ratios.
 # Latency (p50/p99) comes from wrk --latency (closed loop) and, when `oha` is installed
 # (`cargo install oha --locked`), from oha at a fixed rate (RATE, default 4000 req/s) with
 # latency correction (open loop: p50/p99/p99.9, rounds interleaved too) for nginx+limit_req,
 # pingora, pingap+limit and tollgate+limit.
+# The https rows share one self-signed P-256 certificate made with `openssl` at the start
+# (without openssl they are skipped).
 # The pingap rows need `pingap` on PATH (apt-get install protobuf-compiler &&
 # cargo install pingap@0.13.1 --locked, ~15 min); without it they are skipped.
 # BUILD=0 uses target/release as it is instead of running cargo build first.
@@ -47,6 +56,8 @@ for tool in nginx redis-server wrk python3; do
 done
 HAVE_OHA=0; command -v oha >/dev/null && HAVE_OHA=1
 [ "$HAVE_OHA" = 1 ] || echo "oha is not installed (cargo install oha --locked): the open-loop rows are skipped" >&2
+HAVE_TLS=0; command -v openssl >/dev/null && HAVE_TLS=1
+[ "$HAVE_TLS" = 1 ] || echo "openssl is not installed (apt-get install openssl): the https rows are skipped" >&2
 HAVE_PINGAP=0; command -v pingap >/dev/null && HAVE_PINGAP=1
 [ "$HAVE_PINGAP" = 1 ] || echo "pingap is not installed (apt-get install protobuf-compiler && cargo install pingap@0.13.1 --locked, ~15 min): the pingap rows are skipped" >&2
 if [ "${BUILD:-1}" != 0 ]; then
@@ -64,6 +75,19 @@ HAVE_WS=0; [ -x "$WSBENCH" ] && HAVE_WS=1
 . "$HERE/bench/lib.sh"
 scratch bench
 start() { "$@" >/dev/null 2>&1 & PIDS+=($!); }
+# Like wait_port, but returns 1 instead of exiting once process $2 has exited.
+wait_port_of() {
+  for _ in $(seq 1 400); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    running "$2" || return 1; sleep 0.05
+  done
+  return 1
+}
+if [ "$HAVE_TLS" = 1 ]; then   # one pair for nginx and tollgate alike
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null \
+    || { echo "openssl could not make a certificate: the https rows are skipped" >&2; HAVE_TLS=0; }
+fi
 
 ORIGIN=$(free_port); REDIS=$(free_port); WSECHO=$(free_port)
 start_origin "$ORIGIN"
@@ -87,6 +111,18 @@ PY
 
 for W in $WORKERS; do
   P=$(free_port); PORT[nginx$W]=$P
+  NGINX_TLS=""
+  if [ "$HAVE_TLS" = 1 ]; then
+    PORT[nginx${W}tls]=$(free_port)
+    NGINX_TLS="server {
+    listen 127.0.0.1:${PORT[nginx${W}tls]} ssl;
+    ssl_certificate $WORK/cert.pem;
+    ssl_certificate_key $WORK/key.pem;
+    proxy_http_version 1.1;
+    proxy_set_header Connection \"\";
+    location /open { proxy_pass http://origin; }
+  }"
+  fi
   cat > "$WORK/nginx$W.conf" <<NGINX
 worker_processes $W;
 daemon off;
@@ -107,6 +143,7 @@ http {
     location /all  { limit_req zone=all$W burst=100000 nodelay; proxy_pass http://origin; }
     location /few  { limit_req zone=few$W nodelay; proxy_pass http://origin; }
   }
+  $NGINX_TLS
 }
 NGINX
   start nginx -c "$WORK/nginx$W.conf" -p "$WORK"
@@ -172,7 +209,7 @@ TOML
     start env RUST_LOG=error PINGAP_DISABLE_ACME=1 pingap -c "$WORK/pingap$W.toml"
     wait_port "$P"
   fi
-  for store in memory redis; do
+  for store in memory redis log; do
     P=$(free_port); A=$(free_port); PORT[tollgate$W$store]=$P
     printf '{"keys":[{"kty":"oct","kid":"bench","k":"%s"}]}' "$JWT_KEY" > "$WORK/jwks.json"
     if [ "$store" = redis ]; then
@@ -182,8 +219,13 @@ TOML
       STORE="{ backend: memory }"
       BATCHED="algorithm: gcra"
     fi
+    TLS=""
+    if [ "$store" = memory ] && [ "$HAVE_TLS" = 1 ]; then
+      PORT[tollgate${W}tls]=$(free_port)
+      TLS=", tls: [{ listen: \"127.0.0.1:${PORT[tollgate${W}tls]}\", certs: [{ cert: cert.pem, key: key.pem }], alpn: [http/1.1] }]"
+    fi
     cat > "$WORK/tollgate$W$store.yaml" <<YAML
-server: { listen: ["127.0.0.1:$P"], admin: "127.0.0.1:$A", threads: $W, watch: false }
+server: { listen: ["127.0.0.1:$P"], admin: "127.0.0.1:$A", threads: $W, watch: false$TLS }
 store: $STORE
 upstreams:
   origin: { servers: ["127.0.0.1:$ORIGIN"] }
@@ -203,9 +245,19 @@ plans: { pro: { limits: [{ name: per-consumer, key: consumer, rate: 100000000/se
 consumers:
   jwt: { keys: jwks.json, algorithms: [HS256], plan_claim: plan }
 YAML
+    if [ "$store" = log ]; then
+      printf 'access_log:\n  format: json\n  path: %s\n' "$WORK/access$W.log" >> "$WORK/tollgate$W$store.yaml"
+      env RUST_LOG=error "$BIN" run -c "$WORK/tollgate$W$store.yaml" >/dev/null 2>"$WORK/tollgate$W$store.err" & PIDS+=($!)
+      if ! wait_port_of "$P" "${PIDS[-1]}"; then
+        echo "tollgate+limit+log skipped ($W workers): tollgate did not start with access_log: $(grep -m1 . "$WORK/tollgate$W$store.err" || echo 'no message')" >&2
+        unset "PORT[tollgate${W}log]"
+      fi
+      continue
+    fi
     start env RUST_LOG=error "$BIN" run -c "$WORK/tollgate$W$store.yaml"
     wait_port "$P"
   done
+  [ "$HAVE_TLS" = 0 ] || { wait_port "${PORT[nginx${W}tls]}"; wait_port "${PORT[tollgate${W}tls]}"; }
   wait_port "${PORT[nginx$W]}"
 done
 
@@ -228,6 +280,7 @@ variants() { # name kind url, per worker count
   echo "nginx http http://127.0.0.1:${PORT[nginx$W]}/open"
   echo "nginx+limit_req http http://127.0.0.1:${PORT[nginx$W]}/all"
   echo "nginx+limit_req/deny http http://127.0.0.1:${PORT[nginx$W]}/few"
+  [ "$HAVE_TLS" = 0 ] || echo "nginx/https http https://127.0.0.1:${PORT[nginx${W}tls]}/open"
   echo "pingora http http://127.0.0.1:${PORT[pingora${W}steal]}/open"
   echo "pingora/no-steal http http://127.0.0.1:${PORT[pingora${W}no-steal]}/open"
   if [ "$HAVE_PINGAP" = 1 ]; then
@@ -241,6 +294,13 @@ variants() { # name kind url, per worker count
   echo "tollgate+jwt jwt http://127.0.0.1:${PORT[tollgate${W}memory]}/jwt"
   echo "tollgate+redis http http://127.0.0.1:${PORT[tollgate${W}redis]}/all"
   echo "tollgate+redis/batched http http://127.0.0.1:${PORT[tollgate${W}redis]}/batched"
+  if [ "$HAVE_TLS" = 1 ]; then
+    echo "tollgate/https http https://127.0.0.1:${PORT[tollgate${W}tls]}/open"
+    echo "tollgate+limit/https http https://127.0.0.1:${PORT[tollgate${W}tls]}/all"
+  fi
+  if [ -n "${PORT[tollgate${W}log]:-}" ]; then
+    echo "tollgate+limit+log http http://127.0.0.1:${PORT[tollgate${W}log]}/all"
+  fi
   if [ "$HAVE_WS" = 1 ]; then
     echo "ws_direct ws ws://127.0.0.1:$WSECHO/ws/open"
     echo "ws_tollgate ws ws://127.0.0.1:${PORT[tollgate${W}memory]}/ws/open"
@@ -266,6 +326,7 @@ for round in $(seq 1 "$ROUNDS"); do
         *) out=$(ws_run "$url") ;;
       esac
       echo "$name $W $out" >> "$RESULTS"
+      [ "$name" != tollgate+limit+log ] || : > "$WORK/access$W.log"   # bounded disk use
     done < <(variants "$W")
   done
   echo "round $round of $ROUNDS done" >&2
@@ -347,6 +408,9 @@ ratios = [
     ("Redis batched / memory (tollgate+redis/batched / tollgate+limit)", "tollgate+redis/batched", "tollgate+limit"),
     ("429 / admitted (tollgate+limit/deny / tollgate+limit)", "tollgate+limit/deny", "tollgate+limit"),
     ("JWT-keyed / IP-keyed limit (tollgate+jwt / tollgate+limit)", "tollgate+jwt", "tollgate+limit"),
+    ("tollgate/https / nginx/https (no limits)", "tollgate/https", "nginx/https"),
+    ("tollgate+limit/https / nginx/https", "tollgate+limit/https", "nginx/https"),
+    ("access log on / off (tollgate+limit+log / tollgate+limit)", "tollgate+limit+log", "tollgate+limit"),
     ("tollgate / direct (of the ceiling)", "tollgate", "direct"),
     ("ws tollgate / direct", "ws_tollgate", "ws_direct"),
     ("ws message limit on / off", "ws_tollgate+limit", "ws_tollgate"),

@@ -111,7 +111,15 @@ impl AdminApp {
     async fn ready(&self) -> Response<Vec<u8>> {
         let store = self.shared.limits.health().await;
         let rt = self.shared.snapshot.load();
-        let refusing = !store.healthy && rt.store.on_error == OnError::Deny;
+        let now = self.shared.clock.now();
+        let upstreams_down: Vec<&str> = rt
+            .upstreams
+            .iter()
+            .filter(|u| !u.any_available(now))
+            .map(|u| u.name.as_str())
+            .collect();
+        let refusing = (!store.healthy && rt.store.on_error == OnError::Deny)
+            || (rt.server.ready_needs_upstreams && !upstreams_down.is_empty());
         json(
             if refusing {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -119,7 +127,7 @@ impl AdminApp {
                 StatusCode::OK
             },
             json!({
-                "status": match (store.healthy, refusing) {
+                "status": match (store.healthy && upstreams_down.is_empty(), refusing) {
                     (true, _) => "ready",
                     (false, false) => "degraded",
                     (false, true) => "unavailable",
@@ -127,6 +135,7 @@ impl AdminApp {
                 "generation": rt.source.generation,
                 "watching": self.shared.reloader.watching(),
                 "store": store,
+                "upstreams_down": upstreams_down,
             }),
         )
     }

@@ -21,6 +21,7 @@ pub mod check;
 pub mod config;
 pub mod consumer;
 pub mod demo;
+pub(crate) mod health;
 pub mod identity;
 pub mod limit;
 pub mod metrics;

@@ -322,6 +322,8 @@ pub struct Metrics {
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    /// 1 while a server may get requests (healthy and not ejected), else 0.
+    upstream_server_healthy: IntGaugeVec,
     reloads: IntCounterVec,
     websockets: IntGaugeVec,
     degraded: IntCounterVec,
@@ -445,6 +447,15 @@ impl Metrics {
             "Config reload attempts by result",
             &["result"],
         );
+        let upstream_server_healthy = IntGaugeVec::new(
+            Opts::new(
+                "upstream_server_healthy",
+                "1 while an upstream server gets requests (healthy, not ejected), else 0",
+            ),
+            &["upstream", "server"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"));
+        let upstream_server_healthy = register(r, upstream_server_healthy);
         let websockets = IntGaugeVec::new(
             Opts::new(
                 "websocket_connections",
@@ -533,6 +544,7 @@ impl Metrics {
             request_duration,
             upstream_duration,
             upstream_errors,
+            upstream_server_healthy,
             reloads,
             websockets,
             degraded,
@@ -610,6 +622,21 @@ impl Metrics {
     /// Drops the error series of an upstream that left the config.
     pub(crate) fn forget_upstream(&self, upstream: &str) {
         let _ = self.upstream_errors.remove_label_values(&[upstream]);
+    }
+
+    /// Sets whether an upstream's server (its address from the config) gets
+    /// requests.
+    pub(crate) fn server_health(&self, upstream: &str, server: &str, available: bool) {
+        self.upstream_server_healthy
+            .with_label_values(&[upstream, server])
+            .set(i64::from(available));
+    }
+
+    /// Drops the health series of a server that left its upstream.
+    pub(crate) fn forget_server(&self, upstream: &str, server: &str) {
+        let _ = self
+            .upstream_server_healthy
+            .remove_label_values(&[upstream, server]);
     }
 
     /// Drops the WebSocket gauge of a rule that left the config once its last

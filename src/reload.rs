@@ -177,6 +177,13 @@ fn apply(shared: &Arc<Shared>, mut new: Snapshot) -> ReloadSummary {
             .filter(|id| !live.contains(id))
             .collect()
     };
+    // A server that stays in its upstream keeps its health (an ejection,
+    // a check's count).
+    for upstream in &mut new.upstreams {
+        if let Some(before) = old.upstreams.iter().find(|u| u.name == upstream.name) {
+            upstream.inherit_health(before);
+        }
+    }
     // New handshakes get the new certificates from here on; a listener the
     // file no longer has keeps serving its last ones until a restart.
     for (listen, certs) in &shared.certificates {
@@ -214,6 +221,15 @@ fn apply(shared: &Arc<Shared>, mut new: Snapshot) -> ReloadSummary {
     }
     for upstream in &summary.upstreams.removed {
         metrics.forget_upstream(upstream);
+    }
+    let current = shared.snapshot.load();
+    for gone in &old.upstreams {
+        let kept = current.upstreams.iter().find(|u| u.name == gone.name);
+        for server in &gone.servers {
+            if !kept.is_some_and(|u| u.servers.contains(server)) {
+                metrics.forget_server(&gone.name, &server.to_string());
+            }
+        }
     }
     if !removed.is_empty() {
         schedule_release(shared.clone(), removed);

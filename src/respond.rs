@@ -319,6 +319,18 @@ fn ratelimit_value(name: &str, remaining: u64, reset: u64) -> Option<HeaderValue
 }
 
 /// 502 (or 504 for a timeout) when the upstream cannot be reached or fails.
+/// 503 at once when no server of the upstream is healthy: nothing was tried.
+pub(crate) fn upstream_unavailable(upstream: &str) -> Reply {
+    json_reply(
+        503,
+        json!({
+            "error": "upstream_unavailable",
+            "upstream": upstream,
+            "message": "no server of the upstream is healthy",
+        }),
+    )
+}
+
 pub(crate) fn upstream_failure(status: u16, upstream: &str) -> Reply {
     let (error, message) = if status == 504 {
         ("upstream_timeout", "the upstream did not answer in time")

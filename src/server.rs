@@ -176,6 +176,15 @@ pub fn build_server(
         server.add_service(probe);
     }
 
+    let mut checker = background_service(
+        "tollgate health checks",
+        HealthChecker {
+            shared: shared.clone(),
+        },
+    );
+    checker.threads = Some(1);
+    server.add_service(checker);
+
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(sweeper);
@@ -195,6 +204,64 @@ impl BackgroundService for BreakerProbe {
         tokio::select! {
             _ = self.shared.limits.keep_probing() => {}
             _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Runs the upstreams' active health checks when they are due (each server
+/// on its upstream's interval, each check a task of its own) and keeps the
+/// servers' health gauges current.
+struct HealthChecker {
+    shared: Arc<Shared>,
+}
+
+/// How often due checks are looked for and the gauges refreshed.
+const HEALTH_TICK: Duration = Duration::from_millis(100);
+
+impl HealthChecker {
+    fn tick(&self) {
+        let rt = self.shared.snapshot.load_full();
+        let now = self.shared.clock.now();
+        for (u, upstream) in rt.upstreams.iter().enumerate() {
+            for (i, health) in upstream.health.iter().enumerate() {
+                let server = upstream.servers[i];
+                self.shared.metrics.server_health(
+                    &upstream.name,
+                    &server.to_string(),
+                    health.available(now),
+                );
+                let Some(active) = &upstream.active else {
+                    continue;
+                };
+                if !health.claim_check(now, active.settings.interval) {
+                    continue;
+                }
+                let rt = rt.clone();
+                tokio::spawn(async move {
+                    let upstream = &rt.upstreams[u];
+                    let Some(active) = &upstream.active else {
+                        return;
+                    };
+                    let passed = active.passes(server).await;
+                    if let Some(up) = upstream.health[i].record_check(passed, &active.settings) {
+                        let verdict = if up { "healthy" } else { "unhealthy" };
+                        tracing::warn!(upstream = %upstream.name, %server, "server is {verdict}");
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(HEALTH_TICK);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.tick(),
+                _ = shutdown.changed() => return,
+            }
         }
     }
 }

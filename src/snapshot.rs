@@ -12,6 +12,7 @@ use http::HeaderValue;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::consumer::{Consumers, Plan};
+use crate::health::{self, ActiveSettings, Nanos, PassiveSettings, ServerHealth};
 use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
 use crate::limit::algorithm::Setting;
 use crate::limit::breaker::BreakerSettings;
@@ -23,6 +24,8 @@ use crate::policy::{Alpn, HeaderStyle, MissingPolicy, Mode, OnError, OnLimit, Tl
 use crate::route::{PathPattern, RouteConditions, RouteTable};
 use crate::schema::{ConfigSource, Problem};
 use crate::tls::CertPair;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::Backend;
 
 /// Limits inside a rule's WebSocket connections.
 #[derive(Debug, Clone, Default)]
@@ -104,6 +107,8 @@ pub struct ServerSettings {
     pub(crate) tls: Vec<TlsListener>,
     /// From a TLS connection's accept to the end of its handshake.
     pub(crate) handshake_timeout: Duration,
+    /// `/readyz` answers 503 while an upstream has no healthy server.
+    pub(crate) ready_needs_upstreams: bool,
 }
 
 /// A listener that terminates TLS. Its address, versions, ALPN and
@@ -292,18 +297,122 @@ pub(crate) struct Upstream {
     pub(crate) write_timeout: Duration,
     /// Read timeout of upgraded (WebSocket) connections.
     pub(crate) tunnel_idle_timeout: Duration,
-    /// Round-robin position.
+    /// Round-robin position, in `schedule`.
     pub(crate) next: AtomicUsize,
     /// The Pingora peer of each server (same order), built once per
     /// snapshot: a request clones one instead of building it.
     pub(crate) peers: Vec<HttpPeer>,
+    /// Each server's weight (same order as `servers`).
+    pub(crate) weights: Vec<u32>,
+    /// Server indices in the order requests visit them, by weight.
+    pub(crate) schedule: Vec<usize>,
+    /// Each server's health, shared with the snapshots before and after
+    /// this one that have the same server in the same upstream.
+    pub(crate) health: Vec<Arc<ServerHealth>>,
+    pub(crate) active: Option<ActiveCheck>,
+    pub(crate) passive: Option<PassiveSettings>,
+}
+
+/// An upstream's active health check: its settings and Pingora's probe.
+pub(crate) struct ActiveCheck {
+    pub(crate) settings: ActiveSettings,
+    pub(crate) probe: Box<dyn HealthCheck + Send + Sync>,
+}
+
+impl std::fmt::Debug for ActiveCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveCheck")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ActiveCheck {
+    /// Pingora's HTTP or TCP check for `upstream`'s servers.
+    fn new(settings: ActiveSettings, upstream: &Upstream) -> Self {
+        let probe: Box<dyn HealthCheck + Send + Sync> = match &settings.path {
+            Some(path) => {
+                let host = upstream
+                    .host_header
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or(&upstream.sni)
+                    .to_string();
+                let mut check = HttpHealthCheck::new(&host, upstream.tls);
+                check.peer_template.sni = upstream.sni.clone();
+                let options = &mut check.peer_template.options;
+                options.connection_timeout = Some(settings.timeout);
+                options.total_connection_timeout = Some(settings.timeout);
+                options.read_timeout = Some(settings.timeout);
+                options.verify_cert = upstream.verify_cert;
+                options.verify_hostname = upstream.verify_cert;
+                if let Ok(uri) = path.parse() {
+                    check.req.set_uri(uri);
+                }
+                Box::new(check)
+            }
+            None => {
+                let mut check = if upstream.tls {
+                    TcpHealthCheck::new_tls(&upstream.sni)
+                } else {
+                    TcpHealthCheck::new()
+                };
+                let options = &mut check.peer_template.options;
+                options.connection_timeout = Some(settings.timeout);
+                options.total_connection_timeout = Some(settings.timeout);
+                options.verify_cert = upstream.verify_cert;
+                options.verify_hostname = upstream.verify_cert;
+                check
+            }
+        };
+        ActiveCheck { settings, probe }
+    }
+
+    /// Runs one check of `server`, bounded by the check's timeout.
+    pub(crate) async fn passes(&self, server: SocketAddr) -> bool {
+        let backend = Backend {
+            addr: pingora::protocols::l4::socket::SocketAddr::Inet(server),
+            weight: 1,
+            ext: Default::default(),
+        };
+        let check = tokio::time::timeout(self.settings.timeout, self.probe.check(&backend));
+        matches!(check.await, Ok(Ok(())))
+    }
 }
 
 impl Upstream {
-    /// Builds the peers of the servers from the upstream's settings.
-    pub(crate) fn with_peers(mut self) -> Self {
+    /// Builds the peers of the servers, their visiting order and the
+    /// active check from the upstream's settings.
+    pub(crate) fn with_peers(mut self, active: Option<ActiveSettings>) -> Self {
         self.peers = self.servers.iter().map(|&s| self.peer_of(s)).collect();
+        self.schedule = health::schedule(&self.weights);
+        self.health = self.servers.iter().map(|_| Arc::default()).collect();
+        self.active = active.map(|settings| ActiveCheck::new(settings, &self));
         self
+    }
+
+    /// Takes the health of the servers `old` had too.
+    pub(crate) fn inherit_health(&mut self, old: &Upstream) {
+        for (server, health) in self.servers.iter().zip(&mut self.health) {
+            if let Some(i) = old.servers.iter().position(|s| s == server) {
+                *health = old.health[i].clone();
+            }
+        }
+    }
+
+    /// The next server to try at `now`: in weighted round-robin order from
+    /// `start`, the first that is available and not in `tried`. `None` when
+    /// no server is left.
+    pub(crate) fn pick(&self, start: usize, tried: &[usize], now: Nanos) -> Option<usize> {
+        let len = self.schedule.len();
+        (0..len)
+            .map(|k| self.schedule[(start + k) % len])
+            .find(|&i| !tried.contains(&i) && self.health[i].available(now))
+    }
+
+    /// Whether any server may get a request at `now`.
+    pub(crate) fn any_available(&self, now: Nanos) -> bool {
+        self.health.iter().any(|h| h.available(now))
     }
 
     fn peer_of(&self, server: SocketAddr) -> HttpPeer {
@@ -321,7 +430,7 @@ impl Upstream {
         peer
     }
 
-    /// The peer at round-robin position `index`.
+    /// The peer of server `index`.
     pub(crate) fn peer(&self, index: usize) -> HttpPeer {
         self.peers[index % self.peers.len()].clone()
     }

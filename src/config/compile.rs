@@ -59,6 +59,8 @@ const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What the README has always promised in-flight requests at SIGTERM.
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// Weights beyond this would make the visiting order needlessly long.
+const MAX_WEIGHT: u32 = 100;
 /// As long as a header deadline: a handshake is a few round trips.
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -375,6 +377,7 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
         grace_period,
         tls: Vec::new(),
         handshake_timeout,
+        ready_needs_upstreams: s.readyz.require_healthy_upstreams,
     })
 }
 
@@ -447,15 +450,29 @@ fn compile_upstream(c: &mut Compiler<'_>, name: &str, u: &UpstreamInput) -> Opti
         );
     }
     let mut servers = Vec::new();
+    let mut weights = Vec::new();
     for (i, server) in u.servers.iter().enumerate() {
-        if let Some(addrs) = c.check(format!("{base}.servers[{i}]"), resolve(server)) {
+        if !(1..=MAX_WEIGHT).contains(&server.weight()) {
+            c.error(
+                format!("{base}.servers[{i}].weight"),
+                format!("a weight is from 1 to {MAX_WEIGHT}"),
+            );
+        }
+        let resolved = resolve(server.address());
+        if let Some(addrs) = c.check(format!("{base}.servers[{i}]"), resolved) {
             for addr in addrs {
                 if !servers.contains(&addr) {
                     servers.push(addr);
+                    weights.push(server.weight().clamp(1, MAX_WEIGHT));
                 }
             }
         }
     }
+    let active = u.health.as_ref().map(|h| edge::compile_health(c, &base, h));
+    let passive = u
+        .passive
+        .as_ref()
+        .map(|p| edge::compile_passive(c, &base, p));
     let timeout = |c: &mut Compiler<'_>, field: &str, value: &Option<String>, default: Duration| {
         match value {
             None => default,
@@ -499,7 +516,11 @@ fn compile_upstream(c: &mut Compiler<'_>, name: &str, u: &UpstreamInput) -> Opti
     let sni = u
         .sni
         .clone()
-        .or_else(|| u.servers.first().map(|s| host_part(s).to_string()))
+        .or_else(|| {
+            u.servers
+                .first()
+                .map(|s| host_part(s.address()).to_string())
+        })
         .unwrap_or_default();
     if u.tls && sni.parse::<IpAddr>().is_ok() && u.verify_cert {
         c.warn(
@@ -521,8 +542,13 @@ fn compile_upstream(c: &mut Compiler<'_>, name: &str, u: &UpstreamInput) -> Opti
             tunnel_idle_timeout,
             next: Default::default(),
             peers: Vec::new(),
+            weights,
+            schedule: Vec::new(),
+            health: Vec::new(),
+            active: None,
+            passive,
         }
-        .with_peers()
+        .with_peers(active)
     })
 }
 

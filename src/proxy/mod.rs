@@ -199,9 +199,11 @@ pub(crate) struct RequestCtx {
     rule: Option<usize>,
     /// What admission decided, for a request that goes upstream.
     admitted: Option<Admitted>,
-    /// Round-robin position of the first server tried, and failures since.
+    /// Round-robin position of the first server tried.
     first_server: Option<usize>,
-    connect_failures: usize,
+    /// The server of the current attempt, and those whose connect failed.
+    server: Option<usize>,
+    tried: Vec<usize>,
     /// Whether a connection to the upstream was made (later errors are the
     /// upstream's; earlier ones were counted as connect failures).
     connected: bool,
@@ -245,12 +247,14 @@ impl Gateway {
             Ok(handshake) => handshake,
             Err(failure) => {
                 tracing::warn!(upstream = %upstream.name, "upgrade failed: {failure}");
-                let status = match failure {
-                    TunnelError::HandshakeTimeout(_) => 504,
-                    _ => 502,
+                let reply = match failure {
+                    TunnelError::Unavailable => respond::upstream_unavailable(&upstream.name),
+                    TunnelError::HandshakeTimeout(_) => {
+                        respond::upstream_failure(504, &upstream.name)
+                    }
+                    _ => respond::upstream_failure(502, &upstream.name),
                 };
-                return write_reply(session, respond::upstream_failure(status, &upstream.name))
-                    .await;
+                return write_reply(session, reply).await;
             }
         };
         rule.metrics.observe_upstream(started.elapsed());
@@ -338,9 +342,11 @@ impl Gateway {
         request: &RequestHeader,
     ) -> std::result::Result<tunnel::Handshake, TunnelError> {
         let first = upstream.round_robin_start();
-        let mut failure = TunnelError::Connect("the upstream has no servers".into());
-        for attempt in 0..upstream.servers.len() {
-            let peer = upstream.peer(first + attempt);
+        let mut failure = TunnelError::Unavailable;
+        let mut tried = Vec::new();
+        while let Some(server) = upstream.pick(first, &tried, self.shared.clock.now()) {
+            tried.push(server);
+            let peer = upstream.peer(server);
             let attempt = tunnel::handshake(
                 &self.connector,
                 &peer,
@@ -350,10 +356,16 @@ impl Gateway {
             )
             .await;
             match attempt {
-                Ok(handshake) => return Ok(handshake),
+                Ok(handshake) => {
+                    upstream.health[server].connected();
+                    return Ok(handshake);
+                }
                 Err(e) => {
                     self.shared.metrics.upstream_error(&upstream.name);
                     let retry = matches!(e, TunnelError::Connect(_));
+                    if retry {
+                        note_connect_failure(upstream, server, self.shared.clock.now());
+                    }
                     failure = e;
                     if !retry {
                         break;
@@ -362,6 +374,17 @@ impl Gateway {
             }
         }
         Err(failure)
+    }
+}
+
+/// Counts a failed connect against `server`'s passive ejection.
+fn note_connect_failure(upstream: &Upstream, server: usize, now: u64) {
+    if upstream.health[server].connect_failed(now, upstream.passive.as_ref()) {
+        tracing::warn!(
+            upstream = %upstream.name,
+            server = %upstream.servers[server],
+            "server ejected after consecutive failed connects"
+        );
     }
 }
 
@@ -487,8 +510,19 @@ impl ProxyHttp for Gateway {
             .unwrap_or_else(|| upstream.round_robin_start());
         // WebSocket upgrades never get here (they are tunnelled); other
         // upgrade offers are stripped and proxied as plain requests.
-        let peer = upstream.peer(first + ctx.connect_failures);
+        let picked = upstream
+            .pick(first, &ctx.tried, self.shared.clock.now())
+            .map(|server| (server, upstream.peer(server)));
         ctx.first_server = Some(first);
+        let Some((server, peer)) = picked else {
+            // No server is healthy (or, rarely, none is left to retry).
+            let status = if ctx.tried.is_empty() { 503 } else { 502 };
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "no healthy server of the upstream is left",
+            ));
+        };
+        ctx.server = Some(server);
         ctx.upstream_started.get_or_insert_with(Instant::now);
         Ok(Box::new(peer))
     }
@@ -554,6 +588,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.connected = true;
+        if let (Ok((rt, rule)), Some(server)) = (snapshot(ctx), ctx.server) {
+            rt.upstream_of(rt.rule(rule)).health[server].connected();
+        }
         Ok(())
     }
 
@@ -627,12 +664,16 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.connect_failures += 1;
+        let Some(server) = ctx.server else { return e };
+        ctx.tried.push(server);
         if let Ok((rt, rule)) = snapshot(ctx) {
             let upstream = rt.upstream_of(rt.rule(rule));
             self.shared.metrics.upstream_error(&upstream.name);
-            // Try each of the upstream's servers once before giving up.
-            if ctx.connect_failures < upstream.servers.len() {
+            let now = self.shared.clock.now();
+            note_connect_failure(upstream, server, now);
+            // Try each of the upstream's available servers once.
+            let start = ctx.first_server.unwrap_or_default();
+            if upstream.pick(start, &ctx.tried, now).is_some() {
                 e.set_retry(true);
             }
         }
@@ -658,6 +699,9 @@ impl ProxyHttp for Gateway {
             let reply = match snapshot(ctx) {
                 Ok((rt, rule)) if matches!(code, 502 | 504) => {
                     respond::upstream_failure(code, &rt.upstream_of(rt.rule(rule)).name)
+                }
+                Ok((rt, rule)) if code == 503 && !ctx.connected => {
+                    respond::upstream_unavailable(&rt.upstream_of(rt.rule(rule)).name)
                 }
                 Ok((rt, rule)) if code == 413 => {
                     let rule = rt.rule(rule);

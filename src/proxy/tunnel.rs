@@ -64,6 +64,8 @@ pub(crate) enum TunnelError {
     Handshake(String),
     #[error("the upstream did not answer the handshake within {0:?}")]
     HandshakeTimeout(Duration),
+    #[error("no server of the upstream is healthy")]
+    Unavailable,
 }
 
 /// The upstream's answer to the upgrade request.

@@ -107,6 +107,17 @@ pub(crate) struct ServerInput {
     /// (default 10s).
     #[serde(default)]
     pub(crate) handshake_timeout: Option<String>,
+    /// What `GET /readyz` requires beyond a running gateway.
+    #[serde(default)]
+    pub(crate) readyz: ReadyzInput,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReadyzInput {
+    /// Not ready (503) while some upstream has no healthy server.
+    #[serde(default)]
+    pub(crate) require_healthy_upstreams: bool,
 }
 
 /// A listener that terminates TLS.
@@ -159,6 +170,7 @@ impl Default for ServerInput {
             max_body_bytes: None,
             tls: Vec::new(),
             handshake_timeout: None,
+            readyz: ReadyzInput::default(),
         }
     }
 }
@@ -463,7 +475,15 @@ pub(crate) enum StoreBackend {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpstreamInput {
-    pub(crate) servers: Vec<String>,
+    pub(crate) servers: Vec<ServerEntryInput>,
+    /// Active health checks: an HTTP GET of `path` (200 passes), or a TCP
+    /// connect when no path is given.
+    #[serde(default)]
+    pub(crate) health: Option<HealthInput>,
+    /// Passive ejection: a server whose connects fail so many times in a
+    /// row gets no requests for a while.
+    #[serde(default)]
+    pub(crate) passive: Option<PassiveInput>,
     #[serde(default)]
     pub(crate) tls: bool,
     /// TLS server name; defaults to the host part of the first server.
@@ -759,4 +779,100 @@ pub(crate) struct DenyInput {
     pub(crate) body: Option<String>,
     #[serde(default)]
     pub(crate) content_type: Option<String>,
+}
+
+/// An upstream server: `host:port`, or `{ address: host:port, weight: N }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub(crate) enum ServerEntryInput {
+    Address(String),
+    Weighted(WeightedServerInput),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WeightedServerInput {
+    pub(crate) address: String,
+    #[serde(default = "default_weight")]
+    pub(crate) weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl ServerEntryInput {
+    pub(crate) fn address(&self) -> &str {
+        match self {
+            ServerEntryInput::Address(a) => a,
+            ServerEntryInput::Weighted(w) => &w.address,
+        }
+    }
+
+    pub(crate) fn weight(&self) -> u32 {
+        match self {
+            ServerEntryInput::Address(_) => 1,
+            ServerEntryInput::Weighted(w) => w.weight,
+        }
+    }
+}
+
+/// Dispatches on the YAML shape, so each shape keeps precise messages.
+impl<'de> Deserialize<'de> for ServerEntryInput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ServerVisitor;
+
+        impl<'de> de::Visitor<'de> for ServerVisitor {
+            type Value = ServerEntryInput;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("host:port, or { address: host:port, weight: N }")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ServerEntryInput, E> {
+                Ok(ServerEntryInput::Address(v.to_string()))
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ServerEntryInput, A::Error> {
+                WeightedServerInput::deserialize(MapAccessDeserializer::new(map))
+                    .map(ServerEntryInput::Weighted)
+            }
+        }
+
+        deserializer.deserialize_any(ServerVisitor)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthInput {
+    /// HTTP check of this path; unset: a TCP connect.
+    #[serde(default)]
+    pub(crate) path: Option<String>,
+    /// Between checks of a server (default 5s).
+    #[serde(default)]
+    pub(crate) interval: Option<String>,
+    /// For one check (default 1s).
+    #[serde(default)]
+    pub(crate) timeout: Option<String>,
+    /// Passes in a row that bring a server back (default 2).
+    #[serde(default)]
+    pub(crate) healthy: Option<u32>,
+    /// Failures in a row that take a server out (default 3).
+    #[serde(default)]
+    pub(crate) unhealthy: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PassiveInput {
+    /// Failed connects in a row (default 3).
+    #[serde(default)]
+    pub(crate) failures: Option<u32>,
+    /// How long an ejected server gets no requests (default 10s).
+    #[serde(default)]
+    pub(crate) eject_for: Option<String>,
 }

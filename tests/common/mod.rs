@@ -129,6 +129,16 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener)
+    }
+
+    /// Starts on `addr` (to bring a stopped upstream back where it was).
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        Self::serve(tokio::net::TcpListener::bind(addr).await.unwrap())
+    }
+
+    fn serve(listener: tokio::net::TcpListener) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let recorder = seen.clone();
         let (release, released) = tokio::sync::watch::channel(false);
@@ -136,7 +146,6 @@ impl Upstream {
             let (recorder, released) = (recorder.clone(), released.clone());
             async move { handle(req, recorder, released).await }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -147,6 +156,13 @@ impl Upstream {
             release,
             task,
         }
+    }
+
+    /// Stops listening (connections already open keep being served), and
+    /// returns once the port is free.
+    pub async fn stop(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
     }
 
     /// Lets every request waiting on `/hold` (and any later one) through.

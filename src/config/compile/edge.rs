@@ -1,11 +1,13 @@
-//! The settings of the gateway's edge: its listeners (plain, TLS, redirects)
-//! and the certificates it serves.
+//! The settings of the gateway's edge: its listeners (plain, TLS, redirects),
+//! the certificates it serves, and how it tells a healthy upstream server.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use super::{overlaps, parse_listen, Compiler};
-use crate::schema::input::{ServerInput, TlsListenerInput};
+use super::{bounded_duration, overlaps, parse_listen, Compiler};
+use crate::health::{ActiveSettings, PassiveSettings};
+use crate::schema::input::{HealthInput, PassiveInput, ServerInput, TlsListenerInput};
 use crate::snapshot::TlsListener;
 use crate::tls;
 
@@ -145,4 +147,82 @@ fn read_pem(
         crate::config::sha256_hex(text.as_bytes()),
     ));
     Some(text)
+}
+
+const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(10);
+/// The most results in a row a verdict may wait for.
+const MAX_STREAK: u32 = 100;
+
+/// An upstream's `health:`.
+pub(super) fn compile_health(c: &mut Compiler<'_>, base: &str, h: &HealthInput) -> ActiveSettings {
+    let path = h.path.clone();
+    if let Some(p) = &path {
+        if !p.starts_with('/') || p.parse::<http::Uri>().is_err() {
+            c.error(
+                format!("{base}.health.path"),
+                format!("{p:?} is not a request path (it starts with /)"),
+            );
+        }
+    }
+    let interval = bounded_duration(
+        c,
+        &format!("{base}.health.interval"),
+        h.interval.as_deref(),
+        DEFAULT_CHECK_INTERVAL,
+        Duration::from_millis(10)..=Duration::from_secs(3600),
+    );
+    let timeout = bounded_duration(
+        c,
+        &format!("{base}.health.timeout"),
+        h.timeout.as_deref(),
+        DEFAULT_CHECK_TIMEOUT,
+        Duration::from_millis(1)..=Duration::from_secs(60),
+    );
+    let mut streak = |field: &str, value: Option<u32>, default: u32| {
+        let value = value.unwrap_or(default);
+        if !(1..=MAX_STREAK).contains(&value) {
+            c.error(
+                format!("{base}.health.{field}"),
+                format!("must be from 1 to {MAX_STREAK}"),
+            );
+        }
+        value.clamp(1, MAX_STREAK)
+    };
+    let healthy = streak("healthy", h.healthy, 2);
+    let unhealthy = streak("unhealthy", h.unhealthy, 3);
+    ActiveSettings {
+        path,
+        interval,
+        timeout,
+        healthy,
+        unhealthy,
+    }
+}
+
+/// An upstream's `passive:`.
+pub(super) fn compile_passive(
+    c: &mut Compiler<'_>,
+    base: &str,
+    p: &PassiveInput,
+) -> PassiveSettings {
+    let failures = p.failures.unwrap_or(3);
+    if !(1..=MAX_STREAK).contains(&failures) {
+        c.error(
+            format!("{base}.passive.failures"),
+            format!("must be from 1 to {MAX_STREAK}"),
+        );
+    }
+    let eject_for = bounded_duration(
+        c,
+        &format!("{base}.passive.eject_for"),
+        p.eject_for.as_deref(),
+        DEFAULT_EJECT_FOR,
+        Duration::from_millis(1)..=Duration::from_secs(3600),
+    );
+    PassiveSettings {
+        failures: failures.clamp(1, MAX_STREAK),
+        eject_for,
+    }
 }
