@@ -249,7 +249,8 @@ YAML
       printf 'access_log:\n  format: json\n  path: %s\n' "$WORK/access$W.log" >> "$WORK/tollgate$W$store.yaml"
       env RUST_LOG=error "$BIN" run -c "$WORK/tollgate$W$store.yaml" >/dev/null 2>"$WORK/tollgate$W$store.err" & PIDS+=($!)
       if ! wait_port_of "$P" "${PIDS[-1]}"; then
-        echo "tollgate+limit+log skipped ($W workers): tollgate did not start with access_log: $(grep -m1 . "$WORK/tollgate$W$store.err" || echo 'no message')" >&2
+        why=$(sed -n '/error:/{s/^ *//;p;q}' "$WORK/tollgate$W$store.err")
+        echo "tollgate+limit+log skipped ($W workers): tollgate did not start with access_log: ${why:-no message}" >&2
         unset "PORT[tollgate${W}log]"
       fi
       continue

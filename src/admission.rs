@@ -60,6 +60,10 @@ pub(crate) struct Refusal {
     pub(crate) reply: Reply,
     /// The consumer's plan, when it was known before the refusal.
     pub(crate) plan: Option<usize>,
+    /// For a limited request: the deciding limit (index in the request's
+    /// limits) and the consumer, for the access log.
+    pub(crate) limit: Option<usize>,
+    pub(crate) consumer: Option<Arc<str>>,
 }
 
 /// A request admitted upstream, with what the later phases need.
@@ -114,6 +118,8 @@ fn refuse_on(
         outcome,
         reply,
         plan,
+        limit: None,
+        consumer: None,
     })
 }
 
@@ -248,7 +254,14 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
             if let (true, Some((i, decision))) = (judgement.denied(), judgement.headline) {
                 let plan_name = plan.map(|p| rt.plans[p].name.as_str());
                 let reply = respond::limited(rule, &limits_of_request[i], &decision, plan_name);
-                return refuse_on(plan, Some(index), Outcome::Limited, reply);
+                return Admission::Reply(Refusal {
+                    rule: Some(index),
+                    outcome: Outcome::Limited,
+                    reply,
+                    plan,
+                    limit: Some(i),
+                    consumer: admitted.consumer.take(),
+                });
             }
             admitted.headline = judgement.headline;
             admitted.delay = pipeline::shaping_delay(limits_of_request, &decided);

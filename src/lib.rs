@@ -14,6 +14,7 @@
 //! vocabulary ([`policy`]) and the metrics ([`metrics`]). Everything else is
 //! crate-private.
 
+pub(crate) mod access_log;
 pub(crate) mod admin;
 pub(crate) mod admission;
 pub mod app;

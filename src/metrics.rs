@@ -324,6 +324,8 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     /// 1 while a server may get requests (healthy and not ejected), else 0.
     upstream_server_healthy: IntGaugeVec,
+    /// Access log lines dropped because the writer fell behind.
+    pub(crate) access_log_dropped: IntCounter,
     reloads: IntCounterVec,
     websockets: IntGaugeVec,
     degraded: IntCounterVec,
@@ -447,6 +449,14 @@ impl Metrics {
             "Config reload attempts by result",
             &["result"],
         );
+        let access_log_dropped = register(
+            r,
+            IntCounter::new(
+                "access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}")),
+        );
         let upstream_server_healthy = IntGaugeVec::new(
             Opts::new(
                 "upstream_server_healthy",
@@ -545,6 +555,7 @@ impl Metrics {
             upstream_duration,
             upstream_errors,
             upstream_server_healthy,
+            access_log_dropped,
             reloads,
             websockets,
             degraded,

@@ -381,6 +381,9 @@ pub(crate) fn restart_required(startup: &Startup, rt: &Snapshot) -> Vec<String> 
     if now.redis != startup.redis {
         differ.push("store.backend/store.redis".to_string());
     }
+    if now.access_log != startup.access_log {
+        differ.push("access_log.path/buffer".to_string());
+    }
     if now.tls != startup.tls {
         differ.push("server.tls (listeners, versions, alpn, redirects)".to_string());
     }
@@ -488,17 +491,21 @@ impl BackgroundService for ConfigWatcher {
                 None
             }
         };
-        let mut hangup = if self.handle_sighup {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let listen = |kind: tokio::signal::unix::SignalKind, name: &str| {
+            if !self.handle_sighup {
+                return None;
+            }
+            match tokio::signal::unix::signal(kind) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    tracing::warn!("cannot listen for SIGHUP: {e}");
+                    tracing::warn!("cannot listen for {name}: {e}");
                     None
                 }
             }
-        } else {
-            None
         };
+        let mut hangup = listen(tokio::signal::unix::SignalKind::hangup(), "SIGHUP");
+        // logrotate's signal: the access log file is reopened.
+        let mut rotate = listen(tokio::signal::unix::SignalKind::user_defined1(), "SIGUSR1");
         // An edit made while the gateway was starting had no watcher to see it.
         if _watcher.is_some() {
             self.shared.reloader.state().watching = true;
@@ -513,6 +520,12 @@ impl BackgroundService for ConfigWatcher {
                     None => std::future::pending().await,
                 }
             };
+            let usr1 = async {
+                match rotate.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 Some(()) = rx.recv() => {
                     debounce(&mut rx).await;
@@ -523,6 +536,7 @@ impl BackgroundService for ConfigWatcher {
                 Some(()) = hup => {
                     reload(&self.shared, Trigger::Signal).await;
                 }
+                Some(()) = usr1 => self.shared.access_log.reopen(),
                 _ = shutdown.changed() => return,
             }
         }

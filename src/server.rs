@@ -24,7 +24,7 @@ use crate::proxy::edge::Roles;
 use crate::proxy::Gateway;
 use crate::reload::ConfigWatcher;
 use crate::snapshot::Snapshot;
-use crate::state::Shared;
+use crate::state::{Shared, SharedError};
 
 /// How often expired limiter state is dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -42,8 +42,9 @@ pub struct ProcessOptions {
     /// Seconds requests in flight get after SIGTERM; `None` takes
     /// `server.grace_period` from the config.
     pub grace_period_seconds: Option<u64>,
-    /// Reload on SIGHUP. Off when embedded (tests), where the signal would
-    /// reach every gateway of the process.
+    /// Reload on SIGHUP and reopen the access log on SIGUSR1. Off when
+    /// embedded (tests), where the signal would reach every gateway of the
+    /// process.
     pub handle_sighup: bool,
     /// The server is the process's one and lives as long as it (the
     /// binary). Only then may `server.work_stealing: false` put each thread
@@ -62,8 +63,8 @@ pub struct ProcessOptions {
 pub enum LoadError {
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("store.redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error("{0}")]
+    Shared(#[from] SharedError),
 }
 
 /// Loads the config with `loader` and builds the state the services share.

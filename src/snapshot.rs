@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::access_log::LogTarget;
 use crate::consumer::{Consumers, Plan};
 use crate::health::{self, ActiveSettings, Nanos, PassiveSettings, ServerHealth};
 use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
@@ -20,7 +21,9 @@ use crate::limit::store::redis::RedisSettings;
 use crate::limit::{Decision, LimitId, Limiter, SyncMode};
 use crate::metrics::{DecisionResult, LimitMetrics, Metrics, RuleMetrics};
 use crate::policy::units::Rate;
-use crate::policy::{Alpn, HeaderStyle, MissingPolicy, Mode, OnError, OnLimit, TlsVersion};
+use crate::policy::{
+    AccessLogFormat, Alpn, HeaderStyle, MissingPolicy, Mode, OnError, OnLimit, TlsVersion,
+};
 use crate::route::{PathPattern, RouteConditions, RouteTable};
 use crate::schema::{ConfigSource, Problem};
 use crate::tls::CertPair;
@@ -59,6 +62,7 @@ pub struct Snapshot {
     /// The key table, when consumers are configured.
     pub consumers: Option<Consumers>,
     pub(crate) upstreams: Vec<Upstream>,
+    pub(crate) access_log: AccessLogSettings,
     /// Non-fatal findings of the compile (e.g. unreachable rules).
     pub warnings: Vec<Problem>,
     pub(crate) source: ConfigSource,
@@ -82,6 +86,15 @@ pub(crate) struct StoreSettings {
 pub(crate) struct RedisBackend {
     pub(crate) redis: RedisSettings,
     pub(crate) breaker: BreakerSettings,
+}
+
+/// The access log's settings: the format follows the config, the target and
+/// buffer are fixed at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AccessLogSettings {
+    pub(crate) format: AccessLogFormat,
+    pub(crate) target: LogTarget,
+    pub(crate) buffer: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use crate::access_log::{AccessLog, LogTarget, RequestIds};
 use crate::config::Loader;
 use crate::limit::store::redis::RedisStore;
 use crate::limit::{Limits, MemoryStore, MonotonicClock};
@@ -39,6 +40,19 @@ pub struct Shared {
     /// The certificates of each TLS listener (by its `listen` as started),
     /// refilled from the config at every successful reload.
     pub(crate) certificates: Vec<(String, Arc<CertStore>)>,
+    /// The access log's writer, opened at start (its format follows the
+    /// config).
+    pub(crate) access_log: AccessLog,
+    pub(crate) request_ids: RequestIds,
+}
+
+/// Why the shared state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("store.redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("access_log.path: cannot open {path}: {error}")]
+    AccessLog { path: String, error: std::io::Error },
 }
 
 impl Shared {
@@ -50,7 +64,7 @@ impl Shared {
         metrics: Metrics,
         config_path: PathBuf,
         loader: Loader,
-    ) -> Result<Self, redis::RedisError> {
+    ) -> Result<Self, SharedError> {
         snapshot.bind_metrics(&metrics);
         metrics
             .config_generation
@@ -73,6 +87,19 @@ impl Shared {
                 metrics.store.clone(),
             ),
         };
+        let settings = &snapshot.access_log;
+        let access_log = AccessLog::start(
+            settings.target.clone(),
+            settings.buffer,
+            metrics.access_log_dropped.clone(),
+        )
+        .map_err(|error| SharedError::AccessLog {
+            path: match &settings.target {
+                LogTarget::File(path) => path.display().to_string(),
+                LogTarget::Stdout => "stdout".into(),
+            },
+            error,
+        })?;
         let certificates = snapshot
             .server
             .tls
@@ -80,6 +107,8 @@ impl Shared {
             .map(|t| (t.listen.clone(), Arc::new(CertStore::new(t.certs.clone()))))
             .collect();
         Ok(Shared {
+            access_log,
+            request_ids: RequestIds::default(),
             certificates,
             startup: Startup::of(&snapshot),
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -167,6 +196,8 @@ pub(crate) struct Startup {
     /// Each TLS listener's address, versions, ALPN and redirects (not its
     /// certificates, which follow the config).
     pub(crate) tls: Vec<(String, TlsVersion, Vec<Alpn>, Vec<std::net::SocketAddr>)>,
+    /// Where the access log writes, and its buffer.
+    pub(crate) access_log: (LogTarget, usize),
 }
 
 impl Startup {
@@ -198,6 +229,7 @@ impl Startup {
                     )
                 })
                 .collect(),
+            access_log: (rt.access_log.target.clone(), rt.access_log.buffer),
         }
     }
 }

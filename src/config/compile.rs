@@ -210,6 +210,7 @@ pub(crate) fn compile(
     });
     let tls = edge::compile_tls(&mut c, &input.server, &origin.file, &mut other_files);
     let server = server.map(|server| ServerSettings { tls, ..server });
+    let access_log = edge::compile_access_log(&mut c, &input.access_log, &origin.file);
     let rules = compile_rules(&mut c, input, &upstream_index, &plans, consumers.is_some());
     let limit_lists = rules
         .iter()
@@ -265,6 +266,7 @@ pub(crate) fn compile(
             plans: plans.plans,
             consumers: consumers.flatten(),
             upstreams,
+            access_log,
             warnings: c.problems,
             source: origin,
         }),

@@ -105,3 +105,15 @@ pub(crate) enum Alpn {
     #[serde(rename = "http/1.1")]
     Http11,
 }
+
+/// How the access log writes a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AccessLogFormat {
+    #[default]
+    Off,
+    /// One JSON object per line.
+    Json,
+    /// One short line per request, for people.
+    Text,
+}

@@ -19,10 +19,12 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::access_log;
 use crate::admission::{self, Admission, Admitted, RequestHead};
 use crate::consumer::Consumers;
 use crate::identity::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::metrics::Outcome;
+use crate::policy::AccessLogFormat;
 use crate::respond::{self, Reply};
 use crate::snapshot::{Rule, Snapshot, Upstream};
 use crate::state::Shared;
@@ -213,6 +215,23 @@ pub(crate) struct RequestCtx {
     tunnel_open: bool,
     /// Body bytes read from the client so far, against `max_body_bytes`.
     body_bytes: u64,
+    /// With the access log on: the request's id (sent upstream and back)
+    /// and what admission decided, kept for the log line.
+    request_id: Option<HeaderValue>,
+    log: Option<Box<LogFacts>>,
+    /// From the first upstream attempt to the upstream's response head.
+    upstream_time: Option<std::time::Duration>,
+}
+
+/// What the access log tells of a request's admission.
+struct LogFacts {
+    outcome: Outcome,
+    /// The deciding limit (index in the request's limits) and whether it
+    /// allowed the request, with what remained.
+    limit: Option<(usize, bool, u64)>,
+    plan: Option<usize>,
+    consumer: Option<Arc<str>>,
+    limiter: std::time::Duration,
 }
 
 fn peer_ip(session: &Session) -> IpAddr {
@@ -241,6 +260,7 @@ impl Gateway {
             request.remove_header("sec-websocket-extensions");
         }
         let client = (peer_ip(session), over_tls(session));
+        add_request_id(&mut request, ctx.request_id.as_ref());
         prepare_upstream_request(&mut request, &mut admitted, client, &rt)?;
         let started = Instant::now();
         let handshake = match self.connect_upgrade(upstream, &request).await {
@@ -291,6 +311,7 @@ impl Gateway {
         if let Some(started) = ctx.started {
             rule.metrics.observe_request(started.elapsed());
         }
+        add_request_id(&mut response, ctx.request_id.as_ref());
         rule.metrics.websockets().inc();
         ctx.tunnel_open = true;
         session
@@ -375,6 +396,124 @@ impl Gateway {
         }
         Err(failure)
     }
+}
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// Sets `X-Request-Id` on a request or response head, when the request has
+/// an id (the access log is on).
+fn add_request_id<H: HeaderSink>(head: &mut H, id: Option<&HeaderValue>) {
+    if let Some(id) = id {
+        head.set(X_REQUEST_ID, id.clone());
+    }
+}
+
+/// A request or response head a header can be set on.
+trait HeaderSink {
+    fn set(&mut self, name: &'static str, value: HeaderValue);
+}
+
+impl HeaderSink for RequestHeader {
+    fn set(&mut self, name: &'static str, value: HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
+}
+
+impl HeaderSink for ResponseHeader {
+    fn set(&mut self, name: &'static str, value: HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
+}
+
+impl Gateway {
+    /// The request's id: a trusted proxy's `X-Request-Id`, else a new one.
+    fn request_id(&self, rt: &Snapshot, peer: IpAddr, headers: &http::HeaderMap) -> HeaderValue {
+        let given = headers
+            .get(X_REQUEST_ID)
+            .filter(|v| access_log::usable_request_id(v.as_bytes()));
+        match given {
+            Some(id) if rt.server.trusted_proxies.contains(peer.to_canonical()) => id.clone(),
+            _ => {
+                HeaderValue::from_bytes(&self.shared.request_ids.next()).unwrap_or(UNKNOWN_ADDRESS)
+            }
+        }
+    }
+}
+
+/// The access log's line for a request that has ended.
+fn log_entry<'a>(
+    session: &'a Session,
+    e: Option<&'a Error>,
+    ctx: &'a RequestCtx,
+    rt: &'a Snapshot,
+    facts: &'a LogFacts,
+) -> access_log::Entry<'a> {
+    let req = session.req_header();
+    let rule = ctx.rule.map(|i| rt.rule(i));
+    let upstream = rule
+        .filter(|_| facts_forwarded(facts))
+        .map(|r| rt.upstream_of(r));
+    let limit = match (rule, facts.limit) {
+        (Some(rule), Some((i, allowed, remaining))) => {
+            rule.limits_for(facts.plan)
+                .get(i)
+                .map(|l| access_log::Verdict {
+                    name: l.name.as_str(),
+                    allowed,
+                    remaining,
+                })
+        }
+        _ => None,
+    };
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    access_log::Entry {
+        time: std::time::SystemTime::now(),
+        request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        client_ip: peer_ip(session).to_canonical(),
+        method: req.method.as_str(),
+        path: log_path(req.raw_path()),
+        protocol: match req.version {
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2",
+            _ => "HTTP/1.1",
+        },
+        tls: over_tls(session),
+        status,
+        rule: rule.map(|r| r.name.as_str()),
+        outcome: facts.outcome.label(),
+        limit,
+        consumer: facts.consumer.as_deref(),
+        plan: facts.plan.map(|p| rt.plans[p].name.as_str()),
+        upstream: upstream.map(|u| u.name.as_str()),
+        server: upstream.and_then(|u| ctx.server.map(|i| u.servers[i])),
+        bytes_in: session.body_bytes_read() as u64,
+        bytes_out: session.body_bytes_sent() as u64,
+        duration_ms: ctx.started.map(|s| s.elapsed()).unwrap_or_default(),
+        upstream_ms: ctx.upstream_time,
+        limiter_ms: Some(facts.limiter),
+        trace_id: req
+            .headers
+            .get("traceparent")
+            .and_then(|v| access_log::trace_id(v.as_bytes())),
+        websocket: ctx.tunnel_open,
+        error: e.map(|e| e.etype().as_str()),
+    }
+}
+
+/// Whether admission sent the request on (it has an upstream).
+fn facts_forwarded(facts: &LogFacts) -> bool {
+    matches!(
+        facts.outcome,
+        Outcome::Allowed | Outcome::Exempt | Outcome::ShadowLimited | Outcome::StoreError
+    )
+}
+
+/// The path as the log shows it: normalized as routing saw it, without the
+/// query (where keys travel); `-` for a path that does not normalize (the
+/// request was refused with 400).
+fn log_path(raw: &[u8]) -> std::borrow::Cow<'_, str> {
+    let path = raw.split(|&b| b == b'?').next().unwrap_or_default();
+    crate::route::normalize_path(path).unwrap_or(std::borrow::Cow::Borrowed("-"))
 }
 
 /// Counts a failed connect against `server`'s passive ejection.
@@ -467,10 +606,25 @@ impl ProxyHttp for Gateway {
             uri_authority: req.uri.authority().map(|a| a.as_str()),
             peer,
         };
+        let logging = rt.access_log.format != AccessLogFormat::Off;
         let admission = admission::admit(&rt, &head, &self.shared.limits).await;
+        if logging {
+            ctx.request_id = Some(self.request_id(&rt, peer, &req.headers));
+        }
         let admitted = match admission {
-            Admission::Reply(refusal) => {
+            Admission::Reply(mut refusal) => {
                 self.count(&rt, refusal.rule, refusal.outcome, refusal.plan);
+                if logging {
+                    let limiter = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
+                    ctx.log = Some(Box::new(LogFacts {
+                        outcome: refusal.outcome,
+                        limit: refusal.limit.map(|i| (i, false, 0)),
+                        plan: refusal.plan,
+                        consumer: refusal.consumer.take(),
+                        limiter,
+                    }));
+                    add_request_id(&mut refusal.reply.header, ctx.request_id.as_ref());
+                }
                 ctx.rule = refusal.rule;
                 ctx.snapshot = Some(rt);
                 Box::pin(write_reply(session, refusal.reply)).await?;
@@ -479,6 +633,15 @@ impl ProxyHttp for Gateway {
             Admission::Forward(admitted) => admitted,
         };
         self.count(&rt, Some(admitted.rule), admitted.outcome, admitted.plan);
+        if logging {
+            ctx.log = Some(Box::new(LogFacts {
+                outcome: admitted.outcome,
+                limit: admitted.headline.map(|(i, d)| (i, d.allowed, d.remaining)),
+                plan: admitted.plan,
+                consumer: admitted.consumer.clone(),
+                limiter: ctx.started.map(|s| s.elapsed()).unwrap_or_default(),
+            }));
+        }
         let delay = admitted.delay;
         ctx.rule = Some(admitted.rule);
         ctx.admitted = Some(admitted);
@@ -551,6 +714,7 @@ impl ProxyHttp for Gateway {
             ));
         };
         let client = (peer_ip(session), over_tls(session));
+        add_request_id(upstream_request, ctx.request_id.as_ref());
         prepare_upstream_request(upstream_request, admitted, client, &rt)
     }
 
@@ -601,7 +765,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(started), Ok((rt, rule))) = (ctx.upstream_started, snapshot(ctx)) {
-            rt.rule(rule).metrics.observe_upstream(started.elapsed());
+            let elapsed = started.elapsed();
+            rt.rule(rule).metrics.observe_upstream(elapsed);
+            ctx.upstream_time = Some(elapsed);
         }
         Ok(())
     }
@@ -612,6 +778,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        add_request_id(upstream_response, ctx.request_id.as_ref());
         let Some(admitted) = &ctx.admitted else {
             return Ok(());
         };
@@ -627,9 +794,15 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         connection::request_done(session).await;
         let Some(rt) = &ctx.snapshot else { return };
+        if let Some(facts) = &ctx.log {
+            let format = rt.access_log.format;
+            if let Some(line) = log_entry(session, e, ctx, rt, facts).line(format) {
+                self.shared.access_log.write(line);
+            }
+        }
         let (metrics, rule_name) = match ctx.rule {
             Some(rule) => (&rt.rule(rule).metrics, Some(&rt.rule(rule).name)),
             None => (self.shared.metrics.unrouted(), None),
@@ -709,6 +882,8 @@ impl ProxyHttp for Gateway {
                 }
                 _ => respond::generic_error(code),
             };
+            let mut reply = reply;
+            add_request_id(&mut reply.header, ctx.request_id.as_ref());
             if let Err(write_error) = session.write_error_response(reply.header, reply.body).await {
                 tracing::debug!("could not send the error response: {write_error}");
             }

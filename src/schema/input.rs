@@ -11,7 +11,7 @@ use serde::de::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::policy::{Alpn, OnError, TlsVersion};
+use crate::policy::{AccessLogFormat, Alpn, OnError, TlsVersion};
 use crate::policy::{HeaderStyle, MissingPolicy, Mode, OnLimit};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -32,10 +32,29 @@ pub struct ConfigInput {
     /// Who the clients are: API keys, each naming a consumer and its plan.
     #[serde(default)]
     pub(crate) consumers: Option<ConsumersInput>,
+    /// One line per request, to stdout or a file.
+    #[serde(default)]
+    pub(crate) access_log: AccessLogInput,
     /// A section the core does not read: a part beside the gateway that
     /// the binary adds parses and checks it (see `config::part`).
     #[serde(default)]
     pub(crate) demo: Option<Opaque>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccessLogInput {
+    /// `off` (the default), `json` or `text`.
+    #[serde(default)]
+    pub(crate) format: AccessLogFormat,
+    /// `stdout` (the default) or a file, relative to the config file;
+    /// reopened on SIGUSR1.
+    #[serde(default)]
+    pub(crate) path: Option<String>,
+    /// Lines that may wait to be written; more are dropped and counted
+    /// (default 8192).
+    #[serde(default)]
+    pub(crate) buffer: Option<usize>,
 }
 
 /// A section of the file read by a part beside the gateway, not by the core:

@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{bounded_duration, overlaps, parse_listen, Compiler};
+use crate::access_log::LogTarget;
 use crate::health::{ActiveSettings, PassiveSettings};
-use crate::schema::input::{HealthInput, PassiveInput, ServerInput, TlsListenerInput};
+use crate::schema::input::{
+    AccessLogInput, HealthInput, PassiveInput, ServerInput, TlsListenerInput,
+};
+use crate::snapshot::AccessLogSettings;
 use crate::snapshot::TlsListener;
 use crate::tls;
 
@@ -224,5 +228,46 @@ pub(super) fn compile_passive(
     PassiveSettings {
         failures: failures.clamp(1, MAX_STREAK),
         eject_for,
+    }
+}
+
+const DEFAULT_LOG_BUFFER: usize = 8192;
+const MAX_LOG_BUFFER: usize = 1_000_000;
+
+/// The `access_log:` section: a file must be in a directory that exists.
+pub(super) fn compile_access_log(
+    c: &mut Compiler<'_>,
+    input: &AccessLogInput,
+    config_file: &Path,
+) -> AccessLogSettings {
+    let target = match input.path.as_deref() {
+        None | Some("stdout") => LogTarget::Stdout,
+        Some("") => {
+            c.error("access_log.path", "a file path, or `stdout`");
+            LogTarget::Stdout
+        }
+        Some(file) => {
+            let path = config_file.parent().unwrap_or(Path::new(".")).join(file);
+            let dir = path.parent().unwrap_or(Path::new("."));
+            if !dir.as_os_str().is_empty() && !dir.is_dir() {
+                c.error(
+                    "access_log.path",
+                    format!("{} is not a directory", dir.display()),
+                );
+            }
+            LogTarget::File(path)
+        }
+    };
+    let buffer = input.buffer.unwrap_or(DEFAULT_LOG_BUFFER);
+    if !(1..=MAX_LOG_BUFFER).contains(&buffer) {
+        c.error(
+            "access_log.buffer",
+            format!("must be from 1 to {MAX_LOG_BUFFER} lines"),
+        );
+    }
+    AccessLogSettings {
+        format: input.format,
+        target,
+        buffer: buffer.clamp(1, MAX_LOG_BUFFER),
     }
 }
