@@ -123,7 +123,15 @@ pub fn summary(rt: &Snapshot) -> String {
     }
     let _ = writeln!(out, "upstreams:");
     for u in &rt.upstreams {
-        let servers: Vec<String> = u.servers.iter().map(ToString::to_string).collect();
+        let servers: Vec<String> = u
+            .servers
+            .iter()
+            .zip(&u.weights)
+            .map(|(s, w)| match w {
+                1 => s.to_string(),
+                w => format!("{s} (weight {w})"),
+            })
+            .collect();
         let _ = writeln!(
             out,
             "  {:<20} {}{}",
@@ -135,6 +143,57 @@ pub fn summary(rt: &Snapshot) -> String {
                 String::new()
             }
         );
+        if let Some(active) = &u.active {
+            let s = &active.settings;
+            let probe = match &s.path {
+                Some(path) => format!("GET {path}"),
+                None => "TCP connect".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "       health {probe} every {:?} (timeout {:?}), up after {}, down after {}",
+                s.interval, s.timeout, s.healthy, s.unhealthy
+            );
+        }
+        if let Some(p) = &u.passive {
+            let _ = writeln!(
+                out,
+                "       passive: {} failed connects eject for {:?}",
+                p.failures, p.eject_for
+            );
+        }
+    }
+    for t in &rt.server.tls {
+        let _ = writeln!(
+            out,
+            "tls {}: {} certificate(s), from TLS {}, alpn {}",
+            t.listen,
+            t.certs.len(),
+            match t.min_version {
+                crate::policy::TlsVersion::Tls12 => "1.2",
+                crate::policy::TlsVersion::Tls13 => "1.3",
+            },
+            t.alpn
+                .iter()
+                .map(|a| match a {
+                    crate::policy::Alpn::H2 => "h2",
+                    crate::policy::Alpn::Http11 => "http/1.1",
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let format = match rt.access_log.format {
+        crate::policy::AccessLogFormat::Off => None,
+        crate::policy::AccessLogFormat::Json => Some("json"),
+        crate::policy::AccessLogFormat::Text => Some("text"),
+    };
+    if let Some(format) = format {
+        let target = match &rt.access_log.target {
+            crate::access_log::LogTarget::Stdout => "stdout".to_string(),
+            crate::access_log::LogTarget::File(path) => path.display().to_string(),
+        };
+        let _ = writeln!(out, "access log: {format} to {target}");
     }
     out
 }
