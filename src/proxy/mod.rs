@@ -264,7 +264,10 @@ impl Gateway {
         prepare_upstream_request(&mut request, &mut admitted, client, &rt)?;
         let started = Instant::now();
         let handshake = match self.connect_upgrade(upstream, &request).await {
-            Ok(handshake) => handshake,
+            Ok((server, handshake)) => {
+                ctx.server = Some(server);
+                handshake
+            }
             Err(failure) => {
                 tracing::warn!(upstream = %upstream.name, "upgrade failed: {failure}");
                 let reply = match failure {
@@ -355,13 +358,13 @@ impl Gateway {
     }
 
     /// Sends the upgrade request to the upstream's servers in turn: like the
-    /// proxy path, a refused connection tries the next server; any other
-    /// failure is the answer.
+    /// proxy path, a refused connection tries the next available server; any
+    /// other failure is the answer. Returns the server that answered.
     async fn connect_upgrade(
         &self,
         upstream: &Upstream,
         request: &RequestHeader,
-    ) -> std::result::Result<tunnel::Handshake, TunnelError> {
+    ) -> std::result::Result<(usize, tunnel::Handshake), TunnelError> {
         let first = upstream.round_robin_start();
         let mut failure = TunnelError::Unavailable;
         let mut tried = Vec::new();
@@ -379,7 +382,7 @@ impl Gateway {
             match attempt {
                 Ok(handshake) => {
                     upstream.health[server].connected();
-                    return Ok(handshake);
+                    return Ok((server, handshake));
                 }
                 Err(e) => {
                     self.shared.metrics.upstream_error(&upstream.name);
