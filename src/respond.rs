@@ -324,7 +324,7 @@ pub(crate) fn upstream_unavailable(upstream: &str) -> Reply {
     json_reply(
         503,
         json!({
-            "error": "upstream_unavailable",
+            "error": "no_healthy_server",
             "upstream": upstream,
             "message": "no server of the upstream is healthy",
         }),

@@ -104,7 +104,7 @@ async fn when_no_server_is_healthy_the_answer_is_a_fast_503_naming_the_upstream(
     let answer = client().get(gw.url("/orders")).send().await.unwrap();
     assert_eq!(answer.status(), 503);
     let body: serde_json::Value = answer.json().await.unwrap();
-    assert_eq!(body["error"], "upstream_unavailable");
+    assert_eq!(body["error"], "no_healthy_server");
     assert_eq!(body["upstream"], "api");
 }
 

@@ -238,8 +238,8 @@ async fn echo(mut socket: WebSocket) {
     }
 }
 
-/// An HTTPS upstream with the self-signed `upstream.test` certificate of
-/// `tests/tls/`. It answers every request with `"<sni> <path>"`, so a test sees
+/// An HTTPS upstream with a self-signed `upstream.test` certificate made at
+/// run time. It answers every request with `"<sni> <path>"`, so a test sees
 /// which server name the gateway sent.
 pub struct TlsUpstream {
     pub addr: SocketAddr,
@@ -249,23 +249,16 @@ pub struct TlsUpstream {
 /// The `upstream.test` certificate, for TLS upstreams.
 fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
     use tokio_rustls::rustls;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
-    let certs =
-        rustls_pemfile::certs(&mut std::fs::read(dir.join("upstream.crt")).unwrap().as_slice())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-    let key = rustls_pemfile::private_key(
-        &mut std::fs::read(dir.join("upstream.key")).unwrap().as_slice(),
-    )
-    .unwrap()
-    .unwrap();
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let made = rcgen::generate_simple_self_signed(vec!["upstream.test".to_string()]).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.key_pair.serialize_der()));
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_no_client_auth()
-    .with_single_cert(certs, key)
+    .with_single_cert(vec![made.cert.der().clone()], key)
     .unwrap();
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
