@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` impl: glue that runs the `pipeline` steps in order
 //! and writes what they decide. No policy lives here.
 
+mod access;
 pub(crate) mod connection;
 pub(crate) mod edge;
 pub(crate) mod tunnel;
@@ -19,7 +20,6 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::access_log;
 use crate::admission::{self, Admission, Admitted, RequestHead};
 use crate::consumer::Consumers;
 use crate::identity::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
@@ -29,6 +29,7 @@ use crate::respond::{self, Reply};
 use crate::snapshot::{Rule, Snapshot, Upstream};
 use crate::state::Shared;
 use crate::websocket::{is_websocket_request, ClientFilter, MessageGate, ServerWatch};
+use access::{add_request_id, log_entry, LogFacts};
 use tunnel::TunnelError;
 
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -223,17 +224,6 @@ pub(crate) struct RequestCtx {
     upstream_time: Option<std::time::Duration>,
 }
 
-/// What the access log tells of a request's admission.
-struct LogFacts {
-    outcome: Outcome,
-    /// The deciding limit (index in the request's limits) and whether it
-    /// allowed the request, with what remained.
-    limit: Option<(usize, bool, u64)>,
-    plan: Option<usize>,
-    consumer: Option<Arc<str>>,
-    limiter: std::time::Duration,
-}
-
 fn peer_ip(session: &Session) -> IpAddr {
     session
         .client_addr()
@@ -401,124 +391,6 @@ impl Gateway {
     }
 }
 
-const X_REQUEST_ID: &str = "x-request-id";
-
-/// Sets `X-Request-Id` on a request or response head, when the request has
-/// an id (the access log is on).
-fn add_request_id<H: HeaderSink>(head: &mut H, id: Option<&HeaderValue>) {
-    if let Some(id) = id {
-        head.set(X_REQUEST_ID, id.clone());
-    }
-}
-
-/// A request or response head a header can be set on.
-trait HeaderSink {
-    fn set(&mut self, name: &'static str, value: HeaderValue);
-}
-
-impl HeaderSink for RequestHeader {
-    fn set(&mut self, name: &'static str, value: HeaderValue) {
-        let _ = self.insert_header(name, value);
-    }
-}
-
-impl HeaderSink for ResponseHeader {
-    fn set(&mut self, name: &'static str, value: HeaderValue) {
-        let _ = self.insert_header(name, value);
-    }
-}
-
-impl Gateway {
-    /// The request's id: a trusted proxy's `X-Request-Id`, else a new one.
-    fn request_id(&self, rt: &Snapshot, peer: IpAddr, headers: &http::HeaderMap) -> HeaderValue {
-        let given = headers
-            .get(X_REQUEST_ID)
-            .filter(|v| access_log::usable_request_id(v.as_bytes()));
-        match given {
-            Some(id) if rt.server.trusted_proxies.contains(peer.to_canonical()) => id.clone(),
-            _ => {
-                HeaderValue::from_bytes(&self.shared.request_ids.next()).unwrap_or(UNKNOWN_ADDRESS)
-            }
-        }
-    }
-}
-
-/// The access log's line for a request that has ended.
-fn log_entry<'a>(
-    session: &'a Session,
-    e: Option<&'a Error>,
-    ctx: &'a RequestCtx,
-    rt: &'a Snapshot,
-    facts: &'a LogFacts,
-) -> access_log::Entry<'a> {
-    let req = session.req_header();
-    let rule = ctx.rule.map(|i| rt.rule(i));
-    let upstream = rule
-        .filter(|_| facts_forwarded(facts))
-        .map(|r| rt.upstream_of(r));
-    let limit = match (rule, facts.limit) {
-        (Some(rule), Some((i, allowed, remaining))) => {
-            rule.limits_for(facts.plan)
-                .get(i)
-                .map(|l| access_log::Verdict {
-                    name: l.name.as_str(),
-                    allowed,
-                    remaining,
-                })
-        }
-        _ => None,
-    };
-    let status = session.response_written().map_or(0, |r| r.status.as_u16());
-    access_log::Entry {
-        time: std::time::SystemTime::now(),
-        request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
-        client_ip: peer_ip(session).to_canonical(),
-        method: req.method.as_str(),
-        path: log_path(req.raw_path()),
-        protocol: match req.version {
-            http::Version::HTTP_10 => "HTTP/1.0",
-            http::Version::HTTP_2 => "HTTP/2",
-            _ => "HTTP/1.1",
-        },
-        tls: over_tls(session),
-        status,
-        rule: rule.map(|r| r.name.as_str()),
-        outcome: facts.outcome.label(),
-        limit,
-        consumer: facts.consumer.as_deref(),
-        plan: facts.plan.map(|p| rt.plans[p].name.as_str()),
-        upstream: upstream.map(|u| u.name.as_str()),
-        server: upstream.and_then(|u| ctx.server.map(|i| u.servers[i])),
-        bytes_in: session.body_bytes_read() as u64,
-        bytes_out: session.body_bytes_sent() as u64,
-        duration_ms: ctx.started.map(|s| s.elapsed()).unwrap_or_default(),
-        upstream_ms: ctx.upstream_time,
-        limiter_ms: Some(facts.limiter),
-        trace_id: req
-            .headers
-            .get("traceparent")
-            .and_then(|v| access_log::trace_id(v.as_bytes())),
-        websocket: ctx.tunnel_open,
-        error: e.map(|e| e.etype().as_str()),
-    }
-}
-
-/// Whether admission sent the request on (it has an upstream).
-fn facts_forwarded(facts: &LogFacts) -> bool {
-    matches!(
-        facts.outcome,
-        Outcome::Allowed | Outcome::Exempt | Outcome::ShadowLimited | Outcome::StoreError
-    )
-}
-
-/// The path as the log shows it: normalized as routing saw it, without the
-/// query (where keys travel); `-` for a path that does not normalize (the
-/// request was refused with 400).
-fn log_path(raw: &[u8]) -> std::borrow::Cow<'_, str> {
-    let path = raw.split(|&b| b == b'?').next().unwrap_or_default();
-    crate::route::normalize_path(path).unwrap_or(std::borrow::Cow::Borrowed("-"))
-}
-
 /// Counts a failed connect against `server`'s passive ejection.
 fn note_connect_failure(upstream: &Upstream, server: usize, now: u64) {
     if upstream.health[server].connect_failed(now, upstream.passive.as_ref()) {
@@ -618,14 +490,7 @@ impl ProxyHttp for Gateway {
             Admission::Reply(mut refusal) => {
                 self.count(&rt, refusal.rule, refusal.outcome, refusal.plan);
                 if logging {
-                    let limiter = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
-                    ctx.log = Some(Box::new(LogFacts {
-                        outcome: refusal.outcome,
-                        limit: refusal.limit.map(|i| (i, false, 0)),
-                        plan: refusal.plan,
-                        consumer: refusal.consumer.take(),
-                        limiter,
-                    }));
+                    ctx.log = Some(LogFacts::of_refusal(&mut refusal, ctx.started));
                     add_request_id(&mut refusal.reply.header, ctx.request_id.as_ref());
                 }
                 ctx.rule = refusal.rule;
@@ -637,13 +502,7 @@ impl ProxyHttp for Gateway {
         };
         self.count(&rt, Some(admitted.rule), admitted.outcome, admitted.plan);
         if logging {
-            ctx.log = Some(Box::new(LogFacts {
-                outcome: admitted.outcome,
-                limit: admitted.headline.map(|(i, d)| (i, d.allowed, d.remaining)),
-                plan: admitted.plan,
-                consumer: admitted.consumer.clone(),
-                limiter: ctx.started.map(|s| s.elapsed()).unwrap_or_default(),
-            }));
+            ctx.log = Some(LogFacts::of_admitted(&admitted, ctx.started));
         }
         let delay = admitted.delay;
         ctx.rule = Some(admitted.rule);
