@@ -8,8 +8,8 @@
 #   nginx                  nginx proxy_pass with keepalive to the origin: the baseline proxy
 #   nginx+limit_req        ... with limit_req keyed by $binary_remote_addr, admitting everything
 #   nginx+limit_req/deny   ... with a limit that denies almost everything (429)
-#   nginx/https            nginx terminating TLS (listen ... ssl, HTTP/1.1, no http2), proxy_pass
-#                          with keepalive to the origin; wrk keeps its connections alive
+#   nginx/https            nginx terminating TLS (listen ... ssl, TLS 1.3, HTTP/1.1, no http2),
+#                          proxy_pass with keepalive to the origin; wrk keeps its connections alive
 #   pingora                a bare Pingora ProxyHttp (examples/pingora_baseline.rs), same profile,
 #                          with Pingora's default work-stealing runtime
 #   pingora/no-steal       the same with work_stealing off, tollgate's default runtime flavour
@@ -118,6 +118,7 @@ for W in $WORKERS; do
     listen 127.0.0.1:${PORT[nginx${W}tls]} ssl;
     ssl_certificate $WORK/cert.pem;
     ssl_certificate_key $WORK/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;   # 1.3 as tollgate (nginx's default only from 1.23.4)
     proxy_http_version 1.1;
     proxy_set_header Connection \"\";
     location /open { proxy_pass http://origin; }
