@@ -2,8 +2,8 @@
 //! its end), as JSON or a short text form, to stdout or a file.
 //!
 //! A request never waits for the log: its line goes into a bounded queue
-//! that one thread writes out; when the queue is full the line is dropped
-//! and counted. The file is opened for appending and reopened on request
+//! that one thread writes out, in chunks (at most `FLUSH_AFTER` late); when
+//! the queue is full the line is dropped and counted. The file is opened for appending and reopened on request
 //! (SIGUSR1, after logrotate moved it). Lines carry no secrets: the path
 //! without its query (where API keys may travel), the consumer's id rather
 //! than its key or token.
@@ -13,9 +13,9 @@ use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::IntCounter;
 use serde::Serialize;
@@ -195,30 +195,57 @@ impl AccessLog {
     }
 }
 
+/// Lines are written in chunks, not one by one: a flush (a write call)
+/// happens when the buffer is full or the queue has been quiet this long.
+const FLUSH_AFTER: Duration = Duration::from_millis(50);
+const WRITE_BUFFER: usize = 64 * 1024;
+
 struct Sink {
     target: LogTarget,
-    file: Option<io::BufWriter<File>>,
+    out: io::BufWriter<Box<dyn Write + Send>>,
 }
 
 impl Sink {
     fn open(target: LogTarget) -> io::Result<Self> {
-        let file = match &target {
-            LogTarget::Stdout => None,
-            LogTarget::File(path) => Some(io::BufWriter::new(append(path)?)),
+        let out = Self::writer(&target)?;
+        Ok(Sink { target, out })
+    }
+
+    fn writer(target: &LogTarget) -> io::Result<io::BufWriter<Box<dyn Write + Send>>> {
+        let sink: Box<dyn Write + Send> = match target {
+            LogTarget::Stdout => Box::new(io::stdout()),
+            LogTarget::File(path) => Box::new(append(path)?),
         };
-        Ok(Sink { target, file })
+        Ok(io::BufWriter::with_capacity(WRITE_BUFFER, sink))
     }
 
     fn run(&mut self, lines: &Receiver<String>, reopen: &AtomicBool) {
-        while let Ok(first) = lines.recv() {
-            if reopen.swap(false, Ordering::Relaxed) {
-                self.reopen();
-            }
-            // Everything queued meanwhile goes out in one write.
-            let batch = std::iter::once(first).chain(lines.try_iter());
-            let written = match &mut self.file {
-                Some(file) => write_all(file, batch),
-                None => write_all(&mut io::stdout().lock(), batch),
+        let mut last_flush = Instant::now();
+        loop {
+            let written = match lines.recv_timeout(FLUSH_AFTER) {
+                Ok(line) => {
+                    if reopen.swap(false, Ordering::Relaxed) {
+                        self.reopen();
+                    }
+                    let written = self
+                        .out
+                        .write_all(line.as_bytes())
+                        .and_then(|()| self.out.write_all(b"\n"));
+                    if last_flush.elapsed() >= FLUSH_AFTER {
+                        last_flush = Instant::now();
+                        written.and_then(|()| self.out.flush())
+                    } else {
+                        written
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    last_flush = Instant::now();
+                    self.out.flush()
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.out.flush();
+                    return;
+                }
             };
             if let Err(e) = written {
                 tracing::warn!("the access log cannot be written: {e}");
@@ -230,11 +257,9 @@ impl Sink {
         let LogTarget::File(path) = &self.target else {
             return;
         };
-        if let Some(file) = &mut self.file {
-            let _ = file.flush();
-        }
-        match append(path) {
-            Ok(file) => self.file = Some(io::BufWriter::new(file)),
+        let _ = self.out.flush();
+        match Self::writer(&self.target) {
+            Ok(out) => self.out = out,
             Err(e) => tracing::warn!(
                 "cannot reopen the access log {}: {e}; writing on to the old file",
                 path.display()
@@ -245,14 +270,6 @@ impl Sink {
 
 fn append(path: &std::path::Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
-}
-
-fn write_all(out: &mut impl Write, lines: impl Iterator<Item = String>) -> io::Result<()> {
-    for line in lines {
-        out.write_all(line.as_bytes())?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()
 }
 
 /// Request ids: unique in this process and across restarts (a random
