@@ -115,7 +115,7 @@ impl AdminApp {
         let upstreams_down: Vec<&str> = rt
             .upstreams
             .iter()
-            .filter(|u| !u.any_available(now))
+            .filter(|u| !u.any_left(&[], now))
             .map(|u| u.name.as_str())
             .collect();
         let refusing = (!store.healthy && rt.store.on_error == OnError::Deny)

@@ -49,6 +49,9 @@ pub(crate) struct ServerHealth {
     ejected_until: AtomicU64,
     /// When the next active check is due.
     next_check: AtomicU64,
+    /// A check is running: the next waits for it (a slow server is not
+    /// probed again while it has not answered, and results stay in order).
+    checking: AtomicBool,
 }
 
 impl Default for ServerHealth {
@@ -59,6 +62,7 @@ impl Default for ServerHealth {
             connect_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             next_check: AtomicU64::new(0),
+            checking: AtomicBool::new(false),
         }
     }
 }
@@ -76,6 +80,7 @@ impl ServerHealth {
     /// Records one active check's result; returns the new verdict when it
     /// changed.
     pub(crate) fn record_check(&self, passed: bool, settings: &ActiveSettings) -> Option<bool> {
+        self.checking.store(false, Ordering::Relaxed);
         let up = self.up.load(Ordering::Relaxed);
         if passed == up {
             self.streak.store(0, Ordering::Relaxed);
@@ -122,20 +127,30 @@ impl ServerHealth {
         }
     }
 
-    /// Whether an active check is due at `now`; if so, the next one is
-    /// scheduled `interval` later (so only one caller runs it).
+    /// Whether an active check is due at `now` and none is running; if so,
+    /// the caller runs it (and must record its result) and the next one is
+    /// scheduled `interval` later.
     pub(crate) fn claim_check(&self, now: Nanos, interval: Duration) -> bool {
         let due = self.next_check.load(Ordering::Relaxed);
-        now >= due
-            && self
-                .next_check
-                .compare_exchange(
-                    due,
-                    now.saturating_add(nanos(interval)),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
+        if now < due || self.checking.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        self.next_check
+            .store(now.saturating_add(nanos(interval)), Ordering::Relaxed);
+        true
+    }
+
+    /// The state a reload hands to the next snapshot: without active checks
+    /// there, nothing would ever bring a server the checks took out back, so
+    /// their verdict goes; the next check is due at once (the interval may
+    /// have changed). An ejection stays until it ends.
+    pub(crate) fn carried(&self, checked: bool) -> &Self {
+        if !checked {
+            self.up.store(true, Ordering::Relaxed);
+            self.streak.store(0, Ordering::Relaxed);
+        }
+        self.next_check.store(0, Ordering::Relaxed);
+        self
     }
 }
 
@@ -257,8 +272,28 @@ mod tests {
         let health = ServerHealth::default();
         let interval = Duration::from_secs(1);
         assert!(health.claim_check(0, interval));
+        health.record_check(true, &active(1, 1));
         assert!(!health.claim_check(SECOND / 2, interval));
         assert!(health.claim_check(SECOND, interval));
+    }
+
+    #[test]
+    fn no_check_starts_while_one_is_running() {
+        let health = ServerHealth::default();
+        let interval = Duration::from_secs(1);
+        assert!(health.claim_check(0, interval));
+        assert!(!health.claim_check(5 * SECOND, interval));
+        health.record_check(false, &active(1, 1));
+        assert!(health.claim_check(5 * SECOND, interval));
+    }
+
+    #[test]
+    fn a_server_the_checks_took_out_is_back_when_a_reload_removes_the_checks() {
+        let health = ServerHealth::default();
+        health.record_check(false, &active(1, 1));
+        assert!(!health.available(0));
+        assert!(!health.carried(true).available(0));
+        assert!(health.carried(false).available(0));
     }
 
     #[test]

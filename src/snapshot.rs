@@ -406,26 +406,46 @@ impl Upstream {
 
     /// Takes the health of the servers `old` had too.
     pub(crate) fn inherit_health(&mut self, old: &Upstream) {
+        let checked = self.active.is_some();
         for (server, health) in self.servers.iter().zip(&mut self.health) {
             if let Some(i) = old.servers.iter().position(|s| s == server) {
+                old.health[i].carried(checked);
                 *health = old.health[i].clone();
             }
         }
     }
 
-    /// The next server to try at `now`: in weighted round-robin order from
-    /// `start`, the first that is available and not in `tried`. `None` when
-    /// no server is left.
-    pub(crate) fn pick(&self, start: usize, tried: &[usize], now: Nanos) -> Option<usize> {
+    /// The server to try next at `now`: the next turn of the weighted
+    /// round robin, if its server is available and not in `tried`. The turn
+    /// of a server that is out goes to the servers left, in turn and by
+    /// their weights (not all to its neighbour in the order). `None` when no
+    /// server is left.
+    pub(crate) fn pick(&self, tried: &[usize], now: Nanos) -> Option<usize> {
         let len = self.schedule.len();
-        (0..len)
-            .map(|k| self.schedule[(start + k) % len])
-            .find(|&i| !tried.contains(&i) && self.health[i].available(now))
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let server = self.schedule[turn % len];
+        if self.usable(server, tried, now) {
+            return Some(server);
+        }
+        let usable = |i: &usize| self.usable(*i, tried, now);
+        let left = self.schedule.iter().filter(|i| usable(i)).count();
+        if left == 0 {
+            return None;
+        }
+        let mut others = self.schedule.iter().copied().filter(usable);
+        others
+            .nth((turn / len) % left)
+            // Health changed meanwhile: any server left.
+            .or_else(|| (0..self.servers.len()).find(usable))
     }
 
-    /// Whether any server may get a request at `now`.
-    pub(crate) fn any_available(&self, now: Nanos) -> bool {
-        self.health.iter().any(|h| h.available(now))
+    fn usable(&self, server: usize, tried: &[usize], now: Nanos) -> bool {
+        !tried.contains(&server) && self.health[server].available(now)
+    }
+
+    /// Whether a server not in `tried` may get a request at `now`.
+    pub(crate) fn any_left(&self, tried: &[usize], now: Nanos) -> bool {
+        (0..self.servers.len()).any(|i| self.usable(i, tried, now))
     }
 
     fn peer_of(&self, server: SocketAddr) -> HttpPeer {
@@ -446,11 +466,6 @@ impl Upstream {
     /// The peer of server `index`.
     pub(crate) fn peer(&self, index: usize) -> HttpPeer {
         self.peers[index % self.peers.len()].clone()
-    }
-
-    /// Where the next request starts in round-robin order.
-    pub(crate) fn round_robin_start(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -572,6 +587,34 @@ rules:
         assert_ne!(a, PartSettings::new(1u64));
         assert_eq!(a.get::<u32>(), Some(&1));
         assert_eq!(a.get::<u64>(), None);
+    }
+
+    fn three_servers() -> super::Snapshot {
+        let yaml = "upstreams: { api: { servers: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"], passive: { failures: 1, eject_for: 1h } } }\nrules: [{ name: all, match: { path: \"/**\" }, upstream: api }]\n";
+        crate::config::load_str(yaml, std::path::Path::new("t.yaml")).unwrap()
+    }
+
+    #[test]
+    fn the_turns_of_a_server_that_is_out_are_shared_by_the_others() {
+        let rt = three_servers();
+        let api = &rt.upstreams[0];
+        api.health[0].connect_failed(0, api.passive.as_ref());
+        let mut count = [0; 3];
+        for _ in 0..300 {
+            count[api.pick(&[], 1).unwrap()] += 1;
+        }
+        assert_eq!(count, [0, 150, 150]);
+    }
+
+    #[test]
+    fn a_retry_never_picks_a_server_already_tried() {
+        let rt = three_servers();
+        let api = &rt.upstreams[0];
+        for _ in 0..10 {
+            let picked = api.pick(&[0, 2], 0);
+            assert_eq!(picked, Some(1));
+        }
+        assert_eq!(api.pick(&[0, 1, 2], 0), None);
     }
 
     #[test]

@@ -173,3 +173,22 @@ async fn the_request_id_goes_upstream_and_back_and_traceparent_passes_through() 
     assert_eq!(lines[0]["request_id"], id);
     assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
 }
+
+#[tokio::test]
+async fn the_client_ip_is_the_one_trusted_proxies_vouch_for() {
+    let upstream = Upstream::start().await;
+    let dead: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let yaml = config(dead).replace(
+        "  threads: 2\n",
+        "  threads: 2\n  trusted_proxies: [\"127.0.0.3/32\"]\n",
+    );
+    let gw = Gateway::start_with_files(&yaml, upstream.addr, &[("logs/.keep", "")]).await;
+    let answer = client_from("127.0.0.3")
+        .get(gw.url("/ok"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(lines(&gw, 1).await[0]["client_ip"], "203.0.113.9");
+}

@@ -53,6 +53,7 @@ server:
   admin: \"{{admin}}\"
   threads: 2
   handshake_timeout: 300ms
+  idle_timeout: 2s
   tls:
     - listen: \"{main}\"
       certs:
@@ -303,6 +304,25 @@ async fn a_client_that_does_not_finish_its_handshake_is_closed_at_the_deadline()
     let metrics = edge.gateway.metrics().await;
     assert!(
         metrics.contains("tollgate_connections_closed_total{reason=\"handshake_timeout\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_h2_client_that_sends_nothing_after_its_handshake_is_closed_after_idle_timeout() {
+    let (pki, upstream) = (Pki::new(), Upstream::start().await);
+    let (edge, _) = start(&pki, &upstream).await;
+    let mut silent = pki.connect(edge.main, "api.test", &[b"h2"]).await.unwrap();
+    assert_eq!(alpn_of(&silent).as_deref(), Some(&b"h2"[..]));
+    // The server speaks first (its SETTINGS); then the connection must end.
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut seen))
+        .await
+        .expect("the gateway kept a silent h2 client open")
+        .ok();
+    let metrics = edge.gateway.metrics().await;
+    assert!(
+        metrics.contains("tollgate_connections_closed_total{reason=\"idle_timeout\"} 1"),
         "{metrics}"
     );
 }

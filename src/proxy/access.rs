@@ -13,6 +13,7 @@ use pingora::Error;
 use super::{over_tls, peer_ip, Gateway, RequestCtx, UNKNOWN_ADDRESS};
 use crate::access_log;
 use crate::admission::{Admitted, Refusal};
+use crate::identity::{self, X_FORWARDED_FOR};
 use crate::metrics::Outcome;
 use crate::snapshot::Snapshot;
 
@@ -126,7 +127,14 @@ pub(super) fn log_entry<'a>(
     access_log::Entry {
         time: std::time::SystemTime::now(),
         request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
-        client_ip: peer_ip(session).to_canonical(),
+        client_ip: identity::client_ip(
+            peer_ip(session),
+            req.headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .map(|v| v.as_bytes()),
+            &rt.server.trusted_proxies,
+        ),
         method: req.method.as_str(),
         path: log_path(req.raw_path()),
         protocol: match req.version {

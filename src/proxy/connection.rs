@@ -302,13 +302,17 @@ pub(crate) struct TimedStream {
     since: Instant,
     /// Made on the first wait, and moved to the deadline on later ones.
     timer: Option<Pin<Box<Sleep>>>,
+    /// HTTP/2 chosen by ALPN: preface bytes still to come before the
+    /// connection has no deadline of ours (until then, as a request head).
+    preface_left: usize,
     metrics: ConnectionMetrics,
 }
 
 impl TimedStream {
     fn new(inner: Stream, timeouts: Timeouts, metrics: ConnectionMetrics) -> Self {
-        // HTTP/2 chosen by ALPN has no heads of ours to wait for (h2c is
-        // told apart later, by its preface).
+        // HTTP/2 chosen by ALPN has no heads of ours to wait for once its
+        // preface is in; until then it is awaited like a request (h2c is told
+        // apart later, by its preface).
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
         let stream = TimedStream {
             inner,
@@ -319,12 +323,9 @@ impl TimedStream {
             since: Instant::now(),
             timer: None,
             metrics,
+            preface_left: if h2 { H2_PREFACE.len() } else { 0 },
         };
-        if h2 {
-            stream.phase.store(Phase::Open as u8, Ordering::Release);
-        } else {
-            stream.enter(Phase::Idle, timeouts.idle);
-        }
+        stream.enter(Phase::Idle, timeouts.idle);
         stream
     }
 
@@ -437,8 +438,15 @@ impl AsyncRead for TimedStream {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before && this.phase() == Phase::Idle {
+                let read = buf.filled().len() - before;
+                if read > 0 && this.phase() == Phase::Idle {
                     this.enter(Phase::Head, this.timeouts.header);
+                }
+                if this.preface_left > 0 {
+                    this.preface_left = this.preface_left.saturating_sub(read);
+                    if this.preface_left == 0 {
+                        this.phase.store(Phase::Open as u8, Ordering::Release);
+                    }
                 }
                 Poll::Ready(Ok(()))
             }

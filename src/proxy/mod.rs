@@ -202,8 +202,6 @@ pub(crate) struct RequestCtx {
     rule: Option<usize>,
     /// What admission decided, for a request that goes upstream.
     admitted: Option<Admitted>,
-    /// Round-robin position of the first server tried.
-    first_server: Option<usize>,
     /// The server of the current attempt, and those whose connect failed.
     server: Option<usize>,
     tried: Vec<usize>,
@@ -355,10 +353,9 @@ impl Gateway {
         upstream: &Upstream,
         request: &RequestHeader,
     ) -> std::result::Result<(usize, tunnel::Handshake), TunnelError> {
-        let first = upstream.round_robin_start();
         let mut failure = TunnelError::Unavailable;
         let mut tried = Vec::new();
-        while let Some(server) = upstream.pick(first, &tried, self.shared.clock.now()) {
+        while let Some(server) = upstream.pick(&tried, self.shared.clock.now()) {
             tried.push(server);
             let peer = upstream.peer(server);
             let attempt = tunnel::handshake(
@@ -529,16 +526,12 @@ impl ProxyHttp for Gateway {
     ) -> Result<Box<HttpPeer>> {
         let (rt, rule) = snapshot(ctx)?;
         let upstream = rt.upstream_of(rt.rule(rule));
-        // A retry after a failed connect moves on to the next server.
-        let first = ctx
-            .first_server
-            .unwrap_or_else(|| upstream.round_robin_start());
+        // A retry after a failed connect moves on to another server.
         // WebSocket upgrades never get here (they are tunnelled); other
         // upgrade offers are stripped and proxied as plain requests.
         let picked = upstream
-            .pick(first, &ctx.tried, self.shared.clock.now())
+            .pick(&ctx.tried, self.shared.clock.now())
             .map(|server| (server, upstream.peer(server)));
-        ctx.first_server = Some(first);
         let Some((server, peer)) = picked else {
             // No server is healthy (or, rarely, none is left to retry).
             let status = if ctx.tried.is_empty() { 503 } else { 502 };
@@ -707,8 +700,7 @@ impl ProxyHttp for Gateway {
             let now = self.shared.clock.now();
             note_connect_failure(upstream, server, now);
             // Try each of the upstream's available servers once.
-            let start = ctx.first_server.unwrap_or_default();
-            if upstream.pick(start, &ctx.tried, now).is_some() {
+            if upstream.any_left(&ctx.tried, now) {
                 e.set_retry(true);
             }
         }
