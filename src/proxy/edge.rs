@@ -126,6 +126,10 @@ impl RedirectToHttps {
 #[async_trait]
 impl ServeHttp for RedirectToHttps {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // The head is in (its deadline is over); the client goes elsewhere
+        // next, so the connection ends with this answer.
+        super::connection::head_received(session);
+        session.set_keepalive(None);
         let req = session.req_header();
         let host = req
             .headers
