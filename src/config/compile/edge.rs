@@ -184,18 +184,8 @@ pub(super) fn compile_health(c: &mut Compiler<'_>, base: &str, h: &HealthInput) 
         DEFAULT_CHECK_TIMEOUT,
         Duration::from_millis(1)..=Duration::from_secs(60),
     );
-    let mut streak = |field: &str, value: Option<u32>, default: u32| {
-        let value = value.unwrap_or(default);
-        if !(1..=MAX_STREAK).contains(&value) {
-            c.error(
-                format!("{base}.health.{field}"),
-                format!("must be from 1 to {MAX_STREAK}"),
-            );
-        }
-        value.clamp(1, MAX_STREAK)
-    };
-    let healthy = streak("healthy", h.healthy, 2);
-    let unhealthy = streak("unhealthy", h.unhealthy, 3);
+    let healthy = streak(c, &format!("{base}.health.healthy"), h.healthy, 2);
+    let unhealthy = streak(c, &format!("{base}.health.unhealthy"), h.unhealthy, 3);
     ActiveSettings {
         path,
         interval,
@@ -211,13 +201,7 @@ pub(super) fn compile_passive(
     base: &str,
     p: &PassiveInput,
 ) -> PassiveSettings {
-    let failures = p.failures.unwrap_or(3);
-    if !(1..=MAX_STREAK).contains(&failures) {
-        c.error(
-            format!("{base}.passive.failures"),
-            format!("must be from 1 to {MAX_STREAK}"),
-        );
-    }
+    let failures = streak(c, &format!("{base}.passive.failures"), p.failures, 3);
     let eject_for = bounded_duration(
         c,
         &format!("{base}.passive.eject_for"),
@@ -226,9 +210,18 @@ pub(super) fn compile_passive(
         Duration::from_millis(1)..=Duration::from_secs(3600),
     );
     PassiveSettings {
-        failures: failures.clamp(1, MAX_STREAK),
+        failures,
         eject_for,
     }
+}
+
+/// Results in a row a verdict waits for: from 1 to `MAX_STREAK`.
+fn streak(c: &mut Compiler<'_>, path: &str, value: Option<u32>, default: u32) -> u32 {
+    let value = value.unwrap_or(default);
+    if !(1..=MAX_STREAK).contains(&value) {
+        c.error(path, format!("must be from 1 to {MAX_STREAK}"));
+    }
+    value.clamp(1, MAX_STREAK)
 }
 
 const DEFAULT_LOG_BUFFER: usize = 8192;
