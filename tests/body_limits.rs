@@ -7,9 +7,9 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use common::{client, gateway_config, raw_json, read_response, Gateway, Upstream};
+use common::{client, gateway_config, next_answer, raw_json, read_response, Gateway, Upstream};
 
 const RULES: &str = "
 rules:
@@ -31,37 +31,6 @@ async fn start(upstream: &Upstream) -> Gateway {
         1,
     );
     Gateway::start(&yaml, upstream.addr).await
-}
-
-/// What the connection says next: a complete response, or nothing (closed).
-async fn next_answer(stream: &mut tokio::net::TcpStream) -> String {
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("the gateway neither answered nor closed");
-        match read {
-            Ok(0) | Err(_) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-        }
-        let text = String::from_utf8_lossy(&answer);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().to_string())
-                })
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            if body.len() >= length {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test]

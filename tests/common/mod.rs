@@ -635,41 +635,50 @@ pub async fn raw_response(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     read_response(&mut stream).await
 }
 
+/// Whether `answer` holds a whole response head and its Content-Length body.
+fn complete(answer: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(answer);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    body.len() >= length
+}
+
+/// What the connection says next: one response framed by Content-Length, or
+/// what came before the gateway closed it (maybe nothing).
+pub async fn next_answer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    while !complete(&answer) {
+        let mut buf = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the gateway neither answered nor closed within 10 s");
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Reads one response framed by Content-Length from a connection that stays
 /// open, and returns the status and the whole answer.
 pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (u16, String) {
-    use tokio::io::AsyncReadExt;
-    let mut answer = Vec::new();
-    let complete = |answer: &[u8]| {
-        let text = String::from_utf8_lossy(answer);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            return false;
-        };
-        let length = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().to_string())
-            })
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        body.len() >= length
-    };
-    while !complete(&answer) {
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("no complete response within 10 s")
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before a complete response: {:?}",
-            String::from_utf8_lossy(&answer)
-        );
-        answer.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&answer).into_owned();
+    let text = next_answer(stream).await;
+    assert!(
+        complete(text.as_bytes()),
+        "closed before a complete response: {text:?}"
+    );
     let status = text
         .split_whitespace()
         .nth(1)
