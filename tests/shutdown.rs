@@ -1,5 +1,6 @@
-//! SIGTERM, against the real `tollgate` binary: requests in flight finish
-//! within `server.grace_period`, open WebSockets are told the server goes away.
+//! Signals, against the real `tollgate` binary: at SIGTERM requests in flight
+//! finish within `server.grace_period` and open WebSockets are told the
+//! server goes away; SIGUSR1 reopens the access log (logrotate).
 
 mod common;
 
@@ -32,17 +33,24 @@ rules:
 struct Tollgate {
     process: ChildGuard,
     addr: SocketAddr,
+    admin: SocketAddr,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Tollgate {
     async fn start(upstream: &Upstream) -> Self {
+        Self::start_with(upstream, "").await
+    }
+
+    /// Serves `CONFIG` followed by `more` (top-level YAML).
+    async fn start_with(upstream: &Upstream, more: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");
         let addr: SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
-        std::fs::write(&path, common::render(CONFIG, addr, admin, upstream.addr)).unwrap();
+        let yaml = format!("{CONFIG}{more}");
+        std::fs::write(&path, common::render(&yaml, addr, admin, upstream.addr)).unwrap();
         let log = dir.path().join("tollgate.log");
         let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .args(["run", "-c"])
@@ -55,19 +63,44 @@ impl Tollgate {
         let tollgate = Tollgate {
             process: ChildGuard(child),
             addr,
+            admin,
             log,
-            _dir: dir,
+            dir,
         };
         common::wait_listening(addr).await;
         tollgate
     }
 
     fn terminate(&self) {
-        let term = Command::new("kill")
-            .args(["-TERM", &self.process.0.id().to_string()])
+        self.signal("-TERM");
+    }
+
+    fn signal(&self, which: &str) {
+        let sent = Command::new("kill")
+            .args([which, &self.process.0.id().to_string()])
             .status()
             .unwrap();
-        assert!(term.success());
+        assert!(sent.success());
+    }
+
+    /// Waits until the gateway handles SIGHUP and SIGUSR1 (its watcher,
+    /// which listens for them, is up).
+    async fn handling_signals(&self) {
+        let url = format!("http://{}/readyz", self.admin);
+        eventually(
+            Duration::from_secs(20),
+            "the signal handlers are up",
+            || async {
+                match client().get(&url).send().await {
+                    Ok(r) => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .is_ok_and(|v| v["watching"] == true),
+                    Err(_) => false,
+                }
+            },
+        )
+        .await;
     }
 
     fn log(&self) -> String {
@@ -140,4 +173,44 @@ async fn open_websockets_get_a_going_away_close_frame_at_sigterm() {
         other => panic!("expected a close frame, got {other:?}"),
     }
     assert!(tollgate.exited_cleanly().await, "{}", tollgate.log());
+}
+
+#[tokio::test]
+async fn sigusr1_reopens_the_access_log_after_logrotate_moved_it() {
+    let upstream = Upstream::start().await;
+    let tollgate = Tollgate::start_with(
+        &upstream,
+        "access_log: { format: json, path: access.log }\n",
+    )
+    .await;
+    tollgate.handling_signals().await;
+    let log = tollgate.dir.path().join("access.log");
+    let rotated = tollgate.dir.path().join("access.log.1");
+    let has_lines = |path: &PathBuf, n: usize| {
+        std::fs::read_to_string(path).is_ok_and(|t| t.lines().count() == n)
+    };
+    let c = client();
+    let get = |path: &str| c.get(format!("http://{}{path}", tollgate.addr)).send();
+    assert_eq!(get("/first").await.unwrap().status(), 200);
+    eventually(
+        Duration::from_secs(10),
+        "the first line is written",
+        || async { has_lines(&log, 1) },
+    )
+    .await;
+    std::fs::rename(&log, &rotated).unwrap();
+    tollgate.signal("-USR1");
+    // Lines of requests answered before the signal is handled still go to
+    // the old file (as with nginx); later ones go to a new file.
+    eventually(
+        Duration::from_secs(10),
+        "lines go to a new file",
+        || async {
+            assert_eq!(get("/second").await.unwrap().status(), 200);
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/second"))
+        },
+    )
+    .await;
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.starts_with('{') && old.contains("/first"), "{old}");
 }
