@@ -267,6 +267,63 @@ impl ClientKey<'static> {
     }
 }
 
+/// The first 16 bytes of a SHA-256 of a client key's values: how the key
+/// is named where the key itself must not appear (Redis key names, the admin
+/// endpoints unless `admin_show_keys`). Stable across processes and gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyDigest(pub [u8; 16]);
+
+impl KeyDigest {
+    /// Reads the 32 lowercase or uppercase hex digits `Display` writes.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(KeyDigest(bytes))
+    }
+}
+
+impl fmt::Display for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ClientKey<'_> {
+    /// See [`KeyDigest`]. Each value is tagged (and text length-prefixed), so
+    /// two different keys cannot feed the hash the same bytes.
+    pub fn digest(&self) -> KeyDigest {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        for value in self.values() {
+            match value {
+                KeyValue::Ip(ip) => {
+                    ctx.update(b"i");
+                    match ip {
+                        IpAddr::V4(v4) => ctx.update(&v4.octets()),
+                        IpAddr::V6(v6) => ctx.update(&v6.octets()),
+                    }
+                }
+                KeyValue::Text(text) => {
+                    ctx.update(b"t");
+                    ctx.update(&(text.len() as u64).to_be_bytes());
+                    ctx.update(text);
+                }
+                KeyValue::Global => ctx.update(b"g"),
+            }
+        }
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&ctx.finish().as_ref()[..16]);
+        KeyDigest(digest)
+    }
+}
+
 impl fmt::Display for ClientKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, value) in self.values().enumerate() {

@@ -242,10 +242,32 @@ impl RuleMetrics {
     }
 }
 
-/// Decision counters of one limit.
+/// Decision counters of one limit, and its penalty box's.
 #[derive(Debug, Clone)]
 pub struct LimitMetrics {
     by_result: [IntCounter; DecisionResult::ALL.len()],
+    /// Bans started, by `BanMode`.
+    bans: [IntCounter; 2],
+    /// Requests a running ban refused (in shadow: would have), by `BanMode`.
+    ban_refusals: [IntCounter; 2],
+}
+
+/// Whether a ban refuses requests or is only counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BanMode {
+    Enforce,
+    Shadow,
+}
+
+impl BanMode {
+    const ALL: [BanMode; 2] = [BanMode::Enforce, BanMode::Shadow];
+
+    fn label(self) -> &'static str {
+        match self {
+            BanMode::Enforce => "enforce",
+            BanMode::Shadow => "shadow",
+        }
+    }
 }
 
 impl LimitMetrics {
@@ -256,6 +278,14 @@ impl LimitMetrics {
 
     pub(crate) fn record(&self, result: DecisionResult) {
         self.by_result[result as usize].inc();
+    }
+
+    pub(crate) fn ban_started(&self, mode: BanMode) {
+        self.bans[mode as usize].inc();
+    }
+
+    pub(crate) fn ban_refused(&self, mode: BanMode) {
+        self.ban_refusals[mode as usize].inc();
     }
 }
 
@@ -319,6 +349,8 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     decisions: IntCounterVec,
+    bans: IntCounterVec,
+    ban_refusals: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
@@ -415,6 +447,18 @@ impl Metrics {
             "decisions_total",
             "Limit decisions by rule, limit and result",
             &["rule", "limit", "result"],
+        );
+        let bans = counter_vec(
+            r,
+            "bans_total",
+            "Bans started by rule, limit and mode (shadow: bans that would have started)",
+            &["rule", "limit", "mode"],
+        );
+        let ban_refusals = counter_vec(
+            r,
+            "ban_refusals_total",
+            "Requests refused by a running ban, by rule, limit and mode (shadow: would have been)",
+            &["rule", "limit", "mode"],
         );
         let request_duration = histogram_vec(
             r,
@@ -551,6 +595,8 @@ impl Metrics {
             registry,
             requests,
             decisions,
+            bans,
+            ban_refusals,
             request_duration,
             upstream_duration,
             upstream_errors,
@@ -589,6 +635,11 @@ impl Metrics {
         LimitMetrics {
             by_result: DecisionResult::ALL
                 .map(|r| self.decisions.with_label_values(&[rule, limit, r.label()])),
+            bans: BanMode::ALL.map(|m| self.bans.with_label_values(&[rule, limit, m.label()])),
+            ban_refusals: BanMode::ALL.map(|m| {
+                self.ban_refusals
+                    .with_label_values(&[rule, limit, m.label()])
+            }),
         }
     }
 
@@ -627,6 +678,12 @@ impl Metrics {
             let _ = self
                 .decisions
                 .remove_label_values(&[rule, limit, result.label()]);
+        }
+        for mode in BanMode::ALL {
+            let _ = self.bans.remove_label_values(&[rule, limit, mode.label()]);
+            let _ = self
+                .ban_refusals
+                .remove_label_values(&[rule, limit, mode.label()]);
         }
     }
 

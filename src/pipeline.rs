@@ -10,7 +10,7 @@ use http::header::HOST;
 use http::{HeaderMap, Method};
 
 use crate::identity::{self, ClientKey, KeyError, RequestFacts, X_FORWARDED_FOR};
-use crate::limit::{Check, Decision, MAX_CHECKS};
+use crate::limit::{BanMark, Check, Decision, MAX_CHECKS};
 use crate::metrics::Outcome;
 use crate::policy::{MissingPolicy, Mode};
 use crate::route::{normalize_host, normalize_path, HostError, NormalHost, PathError, Target};
@@ -170,6 +170,7 @@ pub(crate) fn plan<'a>(rule: &Rule, limits: &[RuleLimit], facts: &RequestFacts<'
             cost,
             enforced,
             sync: limit.sync,
+            ban: limit.ban,
         });
     }
     Plan::Decide {
@@ -215,10 +216,13 @@ pub(crate) fn judge(
             headline: Some(headline),
         };
     }
+    // An admitted request a shadow ban would have refused counts as shadow
+    // limited too.
     let shadow_denied = shadow_refusal
-        || decided
-            .iter()
-            .any(|(i, d)| limits[*i].mode == Mode::Shadow && !d.allowed);
+        || decided.iter().any(|(i, d)| {
+            (limits[*i].mode == Mode::Shadow && !d.allowed)
+                || (d.allowed && d.ban == BanMark::Banned)
+        });
     // Concurrency limits have no quota over time to put in the headers.
     let headline = decided
         .iter()

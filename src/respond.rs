@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::consumer::jwt::TokenError;
 use crate::consumer::Unknown;
 use crate::identity::KeyPart;
-use crate::limit::{Decision, Nanos};
+use crate::limit::{BanMark, Decision, Nanos};
 use crate::policy::HeaderStyle;
 use crate::route::{HostError, PathError};
 use crate::snapshot::{Rule, RuleLimit};
@@ -234,6 +234,21 @@ pub(crate) fn limited(
 ) -> Reply {
     let retry_after = ceil_seconds(decision.retry_after).max(1);
     let mut r = match &rule.deny.body {
+        // A ban always says so, whatever the rule's own refusal looks like:
+        // the client must learn that waiting for its limit will not do.
+        _ if decision.ban != BanMark::None => {
+            let mut body = json!({
+                "error": "banned",
+                "message": "too many refused requests: banned until retry_after has passed",
+                "rule": rule.name,
+                "limit": limit.name,
+                "retry_after": retry_after,
+            });
+            if let Some(plan) = plan {
+                body["plan"] = plan.into();
+            }
+            json_reply(429, body)
+        }
         None => {
             let mut body = json!({
                 "error": "rate_limited",

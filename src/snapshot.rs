@@ -18,8 +18,8 @@ use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
 use crate::limit::algorithm::Setting;
 use crate::limit::breaker::BreakerSettings;
 use crate::limit::store::redis::RedisSettings;
-use crate::limit::{Decision, LimitId, Limiter, SyncMode};
-use crate::metrics::{DecisionResult, LimitMetrics, Metrics, RuleMetrics};
+use crate::limit::{BanMark, BanPolicy, Decision, LimitId, Limiter, SyncMode};
+use crate::metrics::{BanMode, DecisionResult, LimitMetrics, Metrics, RuleMetrics};
 use crate::policy::units::Rate;
 use crate::policy::{
     AccessLogFormat, Alpn, HeaderStyle, MissingPolicy, Mode, OnError, OnLimit, TlsVersion,
@@ -179,6 +179,8 @@ pub struct RuleLimit {
     pub(crate) limiter: Limiter,
     /// How its decisions meet a shared store (the config's `sync:`).
     pub(crate) sync: SyncMode,
+    /// The penalty box of its keys (the config's `ban:`).
+    pub(crate) ban: Option<BanPolicy>,
     /// Pre-rendered `RateLimit-Policy` item, e.g. `"per-ip";q=100;w=1`; `None`
     /// for a concurrency limit, which the fields cannot describe.
     pub(crate) policy_header: Option<HeaderValue>,
@@ -233,6 +235,21 @@ impl RuleLimit {
             (false, Mode::Enforce) => DecisionResult::Denied,
             (false, Mode::Shadow) => DecisionResult::ShadowDenied,
         });
+        let mode = if self.bans() {
+            BanMode::Enforce
+        } else {
+            BanMode::Shadow
+        };
+        match decision.ban {
+            BanMark::None => {}
+            BanMark::Banned => self.metrics.ban_refused(mode),
+            BanMark::Started => self.metrics.ban_started(mode),
+        }
+    }
+
+    /// Whether its penalty box refuses requests (not only counts them).
+    pub(crate) fn bans(&self) -> bool {
+        self.mode == Mode::Enforce && self.ban.is_some_and(|b| b.enforced)
     }
 
     /// `gcra 100/1s burst 100`, `fixed_window 10/1m`, `concurrent 5`.

@@ -22,6 +22,7 @@ fn a_million_random_keys_stay_within_max_keys_and_spare_an_active_client() {
         cost: 1,
         enforced: true,
         sync: SyncMode::Exact,
+        ban: None,
     };
     let active = u32::MAX;
     let mut active_requests = 0;

@@ -90,6 +90,7 @@ fn checks(
             cost,
             enforced: true,
             sync: SyncMode::Exact,
+            ban: None,
         },
         Check {
             limit: LimitId(id + 1),
@@ -98,6 +99,7 @@ fn checks(
             cost: 1,
             enforced: true,
             sync: SyncMode::Exact,
+            ban: None,
         },
     ]
 }

@@ -50,5 +50,6 @@ pub fn check(limiter: Limiter, client: u32) -> Check<'static> {
         cost: 1,
         enforced: true,
         sync: SyncMode::Exact,
+        ban: None,
     }
 }

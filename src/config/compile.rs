@@ -26,18 +26,19 @@ use crate::limit::algorithm::{self, Setting, Spec};
 use crate::limit::breaker::BreakerSettings;
 use crate::limit::store::redis::{exact_in_lua, redact_url, RedisSettings, RedisTarget};
 use crate::limit::{
-    Concurrent, FixedWindow, Gcra, LeakyBucket, LimitDefinition, LimitId, Limiter, SlidingCounter,
-    SlidingLog, SyncMode, TokenBucket, MAX_CHECKS,
+    BanPolicy, Concurrent, FixedWindow, Gcra, LeakyBucket, LimitDefinition, LimitId, Limiter,
+    Nanos, SlidingCounter, SlidingLog, SyncMode, TokenBucket, MAX_CHECKS,
 };
 use crate::metrics::{LimitMetrics, RuleMetrics};
 use crate::policy::units::{self, Rate, MAX_RATE_COUNT};
-use crate::policy::MissingPolicy;
+use crate::policy::{MissingPolicy, Mode};
 use crate::route::{HostPattern, PathPattern, RouteConditions, RouteTable};
 use crate::schema::input::{
-    AlgorithmInput, ConfigInput, ConsumerInput, ConsumersFileInput, ConsumersInput, CostInput,
-    DenyInput, ExemptInput, JwtAlgorithmInput, JwtInput, JwtKeysInput, KeyInput, KeyPartInput,
-    LimitInput, PlanInput, PlanSelectInput, RedisStoreInput, RuleInput, SecretEnvInput,
-    ServerInput, StoreBackend, StoreInput, SyncInput, UpstreamInput, WebSocketInput,
+    AlgorithmInput, BanInput, ConfigInput, ConsumerInput, ConsumersFileInput, ConsumersInput,
+    CostInput, DenyInput, ExemptInput, JwtAlgorithmInput, JwtInput, JwtKeysInput, KeyInput,
+    KeyPartInput, LimitInput, PlanInput, PlanSelectInput, RedisStoreInput, RuleInput,
+    SecretEnvInput, ServerInput, StoreBackend, StoreInput, SyncInput, UpstreamInput,
+    WebSocketInput,
 };
 use crate::snapshot::{
     CompiledPart, Cost, DenyResponse, MessageLimit, RedisBackend, Rule, RuleLimit, ServerSettings,
@@ -1473,6 +1474,12 @@ fn compile_websocket(
             );
             return None;
         }
+        if l.ban.is_some() {
+            c.error(
+                format!("{path}.ban"),
+                "bans apply to request limits; a message limit drops messages or closes",
+            );
+        }
         let per_connection = l.key == KeyInput::One(KeyPartInput::Connection);
         let mut input = l.clone();
         if per_connection {
@@ -1629,6 +1636,67 @@ fn compile_concurrent(
     Some(Limiter::Concurrent(Concurrent::new(max)))
 }
 
+/// A limit's `ban:`. A batched limit decides most requests from an
+/// allowance this gateway holds, so its refusals would miss the shared
+/// record: the two do not go together.
+fn compile_ban(
+    c: &mut Compiler<'_>,
+    path: &str,
+    b: &BanInput,
+    l: &LimitInput,
+) -> Option<BanPolicy> {
+    let path = format!("{path}.ban");
+    if l.sync == Some(SyncInput::Batched) {
+        c.error(
+            &path,
+            "a batched limit cannot ban: its refusals are decided from a local allowance (use `sync: exact`)",
+        );
+    }
+    if !(1..=1_000_000).contains(&b.after) {
+        c.error(format!("{path}.after"), "must be from 1 to 1000000");
+    }
+    let day = Duration::from_secs(86_400);
+    let within = bounded_duration(
+        c,
+        &format!("{path}.within"),
+        b.within.as_deref(),
+        Duration::from_secs(60),
+        Duration::from_millis(1)..=day,
+    );
+    let duration = bounded_duration(
+        c,
+        &format!("{path}.for"),
+        Some(&b.duration),
+        Duration::from_secs(600),
+        Duration::from_millis(1)..=day * 365,
+    );
+    let max = bounded_duration(
+        c,
+        &format!("{path}.max"),
+        b.max.as_deref(),
+        day.max(duration),
+        Duration::from_millis(1)..=day * 365,
+    );
+    if max < duration {
+        c.error(
+            format!("{path}.max"),
+            format!("the longest ban ({max:?}) is shorter than the first ({duration:?})"),
+        );
+    }
+    let escalate = b.escalate.unwrap_or(1);
+    if !(1..=1000).contains(&escalate) {
+        c.error(format!("{path}.escalate"), "must be from 1 to 1000");
+    }
+    Some(BanPolicy {
+        after: b.after.max(1),
+        within: within.as_nanos() as Nanos,
+        duration: duration.as_nanos() as Nanos,
+        escalate: escalate.max(1),
+        max: max.as_nanos() as Nanos,
+        enforced: b.mode.unwrap_or(l.mode) == Mode::Enforce,
+    })
+}
+
 /// How a limit meets a shared store: exact, or batched with a batch that
 /// fits the limit beside the dearest request (`dearest`, of a limit of `most`).
 fn compile_sync(
@@ -1731,6 +1799,7 @@ fn compile_limit(
         return None;
     }
     let sync = compile_sync(c, path, l, &limiter, dearest, most);
+    let ban = l.ban.as_ref().and_then(|b| compile_ban(c, path, b, l));
     Some(RuleLimit {
         id: LimitId::encode(
             rule,
@@ -1745,6 +1814,7 @@ fn compile_limit(
             },
         ),
         sync,
+        ban,
         policy_header: rate.map(|r| policy_header(&name, &limiter, r, quota)),
         metrics: LimitMetrics::unbound(),
         name,

@@ -11,7 +11,11 @@ use tokio::task::AbortHandle;
 use super::breaker::BreakerSettings;
 use super::store::redis::RedisStore;
 use super::store::{Batching, Failover, Guarded, StoreAnswer, Timed};
-use super::{Check, MemoryStore, MonotonicClock, Permit, Store};
+use super::{
+    BanPolicy, Check, Decision, LimitId, Limiter, MemoryStore, MonotonicClock, Nanos, Permit,
+    Store, StoreError,
+};
+use crate::identity::{ClientKey, KeyDigest};
 use crate::metrics::StoreMetrics;
 use crate::policy::OnError;
 
@@ -151,6 +155,139 @@ impl Limits {
             healthy: guarded.ping(timeout).await.is_ok(),
             breaker: Some(guarded.breaker_state().label()),
         }
+    }
+}
+
+/// One key's state under one limit, as the admin shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyState {
+    /// What a request of cost 0 would be told now.
+    pub decision: Decision,
+    pub banned_for: Option<Nanos>,
+    pub offences: u32,
+}
+
+/// A ban running now.
+#[derive(Debug, Clone)]
+pub struct RunningBan {
+    pub digest: KeyDigest,
+    /// The key itself, where this gateway knows it (the memory store keeps
+    /// it; Redis holds digests only).
+    pub key: Option<ClientKey<'static>>,
+    pub left: Nanos,
+    pub offences: u32,
+}
+
+/// A limit as the admin endpoints address it.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitRef<'a> {
+    pub id: LimitId,
+    pub limiter: &'a Limiter,
+    pub ban: Option<BanPolicy>,
+}
+
+/// A key as the admin endpoints name it: always its digest, and the key
+/// itself when it is known (from the request, or the top keys).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRef<'a> {
+    pub digest: KeyDigest,
+    pub key: Option<&'a ClientKey<'static>>,
+}
+
+impl Limits {
+    /// The limiter clock's now, for what keeps time beside the store.
+    pub(crate) fn now(&self) -> Nanos {
+        self.memory.now()
+    }
+
+    /// The key's state without spending anything; `None` when the memory
+    /// store is asked by digest alone (it keys state by the key itself).
+    pub(crate) async fn key_state(
+        &self,
+        limit: LimitRef<'_>,
+        key: KeyRef<'_>,
+    ) -> Result<Option<KeyState>, StoreError> {
+        match &*self.front {
+            Front::Memory { memory } => Ok(key.key.map(|k| {
+                let (decision, record) = memory.peek(limit.id, limit.limiter, k);
+                let now = memory.now();
+                KeyState {
+                    decision,
+                    banned_for: record.and_then(|r| r.banned_for(now)),
+                    offences: record.map_or(0, |r| r.offences),
+                }
+            })),
+            Front::Redis { redis, .. } => {
+                let (decision, left, offences) = redis
+                    .peek(limit.id.0, limit.limiter, limit.ban, &key.digest)
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Ok(Some(KeyState {
+                    decision,
+                    banned_for: (left > 0).then_some(left),
+                    offences,
+                }))
+            }
+        }
+    }
+
+    /// Forgets the key's state and lifts its ban; whether a ban was running
+    /// (`None`: see [`Self::key_state`]).
+    pub(crate) async fn forget_key(
+        &self,
+        limit: LimitRef<'_>,
+        key: KeyRef<'_>,
+    ) -> Result<Option<bool>, StoreError> {
+        match &*self.front {
+            Front::Memory { memory } => Ok(key.key.map(|k| memory.forget(limit.id, k))),
+            Front::Redis { redis, .. } => {
+                // A ban earned while Redis was away lives in the fallback.
+                let local = key.key.is_some_and(|k| self.memory.forget(limit.id, k));
+                let shared = redis
+                    .forget(limit.id.0, &key.digest)
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Ok(Some(local || shared))
+            }
+        }
+    }
+
+    /// The limit's bans running now: at most `most` from Redis.
+    pub(crate) async fn bans(
+        &self,
+        limit: LimitId,
+        most: usize,
+    ) -> Result<Vec<RunningBan>, StoreError> {
+        let local = self
+            .memory
+            .active_bans(limit)
+            .into_iter()
+            .map(|b| RunningBan {
+                digest: b.key.digest(),
+                left: b.record.banned_for(self.now()).unwrap_or(0),
+                offences: b.record.offences,
+                key: Some(b.key),
+            });
+        let Front::Redis { redis, .. } = &*self.front else {
+            return Ok(local.collect());
+        };
+        let mut bans: Vec<RunningBan> = local.collect();
+        let shared = redis
+            .active_bans(limit.0, most)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        for ban in shared {
+            if bans.iter().any(|b| b.digest == ban.digest) {
+                continue;
+            }
+            bans.push(RunningBan {
+                digest: ban.digest,
+                key: None,
+                left: ban.left,
+                offences: ban.offences,
+            });
+        }
+        Ok(bans)
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`Limits`]: the composition the gateway uses, built once from the config.
 
 pub(crate) mod algorithm;
+pub mod ban;
 pub mod breaker;
 mod front;
 mod id;
@@ -25,7 +26,8 @@ pub use algorithm::{
     SlidingLog, TokenBucket,
 };
 pub(crate) use algorithm::{Held, LimitState, LogState};
-pub use front::{HeldPermits, Limits, StoreHealth};
+pub use ban::{BanMark, BanPolicy, BanRecord};
+pub use front::{HeldPermits, KeyRef, KeyState, LimitRef, Limits, RunningBan, StoreHealth};
 pub use id::{LimitDefinition, LimitId};
 pub use store::memory::MemoryStore;
 pub use store::StoreAnswer;
@@ -49,6 +51,8 @@ pub struct Check<'a> {
     pub enforced: bool,
     /// How the check meets a shared store; only batching reads it.
     pub sync: SyncMode,
+    /// The limit's penalty box, if it has one.
+    pub ban: Option<BanPolicy>,
 }
 
 /// How a limit's decisions meet a shared store (the config's `sync:`).

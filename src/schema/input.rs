@@ -129,6 +129,10 @@ pub(crate) struct ServerInput {
     /// What `GET /readyz` requires beyond a running gateway.
     #[serde(default)]
     pub(crate) readyz: ReadyzInput,
+    /// Show limit keys as counted on the admin endpoints (default: only
+    /// their digests, since keys may be API keys or tokens).
+    #[serde(default)]
+    pub(crate) admin_show_keys: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -190,6 +194,7 @@ impl Default for ServerInput {
             tls: Vec::new(),
             handshake_timeout: None,
             readyz: ReadyzInput::default(),
+            admin_show_keys: false,
         }
     }
 }
@@ -626,6 +631,34 @@ pub(crate) struct LimitInput {
     /// Units reserved per Redis call with `sync: batched` (default 10).
     #[serde(default)]
     pub(crate) batch: Option<u64>,
+    /// The penalty box: a key refused this often is refused outright a while.
+    #[serde(default)]
+    pub(crate) ban: Option<BanInput>,
+}
+
+/// A limit's penalty box: `{ after: 20, within: 1m, for: 10m, escalate: 2, max: 24h }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BanInput {
+    /// Refusals within `within` that start a ban.
+    pub(crate) after: u32,
+    /// The window the refusals are counted in (default 1m).
+    #[serde(default)]
+    pub(crate) within: Option<String>,
+    /// The first ban's length.
+    #[serde(rename = "for")]
+    pub(crate) duration: String,
+    /// Each repeat offence multiplies the length by this (default 1).
+    #[serde(default)]
+    pub(crate) escalate: Option<u32>,
+    /// The longest ban, and how long offences are remembered after one
+    /// (default 24h).
+    #[serde(default)]
+    pub(crate) max: Option<String>,
+    /// `shadow`: count the bans that would have happened, refuse nothing.
+    /// Default: the limit's mode.
+    #[serde(default)]
+    pub(crate) mode: Option<Mode>,
 }
 
 /// How a limit on the Redis store talks to Redis.

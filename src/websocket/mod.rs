@@ -397,6 +397,7 @@ impl MessageGate {
                     // Message limits are decided exactly (the config refuses
                     // `sync: batched` for them).
                     sync: SyncMode::Exact,
+                    ban: None,
                 };
                 match limits.decide(std::slice::from_ref(&check), *on_error).await {
                     StoreAnswer::Decided(d) => match d.decisions.first() {

@@ -11,6 +11,7 @@ pub(crate) mod sliding_counter;
 pub(crate) mod sliding_log;
 pub(crate) mod token_bucket;
 
+use super::ban::BanMark;
 use super::Nanos;
 pub use concurrent::Concurrent;
 pub(crate) use concurrent::Held;
@@ -42,6 +43,8 @@ pub struct Decision {
     /// How long an admitted request waits before it is served (a shaping
     /// leaky bucket); 0 otherwise.
     pub delay: Nanos,
+    /// Whether the key's penalty box decided this (see `limit::ban`).
+    pub ban: BanMark,
 }
 
 impl Decision {
@@ -53,6 +56,7 @@ impl Decision {
             reset_after,
             retry_after: 0,
             delay: 0,
+            ban: BanMark::None,
         }
     }
 
@@ -69,6 +73,7 @@ impl Decision {
             reset_after,
             retry_after,
             delay: 0,
+            ban: BanMark::None,
         }
     }
 }

@@ -491,6 +491,7 @@ mod tests {
                 cost: 1,
                 enforced: true,
                 sync,
+                ban: None,
             }
         }
 

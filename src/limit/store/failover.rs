@@ -241,6 +241,7 @@ mod tests {
             cost: 1,
             enforced: true,
             sync: SyncMode::Exact,
+            ban: None,
         }]
     }
 

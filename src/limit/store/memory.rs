@@ -30,9 +30,11 @@ use arrayvec::ArrayVec;
 use hashbrown::HashTable;
 use prometheus::IntCounter;
 
+use super::penalty::{ActiveBan, Penalties};
+use crate::identity::ClientKey;
 use crate::limit::{
-    Check, Decisions, Held, LimitId, LimitState, LogState, MonotonicClock, Nanos, Permit, Store,
-    StoreError, MAX_CHECKS,
+    BanMark, BanRecord, Check, Decision, Decisions, Held, LimitId, LimitState, Limiter, LogState,
+    MonotonicClock, Nanos, Permit, Store, StoreError, MAX_CHECKS,
 };
 
 /// Share of a shard reserved for protected (returning) keys.
@@ -340,6 +342,8 @@ impl Shard {
 
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
+    /// Ban records, by the same entry keys as the limiter state.
+    penalties: Penalties,
     /// Read once per decision, after the shards are locked.
     clock: MonotonicClock,
     hash_lo: RandomState,
@@ -375,12 +379,18 @@ impl MemoryStore {
             shards: (0..count)
                 .map(|_| Mutex::new(Shard::new(per_shard)))
                 .collect(),
+            penalties: Penalties::new(count, max_keys),
             clock: MonotonicClock::default(),
             hash_lo: RandomState::default(),
             hash_hi: RandomState::default(),
             evictions: AtomicU64::new(0),
             eviction_counter,
         }
+    }
+
+    /// Now on the store's clock.
+    pub(crate) fn now(&self) -> Nanos {
+        self.clock.now()
     }
 
     /// Keeps time with `clock`: the one the gateway sweeps with, so that
@@ -391,7 +401,11 @@ impl MemoryStore {
     }
 
     fn entry_key(&self, check: &Check<'_>) -> [u64; 2] {
-        let item = (check.limit, &check.key);
+        self.key_of(check.limit, &check.key)
+    }
+
+    fn key_of(&self, limit: LimitId, key: &ClientKey<'_>) -> [u64; 2] {
+        let item = (limit, key);
         [self.hash_lo.hash_one(item), self.hash_hi.hash_one(item)]
     }
 
@@ -459,6 +473,16 @@ impl MemoryStore {
             let Some(shard) = guards[slot_of(i)].as_deref_mut() else {
                 unreachable!("every shard in use was locked above");
             };
+            // (whether the ban refuses, how long it still runs)
+            let banned = check.ban.and_then(|ban| {
+                let left = self.penalties.banned_for(keys[i], now)?;
+                Some((ban.enforced && check.enforced, left))
+            });
+            if let Some((true, left)) = banned {
+                denied = true;
+                decisions.push(banned_decision(&check.limiter, left));
+                continue;
+            }
             let found = shard.find(keys[i]);
             if let Some(at) = found {
                 shard.touch(at);
@@ -467,13 +491,17 @@ impl MemoryStore {
                 .map(|at| &shard.nodes[at as usize])
                 .filter(|node| node.expires_at > now)
                 .map(|node| &node.state);
-            let (decision, next) = check.limiter.decide(current, now, check.cost);
+            let (mut decision, next) = check.limiter.decide(current, now, check.cost);
+            if banned.is_some() {
+                decision.ban = BanMark::Banned;
+            }
             denied |= check.enforced && !decision.allowed;
             if decision.allowed {
                 next_states[i] = Some(next);
             }
             decisions.push(decision);
         }
+        self.strike_refusals(checks, &keys, &mut decisions, now);
         let mut permits = Vec::new();
         if !denied {
             for (i, check) in checks.iter().enumerate() {
@@ -508,6 +536,30 @@ impl MemoryStore {
         Decisions { decisions, permits }
     }
 
+    /// Counts each limit's refusal (not a ban's) toward its key's ban; a
+    /// refusal that starts an enforced ban tells the client how long it is.
+    fn strike_refusals(
+        &self,
+        checks: &[Check<'_>],
+        keys: &[[u64; 2]; MAX_CHECKS],
+        decisions: &mut [Decision],
+        now: Nanos,
+    ) {
+        for (i, check) in checks.iter().enumerate() {
+            let (Some(ban), decision) = (&check.ban, &mut decisions[i]) else {
+                continue;
+            };
+            if decision.allowed || decision.ban != BanMark::None {
+                continue;
+            }
+            let half = check.limit.0 as u32;
+            let Some(length) = self.penalties.strike(keys[i], half, &check.key, ban, now) else {
+                continue;
+            };
+            *decision = mark_ban_start(*decision, ban.enforced && check.enforced, length);
+        }
+    }
+
     fn count_eviction(&self) {
         self.evictions.fetch_add(1, Ordering::Relaxed);
         if let Some(counter) = &self.eviction_counter {
@@ -540,6 +592,7 @@ impl MemoryStore {
     /// Drops state that has expired by `now`, one shard at a time so that no
     /// request waits for more than one shard's sweep.
     pub(crate) fn sweep(&self, now: Nanos) -> usize {
+        self.penalties.retain(now, |_| true);
         self.retain(|n| n.expires_at > now)
     }
 
@@ -557,8 +610,58 @@ impl MemoryStore {
         if gone.is_empty() {
             return 0;
         }
+        self.penalties
+            .retain(self.clock.now(), |limit| !gone.contains(&limit));
         // Entries holding permits stay: their requests still give them back.
         self.retain(|n| !gone.contains(&n.limit) || n.holds_permits())
+    }
+
+    /// The state of `key` under a limit, without spending: what a request of
+    /// cost 0 would be told now, and the key's ban record.
+    pub(crate) fn peek(
+        &self,
+        limit: LimitId,
+        limiter: &Limiter,
+        key: &ClientKey<'_>,
+    ) -> (Decision, Option<BanRecord>) {
+        let entry = self.key_of(limit, key);
+        let shard = self.lock(self.shard_of(entry));
+        let now = self.clock.now();
+        let current = shard
+            .find(entry)
+            .map(|at| &shard.nodes[at as usize])
+            .filter(|node| node.expires_at > now)
+            .map(|node| &node.state);
+        let (decision, _) = limiter.decide(current, now, 0);
+        drop(shard);
+        (decision, self.penalties.record(entry, now))
+    }
+
+    /// Forgets `key`'s state and ban under a limit: the next request starts
+    /// afresh. Returns whether a ban was running. Held concurrency permits
+    /// stay (their requests still give them back).
+    pub(crate) fn forget(&self, limit: LimitId, key: &ClientKey<'_>) -> bool {
+        let entry = self.key_of(limit, key);
+        let now = self.clock.now();
+        {
+            let mut shard = self.lock(self.shard_of(entry));
+            if let Some(at) = shard.find(entry) {
+                if !shard.nodes[at as usize].holds_permits() {
+                    shard.remove(at);
+                }
+            }
+        }
+        self.penalties.lift(entry, now)
+    }
+
+    /// The bans of `limit` running now.
+    pub(crate) fn active_bans(&self, limit: LimitId) -> Vec<ActiveBan> {
+        self.penalties.active(limit.0 as u32, self.clock.now())
+    }
+
+    /// Ban records kept (running bans and refusals toward one).
+    pub fn ban_records(&self) -> usize {
+        self.penalties.len()
     }
 
     fn retain(&self, keep: impl Fn(&Node) -> bool) -> usize {
@@ -586,6 +689,29 @@ impl MemoryStore {
     pub fn approx_bytes(&self) -> usize {
         (0..self.shards.len()).map(|s| self.lock(s).bytes()).sum()
     }
+}
+
+/// The answer to a request of a banned key: refused until the ban ends.
+pub(crate) fn banned_decision(limiter: &Limiter, left: Nanos) -> Decision {
+    Decision {
+        ban: BanMark::Banned,
+        ..Decision::denied(limiter.quota(), 0, left, left)
+    }
+}
+
+/// A refusal that started a ban of `length`; an enforced one is retried
+/// only once the ban ends.
+pub(crate) fn mark_ban_start(decision: Decision, enforced: bool, length: Nanos) -> Decision {
+    let mut decision = Decision {
+        ban: BanMark::Started,
+        ..decision
+    };
+    if enforced {
+        decision.retry_after = length;
+        decision.reset_after = decision.reset_after.max(length);
+        decision.remaining = 0;
+    }
+    decision
 }
 
 /// Index of the first occurrence of `shard` in the sorted prefix: the slot its
@@ -626,6 +752,7 @@ mod tests {
             cost: 1,
             enforced: true,
             sync: SyncMode::Exact,
+            ban: None,
         }
     }
 

@@ -11,6 +11,7 @@
 pub(crate) mod batch;
 pub(crate) mod failover;
 pub(crate) mod memory;
+pub(crate) mod penalty;
 pub mod redis;
 
 use std::sync::Arc;

@@ -6,21 +6,27 @@
 -- if no enforced limit denied — a denied request spends nothing anywhere.
 -- Every key written gets a TTL no longer than its state matters.
 --
--- KEYS[i]: the state key of check i.
+-- KEYS[i]: the state key of check i; after the n state keys, the ban keys
+-- of the checks that have a penalty box.
 -- ARGV[1]: "now" in microseconds, or "" for the server's TIME (tests pin it).
--- ARGV[2]: the number of checks n.
--- Then 7 values per check: algorithm, a, b, c, cost, enforced (1/0), member
--- (the names are the `lua` names of src/limit/algorithm/mod.rs):
+-- ARGV[2]: the number of checks n; -n to peek (decide, write nothing).
+-- Then 14 values per check: algorithm, a, b, c, cost, enforced (1/0), member
+-- (the names are the `lua` names of src/limit/algorithm/mod.rs), then the
+-- penalty box: its key's index in KEYS (0: none), after, within, for,
+-- escalate, max (times in microseconds), enforced (1/0):
 --   gcra                a = interval  b = capacity
 --   leaky               a = interval  b = capacity   c = 1 to delay instead of denying
 --   token               a = interval  b = capacity   c = debt
 --   fixed | log | counter  a = period  b = limit
 --   conc                a = lease     b = max         member = lease id
--- Returns 5 integers per check: allowed, remaining, reset, retry (-1 = never),
--- delay; then the time it decided at (for refund.lua).
+-- Returns 8 integers per check: allowed, remaining, reset, retry (-1 = never),
+-- delay, ban (0 none, 1 banned, 2 this refusal started a ban), how long the
+-- ban runs, the key's offences; then the time it decided at (for refund.lua).
 
 local now = clock_now(ARGV[1])
 local n = tonumber(ARGV[2])
+local peek = n < 0
+if peek then n = -n end
 -- A pinned clock does not move with Redis's, so its keys get a real-time
 -- margin on their TTL (tests only).
 local slack = 0
@@ -227,28 +233,91 @@ local function conc(key, lease, max, cost, member)
     end
 end
 
+-- The penalty box, as src/limit/ban.rs: a hash of the key's refusals in the
+-- current window (strikes, since), its offences and when its ban ends.
+local function ban_state(bkey)
+  local s = redis.call('HMGET', bkey, 'until', 'offences')
+  local untl, offences = tonumber(s[1]) or 0, tonumber(s[2]) or 0
+  local left = 0
+  if untl > now then left = untl - now end
+  return left, offences
+end
+
+local function strike(bkey, after, within, dur, escalate, max)
+  local s = redis.call('HMGET', bkey, 'strikes', 'since', 'offences', 'until')
+  local strikes, since = tonumber(s[1]) or 0, tonumber(s[2]) or 0
+  local offences, untl = tonumber(s[3]) or 0, tonumber(s[4]) or 0
+  if untl > 0 and now >= untl + max then offences = 0 end
+  if strikes == 0 or now - since >= within then strikes, since = 0, now end
+  strikes = strikes + 1
+  local length = 0
+  if strikes >= after then
+    offences = offences + 1
+    strikes = 0
+    length = math.min(dur, max)
+    for _ = 2, offences do
+      if length >= max then break end
+      length = math.min(length * escalate, max)
+    end
+    untl = now + length
+  end
+  redis.call('HSET', bkey, 'strikes', strikes, 'since', int(since), 'offences', offences,
+    'until', int(untl))
+  local expires = since + within
+  if offences > 0 and untl + max > expires then expires = untl + max end
+  redis.call('PEXPIRE', bkey, ms(expires - now))
+  return length, offences
+end
+
 local out, writes, denied = {}, {}, false
 for i = 1, n do
-  local base = 2 + (i - 1) * 7
+  local base = 2 + (i - 1) * 14
   local alg = ARGV[base + 1]
   local a, b, c = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   local cost, enforced, member = tonumber(ARGV[base + 5]), ARGV[base + 6] == '1', ARGV[base + 7]
   local key = KEYS[i]
+  local bkey = nil
+  local bk = tonumber(ARGV[base + 8])
+  if bk > 0 then bkey = KEYS[bk] end
+  local ban_enforced = enforced and ARGV[base + 14] == '1'
+  local mark, left, offences = 0, 0, 0
+  if bkey then left, offences = ban_state(bkey) end
   local r, write
-  if alg == 'gcra' then r, write = gcra(key, a, b, cost)
-  elseif alg == 'leaky' and c == 1 then r, write = leaky_shape(key, a, b, cost)
-  elseif alg == 'leaky' then r, write = gcra(key, a, b, cost)
-  elseif alg == 'token' then r, write = token(key, a, b, c, cost)
-  elseif alg == 'fixed' then r, write = fixed(key, a, b, cost)
-  elseif alg == 'log' then r, write = log(key, a, b, cost, member)
-  elseif alg == 'counter' then r, write = counter(key, a, b, cost)
-  elseif alg == 'conc' then r, write = conc(key, a, b, cost, member)
-  else return redis.error_reply('tollgate: unknown algorithm ' .. tostring(alg)) end
+  if left > 0 and ban_enforced then
+    r = {0, 0, left, left, 0}
+    mark = 1
+  else
+    if alg == 'gcra' then r, write = gcra(key, a, b, cost)
+    elseif alg == 'leaky' and c == 1 then r, write = leaky_shape(key, a, b, cost)
+    elseif alg == 'leaky' then r, write = gcra(key, a, b, cost)
+    elseif alg == 'token' then r, write = token(key, a, b, c, cost)
+    elseif alg == 'fixed' then r, write = fixed(key, a, b, cost)
+    elseif alg == 'log' then r, write = log(key, a, b, cost, member)
+    elseif alg == 'counter' then r, write = counter(key, a, b, cost)
+    elseif alg == 'conc' then r, write = conc(key, a, b, cost, member)
+    else return redis.error_reply('tollgate: unknown algorithm ' .. tostring(alg)) end
+    if left > 0 then mark = 1 end
+  end
+  if bkey and r[1] == 0 and mark == 0 and not peek then
+    local length
+    length, offences = strike(bkey, tonumber(ARGV[base + 9]), tonumber(ARGV[base + 10]),
+      tonumber(ARGV[base + 11]), tonumber(ARGV[base + 12]), tonumber(ARGV[base + 13]))
+    if length > 0 then
+      mark, left = 2, length
+      if ban_enforced then
+        r[2], r[4] = 0, length
+        if length > r[3] then r[3] = length end
+      end
+    end
+  end
   if r[1] == 0 and enforced then denied = true end
   if r[1] == 1 then writes[#writes + 1] = write end
   for _, v in ipairs(r) do out[#out + 1] = v end
+  out[#out + 1] = mark
+  out[#out + 1] = left
+  out[#out + 1] = offences
 end
-if not denied then
+if not denied and not peek then
   for _, write in ipairs(writes) do write() end
 end
 out[#out + 1] = now

@@ -24,13 +24,13 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script};
-use ring::digest;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use crate::identity::{ClientKey, KeyValue};
+use crate::identity::{ClientKey, KeyDigest};
 use crate::limit::{
-    Check, Decision, Decisions, Limiter, Nanos, Permit, Store, StoreError, MAX_CHECKS,
+    BanMark, BanPolicy, Check, Decision, Decisions, Limiter, Nanos, Permit, Store, StoreError,
+    MAX_CHECKS,
 };
 
 const DECIDE: &str = concat!(include_str!("clock.lua"), include_str!("decide.lua"));
@@ -117,7 +117,12 @@ struct ScriptCheck {
     enforced: bool,
     quota: u64,
     holds_permits: bool,
+    /// The penalty box: its key and policy.
+    ban: Option<(String, BanPolicy)>,
 }
+
+/// Integers per check in `decide.lua`'s reply.
+const REPLY_PER_CHECK: usize = 8;
 
 /// A request's decision, planned: its checks, their slots, its id.
 struct ScriptCall {
@@ -189,8 +194,10 @@ impl RedisStore {
 
     fn script_check(&self, c: &Check<'_>) -> ScriptCheck {
         let (algorithm, a, b, p) = script_params(&c.limiter, self.inner.settings.lease);
+        let key = self.state_key(&c.key, c.limit.0);
         ScriptCheck {
-            key: self.state_key(&c.key, c.limit.0),
+            ban: c.ban.map(|policy| (ban_key(&key), policy)),
+            key,
             algorithm,
             params: [a, b, p],
             cost: c.cost,
@@ -236,10 +243,15 @@ impl RedisStore {
             };
             let mut group_denied = false;
             for (k, &i) in group.members.iter().enumerate() {
-                let Some(decision) = decode(reply, k, plan.checks[i].quota) else {
+                let Some((decision, ban_left, _)) = decode_with_ban(reply, k, plan.checks[i].quota)
+                else {
                     failure = Some(bad_reply());
                     continue;
                 };
+                if decision.ban == BanMark::Started {
+                    let decided_at = reply.last().copied().unwrap_or_default();
+                    self.index_ban(&plan.checks[i], decided_at, ban_left);
+                }
                 group_denied |= plan.checks[i].enforced && !decision.allowed;
                 decisions[i] = decision;
             }
@@ -280,7 +292,7 @@ impl RedisStore {
                 .members
                 .iter()
                 .enumerate()
-                .filter(|(k, _)| reply.get(k * 5) == Some(&1))
+                .filter(|(k, _)| reply.get(k * REPLY_PER_CHECK) == Some(&1))
                 .map(|(_, &i)| i)
                 .collect();
             let decided_at = reply.last().copied().unwrap_or_default().to_string();
@@ -304,19 +316,152 @@ impl RedisStore {
         members: &[usize],
         now: &str,
     ) -> Result<T, RedisError> {
-        let mut call = script.prepare_invoke();
-        call.arg(now).arg(members.len());
-        for &i in members {
-            let check = &plan.checks[i];
-            call.key(&check.key)
-                .arg(check.algorithm)
-                .arg(&check.params[..])
-                .arg(check.cost)
-                .arg(u8::from(check.enforced))
-                .arg(&plan.id);
-        }
+        let call = script_call(script, plan, members, now, false);
         let mut connection = self.connection().await?;
         call.invoke_async::<T>(&mut connection).await
+    }
+
+    /// Lists a ban that just started in its limit's index (`bans_key`), so
+    /// that any gateway can list the bans running: in the background, since
+    /// the request's answer does not wait for it. Scored by when it ends, in
+    /// microseconds on Redis's clock.
+    fn index_ban(&self, check: &ScriptCheck, decided_at: i64, left: Nanos) {
+        let (Some((ban_key, policy)), Ok(runtime)) =
+            (&check.ban, tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let Some(index) = self.bans_key_of_state(&check.key) else {
+            return;
+        };
+        let store = self.clone();
+        let ban_key = ban_key.clone();
+        let ends = decided_at.saturating_add(micros(left) as i64);
+        let keep = micros(policy.max) / 1000 + 1;
+        runtime.spawn(async move {
+            let mut pipe = redis::pipe();
+            pipe.zadd(&index, &ban_key, ends)
+                .ignore()
+                .pexpire(&index, keep as i64)
+                .ignore();
+            let Ok(mut connection) = store.connection().await else {
+                return;
+            };
+            if let Err(e) = pipe.query_async::<()>(&mut connection).await {
+                tracing::debug!("listing a ban in Redis failed: {e}");
+            }
+        });
+    }
+
+    /// `<prefix>:bans:<limit id>`: the index of a limit's bans, named from
+    /// one of the limit's state keys.
+    fn bans_key_of_state(&self, state_key: &str) -> Option<String> {
+        let limit = state_key.rsplit(':').next()?;
+        Some(format!("{}:bans:{limit}", self.inner.settings.prefix))
+    }
+
+    /// The state of the key named by `digest` under a limit, without
+    /// spending: what a request of cost 0 would be told, and its ban.
+    pub(crate) async fn peek(
+        &self,
+        limit: u64,
+        limiter: &Limiter,
+        ban: Option<BanPolicy>,
+        digest: &KeyDigest,
+    ) -> Result<(Decision, Nanos, u32), RedisError> {
+        let (algorithm, a, b, p) = script_params(limiter, self.inner.settings.lease);
+        let key = self.state_key_of(digest, limit);
+        let mut checks = ArrayVec::new();
+        checks.push(ScriptCheck {
+            ban: ban.map(|policy| (ban_key(&key), policy)),
+            key,
+            algorithm,
+            params: [a, b, p],
+            cost: 0,
+            enforced: true,
+            quota: limiter.quota(),
+            holds_permits: false,
+        });
+        let plan = ScriptCall {
+            groups: self.groups(&checks),
+            checks,
+            id: "peek".into(),
+            now: String::new(),
+        };
+        let call = script_call(&self.inner.decide, &plan, &[0], "", true);
+        let mut connection = self.connection().await?;
+        let reply: Vec<i64> = call.invoke_async(&mut connection).await?;
+        decode_with_ban(&reply, 0, limiter.quota()).ok_or_else(bad_reply)
+    }
+
+    /// Forgets the state and the ban of the key named by `digest` under a
+    /// limit. Returns whether a ban was running.
+    pub(crate) async fn forget(&self, limit: u64, digest: &KeyDigest) -> Result<bool, RedisError> {
+        let key = self.state_key_of(digest, limit);
+        let ban = ban_key(&key);
+        let index = self.bans_key_of_state(&key).ok_or_else(bad_reply)?;
+        let mut connection = self.connection().await?;
+        // Read first: the record says whether a ban was running.
+        let until: Option<i64> = redis::cmd("HGET")
+            .arg(&ban)
+            .arg("until")
+            .query_async(&mut connection)
+            .await?;
+        let now = redis_now_micros(&mut connection).await?;
+        redis::cmd("DEL")
+            .arg(&key)
+            .arg(&ban)
+            .query_async::<()>(&mut connection)
+            .await?;
+        redis::cmd("ZREM")
+            .arg(&index)
+            .arg(&ban)
+            .query_async::<()>(&mut connection)
+            .await?;
+        Ok(until.is_some_and(|u| u > now))
+    }
+
+    /// The bans of a limit running now, from its index: at most `most`,
+    /// those ending last first.
+    pub(crate) async fn active_bans(
+        &self,
+        limit: u64,
+        most: usize,
+    ) -> Result<Vec<SharedBan>, RedisError> {
+        let index = format!("{}:bans:{}", self.inner.settings.prefix, hex_of(limit));
+        let mut connection = self.connection().await?;
+        let now = redis_now_micros(&mut connection).await?;
+        redis::cmd("ZREMRANGEBYSCORE")
+            .arg(&index)
+            .arg("-inf")
+            .arg(now)
+            .query_async::<()>(&mut connection)
+            .await?;
+        let listed: Vec<(String, i64)> = redis::cmd("ZRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(most.saturating_sub(1))
+            .arg("REV")
+            .arg("WITHSCORES")
+            .query_async(&mut connection)
+            .await?;
+        let mut bans = Vec::with_capacity(listed.len());
+        for (ban_key, ends) in listed {
+            let Some(digest) = digest_in_key(&ban_key) else {
+                continue;
+            };
+            let offences: Option<u32> = redis::cmd("HGET")
+                .arg(&ban_key)
+                .arg("offences")
+                .query_async(&mut connection)
+                .await?;
+            bans.push(SharedBan {
+                digest,
+                left: (ends.saturating_sub(now).max(0) as u64).saturating_mul(1000),
+                offences: offences.unwrap_or(1),
+            });
+        }
+        Ok(bans)
     }
 
     /// Pushes the expiry of held leases to now + lease.
@@ -444,30 +589,16 @@ impl RedisStore {
     /// client data (which may hold secrets such as API keys) out of Redis and
     /// bounds the key length.
     fn state_key(&self, key: &ClientKey<'_>, limit: u64) -> String {
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        for value in key.values() {
-            match value {
-                KeyValue::Ip(ip) => {
-                    ctx.update(b"i");
-                    match ip {
-                        std::net::IpAddr::V4(v4) => ctx.update(&v4.octets()),
-                        std::net::IpAddr::V6(v6) => ctx.update(&v6.octets()),
-                    }
-                }
-                KeyValue::Text(text) => {
-                    ctx.update(b"t");
-                    ctx.update(&(text.len() as u64).to_be_bytes());
-                    ctx.update(text);
-                }
-                KeyValue::Global => ctx.update(b"g"),
-            }
-        }
-        let digest = ctx.finish();
+        self.state_key_of(&key.digest(), limit)
+    }
+
+    /// The state key of the client key whose digest is `digest`.
+    fn state_key_of(&self, digest: &KeyDigest, limit: u64) -> String {
         let prefix = &self.inner.settings.prefix;
         let mut out = String::with_capacity(prefix.len() + 54);
         out.push_str(prefix);
         out.push_str(":{");
-        push_hex(&mut out, &digest.as_ref()[..16]);
+        push_hex(&mut out, &digest.0);
         out.push_str("}:");
         push_hex(&mut out, &limit.to_be_bytes());
         out
@@ -648,18 +779,105 @@ fn micros(nanos: Nanos) -> u64 {
     nanos.div_ceil(1000).max(1)
 }
 
-/// The `k`th decision of a script reply.
-fn decode(reply: &[i64], k: usize, quota: u64) -> Option<Decision> {
-    let v = reply.get(k * 5..k * 5 + 5)?;
+/// A call of `script` over the checks `members` of `plan`; `peek` decides
+/// without writing (ARGV[2] negative).
+fn script_call<'a>(
+    script: &'a Script,
+    plan: &ScriptCall,
+    members: &[usize],
+    now: &str,
+    peek: bool,
+) -> redis::ScriptInvocation<'a> {
+    let mut call = script.prepare_invoke();
+    let n = members.len() as i64;
+    call.arg(now).arg(if peek { -n } else { n });
+    let mut next_ban_key = members.len();
+    for &i in members {
+        let check = &plan.checks[i];
+        call.key(&check.key)
+            .arg(check.algorithm)
+            .arg(&check.params[..])
+            .arg(check.cost)
+            .arg(u8::from(check.enforced))
+            .arg(&plan.id);
+        match &check.ban {
+            Some((ban_key, policy)) => {
+                next_ban_key += 1;
+                call.key(ban_key)
+                    .arg(next_ban_key)
+                    .arg(policy.after)
+                    .arg(micros(policy.within))
+                    .arg(micros(policy.duration))
+                    .arg(policy.escalate)
+                    .arg(micros(policy.max))
+                    .arg(u8::from(policy.enforced));
+            }
+            None => {
+                call.arg(&[0u8; 7][..]);
+            }
+        }
+    }
+    call
+}
+
+/// The `k`th decision of a script reply, with the key's ban record as far as
+/// the script saw it (time left, offences).
+fn decode_with_ban(reply: &[i64], k: usize, quota: u64) -> Option<(Decision, Nanos, u32)> {
+    let v = reply.get(k * REPLY_PER_CHECK..(k + 1) * REPLY_PER_CHECK)?;
     let nanos = |us: i64| (us.max(0) as u64).saturating_mul(1000);
-    Some(Decision {
+    let decision = Decision {
         allowed: v[0] == 1,
         limit: quota,
         remaining: v[1].max(0) as u64,
         reset_after: nanos(v[2]),
         retry_after: if v[3] < 0 { Nanos::MAX } else { nanos(v[3]) },
         delay: nanos(v[4]),
-    })
+        ban: match v[5] {
+            1 => BanMark::Banned,
+            2 => BanMark::Started,
+            _ => BanMark::None,
+        },
+    };
+    Some((
+        decision,
+        nanos(v[6]),
+        v[7].clamp(0, i64::from(u32::MAX)) as u32,
+    ))
+}
+
+/// A ban running in Redis, as a limit's index lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedBan {
+    pub(crate) digest: KeyDigest,
+    pub(crate) left: Nanos,
+    pub(crate) offences: u32,
+}
+
+/// Redis's clock in microseconds.
+async fn redis_now_micros(connection: &mut AnyConnection) -> Result<i64, RedisError> {
+    let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(connection).await?;
+    Ok(seconds.saturating_mul(1_000_000).saturating_add(micros))
+}
+
+/// The client key digest in a state or ban key's hash tag.
+fn digest_in_key(key: &str) -> Option<KeyDigest> {
+    let open = key.find('{')?;
+    let close = open + key[open..].find('}')?;
+    KeyDigest::parse(&key[open + 1..close])
+}
+
+fn hex_of(limit: u64) -> String {
+    let mut out = String::with_capacity(16);
+    push_hex(&mut out, &limit.to_be_bytes());
+    out
+}
+
+/// The key of a state key's ban record: the same hash tag, so the same slot.
+fn ban_key(state_key: &str) -> String {
+    let mut key = String::with_capacity(state_key.len() + 4);
+    key.push_str(state_key);
+    key.push_str(":ban");
+    key
 }
 
 fn bad_reply() -> RedisError {
@@ -688,7 +906,7 @@ fn hash_slot(key: &str) -> u16 {
 fn instance_id() -> String {
     let mut bytes = [0u8; 8];
     if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        let mut ctx = digest::Context::new(&digest::SHA256);
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         ctx.update(&std::process::id().to_be_bytes());
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -11,7 +11,7 @@ local n = tonumber(ARGV[2])
 local function sat(a) if a < 0 then return 0 end return a end
 
 for i = 1, n do
-  local base = 2 + (i - 1) * 7
+  local base = 2 + (i - 1) * 14
   local alg = ARGV[base + 1]
   local a, b = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
   local cost, member = tonumber(ARGV[base + 5]), ARGV[base + 7]
