@@ -247,8 +247,11 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
             };
             let decided: ArrayVec<(usize, Decision), MAX_CHECKS> =
                 indices.into_iter().zip(decisions).collect();
-            for (i, d) in &decided {
-                limits_of_request[*i].record(d);
+            let now = limits.now();
+            for ((i, d), check) in decided.iter().zip(&checks) {
+                let limit = &limits_of_request[*i];
+                limit.record(d);
+                limit.top.record(&check.key, !d.allowed, now);
             }
             let judgement = pipeline::judge(limits_of_request, &decided, shadow_refusal);
             if let (true, Some((i, decision))) = (judgement.denied(), judgement.headline) {

@@ -324,6 +324,33 @@ impl ClientKey<'_> {
     }
 }
 
+impl ClientKey<'static> {
+    /// The key of a one-part `spec` from how `Display` shows it (an IP, a
+    /// quoted text, `*`), or from the bare text: how the admin names a key.
+    /// A key of several parts is named by its digest instead.
+    pub fn from_shown(spec: &KeySpec, shown: &str) -> Option<Self> {
+        let [part] = spec.0.as_slice() else {
+            return None;
+        };
+        let value = match part {
+            KeyPart::Ip => KeyValue::Ip(shown.parse().ok()?),
+            KeyPart::Global if shown == "*" => KeyValue::Global,
+            KeyPart::Global => return None,
+            _ => {
+                let quoted = shown
+                    .strip_prefix('"')
+                    .and_then(|s| s.strip_suffix('"'))
+                    .filter(|inner| !inner.contains('\\'));
+                let text = quoted.unwrap_or(shown);
+                KeyValue::Text(Cow::Owned(text.as_bytes().to_vec()))
+            }
+        };
+        Some(ClientKey {
+            parts: [Some(value), None, None, None],
+        })
+    }
+}
+
 impl fmt::Display for ClientKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, value) in self.values().enumerate() {

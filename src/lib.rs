@@ -37,4 +37,5 @@ pub mod server;
 pub mod snapshot;
 pub(crate) mod state;
 pub(crate) mod tls;
+pub(crate) mod top;
 pub mod websocket;

@@ -228,6 +228,17 @@ impl RuleMetrics {
         counters[outcome as usize].inc();
     }
 
+    /// Requests so far by outcome (over every plan), for the dashboard.
+    pub(crate) fn totals(&self) -> [(Outcome, u64); Outcome::ALL.len()] {
+        Outcome::ALL.map(|outcome| {
+            let plans = self.by_plan.iter().map(|p| p[outcome as usize].get());
+            (
+                outcome,
+                self.by_outcome[outcome as usize].get() + plans.sum::<u64>(),
+            )
+        })
+    }
+
     pub(crate) fn observe_request(&self, took: Duration) {
         self.request_duration.observe(took.as_secs_f64());
     }

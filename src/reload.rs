@@ -169,6 +169,7 @@ fn apply(shared: &Arc<Shared>, mut new: Snapshot) -> ReloadSummary {
     new.source.generation = old.source.generation + 1;
     new.source.loaded_at = SystemTime::now();
     new.bind_metrics(&shared.metrics);
+    new.carry_top_keys(Some(&old));
     let summary = summarize(&old, &new, &shared.startup);
     let removed: Vec<LimitId> = {
         let live: HashSet<LimitId> = limit_ids(&new).into_values().collect();

@@ -27,6 +27,7 @@ use crate::policy::{
 use crate::route::{PathPattern, RouteConditions, RouteTable};
 use crate::schema::{ConfigSource, Problem};
 use crate::tls::CertPair;
+use crate::top::TopKeys;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::Backend;
 
@@ -122,6 +123,8 @@ pub struct ServerSettings {
     pub(crate) handshake_timeout: Duration,
     /// `/readyz` answers 503 while an upstream has no healthy server.
     pub(crate) ready_needs_upstreams: bool,
+    /// The admin endpoints show limit keys as counted, not as digests.
+    pub(crate) admin_show_keys: bool,
 }
 
 /// A listener that terminates TLS. Its address, versions, ALPN and
@@ -185,6 +188,9 @@ pub struct RuleLimit {
     /// for a concurrency limit, which the fields cannot describe.
     pub(crate) policy_header: Option<HeaderValue>,
     pub(crate) metrics: LimitMetrics,
+    /// Its heaviest keys; carried across reloads by rule and limit name
+    /// (`Snapshot::carry_top_keys`).
+    pub(crate) top: Arc<TopKeys>,
 }
 
 impl Rule {
@@ -550,6 +556,24 @@ impl Snapshot {
             let from_plans = rule.plan_limits.iter_mut().flatten().flatten();
             for limit in rule.limits.iter_mut().chain(from_plans).chain(messages) {
                 limit.metrics = metrics.limit(&rule.name, &limit.name);
+            }
+        }
+    }
+
+    /// Hands each limit the top keys its namesake in `old` counted, so a
+    /// reload does not blank who is being limited; new limits start afresh.
+    pub(crate) fn carry_top_keys(&mut self, old: Option<&Snapshot>) {
+        for rule in &mut self.rules {
+            let before = old.and_then(|o| o.rules.iter().find(|r| r.name == rule.name));
+            let messages = rule.websocket.messages.as_mut().map(|m| &mut m.limit);
+            let from_plans = rule.plan_limits.iter_mut().flatten().flatten();
+            for limit in rule.limits.iter_mut().chain(from_plans).chain(messages) {
+                if let Some(kept) = before
+                    .and_then(|r| r.all_limits().find(|l| l.name == limit.name))
+                    .map(|l| l.top.clone())
+                {
+                    limit.top = kept;
+                }
             }
         }
     }

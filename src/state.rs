@@ -244,6 +244,8 @@ pub(crate) struct Reloader {
 #[derive(Debug, Default)]
 pub(crate) struct ReloaderState {
     pub(crate) last: Option<LastReload>,
+    /// The last `HISTORY` reloads, newest last, for the dashboard.
+    pub(crate) history: std::collections::VecDeque<LastReload>,
     /// Hash of the last failure (the text and its problems), so that
     /// directory noise does not re-report an unchanged broken file.
     pub(crate) failed_sha256: Option<String>,
@@ -253,6 +255,9 @@ pub(crate) struct ReloaderState {
     pub(crate) last_summary: Option<(String, ReloadSummary)>,
     pub(crate) watching: bool,
 }
+
+/// Reloads remembered for the dashboard.
+const HISTORY: usize = 20;
 
 impl Reloader {
     pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, ReloaderState> {
@@ -283,13 +288,24 @@ impl Reloader {
         problems: Vec<Problem>,
         restart: Vec<String>,
     ) {
-        self.state().last = Some(LastReload {
+        let reload = LastReload {
             at: rfc3339(SystemTime::now()),
             trigger,
             result,
             problems,
             restart_required: restart,
-        });
+        };
+        let mut state = self.state();
+        if state.history.len() == HISTORY {
+            state.history.pop_front();
+        }
+        state.history.push_back(reload.clone());
+        state.last = Some(reload);
+    }
+
+    /// The last reloads, oldest first.
+    pub(crate) fn history(&self) -> Vec<LastReload> {
+        self.state().history.iter().cloned().collect()
     }
 }
 

@@ -44,6 +44,7 @@ use crate::snapshot::{
     CompiledPart, Cost, DenyResponse, MessageLimit, RedisBackend, Rule, RuleLimit, ServerSettings,
     Snapshot, StoreSettings, Upstream, WebSocketPolicy,
 };
+use crate::top::TopKeys;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -364,6 +365,7 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
         listen: s.listen.clone(),
         admin: s.admin.clone(),
         admin_token: s.admin_token.clone().filter(|t| !t.is_empty()),
+        admin_show_keys: s.admin_show_keys,
         watch: s.watch,
         threads,
         work_stealing: s.work_stealing,
@@ -1817,6 +1819,7 @@ fn compile_limit(
         ban,
         policy_header: rate.map(|r| policy_header(&name, &limiter, r, quota)),
         metrics: LimitMetrics::unbound(),
+        top: Arc::new(TopKeys::new(0)),
         name,
         key,
         missing: l.missing.unwrap_or(MissingPolicy::Deny),

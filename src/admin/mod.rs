@@ -17,6 +17,11 @@ use crate::snapshot::Snapshot;
 use crate::state::Shared;
 use crate::state::{rfc3339, Trigger};
 
+mod limits;
+
+/// An admin answer, whole.
+type Reply = Response<Vec<u8>>;
+
 pub(crate) struct AdminApp {
     shared: Arc<Shared>,
 }
@@ -34,6 +39,7 @@ impl AdminApp {
         &self,
         method: &Method,
         path: &str,
+        query: Option<&str>,
         headers: &HeaderMap,
     ) -> Response<Vec<u8>> {
         // Probes stay open so orchestrators need no secret; the rest may not.
@@ -66,22 +72,18 @@ impl AdminApp {
             (&Method::POST, "/-/reload") => self.reload().await,
             (&Method::GET, "/-/config") => json(StatusCode::OK, self.config()),
             (_, "/healthz" | "/readyz" | "/metrics" | "/-/config" | "/-/reload") => {
-                let allow = if path == "/-/reload" { "POST" } else { "GET" };
-                let mut r = json(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    json!({ "error": "method_not_allowed", "message": format!("use {allow}") }),
-                );
-                r.headers_mut()
-                    .insert(header::ALLOW, header::HeaderValue::from_static(allow));
-                r
+                method_not_allowed(if path == "/-/reload" { "POST" } else { "GET" })
             }
-            _ => json(
-                StatusCode::NOT_FOUND,
-                json!({
-                    "error": "not_found",
-                    "message": "admin endpoints: GET /healthz, GET /readyz, GET /metrics, GET /-/config, POST /-/reload",
-                }),
-            ),
+            _ => match limits::handle(&self.shared, method, path, query).await {
+                Some(reply) => reply,
+                None => json(
+                    StatusCode::NOT_FOUND,
+                    json!({
+                        "error": "not_found",
+                        "message": "admin endpoints: GET / (dashboard), GET /healthz, GET /readyz, GET /metrics, GET /-/config, POST /-/reload, GET /-/limits, GET /-/bans, GET /-/stats, GET /-/events",
+                    }),
+                ),
+            },
         }
     }
 
@@ -250,6 +252,16 @@ fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Res
     response
 }
 
+fn method_not_allowed(allow: &'static str) -> Reply {
+    let mut r = json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        json!({ "error": "method_not_allowed", "message": format!("use {allow}") }),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    r
+}
+
 fn json(status: StatusCode, body: Value) -> Response<Vec<u8>> {
     respond(status, "application/json", body.to_string().into_bytes())
 }
@@ -258,7 +270,8 @@ fn json(status: StatusCode, body: Value) -> Response<Vec<u8>> {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        self.handle(&req.method, req.uri.path(), &req.headers).await
+        self.handle(&req.method, req.uri.path(), req.uri.query(), &req.headers)
+            .await
     }
 }
 
