@@ -16,7 +16,7 @@ use pingora::services::listening::Service;
 use pingora::services::ServiceWithDependents;
 use tokio::sync::Notify;
 
-use crate::admin::AdminApp;
+use crate::admin::{self, AdminApp};
 use crate::config::{ConfigError, Loader};
 use crate::metrics::Metrics;
 use crate::proxy::connection::Front;
@@ -277,8 +277,15 @@ impl BackgroundService for Sweeper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         let mut settle = tokio::time::interval(SETTLE_INTERVAL);
+        let mut share = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
+                // Other gateways on the same Redis merge this one's top
+                // keys; a hung Redis must not hold up the sweeping.
+                _ = share.tick() => {
+                    let sharing = admin::share_top_keys(&self.shared);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sharing).await;
+                }
                 _ = tick.tick() => {
                     let removed = self.shared.limits.memory.sweep(self.shared.clock.now());
                     tracing::debug!(removed, "swept expired limiter state");

@@ -30,7 +30,7 @@ use crate::identity::ClientKey;
 type Nanos = u64;
 
 /// Shards per sketch: a request locks one.
-const SHARDS: usize = 8;
+pub const SHARDS: usize = 8;
 /// Keys tracked per shard, kind and half-window.
 pub const PER_SHARD: usize = 64;
 /// The window the counts cover.

@@ -22,7 +22,7 @@ use crate::identity::{ClientKey, KeyDigest};
 use crate::limit::{KeyRef, LimitRef, Nanos, RunningBan};
 use crate::snapshot::{Rule, RuleLimit, Snapshot};
 use crate::state::{rfc3339, Shared};
-use crate::top::{By, Ranked, PER_SHARD, WINDOW};
+use crate::top::{By, PER_SHARD, SHARDS, WINDOW};
 
 /// The most keys a top list or a ban list returns.
 const MOST: usize = 1_000;
@@ -72,7 +72,7 @@ pub(super) async fn handle(
         _ => return Some(not_found()),
     };
     Some(match (method, &segments[2..]) {
-        (&Method::GET, [top]) if top == "top" => top_keys(shared, &rt, rule, limit, query),
+        (&Method::GET, [top]) if top == "top" => top_keys(shared, &rt, rule, limit, query).await,
         (_, [top]) if top == "top" => not_allowed("GET"),
         (&Method::GET, [keys, key]) if keys == "keys" => {
             key_state(shared, &rt, rule, limit, key).await
@@ -134,7 +134,7 @@ async fn overview(shared: &Shared, rt: &Snapshot) -> Value {
     })
 }
 
-fn top_keys(
+async fn top_keys(
     shared: &Shared,
     rt: &Snapshot,
     rule: &Rule,
@@ -161,12 +161,52 @@ fn top_keys(
     }
     let now = shared.limits.now();
     let totals = limit.top.totals(now);
-    let keys: Vec<Value> = limit
+    let local = if shared.limits.shared() { MOST } else { n };
+    let mut merged: Vec<Merged> = limit
         .top
-        .top(by, n, now)
-        .iter()
-        .map(|r| ranked(rt, r))
+        .top(by, local, now)
+        .into_iter()
+        .map(|r| Merged {
+            digest: r.key.digest(),
+            key: Some(r.key),
+            requests: r.requests,
+            refusals: r.refusals,
+            error: r.error,
+        })
         .collect();
+    // Other gateways on the same Redis: their counts add up by digest.
+    let others = match shared.limits.others_top(limit.id).await {
+        Ok(others) => others,
+        Err(e) => {
+            tracing::debug!("reading other gateways' top keys failed: {e}");
+            Vec::new()
+        }
+    };
+    for published in &others {
+        for &(digest, requests, refusals) in published {
+            match merged.iter_mut().find(|m| m.digest == digest) {
+                Some(m) => {
+                    m.requests += requests;
+                    m.refusals += refusals;
+                }
+                None => merged.push(Merged {
+                    digest,
+                    key: limit.top.find(|k| k.digest() == digest),
+                    requests,
+                    refusals,
+                    error: 0,
+                }),
+            }
+        }
+    }
+    merged.sort_by_key(|m| {
+        std::cmp::Reverse(match by {
+            By::Refusals => m.refusals,
+            By::Requests => m.requests,
+        })
+    });
+    merged.truncate(n);
+    let keys: Vec<Value> = merged.iter().map(|m| m.shown(rt)).collect();
     reply(
         StatusCode::OK,
         json!({
@@ -174,27 +214,68 @@ fn top_keys(
             "limit": limit.name,
             "by": match by { By::Refusals => "refusals", By::Requests => "requests" },
             "window_seconds": seconds(WINDOW),
+            "gateways": 1 + others.len(),
             "requests": totals.requests,
             "refusals": totals.refusals,
             // Space-saving: a count is over by at most its shard's total
-            // over the shard's capacity; this is the bound over all shards.
-            "error_bound": totals.requests.div_ceil(PER_SHARD as u64 * 8),
+            // over the shard's capacity; about this over all shards.
+            "error_bound": totals.requests.div_ceil((PER_SHARD * SHARDS) as u64),
             "keys": keys,
         }),
     )
 }
 
-fn ranked(rt: &Snapshot, r: &Ranked) -> Value {
-    let mut entry = json!({
-        "digest": r.key.digest().to_string(),
-        "requests": r.requests,
-        "refusals": r.refusals,
-        "error": r.error,
-    });
-    if rt.server.admin_show_keys {
-        entry["key"] = r.key.to_string().into();
+/// A key's counts over every gateway that published them.
+struct Merged {
+    digest: KeyDigest,
+    key: Option<ClientKey<'static>>,
+    requests: u64,
+    refusals: u64,
+    error: u64,
+}
+
+impl Merged {
+    fn shown(&self, rt: &Snapshot) -> Value {
+        let mut entry = json!({
+            "digest": self.digest.to_string(),
+            "requests": self.requests,
+            "refusals": self.refusals,
+            "error": self.error,
+        });
+        if rt.server.admin_show_keys {
+            entry["key"] = self.key.as_ref().map(|k| k.to_string()).into();
+        }
+        entry
     }
-    entry
+}
+
+/// How many keys of each ranking a gateway publishes for the others.
+const PUBLISHED: usize = 100;
+
+/// Publishes this gateway's top keys of every limit to Redis, where the
+/// other gateways' `top` endpoints merge them (run every second by the
+/// server's sweeper; nothing to do for the memory store).
+pub(crate) async fn share_top_keys(shared: &Shared) {
+    if !shared.limits.shared() {
+        return;
+    }
+    let rt = shared.snapshot.load();
+    let now = shared.limits.now();
+    for limit in rt.rules.iter().flat_map(|r| r.all_limits()) {
+        let mut entries: Vec<(KeyDigest, u64, u64)> = Vec::new();
+        for by in [By::Refusals, By::Requests] {
+            for r in limit.top.top(by, PUBLISHED, now) {
+                let digest = r.key.digest();
+                if !entries.iter().any(|(d, _, _)| *d == digest) {
+                    entries.push((digest, r.requests, r.refusals));
+                }
+            }
+        }
+        if let Err(e) = shared.limits.share_top(limit.id, &entries).await {
+            tracing::debug!("publishing top keys failed: {e}");
+            return;
+        }
+    }
 }
 
 /// The key the admin named: by digest (known from the top keys or the bans

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{header, HeaderMap, Method, Response, StatusCode};
-use pingora::apps::http_app::ServeHttp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use serde_json::{json, Value};
 
 use crate::limit::store::redis::redact_url;
@@ -18,6 +19,8 @@ use crate::state::Shared;
 use crate::state::{rfc3339, Trigger};
 
 mod limits;
+pub(crate) use limits::share_top_keys;
+mod live;
 
 /// An admin answer, whole.
 type Reply = Response<Vec<u8>>;
@@ -42,8 +45,10 @@ impl AdminApp {
         query: Option<&str>,
         headers: &HeaderMap,
     ) -> Response<Vec<u8>> {
-        // Probes stay open so orchestrators need no secret; the rest may not.
-        let open = matches!(path, "/healthz" | "/readyz");
+        // Probes stay open so orchestrators need no secret, and so does the
+        // dashboard page (it holds no data; it asks for the token); the rest
+        // may not.
+        let open = matches!(path, "/healthz" | "/readyz" | "/");
         if !open && !self.authorized(headers) {
             let mut r = json(
                 StatusCode::UNAUTHORIZED,
@@ -57,6 +62,8 @@ impl AdminApp {
         }
         match (method, path) {
             (&Method::GET, "/healthz") => json(StatusCode::OK, json!({ "status": "ok" })),
+            (&Method::GET, "/") => live::dashboard(),
+            (&Method::GET, "/-/stats") => json(StatusCode::OK, live::stats(&self.shared).await),
             (&Method::GET, "/readyz") => self.ready().await,
             (&Method::GET, "/metrics") => {
                 self.shared
@@ -71,9 +78,11 @@ impl AdminApp {
             }
             (&Method::POST, "/-/reload") => self.reload().await,
             (&Method::GET, "/-/config") => json(StatusCode::OK, self.config()),
-            (_, "/healthz" | "/readyz" | "/metrics" | "/-/config" | "/-/reload") => {
-                method_not_allowed(if path == "/-/reload" { "POST" } else { "GET" })
-            }
+            (
+                _,
+                "/" | "/healthz" | "/readyz" | "/metrics" | "/-/config" | "/-/reload" | "/-/stats"
+                | "/-/events",
+            ) => method_not_allowed(if path == "/-/reload" { "POST" } else { "GET" }),
             _ => match limits::handle(&self.shared, method, path, query).await {
                 Some(reply) => reply,
                 None => json(
@@ -266,12 +275,53 @@ fn json(status: StatusCode, body: Value) -> Response<Vec<u8>> {
     respond(status, "application/json", body.to_string().into_bytes())
 }
 
+/// Pingora's `ServeHttp` answers with a whole body; the event stream needs
+/// to write as it goes, so the admin app serves HTTP itself: read the head,
+/// stream `/-/events`, answer everything else whole.
 #[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+impl HttpServerApp for AdminApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!("admin: cannot read a request: {e}");
+                return None;
+            }
+        }
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         let req = session.req_header();
-        self.handle(&req.method, req.uri.path(), req.uri.query(), &req.headers)
-            .await
+        let (method, uri, headers) = (req.method.clone(), req.uri.clone(), req.headers.clone());
+        if method == Method::GET && uri.path() == "/-/events" && self.authorized(&headers) {
+            live::stream(&self.shared, &mut session, shutdown).await;
+            return None;
+        }
+        let answer = self
+            .handle(&method, uri.path(), uri.query(), &headers)
+            .await;
+        let (parts, body) = answer.into_parts();
+        let header: pingora::http::ResponseHeader = parts.into();
+        if let Err(e) = session.write_response_header(Box::new(header)).await {
+            tracing::debug!("admin: cannot write a response: {e}");
+            return None;
+        }
+        if !body.is_empty()
+            && session
+                .write_response_body(body.into(), true)
+                .await
+                .is_err()
+        {
+            return None;
+        }
+        let persistent = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(stream) => stream.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),
+            Err(_) => None,
+        }
     }
 }
 

@@ -158,6 +158,10 @@ impl Limits {
     }
 }
 
+/// How long a gateway's published top keys count for the others: a few of
+/// its publishing intervals, so a gateway that stops drops out soon.
+const TOP_FRESH: Duration = Duration::from_secs(5);
+
 /// One key's state under one limit, as the admin shows it.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyState {
@@ -250,6 +254,42 @@ impl Limits {
                 Ok(Some(local || shared))
             }
         }
+    }
+
+    /// Publishes this gateway's top keys of a limit where other gateways can
+    /// merge them (Redis); nothing to do for the memory store.
+    pub(crate) async fn share_top(
+        &self,
+        limit: LimitId,
+        entries: &[(KeyDigest, u64, u64)],
+    ) -> Result<(), StoreError> {
+        let Front::Redis { redis, .. } = &*self.front else {
+            return Ok(());
+        };
+        redis
+            .publish_top(limit.0, entries, TOP_FRESH)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// The top keys of a limit the other gateways on the same Redis
+    /// published lately; none for the memory store.
+    pub(crate) async fn others_top(
+        &self,
+        limit: LimitId,
+    ) -> Result<Vec<Vec<(KeyDigest, u64, u64)>>, StoreError> {
+        let Front::Redis { redis, .. } = &*self.front else {
+            return Ok(Vec::new());
+        };
+        redis
+            .others_top(limit.0, TOP_FRESH)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Whether the limiter state is shared with other gateways.
+    pub(crate) fn shared(&self) -> bool {
+        matches!(*self.front, Front::Redis { .. })
     }
 
     /// The limit's bans running now: at most `most` from Redis.

@@ -464,6 +464,103 @@ impl RedisStore {
         Ok(bans)
     }
 
+    /// Publishes this gateway's top keys of a limit (digest → requests,
+    /// refusals) for the other gateways to merge: one hash per gateway and
+    /// limit that lapses after `fresh` unless published again, and the
+    /// limit's roll of gateways that published, scored by when.
+    pub(crate) async fn publish_top(
+        &self,
+        limit: u64,
+        entries: &[(KeyDigest, u64, u64)],
+        fresh: Duration,
+    ) -> Result<(), RedisError> {
+        let (roll, mine) = self.top_keys_of(limit, &self.inner.instance);
+        let mut connection = self.connection().await?;
+        let fresh_ms = fresh.as_millis() as u64;
+        redis::cmd("DEL")
+            .arg(&mine)
+            .query_async::<()>(&mut connection)
+            .await?;
+        if !entries.is_empty() {
+            let mut set = redis::cmd("HSET");
+            set.arg(&mine);
+            for (digest, requests, refusals) in entries {
+                set.arg(digest.to_string())
+                    .arg(format!("{requests}:{refusals}"));
+            }
+            set.query_async::<()>(&mut connection).await?;
+            redis::cmd("PEXPIRE")
+                .arg(&mine)
+                .arg(fresh_ms)
+                .query_async::<()>(&mut connection)
+                .await?;
+        }
+        let now = redis_now_micros(&mut connection).await? / 1000;
+        redis::cmd("ZADD")
+            .arg(&roll)
+            .arg(now)
+            .arg(&self.inner.instance)
+            .query_async::<()>(&mut connection)
+            .await?;
+        redis::cmd("PEXPIRE")
+            .arg(&roll)
+            .arg(fresh_ms * 10)
+            .query_async::<()>(&mut connection)
+            .await
+    }
+
+    /// What the other gateways published for a limit within `fresh`: per
+    /// gateway, digest → (requests, refusals).
+    pub(crate) async fn others_top(
+        &self,
+        limit: u64,
+        fresh: Duration,
+    ) -> Result<Vec<Vec<(KeyDigest, u64, u64)>>, RedisError> {
+        let (roll, _) = self.top_keys_of(limit, "");
+        let mut connection = self.connection().await?;
+        let now = redis_now_micros(&mut connection).await? / 1000;
+        let since = now - fresh.as_millis() as i64;
+        let gateways: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&roll)
+            .arg(since)
+            .arg("+inf")
+            .query_async(&mut connection)
+            .await?;
+        let mut published = Vec::new();
+        for gateway in gateways.iter().filter(|g| **g != self.inner.instance) {
+            let (_, theirs) = self.top_keys_of(limit, gateway);
+            let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(&theirs)
+                .query_async(&mut connection)
+                .await?;
+            published.push(
+                fields
+                    .iter()
+                    .filter_map(|(digest, counts)| {
+                        let (requests, refusals) = counts.split_once(':')?;
+                        Some((
+                            KeyDigest::parse(digest)?,
+                            requests.parse().ok()?,
+                            refusals.parse().ok()?,
+                        ))
+                    })
+                    .collect(),
+            );
+        }
+        Ok(published)
+    }
+
+    /// The roll of gateways that publish a limit's top keys, and the hash
+    /// of `gateway`'s.
+    fn top_keys_of(&self, limit: u64, gateway: &str) -> (String, String) {
+        let prefix = &self.inner.settings.prefix;
+        let limit = hex_of(limit);
+        (
+            format!("{prefix}:top:{limit}:gateways"),
+            format!("{prefix}:top:{limit}:{gateway}"),
+        )
+    }
+
     /// Pushes the expiry of held leases to now + lease.
     pub(crate) async fn renew(&self, leases: &[Lease]) -> Result<(), RedisError> {
         self.lease_op("renew", leases).await
