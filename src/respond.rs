@@ -236,7 +236,7 @@ pub(crate) fn limited(
     let mut r = match &rule.deny.body {
         // A ban always says so, whatever the rule's own refusal looks like:
         // the client must learn that waiting for its limit will not do.
-        _ if decision.ban != BanMark::None => {
+        _ if decision.ban != BanMark::None && limit.bans() => {
             let mut body = json!({
                 "error": "banned",
                 "message": "too many refused requests: banned until retry_after has passed",
