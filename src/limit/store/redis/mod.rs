@@ -910,7 +910,8 @@ fn script_call<'a>(
                     .arg(u8::from(policy.enforced));
             }
             None => {
-                call.arg(&[0u8; 7][..]);
+                // Seven numbers (a `u8` slice would be one binary argument).
+                call.arg(&[0u32; 7][..]);
             }
         }
     }

@@ -1,0 +1,235 @@
+//! Who is being limited: the heaviest keys per limit in bounded memory,
+//! merged across gateways on one Redis, behind the admin endpoints.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{client, eventually, get_json, Gateway, Upstream};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+/// `server` adds `server:` settings (lines indented by two spaces).
+fn config(store: &str, server: &str) -> String {
+    format!(
+        "{}{server}{}{}",
+        common::SERVER,
+        common::upstreams("api"),
+        format_args!(
+            "
+{store}
+rules:
+  - name: api
+    match: {{ path: /** }}
+    upstream: api
+    limits:
+      - {{ name: per_client, key: {{ header: x-client }}, rate: 10/minute }}
+"
+        ),
+    )
+}
+
+/// The resident set of this process (the gateway runs in it), in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Sends one request per client id, 64 at a time.
+async fn send_all(gw: &Gateway, ids: impl Iterator<Item = String>) {
+    let c = client();
+    let url = gw.url("/thing");
+    futures_util::stream::iter(ids)
+        .map(|id| {
+            let request = c.get(&url).header("x-client", id);
+            async move {
+                let status = request.send().await.unwrap().status().as_u16();
+                assert!(status == 200 || status == 429, "{status}");
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// An upstream that answers 200 and keeps nothing (the tests' `Upstream`
+/// records every request, which would be the flood's memory, not ours).
+async fn forgetful_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn five_heavy_hitters_in_a_flood_of_100_000_keys_top_the_list_in_bounded_memory() {
+    common::enough_file_descriptors();
+    let upstream = forgetful_upstream().await;
+    let server = "  admin_show_keys: true\n";
+    let store = "store: { backend: memory, memory: { max_keys: 20000 } }";
+    let gw = Gateway::start(&config(store, server), upstream).await;
+    // A first flood fills every bounded table (20,000 states, the sketches)
+    // and the allocator's pools; what the real flood adds after must be
+    // nothing much.
+    send_all(&gw, (0..30_000).map(|n| format!("warm-{n}"))).await;
+    let before = rss_kib();
+
+    // 100,000 one-off keys; every 50th request is one of 5 heavy hitters.
+    let ids = (0..100_000u32).flat_map(|n| {
+        let heavy = (n % 50 == 0).then(|| format!("heavy-{}", n / 50 % 5));
+        std::iter::once(format!("flood-{n}")).chain(heavy)
+    });
+    send_all(&gw, ids).await;
+    let after = rss_kib();
+    eprintln!(
+        "RSS before the flood {before} KiB, after {after} KiB ({:+} KiB)",
+        after as i64 - before as i64
+    );
+
+    let c = client();
+    for by in ["refusals", "requests"] {
+        let top = get_json(
+            &c,
+            &gw.admin_url(&format!("/-/limits/api/per_client/top?n=5&by={by}")),
+        )
+        .await;
+        let mut keys: Vec<&str> = top["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["key"].as_str().unwrap())
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "\"heavy-0\"",
+                "\"heavy-1\"",
+                "\"heavy-2\"",
+                "\"heavy-3\"",
+                "\"heavy-4\""
+            ],
+            "by {by}: {top}"
+        );
+    }
+    // The sketches hold at most 2,048 counters a limit and the memory store
+    // 20,000 states: the flood's 100,000 keys cannot grow memory with them.
+    assert!(
+        after.saturating_sub(before) < 16 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+}
+
+#[tokio::test]
+async fn a_key_counted_on_three_gateways_sharing_redis_is_ranked_by_its_total() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let store = format!(
+        "store: {{ backend: redis, redis: {{ url: \"{}\", timeout: 5s }}, on_error: deny }}",
+        redis.url()
+    );
+    let yaml = config(&store, "");
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        gateways.push(Gateway::start(&yaml, upstream.addr).await);
+    }
+    for gw in &gateways {
+        send_all(gw, (0..15).map(|_| "shared".to_string())).await;
+    }
+    let c = client();
+    let url = gateways[0].admin_url("/-/limits/api/per_client/top?n=1&by=requests");
+    eventually(
+        Duration::from_secs(10),
+        "the three gateways' counts merged",
+        || {
+            let (c, url) = (c.clone(), url.clone());
+            async move {
+                let top = get_json(&c, &url).await;
+                top["gateways"] == 3
+                    && top["keys"][0]["requests"] == 45
+                    && top["keys"][0]["refusals"] == 35
+            }
+        },
+    )
+    .await;
+    let top = get_json(&c, &url).await;
+    assert!(
+        top["keys"][0].get("key").is_none(),
+        "digests only by default: {top}"
+    );
+}
+
+async fn admin(gw: &Gateway, method: reqwest::Method, path: &str, token: &str) -> (u16, Value) {
+    let resp = client()
+        .request(method, gw.admin_url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_limit_endpoints_answer_bad_requests_with_json_4xx() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config("", "  admin_token: s3cret\n"), upstream.addr).await;
+    let get = reqwest::Method::GET;
+    let cases = [
+        (get.clone(), "/-/limits/api/per_client/top?n=0", 400),
+        (get.clone(), "/-/limits/api/per_client/top?n=lots", 400),
+        (get.clone(), "/-/limits/api/per_client/top?by=vibes", 400),
+        (get.clone(), "/-/limits/nope/per_client/top", 404),
+        (get.clone(), "/-/limits/api/nope/keys/x", 404),
+        (get.clone(), "/-/limits/api/per_client/keys/%zz", 400),
+        (get.clone(), "/-/limits/api/per_client/elsewhere", 404),
+        (reqwest::Method::POST, "/-/limits/api/per_client/top", 405),
+        (reqwest::Method::PUT, "/-/limits/api/per_client/keys/x", 405),
+        (reqwest::Method::POST, "/-/bans", 405),
+    ];
+    for (method, path, status) in cases {
+        let (got, body) = admin(&gw, method.clone(), path, "s3cret").await;
+        assert_eq!(got, status, "{method} {path}: {body}");
+        assert!(body["error"].is_string(), "{method} {path}: {body}");
+    }
+    let (status, body) = admin(&gw, get.clone(), "/-/limits", "wrong").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = admin(&gw, get, "/-/limits", "s3cret").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["rules"][0]["limits"][0]["limit"], "per_client",
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_unknown_to_the_limit_is_a_404_and_a_fresh_one_has_its_whole_quota() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config("", ""), upstream.addr).await;
+    let get = reqwest::Method::GET;
+    let unknown = "00112233445566778899aabbccddeeff";
+    let (status, body) = admin(
+        &gw,
+        get.clone(),
+        &format!("/-/limits/api/per_client/keys/{unknown}"),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("unknown_key")),
+        "{body}"
+    );
+    let (status, body) = admin(&gw, get, "/-/limits/api/per_client/keys/newcomer", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["remaining"].as_u64(), body["banned"].as_bool()),
+        (Some(10), Some(false)),
+        "{body}"
+    );
+}
