@@ -412,6 +412,77 @@ async fn the_store_follows_the_master_the_sentinels_promote() {
     );
 }
 
+/// A master demoted under the store's open connection refuses the next
+/// write with READONLY: the store asks the sentinels again at once, instead
+/// of reconnecting to the same node.
+#[tokio::test]
+async fn a_read_only_master_sends_the_store_back_to_the_sentinels() {
+    let sentinel = RedisSentinel::start();
+    let store = RedisStore::new(settings(through_sentinel(&sentinel))).unwrap();
+    assert!(
+        enforced_exactly(&store).await,
+        "decided on the first master"
+    );
+    let new = sentinel.demote_master_keeping_its_clients();
+    let limiter = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 3));
+    let refused = store
+        .decide_shared(&checks(limiter, limiter, fresh_limit(), 1, 1))
+        .await
+        .expect_err("the demoted master took a write");
+    let read_only = ::redis::ErrorKind::Server(::redis::ServerErrorKind::ReadOnly);
+    assert_eq!(refused.kind(), read_only, "{refused}");
+    assert!(enforced_exactly(&store).await, "decided on the new master");
+    let promoted = sentinel.servers.iter().find(|s| s.port == new).unwrap();
+    assert!(
+        !promoted.keys_and_ttls().is_empty(),
+        "the decisions are there"
+    );
+}
+
+/// A frozen master (SIGSTOP: connections open, no answers) breaks nothing a
+/// client could notice, so only a probe that times out gives up on it; the
+/// sentinels are then asked until they name the replica they promoted.
+#[tokio::test]
+async fn the_breaker_probe_leaves_a_frozen_master_for_the_one_the_sentinels_promote() {
+    let sentinel = RedisSentinel::start();
+    let store = RedisStore::new(RedisSettings {
+        timeout: Duration::from_millis(200),
+        connect_timeout: Duration::from_millis(200),
+        ..settings(through_sentinel(&sentinel))
+    })
+    .unwrap();
+    let metrics = Metrics::new();
+    let breaker = BreakerSettings {
+        failures: 1,
+        cooldown: Duration::from_millis(50),
+    };
+    let limits = Limits::redis(
+        store,
+        breaker,
+        MemoryStore::default(),
+        MonotonicClock::default(),
+        metrics.store.clone(),
+    );
+    let limiter = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 1000));
+    let checks = checks(limiter, limiter, fresh_limit(), 1, 1);
+    let answer = limits.decide(&checks, OnError::Allow).await;
+    assert!(matches!(answer, StoreAnswer::Decided(_)), "{answer:?}");
+    let frozen = sentinel.master();
+    frozen.pause();
+    tokio::select! {
+        _ = limits.keep_probing() => panic!("the probe stopped"),
+        _ = common::eventually(Duration::from_secs(30), "decided by the promoted replica", || async {
+            matches!(limits.decide(&checks, OnError::Allow).await, StoreAnswer::Decided(_))
+        }) => {}
+    }
+    assert_ne!(
+        sentinel.master().port,
+        frozen.port,
+        "the replica was promoted"
+    );
+    frozen.resume();
+}
+
 /// Set for the child process of the test below.
 const HOLD_REDIS: &str = "TOLLGATE_TEST_HOLD_REDIS";
 

@@ -396,6 +396,45 @@ impl RedisSentinel {
             .expect("the sentinels name a master the harness did not start")
     }
 
+    /// Swaps the roles of master and replica behind the sentinels' backs and
+    /// then points them at the new master: the old one's clients stay
+    /// connected (a failover by the sentinels would disconnect them), as when
+    /// a master cut off from the sentinels comes back demoted. Returns the
+    /// new master's port.
+    pub fn demote_master_keeping_its_clients(&self) -> u16 {
+        let old = self.master_port();
+        let new = self.servers.iter().find(|s| s.port != old).unwrap().port;
+        let run = |port: u16, args: &[&str]| {
+            let mut connection = connect(port).expect("a server of the topology is down");
+            let mut command = ::redis::cmd(args[0]);
+            for arg in &args[1..] {
+                command.arg(*arg);
+            }
+            let done: Result<::redis::Value, _> = command.query(&mut connection);
+            if let Err(e) = done {
+                panic!("{args:?} on port {port}: {e}");
+            }
+        };
+        run(new, &["REPLICAOF", "NO", "ONE"]);
+        run(old, &["REPLICAOF", "127.0.0.1", &new.to_string()]);
+        let new_port = new.to_string();
+        for sentinel in &self.sentinels {
+            run(sentinel.port, &["SENTINEL", "REMOVE", SENTINEL_MASTER]);
+            run(
+                sentinel.port,
+                &[
+                    "SENTINEL",
+                    "MONITOR",
+                    SENTINEL_MASTER,
+                    "127.0.0.1",
+                    &new_port,
+                    "2",
+                ],
+            );
+        }
+        new
+    }
+
     /// Kills the master (SIGKILL, as a crash would); returns its port.
     pub fn kill_master(&mut self) -> u16 {
         let port = self.master().port;

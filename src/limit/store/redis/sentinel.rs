@@ -225,6 +225,15 @@ impl MasterConnection {
             self.give_up(&format!("failed ({error})"));
         }
     }
+
+    /// Redis's own error replies come back as values, not errors.
+    fn notice_reply(&self, reply: &redis::Value) {
+        if let redis::Value::ServerError(error) = reply {
+            if error.kind() == Some(ServerErrorKind::ReadOnly) {
+                self.give_up("refused a write as a replica");
+            }
+        }
+    }
 }
 
 /// Whether an error means the node is no longer the master to use: the
@@ -245,8 +254,9 @@ impl ConnectionLike for MasterConnection {
     ) -> redis::RedisFuture<'a, redis::Value> {
         Box::pin(async move {
             let reply = self.connection.req_packed_command(cmd).await;
-            if let Err(e) = &reply {
-                self.notice(e);
+            match &reply {
+                Ok(value) => self.notice_reply(value),
+                Err(e) => self.notice(e),
             }
             reply
         })
@@ -263,8 +273,9 @@ impl ConnectionLike for MasterConnection {
                 .connection
                 .req_packed_commands(cmd, offset, count)
                 .await;
-            if let Err(e) = &replies {
-                self.notice(e);
+            match &replies {
+                Ok(values) => values.iter().for_each(|value| self.notice_reply(value)),
+                Err(e) => self.notice(e),
             }
             replies
         })
