@@ -1,7 +1,8 @@
 //! The Redis store: gateways that share one Redis (a single server, a Redis
-//! Cluster, or a master found through Redis Sentinel) share their limits. One Lua script decides every limit of a request in one atomic
-//! round trip, on Redis's clock, so gateway clocks do not matter and a denied
-//! request spends nothing.
+//! Cluster, or a master found through Redis Sentinel) share their limits. One
+//! Lua script decides every limit of a request in one atomic round trip, on
+//! Redis's clock, so gateway clocks do not matter and a denied request spends
+//! nothing.
 //!
 //! The script implements the algorithms of `limit::algorithm` in microseconds; the
 //! differential test in `tests/redis_store.rs` holds the two to the same answers.
