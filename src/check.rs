@@ -19,6 +19,13 @@ use crate::policy::{MissingPolicy, Mode, OnLimit};
 use crate::route::Target;
 use crate::snapshot::Snapshot;
 
+fn redacted_list(urls: &[String]) -> String {
+    urls.iter()
+        .map(|u| redact_url(u))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A table of rules (in match order), their limits, and the upstreams.
 pub fn summary(rt: &Snapshot) -> String {
     let mut out = String::new();
@@ -29,13 +36,10 @@ pub fn summary(rt: &Snapshot) -> String {
             "store: redis {} prefix {:?} timeout {:?} on_error {}",
             match &backend.redis.target {
                 RedisTarget::Single(url) => redact_url(url),
-                RedisTarget::Cluster(urls) => format!(
-                    "cluster [{}]",
-                    urls.iter()
-                        .map(|u| redact_url(u))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                RedisTarget::Cluster(urls) => format!("cluster [{}]", redacted_list(urls)),
+                RedisTarget::Sentinel { master, nodes } => {
+                    format!("master {master:?} by sentinel [{}]", redacted_list(nodes))
+                }
             },
             backend.redis.prefix,
             backend.redis.timeout,

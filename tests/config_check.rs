@@ -249,6 +249,26 @@ fn a_redis_password_never_appears_in_a_problem() {
     }
 }
 
+/// `tollgate check` names the master and its sentinels, without passwords.
+#[test]
+fn check_accepts_a_master_found_through_sentinel_and_hides_its_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sentinel.yaml");
+    let config = with_a_rule(
+        "store: { backend: redis, redis: { sentinel: { master: main, nodes: [\"redis://:hunter2-secret@10.0.0.1:26379\", \"redis://10.0.0.2:26379\"] } } }",
+    );
+    std::fs::write(&path, config).unwrap();
+    let (code, stdout, stderr) = tollgate(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(
+            "store: redis master \"main\" by sentinel [redis://<redacted>@10.0.0.1:26379, redis://10.0.0.2:26379]"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+}
+
 fn tollgate(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(args)

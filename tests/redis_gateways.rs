@@ -1,12 +1,13 @@
-//! Several gateways sharing one Redis (or one Redis Cluster) hold one limit
-//! together (ARCHITECTURE.md, promise 1), and a Redis that dies or hangs is a decision,
-//! not an accident (promise 8).
+//! Several gateways sharing one Redis (or one Redis Cluster, or a master found
+//! through Redis Sentinel) hold one limit together (ARCHITECTURE.md, promise 1),
+//! and a Redis that dies or hangs is a decision, not an accident (promise 8).
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisCluster, RedisServer};
+use common::redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_MASTER};
 use common::{
     client, client_from, eventually, fire, fire_and_hold, gateway_config, get_json, statuses,
     Gateway, Upstream, RATE_ALGORITHMS,
@@ -43,6 +44,12 @@ async fn gateways(config: &str, upstream: &Upstream) -> Vec<Gateway> {
     out
 }
 
+/// URLs as a YAML flow sequence.
+fn yaml_list(urls: &[String]) -> String {
+    let quoted: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
 fn assert_every_key_expires(server: &RedisServer) {
     let keys = server.keys_and_ttls();
     assert!(!keys.is_empty(), "the run left no state at all");
@@ -73,12 +80,7 @@ async fn three_gateways_on_a_redis_cluster_admit_exactly_the_quota() {
     common::enough_file_descriptors();
     let cluster = RedisCluster::start();
     let upstream = Upstream::start().await;
-    let urls = cluster
-        .urls()
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let urls = yaml_list(&cluster.urls());
     for algorithm in RATE_ALGORITHMS {
         // Two limits with different keys: their slots differ, so the request
         // is decided slot by slot, and the per-IP spend of the 900 requests
@@ -87,7 +89,7 @@ async fn three_gateways_on_a_redis_cluster_admit_exactly_the_quota() {
             "{{ name: l, key: global, rate: 100/hour, algorithm: {algorithm} }}, {{ name: per-ip, key: ip, rate: 5000/hour, algorithm: fixed_window }}"
         );
         let prefix = format!("c{}", algorithm.replace([',', ':', ' '], ""));
-        let url = format!("urls: [{urls}], prefix: \"{prefix}\"");
+        let url = format!("urls: {urls}, prefix: \"{prefix}\"");
         let gws = gateways(&shared_config(&url, &limit, "/**"), &upstream).await;
         assert_eq!(fire(&gws, REQUESTS, "/x").await, (100, 900), "{algorithm}");
         let per_ip: Vec<i64> = cluster
@@ -112,6 +114,145 @@ async fn three_gateways_on_a_redis_cluster_admit_exactly_the_quota() {
         assert!(forever.is_empty(), "keys without a TTL: {forever:?}");
     }
     assert!(keys > 0, "the run left no state at all");
+}
+
+#[tokio::test]
+async fn three_gateways_sharing_redis_through_sentinel_admit_exactly_the_quota() {
+    common::enough_file_descriptors();
+    let sentinel = RedisSentinel::start();
+    let upstream = Upstream::start().await;
+    let nodes = yaml_list(&sentinel.sentinel_urls());
+    for algorithm in RATE_ALGORITHMS {
+        let limit = format!("{{ name: l, key: global, rate: 100/hour, algorithm: {algorithm} }}");
+        let redis = format!(
+            "sentinel: {{ master: {SENTINEL_MASTER}, nodes: {nodes} }}, prefix: \"s{}\"",
+            algorithm.replace([',', ':', ' '], "")
+        );
+        let gws = gateways(&shared_config(&redis, &limit, "/**"), &upstream).await;
+        assert_eq!(fire(&gws, REQUESTS, "/x").await, (100, 900), "{algorithm}");
+    }
+    assert_every_key_expires(sentinel.master());
+}
+
+/// Rules on a master found through Sentinel: a light limit for a steady
+/// load (on_error: allow), and a tight one per tenant (on_error: deny, so
+/// only Redis can answer 429).
+const THROUGH_SENTINEL: &str = "
+store:
+  backend: redis
+  redis:
+    sentinel: { master: MASTER, nodes: NODES }
+    timeout: 250ms
+    connect_timeout: 250ms
+    breaker: { failures: 3, cooldown: 100ms }
+  on_error: allow
+rules:
+  - name: load
+    match: { path: /load }
+    upstream: api
+    limits: [{ name: l, key: ip, rate: 1000000/hour }]
+  - name: tenant
+    match: { path: /tenant }
+    upstream: api
+    on_error: deny
+    limits: [{ name: l, key: { header: x-tenant }, rate: 5/hour }]
+";
+
+/// Seven requests of `tenant` through the gateways in turn.
+async fn tenant_statuses(c: &reqwest::Client, gws: &[Gateway], tenant: &str) -> Vec<u16> {
+    let mut out = Vec::new();
+    for i in 0..7 {
+        let sent = c
+            .get(gws[i % gws.len()].url("/tenant"))
+            .header("x-tenant", tenant)
+            .send()
+            .await;
+        out.push(sent.map_or(0, |r| r.status().as_u16()));
+    }
+    out
+}
+
+/// The master crashes (SIGKILL) in the middle of a steady load through three
+/// gateways. Meanwhile `on_error` decides (allow: every load request passes);
+/// once the sentinels have promoted the replica the gateways follow it: a
+/// new tenant's 5/hour is enforced exactly across them, which only Redis can
+/// do (a failing Redis answers 503 here), and every gateway is ready again.
+#[tokio::test]
+async fn gateways_follow_the_replica_sentinel_promotes_when_the_master_dies_under_load() {
+    let mut sentinel = RedisSentinel::start();
+    let upstream = Upstream::start().await;
+    let config = gateway_config(
+        "api",
+        &THROUGH_SENTINEL
+            .replace("MASTER", SENTINEL_MASTER)
+            .replace("NODES", &yaml_list(&sentinel.sentinel_urls())),
+    );
+    let gws = gateways(&config, &upstream).await;
+    let c = client();
+    assert_eq!(
+        tenant_statuses(&c, &gws, "before").await,
+        [200, 200, 200, 200, 200, 429, 429]
+    );
+
+    // 400 requests, one every 10 ms; the master dies after the 100th.
+    let answered = AtomicUsize::new(0);
+    let load = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut statuses = Vec::new();
+        for i in 0..400 {
+            tick.tick().await;
+            let sent = c.get(gws[i % 3].url("/load")).send().await;
+            statuses.push(sent.map_or(0, |r| r.status().as_u16()));
+            answered.fetch_add(1, Ordering::Relaxed);
+        }
+        statuses
+    };
+    let failover = async {
+        eventually(Duration::from_secs(10), "the load under way", || async {
+            answered.load(Ordering::Relaxed) >= 100
+        })
+        .await;
+        let old = sentinel.kill_master();
+        let killed = Instant::now();
+        let mut tenant = 0;
+        eventually(
+            Duration::from_secs(30),
+            "limits decided by the new master",
+            || {
+                tenant += 1;
+                let (c, gws) = (&c, &gws);
+                async move {
+                    tenant_statuses(c, gws, &format!("after-{tenant}")).await
+                        == [200, 200, 200, 200, 200, 429, 429]
+                }
+            },
+        )
+        .await;
+        eprintln!(
+            "limits decided by Redis again {:?} after the master died",
+            killed.elapsed()
+        );
+        old
+    };
+    let (statuses, old) = tokio::join!(load, failover);
+
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(passed, statuses.len(), "on_error: allow: {statuses:?}");
+    assert_ne!(sentinel.master().port, old, "the replica was promoted");
+    for gw in &gws {
+        eventually(Duration::from_secs(10), "the store healthy", || async {
+            let ready = get_json(&c, &gw.admin_url("/readyz")).await;
+            ready["status"] == "ready" && ready["store"]["healthy"] == true
+        })
+        .await;
+    }
+    let degraded = "tollgate_degraded_decisions_total{on_error=\"allow\",rule=\"load\"}";
+    let during: f64 = futures_util::future::join_all(gws.iter().map(|gw| gw.metrics()))
+        .await
+        .iter()
+        .map(|m| metric(m, degraded))
+        .sum();
+    eprintln!("{during} load requests decided by on_error during the failover");
 }
 
 /// `tollgate run` starts while Redis is down (limiting locally meanwhile)

@@ -1,7 +1,8 @@
 //! The Redis store against a real `redis-server` (ARCHITECTURE.md, promise 3): random
 //! traces of (time, client, cost) get the same decisions from the memory store
 //! and from the Lua script, for every algorithm, with two limits per request so
-//! that "a denied request spends nothing" is compared too.
+//! that "a denied request spends nothing" is compared too; on one Redis, on a
+//! Redis Cluster and on a master found through Redis Sentinel.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::keys::ip_key;
-use common::redis::{RedisCluster, RedisServer};
+use common::redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_MASTER};
 use proptest::prelude::*;
 use tollgate::identity::ClientKey;
 use tollgate::limit::breaker::BreakerSettings;
@@ -31,11 +32,13 @@ const EPOCH_MICROS: u64 = 1_800_000_000_000_000;
 
 struct Fixture {
     runtime: tokio::runtime::Runtime,
-    /// One Redis, and a Redis Cluster (where the two limits of a request
-    /// usually live in different slots: decided apart, refunded on denial).
-    stores: [RedisStore; 2],
+    /// One Redis, a Redis Cluster (where the two limits of a request
+    /// usually live in different slots: decided apart, refunded on denial),
+    /// and a master found through Sentinel.
+    stores: [RedisStore; 3],
     _server: RedisServer,
     _cluster: RedisCluster,
+    _sentinel: RedisSentinel,
 }
 
 fn settings(target: RedisTarget) -> RedisSettings {
@@ -54,15 +57,25 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let server = RedisServer::start();
         let cluster = RedisCluster::start();
+        let sentinel = RedisSentinel::start();
         let single = RedisStore::new(settings(RedisTarget::Single(server.url()))).unwrap();
         let clustered = RedisStore::new(settings(RedisTarget::Cluster(cluster.urls()))).unwrap();
+        let followed = RedisStore::new(settings(through_sentinel(&sentinel))).unwrap();
         Fixture {
             runtime: tokio::runtime::Runtime::new().unwrap(),
-            stores: [single, clustered],
+            stores: [single, clustered, followed],
             _server: server,
             _cluster: cluster,
+            _sentinel: sentinel,
         }
     })
+}
+
+fn through_sentinel(sentinel: &RedisSentinel) -> RedisTarget {
+    RedisTarget::Sentinel {
+        master: SENTINEL_MASTER.into(),
+        nodes: sentinel.sentinel_urls(),
+    }
 }
 
 /// A fresh limit id per case: Redis keeps the keys of earlier cases.
@@ -142,6 +155,7 @@ fn same_decisions(limiter: Limiter, steps: &[Step]) -> Result<(), TestCaseError>
     for (which, store, backwards) in [
         ("redis", &fx.stores[0], true),
         ("cluster", &fx.stores[1], false),
+        ("sentinel", &fx.stores[2], true),
     ] {
         let memory = MemoryStore::default();
         let id = fresh_limit();
@@ -353,6 +367,122 @@ async fn background_probes_of_a_dead_redis_keep_the_breaker_open_and_count_as_fa
         metrics.store.breaker_opened.get() >= 2,
         "each failed probe reopens it"
     );
+}
+
+/// A limit of 3 per hour on a fresh id: whether four requests get exactly
+/// three admissions, all decided by Redis.
+async fn enforced_exactly(store: &RedisStore) -> bool {
+    let limiter = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 3));
+    let checks = checks(limiter, limiter, fresh_limit(), 1, 1);
+    let mut admitted = Vec::new();
+    for _ in 0..4 {
+        match store.decide_shared(&checks).await {
+            Ok(decided) => admitted.push(decided.decisions[0].allowed),
+            Err(_) => return false,
+        }
+    }
+    admitted == [true, true, true, false]
+}
+
+#[tokio::test]
+async fn the_store_follows_the_master_the_sentinels_promote() {
+    let mut sentinel = RedisSentinel::start();
+    let store = RedisStore::new(RedisSettings {
+        timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        ..settings(through_sentinel(&sentinel))
+    })
+    .unwrap();
+    assert!(
+        enforced_exactly(&store).await,
+        "decided on the first master"
+    );
+    let old = sentinel.kill_master();
+    // Down for a second, then an election: the store asks the sentinels
+    // again once its connection breaks, and until they name a new master.
+    common::eventually(
+        Duration::from_secs(30),
+        "limits enforced on a new master",
+        || enforced_exactly(&store),
+    )
+    .await;
+    let new = sentinel.master();
+    assert_ne!(new.port, old, "the sentinels promoted the replica");
+    assert!(
+        !new.keys_and_ttls().is_empty(),
+        "the decisions are in the new master"
+    );
+}
+
+/// A master demoted under the store's open connection refuses the next
+/// write with READONLY: the store asks the sentinels again at once, instead
+/// of reconnecting to the same node.
+#[tokio::test]
+async fn a_read_only_master_sends_the_store_back_to_the_sentinels() {
+    let sentinel = RedisSentinel::start();
+    let store = RedisStore::new(settings(through_sentinel(&sentinel))).unwrap();
+    assert!(
+        enforced_exactly(&store).await,
+        "decided on the first master"
+    );
+    let new = sentinel.demote_master_keeping_its_clients();
+    let limiter = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 3));
+    let refused = store
+        .decide_shared(&checks(limiter, limiter, fresh_limit(), 1, 1))
+        .await
+        .expect_err("the demoted master took a write");
+    let read_only = ::redis::ErrorKind::Server(::redis::ServerErrorKind::ReadOnly);
+    assert_eq!(refused.kind(), read_only, "{refused}");
+    assert!(enforced_exactly(&store).await, "decided on the new master");
+    let promoted = sentinel.servers.iter().find(|s| s.port == new).unwrap();
+    assert!(
+        !promoted.keys_and_ttls().is_empty(),
+        "the decisions are there"
+    );
+}
+
+/// A frozen master (SIGSTOP: connections open, no answers) breaks nothing a
+/// client could notice, so only a probe that times out gives up on it; the
+/// sentinels are then asked until they name the replica they promoted.
+#[tokio::test]
+async fn the_breaker_probe_leaves_a_frozen_master_for_the_one_the_sentinels_promote() {
+    let sentinel = RedisSentinel::start();
+    let store = RedisStore::new(RedisSettings {
+        timeout: Duration::from_millis(200),
+        connect_timeout: Duration::from_millis(200),
+        ..settings(through_sentinel(&sentinel))
+    })
+    .unwrap();
+    let metrics = Metrics::new();
+    let breaker = BreakerSettings {
+        failures: 1,
+        cooldown: Duration::from_millis(50),
+    };
+    let limits = Limits::redis(
+        store,
+        breaker,
+        MemoryStore::default(),
+        MonotonicClock::default(),
+        metrics.store.clone(),
+    );
+    let limiter = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 1000));
+    let checks = checks(limiter, limiter, fresh_limit(), 1, 1);
+    let answer = limits.decide(&checks, OnError::Allow).await;
+    assert!(matches!(answer, StoreAnswer::Decided(_)), "{answer:?}");
+    let frozen = sentinel.master();
+    frozen.pause();
+    tokio::select! {
+        _ = limits.keep_probing() => panic!("the probe stopped"),
+        _ = common::eventually(Duration::from_secs(30), "decided by the promoted replica", || async {
+            matches!(limits.decide(&checks, OnError::Allow).await, StoreAnswer::Decided(_))
+        }) => {}
+    }
+    assert_ne!(
+        sentinel.master().port,
+        frozen.port,
+        "the replica was promoted"
+    );
+    frozen.resume();
 }
 
 /// Set for the child process of the test below.

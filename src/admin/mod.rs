@@ -222,10 +222,12 @@ pub(crate) fn redacted(input: &ConfigInput) -> Value {
     if let Some(Value::String(url)) = value.pointer_mut("/store/redis/url") {
         *url = redact_url(url);
     }
-    if let Some(Value::Array(urls)) = value.pointer_mut("/store/redis/urls") {
-        for url in urls {
-            if let Value::String(u) = url {
-                *u = redact_url(u);
+    for list in ["/store/redis/urls", "/store/redis/sentinel/nodes"] {
+        if let Some(Value::Array(urls)) = value.pointer_mut(list) {
+            for url in urls {
+                if let Value::String(u) = url {
+                    *u = redact_url(u);
+                }
             }
         }
     }
@@ -352,6 +354,27 @@ rules:
             "{text}"
         );
         assert!(text.contains("10.0.0.0/8"), "{text}");
+    }
+
+    #[test]
+    fn sentinel_passwords_are_redacted() {
+        let input: ConfigInput = serde_saphyr::from_str(
+            "
+store:
+  backend: redis
+  redis: { sentinel: { master: main, nodes: [\"redis://:s3cret@10.0.0.1:26379\", \"redis://10.0.0.2:26379\"] } }
+upstreams: { a: { servers: [\"127.0.0.1:1\"] } }
+rules: [{ name: r, match: { path: /** }, upstream: a }]
+",
+        )
+        .unwrap();
+        let text = redacted(&input).to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("redis://<redacted>@10.0.0.1:26379")
+                && text.contains("redis://10.0.0.2:26379"),
+            "{text}"
+        );
     }
 
     #[test]

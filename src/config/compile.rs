@@ -37,7 +37,7 @@ use crate::schema::input::{
     AlgorithmInput, BanInput, ConfigInput, ConsumerInput, ConsumersFileInput, ConsumersInput,
     CostInput, DenyInput, ExemptInput, JwtAlgorithmInput, JwtInput, JwtKeysInput, KeyInput,
     KeyPartInput, LimitInput, PlanInput, PlanSelectInput, RedisStoreInput, RuleInput,
-    SecretEnvInput, ServerInput, StoreBackend, StoreInput, SyncInput, UpstreamInput,
+    SecretEnvInput, SentinelInput, ServerInput, StoreBackend, StoreInput, SyncInput, UpstreamInput,
     WebSocketInput,
 };
 use crate::snapshot::{
@@ -609,7 +609,7 @@ fn compile_store(c: &mut Compiler<'_>, input: &StoreInput) -> StoreSettings {
         (StoreBackend::Redis, None) => {
             c.error(
                 "store.backend",
-                "backend: redis needs a store.redis section with a url (or urls for a cluster)",
+                "backend: redis needs a store.redis section with a url (or urls for a cluster, or sentinel)",
             );
             return store;
         }
@@ -672,34 +672,57 @@ fn compile_store(c: &mut Compiler<'_>, input: &StoreInput) -> StoreSettings {
     }
 }
 
-/// One Redis or a cluster's nodes, every URL one the client accepts.
+/// One Redis, a cluster's nodes or the sentinels of a master: exactly one of
+/// them, every URL one the client accepts.
 fn compile_redis_target(c: &mut Compiler<'_>, redis: &RedisStoreInput) -> Option<RedisTarget> {
-    let target = match (&redis.url, &redis.urls) {
-        (Some(url), None) => Some(RedisTarget::Single(url.clone())),
-        (None, Some(urls)) if !urls.is_empty() => Some(RedisTarget::Cluster(urls.clone())),
-        (None, Some(_)) => {
+    let given: Vec<&str> = [
+        ("url", redis.url.is_some()),
+        ("urls", redis.urls.is_some()),
+        ("sentinel", redis.sentinel.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect();
+    const TOPOLOGIES: &str =
+        "url (one Redis), urls (Redis Cluster nodes) or sentinel (a master found through Redis Sentinel)";
+    let target = match (&redis.url, &redis.urls, &redis.sentinel) {
+        _ if given.len() > 1 => {
+            c.error(
+                "store.redis",
+                format!(
+                    "{} given: give one of {TOPOLOGIES}, {}",
+                    given.join(" and "),
+                    if given.len() == 2 {
+                        "not both"
+                    } else {
+                        "not all three"
+                    }
+                ),
+            );
+            None
+        }
+        (Some(url), _, _) => Some(RedisTarget::Single(url.clone())),
+        (_, Some(urls), _) if !urls.is_empty() => Some(RedisTarget::Cluster(urls.clone())),
+        (_, Some(_), _) => {
             c.error("store.redis.urls", "a cluster needs at least one node URL");
             None
         }
-        (None, None) => {
-            c.error(
-                "store.redis",
-                "give url (one Redis) or urls (Redis Cluster nodes)",
-            );
-            None
-        }
-        (Some(_), Some(_)) => {
-            c.error(
-                "store.redis",
-                "give url (one Redis) or urls (Redis Cluster nodes), not both",
-            );
+        (_, _, Some(sentinel)) => compile_sentinel(c, sentinel),
+        (None, None, None) => {
+            c.error("store.redis", format!("give {TOPOLOGIES}"));
             None
         }
     };
     let single = redis.url.iter().map(|u| ("store.redis.url".to_string(), u));
     let nodes = redis.urls.iter().flatten().enumerate();
-    let urls = single.chain(nodes.map(|(i, u)| (format!("store.redis.urls[{i}]"), u)));
-    for (path, url) in urls {
+    let nodes = nodes.map(|(i, u)| (format!("store.redis.urls[{i}]"), u));
+    let sentinels = redis
+        .sentinel
+        .iter()
+        .flat_map(|s| s.nodes.iter())
+        .enumerate();
+    let sentinels = sentinels.map(|(i, u)| (format!("store.redis.sentinel.nodes[{i}]"), u));
+    for (path, url) in single.chain(nodes).chain(sentinels) {
         if let Err(e) = redis::Client::open(url.as_str()) {
             c.error(
                 path,
@@ -708,6 +731,30 @@ fn compile_redis_target(c: &mut Compiler<'_>, redis: &RedisStoreInput) -> Option
         }
     }
     target
+}
+
+/// The master's name and its sentinels (their URLs are checked with the
+/// other Redis URLs).
+fn compile_sentinel(c: &mut Compiler<'_>, sentinel: &SentinelInput) -> Option<RedisTarget> {
+    let mut ok = true;
+    if sentinel.master.is_empty() || sentinel.master.contains(char::is_whitespace) {
+        c.error(
+            "store.redis.sentinel.master",
+            "the master's name (as in `sentinel monitor NAME`) must be non-empty, without spaces",
+        );
+        ok = false;
+    }
+    if sentinel.nodes.is_empty() {
+        c.error(
+            "store.redis.sentinel.nodes",
+            "list at least one sentinel URL (every sentinel, ideally: they are asked in turn)",
+        );
+        ok = false;
+    }
+    ok.then(|| RedisTarget::Sentinel {
+        master: sentinel.master.clone(),
+        nodes: sentinel.nodes.clone(),
+    })
 }
 
 /// `sync: batched` reserves quota in Redis: it means nothing in memory.

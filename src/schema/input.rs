@@ -451,6 +451,9 @@ pub(crate) struct RedisStoreInput {
     /// Seed nodes of a Redis Cluster (instead of `url`).
     #[serde(default)]
     pub(crate) urls: Option<Vec<String>>,
+    /// A master found through Redis Sentinel (instead of `url` or `urls`).
+    #[serde(default)]
+    pub(crate) sentinel: Option<SentinelInput>,
     /// Key prefix (default `tollgate`).
     #[serde(default)]
     pub(crate) prefix: Option<String>,
@@ -465,6 +468,16 @@ pub(crate) struct RedisStoreInput {
     pub(crate) lease: Option<String>,
     #[serde(default)]
     pub(crate) breaker: BreakerInput,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SentinelInput {
+    /// The name the sentinels know the master by (`sentinel monitor NAME`).
+    pub(crate) master: String,
+    /// The sentinels' URLs, asked in this order. Their user and password
+    /// are used for the master too.
+    pub(crate) nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

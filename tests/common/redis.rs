@@ -1,4 +1,5 @@
-//! A real `redis-server` on a private port, started and stopped by the test.
+//! A real `redis-server` on a private port, started and stopped by the test
+//! (alone, as a cluster, or as a master with a replica and three sentinels).
 //! Never the machine's default port, never a mock, never skipped.
 //!
 //! Every server dies with the test process, however that ends: servers held
@@ -12,6 +13,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,7 +43,18 @@ pub struct RedisServer {
     /// The server's own pid (a child of the watchdog).
     pid: Option<u32>,
     dir: tempfile::TempDir,
-    cluster: bool,
+    mode: Mode,
+}
+
+/// What a server is started as.
+#[derive(Clone)]
+enum Mode {
+    Alone,
+    ClusterNode,
+    /// A replica of the server on this port.
+    Replica(u16),
+    /// A sentinel, with its config file (which the sentinel rewrites).
+    Sentinel(PathBuf),
 }
 
 fn redis_binary() -> &'static str {
@@ -59,12 +72,16 @@ fn redis_binary() -> &'static str {
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_as(super::free_port(), Mode::Alone)
+    }
+
+    fn start_as(port: u16, mode: Mode) -> Self {
         let mut server = RedisServer {
-            port: super::free_port(),
+            port,
             watchdog: None,
             pid: None,
             dir: tempfile::tempdir().unwrap(),
-            cluster: false,
+            mode,
         };
         server.launch();
         server
@@ -82,8 +99,18 @@ impl RedisServer {
     fn launch(&mut self) {
         let mut command = Command::new("sh");
         command.args(["-c", WATCHDOG, redis_binary()]);
-        if self.cluster {
-            command.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]);
+        match &self.mode {
+            Mode::Alone => {}
+            Mode::ClusterNode => {
+                command.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]);
+            }
+            Mode::Replica(master) => {
+                command.args(["--replicaof", &format!("127.0.0.1 {master}")]);
+            }
+            // The config file comes first, as redis-server wants it.
+            Mode::Sentinel(config) => {
+                command.arg(config).arg("--sentinel");
+            }
         }
         let title = format!("{{title}} {{listen-addr}} {{server-mode}} {MARKER}");
         let mut watchdog = command
@@ -272,14 +299,200 @@ impl RedisServer {
                 break port;
             }
         };
-        let mut server = RedisServer {
-            port,
-            watchdog: None,
-            pid: None,
-            dir: tempfile::tempdir().unwrap(),
-            cluster: true,
+        Self::start_as(port, Mode::ClusterNode)
+    }
+}
+
+/// The name the sentinels know the master by.
+pub const SENTINEL_MASTER: &str = "tollgate-master";
+
+/// A master, its replica and three sentinels watching them (quorum 2), on
+/// loopback. A master that stops answering for a second is failed over: the
+/// sentinels promote the replica.
+pub struct RedisSentinel {
+    /// The master and the replica, as started (a failover swaps their
+    /// roles: ask [`RedisSentinel::master`]).
+    pub servers: Vec<RedisServer>,
+    pub sentinels: Vec<RedisServer>,
+    /// The sentinels' config files, which they rewrite as they learn.
+    _configs: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    pub fn start() -> Self {
+        let master = RedisServer::start();
+        let replica = RedisServer::start_as(super::free_port(), Mode::Replica(master.port));
+        // A replica the master does not list yet would be unknown to the
+        // sentinels, which learn it from the master.
+        poll_until(Duration::from_secs(20), "the replica in sync", || {
+            info(replica.port, "replication").contains("master_link_status:up")
+        });
+        let configs = tempfile::tempdir().unwrap();
+        let sentinels = (0..3)
+            .map(|i| {
+                let path = configs.path().join(format!("sentinel-{i}.conf"));
+                let config = format!(
+                    "sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {port} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 3000\n",
+                    port = master.port
+                );
+                std::fs::write(&path, config).unwrap();
+                RedisServer::start_as(super::free_port(), Mode::Sentinel(path))
+            })
+            .collect();
+        let topology = RedisSentinel {
+            servers: vec![master, replica],
+            sentinels,
+            _configs: configs,
         };
-        server.launch();
-        server
+        // A failover needs two sentinels to agree: each must know the others
+        // (they meet through the master every two seconds) and the replica.
+        poll_until(
+            Duration::from_secs(30),
+            "every sentinel knowing the replica and the other two",
+            || {
+                topology.sentinels.iter().all(|s| {
+                    let master = sentinel_master(s.port);
+                    master.get("num-slaves").is_some_and(|n| n == "1")
+                        && master.get("num-other-sentinels").is_some_and(|n| n == "2")
+                })
+            },
+        );
+        topology
+    }
+
+    /// The sentinels' URLs, for `store.redis.sentinel.nodes`.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(RedisServer::url).collect()
+    }
+
+    /// The port of the master, once every sentinel names the same one
+    /// (after a failover the others learn it from the sentinel that led it).
+    pub fn master_port(&self) -> u16 {
+        let mut agreed = None;
+        poll_until(
+            Duration::from_secs(30),
+            "sentinels agreeing on a master",
+            || {
+                let named: Vec<Option<u16>> = self
+                    .sentinels
+                    .iter()
+                    .map(|s| named_master(s.port))
+                    .collect();
+                agreed = named[0].filter(|port| named.iter().all(|n| *n == Some(*port)));
+                agreed.is_some()
+            },
+        );
+        agreed.unwrap()
+    }
+
+    /// The server the sentinels name as the master.
+    pub fn master(&self) -> &RedisServer {
+        let port = self.master_port();
+        self.servers
+            .iter()
+            .find(|s| s.port == port)
+            .expect("the sentinels name a master the harness did not start")
+    }
+
+    /// Swaps the roles of master and replica behind the sentinels' backs and
+    /// then points them at the new master: the old one's clients stay
+    /// connected (a failover by the sentinels would disconnect them), as when
+    /// a master cut off from the sentinels comes back demoted. Returns the
+    /// new master's port.
+    pub fn demote_master_keeping_its_clients(&self) -> u16 {
+        let old = self.master_port();
+        let new = self.servers.iter().find(|s| s.port != old).unwrap().port;
+        let run = |port: u16, args: &[&str]| {
+            let mut connection = connect(port).expect("a server of the topology is down");
+            let mut command = ::redis::cmd(args[0]);
+            for arg in &args[1..] {
+                command.arg(*arg);
+            }
+            let done: Result<::redis::Value, _> = command.query(&mut connection);
+            if let Err(e) = done {
+                panic!("{args:?} on port {port}: {e}");
+            }
+        };
+        run(new, &["REPLICAOF", "NO", "ONE"]);
+        run(old, &["REPLICAOF", "127.0.0.1", &new.to_string()]);
+        let new_port = new.to_string();
+        for sentinel in &self.sentinels {
+            run(sentinel.port, &["SENTINEL", "REMOVE", SENTINEL_MASTER]);
+            run(
+                sentinel.port,
+                &[
+                    "SENTINEL",
+                    "MONITOR",
+                    SENTINEL_MASTER,
+                    "127.0.0.1",
+                    &new_port,
+                    "2",
+                ],
+            );
+        }
+        new
+    }
+
+    /// Kills the master (SIGKILL, as a crash would); returns its port.
+    pub fn kill_master(&mut self) -> u16 {
+        let port = self.master().port;
+        let master = self.servers.iter_mut().find(|s| s.port == port).unwrap();
+        master.kill();
+        port
+    }
+}
+
+/// The port of the master the sentinel on `port` names.
+fn named_master(port: u16) -> Option<u16> {
+    let mut connection = connect(port)?;
+    ::redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(SENTINEL_MASTER)
+        .query::<Option<(String, u16)>>(&mut connection)
+        .ok()
+        .flatten()
+        .map(|(_, port)| port)
+}
+
+/// A connection to the server on `port` that gives up after a second.
+fn connect(port: u16) -> Option<::redis::Connection> {
+    let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    let connection = client
+        .get_connection_with_timeout(Duration::from_secs(1))
+        .ok()?;
+    connection
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .ok()?;
+    Some(connection)
+}
+
+/// `INFO <section>` of the server on `port` (empty if it does not answer).
+fn info(port: u16, section: &str) -> String {
+    connect(port)
+        .and_then(|mut c| ::redis::cmd("INFO").arg(section).query(&mut c).ok())
+        .unwrap_or_default()
+}
+
+/// `SENTINEL MASTER` of the sentinel on `port` (empty if it does not answer).
+fn sentinel_master(port: u16) -> std::collections::HashMap<String, String> {
+    connect(port)
+        .and_then(|mut c| {
+            ::redis::cmd("SENTINEL")
+                .arg("MASTER")
+                .arg(SENTINEL_MASTER)
+                .query(&mut c)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `done` until it holds; fails naming `what` after `limit`.
+fn poll_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "no {what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

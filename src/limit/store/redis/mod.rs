@@ -1,7 +1,8 @@
-//! The Redis store: gateways that share one Redis (or one Redis Cluster) share
-//! their limits. One Lua script decides every limit of a request in one atomic
-//! round trip, on Redis's clock, so gateway clocks do not matter and a denied
-//! request spends nothing.
+//! The Redis store: gateways that share one Redis (a single server, a Redis
+//! Cluster, or a master found through Redis Sentinel) share their limits. One
+//! Lua script decides every limit of a request in one atomic round trip, on
+//! Redis's clock, so gateway clocks do not matter and a denied request spends
+//! nothing.
 //!
 //! The script implements the algorithms of `limit::algorithm` in microseconds; the
 //! differential test in `tests/redis_store.rs` holds the two to the same answers.
@@ -14,10 +15,13 @@
 //! concurrent request may see the spent quota: a transient under-admission,
 //! never an over-admission.
 
+mod sentinel;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use arrayvec::ArrayVec;
 use futures_util::future::join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -26,6 +30,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
+
+use sentinel::{MasterConnection, SentinelError, Sentinels};
 
 use crate::identity::{ClientKey, KeyDigest};
 use crate::limit::{
@@ -60,6 +66,12 @@ pub enum RedisTarget {
     Single(String),
     /// Seed nodes of a Redis Cluster.
     Cluster(Vec<String>),
+    /// The master the sentinels at `nodes` know as `master`, followed across
+    /// failovers.
+    Sentinel {
+        master: String,
+        nodes: Vec<String>,
+    },
 }
 
 /// A concurrency permit held in Redis: the members `<id>#1..=cost` of the
@@ -75,6 +87,7 @@ pub struct Lease {
 enum Target {
     Single(redis::Client),
     Cluster(Box<ClusterClient>),
+    Sentinel(Box<Sentinels>),
 }
 
 /// The store; cheap to clone (tasks that must finish after their caller is
@@ -86,9 +99,10 @@ pub struct RedisStore {
 
 struct Inner {
     target: Target,
-    /// Set once the first connection succeeds; the connection then reconnects
-    /// by itself.
-    connection: OnceLock<AnyConnection>,
+    /// Set once the first connection succeeds. A single Redis's or a
+    /// cluster's then reconnects by itself; a master found through Sentinel
+    /// is replaced once lost (`AnyConnection::is_lost`).
+    connection: ArcSwapOption<AnyConnection>,
     connecting: AtomicBool,
     connect_attempted: Notify,
     decide: Script,
@@ -136,20 +150,24 @@ impl RedisStore {
     /// Builds the store without connecting (and without needing a runtime):
     /// the gateway starts, and falls back on `on_error`, while Redis is down.
     pub fn new(settings: RedisSettings) -> Result<Self, RedisError> {
-        let target = match &settings.target {
-            RedisTarget::Single(url) => Target::Single(redis::Client::open(url.as_str())?),
-            RedisTarget::Cluster(urls) => Target::Cluster(Box::new(
-                ClusterClient::builder(urls.iter().map(String::as_str))
-                    .connection_timeout(settings.connect_timeout)
-                    .response_timeout(settings.timeout)
-                    .retries(1)
-                    .build()?,
-            )),
-        };
+        let target =
+            match &settings.target {
+                RedisTarget::Single(url) => Target::Single(redis::Client::open(url.as_str())?),
+                RedisTarget::Cluster(urls) => Target::Cluster(Box::new(
+                    ClusterClient::builder(urls.iter().map(String::as_str))
+                        .connection_timeout(settings.connect_timeout)
+                        .response_timeout(settings.timeout)
+                        .retries(1)
+                        .build()?,
+                )),
+                RedisTarget::Sentinel { master, nodes } => Target::Sentinel(Box::new(
+                    Sentinels::new(master, nodes, settings.connect_timeout, settings.timeout)?,
+                )),
+            };
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 target,
-                connection: OnceLock::new(),
+                connection: ArcSwapOption::empty(),
                 connecting: AtomicBool::new(false),
                 connect_attempted: Notify::new(),
                 decide: Script::new(DECIDE),
@@ -610,38 +628,65 @@ impl RedisStore {
         Some(renewing.abort_handle())
     }
 
-    /// Whether Redis answers a PING.
-    async fn ping_once(&self) -> Result<(), RedisError> {
-        let mut connection = self.connection().await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-            .map(|_| ())
+    /// Whether Redis answers, within `timeout`. A master found through
+    /// Sentinel must also still be the master.
+    async fn probe(&self, timeout: Duration) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut connection = match tokio::time::timeout_at(deadline, self.connection()).await {
+            Ok(connected) => connected.map_err(store_error)?,
+            Err(_) => return Err(StoreError::Timeout),
+        };
+        let answer = async {
+            match &mut connection {
+                AnyConnection::Master(master) => master.check_role().await,
+                _ => redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .map(|_| ()),
+            }
+        };
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(answered) => answered.map_err(store_error),
+            Err(_) => {
+                // A master that stops answering may be hung while the
+                // sentinels promote another: the next call asks them. Only
+                // probes give up on it (once the breaker is open, or for
+                // /readyz), so a slow decision does not cost a reconnection.
+                if let AnyConnection::Master(master) = &connection {
+                    master.give_up("does not answer");
+                }
+                Err(StoreError::Timeout)
+            }
+        }
+    }
+
+    /// The connection, unless none is made or it is lost.
+    fn usable_connection(&self) -> Option<AnyConnection> {
+        let current = self.inner.connection.load();
+        current.as_deref().filter(|c| !c.is_lost()).cloned()
     }
 
     /// The connection, once made. The first caller starts connecting in a
     /// task of its own, bounded by `connect_timeout`, so that callers with a
     /// short timeout cannot abort it half-way (a cluster needs several round
-    /// trips); callers wait for that attempt.
+    /// trips, Sentinel a question and a connection); callers wait for that
+    /// attempt.
     async fn connection(&self) -> Result<AnyConnection, RedisError> {
-        if let Some(connection) = self.inner.connection.get() {
-            return Ok(connection.clone());
+        if let Some(connection) = self.usable_connection() {
+            return Ok(connection);
         }
         let attempted = self.inner.connect_attempted.notified();
         tokio::pin!(attempted);
         attempted.as_mut().enable();
-        if let Some(connection) = self.inner.connection.get() {
-            return Ok(connection.clone());
+        if let Some(connection) = self.usable_connection() {
+            return Ok(connection);
         }
         if !self.inner.connecting.swap(true, Ordering::AcqRel) {
             let store = self.clone();
             tokio::spawn(async move { store.connect().await });
         }
         attempted.await;
-        self.inner
-            .connection
-            .get()
-            .cloned()
+        self.usable_connection()
             .ok_or_else(|| RedisError::from((redis::ErrorKind::Io, "not connected to Redis yet")))
     }
 
@@ -661,22 +706,45 @@ impl RedisStore {
                     ConnectionManager::new_with_config(client.clone(), config)
                         .await
                         .map(AnyConnection::Single)
+                        .map_err(ConnectError::from)
                 }
                 Target::Cluster(client) => client
                     .get_async_connection()
                     .await
-                    .map(AnyConnection::Cluster),
+                    .map(AnyConnection::Cluster)
+                    .map_err(ConnectError::from),
+                Target::Sentinel(sentinels) => sentinels
+                    .connect_master()
+                    .await
+                    .map(AnyConnection::Master)
+                    .map_err(ConnectError::from),
             }
         };
-        match tokio::time::timeout(settings.connect_timeout * 2, attempt).await {
+        let longest = match &self.inner.target {
+            Target::Sentinel(sentinels) => sentinels.longest_attempt(),
+            Target::Single(_) | Target::Cluster(_) => settings.connect_timeout * 2,
+        };
+        // A master lost before: its successor is news, and failing to find
+        // one is what the breaker and its probes already report.
+        let lost = self.inner.connection.load_full();
+        match tokio::time::timeout(longest, attempt).await {
             Ok(Ok(connection)) => {
-                let _ = self.inner.connection.set(connection);
+                if let (Some(AnyConnection::Master(old)), AnyConnection::Master(new)) =
+                    (lost.as_deref(), &connection)
+                {
+                    if old.address() != new.address() {
+                        tracing::info!(
+                            "redis master moved from {} to {}",
+                            old.address(),
+                            new.address()
+                        );
+                    }
+                }
+                self.inner.connection.store(Some(Arc::new(connection)));
             }
+            Ok(Err(e)) if lost.is_some() => tracing::debug!("cannot reconnect to Redis: {e}"),
             Ok(Err(e)) => tracing::warn!("cannot connect to Redis: {e}"),
-            Err(_) => tracing::warn!(
-                "cannot connect to Redis within {:?}",
-                settings.connect_timeout * 2
-            ),
+            Err(_) => tracing::warn!("cannot connect to Redis within {longest:?}"),
         }
         self.inner.connecting.store(false, Ordering::Release);
         self.inner.connect_attempted.notify_waiters();
@@ -764,10 +832,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
-        match tokio::time::timeout(timeout, self.ping_once()).await {
-            Ok(answered) => answered.map_err(store_error),
-            Err(_) => Err(StoreError::Timeout),
-        }
+        self.probe(timeout).await
     }
 }
 
@@ -787,11 +852,32 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// Either kind of connection, as the `redis` crate's commands take it.
+/// Any kind of connection, as the `redis` crate's commands take it.
 #[derive(Clone)]
 enum AnyConnection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Master(MasterConnection),
+}
+
+impl AnyConnection {
+    /// Whether it must be replaced before the next call: only a master found
+    /// through Sentinel is ever lost; the others reconnect by themselves.
+    fn is_lost(&self) -> bool {
+        match self {
+            AnyConnection::Master(master) => master.is_lost(),
+            AnyConnection::Single(_) | AnyConnection::Cluster(_) => false,
+        }
+    }
+}
+
+/// Why a connection attempt failed, for the log.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    Sentinel(#[from] SentinelError),
 }
 
 impl redis::aio::ConnectionLike for AnyConnection {
@@ -802,6 +888,7 @@ impl redis::aio::ConnectionLike for AnyConnection {
         match self {
             AnyConnection::Single(c) => c.req_packed_command(cmd),
             AnyConnection::Cluster(c) => c.req_packed_command(cmd),
+            AnyConnection::Master(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -814,6 +901,7 @@ impl redis::aio::ConnectionLike for AnyConnection {
         match self {
             AnyConnection::Single(c) => c.req_packed_commands(cmd, offset, count),
             AnyConnection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            AnyConnection::Master(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -821,6 +909,7 @@ impl redis::aio::ConnectionLike for AnyConnection {
         match self {
             AnyConnection::Single(c) => c.get_db(),
             AnyConnection::Cluster(c) => c.get_db(),
+            AnyConnection::Master(c) => c.get_db(),
         }
     }
 }
