@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use http::header::{HeaderName, HOST};
 use http::{HeaderMap, HeaderValue, Method};
@@ -97,6 +98,18 @@ pub fn summary(rt: &Snapshot) -> String {
                     ""
                 }
             );
+            if let Some(ban) = &limit.ban {
+                let _ = writeln!(
+                    out,
+                    "             ban after {} refusals within {:?}: {:?}, x{} per repeat, at most {:?}{}",
+                    ban.after,
+                    Duration::from_nanos(ban.within),
+                    Duration::from_nanos(ban.duration),
+                    ban.escalate,
+                    Duration::from_nanos(ban.max),
+                    if limit.bans() { "" } else { " (shadow)" },
+                );
+            }
         }
         let ws = &rule.websocket;
         if let Some(m) = &ws.messages {

@@ -4,6 +4,8 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{client, eventually, Gateway};
@@ -157,6 +159,54 @@ impl Page {
         }
     }
 
+    /// The value of a JavaScript expression in the page, as JSON.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let wrapped = format!("JSON.stringify({expression})");
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": wrapped, "returnByValue": true }),
+            )
+            .await;
+        result["result"]["value"]
+            .as_str()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Polls `expression` until `expected` holds, failing after 30 s.
+    async fn wait_until(
+        &mut self,
+        what: &str,
+        expression: &str,
+        expected: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let value = self.eval(expression).await;
+            if expected(&value) {
+                return value;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{what}: the page shows {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Saves what the page looks like as a PNG.
+    async fn screenshot(&mut self, path: &std::path::Path) {
+        let shot = self
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .await;
+        let data = shot["data"].as_str().expect("a screenshot");
+        let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+        eprintln!("screenshot saved: {}", path.display());
+    }
+
     /// What the page shows: its connection state and the listed vehicles.
     async fn shown(&mut self) -> Value {
         let expression = "JSON.stringify({\
@@ -198,11 +248,145 @@ async fn post_position(gw: &Gateway, id: &str) {
 
 /// One Chromium for every scenario: browsers are heavy for a 2-core machine.
 #[tokio::test]
-async fn the_map_page_in_a_real_browser() {
+async fn the_map_page_and_the_dashboard_in_a_real_browser() {
     let chromium = Chromium::start();
     shows_vehicles_posted_through_the_gateway(&chromium).await;
     says_when_the_gateway_refuses_its_websocket(&chromium).await;
     says_when_the_connection_drops(&chromium).await;
+    the_dashboard_charts_move_under_load_and_lifts_a_ban(&chromium).await;
+}
+
+/// Where the dashboard's screenshot goes: the build directory, never the
+/// repository.
+fn screenshot_path() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("screenshots").join("dashboard-under-load.png")
+}
+
+/// Traffic for the dashboard until `stop`: a few well-behaved clients, and
+/// `pest` (while `pest` is set) hammering past its limit into a ban.
+fn load(gw: &Gateway, stop: Arc<AtomicBool>, pest: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    let url = gw.url("/vehicles");
+    tokio::spawn(async move {
+        let c = client();
+        // Bounded: at most a minute, however the test goes.
+        for round in 0..3_000u32 {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let who = if round % 3 == 0 && pest.load(Ordering::Relaxed) {
+                "pest".to_string()
+            } else {
+                format!("client-{}", round % 7)
+            };
+            let _ = c.get(&url).header("x-client", who).send().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+async fn the_dashboard_charts_move_under_load_and_lifts_a_ban(chromium: &Chromium) {
+    let rules = "  - name: api
+    match: { path: /vehicles }
+    upstream: demo
+    limits:
+      - name: per_client
+        key: { header: x-client }
+        rate: 2/s
+        ban: { after: 5, within: 1m, for: 10m }";
+    let demo_addr: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    let yaml = format!(
+        "{}  admin_token: s3cret\n  admin_show_keys: true\n{}rules:\n{rules}\ndemo: {{ enabled: true, listen: \"{{upstream}}\" }}\n",
+        common::SERVER,
+        common::upstreams("demo"),
+    );
+    let gw = Gateway::start(&yaml, demo_addr).await;
+    common::wait_listening(demo_addr).await;
+    let (stop, pest) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(true)),
+    );
+    let traffic = load(&gw, stop.clone(), pest.clone());
+
+    // Navigated to over DevTools: a `#fragment` in `/json/new?URL` would be
+    // taken for the DevTools URL's own and dropped.
+    let mut page = chromium.open("about:blank").await;
+    page.call(
+        "Page.navigate",
+        json!({ "url": gw.admin_url("/#token=s3cret") }),
+    )
+    .await;
+    page.wait_until(
+        "the dashboard goes live",
+        "document.getElementById('status').dataset.state",
+        |state| state == "live",
+    )
+    .await;
+    page.wait_until(
+        "the chart of rule api shows allowed and limited requests per second",
+        "(window.tollgateDashboard.samples.api || [])",
+        |samples| {
+            let samples = samples.as_array().cloned().unwrap_or_default();
+            let moving = |field: &str| {
+                samples
+                    .iter()
+                    .any(|s| s[field].as_f64().unwrap_or(0.0) > 0.0)
+            };
+            moving("allowed") && moving("limited")
+        },
+    )
+    .await;
+    let banned = page
+        .wait_until(
+            "the pest's ban is listed",
+            "[...document.querySelectorAll('#bans tr[data-digest]')].map(tr => tr.textContent)",
+            |rows| {
+                rows.as_array()
+                    .is_some_and(|r| r.iter().any(|t| t.as_str().unwrap_or("").contains("pest")))
+            },
+        )
+        .await;
+    page.wait_until(
+        "the pest tops the limited keys",
+        "[...document.querySelectorAll('[data-limit=\"api/per_client\"] tr[data-digest]')].map(tr => tr.textContent)",
+        |rows| rows.as_array().is_some_and(|r| r.first().and_then(Value::as_str).is_some_and(|t| t.contains("pest"))),
+    )
+    .await;
+    // Ten seconds of traffic in the charts before the picture is taken.
+    page.wait_until(
+        "ten seconds of samples",
+        "(window.tollgateDashboard.samples.api || []).length",
+        |n| n.as_u64().is_some_and(|n| n >= 10),
+    )
+    .await;
+    page.screenshot(&screenshot_path()).await;
+
+    // The pest stops; the ban is lifted from the page.
+    pest.store(false, Ordering::Relaxed);
+    let clicked = page
+        .eval("(() => { const b = document.querySelector('#bans tr[data-digest] button.lift'); if (b) b.click(); return !!b; })()")
+        .await;
+    assert_eq!(clicked, Value::Bool(true), "a Lift button: {banned}");
+    page.wait_until(
+        "the lifted ban leaves the list",
+        "document.querySelectorAll('#bans tr[data-digest]').length",
+        |n| n == 0,
+    )
+    .await;
+    let state: Value = client()
+        .get(gw.admin_url("/-/limits/api/per_client/keys/pest"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["banned"], false, "{state}");
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
 }
 
 async fn shows_vehicles_posted_through_the_gateway(chromium: &Chromium) {

@@ -99,12 +99,10 @@ pub(super) async fn stream(shared: &Shared, session: &mut ServerSession, shutdow
     }
     let deadline = tokio::time::Instant::now() + STREAM_FOR;
     let mut tick = tokio::time::interval(EVERY);
-    let mut shutdown = shutdown.clone();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => break,
-        }
+        tick.tick().await;
+        // Checked each tick (a second at most): a shutdown's grace period is
+        // longer, and a watch whose sender is gone must not end the stream.
         if *shutdown.borrow() || tokio::time::Instant::now() >= deadline {
             break;
         }
