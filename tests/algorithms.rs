@@ -357,6 +357,7 @@ fn common_check(limiter: tollgate::limit::Limiter, cost: u64) -> tollgate::limit
         cost,
         enforced: true,
         sync: tollgate::limit::SyncMode::Exact,
+        ban: None,
     }
 }
 

@@ -19,9 +19,9 @@ use tollgate::identity::ClientKey;
 use tollgate::limit::breaker::BreakerSettings;
 use tollgate::limit::store::redis::{RedisSettings, RedisStore, RedisTarget};
 use tollgate::limit::{
-    Check, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, LimitId, Limiter, Limits,
-    MemoryStore, MonotonicClock, Nanos, Permit, SlidingCounter, SlidingLog, StoreAnswer, SyncMode,
-    TokenBucket,
+    BanMark, BanPolicy, Check, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, LimitId,
+    Limiter, Limits, MemoryStore, MonotonicClock, Nanos, Permit, SlidingCounter, SlidingLog,
+    StoreAnswer, SyncMode, TokenBucket,
 };
 use tollgate::metrics::Metrics;
 use tollgate::policy::OnError;
@@ -92,6 +92,7 @@ fn checks(
     id: u64,
     client: u8,
     cost: u64,
+    ban: Option<BanPolicy>,
 ) -> Vec<Check<'static>> {
     let per_ip = ip_key([192, 0, 2, client]);
     let everyone = ClientKey::global();
@@ -103,7 +104,7 @@ fn checks(
             cost,
             enforced: true,
             sync: SyncMode::Exact,
-            ban: None,
+            ban,
         },
         Check {
             limit: LimitId(id + 1),
@@ -126,7 +127,7 @@ fn micros(nanos: Nanos) -> Nanos {
     }
 }
 
-fn comparable(d: &Decision) -> (bool, u64, u64, Nanos, Nanos, Nanos) {
+fn comparable(d: &Decision) -> (bool, u64, u64, Nanos, Nanos, Nanos, BanMark) {
     (
         d.allowed,
         d.limit,
@@ -134,6 +135,7 @@ fn comparable(d: &Decision) -> (bool, u64, u64, Nanos, Nanos, Nanos) {
         micros(d.reset_after),
         micros(d.retry_after),
         micros(d.delay),
+        d.ban,
     )
 }
 
@@ -151,6 +153,18 @@ fn steps(period_micros: u64) -> impl Strategy<Value = Vec<Step>> {
 /// Runs the steps through the memory store and each Redis store and
 /// compares every decision.
 fn same_decisions(limiter: Limiter, steps: &[Step]) -> Result<(), TestCaseError> {
+    same_decisions_banning(limiter, None, steps)
+}
+
+/// As [`same_decisions`], the per-IP limit with a penalty box. Time only
+/// moves forward: a record the memory store forgets at its expiry and Redis
+/// keeps (a pinned clock's keys get a real-time margin) would part them on a
+/// step back.
+fn same_decisions_banning(
+    limiter: Limiter,
+    ban: Option<BanPolicy>,
+    steps: &[Step],
+) -> Result<(), TestCaseError> {
     let fx = fixture();
     for (which, store, backwards) in [
         ("redis", &fx.stores[0], true),
@@ -163,12 +177,12 @@ fn same_decisions(limiter: Limiter, steps: &[Step]) -> Result<(), TestCaseError>
         let mut now = EPOCH_MICROS;
         for (i, &(gap, client, cost)) in steps.iter().enumerate() {
             // Bursts at one instant as well as spread-out requests.
-            if backwards && gap % 10 == 7 {
+            if backwards && ban.is_none() && gap % 10 == 7 {
                 now = (now - gap).max(EPOCH_MICROS);
             } else if gap % 3 != 0 {
                 now += gap;
             }
-            let checks = checks(limiter, global, id, client, cost);
+            let checks = checks(limiter, global, id, client, cost, ban);
             let local: Vec<_> = memory
                 .decide_now(&checks, now * 1000)
                 .decisions
@@ -197,6 +211,28 @@ const MICRO: Nanos = 1000;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_penalty_box_decides_the_same_in_redis(
+        s in steps(20_000),
+        interval in 1u64..5000,
+        after in 1u32..4,
+        within in 1u64..10,
+        duration in 1u64..10,
+        escalate in 1u32..4,
+        enforced: bool,
+    ) {
+        let ms = 1_000 * MICRO;
+        let ban = BanPolicy {
+            after,
+            within: within * ms,
+            duration: duration * ms,
+            escalate,
+            max: 20 * ms,
+            enforced,
+        };
+        same_decisions_banning(Limiter::Gcra(Gcra::from_interval(interval * MICRO, 2)), Some(ban), &s)?;
+    }
 
     #[test]
     fn gcra_decides_the_same_in_redis(s in steps(20_000), interval in 1u64..5000, burst in 1u64..6) {
@@ -250,7 +286,7 @@ proptest! {
                 }
                 continue;
             }
-            let checks = checks(limiter, global, id, 1, cost);
+            let checks = checks(limiter, global, id, 1, cost, None);
             let local = memory.decide_now(&checks, EPOCH_MICROS * 1000);
             let shared = fx.runtime.block_on(fx.stores[0].decide_at(&checks, Some(EPOCH_MICROS))).unwrap();
             let l: Vec<_> = local.decisions.iter().map(comparable).collect();
@@ -286,7 +322,7 @@ fn keys_live_exactly_as_long_as_their_state_matters() {
         for _ in 0..3 {
             let decided = fx
                 .runtime
-                .block_on(fx.stores[0].decide_shared(&checks(limiter, global, id, 9, 1)))
+                .block_on(fx.stores[0].decide_shared(&checks(limiter, global, id, 9, 1, None)))
                 .unwrap();
             last = Some(decided.decisions[0]);
         }
@@ -324,7 +360,7 @@ async fn limits_with_an_open_breaker(
         metrics.store.clone(),
     );
     let limiter = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 1000));
-    let checks = checks(limiter, limiter, fresh_limit(), 1, 1);
+    let checks = checks(limiter, limiter, fresh_limit(), 1, 1, None);
     let answer = limits.decide(&checks, OnError::Allow).await;
     assert!(matches!(answer, StoreAnswer::Decided(_)), "{answer:?}");
     server.kill();
@@ -373,7 +409,7 @@ async fn background_probes_of_a_dead_redis_keep_the_breaker_open_and_count_as_fa
 /// three admissions, all decided by Redis.
 async fn enforced_exactly(store: &RedisStore) -> bool {
     let limiter = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 3));
-    let checks = checks(limiter, limiter, fresh_limit(), 1, 1);
+    let checks = checks(limiter, limiter, fresh_limit(), 1, 1, None);
     let mut admitted = Vec::new();
     for _ in 0..4 {
         match store.decide_shared(&checks).await {
@@ -428,7 +464,7 @@ async fn a_read_only_master_sends_the_store_back_to_the_sentinels() {
     let new = sentinel.demote_master_keeping_its_clients();
     let limiter = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 3));
     let refused = store
-        .decide_shared(&checks(limiter, limiter, fresh_limit(), 1, 1))
+        .decide_shared(&checks(limiter, limiter, fresh_limit(), 1, 1, None))
         .await
         .expect_err("the demoted master took a write");
     let read_only = ::redis::ErrorKind::Server(::redis::ServerErrorKind::ReadOnly);
@@ -466,7 +502,7 @@ async fn the_breaker_probe_leaves_a_frozen_master_for_the_one_the_sentinels_prom
         metrics.store.clone(),
     );
     let limiter = Limiter::FixedWindow(FixedWindow::new(3_600_000_000_000, 1000));
-    let checks = checks(limiter, limiter, fresh_limit(), 1, 1);
+    let checks = checks(limiter, limiter, fresh_limit(), 1, 1, None);
     let answer = limits.decide(&checks, OnError::Allow).await;
     assert!(matches!(answer, StoreAnswer::Decided(_)), "{answer:?}");
     let frozen = sentinel.master();

@@ -977,7 +977,9 @@ fn script_call<'a>(
     let mut call = script.prepare_invoke();
     let n = members.len() as i64;
     call.arg(now).arg(if peek { -n } else { n });
-    let mut next_ban_key = members.len();
+    // KEYS: the state keys in order, then the ban keys (decide.lua finds
+    // each by its index).
+    let mut ban_keys: ArrayVec<&str, MAX_CHECKS> = ArrayVec::new();
     for &i in members {
         let check = &plan.checks[i];
         call.key(&check.key)
@@ -988,9 +990,8 @@ fn script_call<'a>(
             .arg(&plan.id);
         match &check.ban {
             Some((ban_key, policy)) => {
-                next_ban_key += 1;
-                call.key(ban_key)
-                    .arg(next_ban_key)
+                ban_keys.push(ban_key);
+                call.arg(members.len() + ban_keys.len())
                     .arg(policy.after)
                     .arg(micros(policy.within))
                     .arg(micros(policy.duration))
@@ -1003,6 +1004,9 @@ fn script_call<'a>(
                 call.arg(&[0u32; 7][..]);
             }
         }
+    }
+    for ban_key in ban_keys {
+        call.key(ban_key);
     }
     call
 }
