@@ -265,8 +265,9 @@ fn screenshot_path() -> std::path::PathBuf {
     target.join("screenshots").join("dashboard-under-load.png")
 }
 
-/// Traffic for the dashboard until `stop`: a few well-behaved clients, and
-/// `pest` (while `pest` is set) hammering past its limit into a ban.
+/// Traffic for the dashboard until `stop`: seven well-behaved clients (each
+/// well under its 10/s), and `pest` (while `pest` is set) sending a third of
+/// the requests, about 16/s, into a ban.
 fn load(gw: &Gateway, stop: Arc<AtomicBool>, pest: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
     let url = gw.url("/vehicles");
     tokio::spawn(async move {
@@ -294,7 +295,7 @@ async fn the_dashboard_charts_move_under_load_and_lifts_a_ban(chromium: &Chromiu
     limits:
       - name: per_client
         key: { header: x-client }
-        rate: 2/s
+        rate: 10/s
         ban: { after: 5, within: 1m, for: 10m }";
     let demo_addr: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
     let yaml = format!(
@@ -366,7 +367,7 @@ async fn the_dashboard_charts_move_under_load_and_lifts_a_ban(chromium: &Chromiu
     // The pest stops; the ban is lifted from the page.
     pest.store(false, Ordering::Relaxed);
     let clicked = page
-        .eval("(() => { const b = document.querySelector('#bans tr[data-digest] button.lift'); if (b) b.click(); return !!b; })()")
+        .eval("(() => { const row = [...document.querySelectorAll('#bans tr[data-digest]')].find(tr => tr.textContent.includes('pest')); const b = row && row.querySelector('button.lift'); if (b) b.click(); return !!b; })()")
         .await;
     assert_eq!(clicked, Value::Bool(true), "a Lift button: {banned}");
     page.wait_until(
