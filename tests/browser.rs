@@ -119,6 +119,15 @@ struct Page {
     next_id: u64,
 }
 
+/// What the map page shows: its connection state and the listed vehicles.
+const MAP_SHOWN: &str = "({\
+    state: document.getElementById('status').dataset.state, \
+    status: document.getElementById('status').textContent, \
+    vehicles: [...document.querySelectorAll('#vehicles li')].map(li => li.dataset.id), \
+    count: document.getElementById('count').textContent, \
+    eps: document.getElementById('eps').textContent, \
+    list: document.getElementById('vehicles').textContent })";
+
 impl Page {
     async fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
@@ -143,20 +152,9 @@ impl Page {
         }
     }
 
-    /// Polls what the page shows until `expected` holds, failing after 30 s.
+    /// Polls what the map page shows until `expected` holds.
     async fn wait_for(&mut self, what: &str, expected: impl Fn(&Value) -> bool) -> Value {
-        let until = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let shown = self.shown().await;
-            if expected(&shown) {
-                return shown;
-            }
-            assert!(
-                std::time::Instant::now() < until,
-                "{what}: the page shows {shown}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_until(what, MAP_SHOWN, expected).await
     }
 
     /// The value of a JavaScript expression in the page, as JSON.
@@ -207,25 +205,9 @@ impl Page {
         eprintln!("screenshot saved: {}", path.display());
     }
 
-    /// What the page shows: its connection state and the listed vehicles.
+    /// What the map page shows.
     async fn shown(&mut self) -> Value {
-        let expression = "JSON.stringify({\
-            state: document.getElementById('status').dataset.state, \
-            status: document.getElementById('status').textContent, \
-            vehicles: [...document.querySelectorAll('#vehicles li')].map(li => li.dataset.id), \
-            count: document.getElementById('count').textContent, \
-            eps: document.getElementById('eps').textContent, \
-            list: document.getElementById('vehicles').textContent })";
-        let result = self
-            .call(
-                "Runtime.evaluate",
-                json!({ "expression": expression, "returnByValue": true }),
-            )
-            .await;
-        result["result"]["value"]
-            .as_str()
-            .map(|s| serde_json::from_str(s).unwrap())
-            .unwrap_or(Value::Null)
+        self.eval(MAP_SHOWN).await
     }
 }
 

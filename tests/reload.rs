@@ -660,6 +660,8 @@ async fn metrics_labels_never_come_from_clients() {
         "max_connections_per_ip",
         "handshake_timeout",
         "handshake_failed",
+        "enforce",
+        "shadow",
         "+Inf",
     ]
     .into_iter()
@@ -697,7 +699,11 @@ async fn the_admin_token_guards_everything_but_the_probes() {
             "{path}"
         );
     }
-    for path in ["/metrics", "/-/config"] {
+    // The dashboard page holds no data: it asks for the token.
+    assert_eq!(c.get(gw.admin_url("/")).send().await.unwrap().status(), 200);
+    let events = c.get(gw.admin_url("/-/events")).send().await.unwrap();
+    assert_eq!(events.status(), 401, "the live stream");
+    for path in ["/metrics", "/-/config", "/-/limits", "/-/bans", "/-/stats"] {
         let denied = c.get(gw.admin_url(path)).send().await.unwrap();
         assert_eq!(denied.status(), 401, "{path}");
         let wrong = c

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::{json as reply, Reply};
 use crate::identity::{ClientKey, KeyDigest};
-use crate::limit::{KeyRef, LimitRef, Nanos, RunningBan};
+use crate::limit::{KeyRef, LimitRef, Nanos, RunningBan, StoreError};
 use crate::snapshot::{Rule, RuleLimit, Snapshot};
 use crate::state::{rfc3339, Shared};
 use crate::top::{By, PER_SHARD, SHARDS, WINDOW};
@@ -242,9 +242,7 @@ impl Merged {
             "refusals": self.refusals,
             "error": self.error,
         });
-        if rt.server.admin_show_keys {
-            entry["key"] = self.key.as_ref().map(|k| k.to_string()).into();
-        }
+        show_key(rt, &mut entry, self.key.as_ref());
         entry
     }
 }
@@ -304,6 +302,13 @@ fn resolve(
     Some((key.digest(), Some(key)))
 }
 
+fn key_ref<'a>(digest: KeyDigest, key: &'a Option<ClientKey<'static>>) -> KeyRef<'a> {
+    KeyRef {
+        digest,
+        key: key.as_ref(),
+    }
+}
+
 fn limit_ref(limit: &RuleLimit) -> LimitRef<'_> {
     LimitRef {
         id: limit.id,
@@ -322,14 +327,12 @@ async fn key_state(
     let Some((digest, key)) = resolve(shared, limit, named) else {
         return unknown_key(named);
     };
-    let named_key = KeyRef {
-        digest,
-        key: key.as_ref(),
-    };
-    let state = match shared.limits.key_state(limit_ref(limit), named_key).await {
-        Ok(Some(state)) => state,
-        Ok(None) => return unknown_key(named),
-        Err(e) => return store_unavailable(&e.to_string()),
+    let asked = shared
+        .limits
+        .key_state(limit_ref(limit), key_ref(digest, &key));
+    let state = match found(asked.await, named) {
+        Ok(state) => state,
+        Err(reply) => return reply,
     };
     let mut body = json!({
         "rule": rule.name,
@@ -343,9 +346,7 @@ async fn key_state(
         "banned_until": state.banned_for.map(until),
         "offences": state.offences,
     });
-    if rt.server.admin_show_keys {
-        body["key"] = key.map(|k| k.to_string()).into();
-    }
+    show_key(rt, &mut body, key.as_ref());
     reply(StatusCode::OK, body)
 }
 
@@ -359,14 +360,12 @@ async fn forget(
     let Some((digest, key)) = resolve(shared, limit, named) else {
         return unknown_key(named);
     };
-    let named_key = KeyRef {
-        digest,
-        key: key.as_ref(),
-    };
-    let lifted = match shared.limits.forget_key(limit_ref(limit), named_key).await {
-        Ok(Some(lifted)) => lifted,
-        Ok(None) => return unknown_key(named),
-        Err(e) => return store_unavailable(&e.to_string()),
+    let asked = shared
+        .limits
+        .forget_key(limit_ref(limit), key_ref(digest, &key));
+    let lifted = match found(asked.await, named) {
+        Ok(lifted) => lifted,
+        Err(reply) => return reply,
     };
     tracing::info!(rule = %rule.name, limit = %limit.name, %digest, lifted, "admin reset a key");
     let mut body = json!({
@@ -376,9 +375,7 @@ async fn forget(
         "reset": true,
         "ban_lifted": lifted,
     });
-    if rt.server.admin_show_keys {
-        body["key"] = key.map(|k| k.to_string()).into();
-    }
+    show_key(rt, &mut body, key.as_ref());
     reply(StatusCode::OK, body)
 }
 
@@ -411,10 +408,16 @@ fn ban(rt: &Snapshot, rule: &Rule, limit: &RuleLimit, b: &RunningBan) -> Value {
         "offences": b.offences,
         "mode": if limit.bans() { "enforce" } else { "shadow" },
     });
-    if rt.server.admin_show_keys {
-        entry["key"] = key.map(|k| k.to_string()).into();
-    }
+    show_key(rt, &mut entry, key.as_ref());
     entry
+}
+
+/// Adds the key as counted to an answer about it, where the config says to
+/// show keys (`null` when this gateway does not know it).
+fn show_key(rt: &Snapshot, answer: &mut Value, key: Option<&ClientKey<'static>>) {
+    if rt.server.admin_show_keys {
+        answer["key"] = key.map(|k| k.to_string()).into();
+    }
 }
 
 fn seconds(nanos: Nanos) -> f64 {
@@ -442,6 +445,16 @@ fn percent_decode(segment: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The store's answer about a named key, or the reply saying why there is
+/// none: a key it cannot find (404), or a store that did not answer (503).
+fn found<T>(answer: Result<Option<T>, StoreError>, named: &str) -> Result<T, Reply> {
+    match answer {
+        Ok(Some(found)) => Ok(found),
+        Ok(None) => Err(unknown_key(named)),
+        Err(e) => Err(store_unavailable(&e.to_string())),
+    }
 }
 
 fn unknown_key(named: &str) -> Reply {

@@ -108,6 +108,21 @@ impl BanRecord {
     }
 }
 
+/// A policy for unit tests: 3 refusals within a minute ban for 10 minutes,
+/// doubling per repeat offence up to an hour.
+#[cfg(test)]
+pub(crate) fn example_policy() -> BanPolicy {
+    const SECOND: Nanos = 1_000_000_000;
+    BanPolicy {
+        after: 3,
+        within: 60 * SECOND,
+        duration: 600 * SECOND,
+        escalate: 2,
+        max: 3_600 * SECOND,
+        enforced: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,14 +130,7 @@ mod tests {
     const SECOND: Nanos = 1_000_000_000;
 
     fn policy() -> BanPolicy {
-        BanPolicy {
-            after: 3,
-            within: 60 * SECOND,
-            duration: 600 * SECOND,
-            escalate: 2,
-            max: 3_600 * SECOND,
-            enforced: true,
-        }
+        example_policy()
     }
 
     #[test]

@@ -197,11 +197,7 @@ mod tests {
     fn policy() -> BanPolicy {
         BanPolicy {
             after: 2,
-            within: 60 * SECOND,
-            duration: 600 * SECOND,
-            escalate: 2,
-            max: 3_600 * SECOND,
-            enforced: true,
+            ..crate::limit::ban::example_policy()
         }
     }
 
