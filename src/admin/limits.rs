@@ -332,7 +332,7 @@ async fn key_state(
         .key_state(limit_ref(limit), key_ref(digest, &key));
     let state = match found(asked.await, named) {
         Ok(state) => state,
-        Err(reply) => return reply,
+        Err(reply) => return *reply,
     };
     let mut body = json!({
         "rule": rule.name,
@@ -365,7 +365,7 @@ async fn forget(
         .forget_key(limit_ref(limit), key_ref(digest, &key));
     let lifted = match found(asked.await, named) {
         Ok(lifted) => lifted,
-        Err(reply) => return reply,
+        Err(reply) => return *reply,
     };
     tracing::info!(rule = %rule.name, limit = %limit.name, %digest, lifted, "admin reset a key");
     let mut body = json!({
@@ -449,11 +449,12 @@ fn percent_decode(segment: &str) -> Option<String> {
 
 /// The store's answer about a named key, or the reply saying why there is
 /// none: a key it cannot find (404), or a store that did not answer (503).
-fn found<T>(answer: Result<Option<T>, StoreError>, named: &str) -> Result<T, Reply> {
+/// Boxed because a reply is large and this is the rare path.
+fn found<T>(answer: Result<Option<T>, StoreError>, named: &str) -> Result<T, Box<Reply>> {
     match answer {
         Ok(Some(found)) => Ok(found),
-        Ok(None) => Err(unknown_key(named)),
-        Err(e) => Err(store_unavailable(&e.to_string())),
+        Ok(None) => Err(Box::new(unknown_key(named))),
+        Err(e) => Err(Box::new(store_unavailable(&e.to_string()))),
     }
 }
 
