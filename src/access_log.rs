@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use prometheus::IntCounter;
 use serde::Serialize;
 
+use crate::identity::Recorded;
 use crate::policy::AccessLogFormat;
 
 /// Where lines go.
@@ -46,6 +47,9 @@ pub(crate) struct Entry<'a> {
     pub(crate) request_id: Option<&'a str>,
     pub(crate) client_ip: IpAddr,
     pub(crate) method: &'a str,
+    /// The `Host` header (or the target's authority) as received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) host: Option<&'a str>,
     /// Normalized, without the query.
     pub(crate) path: std::borrow::Cow<'a, str>,
     pub(crate) protocol: &'static str,
@@ -56,6 +60,17 @@ pub(crate) struct Entry<'a> {
     pub(crate) outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) limit: Option<Verdict<'a>>,
+    /// The limiter clock's `now` the store decided at, to the nanosecond:
+    /// what `tollgate replay` decides at again.
+    #[serde(
+        serialize_with = "optional_rfc3339_nanos",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) decided_at: Option<SystemTime>,
+    /// Digests of the identity the rules read (JSON only; see
+    /// `identity::Recorded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) identity: Option<Recorded>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) consumer: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,6 +105,16 @@ pub(crate) struct Entry<'a> {
 
 fn rfc3339<S: serde::Serializer>(at: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_millis(*at))
+}
+
+fn optional_rfc3339_nanos<S: serde::Serializer>(
+    at: &Option<SystemTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => s.collect_str(&humantime::format_rfc3339_nanos(*at)),
+        None => s.serialize_none(),
+    }
 }
 
 fn as_millis(d: Duration) -> f64 {
@@ -354,6 +379,7 @@ mod tests {
             request_id: Some("abc"),
             client_ip: IpAddr::from([192, 0, 2, 1]),
             method: "GET",
+            host: Some("api.example.com"),
             path: "/v1/orders".into(),
             protocol: "HTTP/1.1",
             tls: false,
@@ -365,6 +391,10 @@ mod tests {
                 allowed: false,
                 remaining: 0,
             }),
+            decided_at: Some(
+                SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_122_999_999),
+            ),
+            identity: None,
             consumer: Some("acme"),
             plan: Some("gold"),
             upstream: None,

@@ -14,9 +14,9 @@ use http::header::HOST;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::consumer::jwt::{self, TokenError};
-use crate::consumer::{Consumers, Unknown, Who};
-use crate::identity::{self, ClientKey, KeyError, KeyPart, RequestFacts};
-use crate::limit::{Decision, Decisions, HeldPermits, Limits, StoreAnswer, MAX_CHECKS};
+use crate::consumer::{Consumers, Plan as ConsumerPlan, Unknown, Who};
+use crate::identity::{self, ClientKey, KeyError, KeyPart, Recorded, RequestFacts};
+use crate::limit::{Decision, Decisions, HeldPermits, Limits, Nanos, StoreAnswer, MAX_CHECKS};
 use crate::metrics::Outcome;
 use crate::pipeline::{self, Incoming, Plan, Routed, Unrouted};
 use crate::policy::Mode;
@@ -37,6 +37,8 @@ pub(crate) struct RequestHead<'a> {
     pub(crate) uri_authority: Option<&'a str>,
     /// The TCP peer.
     pub(crate) peer: IpAddr,
+    /// Replay: the identity the access log recorded for the request.
+    pub(crate) recorded: Option<&'a Recorded>,
 }
 
 /// What admission decided.
@@ -64,6 +66,8 @@ pub(crate) struct Refusal {
     /// limits) and the consumer, for the access log.
     pub(crate) limit: Option<usize>,
     pub(crate) consumer: Option<Arc<str>>,
+    /// When the store decided (limiter clock), for the access log.
+    pub(crate) decided_at: Option<Nanos>,
 }
 
 /// A request admitted upstream, with what the later phases need.
@@ -93,6 +97,8 @@ pub(crate) struct Admitted {
     pub(crate) plan: Option<usize>,
     /// The consumer's id; `None` for an anonymous request.
     pub(crate) consumer: Option<Arc<str>>,
+    /// When the store decided (limiter clock), for the access log.
+    pub(crate) decided_at: Option<Nanos>,
 }
 
 impl Admitted {
@@ -120,6 +126,7 @@ fn refuse_on(
         plan,
         limit: None,
         consumer: None,
+        decided_at: None,
     })
 }
 
@@ -161,9 +168,12 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
         }
     }
     let client_ip = pipeline::client_ip(rt, &incoming);
-    let facts = pipeline::facts(rt, &incoming, client_ip);
+    let facts = RequestFacts {
+        recorded: head.recorded,
+        ..pipeline::facts(rt, &incoming, client_ip)
+    };
     let who = match rt.consumers.as_ref().filter(|_| rule.needs_consumer) {
-        Some(consumers) => match identify(consumers, &facts) {
+        Some(consumers) => match identify(consumers, &rt.plans, &facts) {
             Ok(who) => Some(who),
             Err(why) => {
                 let (outcome, reply) = refuse_unidentified(rule, why);
@@ -203,6 +213,7 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
         peer_trusted: rt.server.trusted_proxies.contains(head.peer.to_canonical()),
         plan,
         consumer: who.as_ref().and_then(|w| w.id().cloned()),
+        decided_at: None,
     };
     let planned = if rule.exempt_by_plan(plan, &rt.plans) {
         Plan::Exempt
@@ -241,13 +252,19 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
                     local
                 }
             };
-            let Some(Decisions { decisions, permits }) = decided else {
+            let Some(Decisions {
+                decisions,
+                permits,
+                at,
+            }) = decided
+            else {
                 // `on_error: allow`: through, unlimited.
                 return forward(admitted, Outcome::StoreError, &target, &routed, head);
             };
             let decided: ArrayVec<(usize, Decision), MAX_CHECKS> =
                 indices.into_iter().zip(decisions).collect();
-            let now = limits.now();
+            let now = at.unwrap_or_else(|| limits.now());
+            admitted.decided_at = Some(now);
             for ((i, d), check) in decided.iter().zip(&checks) {
                 let limit = &limits_of_request[*i];
                 limit.record(d);
@@ -264,6 +281,7 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
                     plan,
                     limit: Some(i),
                     consumer: admitted.consumer.take(),
+                    decided_at: admitted.decided_at,
                 });
             }
             admitted.headline = judgement.headline;
@@ -390,8 +408,12 @@ pub(crate) enum Unidentified {
 /// one; anything else is an API key.
 pub(crate) fn identify<'c>(
     consumers: &'c Consumers,
+    plans: &[ConsumerPlan],
     facts: &RequestFacts<'_>,
 ) -> Result<Who<'c>, Unidentified> {
+    if let Some(recorded) = facts.recorded {
+        return identify_recorded(consumers, plans, recorded);
+    }
     if let Some(verifier) = &consumers.jwt {
         let token =
             identity::bearer_jwt(facts.headers).map_err(|_| Unidentified::ConflictingKeys)?;
@@ -406,6 +428,35 @@ pub(crate) fn identify<'c>(
     consumers
         .resolve(key.as_deref())
         .map_err(Unidentified::Nobody)
+}
+
+/// Replay's lookup: the consumer whose key has the recorded digest; else,
+/// with JWTs on, the consumer and plan the log names (the token itself is
+/// not in the log); else the anonymous plan, or nobody.
+fn identify_recorded<'c>(
+    consumers: &'c Consumers,
+    plans: &[ConsumerPlan],
+    recorded: &Recorded,
+) -> Result<Who<'c>, Unidentified> {
+    let key = recorded
+        .api_key_digest()
+        .map_err(|_| Unidentified::ConflictingKeys)?;
+    if let Some(consumer) = key.and_then(|digest| consumers.by_digest(&digest)) {
+        return Ok(Who::Consumer(consumer));
+    }
+    if consumers.jwt.is_some() {
+        let plan = recorded
+            .plan
+            .as_deref()
+            .and_then(|name| plans.iter().position(|p| p.name == name));
+        if let (Some(id), Some(plan)) = (recorded.consumer.as_deref(), plan) {
+            return Ok(Who::Token(Arc::new(jwt::Verified::recorded(id, plan))));
+        }
+    }
+    match key {
+        Some(_) => Err(Unidentified::Nobody(Unknown::UnknownKey)),
+        None => consumers.resolve(None).map_err(Unidentified::Nobody),
+    }
 }
 
 /// The answer to a request whose consumer cannot be told: 401 without a known

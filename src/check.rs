@@ -304,6 +304,7 @@ pub async fn explain(rt: &Snapshot, req: &Hypothetical) -> String {
         headers: &req.headers,
         uri_authority: None,
         peer: req.ip,
+        recorded: None,
     };
     let scratch = Limits::memory(
         MemoryStore::new(SCRATCH_KEYS, None),
@@ -379,7 +380,7 @@ fn describe(rt: &Snapshot, req: &Hypothetical, raw_target: &[u8]) -> String {
         .consumers
         .as_ref()
         .filter(|_| rule.needs_consumer)
-        .map(|consumers| admission::identify(consumers, &facts));
+        .map(|consumers| admission::identify(consumers, &rt.plans, &facts));
     if let Some(who) = &who {
         let line = match who {
             Ok(who) => {

@@ -11,6 +11,10 @@ use ipnet::IpNet;
 
 use crate::consumer::jwt::Verified;
 
+mod recorded;
+
+pub use recorded::{ConflictMark, PartValue, Recorded};
+
 /// `X-Forwarded-For`, as the gateway reads and writes it.
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -195,6 +199,9 @@ pub struct RequestFacts<'a> {
     pub consumer: Option<&'a str>,
     /// The verified JWT the consumer came from.
     pub token: Option<&'a Verified>,
+    /// Replay: the identity the access log recorded, read instead of the
+    /// headers, cookies and query (which the log does not hold).
+    pub recorded: Option<&'a Recorded>,
 }
 
 /// One extracted key component, borrowed from the request where possible.
@@ -401,6 +408,14 @@ fn extract_part<'a>(
     part: &KeyPart,
     facts: &RequestFacts<'a>,
 ) -> Result<KeyValue<'a>, KeyErrorKind> {
+    if let Some(recorded) = facts.recorded {
+        if !matches!(part, KeyPart::Ip | KeyPart::Global | KeyPart::Consumer) {
+            return recorded.value(part).map_err(|e| match e {
+                KeyError::Missing(_) => KeyError::Missing as KeyErrorKind,
+                KeyError::Conflicting(_) => KeyError::Conflicting,
+            });
+        }
+    }
     let value = match part {
         KeyPart::Ip => return Ok(KeyValue::Ip(ip_bucket(facts.client_ip, facts.ipv6_prefix))),
         KeyPart::Global => return Ok(KeyValue::Global),
@@ -615,6 +630,9 @@ impl Exemption {
     pub(crate) fn applies(&self, facts: &RequestFacts<'_>) -> bool {
         match self {
             Exemption::Networks(nets) => nets.iter().any(|n| n.contains(&facts.client_ip)),
+            Exemption::Header { pattern, name, .. } if facts.recorded.is_some() => facts
+                .recorded
+                .is_some_and(|r| r.exempted_by(name.as_str(), pattern)),
             Exemption::Header { name, value, .. } => {
                 let mut values = facts.headers.get_all(name).iter().peekable();
                 values.peek().is_some()
@@ -792,6 +810,7 @@ mod tests {
             api_key: sources,
             consumer: None,
             token: None,
+            recorded: None,
         }
     }
 

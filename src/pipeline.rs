@@ -92,6 +92,7 @@ pub(crate) fn facts<'a>(
         api_key: &rt.server.api_key,
         consumer: None,
         token: None,
+        recorded: None,
     }
 }
 

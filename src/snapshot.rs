@@ -14,7 +14,7 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::access_log::LogTarget;
 use crate::consumer::{Consumers, Plan};
 use crate::health::{self, ActiveSettings, Nanos, PassiveSettings, ServerHealth};
-use crate::identity::{ApiKeySources, Exemption, KeySpec, TrustedProxies};
+use crate::identity::{ApiKeySources, Exemption, KeyPart, KeySpec, TrustedProxies};
 use crate::limit::algorithm::Setting;
 use crate::limit::breaker::BreakerSettings;
 use crate::limit::store::redis::RedisSettings;
@@ -64,6 +64,8 @@ pub struct Snapshot {
     pub consumers: Option<Consumers>,
     pub(crate) upstreams: Vec<Upstream>,
     pub(crate) access_log: AccessLogSettings,
+    /// What of a request's identity the access log records for replay.
+    pub(crate) recording: Recording,
     /// Non-fatal findings of the compile (e.g. unreachable rules).
     pub warnings: Vec<Problem>,
     pub(crate) source: ConfigSource,
@@ -87,6 +89,51 @@ pub(crate) struct StoreSettings {
 pub(crate) struct RedisBackend {
     pub(crate) redis: RedisSettings,
     pub(crate) breaker: BreakerSettings,
+}
+
+/// The parts of a request's identity that some rule reads and the access
+/// log must record for `tollgate replay` to read them back: the header,
+/// cookie, query and API key parts of every limit's key (the API key too
+/// when consumers are configured), and every header exemption.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Recording {
+    pub(crate) parts: Vec<KeyPart>,
+    pub(crate) header_exemptions: Vec<Exemption>,
+}
+
+impl Recording {
+    pub(crate) fn of(rules: &[Rule], consumers: Option<&Consumers>) -> Self {
+        let mut recording = Recording::default();
+        if consumers.is_some() {
+            recording.parts.push(KeyPart::ApiKey);
+        }
+        for rule in rules {
+            for part in rule.all_limits().flat_map(|l| &l.key.0) {
+                let kind_recorded = matches!(
+                    part,
+                    KeyPart::Header(_) | KeyPart::Cookie(_) | KeyPart::Query(_) | KeyPart::ApiKey
+                );
+                if kind_recorded && !recording.parts.contains(part) {
+                    recording.parts.push(part.clone());
+                }
+            }
+            for exemption in &rule.exemptions {
+                if let Exemption::Header { name, pattern, .. } = exemption {
+                    let known = recording.header_exemptions.iter().any(|e| {
+                        matches!(e, Exemption::Header { name: n, pattern: p, .. } if n == name && p == pattern)
+                    });
+                    if !known {
+                        recording.header_exemptions.push(exemption.clone());
+                    }
+                }
+            }
+        }
+        recording
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.parts.is_empty() && self.header_exemptions.is_empty()
+    }
 }
 
 /// The access log's settings: the format follows the config, the target and

@@ -78,12 +78,12 @@ impl Shared {
         );
         let clock = MonotonicClock::default();
         let limits = match &snapshot.store.redis {
-            None => Limits::memory(memory, clock),
+            None => Limits::memory(memory, clock.clone()),
             Some(backend) => Limits::redis(
                 RedisStore::new(backend.redis.clone())?,
                 backend.breaker,
                 memory,
-                clock,
+                clock.clone(),
                 metrics.store.clone(),
             ),
         };

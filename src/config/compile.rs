@@ -41,8 +41,8 @@ use crate::schema::input::{
     WebSocketInput,
 };
 use crate::snapshot::{
-    CompiledPart, Cost, DenyResponse, MessageLimit, RedisBackend, Rule, RuleLimit, ServerSettings,
-    Snapshot, StoreSettings, Upstream, WebSocketPolicy,
+    CompiledPart, Cost, DenyResponse, MessageLimit, Recording, RedisBackend, Rule, RuleLimit,
+    ServerSettings, Snapshot, StoreSettings, Upstream, WebSocketPolicy,
 };
 use crate::top::TopKeys;
 
@@ -260,6 +260,7 @@ pub(crate) fn compile(
     }
     match (server, routes) {
         (Some(server), Some(routes)) if !has_errors => Ok(Snapshot {
+            recording: Recording::of(&rules, consumers.as_ref().and_then(Option::as_ref)),
             server,
             store,
             parts,

@@ -169,6 +169,17 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// A token replay takes the log's word for: its consumer and plan, no
+    /// claims (the log does not keep them).
+    pub(crate) fn recorded(id: &str, plan: usize) -> Self {
+        Verified {
+            id: id.into(),
+            plan,
+            expires: u64::MAX,
+            claims: Box::default(),
+        }
+    }
+
     /// The value of kept claim number `slot`.
     pub(crate) fn claim(&self, slot: usize) -> Option<&str> {
         self.claims.get(slot)?.as_deref()

@@ -147,6 +147,11 @@ impl Consumers {
         self.by_key.get(&digest(key)).map(|&i| &self.list[i])
     }
 
+    /// The consumer whose key has this SHA-256 (replay knows no key).
+    pub(crate) fn by_digest(&self, digest: &KeyDigest) -> Option<&Consumer> {
+        self.by_key.get(digest).map(|&i| &self.list[i])
+    }
+
     /// The JWT verifier, when JWTs are configured.
     pub fn jwt(&self) -> Option<&JwtVerifier> {
         self.jwt.as_ref()

@@ -76,11 +76,11 @@ impl Limits {
         clock: MonotonicClock,
         metrics: StoreMetrics,
     ) -> Self {
-        let memory = Arc::new(memory.with_clock(clock));
+        let memory = Arc::new(memory.with_clock(clock.clone()));
         let timeout = redis.settings().timeout;
         let timed = Timed::new(redis.clone(), metrics.redis_duration.clone());
         let fallback = Timed::new(memory.clone(), metrics.memory_duration.clone());
-        let guarded = Guarded::new(timed, breaker, timeout, clock, metrics);
+        let guarded = Guarded::new(timed, breaker, timeout, clock.clone(), metrics);
         let store = Failover::new(Batching::new(guarded, clock), fallback);
         Limits {
             memory,

@@ -16,7 +16,9 @@ mod id;
 pub mod store;
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrayvec::ArrayVec;
 
@@ -101,6 +103,9 @@ pub struct Decisions {
     /// Concurrency permits taken; give them back with [`Store::release_permits`]
     /// when the request (or connection) ends.
     pub permits: Vec<Permit>,
+    /// The `now` the memory store decided at: what the access log records for
+    /// replay. `None` when Redis decided, on its own clock.
+    pub at: Option<Nanos>,
 }
 
 /// A held concurrency permit.
@@ -136,23 +141,47 @@ pub(crate) trait Store: Send + Sync {
     }
 }
 
-/// The limiter's time source. Production uses a monotonic clock; tests pass
-/// `now` explicitly.
-#[derive(Debug, Clone, Copy)]
+/// The limiter's time source: nanoseconds since the Unix epoch, read from a
+/// monotonic clock anchored once on the wall clock, so that fixed windows
+/// start on the wall clock's seconds and minutes (as Redis's do) and the
+/// access log can record a decision's exact `now`, which `tollgate replay`
+/// decides at again. Replay sets the time by hand ([`Self::manual`]); tests
+/// of the algorithms pass `now` explicitly.
+#[derive(Debug, Clone)]
 pub struct MonotonicClock {
     origin: Instant,
+    /// The wall clock at `origin`.
+    epoch: Nanos,
+    /// Set by hand instead of read (replay).
+    manual: Option<Arc<AtomicU64>>,
 }
 
 impl Default for MonotonicClock {
     fn default() -> Self {
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as Nanos);
         MonotonicClock {
             origin: Instant::now(),
+            epoch,
+            manual: None,
         }
     }
 }
 
 impl MonotonicClock {
+    /// A clock that reads what `time` was last set to.
+    pub(crate) fn manual(time: Arc<AtomicU64>) -> Self {
+        MonotonicClock {
+            manual: Some(time),
+            ..MonotonicClock::default()
+        }
+    }
+
     pub(crate) fn now(&self) -> Nanos {
-        self.origin.elapsed().as_nanos() as Nanos
+        match &self.manual {
+            None => self.epoch + self.origin.elapsed().as_nanos() as Nanos,
+            Some(time) => time.load(Ordering::Relaxed),
+        }
     }
 }

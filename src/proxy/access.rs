@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, UNIX_EPOCH};
 
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -13,8 +13,10 @@ use pingora::Error;
 use super::{over_tls, peer_ip, Gateway, RequestCtx, UNKNOWN_ADDRESS};
 use crate::access_log;
 use crate::admission::{Admitted, Refusal};
-use crate::identity::{self, X_FORWARDED_FOR};
+use crate::identity::{self, Recorded, RequestFacts, X_FORWARDED_FOR};
+use crate::limit::Nanos;
 use crate::metrics::Outcome;
+use crate::policy::AccessLogFormat;
 use crate::snapshot::Snapshot;
 
 /// What the access log tells of a request's admission.
@@ -26,6 +28,7 @@ pub(super) struct LogFacts {
     pub(super) plan: Option<usize>,
     pub(super) consumer: Option<Arc<str>>,
     pub(super) limiter: std::time::Duration,
+    pub(super) decided_at: Option<Nanos>,
 }
 
 impl LogFacts {
@@ -37,6 +40,7 @@ impl LogFacts {
             plan: refusal.plan,
             consumer: refusal.consumer.take(),
             limiter: started.map(|s| s.elapsed()).unwrap_or_default(),
+            decided_at: refusal.decided_at,
         })
     }
 
@@ -47,6 +51,7 @@ impl LogFacts {
             plan: admitted.plan,
             consumer: admitted.consumer.clone(),
             limiter: started.map(|s| s.elapsed()).unwrap_or_default(),
+            decided_at: admitted.decided_at,
         })
     }
 }
@@ -124,18 +129,24 @@ pub(super) fn log_entry<'a>(
         _ => None,
     };
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    let client_ip = identity::client_ip(
+        peer_ip(session),
+        req.headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .map(|v| v.as_bytes()),
+        &rt.server.trusted_proxies,
+    );
     access_log::Entry {
         time: std::time::SystemTime::now(),
         request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
-        client_ip: identity::client_ip(
-            peer_ip(session),
-            req.headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .map(|v| v.as_bytes()),
-            &rt.server.trusted_proxies,
-        ),
+        client_ip,
         method: req.method.as_str(),
+        host: req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str())),
         path: log_path(req.raw_path()),
         protocol: match req.version {
             http::Version::HTTP_10 => "HTTP/1.0",
@@ -147,6 +158,10 @@ pub(super) fn log_entry<'a>(
         rule: rule.map(|r| r.name.as_str()),
         outcome: facts.outcome.label(),
         limit,
+        decided_at: facts
+            .decided_at
+            .map(|at| UNIX_EPOCH + std::time::Duration::from_nanos(at)),
+        identity: recorded_identity(rt, req, client_ip),
         consumer: facts.consumer.as_deref(),
         plan: facts.plan.map(|p| rt.plans[p].name.as_str()),
         upstream: upstream.map(|u| u.name.as_str()),
@@ -163,6 +178,26 @@ pub(super) fn log_entry<'a>(
         websocket: ctx.tunnel_open,
         error: e.map(|e| e.etype().as_str()),
     }
+}
+
+/// What replay needs of the request's identity, in a JSON log (the text
+/// form has no room for it); `None` when no rule reads any.
+fn recorded_identity(rt: &Snapshot, req: &RequestHeader, client_ip: IpAddr) -> Option<Recorded> {
+    if rt.access_log.format != AccessLogFormat::Json || rt.recording.is_empty() {
+        return None;
+    }
+    let facts = RequestFacts {
+        headers: &req.headers,
+        query: req.uri.query(),
+        client_ip,
+        ipv6_prefix: rt.server.ipv6_prefix,
+        api_key: &rt.server.api_key,
+        consumer: None,
+        token: None,
+        recorded: None,
+    };
+    let recorded = Recorded::of(&rt.recording.parts, &rt.recording.header_exemptions, &facts);
+    (recorded != Recorded::default()).then_some(recorded)
 }
 
 /// Whether admission sent the request on (it has an upstream).

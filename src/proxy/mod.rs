@@ -332,7 +332,7 @@ impl Gateway {
             watch: ServerWatch::default(),
             gate,
             limits: &self.shared.limits,
-            clock: self.shared.clock,
+            clock: self.shared.clock.clone(),
             metrics: &rule.metrics,
         };
         let timeouts = tunnel::TunnelTimeouts {
@@ -477,6 +477,7 @@ impl ProxyHttp for Gateway {
             headers: &req.headers,
             uri_authority: req.uri.authority().map(|a| a.as_str()),
             peer,
+            recorded: None,
         };
         let logging = rt.access_log.format != AccessLogFormat::Off;
         let admission = admission::admit(&rt, &head, &self.shared.limits).await;

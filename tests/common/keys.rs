@@ -20,6 +20,7 @@ pub fn facts_from(ip: impl Into<IpAddr>) -> RequestFacts<'static> {
         api_key: SOURCES.get_or_init(ApiKeySources::default),
         consumer: None,
         token: None,
+        recorded: None,
     }
 }
 

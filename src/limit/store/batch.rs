@@ -333,6 +333,7 @@ fn merge(checks: &[Check<'_>], taken: &Taken, answered: Decisions) -> Decisions 
     Decisions {
         decisions,
         permits: answered.permits,
+        at: answered.at,
     }
 }
 
@@ -515,7 +516,7 @@ mod tests {
         fn batching() -> (Batching<Arc<Flaky>>, Arc<Flaky>) {
             let clock = MonotonicClock::default();
             let store = Arc::new(Flaky {
-                memory: MemoryStore::default().with_clock(clock),
+                memory: MemoryStore::default().with_clock(clock.clone()),
                 down: AtomicBool::new(false),
             });
             (Batching::new(store.clone(), clock), store)

@@ -533,7 +533,11 @@ impl MemoryStore {
                 }
             }
         }
-        Decisions { decisions, permits }
+        Decisions {
+            decisions,
+            permits,
+            at: Some(now),
+        }
     }
 
     /// Counts each limit's refusal (not a ban's) toward its key's ban; a

@@ -297,6 +297,7 @@ impl RedisStore {
         Ok(Decisions {
             decisions: decisions[..plan.checks.len()].iter().copied().collect(),
             permits,
+            at: None,
         })
     }
 
