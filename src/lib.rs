@@ -8,7 +8,8 @@
 //!
 //! The public surface is what the binary, the tests and the benches use:
 //! starting a gateway ([`app`], [`server`]), loading and checking a config
-//! ([`config`], [`schema`], [`check`]), and the parts tested on their own:
+//! ([`config`], [`schema`], [`check`]), replaying access logs through a
+//! candidate config ([`replay`]), and the parts tested on their own:
 //! algorithms and stores ([`limit`]), identity and routing ([`identity`],
 //! [`route`]), the WebSocket frame parser ([`websocket`]), the policy
 //! vocabulary ([`policy`]) and the metrics ([`metrics`]). Everything else is
@@ -30,6 +31,7 @@ pub(crate) mod pipeline;
 pub mod policy;
 pub(crate) mod proxy;
 pub(crate) mod reload;
+pub mod replay;
 pub(crate) mod respond;
 pub mod route;
 pub mod schema;

@@ -2,13 +2,15 @@
 
 use std::io::IsTerminal;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
 use pingora::server::RunArgs;
 use tollgate::app;
 use tollgate::check::{self, Hypothetical};
+use tollgate::replay;
 use tollgate::schema::Severity;
 use tollgate::server::ProcessOptions;
 
@@ -60,6 +62,29 @@ enum Command {
         #[arg(long, value_name = "JWT")]
         token: Option<String>,
     },
+    /// What the config (-c, the candidate) would have done to the requests
+    /// of JSON access logs: replayed in recorded order at recorded times,
+    /// reported beside what the log says happened.
+    Replay {
+        /// Access logs (JSON lines, gzip or not); `-` reads stdin.
+        #[arg(required = true, value_name = "ACCESS_LOG")]
+        logs: Vec<PathBuf>,
+        /// Only requests from this time on (RFC 3339, or `2026-12-01 10:00:00` in UTC).
+        #[arg(long, value_name = "TIME", value_parser = replay::parse_window_time)]
+        since: Option<SystemTime>,
+        /// Only requests before this time.
+        #[arg(long, value_name = "TIME", value_parser = replay::parse_window_time)]
+        until: Option<SystemTime>,
+        /// Show keys as counted (client IPs, consumer ids) instead of digests.
+        #[arg(long)]
+        show_keys: bool,
+        /// How many changed keys to list each way.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +108,66 @@ fn main() -> ExitCode {
         } => {
             headers.extend(token.map(|t| format!("authorization: Bearer {t}")));
             check(cli.config, explain, headers, api_key, ip)
+        }
+        Command::Replay {
+            logs,
+            since,
+            until,
+            show_keys,
+            top,
+            json,
+        } => {
+            let options = replay::Options {
+                paths: logs,
+                window: replay::Window { since, until },
+                show_keys,
+                top,
+            };
+            replay_logs(cli.config, &options, json)
+        }
+    }
+}
+
+fn replay_logs(config_path: PathBuf, options: &replay::Options, json: bool) -> ExitCode {
+    let Some(candidate) = load_or_report(&config_path) else {
+        return ExitCode::from(1);
+    };
+    let report = replay::replay(&candidate, options, &mut |progress| eprintln!("{progress}"));
+    match report {
+        Ok(report) if json => match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("tollgate: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        Ok(report) => print!("{}", report.text()),
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The config at `config_path`, or `None` after printing every problem.
+fn load_or_report(config_path: &Path) -> Option<tollgate::snapshot::Snapshot> {
+    match app::loader().load_file(config_path) {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            let errors = e
+                .problems
+                .iter()
+                .filter(|p| p.severity == Severity::Error)
+                .count();
+            for problem in &e.problems {
+                println!("{}:{problem}", problem.file_or(config_path).display());
+            }
+            println!(
+                "{}: {errors} error(s); the file was not accepted",
+                config_path.display()
+            );
+            None
         }
     }
 }
@@ -145,23 +230,8 @@ fn check(
     api_key: Option<String>,
     ip: IpAddr,
 ) -> ExitCode {
-    let runtime = match app::loader().load_file(&config_path) {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let errors = e
-                .problems
-                .iter()
-                .filter(|p| p.severity == Severity::Error)
-                .count();
-            for problem in &e.problems {
-                println!("{}:{problem}", problem.file_or(&config_path).display());
-            }
-            println!(
-                "{}: {errors} error(s); the file was not accepted",
-                config_path.display()
-            );
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = load_or_report(&config_path) else {
+        return ExitCode::from(1);
     };
     for warning in &runtime.warnings {
         println!("{}:{warning}", config_path.display());

@@ -15,8 +15,10 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// How a request ended, from the gateway's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a request ended, from the gateway's point of view. Read back from
+/// the access log by replay: the names are the labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum Outcome {
     Allowed,
     Limited,

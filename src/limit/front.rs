@@ -29,7 +29,7 @@ enum Front {
     /// counted per limit instead).
     Memory { memory: Arc<MemoryStore> },
     Redis {
-        store: RedisWithFailover,
+        store: Box<RedisWithFailover>,
         /// The store at the bottom, for lease renewals.
         redis: RedisStore,
     },
@@ -84,7 +84,10 @@ impl Limits {
         let store = Failover::new(Batching::new(guarded, clock), fallback);
         Limits {
             memory,
-            front: Arc::new(Front::Redis { store, redis }),
+            front: Arc::new(Front::Redis {
+                store: Box::new(store),
+                redis,
+            }),
         }
     }
 
