@@ -132,7 +132,16 @@ fn replay_logs(config_path: PathBuf, options: &replay::Options, json: bool) -> E
     let Some(candidate) = load_or_report(&config_path) else {
         return ExitCode::from(1);
     };
-    let report = replay::replay(&candidate, options, &mut |progress| eprintln!("{progress}"));
+    let runtime = tokio::runtime::Builder::new_current_thread().build();
+    let report = match runtime {
+        Ok(runtime) => runtime.block_on(replay::replay(&candidate, options, &mut |progress| {
+            eprintln!("{progress}")
+        })),
+        Err(e) => {
+            eprintln!("tollgate: cannot start a runtime for replay: {e}");
+            return ExitCode::from(1);
+        }
+    };
     match report {
         Ok(report) if json => match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),

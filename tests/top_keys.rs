@@ -57,20 +57,10 @@ async fn send_all(gw: &Gateway, ids: impl Iterator<Item = String>) {
         .await;
 }
 
-/// An upstream that answers 200 and keeps nothing (the tests' `Upstream`
-/// records every request, which would be the flood's memory, not ours).
-async fn forgetful_upstream() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().fallback(|| async { "ok" });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
 #[tokio::test]
 async fn five_heavy_hitters_in_a_flood_of_100_000_keys_top_the_list_in_bounded_memory() {
     common::enough_file_descriptors();
-    let upstream = forgetful_upstream().await;
+    let upstream = common::forgetful_upstream().await;
     let server = "  admin_show_keys: true\n";
     let store = "store: { backend: memory, memory: { max_keys: 20000 } }";
     let gw = Gateway::start(&config(store, server), upstream).await;

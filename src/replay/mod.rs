@@ -51,8 +51,6 @@ pub enum ReplayError {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot start a runtime: {0}")]
-    Runtime(std::io::Error),
 }
 
 /// How often, in replayed time, the store drops expired state (as the
@@ -60,8 +58,9 @@ pub enum ReplayError {
 const SWEEP_EVERY: Nanos = 10_000_000_000;
 
 /// Replays `options.paths` through `candidate`; `progress` gets a line now
-/// and then for stderr.
-pub fn replay(
+/// and then for stderr. A batch job: it reads the files as it goes,
+/// blocking, and decides on the caller's runtime without yielding.
+pub async fn replay(
     candidate: &Snapshot,
     options: &Options,
     progress: &mut dyn FnMut(&str),
@@ -77,10 +76,7 @@ pub fn replay(
     }
     // Stable: requests decided at the same nanosecond keep the log's order.
     log.requests.sort_by_key(|r| r.at);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(ReplayError::Runtime)?;
-    let mut tally = runtime.block_on(run(candidate, &log.requests, options, progress));
+    let mut tally = run(candidate, &log.requests, options, progress).await;
     tally.bad_lines = log.bad_count;
     tally.bad_line_examples = std::mem::take(&mut log.bad_lines);
     tally.outside_window = log.skipped;

@@ -366,6 +366,16 @@ server:
   threads: 2
 ";
 
+/// An upstream that answers 200 and keeps nothing ([`Upstream`] records
+/// every request: too much memory for a flood).
+pub async fn forgetful_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 /// `upstreams:` with the test's one upstream (`{upstream}`), named `name`.
 pub fn upstreams(name: &str) -> String {
     format!("upstreams: {{ {name}: {{ servers: [\"{{upstream}}\"] }} }}\n")
