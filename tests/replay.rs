@@ -236,6 +236,72 @@ fn per_limit(report: &Report) -> HashMap<(String, String), (u64, u64)> {
         .collect()
 }
 
+/// Per-second limits of every rate algorithm, a rule each: whether a request is refused
+/// depends on when, to the microsecond, the store decided it.
+const BY_THE_SECOND: &str = "
+server:
+  listen: [\"{listen}\"]
+  admin: \"{admin}\"
+  threads: 2
+  trusted_proxies: [\"127.0.0.1/32\"]
+access_log: { format: json, path: access.log }
+upstreams: { api: { servers: [\"{upstream}\"] } }
+rules:
+  - { name: gcra, match: { path: \"/gcra\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 20/second, burst: 5 }] }
+  - { name: window, match: { path: \"/window\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 25/second, algorithm: fixed_window }] }
+  - { name: sliding, match: { path: \"/sliding\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 30/second, algorithm: sliding_window_counter }] }
+  - { name: log, match: { path: \"/log\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 35/second, algorithm: sliding_window_log }] }
+  - { name: bucket, match: { path: \"/bucket\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 22/second, burst: 8, algorithm: token_bucket }] }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_decides_at_the_recorded_times_to_the_nanosecond() {
+    const SENT: usize = 4_000;
+    let upstream = forgetful_upstream().await;
+    let gw = Gateway::start(BY_THE_SECOND, upstream).await;
+    let senders = (0..4u32).map(|sender| {
+        let url = gw.url("");
+        async move {
+            let client = common::client();
+            for n in 0..SENT / 4 {
+                let ip = format!("10.2.0.{}", sender * 2 + (n % 2) as u32);
+                let rule = ["gcra", "window", "sliding", "log", "bucket"][n / 2 % 5];
+                let status = client
+                    .get(format!("{url}/{rule}"))
+                    .header("x-forwarded-for", ip)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16();
+                assert!(status == 200 || status == 429, "{status}");
+            }
+        }
+    });
+    futures_util::future::join_all(senders).await;
+    let log = gw.config_path.parent().unwrap().join("access.log");
+    eventually(
+        Duration::from_secs(30),
+        "a log line for every request",
+        || {
+            let log = log.clone();
+            async move { std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= SENT) }
+        },
+    )
+    .await;
+    let report = replay_with(BY_THE_SECOND, &log).await;
+    assert_eq!(report.requests, SENT as u64);
+    let refused: Vec<u64> = report.limits.iter().map(|l| l.recorded_limited).collect();
+    assert!(
+        refused.iter().all(|&n| n > 0),
+        "a limit refused nothing: {refused:?}"
+    );
+    for limit in &report.limits {
+        assert_eq!(limit.recorded_limited, limit.candidate_limited, "{limit:?}");
+    }
+    assert_eq!((report.keys_more_limited, report.keys_less_limited), (0, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replaying_a_log_with_its_own_config_reproduces_every_decision() {
     let log = log_a().await;

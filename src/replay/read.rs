@@ -109,10 +109,15 @@ impl Window {
     }
 }
 
+/// Nanoseconds since the epoch, 0 before it, `Nanos::MAX` past what it holds.
 fn nanos(at: SystemTime) -> Nanos {
     at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as Nanos)
+        .map_or(0, |d| Nanos::try_from(d.as_nanos()).unwrap_or(Nanos::MAX))
 }
+
+/// 2200-01-01: later times are not a log's (and the limiter's arithmetic
+/// saturates near the end of `Nanos`).
+const LATEST: Nanos = 7_258_118_400 * 1_000_000_000;
 
 impl Log {
     /// Reads every line of `path` (`-`: stdin; gzip is recognised by its
@@ -181,14 +186,17 @@ impl Log {
 
     fn parse(&mut self, text: &[u8]) -> Result<Request, String> {
         let line: LogLine<'_> = serde_json::from_slice(text).map_err(|e| e.to_string())?;
-        let time = parse_time(&line.time).ok_or("`time` is not an RFC 3339 time")?;
+        let time = parse_time(&line.time).ok_or("`time` is not an RFC 3339 time before 2200")?;
         if !line.duration_ms.is_finite() || line.duration_ms < 0.0 {
             return Err("`duration_ms` is not a duration".into());
         }
         let duration = (line.duration_ms * 1_000_000.0) as Nanos;
-        let started = time.saturating_sub(duration);
+        if duration > time {
+            return Err("`duration_ms` is longer than the time since 1970".into());
+        }
+        let started = time - duration;
         let at = match &line.decided_at {
-            Some(at) => parse_time(at).ok_or("`decided_at` is not an RFC 3339 time")?,
+            Some(at) => parse_time(at).ok_or("`decided_at` is not an RFC 3339 time before 2200")?,
             None => started,
         };
         let method = Method::from_bytes(line.method.as_bytes()).map_err(|e| e.to_string())?;
@@ -221,9 +229,12 @@ impl Log {
     }
 }
 
-/// An RFC 3339 time as nanoseconds since the epoch.
+/// An RFC 3339 time as nanoseconds since the epoch, up to [`LATEST`].
 fn parse_time(text: &str) -> Option<Nanos> {
-    humantime::parse_rfc3339(text).ok().map(nanos)
+    humantime::parse_rfc3339(text)
+        .ok()
+        .map(nanos)
+        .filter(|&at| at <= LATEST)
 }
 
 /// `--since`/`--until`: an RFC 3339 time, or a date and time without zone
