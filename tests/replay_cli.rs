@@ -767,3 +767,19 @@ fn an_invalid_candidate_exits_1_listing_each_problem_by_line_and_column() {
     assert!(run.stdout.contains("2 error(s)"), "{}", run.stdout);
     assert!(!run.stdout.contains("replayed"), "{}", run.stdout);
 }
+
+#[test]
+fn a_key_part_no_line_records_is_named_and_replayed_as_absent() {
+    let config = candidate(
+        "  - name: api\n    match: { path: \"/**\" }\n    upstream: api\n    limits: [{ name: per-tenant, key: { header: x-tenant }, rate: 1/hour, missing: deny }]\n",
+    );
+    let text = log(&[allowed(0, "10.0.0.1")]);
+    let dir = setup(&config, &[("access.log", text.as_bytes())]);
+    let report = report(dir.path(), &["access.log"]);
+    assert_eq!(
+        report["unrecorded"],
+        json!(["header:x-tenant"]),
+        "{report:#}"
+    );
+    assert_eq!(report["rules"][0]["candidate"]["refused"], 1, "{report:#}");
+}

@@ -10,7 +10,7 @@ mod read;
 mod report;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use http::header::HOST;
 use http::{HeaderMap, HeaderValue};
 
 use crate::admission::{self, Admission, RequestHead};
-use crate::identity::{ClientKey, RequestFacts};
+use crate::identity::{ClientKey, Exemption, RequestFacts};
 use crate::limit::{HeldPermits, Limits, MemoryStore, MonotonicClock, Nanos};
 use crate::metrics::Outcome;
 use crate::pipeline;
@@ -80,7 +80,9 @@ pub async fn replay(
     tally.bad_lines = log.bad_count;
     tally.bad_line_examples = std::mem::take(&mut log.bad_lines);
     tally.outside_window = log.skipped;
-    Ok(tally.report(candidate, options))
+    let mut report = tally.report(candidate, options);
+    report.unrecorded = unrecorded(candidate, &log.seen);
+    Ok(report)
 }
 
 /// Permits held until their request's recorded end.
@@ -180,6 +182,24 @@ async fn run(
         }
     }
     tally
+}
+
+/// What the candidate reads of a request's identity that no line records:
+/// replay counts every request as without it.
+fn unrecorded(rt: &Snapshot, seen: &BTreeSet<String>) -> Vec<String> {
+    let parts = rt.recording.parts.iter().map(ToString::to_string);
+    let exemptions = rt
+        .recording
+        .header_exemptions
+        .iter()
+        .filter_map(|e| match e {
+            Exemption::Header { name, pattern, .. } => Some(format!("{name}={pattern}")),
+            Exemption::Networks(_) => None,
+        });
+    parts
+        .chain(exemptions)
+        .filter(|p| !seen.contains(p))
+        .collect()
 }
 
 /// What the log says became of a request.

@@ -3,7 +3,7 @@
 //! line number and skipped.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::IpAddr;
@@ -90,6 +90,8 @@ pub(crate) struct Log {
     pub(crate) bad_count: u64,
     /// Lines outside `--since`/`--until`.
     pub(crate) skipped: u64,
+    /// Every identity part and header exemption some line records.
+    pub(crate) seen: BTreeSet<String>,
     names: HashMap<Box<str>, Arc<str>>,
 }
 
@@ -201,6 +203,11 @@ impl Log {
         };
         let method = Method::from_bytes(line.method.as_bytes()).map_err(|e| e.to_string())?;
         let mut identity = line.identity.unwrap_or_default();
+        for part in identity.parts.keys().chain(&identity.header_exemptions) {
+            if !self.seen.contains(part) {
+                self.seen.insert(part.clone());
+            }
+        }
         identity.consumer = line.consumer.map(Cow::into_owned);
         identity.plan = line.plan.map(Cow::into_owned);
         Ok(Request {

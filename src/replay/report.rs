@@ -243,6 +243,7 @@ impl Tally {
             keys_less_limited: keys_changed.1,
             newly_limited: newly,
             no_longer_limited: no_longer,
+            unrecorded: Vec::new(),
         }
     }
 }
@@ -273,6 +274,9 @@ pub struct Report {
     /// The keys refused more often (the most first), and less often.
     pub newly_limited: Vec<KeyChange>,
     pub no_longer_limited: Vec<KeyChange>,
+    /// Identity parts (`header:x-tenant`) and header exemptions
+    /// (`x-internal=batch-*`) the candidate reads that no line records.
+    pub unrecorded: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -379,6 +383,13 @@ impl Report {
             if self.bad_lines > self.bad_line_examples.len() as u64 {
                 let _ = writeln!(out, "  ...");
             }
+        }
+        for part in &self.unrecorded {
+            let _ = writeln!(
+                out,
+                "the candidate reads {part} but no line records it (no request carried it, \
+                 or the config that wrote the log did not read it): replayed as absent"
+            );
         }
         for unknown in &self.unknown_rules {
             let _ = writeln!(
