@@ -119,8 +119,14 @@ async fn run(
     progress: &mut dyn FnMut(&str),
 ) -> Tally {
     let time = Arc::new(AtomicU64::new(0));
+    // Redis keeps every key until its TTL: bounding replay's store by the
+    // memory fallback's `max_keys` would evict state Redis kept.
+    let max_keys = match rt.store.redis {
+        Some(_) => u32::MAX as usize,
+        None => rt.store.max_keys,
+    };
     let limits = Limits::memory(
-        MemoryStore::new(rt.store.max_keys, None),
+        MemoryStore::new(max_keys, None),
         MonotonicClock::manual(time.clone()),
     );
     let mut tally = Tally::new(rt, options.show_keys);
