@@ -247,11 +247,11 @@ server:
 access_log: { format: json, path: access.log }
 upstreams: { api: { servers: [\"{upstream}\"] } }
 rules:
-  - { name: gcra, match: { path: \"/gcra\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 20/second, burst: 5 }] }
-  - { name: window, match: { path: \"/window\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 25/second, algorithm: fixed_window }] }
-  - { name: sliding, match: { path: \"/sliding\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 30/second, algorithm: sliding_window_counter }] }
-  - { name: log, match: { path: \"/log\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 35/second, algorithm: sliding_window_log }] }
-  - { name: bucket, match: { path: \"/bucket\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 22/second, burst: 8, algorithm: token_bucket }] }
+  - { name: gcra, match: { path: \"/gcra\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 2/second, burst: 1 }] }
+  - { name: window, match: { path: \"/window\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 2/second, algorithm: fixed_window }] }
+  - { name: sliding, match: { path: \"/sliding\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 3/second, algorithm: sliding_window_counter }] }
+  - { name: log, match: { path: \"/log\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 3/second, algorithm: sliding_window_log }] }
+  - { name: bucket, match: { path: \"/bucket\" }, upstream: api, limits: [{ name: per-ip, key: ip, rate: 2/second, burst: 2, algorithm: token_bucket }] }
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
