@@ -8,14 +8,14 @@
 # nanosecond, identity digests for the tenant header, a tenth of them
 # limited), once plain and once gzipped, and replays each through a config
 # with a per-IP and a per-tenant limit on two rules. Prints lines per minute
-# and the CPU time the replay used (replay runs on one thread). Nothing
+# the CPU time and the peak memory the replay used (it runs on one thread). Nothing
 # network; the scratch directory goes at the end.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$HERE/target/release/tollgate}
 LINES=${2:-1000000}
 . "$HERE/bench/lib.sh"
-require "apt-get install python3 gzip" python3 gzip
+require "apt-get install python3 gzip time" python3 gzip /usr/bin/time
 [ -x "$BIN" ] || { echo "no binary at $BIN: cargo build --release" >&2; exit 1; }
 scratch replay
 
@@ -73,14 +73,16 @@ gzip -k "$WORK/access.log"
 echo "log: $LINES lines, $(du -h "$WORK/access.log" | cut -f1) plain, $(du -h "$WORK/access.log.gz" | cut -f1) gzipped"
 
 for log in access.log access.log.gz; do
-  TIMEFORMAT='%R %U %S'
-  times=$( { time "$BIN" -c "$WORK/candidate.yaml" replay --json "$WORK/$log" >"$WORK/report.json" 2>/dev/null; } 2>&1 )
+  /usr/bin/time -o "$WORK/time" -f '%e %U %S %M' \
+    "$BIN" -c "$WORK/candidate.yaml" replay --json "$WORK/$log" >"$WORK/report.json" 2>/dev/null
+  times=$(cat "$WORK/time")
   python3 - "$log" "$LINES" "$times" "$WORK/report.json" <<'PY'
 import json, sys
 log, lines, times, report = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), json.load(open(sys.argv[4]))
-wall, user, system = map(float, times)
+wall, user, system, rss = map(float, times)
 assert report["requests"] == lines and report["bad_lines"] == 0, report["bad_lines"]
 print(f"{log:15} {wall:6.2f} s wall, {user + system:6.2f} s CPU: "
-      f"{lines / wall * 60 / 1e6:5.2f} M lines/minute ({lines / (user + system) * 60 / 1e6:5.2f} M per CPU-minute)")
+      f"{lines / wall * 60 / 1e6:5.2f} M lines/minute ({lines / (user + system) * 60 / 1e6:5.2f} M per CPU-minute), "
+      f"peak RSS {rss / 1024:.0f} MiB ({rss * 1024 / lines:.0f} bytes per line)")
 PY
 done
