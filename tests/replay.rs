@@ -376,3 +376,79 @@ async fn halved_limits_refuse_what_a_live_gateway_with_them_refuses() {
     expected.retain(|_, n| *n > 0);
     assert_eq!(expected, refusals_per_key(&live_b));
 }
+
+/// Two consumers by API key, on plans `acme_plan` says for acme.
+fn with_consumers(acme_plan: &str) -> String {
+    format!(
+        "
+server:
+  listen: [\"{{listen}}\"]
+  admin: \"{{admin}}\"
+  threads: 2
+access_log: {{ format: json, path: access.log }}
+upstreams: {{ api: {{ servers: [\"{{upstream}}\"] }} }}
+plans:
+  free: {{ limits: [ {{ name: per-consumer, key: consumer, rate: 5/day }} ] }}
+  pro: {{ limits: [ {{ name: per-consumer, key: consumer, rate: 20/day }} ] }}
+consumers:
+  list:
+    - {{ id: hobbyist, plan: free, keys: [free-key-1] }}
+    - {{ id: acme, plan: {acme_plan}, keys: [pro-key-1] }}
+rules:
+  - {{ name: api, match: {{ path: \"/**\" }}, upstream: api, plan: true }}
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_moved_to_another_plan_is_replayed_under_its_new_limits() {
+    let upstream = forgetful_upstream().await;
+    let gw = Gateway::start(&with_consumers("pro"), upstream).await;
+    let client = common::client();
+    let keys = ["free-key-1", "pro-key-1", "no-such-key"];
+    for n in 0..90 {
+        let status = client
+            .get(gw.url("/v1/items"))
+            .header("x-api-key", keys[n % 3])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert!([200, 401, 429].contains(&status), "{status}");
+    }
+    let log = gw.config_path.parent().unwrap().join("access.log");
+    eventually(
+        Duration::from_secs(10),
+        "a log line for every request",
+        || {
+            let log = log.clone();
+            async move { std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 90) }
+        },
+    )
+    .await;
+    assert!(
+        !std::fs::read_to_string(&log).unwrap().contains("pro-key-1"),
+        "the log holds a key"
+    );
+
+    let same = replay_with(&with_consumers("pro"), &log).await;
+    let api = &same.rules[0];
+    assert_eq!(api.recorded, api.candidate);
+    assert_eq!((api.recorded.limited, api.recorded.refused), (25 + 10, 30));
+
+    let moved = replay_with(&with_consumers("free"), &log).await;
+    let refused: HashMap<String, (u64, u64)> = moved
+        .limits
+        .iter()
+        .map(|l| (l.limit.clone(), (l.recorded_limited, l.candidate_limited)))
+        .collect();
+    assert_eq!(refused["free.per-consumer"], (25, 50));
+    assert_eq!(refused["pro.per-consumer"], (10, 0));
+    let acme: Vec<_> = moved
+        .newly_limited
+        .iter()
+        .map(|k| (k.key.as_str(), k.limit.as_str()))
+        .collect();
+    assert_eq!(acme, [("\"acme\"", "free.per-consumer")]);
+}

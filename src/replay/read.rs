@@ -203,13 +203,14 @@ impl Log {
         };
         let method = Method::from_bytes(line.method.as_bytes()).map_err(|e| e.to_string())?;
         let mut identity = line.identity.unwrap_or_default();
-        for part in identity.parts.keys().chain(&identity.header_exemptions) {
-            if !self.seen.contains(part) {
-                self.seen.insert(part.clone());
+        let names = identity.parts.iter().map(|(name, _)| name);
+        for part in names.chain(&identity.header_exemptions) {
+            if !self.seen.contains(&**part) {
+                self.seen.insert(part.to_string());
             }
         }
-        identity.consumer = line.consumer.map(Cow::into_owned);
-        identity.plan = line.plan.map(Cow::into_owned);
+        identity.consumer = line.consumer.map(|c| c.into());
+        identity.plan = line.plan.map(|p| p.into());
         Ok(Request {
             at,
             end: started.saturating_add(duration).max(at),
