@@ -84,9 +84,20 @@ pub(crate) fn facts<'a>(
     req: &Incoming<'a>,
     client_ip: IpAddr,
 ) -> RequestFacts<'a> {
+    let query = req.target.query.and_then(|q| std::str::from_utf8(q).ok());
+    facts_of(rt, req.headers, query, client_ip)
+}
+
+/// The facts of a request known by its headers and query.
+pub(crate) fn facts_of<'a>(
+    rt: &'a Snapshot,
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    client_ip: IpAddr,
+) -> RequestFacts<'a> {
     RequestFacts {
-        headers: req.headers,
-        query: req.target.query.and_then(|q| std::str::from_utf8(q).ok()),
+        headers,
+        query,
         client_ip,
         ipv6_prefix: rt.server.ipv6_prefix,
         api_key: &rt.server.api_key,

@@ -134,19 +134,23 @@ async fn run_traffic(gw: &Gateway) -> String {
         }
     });
     futures_util::future::join_all(senders).await;
+    let log = logged(gw, REQUESTS).await;
+    std::fs::read_to_string(&log).unwrap()
+}
+
+/// The access log beside `gw`'s config, once it has `lines` lines.
+async fn logged(gw: &Gateway, lines: usize) -> PathBuf {
     let log = gw.config_path.parent().unwrap().join("access.log");
     eventually(
         Duration::from_secs(30),
         "a log line for every request",
         || {
             let log = log.clone();
-            async move {
-                std::fs::read_to_string(&log).is_ok_and(|text| text.lines().count() >= REQUESTS)
-            }
+            async move { std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= lines) }
         },
     )
     .await;
-    std::fs::read_to_string(&log).unwrap()
+    log
 }
 
 /// The access log of a live gateway with `config` after the traffic, kept
@@ -279,16 +283,7 @@ async fn replay_decides_at_the_recorded_times_to_the_nanosecond() {
         }
     });
     futures_util::future::join_all(senders).await;
-    let log = gw.config_path.parent().unwrap().join("access.log");
-    eventually(
-        Duration::from_secs(30),
-        "a log line for every request",
-        || {
-            let log = log.clone();
-            async move { std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= SENT) }
-        },
-    )
-    .await;
+    let log = logged(&gw, SENT).await;
     let report = replay_with(BY_THE_SECOND, &log).await;
     assert_eq!(report.requests, SENT as u64);
     let refused: Vec<u64> = report.limits.iter().map(|l| l.recorded_limited).collect();
@@ -417,16 +412,7 @@ async fn a_consumer_moved_to_another_plan_is_replayed_under_its_new_limits() {
             .as_u16();
         assert!([200, 401, 429].contains(&status), "{status}");
     }
-    let log = gw.config_path.parent().unwrap().join("access.log");
-    eventually(
-        Duration::from_secs(10),
-        "a log line for every request",
-        || {
-            let log = log.clone();
-            async move { std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 90) }
-        },
-    )
-    .await;
+    let log = logged(&gw, 90).await;
     assert!(
         !std::fs::read_to_string(&log).unwrap().contains("pro-key-1"),
         "the log holds a key"

@@ -13,9 +13,10 @@ use pingora::Error;
 use super::{over_tls, peer_ip, Gateway, RequestCtx, UNKNOWN_ADDRESS};
 use crate::access_log;
 use crate::admission::{Admitted, Refusal};
-use crate::identity::{self, Recorded, RequestFacts, X_FORWARDED_FOR};
+use crate::identity::{self, Recorded, X_FORWARDED_FOR};
 use crate::limit::Nanos;
 use crate::metrics::Outcome;
+use crate::pipeline;
 use crate::policy::AccessLogFormat;
 use crate::snapshot::Snapshot;
 
@@ -186,16 +187,7 @@ fn recorded_identity(rt: &Snapshot, req: &RequestHeader, client_ip: IpAddr) -> O
     if rt.access_log.format != AccessLogFormat::Json || rt.recording.is_empty() {
         return None;
     }
-    let facts = RequestFacts {
-        headers: &req.headers,
-        query: req.uri.query(),
-        client_ip,
-        ipv6_prefix: rt.server.ipv6_prefix,
-        api_key: &rt.server.api_key,
-        consumer: None,
-        token: None,
-        recorded: None,
-    };
+    let facts = pipeline::facts_of(rt, &req.headers, req.uri.query(), client_ip);
     let recorded = Recorded::of(&rt.recording.parts, &rt.recording.header_exemptions, &facts);
     (recorded != Recorded::default()).then_some(recorded)
 }

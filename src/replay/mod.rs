@@ -235,15 +235,11 @@ fn recorded_key<'a>(rt: &'a Snapshot, request: &'a Request) -> Option<ClientKey<
 /// The key `limit` counts `request` under (`None`: a part is missing).
 fn key_of<'a>(rt: &'a Snapshot, request: &'a Request, limit: &RuleLimit) -> Option<ClientKey<'a>> {
     static NO_HEADERS: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+    let headers = NO_HEADERS.get_or_init(HeaderMap::new);
     let facts = RequestFacts {
-        headers: NO_HEADERS.get_or_init(HeaderMap::new),
-        query: None,
-        client_ip: request.client_ip,
-        ipv6_prefix: rt.server.ipv6_prefix,
-        api_key: &rt.server.api_key,
         consumer: request.identity.consumer.as_deref(),
-        token: None,
         recorded: Some(&request.identity),
+        ..pipeline::facts_of(rt, headers, None, request.client_ip)
     };
     pipeline::limit_key(limit, &facts).ok()?
 }
