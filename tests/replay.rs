@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::OnceCell;
-use tollgate::replay::{self, Options, Report, Window};
+use tollgate::replay::{self, Counts, Options, Report, Window};
 
 use common::{eventually, forgetful_upstream, Gateway};
 
@@ -226,17 +226,12 @@ fn refusals_per_key(log: &Path) -> HashMap<(String, String, String), u64> {
     counts
 }
 
-/// Per (rule, limit): (recorded, candidate) refusals.
-fn per_limit(report: &Report) -> HashMap<(String, String), (u64, u64)> {
+/// Per (rule, limit): the recorded and the candidate's counts.
+fn per_limit(report: &Report) -> HashMap<(String, String), (Counts, Counts)> {
     report
         .limits
         .iter()
-        .map(|l| {
-            (
-                (l.rule.clone(), l.limit.clone()),
-                (l.recorded_limited, l.candidate_limited),
-            )
-        })
+        .map(|l| ((l.rule.clone(), l.limit.clone()), (l.recorded, l.candidate)))
         .collect()
 }
 
@@ -286,13 +281,13 @@ async fn replay_decides_at_the_recorded_times_to_the_nanosecond() {
     let log = logged(&gw, SENT).await;
     let report = replay_with(BY_THE_SECOND, &log).await;
     assert_eq!(report.requests, SENT as u64);
-    let refused: Vec<u64> = report.limits.iter().map(|l| l.recorded_limited).collect();
+    let refused: Vec<u64> = report.limits.iter().map(|l| l.recorded.limited).collect();
     assert!(
         refused.iter().all(|&n| n > 0),
         "a limit refused nothing: {refused:?}"
     );
     for limit in &report.limits {
-        assert_eq!(limit.recorded_limited, limit.candidate_limited, "{limit:?}");
+        assert_eq!(limit.recorded.limited, limit.candidate.limited, "{limit:?}");
     }
     assert_eq!((report.keys_more_limited, report.keys_less_limited), (0, 0));
 }
@@ -308,10 +303,10 @@ async fn replaying_a_log_with_its_own_config_reproduces_every_decision() {
     }
     for limit in &report.limits {
         assert!(
-            limit.recorded_limited > 0,
+            limit.recorded.limited > 0,
             "{limit:?} refused nothing: a weak test"
         );
-        assert_eq!(limit.recorded_limited, limit.candidate_limited, "{limit:?}");
+        assert_eq!(limit.recorded, limit.candidate, "{limit:?}");
     }
     assert!(report.rules.iter().any(|r| r.recorded.exempt > 0));
     assert_eq!(
@@ -328,8 +323,8 @@ async fn replaying_a_log_with_its_own_config_reproduces_every_decision() {
 async fn halved_limits_refuse_what_a_live_gateway_with_them_refuses() {
     let log = log_a().await;
     let halved = replay_with(&config_b(), log).await;
-    let recorded: u64 = halved.limits.iter().map(|l| l.recorded_limited).sum();
-    let candidate: u64 = halved.limits.iter().map(|l| l.candidate_limited).sum();
+    let recorded: u64 = halved.limits.iter().map(|l| l.recorded.limited).sum();
+    let candidate: u64 = halved.limits.iter().map(|l| l.candidate.limited).sum();
     assert!(
         candidate > recorded,
         "halved limits refuse more: {recorded} -> {candidate}"
@@ -427,7 +422,7 @@ async fn a_consumer_moved_to_another_plan_is_replayed_under_its_new_limits() {
     let refused: HashMap<String, (u64, u64)> = moved
         .limits
         .iter()
-        .map(|l| (l.limit.clone(), (l.recorded_limited, l.candidate_limited)))
+        .map(|l| (l.limit.clone(), (l.recorded.limited, l.candidate.limited)))
         .collect();
     assert_eq!(refused["free.per-consumer"], (25, 50));
     assert_eq!(refused["pro.per-consumer"], (10, 0));

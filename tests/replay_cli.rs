@@ -240,8 +240,8 @@ fn a_log_replayed_under_the_config_that_wrote_it_changes_nothing() {
         json!({ "requests": 5, "admitted": 3, "limited": 1, "exempt": 1, "refused": 0 })
     );
     let per_ip = limit_row(&report, "api", "per-ip");
-    assert_eq!(per_ip["recorded_limited"], 1);
-    assert_eq!(per_ip["candidate_limited"], 1);
+    assert_eq!(per_ip["recorded"]["limited"], 1);
+    assert_eq!(per_ip["candidate"]["limited"], 1);
     assert_eq!(report["keys_more_limited"], 0);
     assert_eq!(report["keys_less_limited"], 0);
     assert_eq!(report["route_changes"], json!([]));
@@ -359,7 +359,10 @@ fn a_gzipped_log_gives_the_same_report_as_the_plain_one() {
     );
     let plain = report(dir.path(), &["access.log"]);
     assert_eq!(plain["requests"], 30, "{plain:#}");
-    assert_eq!(limit_row(&plain, "api", "per-ip")["candidate_limited"], 15);
+    assert_eq!(
+        limit_row(&plain, "api", "per-ip")["candidate"]["limited"],
+        15
+    );
     assert_eq!(report(dir.path(), &["access.log.gz"]), plain);
     assert_eq!(report(dir.path(), &["access.log.1"]), plain);
 }
@@ -418,8 +421,8 @@ fn several_logs_are_merged_in_time_order_not_file_order() {
     assert_eq!(report["from"], at(0), "{report:#}");
     assert_eq!(report["until"], at(3601), "{report:#}");
     let per_ip = limit_row(&report, "api", "per-ip");
-    assert_eq!(per_ip["recorded_limited"], 1, "{report:#}");
-    assert_eq!(per_ip["candidate_limited"], 1, "{report:#}");
+    assert_eq!(per_ip["recorded"]["limited"], 1, "{report:#}");
+    assert_eq!(per_ip["candidate"]["limited"], 1, "{report:#}");
     assert_eq!(
         rule_row(&report, "api")["candidate"],
         json!({ "requests": 3, "admitted": 2, "limited": 1, "exempt": 0, "refused": 0 })
@@ -477,8 +480,8 @@ fn halving_a_limit_reports_the_extra_refusals_per_key() {
     let dir = setup(&per_ip("5/hour"), &[("access.log", text.as_bytes())]);
     let report = report(dir.path(), &["access.log", "--show-keys"]);
     let per_ip = limit_row(&report, "api", "per-ip");
-    assert_eq!(per_ip["recorded_limited"], 0, "{report:#}");
-    assert_eq!(per_ip["candidate_limited"], 15, "{report:#}");
+    assert_eq!(per_ip["recorded"]["limited"], 0, "{report:#}");
+    assert_eq!(per_ip["candidate"]["limited"], 15, "{report:#}");
     assert_eq!(
         rule_row(&report, "api")["candidate"],
         json!({ "requests": 30, "admitted": 15, "limited": 15, "exempt": 0, "refused": 0 })

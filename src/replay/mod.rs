@@ -27,7 +27,7 @@ use crate::snapshot::{RuleLimit, Snapshot};
 
 pub use read::{parse_window_time, BadLine, Window};
 use read::{Log, Request};
-pub use report::Report;
+pub use report::{Counts, Report};
 use report::{Tally, Verdict};
 
 /// What to replay and how to report it.
@@ -80,7 +80,7 @@ pub async fn replay(
     tally.bad_lines = log.bad_count;
     tally.bad_line_examples = std::mem::take(&mut log.bad_lines);
     tally.outside_window = log.skipped;
-    let mut report = tally.report(candidate, options);
+    let mut report = tally.report(options);
     report.unrecorded = unrecorded(candidate, &log.seen);
     Ok(report)
 }
@@ -164,9 +164,9 @@ async fn run(
                 };
                 let limit = refusal.rule.zip(refusal.limit).map(|(r, i)| {
                     let limit = &rt.rule(r).limits_for(refusal.plan)[i];
-                    (limit, key_of(rt, request, limit))
+                    (i, limit, key_of(rt, request, limit))
                 });
-                tally.candidate(request, refusal.rule, verdict, limit);
+                tally.candidate(request, (refusal.rule, refusal.plan), verdict, limit);
             }
             Admission::Forward(mut admitted) => {
                 let verdict = match admitted.outcome {
@@ -176,7 +176,7 @@ async fn run(
                 if let Some(permits) = admitted.permits.take() {
                     held.hold(request.end, permits);
                 }
-                tally.candidate(request, Some(admitted.rule), verdict, None);
+                tally.candidate(request, (Some(admitted.rule), admitted.plan), verdict, None);
             }
         }
         if (n + 1).is_multiple_of(1_000_000) {

@@ -58,6 +58,29 @@ struct KeyCount {
 /// `(rule, limit)`, by name.
 type LimitName = (String, String);
 
+/// A limit's requests: those of its rule (and plan) it applies to, by what
+/// became of them; `limited` counts its own refusals, `refused` everything
+/// else refused (another limit's refusals too).
+#[derive(Debug)]
+struct LimitTally {
+    name: LimitName,
+    recorded: Counts,
+    candidate: Counts,
+}
+
+/// A limit's part in a request's fate.
+fn verdict_of_limit(verdict: Verdict, decided_it: bool) -> Verdict {
+    match verdict {
+        Verdict::Limited if !decided_it => Verdict::Refused,
+        other => other,
+    }
+}
+
+/// The slot of a plan in `Tally::rows_by_rule`: 0 without one.
+fn slot(plan: Option<usize>) -> usize {
+    plan.map_or(0, |p| p + 1)
+}
+
 /// The counts replay keeps while it goes.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
@@ -66,8 +89,15 @@ pub(crate) struct Tally {
     rule_names: Vec<String>,
     /// By rule name (`None`: no rule): (recorded, candidate).
     rules: HashMap<Option<String>, (Counts, Counts)>,
-    /// Refusals per limit: (recorded, candidate).
-    limits: HashMap<LimitName, (u64, u64)>,
+    /// The candidate's plan names, by index.
+    plan_names: Vec<String>,
+    /// Per limit: the candidate's, in rule and limit order, then limits only
+    /// the log names.
+    limits: Vec<LimitTally>,
+    row_of: HashMap<LimitName, usize>,
+    /// Per candidate rule, per plan slot ([`slot`]): the rows of the limits its
+    /// requests get, in the order `Rule::limits_for` gives them.
+    rows_by_rule: Vec<Vec<Vec<usize>>>,
     keys: HashMap<(LimitName, KeyDigest), KeyCount>,
     /// Requests whose rule changes: (recorded rule, candidate rule).
     routes: HashMap<(Option<Arc<str>>, Option<String>), u64>,
@@ -81,11 +111,38 @@ pub(crate) struct Tally {
 
 impl Tally {
     pub(crate) fn new(rt: &Snapshot, show_keys: bool) -> Self {
-        Tally {
+        let mut tally = Tally {
             show_keys,
             rule_names: rt.rules.iter().map(|r| r.name.clone()).collect(),
+            plan_names: rt.plans.iter().map(|p| p.name.clone()).collect(),
             ..Tally::default()
+        };
+        for rule in &rt.rules {
+            let slots = (0..=rt.plans.len())
+                .map(|slot| {
+                    let limits = rule.limits_for(slot.checked_sub(1));
+                    limits
+                        .iter()
+                        .map(|l| tally.row((rule.name.clone(), l.name.clone())))
+                        .collect()
+                })
+                .collect();
+            tally.rows_by_rule.push(slots);
         }
+        tally
+    }
+
+    fn row(&mut self, name: LimitName) -> usize {
+        if let Some(&row) = self.row_of.get(&name) {
+            return row;
+        }
+        self.row_of.insert(name.clone(), self.limits.len());
+        self.limits.push(LimitTally {
+            name,
+            recorded: Counts::default(),
+            candidate: Counts::default(),
+        });
+        self.limits.len() - 1
     }
 
     /// What the log says of `request`; `key`: the key of the limit that
@@ -101,38 +158,70 @@ impl Tally {
         self.last = Some(request.at);
         let rule = request.rule.as_deref().map(str::to_string);
         self.rules.entry(rule).or_default().0.add(verdict);
-        if let (Verdict::Limited, Some(rule), Some(limit)) =
-            (verdict, request.rule.as_deref(), request.limit.as_deref())
-        {
+        let deciding = request
+            .limit
+            .as_deref()
+            .filter(|_| verdict == Verdict::Limited);
+        let mut counted = false;
+        let index = request
+            .rule
+            .as_deref()
+            .and_then(|name| self.rule_names.iter().position(|r| r == name));
+        if let Some(index) = index {
+            let plan = request
+                .identity
+                .plan
+                .as_deref()
+                .and_then(|name| self.plan_names.iter().position(|p| p == name));
+            for &row in &self.rows_by_rule[index][slot(plan)] {
+                let limit = &mut self.limits[row];
+                let decided_it = deciding == Some(limit.name.1.as_str());
+                counted |= decided_it;
+                limit.recorded.add(verdict_of_limit(verdict, decided_it));
+            }
+        }
+        if let (Some(rule), Some(limit)) = (request.rule.as_deref(), deciding) {
             let name = (rule.to_string(), limit.to_string());
-            self.limits.entry(name.clone()).or_default().0 += 1;
+            if !counted {
+                // A limit the candidate does not give this request.
+                let row = self.row(name.clone());
+                self.limits[row].recorded.add(Verdict::Limited);
+            }
             if let Some(key) = key {
                 self.key(name, &key).recorded += 1;
             }
         }
     }
 
-    /// What the candidate did with `request`: its rule (index), the verdict,
-    /// and for a limited request the limit and the key it counted.
+    /// What the candidate did with `request`: its rule and plan (indices),
+    /// the verdict, and for a limited request the deciding limit (its index
+    /// among the request's limits) and the key it counted.
     pub(crate) fn candidate(
         &mut self,
         request: &Request,
-        rule: Option<usize>,
+        (rule, plan): (Option<usize>, Option<usize>),
         verdict: Verdict,
-        limit: Option<(&RuleLimit, Option<ClientKey<'_>>)>,
+        limit: Option<(usize, &RuleLimit, Option<ClientKey<'_>>)>,
     ) {
+        if let Some(index) = rule {
+            let deciding = limit.as_ref().map(|(i, ..)| *i);
+            for (i, &row) in self.rows_by_rule[index][slot(plan)].iter().enumerate() {
+                let decided_it = deciding == Some(i);
+                self.limits[row]
+                    .candidate
+                    .add(verdict_of_limit(verdict, decided_it));
+            }
+        }
         let rule_name = rule.map(|i| self.rule_names[i].as_str());
         if rule_name != request.rule.as_deref() {
             let change = (request.rule.clone(), rule_name.map(str::to_string));
             *self.routes.entry(change).or_default() += 1;
         }
         let rule_name = rule_name.map(str::to_string);
-        if let (Verdict::Limited, Some(rule), Some((limit, key))) = (verdict, &rule_name, limit) {
-            let name = (rule.clone(), limit.name.clone());
-            self.limits.entry(name.clone()).or_default().1 += 1;
-            if let Some(key) = key {
-                self.key(name, &key).candidate += 1;
-            }
+        if let (Verdict::Limited, Some(rule), Some((_, limit, Some(key)))) =
+            (verdict, &rule_name, limit)
+        {
+            self.key((rule.clone(), limit.name.clone()), &key).candidate += 1;
         }
         self.rules.entry(rule_name).or_default().1.add(verdict);
     }
@@ -145,7 +234,7 @@ impl Tally {
         count
     }
 
-    pub(crate) fn report(self, rt: &Snapshot, options: &Options) -> Report {
+    pub(crate) fn report(self, options: &Options) -> Report {
         let mut rules: Vec<RuleRow> = self
             .rules
             .iter()
@@ -170,34 +259,16 @@ impl Tally {
                 requests: r.recorded.requests,
             })
             .collect();
-        let mut limits: HashMap<LimitName, (u64, u64)> = rt
-            .rules
-            .iter()
-            .flat_map(|rule| {
-                let requests =
-                    rule.all_limits().count() - usize::from(rule.websocket.messages.is_some());
-                rule.all_limits()
-                    .take(requests)
-                    .map(|l| ((rule.name.clone(), l.name.clone()), (0, 0)))
-            })
-            .collect();
-        limits.extend(self.limits);
-        let mut limits: Vec<LimitRow> = limits
+        let limits = self
+            .limits
             .into_iter()
-            .map(|((rule, limit), (recorded, candidate))| LimitRow {
-                rule,
-                limit,
-                recorded_limited: recorded,
-                candidate_limited: candidate,
+            .map(|l| LimitRow {
+                rule: l.name.0,
+                limit: l.name.1,
+                recorded: l.recorded,
+                candidate: l.candidate,
             })
             .collect();
-        limits.sort_by(|a, b| {
-            (position(&Some(a.rule.clone())), &a.rule, &a.limit).cmp(&(
-                position(&Some(b.rule.clone())),
-                &b.rule,
-                &b.limit,
-            ))
-        });
         let mut route_changes: Vec<RouteChange> = self
             .routes
             .into_iter()
@@ -223,8 +294,11 @@ impl Tally {
         let (mut newly, mut no_longer): (Vec<KeyChange>, Vec<KeyChange>) = changes
             .into_iter()
             .partition(|c| c.candidate_limited > c.recorded_limited);
-        newly.sort_by(|a, b| b.change().cmp(&a.change()).then(a.key.cmp(&b.key)));
-        no_longer.sort_by(|a, b| a.change().cmp(&b.change()).then(a.key.cmp(&b.key)));
+        let by_key = |a: &KeyChange, b: &KeyChange| {
+            (&a.key, &a.rule, &a.limit).cmp(&(&b.key, &b.rule, &b.limit))
+        };
+        newly.sort_by(|a, b| b.change().cmp(&a.change()).then(by_key(a, b)));
+        no_longer.sort_by(|a, b| a.change().cmp(&b.change()).then(by_key(a, b)));
         let keys_changed = (newly.len() as u64, no_longer.len() as u64);
         newly.truncate(options.top);
         no_longer.truncate(options.top);
@@ -290,8 +364,9 @@ pub struct RuleRow {
 pub struct LimitRow {
     pub rule: String,
     pub limit: String,
-    pub recorded_limited: u64,
-    pub candidate_limited: u64,
+    /// The requests it applied to; `limited`: its own refusals.
+    pub recorded: Counts,
+    pub candidate: Counts,
 }
 
 #[derive(Debug, Serialize)]
@@ -425,20 +500,32 @@ impl Report {
             ],
             &rows,
         ));
-        out.push_str("\nper limit: requests it refused\n");
+        out.push_str("\nper limit: the requests it applies to; limited by it, refused otherwise\n");
         let rows: Vec<Vec<String>> = self
             .limits
             .iter()
             .map(|l| {
                 vec![
                     format!("{}/{}", l.rule, l.limit),
-                    l.recorded_limited.to_string(),
-                    l.candidate_limited.to_string(),
-                    signed(l.recorded_limited, l.candidate_limited),
+                    pair(l.recorded.requests, l.candidate.requests),
+                    pair(l.recorded.admitted, l.candidate.admitted),
+                    pair(l.recorded.limited, l.candidate.limited),
+                    pair(l.recorded.exempt, l.candidate.exempt),
+                    pair(l.recorded.refused, l.candidate.refused),
                 ]
             })
             .collect();
-        out.push_str(&table(&["limit", "recorded", "candidate", "change"], &rows));
+        out.push_str(&table(
+            &[
+                "limit",
+                "requests",
+                "admitted",
+                "limited",
+                "exempt",
+                "refused otherwise",
+            ],
+            &rows,
+        ));
         if !self.route_changes.is_empty() {
             out.push_str("\nrequests whose rule changes\n");
             let rows: Vec<Vec<String>> = self
