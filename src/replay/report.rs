@@ -432,6 +432,33 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Rows of recorded -> candidate counts, each named.
+fn counts_table(what: &str, rows: &[(String, &Counts, &Counts)]) -> String {
+    let pair = |r: u64, c: u64| format!("{r} -> {c} ({})", signed(r, c));
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(name, recorded, candidate)| {
+            vec![
+                name.clone(),
+                pair(recorded.requests, candidate.requests),
+                pair(recorded.admitted, candidate.admitted),
+                pair(recorded.limited, candidate.limited),
+                pair(recorded.exempt, candidate.exempt),
+                pair(recorded.refused, candidate.refused),
+            ]
+        })
+        .collect();
+    let header = [
+        what,
+        "requests",
+        "admitted",
+        "limited",
+        "exempt",
+        "refused otherwise",
+    ];
+    table(&header, &rows)
+}
+
 impl Report {
     /// The report as a person reads it.
     pub fn text(&self) -> String {
@@ -474,58 +501,19 @@ impl Report {
             );
         }
         out.push_str("\nper rule: recorded -> candidate (change)\n");
-        let pair = |r: u64, c: u64| format!("{r} -> {c} ({})", signed(r, c));
-        let rows: Vec<Vec<String>> = self
+        let rules: Vec<(String, &Counts, &Counts)> = self
             .rules
             .iter()
-            .map(|r| {
-                vec![
-                    rule_shown(&r.rule).to_string(),
-                    pair(r.recorded.requests, r.candidate.requests),
-                    pair(r.recorded.admitted, r.candidate.admitted),
-                    pair(r.recorded.limited, r.candidate.limited),
-                    pair(r.recorded.exempt, r.candidate.exempt),
-                    pair(r.recorded.refused, r.candidate.refused),
-                ]
-            })
+            .map(|r| (rule_shown(&r.rule).to_string(), &r.recorded, &r.candidate))
             .collect();
-        out.push_str(&table(
-            &[
-                "rule",
-                "requests",
-                "admitted",
-                "limited",
-                "exempt",
-                "refused otherwise",
-            ],
-            &rows,
-        ));
+        out.push_str(&counts_table("rule", &rules));
         out.push_str("\nper limit: the requests it applies to; limited by it, refused otherwise\n");
-        let rows: Vec<Vec<String>> = self
+        let limits: Vec<(String, &Counts, &Counts)> = self
             .limits
             .iter()
-            .map(|l| {
-                vec![
-                    format!("{}/{}", l.rule, l.limit),
-                    pair(l.recorded.requests, l.candidate.requests),
-                    pair(l.recorded.admitted, l.candidate.admitted),
-                    pair(l.recorded.limited, l.candidate.limited),
-                    pair(l.recorded.exempt, l.candidate.exempt),
-                    pair(l.recorded.refused, l.candidate.refused),
-                ]
-            })
+            .map(|l| (format!("{}/{}", l.rule, l.limit), &l.recorded, &l.candidate))
             .collect();
-        out.push_str(&table(
-            &[
-                "limit",
-                "requests",
-                "admitted",
-                "limited",
-                "exempt",
-                "refused otherwise",
-            ],
-            &rows,
-        ));
+        out.push_str(&counts_table("limit", &limits));
         if !self.route_changes.is_empty() {
             out.push_str("\nrequests whose rule changes\n");
             let rows: Vec<Vec<String>> = self
