@@ -793,6 +793,9 @@ async fn sighup_reloads_the_config() {
             .as_u16()
     };
     assert_eq!(get("/b").await, 404);
+    // The reloader listens for SIGHUP before it reports `watching`; a signal
+    // sent earlier would only be absorbed by the start-up guard.
+    common::wait_watching(admin).await;
     std::fs::write(
         &path,
         common::render(&config(false, RULE_B), addr, admin, upstream.addr),

@@ -86,21 +86,7 @@ impl Tollgate {
     /// Waits until the gateway handles SIGHUP and SIGUSR1 (its watcher,
     /// which listens for them, is up).
     async fn handling_signals(&self) {
-        let url = format!("http://{}/readyz", self.admin);
-        eventually(
-            Duration::from_secs(20),
-            "the signal handlers are up",
-            || async {
-                match client().get(&url).send().await {
-                    Ok(r) => r
-                        .json::<serde_json::Value>()
-                        .await
-                        .is_ok_and(|v| v["watching"] == true),
-                    Err(_) => false,
-                }
-            },
-        )
-        .await;
+        common::wait_watching(self.admin).await;
     }
 
     fn log(&self) -> String {

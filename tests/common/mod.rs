@@ -467,6 +467,26 @@ where
     }
 }
 
+/// Waits until the gateway whose admin listener is `admin` watches its
+/// config and listens for SIGHUP and SIGUSR1 (`/readyz` says `watching`).
+pub async fn wait_watching(admin: SocketAddr) {
+    let url = format!("http://{admin}/readyz");
+    eventually(
+        Duration::from_secs(20),
+        "the config watcher starts",
+        || async {
+            match client().get(&url).send().await {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|v| v["watching"] == true),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+}
+
 /// A gateway running in this process with a config written to a temp dir.
 pub struct Gateway {
     pub addr: SocketAddr,
@@ -509,21 +529,7 @@ impl Gateway {
         wait_listening(addr).await;
         wait_listening(admin).await;
         // Edits are only seen once the file watcher is up.
-        eventually(
-            Duration::from_secs(20),
-            "the config watcher starts",
-            || async {
-                let ready = client().get(format!("http://{admin}/readyz")).send().await;
-                match ready {
-                    Ok(r) => r
-                        .json::<serde_json::Value>()
-                        .await
-                        .is_ok_and(|v| v["watching"] == true),
-                    Err(_) => false,
-                }
-            },
-        )
-        .await;
+        wait_watching(admin).await;
         Gateway {
             addr,
             admin,
