@@ -834,6 +834,7 @@ async fn a_redis_password_appears_in_no_reload_answer_config_page_check_output_o
     let process = Process { child, addr };
     common::wait_listening(process.addr).await;
     common::wait_listening(admin).await;
+    common::wait_watching(admin).await;
     let leaky = render(&format!(
         "{}\nstore:\n  backend: redis\n  redis: {{ url: \"redis://app:hunter2-secret@127.0.0.1:notaport/0\" }}\n",
         config(false, RULE_A)
