@@ -12,7 +12,7 @@
 #                          proxy_pass with keepalive to the origin; wrk keeps its connections alive
 #   pingora                a bare Pingora ProxyHttp (examples/pingora_baseline.rs), same profile,
 #                          with Pingora's default work-stealing runtime
-#   pingora/no-steal       the same with work_stealing off, tollgate's default runtime flavour
+#   pingora/no-steal       the same with work_stealing off (one runtime per thread)
 #   pingap                 Pingap 0.13.1 (a Pingora-based gateway), threads = workers, its default
 #                          work stealing, no access log, upstream keepalive pool 128
 #   pingap+limit           ... with its `limit` plugin (type rate, tag ip), admitting everything
@@ -20,6 +20,8 @@
 #   tollgate               no limits
 #   tollgate+limit         one memory limit per request, admitting everything
 #   tollgate+limit/deny    one memory limit that denies almost everything (429)
+#   tollgate+limit/no-steal  tollgate+limit with server.work_stealing: false (one runtime per
+#                          thread), beside pingora/no-steal
 #   tollgate+jwt           a plan limit keyed by the consumer of a bearer JWT (HS256, one
 #                          token for every request, so verified once and then cached)
 #   tollgate+redis         one Redis limit (exact), admitting everything
@@ -210,7 +212,7 @@ TOML
     start env RUST_LOG=error PINGAP_DISABLE_ACME=1 pingap -c "$WORK/pingap$W.toml"
     wait_port "$P"
   fi
-  for store in memory redis log; do
+  for store in memory redis log nosteal; do
     P=$(free_port); A=$(free_port); PORT[tollgate$W$store]=$P
     printf '{"keys":[{"kty":"oct","kid":"bench","k":"%s"}]}' "$JWT_KEY" > "$WORK/jwks.json"
     if [ "$store" = redis ]; then
@@ -221,6 +223,8 @@ TOML
       BATCHED="algorithm: gcra"
     fi
     TLS=""
+    # The same gateway with one runtime per thread, beside its default (work stealing).
+    [ "$store" = nosteal ] && TLS=", work_stealing: false"
     if [ "$store" = memory ] && [ "$HAVE_TLS" = 1 ]; then
       PORT[tollgate${W}tls]=$(free_port)
       TLS=", tls: [{ listen: \"127.0.0.1:${PORT[tollgate${W}tls]}\", certs: [{ cert: cert.pem, key: key.pem }], alpn: [http/1.1] }]"
@@ -293,6 +297,7 @@ variants() { # name kind url, per worker count
   echo "tollgate http http://127.0.0.1:${PORT[tollgate${W}memory]}/open"
   echo "tollgate+limit http http://127.0.0.1:${PORT[tollgate${W}memory]}/all"
   echo "tollgate+limit/deny http http://127.0.0.1:${PORT[tollgate${W}memory]}/few"
+  echo "tollgate+limit/no-steal http http://127.0.0.1:${PORT[tollgate${W}nosteal]}/all"
   echo "tollgate+jwt jwt http://127.0.0.1:${PORT[tollgate${W}memory]}/jwt"
   echo "tollgate+redis http http://127.0.0.1:${PORT[tollgate${W}redis]}/all"
   echo "tollgate+redis/batched http http://127.0.0.1:${PORT[tollgate${W}redis]}/batched"
@@ -344,6 +349,7 @@ if [ "$HAVE_OHA" = 1 ]; then
     echo "pingora http://127.0.0.1:${PORT[pingora${W}steal]}/open"
     [ "$HAVE_PINGAP" = 1 ] && echo "pingap+limit http://127.0.0.1:${PORT[pingap$W]}/all"
     echo "tollgate+limit http://127.0.0.1:${PORT[tollgate${W}memory]}/all"
+    echo "tollgate+limit/no-steal http://127.0.0.1:${PORT[tollgate${W}nosteal]}/all"
   }
   for round in $(seq 1 "$ROUNDS"); do
     for W in $WORKERS; do
@@ -400,6 +406,8 @@ ratios = [
     ("tollgate+limit / pingora (what tollgate adds to Pingora)", "tollgate+limit", "pingora"),
     ("tollgate+limit / pingora/no-steal (same runtime flavour)", "tollgate+limit", "pingora/no-steal"),
     ("pingora/no-steal / pingora (the runtime flavour alone)", "pingora/no-steal", "pingora"),
+    ("tollgate+limit/no-steal / pingora/no-steal (both one runtime per thread)", "tollgate+limit/no-steal", "pingora/no-steal"),
+    ("tollgate no-steal / steal (tollgate+limit/no-steal / tollgate+limit)", "tollgate+limit/no-steal", "tollgate+limit"),
     ("tollgate+limit / pingap+limit", "tollgate+limit", "pingap+limit"),
     ("pingap+limit / pingora (what Pingap adds to Pingora)", "pingap+limit", "pingora"),
     ("pingora / nginx", "pingora", "nginx"),
@@ -450,7 +458,8 @@ if os.path.exists(sys.argv[2]):
     print()
     print("| open-loop ratio | " + " | ".join(f"{w} worker{'s' if w > 1 else ''}" for w in ows) + " |")
     print("| --- |" + " ---: |" * len(ows))
-    for label, i in (("p99, tollgate+limit / nginx+limit_req", 1), ("p99.9, tollgate+limit / nginx+limit_req", 2)):
-        cells = [f"{omed(('tollgate+limit', w), i) / omed(('nginx+limit_req', w), i):.2f}" for w in ows]
-        print(f"| {label} | " + " | ".join(cells) + " |")
+    for t in ("tollgate+limit", "tollgate+limit/no-steal"):
+        for label, i in (("p99", 1), ("p99.9", 2)):
+            cells = [f"{omed((t, w), i) / omed(('nginx+limit_req', w), i):.2f}" for w in ows]
+            print(f"| {label}, {t} / nginx+limit_req | " + " | ".join(cells) + " |")
 PY
