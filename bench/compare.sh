@@ -14,6 +14,9 @@
 # time (user + system, from /proc) per request: on a shared machine the
 # second moves much less with the neighbours than the first. Loopback only,
 # bounded, stops what it starts.
+# OLD_SERVER / NEW_SERVER add settings to one side's `server:` block, to
+# compare two settings of one binary:
+#   NEW_SERVER="work_stealing: false" bash bench/compare.sh target/release/tollgate target/release/tollgate
 # Needs nginx and wrk (apt-get install nginx wrk).
 set -euo pipefail
 OLD=${1:?old binary}; NEW=${2:?new binary}
@@ -29,8 +32,9 @@ wait_port "$ORIGIN"
 declare -A PORT PID
 for side in old new; do
   P=$(free_port); A=$(free_port); PORT[$side]=$P
+  extra=${OLD_SERVER:-}; [ "$side" = new ] && extra=${NEW_SERVER:-}
   cat > "$WORK/$side.yaml" <<YAML
-server: { listen: ["127.0.0.1:$P"], admin: "127.0.0.1:$A", threads: 1, watch: false }
+server: { listen: ["127.0.0.1:$P"], admin: "127.0.0.1:$A", threads: 1, watch: false${extra:+, $extra} }
 upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
 rules:
   - { name: all, match: { path: "/**" }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second }] }

@@ -20,8 +20,9 @@
 #   tollgate               no limits
 #   tollgate+limit         one memory limit per request, admitting everything
 #   tollgate+limit/deny    one memory limit that denies almost everything (429)
-#   tollgate+limit/no-steal  tollgate+limit with server.work_stealing: false (one runtime per
-#                          thread), beside pingora/no-steal
+#   tollgate+limit/steal   tollgate+limit with server.work_stealing: true (one work-stealing
+#                          runtime, Pingora's default) instead of tollgate's default (one
+#                          runtime per thread), beside pingora
 #   tollgate+jwt           a plan limit keyed by the consumer of a bearer JWT (HS256, one
 #                          token for every request, so verified once and then cached)
 #   tollgate+redis         one Redis limit (exact), admitting everything
@@ -212,7 +213,7 @@ TOML
     start env RUST_LOG=error PINGAP_DISABLE_ACME=1 pingap -c "$WORK/pingap$W.toml"
     wait_port "$P"
   fi
-  for store in memory redis log nosteal; do
+  for store in memory redis log steal; do
     P=$(free_port); A=$(free_port); PORT[tollgate$W$store]=$P
     printf '{"keys":[{"kty":"oct","kid":"bench","k":"%s"}]}' "$JWT_KEY" > "$WORK/jwks.json"
     if [ "$store" = redis ]; then
@@ -223,8 +224,8 @@ TOML
       BATCHED="algorithm: gcra"
     fi
     TLS=""
-    # The same gateway with one runtime per thread, beside its default (work stealing).
-    [ "$store" = nosteal ] && TLS=", work_stealing: false"
+    # The same gateway with Pingora's default runtime (work stealing), beside its own default.
+    [ "$store" = steal ] && TLS=", work_stealing: true"
     if [ "$store" = memory ] && [ "$HAVE_TLS" = 1 ]; then
       PORT[tollgate${W}tls]=$(free_port)
       TLS=", tls: [{ listen: \"127.0.0.1:${PORT[tollgate${W}tls]}\", certs: [{ cert: cert.pem, key: key.pem }], alpn: [http/1.1] }]"
@@ -297,7 +298,7 @@ variants() { # name kind url, per worker count
   echo "tollgate http http://127.0.0.1:${PORT[tollgate${W}memory]}/open"
   echo "tollgate+limit http http://127.0.0.1:${PORT[tollgate${W}memory]}/all"
   echo "tollgate+limit/deny http http://127.0.0.1:${PORT[tollgate${W}memory]}/few"
-  echo "tollgate+limit/no-steal http http://127.0.0.1:${PORT[tollgate${W}nosteal]}/all"
+  echo "tollgate+limit/steal http http://127.0.0.1:${PORT[tollgate${W}steal]}/all"
   echo "tollgate+jwt jwt http://127.0.0.1:${PORT[tollgate${W}memory]}/jwt"
   echo "tollgate+redis http http://127.0.0.1:${PORT[tollgate${W}redis]}/all"
   echo "tollgate+redis/batched http http://127.0.0.1:${PORT[tollgate${W}redis]}/batched"
@@ -349,7 +350,7 @@ if [ "$HAVE_OHA" = 1 ]; then
     echo "pingora http://127.0.0.1:${PORT[pingora${W}steal]}/open"
     [ "$HAVE_PINGAP" = 1 ] && echo "pingap+limit http://127.0.0.1:${PORT[pingap$W]}/all"
     echo "tollgate+limit http://127.0.0.1:${PORT[tollgate${W}memory]}/all"
-    echo "tollgate+limit/no-steal http://127.0.0.1:${PORT[tollgate${W}nosteal]}/all"
+    echo "tollgate+limit/steal http://127.0.0.1:${PORT[tollgate${W}steal]}/all"
   }
   for round in $(seq 1 "$ROUNDS"); do
     for W in $WORKERS; do
@@ -403,11 +404,11 @@ print("| ratio | " + " | ".join(f"{w} worker{'s' if w > 1 else ''}" for w in wor
 print("| --- |" + " ---: |" * len(workers))
 ratios = [
     ("tollgate / nginx (no limits)", "tollgate", "nginx"),
-    ("tollgate+limit / pingora (what tollgate adds to Pingora)", "tollgate+limit", "pingora"),
-    ("tollgate+limit / pingora/no-steal (same runtime flavour)", "tollgate+limit", "pingora/no-steal"),
-    ("pingora/no-steal / pingora (the runtime flavour alone)", "pingora/no-steal", "pingora"),
-    ("tollgate+limit/no-steal / pingora/no-steal (both one runtime per thread)", "tollgate+limit/no-steal", "pingora/no-steal"),
-    ("tollgate no-steal / steal (tollgate+limit/no-steal / tollgate+limit)", "tollgate+limit/no-steal", "tollgate+limit"),
+    ("tollgate+limit / pingora (each with its default runtime)", "tollgate+limit", "pingora"),
+    ("tollgate+limit / pingora/no-steal (both one runtime per thread)", "tollgate+limit", "pingora/no-steal"),
+    ("tollgate+limit/steal / pingora (both work stealing)", "tollgate+limit/steal", "pingora"),
+    ("pingora/no-steal / pingora (Pingora's runtime flavours)", "pingora/no-steal", "pingora"),
+    ("tollgate+limit / tollgate+limit/steal (tollgate's runtime flavours)", "tollgate+limit", "tollgate+limit/steal"),
     ("tollgate+limit / pingap+limit", "tollgate+limit", "pingap+limit"),
     ("pingap+limit / pingora (what Pingap adds to Pingora)", "pingap+limit", "pingora"),
     ("pingora / nginx", "pingora", "nginx"),
@@ -458,7 +459,7 @@ if os.path.exists(sys.argv[2]):
     print()
     print("| open-loop ratio | " + " | ".join(f"{w} worker{'s' if w > 1 else ''}" for w in ows) + " |")
     print("| --- |" + " ---: |" * len(ows))
-    for t in ("tollgate+limit", "tollgate+limit/no-steal"):
+    for t in ("tollgate+limit", "tollgate+limit/steal"):
         for label, i in (("p99", 1), ("p99.9", 2)):
             cells = [f"{omed((t, w), i) / omed(('nginx+limit_req', w), i):.2f}" for w in ows]
             print(f"| {label}, {t} / nginx+limit_req | " + " | ".join(cells) + " |")

@@ -391,24 +391,33 @@ mod tests {
     }
 
     #[test]
-    fn the_binary_steals_work_by_default() {
+    fn the_binary_puts_each_proxy_thread_on_a_runtime_of_its_own_by_default() {
         let options = ProcessOptions {
             owns_process: true,
             ..ProcessOptions::default()
         };
         let server = server_for("server: { listen: [\"127.0.0.1:1\"] }", options);
-        assert!(server.configuration.work_stealing);
+        assert!(!server.configuration.work_stealing);
     }
 
     #[test]
-    fn the_binary_puts_each_proxy_thread_on_a_runtime_of_its_own_when_the_config_asks() {
+    fn the_binary_steals_work_when_the_config_asks() {
         let options = ProcessOptions {
             owns_process: true,
             ..ProcessOptions::default()
         };
-        let yaml = "server: { listen: [\"127.0.0.1:1\"], work_stealing: false }";
+        let yaml = "server: { listen: [\"127.0.0.1:1\"], work_stealing: true }";
         let server = server_for(yaml, options);
-        assert!(!server.configuration.work_stealing);
+        assert!(server.configuration.work_stealing);
+    }
+
+    #[test]
+    fn an_embedded_server_steals_work_by_default() {
+        let server = server_for(
+            "server: { listen: [\"127.0.0.1:1\"] }",
+            ProcessOptions::default(),
+        );
+        assert!(server.configuration.work_stealing);
     }
 
     #[test]

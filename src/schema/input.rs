@@ -87,10 +87,10 @@ pub(crate) struct ServerInput {
     /// Worker threads for the proxy; defaults to the number of CPUs.
     #[serde(default)]
     pub(crate) threads: Option<usize>,
-    /// One tokio runtime whose threads steal each other's tasks (`true`,
-    /// the default), or one runtime per thread (`false`: faster on one
-    /// benchmark machine, slower on another; BENCHMARKS.md has both).
-    #[serde(default = "default_true")]
+    /// One runtime per proxy thread (`false`, the default: no cross-thread
+    /// wake-ups, measured faster and cheaper per request in BENCHMARKS.md),
+    /// or one tokio runtime whose threads steal each other's tasks (`true`).
+    #[serde(default)]
     pub(crate) work_stealing: bool,
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
@@ -181,7 +181,7 @@ impl Default for ServerInput {
             admin_token: None,
             watch: true,
             threads: None,
-            work_stealing: true,
+            work_stealing: false,
             trusted_proxies: Vec::new(),
             ipv6_prefix: default_ipv6_prefix(),
             api_key: ApiKeyInput::default(),
