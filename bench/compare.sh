@@ -14,9 +14,11 @@
 # time (user + system, from /proc) per request: on a shared machine the
 # second moves much less with the neighbours than the first. Loopback only,
 # bounded, stops what it starts.
-# OLD_SERVER / NEW_SERVER add settings to one side's `server:` block, to
-# compare two settings of one binary:
+# OLD_SERVER / NEW_SERVER add settings to one side's `server:` block, and
+# OLD_LIMITS / NEW_LIMITS replace one side's list of limits, to compare two
+# settings of one binary:
 #   NEW_SERVER="work_stealing: false" bash bench/compare.sh target/release/tollgate target/release/tollgate
+#   OLD_LIMITS="[]" bash bench/compare.sh target/release/tollgate target/release/tollgate   # limits on/off
 # Needs nginx and wrk (apt-get install nginx wrk).
 set -euo pipefail
 OLD=${1:?old binary}; NEW=${2:?new binary}
@@ -30,14 +32,16 @@ ORIGIN=$(free_port)
 start_origin "$ORIGIN"
 wait_port "$ORIGIN"
 declare -A PORT PID
+LIMIT="[{ name: per-ip, key: ip, rate: 100000000/second }]"
 for side in old new; do
   P=$(free_port); A=$(free_port); PORT[$side]=$P
-  extra=${OLD_SERVER:-}; [ "$side" = new ] && extra=${NEW_SERVER:-}
+  extra=${OLD_SERVER:-}; limits=${OLD_LIMITS:-$LIMIT}
+  [ "$side" = new ] && { extra=${NEW_SERVER:-}; limits=${NEW_LIMITS:-$LIMIT}; }
   cat > "$WORK/$side.yaml" <<YAML
 server: { listen: ["127.0.0.1:$P"], admin: "127.0.0.1:$A", threads: 1, watch: false${extra:+, $extra} }
 upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
 rules:
-  - { name: all, match: { path: "/**" }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second }] }
+  - { name: all, match: { path: "/**" }, upstream: origin, limits: $limits }
 YAML
   bin=$OLD; [ "$side" = new ] && bin=$NEW
   gateway_args "$bin" "$P" "$WORK/$side.yaml"
