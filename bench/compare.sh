@@ -16,7 +16,7 @@
 # bounded, stops what it starts.
 # OLD_SERVER / NEW_SERVER add settings to one side's `server:` block, and
 # OLD_LIMITS / NEW_LIMITS replace one side's list of limits, to compare two
-# settings of one binary:
+# settings of one binary; THREADS sets server.threads on both (default 1):
 #   NEW_SERVER="work_stealing: false" bash bench/compare.sh target/release/tollgate target/release/tollgate
 #   OLD_LIMITS="[]" bash bench/compare.sh target/release/tollgate target/release/tollgate   # limits on/off
 # Needs nginx and wrk (apt-get install nginx wrk).
@@ -38,7 +38,7 @@ for side in old new; do
   extra=${OLD_SERVER:-}; limits=${OLD_LIMITS:-$LIMIT}
   [ "$side" = new ] && { extra=${NEW_SERVER:-}; limits=${NEW_LIMITS:-$LIMIT}; }
   cat > "$WORK/$side.yaml" <<YAML
-server: { listen: ["127.0.0.1:$P"], admin: "127.0.0.1:$A", threads: 1, watch: false${extra:+, $extra} }
+server: { listen: ["127.0.0.1:$P"], admin: "127.0.0.1:$A", threads: ${THREADS:-1}, watch: false${extra:+, $extra} }
 upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
 rules:
   - { name: all, match: { path: "/**" }, upstream: origin, limits: $limits }

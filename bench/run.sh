@@ -21,8 +21,10 @@
 #   tollgate+limit         one memory limit per request, admitting everything
 #   tollgate+limit/deny    one memory limit that denies almost everything (429)
 #   tollgate+limit/steal   tollgate+limit with server.work_stealing: true (one work-stealing
-#                          runtime, Pingora's default) instead of tollgate's default (one
-#                          runtime per thread), beside pingora
+#                          runtime, Pingora's default), beside pingora
+#   tollgate+limit/no-steal  ... with server.work_stealing: false (one runtime per thread),
+#                          beside pingora/no-steal. tollgate+limit runs tollgate's default:
+#                          no-steal with one worker, steal with more
 #   tollgate+jwt           a plan limit keyed by the consumer of a bearer JWT (HS256, one
 #                          token for every request, so verified once and then cached)
 #   tollgate+redis         one Redis limit (exact), admitting everything
@@ -213,7 +215,7 @@ TOML
     start env RUST_LOG=error PINGAP_DISABLE_ACME=1 pingap -c "$WORK/pingap$W.toml"
     wait_port "$P"
   fi
-  for store in memory redis log steal; do
+  for store in memory redis log steal nosteal; do
     P=$(free_port); A=$(free_port); PORT[tollgate$W$store]=$P
     printf '{"keys":[{"kty":"oct","kid":"bench","k":"%s"}]}' "$JWT_KEY" > "$WORK/jwks.json"
     if [ "$store" = redis ]; then
@@ -224,8 +226,9 @@ TOML
       BATCHED="algorithm: gcra"
     fi
     TLS=""
-    # The same gateway with Pingora's default runtime (work stealing), beside its own default.
+    # The same gateway with each runtime flavour, beside its default.
     [ "$store" = steal ] && TLS=", work_stealing: true"
+    [ "$store" = nosteal ] && TLS=", work_stealing: false"
     if [ "$store" = memory ] && [ "$HAVE_TLS" = 1 ]; then
       PORT[tollgate${W}tls]=$(free_port)
       TLS=", tls: [{ listen: \"127.0.0.1:${PORT[tollgate${W}tls]}\", certs: [{ cert: cert.pem, key: key.pem }], alpn: [http/1.1] }]"
@@ -299,6 +302,7 @@ variants() { # name kind url, per worker count
   echo "tollgate+limit http http://127.0.0.1:${PORT[tollgate${W}memory]}/all"
   echo "tollgate+limit/deny http http://127.0.0.1:${PORT[tollgate${W}memory]}/few"
   echo "tollgate+limit/steal http http://127.0.0.1:${PORT[tollgate${W}steal]}/all"
+  echo "tollgate+limit/no-steal http http://127.0.0.1:${PORT[tollgate${W}nosteal]}/all"
   echo "tollgate+jwt jwt http://127.0.0.1:${PORT[tollgate${W}memory]}/jwt"
   echo "tollgate+redis http http://127.0.0.1:${PORT[tollgate${W}redis]}/all"
   echo "tollgate+redis/batched http http://127.0.0.1:${PORT[tollgate${W}redis]}/batched"
@@ -351,6 +355,7 @@ if [ "$HAVE_OHA" = 1 ]; then
     [ "$HAVE_PINGAP" = 1 ] && echo "pingap+limit http://127.0.0.1:${PORT[pingap$W]}/all"
     echo "tollgate+limit http://127.0.0.1:${PORT[tollgate${W}memory]}/all"
     echo "tollgate+limit/steal http://127.0.0.1:${PORT[tollgate${W}steal]}/all"
+    echo "tollgate+limit/no-steal http://127.0.0.1:${PORT[tollgate${W}nosteal]}/all"
   }
   for round in $(seq 1 "$ROUNDS"); do
     for W in $WORKERS; do
@@ -405,10 +410,10 @@ print("| --- |" + " ---: |" * len(workers))
 ratios = [
     ("tollgate / nginx (no limits)", "tollgate", "nginx"),
     ("tollgate+limit / pingora (each with its default runtime)", "tollgate+limit", "pingora"),
-    ("tollgate+limit / pingora/no-steal (both one runtime per thread)", "tollgate+limit", "pingora/no-steal"),
+    ("tollgate+limit/no-steal / pingora/no-steal (both one runtime per thread)", "tollgate+limit/no-steal", "pingora/no-steal"),
     ("tollgate+limit/steal / pingora (both work stealing)", "tollgate+limit/steal", "pingora"),
     ("pingora/no-steal / pingora (Pingora's runtime flavours)", "pingora/no-steal", "pingora"),
-    ("tollgate+limit / tollgate+limit/steal (tollgate's runtime flavours)", "tollgate+limit", "tollgate+limit/steal"),
+    ("tollgate+limit/no-steal / tollgate+limit/steal (tollgate's runtime flavours)", "tollgate+limit/no-steal", "tollgate+limit/steal"),
     ("tollgate+limit / pingap+limit", "tollgate+limit", "pingap+limit"),
     ("pingap+limit / pingora (what Pingap adds to Pingora)", "pingap+limit", "pingora"),
     ("pingora / nginx", "pingora", "nginx"),
@@ -459,7 +464,7 @@ if os.path.exists(sys.argv[2]):
     print()
     print("| open-loop ratio | " + " | ".join(f"{w} worker{'s' if w > 1 else ''}" for w in ows) + " |")
     print("| --- |" + " ---: |" * len(ows))
-    for t in ("tollgate+limit", "tollgate+limit/steal"):
+    for t in ("tollgate+limit", "tollgate+limit/steal", "tollgate+limit/no-steal"):
         for label, i in (("p99", 1), ("p99.9", 2)):
             cells = [f"{omed((t, w), i) / omed(('nginx+limit_req', w), i):.2f}" for w in ows]
             print(f"| {label}, {t} / nginx+limit_req | " + " | ".join(cells) + " |")

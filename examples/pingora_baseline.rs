@@ -11,7 +11,7 @@
 //! Plain HTTP/1.1 to the upstream, connections pooled, one service whose
 //! worker count is the third argument (default 1), as tollgate's
 //! `server.threads`; the fourth is Pingora's `work_stealing` (`steal`, its
-//! default, or `no-steal`, tollgate's default), as tollgate's `server.work_stealing`.
+//! default, or `no-steal`, tollgate's default with one thread), as tollgate's `server.work_stealing`.
 
 use std::net::SocketAddr;
 

@@ -391,12 +391,35 @@ mod tests {
     }
 
     #[test]
-    fn the_binary_puts_each_proxy_thread_on_a_runtime_of_its_own_by_default() {
+    fn the_binary_runs_one_proxy_thread_on_a_runtime_of_its_own_by_default() {
         let options = ProcessOptions {
             owns_process: true,
             ..ProcessOptions::default()
         };
-        let server = server_for("server: { listen: [\"127.0.0.1:1\"] }", options);
+        let yaml = "server: { listen: [\"127.0.0.1:1\"], threads: 1 }";
+        let server = server_for(yaml, options);
+        assert!(!server.configuration.work_stealing);
+    }
+
+    #[test]
+    fn the_binary_steals_work_between_several_proxy_threads_by_default() {
+        let options = ProcessOptions {
+            owns_process: true,
+            ..ProcessOptions::default()
+        };
+        let yaml = "server: { listen: [\"127.0.0.1:1\"], threads: 2 }";
+        let server = server_for(yaml, options);
+        assert!(server.configuration.work_stealing);
+    }
+
+    #[test]
+    fn the_binary_puts_each_proxy_thread_on_a_runtime_of_its_own_when_the_config_asks() {
+        let options = ProcessOptions {
+            owns_process: true,
+            ..ProcessOptions::default()
+        };
+        let yaml = "server: { listen: [\"127.0.0.1:1\"], threads: 2, work_stealing: false }";
+        let server = server_for(yaml, options);
         assert!(!server.configuration.work_stealing);
     }
 
@@ -406,7 +429,7 @@ mod tests {
             owns_process: true,
             ..ProcessOptions::default()
         };
-        let yaml = "server: { listen: [\"127.0.0.1:1\"], work_stealing: true }";
+        let yaml = "server: { listen: [\"127.0.0.1:1\"], threads: 1, work_stealing: true }";
         let server = server_for(yaml, options);
         assert!(server.configuration.work_stealing);
     }

@@ -369,7 +369,7 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
         admin_show_keys: s.admin_show_keys,
         watch: s.watch,
         threads,
-        work_stealing: s.work_stealing,
+        work_stealing: s.work_stealing.unwrap_or(threads > 1),
         trusted_proxies: TrustedProxies::new(trusted),
         ipv6_prefix: s.ipv6_prefix,
         api_key: ApiKeySources {

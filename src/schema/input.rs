@@ -87,11 +87,12 @@ pub(crate) struct ServerInput {
     /// Worker threads for the proxy; defaults to the number of CPUs.
     #[serde(default)]
     pub(crate) threads: Option<usize>,
-    /// One runtime per proxy thread (`false`, the default: no cross-thread
-    /// wake-ups, measured faster and cheaper per request in BENCHMARKS.md),
-    /// or one tokio runtime whose threads steal each other's tasks (`true`).
+    /// One tokio runtime whose threads steal each other's tasks (`true`), or
+    /// one runtime per proxy thread (`false`). Unset: `false` with one proxy
+    /// thread (nothing to steal from; measured faster, BENCHMARKS.md), `true`
+    /// with more (stealing keeps latency even across threads).
     #[serde(default)]
-    pub(crate) work_stealing: bool,
+    pub(crate) work_stealing: Option<bool>,
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
     #[serde(default = "default_ipv6_prefix")]
@@ -181,7 +182,7 @@ impl Default for ServerInput {
             admin_token: None,
             watch: true,
             threads: None,
-            work_stealing: false,
+            work_stealing: None,
             trusted_proxies: Vec::new(),
             ipv6_prefix: default_ipv6_prefix(),
             api_key: ApiKeyInput::default(),
