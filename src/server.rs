@@ -390,62 +390,39 @@ mod tests {
         assert_eq!(server.configuration.grace_period_seconds, Some(10));
     }
 
-    #[test]
-    fn the_binary_runs_one_proxy_thread_on_a_runtime_of_its_own_by_default() {
+    /// Whether the binary (which owns its process) runs `server` with work stealing.
+    fn binary_steals_work(server: &str) -> bool {
         let options = ProcessOptions {
             owns_process: true,
             ..ProcessOptions::default()
         };
-        let yaml = "server: { listen: [\"127.0.0.1:1\"], threads: 1 }";
-        let server = server_for(yaml, options);
-        assert!(!server.configuration.work_stealing);
+        let yaml = format!("server: {{ listen: [\"127.0.0.1:1\"], {server} }}");
+        server_for(&yaml, options).configuration.work_stealing
+    }
+
+    #[test]
+    fn the_binary_runs_one_proxy_thread_on_a_runtime_of_its_own_by_default() {
+        assert!(!binary_steals_work("threads: 1"));
     }
 
     #[test]
     fn the_binary_steals_work_between_several_proxy_threads_by_default() {
-        let options = ProcessOptions {
-            owns_process: true,
-            ..ProcessOptions::default()
-        };
-        let yaml = "server: { listen: [\"127.0.0.1:1\"], threads: 2 }";
-        let server = server_for(yaml, options);
-        assert!(server.configuration.work_stealing);
+        assert!(binary_steals_work("threads: 2"));
     }
 
     #[test]
     fn the_binary_puts_each_proxy_thread_on_a_runtime_of_its_own_when_the_config_asks() {
-        let options = ProcessOptions {
-            owns_process: true,
-            ..ProcessOptions::default()
-        };
-        let yaml = "server: { listen: [\"127.0.0.1:1\"], threads: 2, work_stealing: false }";
-        let server = server_for(yaml, options);
-        assert!(!server.configuration.work_stealing);
+        assert!(!binary_steals_work("threads: 2, work_stealing: false"));
     }
 
     #[test]
     fn the_binary_steals_work_when_the_config_asks() {
-        let options = ProcessOptions {
-            owns_process: true,
-            ..ProcessOptions::default()
-        };
-        let yaml = "server: { listen: [\"127.0.0.1:1\"], threads: 1, work_stealing: true }";
-        let server = server_for(yaml, options);
-        assert!(server.configuration.work_stealing);
-    }
-
-    #[test]
-    fn an_embedded_server_steals_work_by_default() {
-        let server = server_for(
-            "server: { listen: [\"127.0.0.1:1\"] }",
-            ProcessOptions::default(),
-        );
-        assert!(server.configuration.work_stealing);
+        assert!(binary_steals_work("threads: 1, work_stealing: true"));
     }
 
     #[test]
     fn an_embedded_server_steals_work_whatever_the_config_says() {
-        let yaml = "server: { listen: [\"127.0.0.1:1\"], work_stealing: false }";
+        let yaml = "server: { listen: [\"127.0.0.1:1\"], threads: 1, work_stealing: false }";
         let server = server_for(yaml, ProcessOptions::default());
         assert!(server.configuration.work_stealing);
     }
