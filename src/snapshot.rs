@@ -22,7 +22,7 @@ use crate::limit::{BanMark, BanPolicy, Decision, LimitId, Limiter, SyncMode};
 use crate::metrics::{BanMode, DecisionResult, LimitMetrics, Metrics, RuleMetrics};
 use crate::policy::units::Rate;
 use crate::policy::{
-    AccessLogFormat, Alpn, HeaderStyle, MissingPolicy, Mode, OnError, OnLimit, TlsVersion,
+    AccessLogFormat, Alpn, HeaderStyle, Http1Path, MissingPolicy, Mode, OnError, OnLimit, TlsVersion,
 };
 use crate::route::{PathPattern, RouteConditions, RouteTable};
 use crate::schema::{ConfigSource, Problem};
@@ -153,6 +153,7 @@ pub struct ServerSettings {
     pub(crate) watch: bool,
     pub(crate) threads: usize,
     pub(crate) work_stealing: bool,
+    pub(crate) http1_path: Http1Path,
     pub(crate) trusted_proxies: TrustedProxies,
     pub(crate) ipv6_prefix: u8,
     pub(crate) api_key: ApiKeySources,

@@ -370,6 +370,7 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
         watch: s.watch,
         threads,
         work_stealing: s.work_stealing.unwrap_or(threads > 1),
+        http1_path: s.http1_path,
         trusted_proxies: TrustedProxies::new(trusted),
         ipv6_prefix: s.ipv6_prefix,
         api_key: ApiKeySources {

@@ -106,6 +106,18 @@ pub(crate) enum Alpn {
     Http11,
 }
 
+/// Which loop serves plain HTTP/1.1 requests (HTTP/2 and WebSocket upgrades
+/// always go through Pingora's proxy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Http1Path {
+    /// Pingora's proxy and its per-request phases.
+    #[default]
+    Pingora,
+    /// tollgate's own request loop on Pingora's sessions and connection pool.
+    Fast,
+}
+
 /// How the access log writes a request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -11,7 +11,7 @@ use serde::de::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::policy::{AccessLogFormat, Alpn, OnError, TlsVersion};
+use crate::policy::{AccessLogFormat, Alpn, Http1Path, OnError, TlsVersion};
 use crate::policy::{HeaderStyle, MissingPolicy, Mode, OnLimit};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -93,6 +93,10 @@ pub(crate) struct ServerInput {
     /// with more (stealing keeps latency even across threads).
     #[serde(default)]
     pub(crate) work_stealing: Option<bool>,
+    /// `pingora` (Pingora's proxy phases) or `fast` (tollgate's own HTTP/1.1
+    /// request loop); read per connection, so a reload applies it to new ones.
+    #[serde(default)]
+    pub(crate) http1_path: Http1Path,
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
     #[serde(default = "default_ipv6_prefix")]
@@ -183,6 +187,7 @@ impl Default for ServerInput {
             watch: true,
             threads: None,
             work_stealing: None,
+            http1_path: Http1Path::default(),
             trusted_proxies: Vec::new(),
             ipv6_prefix: default_ipv6_prefix(),
             api_key: ApiKeyInput::default(),
