@@ -112,9 +112,9 @@ pub(crate) enum Alpn {
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Http1Path {
     /// Pingora's proxy and its per-request phases.
-    #[default]
     Pingora,
     /// tollgate's own request loop on Pingora's sessions and connection pool.
+    #[default]
     Fast,
 }
 

@@ -7,7 +7,7 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::prelude::Session;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::Error;
 
 use super::{over_tls, peer_ip, Gateway, RequestCtx, UNKNOWN_ADDRESS};

@@ -55,7 +55,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::edge::{self, Role, Roles};
+use super::fast::FastLoop;
 use super::Gateway;
+use crate::policy::Http1Path;
 use crate::identity::ip_bucket;
 use crate::metrics::{ConnectionClose, ConnectionMetrics};
 use crate::state::Shared;
@@ -68,6 +70,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// it to Pingora's HTTP handling.
 pub(crate) struct Front {
     proxy: Arc<HttpProxy<Gateway>>,
+    /// Plain HTTP/1 requests with `server.http1_path: fast`.
+    fast: FastLoop,
     shared: Arc<Shared>,
     open: Arc<OpenPerIp>,
     /// Taken at start, like HTTP/2's idle timeout, which Pingora fixes then.
@@ -85,6 +89,7 @@ impl Front {
         proxy.server_options = Some(options);
         Front {
             proxy: Arc::new(proxy),
+            fast: FastLoop::new(Gateway::new(shared.clone())),
             shared,
             open: Arc::default(),
             idle_timeout,
@@ -100,7 +105,7 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (header_timeout, handshake_timeout, _place) = {
+        let (header_timeout, handshake_timeout, http1_path, _place) = {
             let rt = self.shared.snapshot.load();
             let server = &rt.server;
             let peer = stream
@@ -122,7 +127,12 @@ impl ServerApp for Front {
                 }
                 _ => None,
             };
-            (server.header_timeout, server.handshake_timeout, place)
+            (
+                server.header_timeout,
+                server.handshake_timeout,
+                server.http1_path,
+                place,
+            )
         };
         let timeouts = Timeouts {
             header: header_timeout,
@@ -136,9 +146,12 @@ impl ServerApp for Front {
             }
             _ => stream,
         };
-        let stream: Stream = Box::new(TimedStream::new(stream, timeouts, metrics));
+        let mut stream: Stream = Box::new(TimedStream::new(stream, timeouts, metrics));
         if let Some(Role::Redirect(redirect)) = role {
             return redirect.process_new(stream, shutdown).await;
+        }
+        if http1_path == Http1Path::Fast && speaks_http1(&mut stream).await? {
+            return self.fast.serve(stream, shutdown).await;
         }
         // Pingora's HTTP handling serves the connection to its end (the h2c
         // check, then every request) and never hands the stream back.
@@ -199,6 +212,17 @@ pub(crate) async fn request_done(session: &mut ServerSession) {
     if let Some(stream) = timed(session) {
         stream.tell(Signal::AwaitRequest);
     }
+}
+
+/// Whether a connection speaks HTTP/1: not HTTP/2 by ALPN, nor (in
+/// cleartext) by its preface. `None`: it closed before telling.
+async fn speaks_http1(stream: &mut Stream) -> Option<bool> {
+    if stream.get_ssl_digest().is_some() {
+        return Some(!matches!(stream.selected_alpn_proto(), Some(ALPN::H2)));
+    }
+    let mut preface = [0u8; H2_PREFACE.len()];
+    stream.try_peek(&mut preface).await.ok()?;
+    Some(preface != H2_PREFACE)
 }
 
 fn timed(session: &ServerSession) -> Option<&TimedStream> {

@@ -4,6 +4,7 @@
 mod access;
 pub(crate) mod connection;
 pub(crate) mod edge;
+mod fast;
 pub(crate) mod tunnel;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -17,6 +18,7 @@ use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
@@ -45,7 +47,7 @@ const HTTP_SCHEME: HeaderValue = HeaderValue::from_static("http");
 const HTTPS_SCHEME: HeaderValue = HeaderValue::from_static("https");
 
 /// Whether the client's connection is TLS (for `X-Forwarded-Proto`).
-fn over_tls(session: &Session) -> bool {
+fn over_tls(session: &ServerSession) -> bool {
     session
         .digest()
         .is_some_and(|digest| digest.ssl_digest.is_some())
@@ -222,7 +224,7 @@ pub(crate) struct RequestCtx {
     upstream_time: Option<std::time::Duration>,
 }
 
-fn peer_ip(session: &Session) -> IpAddr {
+fn peer_ip(session: &ServerSession) -> IpAddr {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -231,7 +233,7 @@ fn peer_ip(session: &Session) -> IpAddr {
 
 impl Gateway {
     /// Proxies an admitted upgrade request through a tunnel we own.
-    async fn tunnel(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn tunnel(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
         // The tunnel owns the admission (and its permits) for its whole life.
         let Some((rt, mut admitted)) = ctx.snapshot.clone().zip(ctx.admitted.take()) else {
             return Err(Error::explain(
@@ -305,9 +307,7 @@ impl Gateway {
         add_request_id(&mut response, ctx.request_id.as_ref());
         rule.metrics.websockets().inc();
         ctx.tunnel_open = true;
-        session
-            .write_response_header(Box::new(response), false)
-            .await?;
+        session.write_response_header(Box::new(response)).await?;
         let gate = message_gate(&rt, rule, &mut admitted);
         self.pump_tunnel(session, rule, upstream, gate, stream, rest)
             .await;
@@ -319,7 +319,7 @@ impl Gateway {
     /// stops.
     async fn pump_tunnel(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         rule: &Rule,
         upstream: &Upstream,
         gate: Option<MessageGate>,
@@ -416,22 +416,22 @@ fn message_gate(rt: &Snapshot, rule: &Rule, admitted: &mut Admitted) -> Option<M
 }
 
 /// An HTTP/1.1 WebSocket handshake without a body: the requests we tunnel.
-fn wants_websocket(session: &mut Session) -> bool {
+fn wants_websocket(session: &mut ServerSession) -> bool {
     let req = session.req_header();
     !session.is_http2()
         && is_websocket_request(&req.method, &req.headers)
         && session.is_body_empty()
 }
 
-async fn write_reply(session: &mut Session, reply: Reply) -> Result<()> {
+async fn write_reply(session: &mut ServerSession, reply: Reply) -> Result<()> {
     // Never leave an unread request body on a connection that will be reused.
     if !session.is_body_empty() {
         session.set_keepalive(None);
     }
     session
-        .write_response_header(Box::new(reply.header), false)
+        .write_response_header(Box::new(reply.header))
         .await?;
-    session.write_response_body(Some(reply.body), true).await
+    session.write_response_body(reply.body, true).await
 }
 
 fn snapshot(ctx: &RequestCtx) -> Result<(&Snapshot, usize)> {
@@ -444,29 +444,17 @@ fn snapshot(ctx: &RequestCtx) -> Result<(&Snapshot, usize)> {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
-    }
-
-    /// None: Pingora's default installs a response-compression module that
-    /// it leaves switched off, and every request would still build and call
-    /// it. The gateway passes bodies through as the upstream sent them.
-    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
-
-    async fn early_request_filter(
+/// The request's steps as plain methods on the client's session, so that
+/// Pingora's proxy (the hooks below) and the fast loop (`fast`) run the same
+/// code in the same order.
+impl Gateway {
+    /// Admission, and the answers the gateway gives itself (refusals,
+    /// tunnels). `true`: the request has been answered.
+    pub(super) async fn admit(
         &self,
-        session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        connection::head_received(session);
-        Ok(())
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
         ctx.started = Some(Instant::now());
         let rt = self.shared.snapshot.load_full();
         let peer = peer_ip(session);
@@ -520,14 +508,11 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
+    /// The server for the next attempt: a retry after a failed connect
+    /// moves on to another one.
+    pub(super) fn pick_peer(&self, ctx: &mut RequestCtx) -> Result<HttpPeer> {
         let (rt, rule) = snapshot(ctx)?;
         let upstream = rt.upstream_of(rt.rule(rule));
-        // A retry after a failed connect moves on to another server.
         // WebSocket upgrades never get here (they are tunnelled); other
         // upgrade offers are stripped and proxied as plain requests.
         let picked = upstream
@@ -543,12 +528,14 @@ impl ProxyHttp for Gateway {
         };
         ctx.server = Some(server);
         ctx.upstream_started.get_or_insert_with(Instant::now);
-        Ok(Box::new(peer))
+        Ok(peer)
     }
 
-    async fn upstream_request_filter(
+    /// The request as the upstream gets it: the normalized target and
+    /// `Host`, forwarding and consumer headers, the request id.
+    pub(super) fn prepare_request(
         &self,
-        session: &mut Session,
+        session: &ServerSession,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -577,14 +564,7 @@ impl ProxyHttp for Gateway {
     /// A body that streams past the rule's `max_body_bytes` (one without a
     /// `Content-Length`, or one longer than it said) ends the request with a
     /// 413; declared sizes were refused before anything was spent.
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        let Some(chunk) = body else { return Ok(()) };
+    pub(super) fn count_body(chunk: &[u8], ctx: &mut RequestCtx) -> Result<()> {
         ctx.body_bytes += chunk.len() as u64;
         let max = snapshot(ctx)
             .ok()
@@ -598,45 +578,29 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn connected_to_upstream(
-        &self,
-        _session: &mut Session,
-        _reused: bool,
-        _peer: &HttpPeer,
-        _fd: std::os::unix::io::RawFd,
-        _digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
+    /// A connection to the request's server is open (new or pooled).
+    pub(super) fn connected(ctx: &mut RequestCtx) {
         ctx.connected = true;
         if let (Ok((rt, rule)), Some(server)) = (snapshot(ctx), ctx.server) {
             rt.upstream_of(rt.rule(rule)).health[server].connected();
         }
-        Ok(())
     }
 
-    async fn upstream_response_filter(
-        &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
+    /// The upstream's response head is in: its latency is measured.
+    pub(super) fn response_arrived(ctx: &mut RequestCtx) {
         if let (Some(started), Ok((rt, rule))) = (ctx.upstream_started, snapshot(ctx)) {
             let elapsed = started.elapsed();
             rt.rule(rule).metrics.observe_upstream(elapsed);
             ctx.upstream_time = Some(elapsed);
         }
-        Ok(())
     }
 
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
+    /// The response as the client gets it: the request id and the
+    /// rule's `RateLimit` fields.
+    pub(super) fn prepare_response(upstream_response: &mut ResponseHeader, ctx: &RequestCtx) {
         add_request_id(upstream_response, ctx.request_id.as_ref());
         let Some(admitted) = &ctx.admitted else {
-            return Ok(());
+            return;
         };
         if let (Some((limit, decision)), Ok((rt, rule))) = (admitted.headline, snapshot(ctx)) {
             let rule = rt.rule(rule);
@@ -647,10 +611,15 @@ impl ProxyHttp for Gateway {
                 &decision,
             );
         }
-        Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    /// The request has ended, answered or not: its log line and metrics.
+    pub(super) async fn finish(
+        &self,
+        session: &mut ServerSession,
+        e: Option<&Error>,
+        ctx: &mut RequestCtx,
+    ) {
         connection::request_done(session).await;
         let Some(rt) = &ctx.snapshot else { return };
         if let Some(facts) = &ctx.log {
@@ -686,13 +655,9 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
+    /// A connect to the request's server failed: counted against the
+    /// server, and retried on another while any is left.
+    pub(super) fn connect_failed(&self, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
         let Some(server) = ctx.server else { return e };
         ctx.tried.push(server);
         if let Ok((rt, rule)) = snapshot(ctx) {
@@ -708,12 +673,14 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn fail_to_proxy(
+    /// Answers a request that could not be proxied, if the client is still
+    /// there; returns the status (0: none was sent).
+    pub(super) async fn answer_failure(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         e: &Error,
         ctx: &mut RequestCtx,
-    ) -> FailToProxy {
+    ) -> u16 {
         let code = failure_status(e);
         // Connect failures were counted as they happened.
         if let (true, ErrorSource::Upstream, Ok((rt, rule))) =
@@ -743,6 +710,120 @@ impl ProxyHttp for Gateway {
                 tracing::debug!("could not send the error response: {write_error}");
             }
         }
+        code
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    /// None: Pingora's default installs a response-compression module that
+    /// it leaves switched off, and every request would still build and call
+    /// it. The gateway passes bodies through as the upstream sent them.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        connection::head_received(session);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.admit(session.as_downstream_mut(), ctx).await
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        self.pick_peer(ctx).map(Box::new)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.prepare_request(session.as_downstream(), upstream_request, ctx)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        match body {
+            Some(chunk) => Gateway::count_body(chunk, ctx),
+            None => Ok(()),
+        }
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        Gateway::connected(ctx);
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        Gateway::response_arrived(ctx);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        Gateway::prepare_response(upstream_response, ctx);
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.finish(session.as_downstream_mut(), e, ctx).await;
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.connect_failed(ctx, e)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = self.answer_failure(session.as_downstream_mut(), e, ctx).await;
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,

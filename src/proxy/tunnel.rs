@@ -11,7 +11,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::prelude::{HttpPeer, Session};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::sync::{mpsc, watch};
@@ -289,8 +290,7 @@ pub(crate) async fn pump(
     session.set_write_timeout(Some(limits.write));
     inspection.watch.feed(&rest);
     if !rest.is_empty()
-        && session
-            .write_response_body(Some(rest), false)
+        && session.write_response_body(rest, false)
             .await
             .is_err()
     {
@@ -331,12 +331,12 @@ pub(crate) async fn pump(
     {
         writer.abort();
     }
-    let _ = session.write_response_body(None, true).await;
+    let _ = session.write_response_body(Bytes::new(), true).await;
     end
 }
 
 /// Resolves once a shutdown has begun; never if it cannot tell.
-async fn shutdown_begins(stopping: &mut watch::Receiver<bool>) {
+pub(crate) async fn shutdown_begins(stopping: &mut watch::Receiver<bool>) {
     if stopping.wait_for(|stopping| *stopping).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -413,7 +413,7 @@ async fn relay(
                     Ok(_) => {
                         let data = buf.split().freeze();
                         inspection.watch.feed(&data);
-                        if session.write_response_body(Some(data), false).await.is_err() {
+                        if session.write_response_body(data, false).await.is_err() {
                             return TunnelEnd::Failed;
                         }
                         buf.reserve(READ_CHUNK);
@@ -459,8 +459,7 @@ async fn send_own_frames(
 ) -> Option<TunnelEnd> {
     if let Some(retry_after) = *notice {
         if closing.is_none() && inspection.watch.at_message_boundary() {
-            if session
-                .write_response_body(Some(Bytes::from(notice_frame(retry_after))), false)
+            if session.write_response_body(Bytes::from(notice_frame(retry_after)), false)
                 .await
                 .is_err()
             {
@@ -479,7 +478,7 @@ async fn send_own_frames(
         return None;
     }
     let to_client = Bytes::from(close_frame(close.code, close.reason, None));
-    let _ = session.write_response_body(Some(to_client), false).await;
+    let _ = session.write_response_body(to_client, false).await;
     // Upstream, a close frame only fits between the frames sent there, and
     // not after the client's own close.
     if let (Some(q), true) = (queue, inspection.filter.may_send_upstream()) {
@@ -506,7 +505,7 @@ pub(crate) async fn relay_refusal(
     let status = response.status.as_u16();
     if head_only || status == 204 || status == 304 {
         session
-            .write_response_header(Box::new(response), true)
+            .write_response_header(Box::new(response))
             .await?;
         return Ok(());
     }
@@ -521,7 +520,7 @@ pub(crate) async fn relay_refusal(
         response.remove_header(&CONTENT_LENGTH);
     }
     session
-        .write_response_header(Box::new(response), false)
+        .write_response_header(Box::new(response))
         .await?;
     let failed = |why: &str| {
         Error::explain(
@@ -536,7 +535,7 @@ pub(crate) async fn relay_refusal(
     };
     if chunked {
         while let Some(chunk) = body.next_chunk().await.map_err(|e| failed(&e))? {
-            session.write_response_body(Some(chunk), false).await?;
+            session.write_response_body(chunk, false).await?;
         }
     } else {
         let mut left = length;
@@ -557,10 +556,10 @@ pub(crate) async fn relay_refusal(
                 }
                 None => chunk,
             };
-            session.write_response_body(Some(chunk), false).await?;
+            session.write_response_body(chunk, false).await?;
         }
     }
-    session.write_response_body(None, true).await
+    session.write_response_body(Bytes::new(), true).await
 }
 
 /// An upstream response body being read, with the bytes already buffered.

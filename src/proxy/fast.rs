@@ -1,0 +1,534 @@
+//! The fast HTTP/1.1 loop (`server.http1_path: fast`): one loop per client
+//! connection that reads each request with Pingora's HTTP/1 session, runs the
+//! gateway's steps (the same `Gateway` methods Pingora's proxy hooks call,
+//! in the same order), and relays the request through Pingora's HTTP/1
+//! connector and connection pool.
+//!
+//! What it leaves out is pingora-proxy's per-request machinery, which a
+//! gateway without a cache or subrequests never uses but pays for on every
+//! request: the proxy `Session` with its cache and module contexts, a dozen
+//! boxed hook futures, and two channels joined across two futures to stream
+//! between client and upstream. Here one `select!` does that streaming.
+//!
+//! What it keeps is Pingora's HTTP/1 code on both sides: request parsing
+//! and validation, body framing both ways (Content-Length, chunked,
+//! close-delimited), keep-alive and pipelining, the upstream pool, its
+//! timeouts and TLS. What it owns is the proxy's part, each piece a mirror
+//! of pingora-proxy 0.9's: the request hygiene (`sanitize_request`), the
+//! duplex relay with client-abort detection, and retries on a stale pooled
+//! connection. HTTP/2 (h2c and ALPN) stays with Pingora's proxy (see
+//! `connection::Front`).
+
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderName, Method, Version};
+use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora::connectors::http::v1::Connector;
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use pingora::upstreams::peer::Peer;
+use pingora::{Error, ErrorType, Result};
+
+use super::{connection, tunnel, Gateway, RequestCtx};
+use crate::respond::{self, Reply};
+
+/// Attempts per request, as in Pingora's proxy: a failed connect moves on
+/// to the next server, a stale pooled connection to a fresh one.
+const MAX_ATTEMPTS: usize = 16;
+
+/// How long an idle client connection is kept (Pingora's default, in
+/// seconds); the gateway's own `idle_timeout` closes it sooner
+/// (`connection::TimedStream`).
+const KEEPALIVE_SECONDS: u64 = 60;
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// The hop-by-hop fields (RFC 9110 §7.6.1) no upstream gets from a client.
+const HOP_BY_HOP: [HeaderName; 10] = [
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    TRANSFER_ENCODING,
+    CONNECTION,
+    UPGRADE,
+    HTTP2_SETTINGS,
+];
+
+/// Fields a `Connection` header may not nominate for removal: the
+/// forwarding headers the gateway vouches for, and `Host`.
+const PROTECTED: [&str; 4] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
+/// At most this many `Connection` nominations are read (a bound on the
+/// work a client can ask for).
+const MAX_NOMINATIONS: usize = 32;
+
+/// The fast loop's state: the gateway's steps and the upstream pool.
+pub(crate) struct FastLoop {
+    gateway: Gateway,
+    upstreams: Connector,
+}
+
+/// How one attempt at the upstream ended: whether the client connection
+/// may serve another request, whether the upstream one may be pooled, and
+/// the error, if any.
+struct Exchange {
+    client_reusable: bool,
+    upstream_reusable: bool,
+    error: Option<Box<Error>>,
+}
+
+impl Exchange {
+    fn failed(error: Box<Error>, upstream_reusable: bool) -> Self {
+        Exchange {
+            client_reusable: false,
+            upstream_reusable,
+            error: Some(error),
+        }
+    }
+}
+
+impl FastLoop {
+    pub(crate) fn new(gateway: Gateway) -> Self {
+        FastLoop {
+            gateway,
+            upstreams: Connector::new(None),
+        }
+    }
+
+    /// Serves an HTTP/1 connection's requests until it ends.
+    pub(crate) async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(keepalive(shutdown));
+        loop {
+            if !self.read_request(&mut session, shutdown).await {
+                return None;
+            }
+            connection::head_received(&mut session);
+            let mut ctx = RequestCtx::default();
+            let reuse = self.serve_request(&mut session, &mut ctx).await;
+            if !reuse {
+                return None;
+            }
+            let settings = HttpPersistentSettings::for_session(&session);
+            let reusable = match session.finish().await {
+                Ok(Some(reusable)) => reusable,
+                _ => return None,
+            };
+            let (stream, settings) =
+                ReusedHttpStream::from_reusable_stream(reusable, settings).consume();
+            session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            }
+        }
+    }
+
+    /// Reads the next request head: `false` when the connection ends
+    /// instead (closed, malformed, a shutdown began, or a `CONNECT`).
+    async fn read_request(&self, session: &mut ServerSession, shutdown: &ShutdownWatch) -> bool {
+        let mut stopping = shutdown.clone();
+        let read = tokio::select! {
+            // A request already buffered is served before a shutdown ends
+            // the connection.
+            biased;
+            read = session.read_request() => read,
+            () = tunnel::shutdown_begins(&mut stopping) => return false,
+        };
+        let refusal = match read {
+            Ok(true) if session.req_header().method != Method::CONNECT => return true,
+            Ok(true) => Some(respond::generic_error(405)),
+            Ok(false) => None,
+            Err(e) if matches!(e.etype(), ErrorType::InvalidHTTPHeader) => {
+                Some(respond::generic_error(400))
+            }
+            Err(_) => None,
+        };
+        if let Some(Reply { header, body }) = refusal {
+            let _ = session.write_error_response(header, body).await;
+        }
+        session.shutdown().await;
+        false
+    }
+
+    /// One request, from admission to its log line. `true`: the client
+    /// connection may serve the next request.
+    async fn serve_request(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> bool {
+        match self.gateway.admit(session, ctx).await {
+            Ok(true) => {
+                self.gateway.finish(session, None, ctx).await;
+                return true;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.gateway.answer_failure(session, &e, ctx).await;
+                self.gateway.finish(session, Some(&e), ctx).await;
+                return false;
+            }
+        }
+        let (reuse, error) = self.proxy(session, ctx).await;
+        if let Some(e) = &error {
+            self.gateway.answer_failure(session, e, ctx).await;
+        }
+        self.gateway.finish(session, error.as_deref(), ctx).await;
+        reuse
+    }
+
+    /// Sends the request upstream until an attempt succeeds or fails for
+    /// good.
+    async fn proxy(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> (bool, Option<Box<Error>>) {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (reuse, error) = self.attempt(session, ctx).await;
+            match error {
+                Some(e) if e.retry() && attempts < MAX_ATTEMPTS => {
+                    tracing::debug!("retrying the request: {e}");
+                }
+                error => return (reuse, error),
+            }
+        }
+    }
+
+    /// One attempt: a server, a connection to it (pooled or new), the
+    /// exchange.
+    async fn attempt(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> (bool, Option<Box<Error>>) {
+        let peer = match self.gateway.pick_peer(ctx) {
+            Ok(peer) => peer,
+            Err(e) => return (false, Some(e)),
+        };
+        let (mut upstream, reused) = match self.upstreams.get_http_session(&peer).await {
+            Ok(connection) => connection,
+            Err(mut e) => {
+                e.as_up();
+                return (false, Some(self.gateway.connect_failed(ctx, e).into_up()));
+            }
+        };
+        Gateway::connected(ctx);
+        let exchange = self.exchange(session, &mut upstream, &peer, ctx).await;
+        if exchange.upstream_reusable {
+            self.upstreams
+                .release_http_session(upstream, &peer, peer.idle_timeout())
+                .await;
+        }
+        let error = exchange.error.map(|mut e| {
+            // Only a pooled connection that failed is worth another try, and
+            // only when the request can be sent again whole.
+            if !session.req_header().method.is_idempotent() || session.retry_buffer_truncated() {
+                e.set_retry(false);
+            } else {
+                e.retry.decide_reuse(reused);
+            }
+            e
+        });
+        (exchange.client_reusable, error)
+    }
+
+    /// Sends the request head, then relays both bodies at once: the
+    /// client's to the upstream and the upstream's response to the client,
+    /// so an upstream may answer before it has read the whole request, and a
+    /// client that goes away ends the exchange at once.
+    async fn exchange(
+        &self,
+        session: &mut ServerSession,
+        upstream: &mut UpstreamSession,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+    ) -> Exchange {
+        upstream.read_timeout = peer.options.read_timeout;
+        upstream.write_timeout = peer.options.write_timeout;
+        let mut request = session.req_header().clone();
+        request.set_version(Version::HTTP_11);
+        if let Err(e) = sanitize_request(&mut request) {
+            return Exchange::failed(e.into_down(), true);
+        }
+        if let Err(e) = self.gateway.prepare_request(session, &mut request, ctx) {
+            return Exchange::failed(e, true);
+        }
+        if let Err(e) = frame_request(&mut request, session.is_body_empty()) {
+            return Exchange::failed(e, true);
+        }
+        if let Err(e) = upstream.write_request_header(Box::new(request)).await {
+            return Exchange::failed(e.into_up(), false);
+        }
+        session.enable_retry_buffering();
+        let mut request_done = session.is_body_done();
+        // A retry sends again what the client already sent.
+        let resend = session.get_retry_buffer();
+        if resend.is_some() || request_done {
+            if let Err(e) = send_body(upstream, resend.as_deref(), request_done).await {
+                return Exchange::failed(e, false);
+            }
+        }
+        let mut response_done = false;
+        let mut upstream_reusable = true;
+        let mut send_error = None;
+        while !request_done || !response_done {
+            tokio::select! {
+                task = upstream.read_response_task(), if !response_done => {
+                    let task = match task {
+                        Ok(task) => task,
+                        // The response's framing is lost: the connection too.
+                        Err(e) => return Exchange::failed(send_error.unwrap_or(e).into_up(), false),
+                    };
+                    match relay_response(session, task, ctx).await {
+                        Ok(done) => response_done = done,
+                        Err(e) => return Exchange::failed(e, false),
+                    }
+                }
+                // With the request sent, this only waits for the client to
+                // go away (or to pipeline its next request, kept for later).
+                body = session.read_body_or_idle(request_done) => {
+                    let body = match body {
+                        Ok(body) => body,
+                        Err(e) => return Exchange::failed(e.into_down(), false),
+                    };
+                    if let Some(chunk) = &body {
+                        if let Err(e) = Gateway::count_body(chunk, ctx) {
+                            return Exchange::failed(e, false);
+                        }
+                    }
+                    let done = session.is_body_done();
+                    if request_done {
+                        continue;
+                    }
+                    if let Err(e) = send_body(upstream, body.as_deref(), done).await {
+                        // An upstream that stopped reading may still have
+                        // answered; its connection is spent either way.
+                        tracing::debug!("sending the request body upstream failed: {e}");
+                        upstream_reusable = false;
+                        send_error = Some(e);
+                        request_done = true;
+                        continue;
+                    }
+                    request_done = done;
+                }
+            }
+        }
+        Exchange {
+            client_reusable: true,
+            upstream_reusable,
+            error: None,
+        }
+    }
+}
+
+/// Pingora's keep-alive setting for a new client connection.
+fn keepalive(shutdown: &ShutdownWatch) -> Option<u64> {
+    if *shutdown.borrow() {
+        None
+    } else {
+        Some(KEEPALIVE_SECONDS)
+    }
+}
+
+/// Writes a piece of the request body upstream, and its end once `done`.
+async fn send_body(upstream: &mut UpstreamSession, chunk: Option<&[u8]>, done: bool) -> Result<()> {
+    if let Some(chunk) = chunk.filter(|c| !c.is_empty()) {
+        upstream.write_body(chunk).await.map_err(Error::into_up)?;
+    }
+    if done {
+        upstream.finish_body().await.map_err(Error::into_up)?;
+    }
+    Ok(())
+}
+
+/// Passes one piece of the upstream's response to the client: `true` once
+/// the response is complete.
+async fn relay_response(
+    session: &mut ServerSession,
+    task: HttpTask,
+    ctx: &mut RequestCtx,
+) -> Result<bool> {
+    let down = |e: Box<Error>| e.into_down();
+    match task {
+        HttpTask::Header(mut header, end) => {
+            if header.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                // No upgrade was offered (the hygiene strips it).
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "the upstream switched protocols unasked",
+                )
+                .map_err(Error::into_up);
+            }
+            if header.status.is_informational() {
+                // 100 Continue, 103 Early Hints: passed on as they come.
+                session.write_response_header(header).await.map_err(down)?;
+                return Ok(false);
+            }
+            Gateway::response_arrived(ctx);
+            Gateway::prepare_response(&mut header, ctx);
+            session.write_response_header(header).await.map_err(down)?;
+            if end {
+                session.finish_body().await.map_err(down)?;
+            }
+            Ok(end)
+        }
+        HttpTask::Body(data, end) => {
+            session
+                .write_response_body(data.unwrap_or_default(), end)
+                .await
+                .map_err(down)?;
+            Ok(end)
+        }
+        // HTTP/1 trailers are not relayed (nor by Pingora's proxy).
+        HttpTask::Trailer(_) | HttpTask::Done => {
+            session.finish_body().await.map_err(down)?;
+            Ok(true)
+        }
+        HttpTask::UpgradedBody(..) => Error::e_explain(
+            ErrorType::InternalError,
+            "an upgraded body on a connection that was not upgraded",
+        ),
+        HttpTask::Failed(e) => Err(e),
+    }
+}
+
+/// The request hygiene of pingora-proxy's HTTP/1 path: the fields a
+/// `Connection` header nominates and the standard hop-by-hop fields are
+/// dropped, and so is any upgrade offer (WebSocket upgrades are tunnelled
+/// before a request gets here). A `Connection` header that nominates a
+/// protected field, or a malformed or excessive one, is refused.
+fn sanitize_request(request: &mut RequestHeader) -> Result<()> {
+    let mut nominated: Vec<HeaderName> = Vec::new();
+    for token in request
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
+    {
+        if nominated.len() == MAX_NOMINATIONS {
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "too many Connection header nominations",
+            );
+        }
+        let name = token
+            .iter()
+            .all(|byte| is_tchar(*byte))
+            .then(|| HeaderName::from_bytes(token).ok())
+            .flatten();
+        let Some(name) = name else {
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "invalid token nominated by the Connection header",
+            );
+        };
+        if PROTECTED.contains(&name.as_str()) {
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "protected header cannot be nominated by the Connection header",
+            );
+        }
+        nominated.push(name);
+    }
+    for name in nominated.iter().chain(HOP_BY_HOP.iter()) {
+        request.remove_header(name);
+    }
+    Ok(())
+}
+
+/// A request with a body but no framing of its own (its chunked framing was
+/// hop-by-hop) goes upstream chunked.
+fn frame_request(request: &mut RequestHeader, body_empty: bool) -> Result<()> {
+    if !body_empty
+        && !request.headers.contains_key(CONTENT_LENGTH)
+        && !request.headers.contains_key(TRANSFER_ENCODING)
+    {
+        request.insert_header(TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
+
+/// An HTTP token character (RFC 9110 §5.6.2).
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+        for (name, value) in headers {
+            request.append_header(name.to_string(), *value).unwrap();
+        }
+        request
+    }
+
+    #[test]
+    fn hop_by_hop_and_nominated_fields_never_reach_the_upstream() {
+        let mut r = request(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAAA"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "1"),
+        ]);
+        sanitize_request(&mut r).unwrap();
+        let names: Vec<_> = r.headers.keys().map(|n| n.as_str().to_string()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn a_connection_header_may_not_nominate_a_forwarding_field() {
+        let mut r = request(&[("connection", "close, X-Forwarded-For")]);
+        assert!(sanitize_request(&mut r).is_err());
+    }
+
+    #[test]
+    fn a_malformed_nomination_is_refused() {
+        let mut r = request(&[("connection", "\"x-quoted\"")]);
+        assert!(sanitize_request(&mut r).is_err());
+    }
+
+    #[test]
+    fn endless_nominations_are_refused() {
+        let many = vec!["x-a"; MAX_NOMINATIONS + 1].join(",");
+        let mut r = request(&[("connection", many.as_str())]);
+        assert!(sanitize_request(&mut r).is_err());
+    }
+
+    #[test]
+    fn a_body_without_framing_goes_upstream_chunked() {
+        let mut r = request(&[]);
+        frame_request(&mut r, false).unwrap();
+        assert_eq!(r.headers["transfer-encoding"], "chunked");
+    }
+
+    #[test]
+    fn a_body_with_a_length_keeps_it() {
+        let mut r = request(&[("content-length", "3")]);
+        frame_request(&mut r, false).unwrap();
+        assert!(!r.headers.contains_key("transfer-encoding"));
+    }
+}
