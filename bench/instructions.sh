@@ -9,6 +9,11 @@
 # see what tollgate adds to Pingora:
 #   bash bench/instructions.sh target/release/examples/pingora_baseline target/release/tollgate
 #
+# OLD_SERVER / NEW_SERVER add settings to one side's `server:` block, to
+# compare settings of one binary (as in bench/compare.sh):
+#   OLD_SERVER="http1_path: pingora" NEW_SERVER="http1_path: fast" \
+#     bash bench/instructions.sh target/release/tollgate target/release/tollgate
+#
 # Each binary runs under callgrind with the config of bench/compare.sh (one
 # memory limit admitting everything, an nginx origin answering 200) twice:
 # once for 1,000 keep-alive requests from `ab` and once for 1,000 + `requests`
@@ -31,12 +36,13 @@ ORIGIN=$(free_port)
 start_origin "$ORIGIN"
 wait_port "$ORIGIN"
 
-# Total instructions of one run of $1 serving $2 requests.
+# Total instructions of one run of $1 serving $2 requests, with the
+# server settings $3.
 count() {
-  local bin=$1 n=$2 port admin out pid
+  local bin=$1 n=$2 extra=${3:-} port admin out pid
   port=$(free_port); admin=$(free_port); out="$WORK/callgrind.$RANDOM"
   cat > "$WORK/gateway.yaml" <<YAML
-server: { listen: ["127.0.0.1:$port"], admin: "127.0.0.1:$admin", threads: 1, watch: false }
+server: { listen: ["127.0.0.1:$port"], admin: "127.0.0.1:$admin", threads: 1, watch: false${extra:+, $extra} }
 upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
 rules:
   - { name: all, match: { path: "/**" }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second }] }
@@ -55,8 +61,9 @@ YAML
 }
 
 for side in old new; do
-  bin=$OLD; [ "$side" = new ] && bin=$NEW
-  small=$(count "$bin" "$BASE"); large=$(count "$bin" $((BASE + REQUESTS)))
+  bin=$OLD; extra=${OLD_SERVER:-}
+  [ "$side" = new ] && { bin=$NEW; extra=${NEW_SERVER:-}; }
+  small=$(count "$bin" "$BASE" "$extra"); large=$(count "$bin" $((BASE + REQUESTS)) "$extra")
   per=$(( (large - small) / REQUESTS ))
   echo "$side: $per instructions per request ($small for $BASE requests, $large for $((BASE + REQUESTS)))"
   echo "$per" > "$WORK/$side"

@@ -25,6 +25,8 @@
 #   tollgate+limit/no-steal  ... with server.work_stealing: false (one runtime per thread),
 #                          beside pingora/no-steal. tollgate+limit runs tollgate's default:
 #                          no-steal with one worker, steal with more
+#   tollgate+limit/pingora-path  tollgate+limit with server.http1_path: pingora (Pingora's proxy
+#                          phases instead of tollgate's own HTTP/1.1 loop, the default)
 #   tollgate+jwt           a plan limit keyed by the consumer of a bearer JWT (HS256, one
 #                          token for every request, so verified once and then cached)
 #   tollgate+redis         one Redis limit (exact), admitting everything
@@ -215,7 +217,7 @@ TOML
     start env RUST_LOG=error PINGAP_DISABLE_ACME=1 pingap -c "$WORK/pingap$W.toml"
     wait_port "$P"
   fi
-  for store in memory redis log steal nosteal; do
+  for store in memory redis log steal nosteal pingorapath; do
     P=$(free_port); A=$(free_port); PORT[tollgate$W$store]=$P
     printf '{"keys":[{"kty":"oct","kid":"bench","k":"%s"}]}' "$JWT_KEY" > "$WORK/jwks.json"
     if [ "$store" = redis ]; then
@@ -229,6 +231,7 @@ TOML
     # The same gateway with each runtime flavour, beside its default.
     [ "$store" = steal ] && TLS=", work_stealing: true"
     [ "$store" = nosteal ] && TLS=", work_stealing: false"
+    [ "$store" = pingorapath ] && TLS=", http1_path: pingora"
     if [ "$store" = memory ] && [ "$HAVE_TLS" = 1 ]; then
       PORT[tollgate${W}tls]=$(free_port)
       TLS=", tls: [{ listen: \"127.0.0.1:${PORT[tollgate${W}tls]}\", certs: [{ cert: cert.pem, key: key.pem }], alpn: [http/1.1] }]"
@@ -303,6 +306,7 @@ variants() { # name kind url, per worker count
   echo "tollgate+limit/deny http http://127.0.0.1:${PORT[tollgate${W}memory]}/few"
   echo "tollgate+limit/steal http http://127.0.0.1:${PORT[tollgate${W}steal]}/all"
   echo "tollgate+limit/no-steal http http://127.0.0.1:${PORT[tollgate${W}nosteal]}/all"
+  echo "tollgate+limit/pingora-path http http://127.0.0.1:${PORT[tollgate${W}pingorapath]}/all"
   echo "tollgate+jwt jwt http://127.0.0.1:${PORT[tollgate${W}memory]}/jwt"
   echo "tollgate+redis http http://127.0.0.1:${PORT[tollgate${W}redis]}/all"
   echo "tollgate+redis/batched http http://127.0.0.1:${PORT[tollgate${W}redis]}/batched"
@@ -356,6 +360,7 @@ if [ "$HAVE_OHA" = 1 ]; then
     echo "tollgate+limit http://127.0.0.1:${PORT[tollgate${W}memory]}/all"
     echo "tollgate+limit/steal http://127.0.0.1:${PORT[tollgate${W}steal]}/all"
     echo "tollgate+limit/no-steal http://127.0.0.1:${PORT[tollgate${W}nosteal]}/all"
+    echo "tollgate+limit/pingora-path http://127.0.0.1:${PORT[tollgate${W}pingorapath]}/all"
   }
   for round in $(seq 1 "$ROUNDS"); do
     for W in $WORKERS; do
@@ -415,6 +420,8 @@ ratios = [
     ("pingora/no-steal / pingora (Pingora's runtime flavours)", "pingora/no-steal", "pingora"),
     ("tollgate+limit/no-steal / tollgate+limit/steal (tollgate's runtime flavours)", "tollgate+limit/no-steal", "tollgate+limit/steal"),
     ("tollgate+limit / pingap+limit", "tollgate+limit", "pingap+limit"),
+    ("fast loop / Pingora's proxy phases (tollgate+limit / tollgate+limit/pingora-path)", "tollgate+limit", "tollgate+limit/pingora-path"),
+    ("tollgate+limit/pingora-path / pingora", "tollgate+limit/pingora-path", "pingora"),
     ("pingap+limit / pingora (what Pingap adds to Pingora)", "pingap+limit", "pingora"),
     ("pingora / nginx", "pingora", "nginx"),
     ("tollgate+limit / nginx+limit_req", "tollgate+limit", "nginx+limit_req"),

@@ -22,7 +22,8 @@ use crate::limit::{BanMark, BanPolicy, Decision, LimitId, Limiter, SyncMode};
 use crate::metrics::{BanMode, DecisionResult, LimitMetrics, Metrics, RuleMetrics};
 use crate::policy::units::Rate;
 use crate::policy::{
-    AccessLogFormat, Alpn, HeaderStyle, Http1Path, MissingPolicy, Mode, OnError, OnLimit, TlsVersion,
+    AccessLogFormat, Alpn, HeaderStyle, Http1Path, MissingPolicy, Mode, OnError, OnLimit,
+    TlsVersion,
 };
 use crate::route::{PathPattern, RouteConditions, RouteTable};
 use crate::schema::{ConfigSource, Problem};

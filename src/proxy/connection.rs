@@ -57,9 +57,9 @@ use tokio::time::{Instant, Sleep};
 use super::edge::{self, Role, Roles};
 use super::fast::FastLoop;
 use super::Gateway;
-use crate::policy::Http1Path;
 use crate::identity::ip_bucket;
 use crate::metrics::{ConnectionClose, ConnectionMetrics};
+use crate::policy::Http1Path;
 use crate::state::Shared;
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).

@@ -23,7 +23,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderName, Method, Version};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::connectors::http::v1::Connector;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::{HttpTask, ServerSession};
@@ -61,6 +61,22 @@ const HOP_BY_HOP: [HeaderName; 10] = [
     UPGRADE,
     HTTP2_SETTINGS,
 ];
+
+/// The fields of a response that describe the upstream's connection. Its
+/// `Connection` field is replaced by the client connection's own, and its
+/// `Transfer-Encoding` is the body's framing, kept for the client's side to
+/// frame by.
+const RESPONSE_HOP_BY_HOP: [HeaderName; 5] = [
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    http::header::TE,
+    http::header::TRAILER,
+    UPGRADE,
+];
+
+/// Fields an upstream's `Connection` header may name but not take away: the
+/// body's framing.
+const FRAMING: [HeaderName; 3] = [CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION];
 
 /// Fields a `Connection` header may not nominate for removal: the
 /// forwarding headers the gateway vouches for, and `Host`.
@@ -380,6 +396,7 @@ async fn relay_response(
                 return Ok(false);
             }
             Gateway::response_arrived(ctx);
+            frame_response(session, &mut header, end)?;
             Gateway::prepare_response(&mut header, ctx);
             session.write_response_header(header).await.map_err(down)?;
             if end {
@@ -449,6 +466,55 @@ fn sanitize_request(request: &mut RequestHeader) -> Result<()> {
     }
     for name in nominated.iter().chain(HOP_BY_HOP.iter()) {
         request.remove_header(name);
+    }
+    Ok(())
+}
+
+/// The response head as the client's connection needs it. The fields that
+/// describe the upstream's connection (those its `Connection` header names,
+/// `Keep-Alive` and the like) stay behind (RFC 9110 §7.6.1; Pingora's proxy
+/// relays them). A body the upstream delimits by closing its connection
+/// goes to an HTTP/1.1 client chunked, so the client's connection lives on
+/// (as in Pingora's proxy); an HTTP/1.0 client, which cannot read chunked
+/// (RFC 9112 §6.1; Pingora's proxy sends it anyway), gets the body
+/// delimited by the end of its connection.
+fn frame_response(
+    session: &mut ServerSession,
+    header: &mut ResponseHeader,
+    end: bool,
+) -> Result<()> {
+    let nominated: Vec<HeaderName> = header
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        .filter(|name| !FRAMING.contains(name))
+        .collect();
+    for name in nominated.iter().chain(RESPONSE_HOP_BY_HOP.iter()) {
+        header.remove_header(name);
+    }
+    let request = session.req_header();
+    let no_body = request.method == Method::HEAD || matches!(header.status.as_u16(), 204 | 304);
+    if no_body || end {
+        return Ok(());
+    }
+    let http10_client = request.version < Version::HTTP_11;
+    let chunked = header
+        .headers
+        .get(TRANSFER_ENCODING)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    let delimited = chunked || header.headers.contains_key(CONTENT_LENGTH);
+    if http10_client {
+        if chunked {
+            header.remove_header(&TRANSFER_ENCODING);
+        }
+        if chunked || !delimited {
+            session.set_keepalive(None);
+        }
+    } else if !delimited {
+        header.set_version(Version::HTTP_11);
+        header.insert_header(TRANSFER_ENCODING, "chunked")?;
     }
     Ok(())
 }

@@ -823,7 +823,9 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = self.answer_failure(session.as_downstream_mut(), e, ctx).await;
+        let code = self
+            .answer_failure(session.as_downstream_mut(), e, ctx)
+            .await;
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,

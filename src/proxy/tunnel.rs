@@ -289,11 +289,7 @@ pub(crate) async fn pump(
     session.set_read_timeout(None);
     session.set_write_timeout(Some(limits.write));
     inspection.watch.feed(&rest);
-    if !rest.is_empty()
-        && session.write_response_body(rest, false)
-            .await
-            .is_err()
-    {
+    if !rest.is_empty() && session.write_response_body(rest, false).await.is_err() {
         return TunnelEnd::Failed;
     }
     let (mut from_upstream, to_upstream) = tokio::io::split(upstream);
@@ -459,7 +455,8 @@ async fn send_own_frames(
 ) -> Option<TunnelEnd> {
     if let Some(retry_after) = *notice {
         if closing.is_none() && inspection.watch.at_message_boundary() {
-            if session.write_response_body(Bytes::from(notice_frame(retry_after)), false)
+            if session
+                .write_response_body(Bytes::from(notice_frame(retry_after)), false)
                 .await
                 .is_err()
             {
@@ -504,9 +501,7 @@ pub(crate) async fn relay_refusal(
     session.set_keepalive(None);
     let status = response.status.as_u16();
     if head_only || status == 204 || status == 304 {
-        session
-            .write_response_header(Box::new(response))
-            .await?;
+        session.write_response_header(Box::new(response)).await?;
         return Ok(());
     }
     let chunked = header_has_token(&response.headers, &TRANSFER_ENCODING, "chunked");
@@ -519,9 +514,7 @@ pub(crate) async fn relay_refusal(
         // Pingora chunks what we write; we hand it the decoded data.
         response.remove_header(&CONTENT_LENGTH);
     }
-    session
-        .write_response_header(Box::new(response))
-        .await?;
+    session.write_response_header(Box::new(response)).await?;
     let failed = |why: &str| {
         Error::explain(
             ErrorType::ReadError,
