@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::connectors::ConnectorOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -137,7 +138,9 @@ pub fn build_server(
             (Roles::default(), rt.server.listen.clone())
         }
     };
-    let front = Front::new(shared.clone(), gateway, roles);
+    // The fast loop's upstream pool is sized and bound as Pingora's own.
+    let upstreams = ConnectorOptions::from_server_conf(&server.configuration);
+    let front = Front::new(shared.clone(), gateway, upstreams, roles);
     let mut proxy = Service::new("tollgate proxy".into(), front);
     for addr in &listeners {
         proxy.add_tcp(addr);

@@ -42,6 +42,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
 use pingora::apps::{HttpServerOptions, ServerApp};
+use pingora::connectors::ConnectorOptions;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
@@ -81,7 +82,12 @@ pub(crate) struct Front {
 }
 
 impl Front {
-    pub fn new(shared: Arc<Shared>, mut proxy: HttpProxy<Gateway>, roles: Roles) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        mut proxy: HttpProxy<Gateway>,
+        upstreams: ConnectorOptions,
+        roles: Roles,
+    ) -> Self {
         let idle_timeout = shared.snapshot.load().server.idle_timeout;
         let mut options = HttpServerOptions::default();
         options.h2c = true;
@@ -89,7 +95,7 @@ impl Front {
         proxy.server_options = Some(options);
         Front {
             proxy: Arc::new(proxy),
-            fast: FastLoop::new(Gateway::new(shared.clone())),
+            fast: FastLoop::new(Gateway::new(shared.clone()), upstreams),
             shared,
             open: Arc::default(),
             idle_timeout,

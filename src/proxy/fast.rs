@@ -23,6 +23,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderName, Method, Version};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::connectors::http::v1::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
@@ -87,9 +88,9 @@ const PROTECTED: [&str; 4] = [
     "x-forwarded-proto",
 ];
 
-/// At most this many `Connection` nominations are read (a bound on the
-/// work a client can ask for).
-const MAX_NOMINATIONS: usize = 32;
+/// A `Connection` header with this many nominations or more is refused (a
+/// bound on the work a client can ask for; Pingora's proxy has the same).
+const MAX_NOMINATIONS: usize = 10;
 
 /// The fast loop's state: the gateway's steps and the upstream pool.
 pub(crate) struct FastLoop {
@@ -117,10 +118,12 @@ impl Exchange {
 }
 
 impl FastLoop {
-    pub(crate) fn new(gateway: Gateway) -> Self {
+    /// `upstreams`: the pool's size and bind addresses, as Pingora's proxy
+    /// has them from the server's configuration.
+    pub(crate) fn new(gateway: Gateway, upstreams: ConnectorOptions) -> Self {
         FastLoop {
             gateway,
-            upstreams: Connector::new(None),
+            upstreams: Connector::new(Some(upstreams)),
         }
     }
 
@@ -199,7 +202,14 @@ impl FastLoop {
         }
         let (reuse, error) = self.proxy(session, ctx).await;
         if let Some(e) = &error {
-            self.gateway.answer_failure(session, e, ctx).await;
+            let status = self.gateway.answer_failure(session, e, ctx).await;
+            // The upstream's or the gateway's failures are worth a warning;
+            // a client that left or sent too much is not.
+            if status >= 500 {
+                tracing::warn!(status, "could not proxy {}: {e}", session.request_summary());
+            } else {
+                tracing::debug!(status, "could not proxy {}: {e}", session.request_summary());
+            }
         }
         self.gateway.finish(session, error.as_deref(), ctx).await;
         reuse
@@ -218,7 +228,7 @@ impl FastLoop {
             let (reuse, error) = self.attempt(session, ctx).await;
             match error {
                 Some(e) if e.retry() && attempts < MAX_ATTEMPTS => {
-                    tracing::debug!("retrying the request: {e}");
+                    tracing::debug!(attempts, "retrying {}: {e}", session.request_summary());
                 }
                 error => return (reuse, error),
             }
@@ -294,14 +304,18 @@ impl FastLoop {
         let mut request_done = session.is_body_done();
         // A retry sends again what the client already sent.
         let resend = session.get_retry_buffer();
-        if resend.is_some() || request_done {
-            if let Err(e) = send_body(upstream, resend.as_deref(), request_done).await {
-                return Exchange::failed(e, false);
-            }
-        }
         let mut response_done = false;
         let mut upstream_reusable = true;
         let mut send_error = None;
+        if resend.is_some() || request_done {
+            if let Err(e) = send_body(upstream, resend.as_deref(), request_done).await {
+                // As below: the upstream may still have answered.
+                tracing::debug!("sending the request body upstream failed: {e}");
+                upstream_reusable = false;
+                send_error = Some(e);
+                request_done = true;
+            }
+        }
         while !request_done || !response_done {
             tokio::select! {
                 task = upstream.read_response_task(), if !response_done => {
@@ -391,8 +405,12 @@ async fn relay_response(
                 .map_err(Error::into_up);
             }
             if header.status.is_informational() {
-                // 100 Continue, 103 Early Hints: passed on as they come.
-                session.write_response_header(header).await.map_err(down)?;
+                // 100 Continue, 103 Early Hints: passed on as they come, but
+                // not to an HTTP/1.0 client, which would take one for the
+                // answer (RFC 9110 §15.2).
+                if session.req_header().version >= Version::HTTP_11 {
+                    session.write_response_header(header).await.map_err(down)?;
+                }
                 return Ok(false);
             }
             Gateway::response_arrived(ctx);
@@ -430,44 +448,68 @@ async fn relay_response(
 /// before a request gets here). A `Connection` header that nominates a
 /// protected field, or a malformed or excessive one, is refused.
 fn sanitize_request(request: &mut RequestHeader) -> Result<()> {
+    let invalid = |why: &'static str| Error::e_explain(ErrorType::InvalidHTTPHeader, why);
     let mut nominated: Vec<HeaderName> = Vec::new();
-    for token in request
-        .headers
+    for (count, token) in connection_tokens(&request.headers).enumerate() {
+        if count + 1 >= MAX_NOMINATIONS {
+            return invalid("too many Connection header nominations");
+        }
+        if !token.iter().all(|byte| is_tchar(*byte)) {
+            return invalid("invalid token nominated by the Connection header");
+        }
+        if is_connection_option(token) {
+            continue;
+        }
+        let Ok(name) = HeaderName::from_bytes(token) else {
+            return invalid("invalid token nominated by the Connection header");
+        };
+        if PROTECTED.contains(&name.as_str()) {
+            return invalid("protected header cannot be nominated by the Connection header");
+        }
+        nominated.push(name);
+    }
+    let hop_by_hop = present(&request.headers, &HOP_BY_HOP);
+    for name in nominated.iter().chain(fields_in(hop_by_hop, &HOP_BY_HOP)) {
+        request.remove_header(name);
+    }
+    Ok(())
+}
+
+/// The tokens of a message's `Connection` fields.
+fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
         .get_all(CONNECTION)
         .iter()
         .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|token| !token.is_empty())
-    {
-        if nominated.len() == MAX_NOMINATIONS {
-            return Error::e_explain(
-                ErrorType::InvalidHTTPHeader,
-                "too many Connection header nominations",
-            );
+}
+
+/// `close` and `keep-alive`: options of the connection, not names of fields
+/// to drop beyond the standard ones (so the usual `Connection` header costs
+/// no allocation).
+fn is_connection_option(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"close") || token.eq_ignore_ascii_case(b"keep-alive")
+}
+
+/// Which of `fields` (at most 16) a message carries, as a bit set: one pass
+/// over its names rather than a lookup, in two maps, per field.
+fn present(headers: &http::HeaderMap, fields: &[HeaderName]) -> u16 {
+    headers.keys().fold(0, |set, name| {
+        match fields.iter().position(|field| field == name) {
+            Some(i) => set | 1 << i,
+            None => set,
         }
-        let name = token
-            .iter()
-            .all(|byte| is_tchar(*byte))
-            .then(|| HeaderName::from_bytes(token).ok())
-            .flatten();
-        let Some(name) = name else {
-            return Error::e_explain(
-                ErrorType::InvalidHTTPHeader,
-                "invalid token nominated by the Connection header",
-            );
-        };
-        if PROTECTED.contains(&name.as_str()) {
-            return Error::e_explain(
-                ErrorType::InvalidHTTPHeader,
-                "protected header cannot be nominated by the Connection header",
-            );
-        }
-        nominated.push(name);
-    }
-    for name in nominated.iter().chain(HOP_BY_HOP.iter()) {
-        request.remove_header(name);
-    }
-    Ok(())
+    })
+}
+
+/// The fields of `set` (from [`present`]).
+fn fields_in(set: u16, fields: &[HeaderName]) -> impl Iterator<Item = &HeaderName> {
+    fields
+        .iter()
+        .enumerate()
+        .filter(move |(i, _)| set & 1 << i != 0)
+        .map(|(_, field)| field)
 }
 
 /// The response head as the client's connection needs it. The fields that
@@ -483,40 +525,56 @@ fn frame_response(
     header: &mut ResponseHeader,
     end: bool,
 ) -> Result<()> {
-    let nominated: Vec<HeaderName> = header
-        .headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+    let nominated: Vec<HeaderName> = connection_tokens(&header.headers)
+        .filter(|token| !is_connection_option(token))
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
         .filter(|name| !FRAMING.contains(name))
         .collect();
-    for name in nominated.iter().chain(RESPONSE_HOP_BY_HOP.iter()) {
+    let hop_by_hop = present(&header.headers, &RESPONSE_HOP_BY_HOP);
+    for name in nominated
+        .iter()
+        .chain(fields_in(hop_by_hop, &RESPONSE_HOP_BY_HOP))
+    {
         header.remove_header(name);
     }
     let request = session.req_header();
+    let http10_client = request.version < Version::HTTP_11;
     let no_body = request.method == Method::HEAD || matches!(header.status.as_u16(), 204 | 304);
+    let coded = header.headers.contains_key(TRANSFER_ENCODING);
+    let length = header.headers.contains_key(CONTENT_LENGTH);
+    if http10_client && coded {
+        // The body (chunks decoded on the way in) ends with the connection.
+        header.remove_header(&TRANSFER_ENCODING);
+    }
     if no_body || end {
         return Ok(());
     }
-    let http10_client = request.version < Version::HTTP_11;
-    let chunked = header
-        .headers
-        .get(TRANSFER_ENCODING)
-        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"chunked"));
-    let delimited = chunked || header.headers.contains_key(CONTENT_LENGTH);
     if http10_client {
-        if chunked {
-            header.remove_header(&TRANSFER_ENCODING);
-        }
-        if chunked || !delimited {
+        if coded || !length {
             session.set_keepalive(None);
         }
-    } else if !delimited {
+    } else if coded {
+        // A transfer coding that does not end in chunked is delimited by
+        // the connection's end (RFC 9112 §6.3), relayed as it is.
+        if !final_coding_is_chunked(&header.headers) {
+            session.set_keepalive(None);
+        }
+    } else if !length {
         header.set_version(Version::HTTP_11);
         header.insert_header(TRANSFER_ENCODING, "chunked")?;
     }
     Ok(())
+}
+
+/// Whether a message's last transfer coding is chunked (RFC 9112 §6.3: only
+/// then does its framing end the body).
+fn final_coding_is_chunked(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|value| value.as_bytes().rsplit(|byte| *byte == b',').next())
+        .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// A request with a body but no framing of its own (its chunked framing was
@@ -579,7 +637,7 @@ mod tests {
 
     #[test]
     fn endless_nominations_are_refused() {
-        let many = vec!["x-a"; MAX_NOMINATIONS + 1].join(",");
+        let many = ["x-a"; MAX_NOMINATIONS].join(",");
         let mut r = request(&[("connection", many.as_str())]);
         assert!(sanitize_request(&mut r).is_err());
     }

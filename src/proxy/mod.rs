@@ -131,11 +131,12 @@ fn prepare_upstream_request(
     rt: &Snapshot,
 ) -> Result<()> {
     let host_header = rt.upstream_of(rt.rule(admitted.rule)).host_header.as_ref();
-    if let Some(uri) = admitted.forward_uri.take() {
-        request.set_uri(uri);
+    // Cloned, not taken: a retry prepares the request again.
+    if let Some(uri) = &admitted.forward_uri {
+        request.set_uri(uri.clone());
     }
-    if let Some(host) = admitted.forward_host.take() {
-        request.insert_header(HOST, host)?;
+    if let Some(host) = &admitted.forward_host {
+        request.insert_header(HOST, host.clone())?;
     }
     let peer = peer.to_canonical();
     let peer_value = ip_header_value(peer);
@@ -786,10 +787,13 @@ impl ProxyHttp for Gateway {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        Gateway::response_arrived(ctx);
+        // The final response, as in the fast loop: not a 100 or 103 before it.
+        if !upstream_response.status.is_informational() {
+            Gateway::response_arrived(ctx);
+        }
         Ok(())
     }
 
@@ -799,7 +803,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        Gateway::prepare_response(upstream_response, ctx);
+        if !upstream_response.status.is_informational() {
+            Gateway::prepare_response(upstream_response, ctx);
+        }
         Ok(())
     }
 
