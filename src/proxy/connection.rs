@@ -68,7 +68,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The public listeners' application: admits a connection (or closes it at
 /// once over the per-IP cap), wraps its stream in a [`TimedStream`] and hands
-/// it to Pingora's HTTP handling.
+/// it to the fast HTTP/1 loop (`server.http1_path: fast`, HTTP/1 only) or to
+/// Pingora's HTTP handling (HTTP/2, or `http1_path: pingora`).
 pub(crate) struct Front {
     proxy: Arc<HttpProxy<Gateway>>,
     /// Plain HTTP/1 requests with `server.http1_path: fast`.

@@ -1,5 +1,7 @@
-//! The Pingora `ProxyHttp` impl: glue that runs the `pipeline` steps in order
-//! and writes what they decide. No policy lives here.
+//! The request's steps on a client session (`Gateway`'s methods), run either
+//! by Pingora's proxy (the `ProxyHttp` impl below: one call per hook) or by
+//! the fast HTTP/1 loop (`fast`): glue that runs the `pipeline` steps in
+//! order and writes what they decide. No policy lives here.
 
 mod access;
 pub(crate) mod connection;
