@@ -15,9 +15,11 @@
 //! close-delimited), keep-alive and pipelining, the upstream pool, its
 //! timeouts and TLS. What it owns is the proxy's part, each piece a mirror
 //! of pingora-proxy 0.9's: the request hygiene (`sanitize_request`), the
-//! duplex relay with client-abort detection, and retries on a stale pooled
-//! connection. HTTP/2 (h2c and ALPN) stays with Pingora's proxy (see
-//! `connection::Front`).
+//! response's framing for the client (`frame_response`; it and
+//! `relay_response` keep three rules Pingora's proxy breaks: see there),
+//! the duplex relay with client-abort detection, and retries. HTTP/2 (h2c and ALPN) stays with Pingora's proxy
+//! (see `connection::Front`); `tests/http1_semantics.rs` holds both paths to
+//! one suite.
 
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderName, Method, Version};
