@@ -310,12 +310,17 @@ async fn expect_100_continue_gets_a_100_then_the_final_response(path: &str) {
     assert_eq!(answer.text(), "got: hello, upstream");
 }
 
-async fn early_hints_before_a_200_leave_the_final_response_intact(path: &str) {
-    let upstream = Scripted::answering(|_| {
+/// An upstream that sends `103 Early Hints` before each `200` ("the page").
+async fn hinting_upstream() -> Scripted {
+    Scripted::answering(|_| {
         let hints = b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n";
         [&hints[..], &ok("the page")].concat()
     })
-    .await;
+    .await
+}
+
+async fn early_hints_before_a_200_leave_the_final_response_intact(path: &str) {
+    let upstream = hinting_upstream().await;
     let gw = gateway(path, upstream.addr).await;
     let mut client = Client::connect(gw.addr).await;
     client.send(get("/page")).await;
@@ -335,11 +340,7 @@ async fn early_hints_before_a_200_leave_the_final_response_intact(path: &str) {
 }
 
 async fn early_hints_never_reach_an_http_1_0_client_except_in_pingora(path: &str) {
-    let upstream = Scripted::answering(|_| {
-        let hints = b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n";
-        [&hints[..], &ok("the page")].concat()
-    })
-    .await;
+    let upstream = hinting_upstream().await;
     let gw = gateway(path, upstream.addr).await;
     let mut client = Client::connect(gw.addr).await;
     client.send("GET /page HTTP/1.0\r\nHost: t\r\n\r\n").await;
@@ -599,6 +600,37 @@ async fn end_to_end_response_headers_are_relayed_and_hop_by_hop_ones_stay_behind
         leaked.map(|()| "timeout=5"),
         "{answer:?}"
     );
+}
+
+/// The path is read per connection: a reload moves new connections to it,
+/// and a connection already open stays where it began. (Told apart by the
+/// upstream's `Keep-Alive` field, which only Pingora's proxy relays.)
+#[tokio::test]
+async fn a_reload_moves_new_connections_to_the_other_path() {
+    let upstream =
+        Scripted::answering(|_| response("200 OK", "Keep-Alive: timeout=5\r\n", b"ok")).await;
+    let gw = gateway("pingora", upstream.addr).await;
+    let mut before = Client::connect(gw.addr).await;
+    let relayed = |answer: &Answer| answer.head.header("keep-alive").is_some();
+    assert!(relayed(&before.exchange(get("/a")).await));
+
+    gw.rewrite(&Config::default().render("fast"), upstream.addr);
+    let reloaded = common::client()
+        .post(gw.admin_url("/-/reload"))
+        .send()
+        .await
+        .expect("the admin listener answers");
+    assert_eq!(reloaded.status(), 200);
+    let summary: serde_json::Value = reloaded.json().await.expect("a JSON summary");
+    assert_eq!(
+        summary["summary"]["restart_required"],
+        serde_json::json!([])
+    );
+    assert_runs_on(gw.admin, "fast").await;
+
+    let mut after = Client::connect(gw.addr).await;
+    assert!(!relayed(&after.exchange(get("/b")).await));
+    assert!(relayed(&before.exchange(get("/c")).await));
 }
 
 // ---------------------------------------------------------------------------

@@ -415,7 +415,7 @@ async fn relay_response(
                 }
                 return Ok(false);
             }
-            Gateway::response_arrived(ctx);
+            Gateway::response_arrived(&header, ctx);
             frame_response(session, &mut header, end)?;
             Gateway::prepare_response(&mut header, ctx);
             session.write_response_header(header).await.map_err(down)?;

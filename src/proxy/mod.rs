@@ -589,8 +589,12 @@ impl Gateway {
         }
     }
 
-    /// The upstream's response head is in: its latency is measured.
-    pub(super) fn response_arrived(ctx: &mut RequestCtx) {
+    /// The upstream's response head is in: its latency is measured, once,
+    /// at the final head (not at a 100 or 103 before it).
+    pub(super) fn response_arrived(head: &ResponseHeader, ctx: &mut RequestCtx) {
+        if head.status.is_informational() {
+            return;
+        }
         if let (Some(started), Ok((rt, rule))) = (ctx.upstream_started, snapshot(ctx)) {
             let elapsed = started.elapsed();
             rt.rule(rule).metrics.observe_upstream(elapsed);
@@ -598,9 +602,12 @@ impl Gateway {
         }
     }
 
-    /// The response as the client gets it: the request id and the
-    /// rule's `RateLimit` fields.
+    /// The final response as the client gets it: the request id and the
+    /// rule's `RateLimit` fields (a 100 or 103 before it gets neither).
     pub(super) fn prepare_response(upstream_response: &mut ResponseHeader, ctx: &RequestCtx) {
+        if upstream_response.status.is_informational() {
+            return;
+        }
         add_request_id(upstream_response, ctx.request_id.as_ref());
         let Some(admitted) = &ctx.admitted else {
             return;
@@ -792,10 +799,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // The final response, as in the fast loop: not a 100 or 103 before it.
-        if !upstream_response.status.is_informational() {
-            Gateway::response_arrived(ctx);
-        }
+        Gateway::response_arrived(upstream_response, ctx);
         Ok(())
     }
 
@@ -805,9 +809,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if !upstream_response.status.is_informational() {
-            Gateway::prepare_response(upstream_response, ctx);
-        }
+        Gateway::prepare_response(upstream_response, ctx);
         Ok(())
     }
 
