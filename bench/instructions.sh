@@ -10,9 +10,11 @@
 #   bash bench/instructions.sh target/release/examples/pingora_baseline target/release/tollgate
 #
 # OLD_SERVER / NEW_SERVER add settings to one side's `server:` block, to
-# compare settings of one binary (as in bench/compare.sh):
+# compare settings of one binary (as in bench/compare.sh), and OLD_LIMITS /
+# NEW_LIMITS replace one side's list of limits:
 #   OLD_SERVER="http1_path: pingora" NEW_SERVER="http1_path: fast" \
 #     bash bench/instructions.sh target/release/tollgate target/release/tollgate
+#   OLD_LIMITS="[]" bash bench/instructions.sh target/release/tollgate target/release/tollgate   # limits on/off
 #
 # Each binary runs under callgrind with the config of bench/compare.sh (one
 # memory limit admitting everything, an nginx origin answering 200) twice:
@@ -32,6 +34,7 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 require "apt-get install valgrind nginx apache2-utils" valgrind nginx ab python3
 scratch instructions
 
+LIMIT="[{ name: per-ip, key: ip, rate: 100000000/second }]"
 ORIGIN=$(free_port)
 start_origin "$ORIGIN"
 wait_port "$ORIGIN"
@@ -39,13 +42,13 @@ wait_port "$ORIGIN"
 # Total instructions of one run of $1 serving $2 requests, with the
 # server settings $3.
 count() {
-  local bin=$1 n=$2 extra=${3:-} port admin out pid
+  local bin=$1 n=$2 extra=${3:-} limits=${4:-$LIMIT} port admin out pid
   port=$(free_port); admin=$(free_port); out="$WORK/callgrind.$RANDOM"
   cat > "$WORK/gateway.yaml" <<YAML
 server: { listen: ["127.0.0.1:$port"], admin: "127.0.0.1:$admin", threads: 1, watch: false${extra:+, $extra} }
 upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
 rules:
-  - { name: all, match: { path: "/**" }, upstream: origin, limits: [{ name: per-ip, key: ip, rate: 100000000/second }] }
+  - { name: all, match: { path: "/**" }, upstream: origin, limits: $limits }
 YAML
   gateway_args "$bin" "$port" "$WORK/gateway.yaml"
   RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" "${ARGS[@]}" >/dev/null 2>&1 &
@@ -61,9 +64,9 @@ YAML
 }
 
 for side in old new; do
-  bin=$OLD; extra=${OLD_SERVER:-}
-  [ "$side" = new ] && { bin=$NEW; extra=${NEW_SERVER:-}; }
-  small=$(count "$bin" "$BASE" "$extra"); large=$(count "$bin" $((BASE + REQUESTS)) "$extra")
+  bin=$OLD; extra=${OLD_SERVER:-}; limits=${OLD_LIMITS:-$LIMIT}
+  [ "$side" = new ] && { bin=$NEW; extra=${NEW_SERVER:-}; limits=${NEW_LIMITS:-$LIMIT}; }
+  small=$(count "$bin" "$BASE" "$extra" "$limits"); large=$(count "$bin" $((BASE + REQUESTS)) "$extra" "$limits")
   per=$(( (large - small) / REQUESTS ))
   echo "$side: $per instructions per request ($small for $BASE requests, $large for $((BASE + REQUESTS)))"
   echo "$per" > "$WORK/$side"

@@ -54,7 +54,8 @@
 set -euo pipefail
 ROUNDS=${1:-3}
 DURATION=${2:-5}
-CONNECTIONS=${CONNECTIONS:-64}
+CONNECTIONS=${CONNECTIONS:-50}
+WRK_THREADS=${WRK_THREADS:-1}
 WORKERS=${WORKERS:-"1 2"}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -277,7 +278,7 @@ done
 # One wrk run: prints "rps p50_ms p99_ms". Extra arguments go to wrk.
 http_run() {
   local url=$1; shift
-  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url" | python3 -c '
+  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url" | python3 -c '
 import re, sys
 text = sys.stdin.read()
 def ms(v, unit): return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
@@ -325,7 +326,7 @@ variants() { # name kind url, per worker count
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
-echo "wrk -t2 -c$CONNECTIONS -d${DURATION}s; $ROUNDS interleaved rounds; workers: $WORKERS"
+echo "wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s; $ROUNDS interleaved rounds; workers: $WORKERS"
 for W in $WORKERS; do   # warm-up: connections, Redis script, caches
   variants "$W" | while read -r name kind url; do
     if [ "$kind" = http ]; then wrk -t1 -c8 -d1s "$url" >/dev/null; fi
