@@ -59,8 +59,7 @@ YAML
     { echo "ab failed:" >&2; cat "$WORK/ab.out" >&2; exit 1; }
   grep -q "^Failed requests: *0" "$WORK/ab.out" || { echo "requests failed:" >&2; cat "$WORK/ab.out" >&2; exit 1; }
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
-  # callgrind writes one file per thread group; sum their totals.
-  cat "$out"* | python3 -c 'import sys; print(sum(int(l.split()[1]) for l in sys.stdin if l.startswith("summary:")))'
+  callgrind_total "$out"
 }
 
 for side in old new; do

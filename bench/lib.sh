@@ -64,3 +64,9 @@ gateway_args() {
     *) ARGS=(run -c "$3") ;;
   esac
 }
+
+# The instructions callgrind counted in its output files $1* (it writes one
+# per thread group): their summaries summed.
+callgrind_total() {
+  cat "$1"* | python3 -c 'import sys; print(sum(int(l.split()[1]) for l in sys.stdin if l.startswith("summary:")))'
+}

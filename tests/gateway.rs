@@ -1042,6 +1042,28 @@ async fn a_quiet_tunnel_lives_until_its_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_tunnel_in_use_outlives_its_idle_timeout() {
+    let (_upstream, gw) = start(STREAM).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/ws/echo"))
+        .await
+        .unwrap();
+    // A message every 400 ms for 2 s: never 1 s (the idle timeout) quiet.
+    for i in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let text = format!("message {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        let echoed = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&echoed, Some(Ok(Message::Text(t))) if t.as_str() == text),
+            "message {i} after {} ms: {echoed:?}",
+            (i + 1) * 400
+        );
+    }
+}
+
+#[tokio::test]
 async fn large_messages_flow_both_ways_at_once_without_stalling() {
     let (_upstream, gw) = start(STREAM).await;
     let (ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/ws/echo"))

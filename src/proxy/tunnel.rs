@@ -348,18 +348,24 @@ async fn relay(
 ) -> TunnelEnd {
     let mut queue = Some(queue);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut deadline = Instant::now() + limits.idle;
-    let end_of_life = limits.lifetime.map(|l| Instant::now() + l);
+    // The idle, lifetime and shutdown waits live across iterations: made
+    // anew in every `select!`, each relayed message would register and
+    // cancel a timer and a watch. Traffic only moves `last_moved`; the idle
+    // timer, when it fires, checks it and sleeps again if something moved.
+    let mut last_moved = Instant::now();
+    let idle = tokio::time::sleep_until(last_moved + limits.idle);
+    let lifetime_ends = async {
+        match limits.lifetime {
+            Some(lifetime) => tokio::time::sleep(lifetime).await,
+            None => std::future::pending().await,
+        }
+    };
+    let shutdown = shutdown_begins(&mut stopping);
+    tokio::pin!(idle, lifetime_ends, shutdown);
     let mut notice: Option<Duration> = None;
     let mut closing: Option<(Close, Instant)> = None;
     loop {
         let room = closing.is_none() && queue.as_ref().is_some_and(|q| q.capacity() > 0);
-        let lifetime_ends = async {
-            match end_of_life {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         let grace_ends = async {
             match &closing {
                 Some((_, at)) => tokio::time::sleep_until(*at).await,
@@ -380,7 +386,7 @@ async fn relay(
                 }
             },
             from_client = session.read_request_body(), if room => {
-                deadline = Instant::now() + limits.idle;
+                last_moved = Instant::now();
                 match from_client {
                     Ok(Some(chunk)) => {
                         let filtered = inspection.client_piece(chunk).await;
@@ -403,7 +409,7 @@ async fn relay(
                 }
             },
             read = from_upstream.read_buf(&mut buf) => {
-                deadline = Instant::now() + limits.idle;
+                last_moved = Instant::now();
                 match read {
                     Ok(0) => return if queue.is_none() { TunnelEnd::ClientClosed } else { TunnelEnd::UpstreamClosed },
                     Ok(_) => {
@@ -417,14 +423,22 @@ async fn relay(
                     Err(_) => return TunnelEnd::Failed,
                 }
             },
-            _ = tokio::time::sleep_until(deadline) => return TunnelEnd::Idle,
-            _ = lifetime_ends, if closing.is_none() => {
+            () = &mut idle => {
+                let due = last_moved + limits.idle;
+                if due <= Instant::now() {
+                    return TunnelEnd::Idle;
+                }
+                idle.as_mut().reset(due);
+            },
+            // Both fire once: `closing` is set then, and they are not
+            // polled again.
+            () = &mut lifetime_ends, if closing.is_none() => {
                 closing = Some((
                     Close { code: CLOSE_GOING_AWAY, reason: "maximum connection lifetime reached" },
                     Instant::now() + CLOSE_GRACE,
                 ));
             },
-            _ = shutdown_begins(&mut stopping), if closing.is_none() => {
+            () = &mut shutdown, if closing.is_none() => {
                 closing = Some((
                     Close { code: CLOSE_GOING_AWAY, reason: "server shutting down" },
                     Instant::now() + CLOSE_GRACE,
