@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use futures_util::{SinkExt, StreamExt};
+use std::future::IntoFuture;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_tungstenite::tungstenite::Message;
 
 async fn echo(mut socket: WebSocket) {
@@ -32,7 +34,16 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
             upgrade.on_upgrade(echo)
         }));
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await?;
+    // Bench scripts start this in the background, where a shell ignores
+    // SIGINT for its children: without a handler of its own it would only
+    // stop at SIGKILL.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        served = axum::serve(listener, app).into_future() => served?,
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
     Ok(())
 }
 
