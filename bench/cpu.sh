@@ -33,14 +33,7 @@ scratch cpu
 ORIGIN=$(free_port); start_origin "$ORIGIN"
 declare -A PORT PID
 PORT[nginx]=$(free_port)
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
+nginx_conf nginx 1 <<NGINX
   upstream origin { server 127.0.0.1:$ORIGIN; keepalive 128; }
   limit_req_zone \$binary_remote_addr zone=all:10m rate=100000000r/s;
   server {
@@ -49,7 +42,6 @@ http {
     proxy_set_header Connection "";
     location / { limit_req zone=all burst=100000 nodelay; proxy_pass http://origin; }
   }
-}
 NGINX
 nginx -c "$WORK/nginx.conf" -p "$WORK" >/dev/null 2>&1 & PIDS+=($!); NGINX_MASTER=$!
 PORT[pingora]=$(free_port)

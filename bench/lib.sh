@@ -8,15 +8,22 @@ wait_port() {
   echo "nothing listens on port $1" >&2; exit 1
 }
 
+# Writes $WORK/$1.conf: an nginx in the foreground with $2 workers, its pid
+# and error log in WORK, and the body of its `http` block read from stdin.
+nginx_conf() {
+  {
+    printf 'worker_processes %s;\ndaemon off;\npid %s/%s.pid;\nerror_log %s/%s-error.log;\n' \
+      "$2" "$WORK" "$1" "$WORK" "$1"
+    printf 'events { worker_connections 4096; }\nhttp {\n  access_log off;\n'
+    cat
+    printf '}\n'
+  } > "$WORK/$1.conf"
+}
+
 # An nginx answering `200 ok` on 127.0.0.1:$1 with one worker: the fast upstream.
 start_origin() {
-  cat > "$WORK/origin.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $WORK/origin.pid;
-error_log $WORK/origin-error.log;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:$1; location / { return 200 "ok\n"; } } }
+  nginx_conf origin 1 <<NGINX
+  server { listen 127.0.0.1:$1; location / { return 200 "ok\n"; } }
 NGINX
   nginx -c "$WORK/origin.conf" -p "$WORK" >/dev/null 2>&1 & PIDS+=($!)
 }

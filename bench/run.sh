@@ -132,14 +132,7 @@ for W in $WORKERS; do
     location /open { proxy_pass http://origin; }
   }"
   fi
-  cat > "$WORK/nginx$W.conf" <<NGINX
-worker_processes $W;
-daemon off;
-pid $WORK/nginx$W.pid;
-error_log $WORK/nginx$W-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
+  nginx_conf "nginx$W" "$W" <<NGINX
   upstream origin { server 127.0.0.1:$ORIGIN; keepalive 128; }
   limit_req_zone \$binary_remote_addr zone=all$W:10m rate=100000000r/s;
   limit_req_zone \$binary_remote_addr zone=few$W:10m rate=10r/s;
@@ -153,7 +146,6 @@ http {
     location /few  { limit_req zone=few$W nodelay; proxy_pass http://origin; }
   }
   $NGINX_TLS
-}
 NGINX
   start nginx -c "$WORK/nginx$W.conf" -p "$WORK"
   for steal in steal no-steal; do
