@@ -47,6 +47,10 @@
 # The pingap rows need `pingap` on PATH (apt-get install protobuf-compiler &&
 # cargo install pingap@0.13.1 --locked, ~15 min); without it they are skipped.
 # BUILD=0 uses target/release as it is instead of running cargo build first.
+# The closed loop is `wrk -t1 -c50` per variant, the load the hot-path goals are stated
+# with; WRK_THREADS and CONNECTIONS change it (WRK_THREADS=2 CONNECTIONS=64: the runs
+# before issue 14's last round). CONNECTIONS also sets the open loop's and the
+# WebSocket rows' connections; WORKERS (default "1 2") the worker counts.
 #
 # Loopback only, bounded (rounds x variants x seconds), and it stops everything it starts
 # (SIGINT, which stops Pingora, Pingap, tollgate, nginx and Redis at once; SIGKILL after 10 s).
