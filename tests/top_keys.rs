@@ -223,3 +223,103 @@ async fn a_key_unknown_to_the_limit_is_a_404_and_a_fresh_one_has_its_whole_quota
         "{body}"
     );
 }
+
+/// A relay to Redis that forwards everything until a client sends an
+/// `HSET`, then cuts that connection right after forwarding it: a publish
+/// interrupted between its commands. Returns the relay's address and how
+/// many connections it cut.
+async fn relay_cutting_after_hset(
+    redis: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The command's name as sent, not the word in a script's text.
+    const HSET: &[u8] = b"$4\r\nHSET\r\n";
+    let cuts = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = cuts.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(redis).await else {
+                continue;
+            };
+            let cuts = counted.clone();
+            tokio::spawn(async move {
+                let (mut from_client, mut to_server) = (client, server);
+                let (mut server_read, mut server_write) = to_server.split();
+                let (mut client_read, mut client_write) = from_client.split();
+                let upstream = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = client_read.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        if buf[..n].windows(HSET.len()).any(|w| w == HSET) {
+                            // A FIN, not a reset: Redis runs what it got.
+                            let _ = server_write.shutdown().await;
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                };
+                let downstream = tokio::io::copy(&mut server_read, &mut client_write);
+                tokio::select! {
+                    _ = upstream => {}
+                    _ = downstream => {}
+                }
+                let _ = tokio::io::copy(&mut server_read, &mut tokio::io::sink()).await;
+            });
+        }
+    });
+    (addr, cuts)
+}
+
+#[tokio::test]
+async fn a_top_keys_publish_cut_short_leaves_no_key_without_an_expiry() {
+    use std::sync::atomic::Ordering;
+    let redis = RedisServer::start();
+    let redis_addr = redis.url().trim_start_matches("redis://").parse().unwrap();
+    let (relay, cuts) = relay_cutting_after_hset(redis_addr).await;
+    let upstream = Upstream::start().await;
+    let store = format!(
+        "store: {{ backend: redis, redis: {{ url: \"redis://{relay}\", timeout: 5s }}, on_error: allow }}"
+    );
+    let gw = Gateway::start(&config(&store, ""), upstream.addr).await;
+    send_all(&gw, (0..5).map(|i| format!("client-{i}"))).await;
+    eventually(
+        Duration::from_secs(10),
+        "a publish of top keys cut after its HSET",
+        || {
+            let cuts = cuts.clone();
+            async move { cuts.load(Ordering::SeqCst) > 0 }
+        },
+    )
+    .await;
+    // Redis runs what the relay forwarded a moment after it was cut.
+    let published = || {
+        redis
+            .keys_and_ttls()
+            .into_iter()
+            .filter(|(key, _)| key.contains(":top:") && !key.ends_with(":gateways"))
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while published().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no top keys were published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let forever: Vec<_> = redis
+        .keys_and_ttls()
+        .into_iter()
+        .filter(|(_, ttl)| *ttl < 0)
+        .collect();
+    assert!(forever.is_empty(), "keys without a TTL: {forever:?}");
+}

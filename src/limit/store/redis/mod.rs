@@ -359,7 +359,8 @@ impl RedisStore {
         let keep = micros(policy.max) / 1000 + 1;
         runtime.spawn(async move {
             let mut pipe = redis::pipe();
-            pipe.zadd(&index, &ban_key, ends)
+            pipe.atomic()
+                .zadd(&index, &ban_key, ends)
                 .ignore()
                 .pexpire(&index, keep as i64)
                 .ignore();
@@ -495,11 +496,12 @@ impl RedisStore {
     ) -> Result<(), RedisError> {
         let (roll, mine) = self.top_keys_of(limit, &self.inner.instance);
         let mut connection = self.connection().await?;
-        let fresh_ms = fresh.as_millis() as u64;
-        redis::cmd("DEL")
-            .arg(&mine)
-            .query_async::<()>(&mut connection)
-            .await?;
+        let fresh_ms = fresh.as_millis() as i64;
+        // Each key is written with its expiry in one transaction (a key's
+        // own slot, so this holds on a cluster too): a reader never sees a
+        // key without a TTL, and a publish cut short leaves none behind.
+        let mut publish = redis::pipe();
+        publish.atomic().del(&mine).ignore();
         if !entries.is_empty() {
             let mut set = redis::cmd("HSET");
             set.arg(&mine);
@@ -507,23 +509,20 @@ impl RedisStore {
                 set.arg(digest.to_string())
                     .arg(format!("{requests}:{refusals}"));
             }
-            set.query_async::<()>(&mut connection).await?;
-            redis::cmd("PEXPIRE")
-                .arg(&mine)
-                .arg(fresh_ms)
-                .query_async::<()>(&mut connection)
-                .await?;
+            publish
+                .add_command(set)
+                .ignore()
+                .pexpire(&mine, fresh_ms)
+                .ignore();
         }
+        publish.query_async::<()>(&mut connection).await?;
         let now = redis_now_micros(&mut connection).await? / 1000;
-        redis::cmd("ZADD")
-            .arg(&roll)
-            .arg(now)
-            .arg(&self.inner.instance)
-            .query_async::<()>(&mut connection)
-            .await?;
-        redis::cmd("PEXPIRE")
-            .arg(&roll)
-            .arg(fresh_ms * 10)
+        redis::pipe()
+            .atomic()
+            .zadd(&roll, &self.inner.instance, now)
+            .ignore()
+            .pexpire(&roll, fresh_ms * 10)
+            .ignore()
             .query_async::<()>(&mut connection)
             .await
     }
