@@ -193,14 +193,18 @@ pub(crate) fn validate_batch(
     let mut errors = Vec::new();
     for (i, item) in items.iter().enumerate() {
         if errors.len() >= MAX_ERRORS {
-            errors.truncate(MAX_ERRORS);
-            errors.push(error("", "", "more errors not shown"));
             break;
         }
         match validate_event(item, &format!("[{i}]."), now) {
             Ok(event) => events.push(event),
             Err(mut e) => errors.append(&mut e),
         }
+    }
+    // The last event may take the list past the bound as well as the ones
+    // before it: the list, its notice included, holds MAX_ERRORS.
+    if errors.len() > MAX_ERRORS {
+        errors.truncate(MAX_ERRORS - 1);
+        errors.push(error("", "", "more errors not shown"));
     }
     if errors.is_empty() {
         Ok(events)
@@ -329,7 +333,24 @@ mod tests {
         assert!(errors.len() < 20, "{}", errors.len());
         let junk: Vec<Value> = (0..500).map(|_| json!({"lat": "x"})).collect();
         let errors = validate_batch(&Value::Array(junk), now()).unwrap_err();
-        assert!(errors.len() <= MAX_ERRORS + 1);
+        assert_eq!(errors.len(), MAX_ERRORS);
+    }
+
+    #[test]
+    fn a_batch_whose_last_event_passes_the_bound_lists_at_most_the_bound() {
+        let mut event = serde_json::Map::new();
+        for i in 0..12 {
+            event.insert(format!("k{i}"), json!(0));
+        }
+        event.insert("lat".into(), json!("x"));
+        let event = Value::Object(event);
+        let per_event = validate_event(&event, "", now()).unwrap_err().len();
+        // Below the bound before the last event, past it with it.
+        let copies = MAX_ERRORS / per_event + 1;
+        assert!((copies - 1) * per_event < MAX_ERRORS);
+        let errors = validate_batch(&Value::Array(vec![event; copies]), now()).unwrap_err();
+        assert_eq!(errors.len(), MAX_ERRORS);
+        assert_eq!(errors[MAX_ERRORS - 1].message, "more errors not shown");
     }
 
     #[test]
