@@ -11,6 +11,9 @@ use common::redis::RedisServer;
 use common::{client, eventually, get_json, ChildGuard, Gateway};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 type Socket =
@@ -393,6 +396,105 @@ async fn a_websocket_client_can_send_and_close_cleanly() {
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
     wait_clients(&gw, 0).await;
+}
+
+/// The close frame the demo sends after `message`, within a bound: not a
+/// connection dropped without one.
+async fn close_answering(ws: &mut Socket, message: Message) -> Option<CloseFrame> {
+    ws.send(message).await.unwrap();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no answer within 10 s")
+            .expect("the socket ended without a close frame");
+        match next.expect("the connection failed without a close frame") {
+            Message::Close(frame) => return frame,
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    let gw = start("bus: memory").await;
+    let mut ws = watch(&gw, "").await;
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    let answer = close_answering(&mut ws, Message::Close(Some(frame))).await;
+    assert_eq!(answer.map(|f| f.code), Some(CloseCode::Normal));
+}
+
+#[tokio::test]
+async fn a_message_over_the_demo_cap_is_closed_with_1009() {
+    let gw = start("bus: memory").await;
+    let mut ws = watch(&gw, "").await;
+    let answer = close_answering(&mut ws, Message::text("x".repeat(5000))).await;
+    assert_eq!(answer.map(|f| f.code), Some(CloseCode::Size));
+}
+
+#[tokio::test]
+async fn a_text_message_that_is_not_utf8_is_closed_with_1007() {
+    let gw = start("bus: memory").await;
+    let mut ws = watch(&gw, "").await;
+    let not_utf8 = Frame::message(vec![0xff, 0xfe], OpCode::Data(Data::Text), true);
+    let answer = close_answering(&mut ws, Message::Frame(not_utf8)).await;
+    assert_eq!(answer.map(|f| f.code), Some(CloseCode::Invalid));
+}
+
+/// A `GET /ws/vehicles` offering an upgrade with these handshake fields.
+async fn offer_upgrade(gw: &Gateway, version: &str, key: &str) -> reqwest::Response {
+    client()
+        .get(gw.url("/ws/vehicles"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", version)
+        .header("sec-websocket-key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_unsupported_websocket_version_is_told_the_one_spoken() {
+    let gw = start("bus: memory").await;
+    let resp = offer_upgrade(&gw, "8", "dGhlIHNhbXBsZSBub25jZQ==").await;
+    assert_eq!(resp.status(), 426);
+    assert_eq!(resp.headers()["sec-websocket-version"], "13");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "unsupported_websocket_version");
+}
+
+#[tokio::test]
+async fn a_websocket_key_that_is_not_a_16_byte_nonce_is_refused() {
+    let gw = start("bus: memory").await;
+    let resp = offer_upgrade(&gw, "13", "abc").await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "bad_upgrade");
+}
+
+#[tokio::test]
+async fn the_demo_answers_its_client_errors_in_json() {
+    let gw = start("bus: memory").await;
+    let c = client();
+    let wrong_method = c.delete(gw.url("/vehicles")).send().await.unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    let bad_id = c.get(gw.url("/vehicles/%FF")).send().await.unwrap();
+    assert_eq!(bad_id.status(), 400);
+    let twice = c
+        .get(gw.url("/ws/vehicles?id=a&id=b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 400);
+    let not_upgrade = c.get(gw.url("/ws/vehicles")).send().await.unwrap();
+    assert!(not_upgrade.status().is_client_error());
+    for resp in [wrong_method, bad_id, twice, not_upgrade] {
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["error"].is_string(), "{body}");
+    }
 }
 
 /// A `tollgate run` process (the real binary) whose demo upstream uses the

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::to_bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -31,10 +32,11 @@ pub(crate) fn router(demo: Arc<Demo>) -> Router {
         .route("/vehicles/{id}", get(one_vehicle))
         .route("/ws/vehicles", get(ws::upgrade))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(demo)
 }
 
-fn problem(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
+pub(super) fn problem(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
     (
         status,
         Json(json!({ "error": error, "message": message.into() })),
@@ -44,6 +46,14 @@ fn problem(status: StatusCode, error: &str, message: impl Into<String>) -> Respo
 
 async fn not_found() -> Response {
     problem(StatusCode::NOT_FOUND, "not_found", "no such demo endpoint")
+}
+
+async fn method_not_allowed() -> Response {
+    problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this demo endpoint does not take that method",
+    )
 }
 
 async fn map_page() -> Html<&'static str> {
@@ -168,7 +178,16 @@ async fn list_vehicles(State(demo): State<Arc<Demo>>) -> Json<Value> {
     Json(json!({ "vehicles": demo.all_latest() }))
 }
 
-async fn one_vehicle(State(demo): State<Arc<Demo>>, Path(id): Path<String>) -> Response {
+async fn one_vehicle(
+    State(demo): State<Arc<Demo>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Path(id) = match id {
+        Ok(id) => id,
+        Err(rejection) => {
+            return problem(StatusCode::BAD_REQUEST, "bad_path", rejection.body_text())
+        }
+    };
     match demo.latest(&id) {
         Some(event) => Json(event).into_response(),
         None => problem(

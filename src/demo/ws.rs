@@ -6,13 +6,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::response::Response;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use futures_util::SinkExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::http::problem;
 use super::Demo;
 
 /// A client that accepts nothing for this long is gone, whatever its TCP says.
@@ -29,15 +34,57 @@ pub(crate) struct Filter {
 
 pub(crate) async fn upgrade(
     State(demo): State<Arc<Demo>>,
-    Query(filter): Query<Filter>,
-    ws: WebSocketUpgrade,
+    filter: Result<Query<Filter>, QueryRejection>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        // RFC 6455 §4.4: the versions the server speaks go with the refusal.
+        Err(WebSocketUpgradeRejection::InvalidWebSocketVersionHeader(_)) => {
+            let mut refusal = problem(
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported_websocket_version",
+                "this server speaks WebSocket version 13",
+            );
+            refusal.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            return refusal;
+        }
+        Err(rejection) => return problem(rejection.status(), "bad_upgrade", rejection.body_text()),
+    };
+    if !valid_key(&headers) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad_upgrade",
+            "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 §4.2.1)",
+        );
+    }
+    let Query(filter) = match filter {
+        Ok(filter) => filter,
+        Err(rejection) => {
+            return problem(StatusCode::BAD_REQUEST, "bad_query", rejection.body_text())
+        }
+    };
     // The read buffer too is sized for those: tungstenite zero-fills it
     // whenever the socket is polled, which here is after every batch sent.
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .read_buffer_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| serve(demo, socket, filter.id))
+        .into_response()
+}
+
+/// The handshake's nonce, which axum answers without looking at.
+fn valid_key(headers: &HeaderMap) -> bool {
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return false;
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(key.as_bytes())
+        .is_ok_and(|nonce| nonce.len() == 16)
 }
 
 async fn send(socket: &mut WebSocket, message: Message) -> bool {
@@ -77,7 +124,19 @@ async fn serve(demo: Arc<Demo>, mut socket: WebSocket, only: Option<String>) {
                 demo.metrics.sent(events.len() as u64);
             }
             incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                // tungstenite has queued the answering close frame (RFC
+                // 6455 §5.5.1); it goes out with a flush.
+                Some(Ok(Message::Close(_))) => {
+                    let _ = tokio::time::timeout(SEND_TIMEOUT, socket.flush()).await;
+                    return;
+                }
+                Some(Err(e)) => {
+                    if let Some(frame) = close_for(e) {
+                        send(&mut socket, Message::Close(Some(frame))).await;
+                    }
+                    return;
+                }
+                None => return,
                 // Pongs (and anything else) show the client is still there.
                 Some(Ok(_)) => last_heard = Instant::now(),
             },
@@ -88,4 +147,21 @@ async fn serve(demo: Arc<Demo>, mut socket: WebSocket, only: Option<String>) {
             }
         }
     }
+}
+
+/// The close frame that tells a client what it broke (RFC 6455 §7.4.1), or
+/// none when the connection itself failed and nothing can be sent.
+fn close_for(e: axum::Error) -> Option<CloseFrame> {
+    let e = e.into_inner().downcast::<tungstenite::Error>().ok()?;
+    let (code, reason) = match *e {
+        tungstenite::Error::Capacity(_) => (close_code::SIZE, "message too big"),
+        tungstenite::Error::Utf8(_) => (close_code::INVALID, "text message is not UTF-8"),
+        tungstenite::Error::Protocol(_) => (close_code::PROTOCOL, "protocol error"),
+        // I/O errors and a connection already closed: no one to tell.
+        _ => return None,
+    };
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
 }
