@@ -358,6 +358,20 @@ pub(crate) fn upstream_failure(status: u16, upstream: &str) -> Reply {
     )
 }
 
+/// 408: the request body stopped arriving for `server.body_timeout`.
+pub(crate) fn body_timeout(timeout: std::time::Duration) -> Reply {
+    json_reply(
+        408,
+        json!({
+            "error": "body_timeout",
+            "message": format!(
+                "the request body stopped arriving for {}",
+                humantime::format_duration(timeout)
+            ),
+        }),
+    )
+}
+
 /// Any other failure the proxy reports (e.g. a malformed request Pingora refused).
 pub(crate) fn generic_error(status: u16) -> Reply {
     let reason = http::StatusCode::from_u16(status)

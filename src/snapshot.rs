@@ -160,6 +160,8 @@ pub struct ServerSettings {
     pub(crate) api_key: ApiKeySources,
     /// From a request's first byte to the end of its headers.
     pub(crate) header_timeout: Duration,
+    /// The longest a request body may stop arriving, between two reads.
+    pub(crate) body_timeout: Duration,
     /// Before a connection's first request and between keep-alive requests.
     pub(crate) idle_timeout: Duration,
     /// Open connections per client IP (network, for IPv6); `None`: no cap.

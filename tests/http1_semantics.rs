@@ -66,6 +66,7 @@ on_both_paths!(
     a_request_with_an_invalid_chunk_size_smuggles_nothing,
     an_upstream_that_never_answers_is_a_504_json,
     a_client_that_sends_half_a_head_is_closed_after_the_header_timeout,
+    a_client_that_stops_sending_its_body_is_answered_408_and_the_upstream_is_not_blamed,
     the_third_request_over_a_limit_of_two_is_429_with_ratelimit_headers,
     an_http_1_0_client_without_keep_alive_gets_its_answer_and_the_connection_closes,
     a_chunked_answer_reaches_an_http_1_0_client_decoded_except_in_pingora,
@@ -730,6 +731,34 @@ async fn a_client_that_sends_half_a_head_is_closed_after_the_header_timeout(path
     // Closed, maybe after a 408 or another 4xx.
     assert!(said.is_empty() || said.starts_with("HTTP/1.1 4"), "{said}");
     assert!(upstream.heads().is_empty());
+}
+
+async fn a_client_that_stops_sending_its_body_is_answered_408_and_the_upstream_is_not_blamed(
+    path: &str,
+) {
+    // The upstream waits for the whole body, as most do.
+    let upstream = Scripted::answering(|_| ok("ok")).await;
+    let config = Config {
+        server: "  body_timeout: 300ms\n",
+        // Shorter than the client's: the upstream's silence while the body
+        // is still to come is not the upstream's failure.
+        upstream: ", read_timeout: 200ms",
+        ..Config::default()
+    };
+    let gw = config.start(path, upstream.addr).await;
+    let mut client = Client::connect(gw.addr).await;
+    client
+        .send("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhel")
+        .await;
+    let answer = client.response("POST").await;
+    assert_eq!(answer.status(), 408, "{answer:?}");
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["error"], "body_timeout");
+    let metrics = gw.metrics().await;
+    assert!(
+        !metrics.contains("tollgate_upstream_errors_total{upstream=\"api\"} 1"),
+        "{metrics}"
+    );
 }
 
 // ---------------------------------------------------------------------------

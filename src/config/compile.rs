@@ -54,6 +54,8 @@ const DEFAULT_RELEASE_AFTER: Duration = Duration::from_secs(60);
 /// Ample for any client on a slow link to send its headers; a client that
 /// dribbles them to hold a connection open is cut off early.
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// nginx's `client_body_timeout` and Pingora's own read timeout.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pingora's own keep-alive time: long enough for a client's connection pool
 /// to reuse a connection between requests, short enough that connections
 /// opened and left idle cannot pile up. (Behind a load balancer, set it above
@@ -329,6 +331,13 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
         DEFAULT_HEADER_TIMEOUT,
         one_ms..=MAX_CONNECTION_TIMEOUT,
     );
+    let body_timeout = bounded_duration(
+        c,
+        "server.body_timeout",
+        s.body_timeout.as_deref(),
+        DEFAULT_BODY_TIMEOUT,
+        one_ms..=MAX_CONNECTION_TIMEOUT,
+    );
     let idle_timeout = bounded_duration(
         c,
         "server.idle_timeout",
@@ -379,6 +388,7 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
             query_param: s.api_key.query.clone(),
         },
         header_timeout,
+        body_timeout,
         idle_timeout,
         max_connections_per_ip: s.max_connections_per_ip,
         grace_period,

@@ -319,6 +319,10 @@ impl FastLoop {
             }
         }
         while !request_done || !response_done {
+            // An upstream waits for a request body the client is still
+            // sending: its read timeout starts once the request is whole,
+            // and until then `server.body_timeout` bounds the client.
+            upstream.read_timeout = peer.options.read_timeout.filter(|_| request_done);
             tokio::select! {
                 task = upstream.read_response_task(), if !response_done => {
                     let task = match task {

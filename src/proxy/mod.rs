@@ -225,6 +225,8 @@ pub(crate) struct RequestCtx {
     log: Option<Box<LogFacts>>,
     /// From the first upstream attempt to the upstream's response head.
     upstream_time: Option<std::time::Duration>,
+    /// The status a failure was answered with (0: none, or the client left).
+    failure_status: u16,
 }
 
 fn peer_ip(session: &ServerSession) -> IpAddr {
@@ -508,6 +510,11 @@ impl Gateway {
             Box::pin(self.tunnel(session, ctx)).await?;
             return Ok(true);
         }
+        // Pingora's read timeout of the request body (HTTP/1; h2 has none,
+        // and an upstream's timeout waiting for the body answers for it).
+        if let Some(rt) = &ctx.snapshot {
+            session.set_read_timeout(Some(rt.server.body_timeout));
+        }
         Ok(false)
     }
 
@@ -691,10 +698,12 @@ impl Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> u16 {
-        let code = failure_status(e);
-        // Connect failures were counted as they happened.
-        if let (true, ErrorSource::Upstream, Ok((rt, rule))) =
-            (ctx.connected, e.esource(), snapshot(ctx))
+        let code = failure_status(e, session.is_body_done());
+        ctx.failure_status = code;
+        // Connect failures were counted as they happened; a 408 is the
+        // client's.
+        if let (true, ErrorSource::Upstream, true, Ok((rt, rule))) =
+            (ctx.connected, e.esource(), code != 408, snapshot(ctx))
         {
             self.shared
                 .metrics
@@ -712,6 +721,7 @@ impl Gateway {
                     let rule = rt.rule(rule);
                     respond::too_large(rule, rule.max_body_bytes.unwrap_or_default())
                 }
+                Ok((rt, _)) if code == 408 => respond::body_timeout(rt.server.body_timeout),
                 _ => respond::generic_error(code),
             };
             let mut reply = reply;
@@ -827,6 +837,16 @@ impl ProxyHttp for Gateway {
         self.connect_failed(ctx, e)
     }
 
+    /// As on the fast path: a client that left, sent a broken body or
+    /// stopped sending is worth a debug line, not Pingora's error line.
+    fn suppress_error_log(&self, session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        let clients = *e.esource() == ErrorSource::Downstream || ctx.failure_status == 408;
+        if clients {
+            tracing::debug!("could not proxy {}: {e}", session.request_summary());
+        }
+        clients
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -844,11 +864,16 @@ impl ProxyHttp for Gateway {
 }
 
 /// The status for a failed proxy attempt; 0 when the client is already gone.
-fn failure_status(e: &Error) -> u16 {
+/// An upstream that timed out waiting for a request body the client stopped
+/// sending is the client's doing (408), not the upstream's (504).
+fn failure_status(e: &Error, request_body_done: bool) -> u16 {
+    let source = e.esource();
     match e.etype() {
         ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ReadTimedout if *source == ErrorSource::Downstream => 408,
+        ErrorType::ReadTimedout if *source == ErrorSource::Upstream && !request_body_done => 408,
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-            if *e.esource() == ErrorSource::Upstream =>
+            if *source == ErrorSource::Upstream =>
         {
             504
         }

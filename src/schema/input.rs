@@ -110,6 +110,10 @@ pub(crate) struct ServerInput {
     /// from their first byte (default 10s).
     #[serde(default)]
     pub(crate) header_timeout: Option<String>,
+    /// The longest a request body may stop arriving, between two reads
+    /// (default 60s).
+    #[serde(default)]
+    pub(crate) body_timeout: Option<String>,
     /// The longest a connection may wait for a request: before its first
     /// byte and between keep-alive requests (default 60s).
     #[serde(default)]
@@ -193,6 +197,7 @@ impl Default for ServerInput {
             api_key: ApiKeyInput::default(),
             headers: HeaderStyle::default(),
             header_timeout: None,
+            body_timeout: None,
             idle_timeout: None,
             max_connections_per_ip: None,
             grace_period: None,
