@@ -22,7 +22,7 @@ use crate::pipeline::{self, Incoming, Plan, Routed, Unrouted};
 use crate::policy::Mode;
 use crate::policy::OnError;
 use crate::respond::{self, Reply};
-use crate::route::{PathError, Target};
+use crate::route::{HostError, PathError, Target};
 use crate::snapshot::{Rule, RuleLimit, Snapshot};
 use crate::websocket::is_websocket_request;
 
@@ -39,6 +39,11 @@ pub(crate) struct RequestHead<'a> {
     pub(crate) peer: IpAddr,
     /// Replay: the identity the access log recorded for the request.
     pub(crate) recorded: Option<&'a Recorded>,
+    /// A live request must name its host (RFC 9112 §3.2: `Host`, or an
+    /// absolute-form target; h2's `:authority`): routed as if it had none, it
+    /// would slip past every rule that matches on a host. A hypothetical
+    /// (`check --explain`) or logged (`replay`) request may leave it out.
+    pub(crate) host_required: bool,
 }
 
 /// What admission decided.
@@ -138,10 +143,18 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
         Ok(t) => t,
         Err(e) => return refuse(None, Outcome::BadRequest, respond::bad_path(e)),
     };
+    let host = host_of(head, &target);
+    if head.host_required && host.is_none_or(<[u8]>::is_empty) {
+        return refuse(
+            None,
+            Outcome::BadRequest,
+            respond::bad_host(HostError::Missing),
+        );
+    }
     let incoming = Incoming {
         method: head.method,
         target,
-        host: host_of(head, &target),
+        host,
         headers: head.headers,
         peer: head.peer,
     };

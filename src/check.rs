@@ -305,6 +305,7 @@ pub async fn explain(rt: &Snapshot, req: &Hypothetical) -> String {
         uri_authority: None,
         peer: req.ip,
         recorded: None,
+        host_required: false,
     };
     let scratch = Limits::memory(
         MemoryStore::new(SCRATCH_KEYS, None),

@@ -308,6 +308,8 @@ impl HostPattern {
 /// would have matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum HostError {
+    #[error("the request names no host: send a Host header (RFC 9112 §3.2)")]
+    Missing,
     #[error("the request carries more than one Host header")]
     Repeated,
     #[error("the host has an empty label (a leading dot, '..', or more than one trailing dot)")]
@@ -324,6 +326,7 @@ impl HostError {
     /// Stable machine-readable reason for JSON bodies.
     pub(crate) fn code(self) -> &'static str {
         match self {
+            HostError::Missing => "missing_host",
             HostError::Repeated => "repeated_host",
             HostError::EmptyLabel => "host_empty_label",
             HostError::Character => "host_bad_character",

@@ -64,6 +64,7 @@ on_both_paths!(
     a_request_with_both_content_length_and_chunked_smuggles_nothing,
     a_request_with_two_content_lengths_smuggles_nothing,
     a_request_with_an_invalid_chunk_size_smuggles_nothing,
+    a_request_that_names_no_host_is_refused_before_any_rule,
     an_upstream_that_never_answers_is_a_504_json,
     a_client_that_sends_half_a_head_is_closed_after_the_header_timeout,
     a_client_that_stops_sending_its_body_is_answered_408_and_the_upstream_is_not_blamed,
@@ -663,6 +664,24 @@ async fn a_request_with_an_invalid_chunk_size_smuggles_nothing(path: &str) {
         "POST /outer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{SMUGGLED}\r\n0\r\n\r\n{SMUGGLED}"
     );
     nothing_smuggled(path, request).await;
+}
+
+/// Without a host, a request would be routed past every rule that matches
+/// on one (RFC 9112 §3.2: an HTTP/1.1 request without `Host` gets 400).
+async fn a_request_that_names_no_host_is_refused_before_any_rule(path: &str) {
+    let upstream = Scripted::answering(|_| ok("ok")).await;
+    let gw = gateway(path, upstream.addr).await;
+    for request in [
+        "GET /x HTTP/1.1\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: \r\n\r\n",
+        "GET /x HTTP/1.0\r\n\r\n",
+    ] {
+        let answer = Client::connect(gw.addr).await.exchange(request).await;
+        assert_eq!(answer.status(), 400, "{request:?}: {answer:?}");
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(body["reason"], "missing_host", "{request:?}");
+    }
+    assert!(upstream.heads().is_empty());
 }
 
 /// Sends an ambiguously framed `request` hiding [`SMUGGLED`] and checks the

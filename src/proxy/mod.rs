@@ -471,6 +471,7 @@ impl Gateway {
             uri_authority: req.uri.authority().map(|a| a.as_str()),
             peer,
             recorded: None,
+            host_required: true,
         };
         let logging = rt.access_log.format != AccessLogFormat::Off;
         let admission = admission::admit(&rt, &head, &self.shared.limits).await;

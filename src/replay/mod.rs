@@ -153,6 +153,7 @@ async fn run(
             uri_authority: None,
             peer: request.client_ip,
             recorded: Some(&request.identity),
+            host_required: false,
         };
         let recorded = recorded_verdict(request);
         tally.recorded(request, recorded, recorded_key(rt, request));
