@@ -337,17 +337,23 @@ pub(crate) enum Cost {
 
 impl Cost {
     /// The cost of a request, or `None` when its header holds no valid cost.
+    /// A header sent twice is one list (RFC 9110 §5.3), as invalid as
+    /// `1, 5` on one line: read by its first line, it would charge the least.
     pub(crate) fn of(&self, headers: &http::HeaderMap) -> Option<u64> {
         match self {
             Cost::Fixed(n) => Some(*n),
-            Cost::Header { name, max, default } => match headers.get(name) {
-                None => Some(*default),
-                Some(v) => v
-                    .to_str()
-                    .ok()
-                    .and_then(|t| t.trim().parse::<u64>().ok())
-                    .filter(|n| (1..=*max).contains(n)),
-            },
+            Cost::Header { name, max, default } => {
+                let mut values = headers.get_all(name).iter();
+                match (values.next(), values.next()) {
+                    (None, _) => Some(*default),
+                    (Some(v), None) => v
+                        .to_str()
+                        .ok()
+                        .and_then(|t| t.trim().parse::<u64>().ok())
+                        .filter(|n| (1..=*max).contains(n)),
+                    (Some(_), Some(_)) => None,
+                }
+            }
         }
     }
 }

@@ -56,6 +56,24 @@ async fn a_cost_header_charges_several_units_within_its_cap() {
 }
 
 #[tokio::test]
+async fn a_cost_header_sent_twice_is_refused_not_charged_by_its_first_line() {
+    let (upstream, gw) =
+        start("{ name: items, key: global, rate: 10/hour, cost: { header: x-items, max: 5 } }")
+            .await;
+    let resp = client()
+        .get(gw.url("/batch"))
+        .header("x-items", "1")
+        .header("x-items", "5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "bad_cost");
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
 async fn a_shaping_leaky_bucket_delays_excess_requests_instead_of_refusing_them() {
     let (_upstream, gw) =
         start("{ name: shaped, key: global, rate: 2/second, algorithm: leaky_bucket, burst: 2, delay: true }").await;
