@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use http::header::{HeaderName, HOST};
-use http::HeaderValue;
+use http::header::{HeaderName, HOST, UPGRADE};
+use http::{HeaderValue, Version};
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
@@ -229,6 +229,16 @@ pub(crate) struct RequestCtx {
     failure_status: u16,
 }
 
+/// A switched connection, ready to relay.
+struct TunnelStart {
+    gate: Option<MessageGate>,
+    stream: pingora::protocols::Stream,
+    /// Bytes the upstream sent after its 101.
+    rest: bytes::Bytes,
+    /// The 101 named extensions (which may set the frames' RSV bits).
+    extensions: bool,
+}
+
 fn peer_ip(session: &ServerSession) -> IpAddr {
     session
         .client_addr()
@@ -312,10 +322,18 @@ impl Gateway {
         add_request_id(&mut response, ctx.request_id.as_ref());
         rule.metrics.websockets().inc();
         ctx.tunnel_open = true;
+        let extensions = response
+            .headers
+            .contains_key(http::header::SEC_WEBSOCKET_EXTENSIONS);
         session.write_response_header(Box::new(response)).await?;
         let gate = message_gate(&rt, rule, &mut admitted);
-        self.pump_tunnel(session, rule, upstream, gate, stream, rest)
-            .await;
+        let tunnel = TunnelStart {
+            gate,
+            stream,
+            rest,
+            extensions,
+        };
+        self.pump_tunnel(session, rule, upstream, tunnel).await;
         Ok(())
     }
 
@@ -327,13 +345,17 @@ impl Gateway {
         session: &mut ServerSession,
         rule: &Rule,
         upstream: &Upstream,
-        gate: Option<MessageGate>,
-        stream: pingora::protocols::Stream,
-        rest: bytes::Bytes,
+        start: TunnelStart,
     ) {
+        let TunnelStart {
+            gate,
+            stream,
+            rest,
+            extensions,
+        } = start;
         let policy = &rule.websocket;
         let inspection = tunnel::Inspection {
-            filter: ClientFilter::new(policy.max_message_bytes),
+            filter: ClientFilter::new(policy.max_message_bytes).with_extensions(extensions),
             watch: ServerWatch::default(),
             gate,
             limits: &self.shared.limits,
@@ -461,6 +483,13 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
         ctx.started = Some(Instant::now());
+        // RFC 9110 §7.8: an HTTP/1.0 request's Upgrade is ignored, by
+        // admission, the tunnel and the upstream alike.
+        if session.req_header().version < Version::HTTP_11
+            && session.req_header().headers.contains_key(UPGRADE)
+        {
+            session.req_header_mut().remove_header(&UPGRADE);
+        }
         let rt = self.shared.snapshot.load_full();
         let peer = peer_ip(session);
         let req = session.req_header();

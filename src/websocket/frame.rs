@@ -76,6 +76,8 @@ pub enum FrameError {
     MessageInProgress,
     #[error("a payload length with the most significant bit set")]
     LengthTooLarge,
+    #[error("reserved bits set without a negotiated extension")]
+    ReservedBits,
 }
 
 /// What the parser found in one piece of the stream, in order.
@@ -108,6 +110,9 @@ pub struct FrameParser {
     in_frame: Option<FrameState>,
     /// A data message whose final frame has not come yet.
     in_message: bool,
+    /// The handshake negotiated an extension, which may give the RSV bits
+    /// a meaning (permessage-deflate: RSV1); without one they must be 0.
+    extensions: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +130,15 @@ impl FrameParser {
             pending_len: 0,
             in_frame: None,
             in_message: false,
+            extensions: false,
         }
+    }
+
+    /// A parser for a connection whose handshake negotiated extensions
+    /// (RFC 6455 §5.2: only they may set the RSV bits).
+    pub fn with_extensions(mut self, negotiated: bool) -> Self {
+        self.extensions = negotiated;
+        self
     }
 
     /// Whether part of a frame header has been read but not all of it.
@@ -189,6 +202,9 @@ impl FrameParser {
         let raw = &self.pending[..len];
         let fin = raw[0] & 0x80 != 0;
         let rsv = (raw[0] >> 4) & 0x7;
+        if rsv != 0 && !self.extensions {
+            return Err(FrameError::ReservedBits);
+        }
         let opcode =
             Opcode::from_bits(raw[0] & 0x0F).ok_or(FrameError::ReservedOpcode(raw[0] & 0x0F))?;
         let masked = raw[1] & 0x80 != 0;
@@ -337,6 +353,18 @@ pub(crate) fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_bits_are_an_error_unless_an_extension_was_negotiated() {
+        let mut compressed = encode_frame(Opcode::Text, b"hi", Some([1, 2, 3, 4]));
+        compressed[0] |= 0x40;
+        assert_eq!(
+            parse_all(Sender::Client, &compressed),
+            Err(FrameError::ReservedBits)
+        );
+        let mut p = FrameParser::new(Sender::Client).with_extensions(true);
+        assert!(p.feed(&compressed, &mut Vec::new()).is_ok());
+    }
 
     fn parse_all(sender: Sender, bytes: &[u8]) -> Result<Vec<Piece>, FrameError> {
         let mut p = FrameParser::new(sender);

@@ -139,6 +139,13 @@ impl ClientFilter {
         }
     }
 
+    /// For a tunnel whose handshake negotiated extensions: their RSV bits
+    /// pass (see [`FrameParser::with_extensions`]).
+    pub fn with_extensions(mut self, negotiated: bool) -> Self {
+        self.parser = self.parser.with_extensions(negotiated);
+        self
+    }
+
     /// Takes the next piece of the client's stream; then call [`Self::step`]
     /// until it is done. Frames before a protocol error still go; the error
     /// then closes the connection (1002).
@@ -595,6 +602,30 @@ mod tests {
         assert_eq!(close.map(|c| c.code), Some(CLOSE_MESSAGE_TOO_BIG));
         // The first fragment went; nothing of the second did.
         assert_eq!(out, first);
+    }
+
+    #[test]
+    fn a_frame_with_reserved_bits_and_no_negotiated_extension_closes_with_1002() {
+        let mut compressed = fragment(Opcode::Text, b"deflated?", true);
+        compressed[0] |= 0x40;
+        let (out, _, close) = filter(&compressed, compressed.len(), &[]);
+        assert!(out.is_empty());
+        assert_eq!(close.map(|c| c.code), Some(CLOSE_PROTOCOL_ERROR));
+    }
+
+    #[test]
+    fn a_negotiated_extension_may_set_the_reserved_bits() {
+        let mut compressed = fragment(Opcode::Text, b"deflated", true);
+        compressed[0] |= 0x40;
+        let mut f = ClientFilter::new(None).with_extensions(true);
+        f.start(Bytes::from(compressed.clone()));
+        assert!(matches!(f.step(), Step::Decide));
+        f.verdict(MessageVerdict::Forward);
+        let Step::Done(filtered) = f.step() else {
+            panic!("one message, one verdict");
+        };
+        assert_eq!(filtered.forward.as_deref(), Some(&compressed[..]));
+        assert!(filtered.close.is_none());
     }
 
     #[test]
