@@ -1042,6 +1042,24 @@ async fn a_quiet_tunnel_lives_until_its_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_tunnel_closed_for_idleness_gets_a_1001_close_frame() {
+    let (_upstream, gw) = start(STREAM).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/ws/echo"))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+        .await
+        .expect("closed within the idle timeout and a margin");
+    match first {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1001);
+            assert_eq!(frame.reason.as_str(), "idle timeout");
+        }
+        other => panic!("no close frame: {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_tunnel_in_use_outlives_its_idle_timeout() {
     let (_upstream, gw) = start(STREAM).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/ws/echo"))

@@ -71,6 +71,7 @@ on_both_paths!(
     the_third_request_over_a_limit_of_two_is_429_with_ratelimit_headers,
     an_http_1_0_client_without_keep_alive_gets_its_answer_and_the_connection_closes,
     a_chunked_answer_reaches_an_http_1_0_client_decoded_except_in_pingora,
+    an_http_1_0_upgrade_offer_is_ignored_and_the_request_served_plainly,
     a_request_in_flight_at_a_graceful_shutdown_completes,
 );
 
@@ -838,6 +839,24 @@ async fn an_http_1_0_client_without_keep_alive_gets_its_answer_and_the_connectio
     assert!(!answer.head.is_chunked(), "{answer:?}");
     assert_eq!(answer.text(), "hello from upstream");
     assert_eq!(client.rest().await, b"", "closed after the answer");
+}
+
+/// RFC 9110 §7.8: a server ignores `Upgrade` in an HTTP/1.0 request (and
+/// RFC 6455 needs HTTP/1.1): no tunnel, no upgrade offer upstream.
+async fn an_http_1_0_upgrade_offer_is_ignored_and_the_request_served_plainly(path: &str) {
+    let upstream = Scripted::answering(|_| ok("plain")).await;
+    let gw = gateway(path, upstream.addr).await;
+    let mut client = Client::connect(gw.addr).await;
+    let answer = client
+        .exchange(
+            "GET /ws HTTP/1.0\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await;
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    assert_eq!(answer.text(), "plain");
+    let forwarded = upstream.only_request();
+    assert!(!forwarded.head.has("upgrade"), "{forwarded:?}");
 }
 
 async fn a_chunked_answer_reaches_an_http_1_0_client_decoded_except_in_pingora(path: &str) {

@@ -364,6 +364,7 @@ async fn relay(
     tokio::pin!(idle, lifetime_ends, shutdown);
     let mut notice: Option<Duration> = None;
     let mut closing: Option<(Close, Instant)> = None;
+    let mut idled = false;
     loop {
         let room = closing.is_none() && queue.as_ref().is_some_and(|q| q.capacity() > 0);
         let grace_ends = async {
@@ -423,14 +424,21 @@ async fn relay(
                     Err(_) => return TunnelEnd::Failed,
                 }
             },
-            () = &mut idle => {
+            // Like the two below, it closes with a close frame each way
+            // (RFC 6455 §7.1.7), not by dropping the connection.
+            () = &mut idle, if closing.is_none() => {
                 let due = last_moved + limits.idle;
                 if due <= Instant::now() {
-                    return TunnelEnd::Idle;
+                    idled = true;
+                    closing = Some((
+                        Close { code: CLOSE_GOING_AWAY, reason: "idle timeout" },
+                        Instant::now() + CLOSE_GRACE,
+                    ));
+                } else {
+                    idle.as_mut().reset(due);
                 }
-                idle.as_mut().reset(due);
             },
-            // Both fire once: `closing` is set then, and they are not
+            // These fire once: `closing` is set then, and they are not
             // polled again.
             () = &mut lifetime_ends, if closing.is_none() => {
                 closing = Some((
@@ -445,14 +453,18 @@ async fn relay(
                 ));
             },
             _ = grace_ends => {
-                return TunnelEnd::Closed(closing.map_or(CLOSE_GOING_AWAY, |(c, _)| c.code));
+                return if idled {
+                    TunnelEnd::Idle
+                } else {
+                    TunnelEnd::Closed(closing.map_or(CLOSE_GOING_AWAY, |(c, _)| c.code))
+                };
             },
         }
         let close = closing.map(|(close, _)| close);
         if let Some(end) =
             send_own_frames(session, inspection, queue.as_ref(), &mut notice, close).await
         {
-            return end;
+            return if idled { TunnelEnd::Idle } else { end };
         }
     }
 }
