@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arrayvec::ArrayVec;
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::consumer::jwt::{self, TokenError};
@@ -143,6 +143,9 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
         Ok(t) => t,
         Err(e) => return refuse(None, Outcome::BadRequest, respond::bad_path(e)),
     };
+    if let Some(refusal) = framing_refusal(head.headers) {
+        return refuse(None, Outcome::BadRequest, refusal);
+    }
     let host = host_of(head, &target);
     if head.host_required && host.is_none_or(<[u8]>::is_empty) {
         return refuse(
@@ -172,7 +175,7 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
     let rule = rt.rule(index);
     // A body declared too large is refused before anything is spent on it.
     if let Some(max) = rule.max_body_bytes {
-        if declared_body_bytes(head.headers).is_some_and(|n| n > max) {
+        if content_length(head.headers).is_ok_and(|n| n.is_some_and(|n| n > max)) {
             return refuse(
                 Some(index),
                 Outcome::TooLarge,
@@ -344,16 +347,68 @@ fn forward(
     Admission::Forward(admitted)
 }
 
-/// The body length a request declares (Pingora has already refused a
-/// `Content-Length` that is not one number).
-fn declared_body_bytes(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// The body length a request declares: one number, or a list of equal ones
+/// (on one line or several), which RFC 9110 §8.6 lets a recipient read as
+/// that one number. `Err` for anything else.
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
+    let mut length = None;
+    for line in headers.get_all(CONTENT_LENGTH) {
+        for part in line.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+                return Err(());
+            }
+            let n = std::str::from_utf8(part)
+                .ok()
+                .and_then(|digits| digits.parse::<u64>().ok())
+                .ok_or(())?;
+            if length.is_some_and(|seen| seen != n) {
+                return Err(());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// A request the gateway cannot pass on as framed: a transfer coding other
+/// than chunked (RFC 9112 §6.1: 501; decoded by chunked alone, its other
+/// codings would be lost on the way), chunked applied twice, or lengths
+/// that disagree.
+fn framing_refusal(headers: &HeaderMap) -> Option<Reply> {
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    let chunked = |coding: &[u8]| coding.eq_ignore_ascii_case(b"chunked");
+    match (codings.next(), codings.next()) {
+        (None, _) => {}
+        (Some(only), None) if chunked(only) => {}
+        (Some(first), Some(second)) if chunked(first) && chunked(second) => {
+            return Some(respond::bad_framing(
+                400,
+                "chunked_twice",
+                "chunked may be applied to a body only once (RFC 9112 §7)",
+            ))
+        }
+        _ => {
+            return Some(respond::bad_framing(
+                501,
+                "unsupported_transfer_coding",
+                "the gateway takes request bodies as Transfer-Encoding: chunked or with a Content-Length",
+            ))
+        }
+    }
+    match content_length(headers) {
+        Ok(_) => None,
+        Err(()) => Some(respond::bad_framing(
+            400,
+            "bad_content_length",
+            "Content-Length must be one number (or a list of the same number)",
+        )),
+    }
 }
 
 /// `Host` header, else the authority of an absolute-form target, else the
@@ -516,5 +571,33 @@ fn refuse_key(rule: &Rule, limit: &RuleLimit, error: KeyError) -> (Outcome, Repl
             Outcome::BadRequest,
             respond::conflicting_key(rule, Some(limit), &part),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lengths(lines: &[&str]) -> Result<Option<u64>, ()> {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append(CONTENT_LENGTH, HeaderValue::from_str(line).unwrap());
+        }
+        content_length(&headers)
+    }
+
+    #[test]
+    fn a_list_of_equal_lengths_is_that_length() {
+        assert_eq!(lengths(&[]), Ok(None));
+        assert_eq!(lengths(&["5"]), Ok(Some(5)));
+        assert_eq!(lengths(&["5, 5"]), Ok(Some(5)));
+        assert_eq!(lengths(&["5", " 5 "]), Ok(Some(5)));
+    }
+
+    #[test]
+    fn lengths_that_disagree_or_are_not_numbers_are_refused() {
+        for bad in [&["5, 6"][..], &["5", "6"], &["+5"], &["5,"], &[""], &["0x5"]] {
+            assert_eq!(lengths(bad), Err(()), "{bad:?}");
+        }
     }
 }

@@ -164,6 +164,14 @@ pub(crate) fn too_large(rule: &Rule, max: u64) -> Reply {
     )
 }
 
+/// A request framed in a way the gateway does not pass on.
+pub(crate) fn bad_framing(status: u16, reason: &str, message: &str) -> Reply {
+    json_reply(
+        status,
+        json!({ "error": "bad_request", "reason": reason, "message": message }),
+    )
+}
+
 /// 400 when a limit's cost header holds no valid cost.
 pub(crate) fn bad_cost(rule: &Rule, limit: &RuleLimit) -> Reply {
     let (header, max) = match &limit.cost {

@@ -65,6 +65,8 @@ on_both_paths!(
     a_request_with_two_content_lengths_smuggles_nothing,
     a_request_with_an_invalid_chunk_size_smuggles_nothing,
     a_request_that_names_no_host_is_refused_before_any_rule,
+    a_transfer_coding_other_than_chunked_is_refused_with_501,
+    a_repeated_content_length_goes_upstream_as_one,
     an_upstream_that_never_answers_is_a_504_json,
     a_client_that_sends_half_a_head_is_closed_after_the_header_timeout,
     a_client_that_stops_sending_its_body_is_answered_408_and_the_upstream_is_not_blamed,
@@ -683,6 +685,46 @@ async fn a_request_that_names_no_host_is_refused_before_any_rule(path: &str) {
         assert_eq!(body["reason"], "missing_host", "{request:?}");
     }
     assert!(upstream.heads().is_empty());
+}
+
+/// Decoded by chunked alone, the body would reach the upstream with its
+/// other codings lost (RFC 9112 §6.1: 501 for a coding not understood).
+async fn a_transfer_coding_other_than_chunked_is_refused_with_501(path: &str) {
+    let upstream = Scripted::answering(|_| ok("ok")).await;
+    let gw = gateway(path, upstream.addr).await;
+    let request = "POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+                   5\r\nhello\r\n0\r\n\r\n";
+    let answer = Client::connect(gw.addr).await.exchange(request).await;
+    assert_eq!(answer.status(), 501, "{answer:?}");
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["reason"], "unsupported_transfer_coding");
+    assert!(upstream.heads().is_empty());
+}
+
+/// RFC 9110 §8.6: a list of equal lengths is read as the one number, and a
+/// proxy passes it on as one.
+async fn a_repeated_content_length_goes_upstream_as_one(path: &str) {
+    let upstream = Scripted::answering(|_| ok("ok")).await;
+    let gw = gateway(path, upstream.addr).await;
+    for lengths in [
+        "Content-Length: 5, 5\r\n",
+        "Content-Length: 5\r\nContent-Length: 5\r\n",
+    ] {
+        let request = format!("POST /x HTTP/1.1\r\nHost: t\r\n{lengths}\r\nhello");
+        let answer = Client::connect(gw.addr).await.exchange(request).await;
+        assert_eq!(answer.status(), 200, "{lengths:?}: {answer:?}");
+    }
+    for received in upstream.requests() {
+        let lengths: Vec<&(String, String)> = received
+            .head
+            .fields
+            .iter()
+            .filter(|(name, _)| name == "content-length")
+            .collect();
+        assert_eq!(lengths, [&("content-length".to_string(), "5".to_string())]);
+        assert_eq!(received.body, b"hello");
+    }
+    assert_eq!(upstream.requests().len(), 2);
 }
 
 /// Sends an ambiguously framed `request` hiding [`SMUGGLED`] and checks the

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use http::header::{HeaderName, HOST, UPGRADE};
+use http::header::{HeaderName, CONTENT_LENGTH, HOST, UPGRADE};
 use http::{HeaderValue, Version};
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -171,6 +171,16 @@ fn prepare_upstream_request(
     request.insert_header(X_REAL_IP_NAME, real_ip)?;
     if let Some(host) = host_header {
         request.insert_header(HOST, host.clone())?;
+    }
+    // RFC 9110 §8.6: a list of equal lengths (admission refused any other)
+    // goes upstream as the one number it is.
+    let mut lengths = request.headers.get_all(CONTENT_LENGTH).iter();
+    if let (Some(first), more) = (lengths.next(), lengths.next()) {
+        if more.is_some() || first.as_bytes().contains(&b',') {
+            if let Ok(Some(length)) = admission::content_length(&request.headers) {
+                request.insert_header(CONTENT_LENGTH, length)?;
+            }
+        }
     }
     if let Some(consumers) = &rt.consumers {
         forward_consumer(request, admitted, consumers, rt)?;
