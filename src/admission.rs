@@ -596,7 +596,14 @@ mod tests {
 
     #[test]
     fn lengths_that_disagree_or_are_not_numbers_are_refused() {
-        for bad in [&["5, 6"][..], &["5", "6"], &["+5"], &["5,"], &[""], &["0x5"]] {
+        for bad in [
+            &["5, 6"][..],
+            &["5", "6"],
+            &["+5"],
+            &["5,"],
+            &[""],
+            &["0x5"],
+        ] {
             assert_eq!(lengths(bad), Err(()), "{bad:?}");
         }
     }

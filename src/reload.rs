@@ -130,7 +130,7 @@ pub(crate) async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> ReloadOutc
 /// when `apply` swaps it in.
 fn read_and_compile(shared: &Shared, trigger: Trigger) -> Result<Candidate, ConfigError> {
     let path = &shared.config_path;
-    let text = match std::fs::read_to_string(path) {
+    let text = match std::fs::metadata(path) {
         // Saves that rename the old file away first leave a moment without
         // one; the next event comes when the new file is in place.
         Err(e) if trigger == Trigger::File && e.kind() == std::io::ErrorKind::NotFound => {

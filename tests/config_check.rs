@@ -336,6 +336,29 @@ fn check_exits_1_for_an_unreadable_file() {
     assert!(stdout.contains("cannot read the file"), "{stdout}");
 }
 
+/// `/dev/zero` says it holds 0 bytes and never ends: read whole, it would
+/// take all memory.
+#[test]
+fn check_refuses_a_device_at_once() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "-c", "/dev/zero"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("check -c /dev/zero still reading after 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("not a regular file"), "{stdout}");
+}
+
 #[test]
 fn check_reads_the_config_path_from_the_environment() {
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))

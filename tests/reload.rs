@@ -295,6 +295,32 @@ async fn a_failed_admin_reload_answers_422_with_every_problem() {
     assert_eq!(status(&gw, "/a").await, 200);
 }
 
+/// A FIFO would hold the reader until something writes to it, and with it
+/// the reload lock: every later reload would hang.
+#[tokio::test]
+async fn a_fifo_in_place_of_the_file_is_refused_and_later_reloads_still_work() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config(false, RULE_A), upstream.addr).await;
+    std::fs::remove_file(&gw.config_path).unwrap();
+    let made = Command::new("mkfifo")
+        .arg(&gw.config_path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (code, body) = tokio::time::timeout(Duration::from_secs(10), post_reload(&gw))
+        .await
+        .expect("a reload of a FIFO answers at once");
+    assert_eq!(code, 422, "{body}");
+    assert!(body.to_string().contains("not a regular file"), "{body}");
+    std::fs::remove_file(&gw.config_path).unwrap();
+    gw.rewrite(&config(false, RULE_B), upstream.addr);
+    let (code, body) = tokio::time::timeout(Duration::from_secs(10), post_reload(&gw))
+        .await
+        .expect("the next reload answers");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status(&gw, "/b").await, 200);
+}
+
 const COUNTED: &str = "
   - name: other
     match: { path: /other }

@@ -8,6 +8,7 @@ pub(crate) mod locate;
 pub(crate) mod part;
 
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -80,19 +81,47 @@ pub(crate) const MAX_YAML_NODES: usize = 4_000_000;
 /// never echoed back whole.
 const MAX_MESSAGE_BYTES: usize = 1024;
 
-/// Reads a config file.
+/// Reads a config file (or a file it names: consumers, JWKS, certificates).
+/// Only a regular file is read, and never past the bound: a FIFO would hold
+/// the reader (and every reload after it) until something writes to it, and
+/// a device such as /dev/zero, whose size reads 0, never ends.
 pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
     let cannot =
         |e: std::io::Error| ConfigError::single(path, "", format!("cannot read the file: {e}"));
-    let size = std::fs::metadata(path).map_err(cannot)?.len();
-    if size > MAX_FILE_BYTES {
-        return Err(ConfigError::single(
+    let too_big = |size: u64| {
+        ConfigError::single(
             path,
             "",
             format!("the file is {size} bytes: a config file may hold at most {MAX_FILE_BYTES}"),
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a device, FIFO or socket)"
+        };
+        return Err(ConfigError::single(
+            path,
+            "",
+            format!("cannot read the file: it is {what}"),
         ));
     }
-    std::fs::read_to_string(path).map_err(cannot)
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    // It grew while it was read.
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big(text.len() as u64));
+    }
+    Ok(text)
 }
 
 /// Reads, parses and compiles a config file, with the core alone: the
