@@ -136,6 +136,15 @@ fn only_problem(text: &str) -> tollgate::schema::Problem {
     error.problems[0].clone()
 }
 
+/// It read as no token at all: the admin API open to anyone, while
+/// `/-/config` showed a redacted token.
+#[test]
+fn an_empty_admin_token_is_refused() {
+    let problem = only_problem(&with_a_rule("server: { admin_token: \"\" }"));
+    assert_eq!(problem.path, "server.admin_token");
+    assert!(problem.message.contains("let anyone in"), "{problem:?}");
+}
+
 const EMPTY_FILE: &str = "the file is empty";
 
 #[test]

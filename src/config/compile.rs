@@ -293,6 +293,15 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
     if !(1..=1024).contains(&threads) {
         c.error("server.threads", "threads must be between 1 and 1024");
     }
+    if s.admin_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        c.error(
+            "server.admin_token",
+            "an empty token would let anyone in: remove the key to run the admin API without one",
+        );
+    }
     let mut trusted = Vec::new();
     for (i, net) in s.trusted_proxies.iter().enumerate() {
         if let Some(n) = c.check(format!("server.trusted_proxies[{i}]"), parse_network(net)) {
@@ -374,7 +383,7 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
     Some(ServerSettings {
         listen: s.listen.clone(),
         admin: s.admin.clone(),
-        admin_token: s.admin_token.clone().filter(|t| !t.is_empty()),
+        admin_token: s.admin_token.clone(),
         admin_show_keys: s.admin_show_keys,
         watch: s.watch,
         threads,

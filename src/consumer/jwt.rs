@@ -71,6 +71,14 @@ impl Keys {
                 AlgorithmParameters::RSA(_) => Family::Rsa,
                 AlgorithmParameters::EllipticCurve(_) => Family::Ec,
                 AlgorithmParameters::OctetKeyPair(_) => Family::Ed,
+                // An empty secret would let anyone sign tokens for any
+                // consumer and plan (as an empty `secret_env` is refused).
+                AlgorithmParameters::OctetKey(oct) if oct.value.is_empty() => {
+                    return Err(format!(
+                        "key {i} ({}) is an HMAC key with an empty secret",
+                        kid_text(&kid)
+                    ))
+                }
                 AlgorithmParameters::OctetKey(_) => Family::Hmac,
             };
             let key = DecodingKey::from_jwk(jwk)
@@ -558,5 +566,13 @@ mod tests {
         assert!(set(&format!(r#"{{"keys":[{key},{key}]}}"#)).is_err());
         assert!(set(&format!(r#"{{"keys":[{key}]}}"#)).is_ok());
         assert!(set(r#"{"keys":[]}"#).is_err());
+    }
+
+    #[test]
+    fn a_jwks_hmac_key_with_an_empty_secret_is_refused() {
+        let set: JwkSet =
+            serde_json::from_str(r#"{"keys":[{"kty":"oct","kid":"x","k":""}]}"#).unwrap();
+        let refused = Keys::from_set(set).err().unwrap();
+        assert!(refused.contains("empty secret"), "{refused}");
     }
 }
