@@ -20,6 +20,24 @@ use tollgate::server::ProcessOptions;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `print!` without its panic: a reader that went away (`tollgate check |
+/// head -1`) loses the rest of the output, and the command still ends with
+/// its own exit code.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `println!` without its panic (see `out!`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "tollgate",
@@ -144,13 +162,13 @@ fn replay_logs(config_path: PathBuf, options: &replay::Options, json: bool) -> E
     };
     match report {
         Ok(report) if json => match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => outln!("{text}"),
             Err(e) => {
                 eprintln!("tollgate: {e}");
                 return ExitCode::from(1);
             }
         },
-        Ok(report) => print!("{}", report.text()),
+        Ok(report) => out!("{}", report.text()),
         Err(e) => {
             eprintln!("tollgate: {e}");
             return ExitCode::from(1);
@@ -170,9 +188,9 @@ fn load_or_report(config_path: &Path) -> Option<tollgate::snapshot::Snapshot> {
                 .filter(|p| p.severity == Severity::Error)
                 .count();
             for problem in &e.problems {
-                println!("{}:{problem}", problem.file_or(config_path).display());
+                outln!("{}:{problem}", problem.file_or(config_path).display());
             }
-            println!(
+            outln!(
                 "{}: {errors} error(s); the file was not accepted",
                 config_path.display()
             );
@@ -243,12 +261,12 @@ fn check(
         return ExitCode::from(1);
     };
     for warning in &runtime.warnings {
-        println!("{}:{warning}", config_path.display());
+        outln!("{}:{warning}", config_path.display());
     }
     match explain {
         None => {
-            println!("{}: ok", config_path.display());
-            print!("{}", check::summary(&runtime));
+            outln!("{}: ok", config_path.display());
+            out!("{}", check::summary(&runtime));
         }
         Some(request) => match Hypothetical::parse(
             &request,
@@ -263,7 +281,7 @@ fn check(
                     .enable_all()
                     .build();
                 match runtime_for_explain {
-                    Ok(tokio) => print!("{}", tokio.block_on(check::explain(&runtime, &req))),
+                    Ok(tokio) => out!("{}", tokio.block_on(check::explain(&runtime, &req))),
                     Err(e) => {
                         eprintln!("tollgate: cannot start a runtime for --explain: {e}");
                         return ExitCode::from(1);

@@ -195,6 +195,30 @@ fn ten_thousand_rules(flow: bool) -> String {
     text
 }
 
+/// `tollgate check | head -1`: the summary of 10,000 rules is far more than
+/// a pipe holds, and the reader is gone before it is written.
+#[test]
+fn check_into_a_pipe_closed_early_ends_without_a_panic() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.yaml");
+    std::fs::write(&path, ten_thousand_rules(true)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "-c", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
 #[test]
 fn ten_thousand_rules_in_block_style_load() {
     let loaded = load_str(&ten_thousand_rules(false), Path::new("big.yaml"));
