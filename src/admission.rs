@@ -414,7 +414,7 @@ fn framing_refusal(headers: &HeaderMap) -> Option<Reply> {
 /// `Host` header, else the authority of an absolute-form target, else the
 /// URI's (h2 `:authority`). A `Host` that is not text is still the host (and
 /// refused when normalized), never skipped for the next source.
-fn host_of<'a>(head: &RequestHead<'a>, target: &Target<'a>) -> Option<&'a [u8]> {
+pub(crate) fn host_of<'a>(head: &RequestHead<'a>, target: &Target<'a>) -> Option<&'a [u8]> {
     head.headers
         .get(HOST)
         .map(|h| h.as_bytes())

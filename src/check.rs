@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use http::header::{HeaderName, HOST};
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Method};
 
 use crate::admission::{self, Admission, RequestHead, Unidentified};
@@ -312,7 +312,7 @@ pub async fn explain(rt: &Snapshot, req: &Hypothetical) -> String {
         MonotonicClock::default(),
     );
     let admission = admission::admit(rt, &head, &scratch).await;
-    let mut out = describe(rt, req, &raw_target);
+    let mut out = describe(rt, req, &head);
     let _ = writeln!(out, "result       {}", result_of(rt, &admission));
     out
 }
@@ -321,16 +321,17 @@ pub async fn explain(rt: &Snapshot, req: &Hypothetical) -> String {
 const SCRATCH_KEYS: usize = 64;
 
 /// The request's way through routing and identification, for people.
-fn describe(rt: &Snapshot, req: &Hypothetical, raw_target: &[u8]) -> String {
+fn describe(rt: &Snapshot, req: &Hypothetical, head: &RequestHead<'_>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "request      {} {}", req.method, req.path);
-    let Ok(target) = Target::parse(raw_target) else {
+    let Ok(target) = Target::parse(head.raw_target) else {
         return out;
     };
     let incoming = Incoming {
         method: &req.method,
         target,
-        host: req.headers.get(HOST).map(|h| h.as_bytes()),
+        // As admission reads it: `Host`, else an absolute-form target's.
+        host: admission::host_of(head, &target),
         headers: &req.headers,
         peer: req.ip,
     };

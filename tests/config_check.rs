@@ -478,6 +478,19 @@ async fn explain_matches_host_rules_on_the_normalized_host() {
 }
 
 #[tokio::test]
+async fn explain_takes_the_host_of_an_absolute_form_target_like_the_gateway() {
+    let rt = load_str(HOST_RULES, Path::new("t.yaml")).unwrap();
+    let req = Hypothetical::parse(
+        "GET http://api.example.com/x",
+        &[],
+        "192.0.2.1".parse().unwrap(),
+    )
+    .unwrap();
+    let out = explain(&rt, &req).await;
+    assert!(out.contains("rule         billing"), "{out}");
+}
+
+#[tokio::test]
 async fn a_host_pattern_with_a_trailing_dot_matches_like_the_name_without_it() {
     let text = HOST_RULES.replace("host: api.example.com", "host: API.example.com.");
     let rt = load_str(&text, Path::new("t.yaml")).unwrap();
