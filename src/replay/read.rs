@@ -245,13 +245,30 @@ fn parse_time(text: &str) -> Option<Nanos> {
         .filter(|&at| at <= LATEST)
 }
 
-/// `--since`/`--until`: an RFC 3339 time, or a date and time without zone
-/// (read as UTC).
+/// `--since`/`--until`: an RFC 3339 time with any offset, or a date and
+/// time without zone (read as UTC).
 pub fn parse_window_time(text: &str) -> Result<SystemTime, String> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(SystemTime::from(at));
+    }
     humantime::parse_rfc3339_weak(text).map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// A duration since the epoch as the report prints it.
 pub(crate) fn format_time(at: Nanos) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(at)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_time_may_carry_any_offset() {
+        let utc = parse_window_time("2026-12-03T14:47:33Z").unwrap();
+        assert_eq!(parse_window_time("2026-12-03T16:47:33+02:00"), Ok(utc));
+        assert_eq!(parse_window_time("2026-12-03T09:47:33-05:00"), Ok(utc));
+        assert_eq!(parse_window_time("2026-12-03 14:47:33"), Ok(utc));
+        assert!(parse_window_time("yesterday").is_err());
+    }
 }
