@@ -295,6 +295,16 @@ async fn a_failed_admin_reload_answers_422_with_every_problem() {
     assert_eq!(status(&gw, "/a").await, 200);
 }
 
+#[tokio::test]
+async fn readyz_says_edits_are_not_followed_when_watch_is_off() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config(false, RULE_A), upstream.addr).await;
+    common::wait_watching(gw.admin).await;
+    let (_, ready) = admin_json(&gw, reqwest::Method::GET, "/readyz").await;
+    assert_eq!(ready["watching"], false, "{ready}");
+    assert_eq!(ready["signals"], true, "{ready}");
+}
+
 /// A FIFO would hold the reader until something writes to it, and with it
 /// the reload lock: every later reload would hang.
 #[tokio::test]

@@ -96,6 +96,13 @@ impl AdminApp {
         }
     }
 
+    /// Edits to the file are applied as they happen: the watcher is up and
+    /// `server.watch` is on (it is read at each event, so a reload may turn
+    /// it either way).
+    fn follows_edits(&self) -> bool {
+        self.shared.reloader.watching() && self.shared.snapshot.load().server.watch
+    }
+
     fn token(&self) -> Option<String> {
         self.shared
             .admin_token_env
@@ -144,7 +151,8 @@ impl AdminApp {
                     (false, true) => "unavailable",
                 },
                 "generation": rt.source.generation,
-                "watching": self.shared.reloader.watching(),
+                "watching": self.follows_edits(),
+                "signals": self.shared.reloader.watching(),
                 "store": store,
                 "upstreams_down": upstreams_down,
             }),
@@ -187,7 +195,7 @@ impl AdminApp {
         json!({
             "generation": source.generation,
             "loaded_at": rfc3339(source.loaded_at),
-            "watching": self.shared.reloader.watching(),
+            "watching": self.follows_edits(),
             "restart_required": reload::restart_required(&self.shared.startup, &rt),
             "file": source.file,
             "sha256": source.sha256,

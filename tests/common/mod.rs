@@ -467,8 +467,9 @@ where
     }
 }
 
-/// Waits until the gateway whose admin listener is `admin` watches its
-/// config and listens for SIGHUP and SIGUSR1 (`/readyz` says `watching`).
+/// Waits until the gateway whose admin listener is `admin` has its reloader
+/// up: it listens for SIGHUP and SIGUSR1, and watches the config file if
+/// `server.watch` says so (`/readyz` says `signals`).
 pub async fn wait_watching(admin: SocketAddr) {
     let url = format!("http://{admin}/readyz");
     eventually(
@@ -479,7 +480,7 @@ pub async fn wait_watching(admin: SocketAddr) {
                 Ok(r) => r
                     .json::<serde_json::Value>()
                     .await
-                    .is_ok_and(|v| v["watching"] == true),
+                    .is_ok_and(|v| v["signals"] == true),
                 Err(_) => false,
             }
         },
