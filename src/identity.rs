@@ -335,12 +335,14 @@ impl ClientKey<'static> {
     /// The key of a one-part `spec` from how `Display` shows it (an IP, a
     /// quoted text, `*`), or from the bare text: how the admin names a key.
     /// A key of several parts is named by its digest instead.
-    pub fn from_shown(spec: &KeySpec, shown: &str) -> Option<Self> {
+    /// An address is counted as the gateway counts clients: `::ffff:a.b.c.d`
+    /// as `a.b.c.d`, IPv6 by its `/ipv6_prefix` network.
+    pub fn from_shown(spec: &KeySpec, shown: &str, ipv6_prefix: u8) -> Option<Self> {
         let [part] = spec.0.as_slice() else {
             return None;
         };
         let value = match part {
-            KeyPart::Ip => KeyValue::Ip(shown.parse().ok()?),
+            KeyPart::Ip => KeyValue::Ip(ip_bucket(canonical_ip(shown.parse().ok()?), ipv6_prefix)),
             KeyPart::Global if shown == "*" => KeyValue::Global,
             KeyPart::Global => return None,
             _ => {

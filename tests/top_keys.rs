@@ -224,6 +224,42 @@ async fn a_key_unknown_to_the_limit_is_a_404_and_a_fresh_one_has_its_whole_quota
     );
 }
 
+/// The admin names a client by its address; the gateway counts it by its
+/// IPv6 network (or as the IPv4 address a mapped one is).
+#[tokio::test]
+async fn an_ip_key_named_by_any_address_of_the_client_finds_its_count() {
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        "{}  trusted_proxies: [\"127.0.0.1/32\"]\n{}rules:\n  - name: api\n    match: {{ path: /** }}\n    upstream: api\n    limits: [{{ name: per-ip, key: ip, rate: 1/minute }}]\n",
+        common::SERVER,
+        common::upstreams("api"),
+    );
+    let gw = Gateway::start(&yaml, upstream.addr).await;
+    let send = |from: &'static str| {
+        client()
+            .get(gw.url("/thing"))
+            .header("x-forwarded-for", from)
+            .send()
+    };
+    for (client_address, named) in [
+        ("2001:db8::1", "2001:db8::1"),
+        ("10.1.1.1", "::ffff:10.1.1.1"),
+    ] {
+        assert_eq!(send(client_address).await.unwrap().status(), 200);
+        assert_eq!(send(client_address).await.unwrap().status(), 429);
+        let path = format!("/-/limits/api/per-ip/keys/{named}");
+        let (status, body) = admin(&gw, reqwest::Method::GET, &path, "").await;
+        assert_eq!(
+            (status, body["remaining"].as_u64()),
+            (200, Some(0)),
+            "{body}"
+        );
+        let (status, body) = admin(&gw, reqwest::Method::DELETE, &path, "").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(send(client_address).await.unwrap().status(), 200, "{named}");
+    }
+}
+
 /// A relay to Redis that forwards everything until a client sends an
 /// `HSET`, then cuts that connection right after forwarding it: a publish
 /// interrupted between its commands. Returns the relay's address and how

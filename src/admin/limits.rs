@@ -295,10 +295,10 @@ fn resolve(
         });
         return Some((digest, key));
     }
-    let key = limit
-        .top
-        .find(|k| k.to_string() == named)
-        .or_else(|| ClientKey::from_shown(&limit.key, named))?;
+    let key = limit.top.find(|k| k.to_string() == named).or_else(|| {
+        let ipv6_prefix = shared.snapshot.load().server.ipv6_prefix;
+        ClientKey::from_shown(&limit.key, named, ipv6_prefix)
+    })?;
     Some((key.digest(), Some(key)))
 }
 
