@@ -139,6 +139,9 @@ fn refuse_on(
 /// limits' own metrics (decisions per limit, degraded decisions) are counted
 /// here; the request's outcome is the caller's to count, once.
 pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits) -> Admission {
+    if *head.method == Method::CONNECT {
+        return refuse(None, Outcome::BadRequest, respond::connect_refused());
+    }
     let target = match Target::parse(head.raw_target) {
         Ok(t) => t,
         Err(e) => return refuse(None, Outcome::BadRequest, respond::bad_path(e)),

@@ -380,6 +380,24 @@ pub(crate) fn body_timeout(timeout: std::time::Duration) -> Reply {
     )
 }
 
+/// 405 for CONNECT: the gateway proxies requests, it opens no tunnels to
+/// arbitrary hosts. RFC 9110 §15.5.6: a 405 names the methods allowed.
+pub(crate) fn connect_refused() -> Reply {
+    let mut reply = json_reply(
+        405,
+        json!({
+            "error": "method_not_allowed",
+            "message": "the gateway does not proxy CONNECT",
+        }),
+    );
+    insert(
+        &mut reply.header,
+        http::header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"),
+    );
+    reply
+}
+
 /// Any other failure the proxy reports (e.g. a malformed request Pingora refused).
 pub(crate) fn generic_error(status: u16) -> Reply {
     let reason = http::StatusCode::from_u16(status)

@@ -65,6 +65,7 @@ on_both_paths!(
     a_request_with_two_content_lengths_smuggles_nothing,
     a_request_with_an_invalid_chunk_size_smuggles_nothing,
     a_request_that_names_no_host_is_refused_before_any_rule,
+    a_connect_request_is_refused_with_405_json_naming_the_allowed_methods,
     a_transfer_coding_other_than_chunked_is_refused_with_501,
     a_repeated_content_length_goes_upstream_as_one,
     an_upstream_that_never_answers_is_a_504_json,
@@ -684,6 +685,27 @@ async fn a_request_that_names_no_host_is_refused_before_any_rule(path: &str) {
         let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
         assert_eq!(body["reason"], "missing_host", "{request:?}");
     }
+    assert!(upstream.heads().is_empty());
+}
+
+async fn a_connect_request_is_refused_with_405_json_naming_the_allowed_methods(path: &str) {
+    let upstream = Scripted::answering(|_| ok("ok")).await;
+    let gw = gateway(path, upstream.addr).await;
+    let mut client = Client::connect(gw.addr).await;
+    let answer = client
+        .exchange("CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n")
+        .await;
+    assert_eq!(answer.status(), 405, "{answer:?}");
+    let allow = answer.head.header("allow").unwrap_or_default();
+    assert!(
+        allow.contains("GET") && !allow.contains("CONNECT"),
+        "{answer:?}"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["error"], "method_not_allowed");
+    // What a client sends next would be a tunnel's bytes: not read as a
+    // request.
+    assert_eq!(client.rest().await, b"", "closed after the refusal");
     assert!(upstream.heads().is_empty());
 }
 

@@ -93,6 +93,9 @@ impl Front {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
         options.h2_idle_timeout = Some(idle_timeout);
+        // CONNECT reaches admission, which refuses it in JSON with `Allow`
+        // (Pingora's own refusal is an empty 405); nothing is tunnelled.
+        options.allow_connect_method_proxying = true;
         proxy.server_options = Some(options);
         Front {
             proxy: Arc::new(proxy),

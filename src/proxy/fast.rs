@@ -173,7 +173,7 @@ impl FastLoop {
         };
         let refusal = match read {
             Ok(true) if session.req_header().method != Method::CONNECT => return true,
-            Ok(true) => Some(respond::generic_error(405)),
+            Ok(true) => Some(respond::connect_refused()),
             Ok(false) => None,
             Err(e) if matches!(e.etype(), ErrorType::InvalidHTTPHeader) => {
                 Some(respond::generic_error(400))

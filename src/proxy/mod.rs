@@ -500,6 +500,11 @@ impl Gateway {
         {
             session.req_header_mut().remove_header(&UPGRADE);
         }
+        // What follows a CONNECT on the connection is a tunnel's bytes, not
+        // a next request.
+        if session.req_header().method == http::Method::CONNECT {
+            session.set_keepalive(None);
+        }
         let rt = self.shared.snapshot.load_full();
         let peer = peer_ip(session);
         let req = session.req_header();
