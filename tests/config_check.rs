@@ -145,6 +145,21 @@ fn an_empty_admin_token_is_refused() {
     assert!(problem.message.contains("let anyone in"), "{problem:?}");
 }
 
+/// `run` could not open it; `check` must not pass it.
+#[test]
+fn an_access_log_path_that_is_a_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let text = with_a_rule("access_log: { format: json, path: logs }");
+    let error = load_str(&text, &dir.path().join("t.yaml")).unwrap_err();
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert_eq!(error.problems[0].path, "access_log.path");
+    assert!(
+        error.problems[0].message.contains("is a directory"),
+        "{error}"
+    );
+}
+
 const EMPTY_FILE: &str = "the file is empty";
 
 #[test]

@@ -247,6 +247,12 @@ pub(super) fn compile_access_log(
                     "access_log.path",
                     format!("{} is not a directory", dir.display()),
                 );
+            } else if path.is_dir() {
+                // `run` would fail opening it; `check` says so first.
+                c.error(
+                    "access_log.path",
+                    format!("{} is a directory, not a file", path.display()),
+                );
             }
             LogTarget::File(path)
         }
