@@ -242,7 +242,18 @@ pub(crate) fn compile(
             .map(|r| (r.pattern.clone(), r.conditions.clone()))
             .collect(),
     );
-    let routes = c.check("rules", routes);
+    // Each glob compiles on its own (its rule's errors name it); together
+    // they can still pass the matcher's size bound.
+    let routes = c.check(
+        "rules",
+        routes.map_err(|e| {
+            format!(
+                "the path patterns of the {} rules are too large to match together ({e}): \
+                 use fewer rules, or fewer alternatives ({{a,b}}) and character classes per pattern",
+                rules.len()
+            )
+        }),
+    );
     if let Some(routes) = routes.as_ref().filter(|_| rules.len() == input.rules.len()) {
         warn_shadowed(&mut c, &rules, routes);
     }
