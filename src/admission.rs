@@ -142,6 +142,12 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
     if *head.method == Method::CONNECT {
         return refuse(None, Outcome::BadRequest, respond::connect_refused());
     }
+    // `post` is not `POST` (RFC 9110 §9.1) and matches no `methods: [POST]`,
+    // but frameworks that read methods without case would serve it as one:
+    // a way past a method's limits. nginx refuses it too.
+    if head.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return refuse(None, Outcome::BadRequest, respond::lowercase_method());
+    }
     let target = match Target::parse(head.raw_target) {
         Ok(t) => t,
         Err(e) => return refuse(None, Outcome::BadRequest, respond::bad_path(e)),

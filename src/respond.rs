@@ -398,6 +398,18 @@ pub(crate) fn connect_refused() -> Reply {
     reply
 }
 
+/// 400 for a method in lower case (see `admission::admit`).
+pub(crate) fn lowercase_method() -> Reply {
+    json_reply(
+        400,
+        json!({
+            "error": "bad_request",
+            "reason": "lowercase_method",
+            "message": "methods are case-sensitive: send them in upper case (RFC 9110 §9.1)",
+        }),
+    )
+}
+
 /// Any other failure the proxy reports (e.g. a malformed request Pingora refused).
 pub(crate) fn generic_error(status: u16) -> Reply {
     let reason = http::StatusCode::from_u16(status)

@@ -66,6 +66,7 @@ on_both_paths!(
     a_request_with_an_invalid_chunk_size_smuggles_nothing,
     a_request_that_names_no_host_is_refused_before_any_rule,
     a_connect_request_is_refused_with_405_json_naming_the_allowed_methods,
+    a_method_in_lower_case_is_refused_rather_than_routed_past_method_rules,
     a_transfer_coding_other_than_chunked_is_refused_with_501,
     a_repeated_content_length_goes_upstream_as_one,
     an_upstream_that_never_answers_is_a_504_json,
@@ -706,6 +707,21 @@ async fn a_connect_request_is_refused_with_405_json_naming_the_allowed_methods(p
     // What a client sends next would be a tunnel's bytes: not read as a
     // request.
     assert_eq!(client.rest().await, b"", "closed after the refusal");
+    assert!(upstream.heads().is_empty());
+}
+
+/// `post` matches no `methods: [POST]` rule, yet an upstream that reads
+/// methods without case would serve it as a POST.
+async fn a_method_in_lower_case_is_refused_rather_than_routed_past_method_rules(path: &str) {
+    let upstream = Scripted::answering(|_| ok("ok")).await;
+    let gw = gateway(path, upstream.addr).await;
+    let answer = Client::connect(gw.addr)
+        .await
+        .exchange("post /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        .await;
+    assert_eq!(answer.status(), 400, "{answer:?}");
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["reason"], "lowercase_method");
     assert!(upstream.heads().is_empty());
 }
 
