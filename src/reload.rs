@@ -452,6 +452,25 @@ fn watch_directories(
     Ok(watcher)
 }
 
+/// Which directory each watched name stands for now (device and inode of
+/// the file's directory and of its symlink target's): a change means a
+/// directory was replaced under the same name.
+fn directory_identities(files: &[&Path]) -> Vec<Option<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let identity = |dir: PathBuf| std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()));
+    files
+        .iter()
+        .flat_map(|&path| {
+            [
+                identity(parent_dir(path)),
+                std::fs::canonicalize(path)
+                    .ok()
+                    .and_then(|target| identity(parent_dir(&target))),
+            ]
+        })
+        .collect()
+}
+
 fn parent_dir(path: &Path) -> std::path::PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -483,7 +502,8 @@ impl BackgroundService for ConfigWatcher {
         let files: Vec<&Path> = std::iter::once(self.shared.config_path.as_path())
             .chain(named.iter().map(PathBuf::as_path))
             .collect();
-        let _watcher = match watch_directories(&files, tx) {
+        let mut watched = directory_identities(&files);
+        let mut _watcher = match watch_directories(&files, tx.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(
@@ -532,6 +552,21 @@ impl BackgroundService for ConfigWatcher {
                     debounce(&mut rx).await;
                     if self.shared.snapshot.load().server.watch {
                         reload(&self.shared, Trigger::File).await;
+                    }
+                    // A directory swapped in under the watched one's name
+                    // (`mv conf.new conf`): the watch went with the old one.
+                    let now = directory_identities(&files);
+                    if _watcher.is_some() && now != watched {
+                        match watch_directories(&files, tx.clone()) {
+                            Ok(w) => {
+                                _watcher = Some(w);
+                                watched = now;
+                            }
+                            // The old watch stays; its next event tries again.
+                            Err(e) => tracing::warn!(
+                                "cannot watch the config's new directory, reload with SIGHUP or POST /-/reload: {e}"
+                            ),
+                        }
                     }
                 }
                 Some(()) = hup => {

@@ -850,6 +850,57 @@ async fn sighup_reloads_the_config() {
     assert_eq!(get("/a").await, 404);
 }
 
+/// `mv conf conf.old; mv conf.new conf`: the watch followed the old
+/// directory, and edits in the new one went unseen.
+#[tokio::test]
+async fn edits_are_followed_after_the_config_directory_is_swapped() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let path = conf.join("config.yaml");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    let render = |rules: &str| common::render(&config(true, rules), addr, admin, upstream.addr);
+    std::fs::write(&path, render(RULE_A)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let process = Process { child, addr };
+    common::wait_listening(process.addr).await;
+    common::wait_watching(admin).await;
+    let get = |p: &'static str| async move {
+        client()
+            .get(format!("http://{}{p}", process.addr))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let fresh = dir.path().join("conf.new");
+    std::fs::create_dir(&fresh).unwrap();
+    std::fs::write(fresh.join("config.yaml"), render(RULE_B)).unwrap();
+    std::fs::rename(&conf, dir.path().join("conf.old")).unwrap();
+    std::fs::rename(&fresh, &conf).unwrap();
+    eventually(Duration::from_secs(5), "the swap is applied", || async {
+        get("/b").await == 200
+    })
+    .await;
+    // Edited in place in the directory swapped in.
+    let both = format!("{RULE_A}{RULE_B}");
+    std::fs::write(&path, render(&both)).unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the edit after the swap is applied",
+        || async { get("/a").await == 200 },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_redis_password_appears_in_no_reload_answer_config_page_check_output_or_log() {
     let upstream = Upstream::start().await;
