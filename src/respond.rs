@@ -164,11 +164,17 @@ pub(crate) fn too_large(rule: &Rule, max: u64) -> Reply {
     )
 }
 
-/// A request framed in a way the gateway does not pass on.
+/// A request framed in a way the gateway does not pass on: the client's
+/// mistake (400), or a coding the gateway does not implement (501).
 pub(crate) fn bad_framing(status: u16, reason: &str, message: &str) -> Reply {
+    let error = if status == 501 {
+        "not_implemented"
+    } else {
+        "bad_request"
+    };
     json_reply(
         status,
-        json!({ "error": "bad_request", "reason": reason, "message": message }),
+        json!({ "error": error, "reason": reason, "message": message }),
     )
 }
 

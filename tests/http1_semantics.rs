@@ -735,6 +735,7 @@ async fn a_transfer_coding_other_than_chunked_is_refused_with_501(path: &str) {
     let answer = Client::connect(gw.addr).await.exchange(request).await;
     assert_eq!(answer.status(), 501, "{answer:?}");
     let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["error"], "not_implemented");
     assert_eq!(body["reason"], "unsupported_transfer_coding");
     assert!(upstream.heads().is_empty());
 }
