@@ -327,7 +327,8 @@ fn parse<T: DeserializeOwned>(text: &str, source: &SourceMap) -> Result<T, Probl
 }
 
 /// serde-saphyr appends " at line N column M" (we report the position
-/// ourselves) and, for duplicate keys, advice meant for programmers.
+/// ourselves) and, for duplicate keys and empty values, advice meant for
+/// programmers.
 fn strip_location(message: &str) -> String {
     let message = message
         .rfind(" at line ")
@@ -335,5 +336,12 @@ fn strip_location(message: &str) -> String {
     let message = message
         .find(", set DuplicateKeyPolicy")
         .map_or(message, |cut| &message[..cut]);
-    message.to_string()
+    let message = message
+        .find("; use Option<")
+        .map_or(message, |cut| &message[..cut]);
+    // `name:` with nothing after it.
+    match message.strip_prefix("cannot deserialize null into ") {
+        Some(expected) => format!("a value is missing here (expected a {expected})"),
+        None => message.to_string(),
+    }
 }
