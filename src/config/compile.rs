@@ -195,11 +195,14 @@ pub(crate) fn compile(
     let store = compile_store(&mut c, &input.store);
     let mut upstream_index = HashMap::new();
     let mut upstreams = Vec::new();
+    // `None`: defined, but it did not compile (its problems are reported;
+    // a rule naming it adds none).
     for (name, upstream) in &input.upstreams {
-        if let Some(u) = compile_upstream(&mut c, name, upstream) {
-            upstream_index.insert(name.as_str(), upstreams.len());
+        let compiled = compile_upstream(&mut c, name, upstream).map(|u| {
             upstreams.push(u);
-        }
+            upstreams.len() - 1
+        });
+        upstream_index.insert(name.as_str(), compiled);
     }
     if input.rules.is_empty() {
         c.error(
@@ -1277,7 +1280,7 @@ fn digest_listed_keys(list: &mut [ConsumerInput]) {
 fn compile_rules(
     c: &mut Compiler<'_>,
     input: &ConfigInput,
-    upstreams: &HashMap<&str, usize>,
+    upstreams: &HashMap<&str, Option<usize>>,
     plans: &CompiledPlans,
     consumers_configured: bool,
 ) -> Vec<Rule> {
@@ -1426,7 +1429,7 @@ fn compile_rule(
     base: &str,
     r: &RuleInput,
     server: &ServerInput,
-    upstreams: &HashMap<&str, usize>,
+    upstreams: &HashMap<&str, Option<usize>>,
 ) -> Option<Rule> {
     let pattern = compile_path_pattern(c, &format!("{base}.match.path"), &r.matches.path);
     let mut methods = Vec::new();
@@ -1496,7 +1499,7 @@ fn compile_rule(
         name: r.name.clone(),
         pattern: pattern?,
         conditions: RouteConditions { methods, host },
-        upstream: upstream?,
+        upstream: upstream??,
         limits,
         plan_limits: None,
         needs_consumer: false,
