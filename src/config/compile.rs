@@ -1307,13 +1307,12 @@ fn compile_rules(
                     },
                 );
             check_plan_limits(c, &base, &rule);
-            let keyed_by_consumer = rule.limits.iter().any(|l| {
-                l.key
-                    .0
-                    .iter()
-                    .any(|p| matches!(p, KeyPart::Consumer | KeyPart::JwtClaim { .. }))
-            });
-            if keyed_by_consumer && !consumers_configured {
+            let keyed_by =
+                |part: fn(&KeyPart) -> bool| rule.limits.iter().any(|l| l.key.0.iter().any(part));
+            let keyed_by_consumer =
+                keyed_by(|p| matches!(p, KeyPart::Consumer | KeyPart::JwtClaim { .. }));
+            // A `jwt_claim` key without `consumers.jwt` has its own problem.
+            if keyed_by(|p| matches!(p, KeyPart::Consumer)) && !consumers_configured {
                 c.error(
                     format!("{base}.limits"),
                     "`key: consumer` needs `consumers:` (who is on which plan)",
