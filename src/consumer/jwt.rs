@@ -302,12 +302,21 @@ impl JwtVerifier {
             _ => TokenError::Malformed,
         })?;
         let claims = data.claims;
-        let time = |name: &str| claims.get(name).and_then(Value::as_u64);
-        let expires = time("exp").ok_or(TokenError::MissingClaim)?;
+        // NumericDates may have fractions (RFC 7519 §2); a time that is not
+        // a number is malformed, never ignored.
+        let time = |name: &str| match claims.get(name) {
+            None => Ok(None),
+            // Saturating: a negative time is 0, a huge one u64::MAX.
+            Some(value) => value
+                .as_f64()
+                .map(|seconds| Some(seconds as u64))
+                .ok_or(TokenError::Malformed),
+        };
+        let expires = time("exp")?.ok_or(TokenError::MissingClaim)?;
         if now > expires.saturating_add(s.leeway) {
             return Err(TokenError::Expired);
         }
-        if time("nbf").is_some_and(|nbf| nbf > now.saturating_add(s.leeway)) {
+        if time("nbf")?.is_some_and(|nbf| nbf > now.saturating_add(s.leeway)) {
             return Err(TokenError::NotYetValid);
         }
         let id = claim_text(&claims, &s.consumer_claim).ok_or(TokenError::MissingClaim)?;
@@ -366,7 +375,17 @@ fn base_validation(settings: &JwtSettings, alg: Algorithm) -> Validation {
     validation.algorithms.clear();
     validation.validate_exp = false;
     validation.validate_nbf = false;
-    validation.required_spec_claims.clear();
+    // jsonwebtoken checks `iss` and `aud` only when the token has them: a
+    // token without them (or with a number for one) would pass the check
+    // the settings ask for.
+    let mut required = Vec::new();
+    if settings.issuer.is_some() {
+        required.push("iss");
+    }
+    if settings.audience.is_some() {
+        required.push("aud");
+    }
+    validation.set_required_spec_claims(&required);
     validation.leeway = 0;
     if let Some(issuer) = &settings.issuer {
         validation.set_issuer(&[issuer]);
@@ -514,6 +533,40 @@ mod tests {
         for (token, reason) in cases {
             assert_eq!(hs256().verify(&token, NOW).err(), Some(reason), "{token}");
         }
+    }
+
+    fn without(claim: &'static str) -> impl FnOnce(&mut serde_json::Value) {
+        move |c| {
+            if let Some(claims) = c.as_object_mut() {
+                claims.remove(claim);
+            }
+        }
+    }
+
+    /// jsonwebtoken checks `iss` and `aud` only when a token has them.
+    #[test]
+    fn a_token_without_the_issuer_or_audience_the_settings_ask_for_is_refused() {
+        for claims in [
+            with(without("aud")),
+            with(without("iss")),
+            with(|c| c["aud"] = json!(7)),
+            with(|c| c["iss"] = json!(7)),
+        ] {
+            let refused = hs256().verify(&token(claims.clone(), b"s3cret"), NOW);
+            assert_eq!(refused.err(), Some(TokenError::MissingClaim), "{claims}");
+        }
+    }
+
+    #[test]
+    fn token_times_may_have_fractions_but_must_be_numbers() {
+        let fraction = with(|c| c["exp"] = json!(NOW as f64 + 60.5));
+        assert!(hs256().verify(&token(fraction, b"s3cret"), NOW).is_ok());
+        let later = with(|c| c["nbf"] = json!(NOW as f64 + 3600.5));
+        let refused = hs256().verify(&token(later, b"s3cret"), NOW);
+        assert_eq!(refused.err(), Some(TokenError::NotYetValid));
+        let text = with(|c| c["nbf"] = json!("9999999999"));
+        let refused = hs256().verify(&token(text, b"s3cret"), NOW);
+        assert_eq!(refused.err(), Some(TokenError::Malformed));
     }
 
     #[test]
