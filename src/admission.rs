@@ -495,6 +495,14 @@ pub(crate) fn identify<'c>(
         let token =
             identity::bearer_jwt(facts.headers).map_err(|_| Unidentified::ConflictingKeys)?;
         if let Some(token) = token {
+            // An API key beside the token names another consumer: counted
+            // as the token's while an upstream that reads the key serves
+            // the key's, a client would pick its bucket.
+            let key =
+                identity::request_api_key(facts).map_err(|_| Unidentified::ConflictingKeys)?;
+            if key.is_some_and(|key| *key != *token.as_bytes()) {
+                return Err(Unidentified::ConflictingKeys);
+            }
             return verifier
                 .verify(token, jwt::unix_now())
                 .map(Who::Token)

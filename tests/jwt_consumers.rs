@@ -260,6 +260,26 @@ async fn an_api_key_where_a_token_is_expected_is_refused_as_an_unknown_key() {
     assert_eq!(answer.status(), 401);
 }
 
+/// Counted as the token's consumer while an upstream that reads the key
+/// serves the key's: a client would pick the bucket it is counted in.
+#[tokio::test]
+async fn a_token_beside_an_api_key_is_refused_as_conflicting() {
+    let upstream = Upstream::start().await;
+    let key = ec_key("ec-1");
+    let gw = start(&[&key], &upstream).await;
+    let answer = client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(sign(&key, &claims("mallory", "free")))
+        .header("x-api-key", "pro-key-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "conflicting_key", "{body}");
+    assert_eq!(upstream.count(), 0);
+}
+
 #[test]
 fn a_jwks_that_does_not_parse_is_refused_with_its_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
