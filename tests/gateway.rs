@@ -1138,3 +1138,48 @@ async fn a_declined_websocket_upgrade_with_a_chunked_body_is_relayed_whole() {
         .collect();
     assert_eq!(text, "first part, second part, last part");
 }
+
+/// A failed request's warning names it without its query, where API keys
+/// travel (on both request paths).
+#[tokio::test]
+async fn a_proxy_failure_is_logged_without_the_query_and_its_api_key() {
+    for path in ["fast", "pingora"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yaml");
+        let log = dir.path().join("stderr.log");
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+        let admin: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+        // Nothing listens there: every request fails with a 502.
+        let closed: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+        let yaml = format!(
+            "{}  http1_path: {path}\n  api_key: {{ query: api_key }}\n{}rules:\n  - {{ name: all, match: {{ path: \"/**\" }}, upstream: api }}\n",
+            common::SERVER,
+            common::upstreams("api")
+        );
+        std::fs::write(&config, common::render(&yaml, addr, admin, closed)).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["run", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "debug")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        common::wait_listening(addr).await;
+        let answer = client()
+            .get(format!(
+                "http://{addr}/search?q=x&api_key=s3cr3t-live-key-1"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 502, "{path}");
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("GET /search"),
+            "{path}: the failure is logged: {text}"
+        );
+        assert!(!text.contains("s3cr3t-live-key-1"), "{path}: {text}");
+    }
+}

@@ -208,9 +208,17 @@ impl FastLoop {
             // The upstream's or the gateway's failures are worth a warning;
             // a client that left or sent too much is not.
             if status >= 500 {
-                tracing::warn!(status, "could not proxy {}: {e}", session.request_summary());
+                tracing::warn!(
+                    status,
+                    "could not proxy {}: {e}",
+                    super::request_summary(session)
+                );
             } else {
-                tracing::debug!(status, "could not proxy {}: {e}", session.request_summary());
+                tracing::debug!(
+                    status,
+                    "could not proxy {}: {e}",
+                    super::request_summary(session)
+                );
             }
         }
         self.gateway.finish(session, error.as_deref(), ctx).await;
@@ -230,7 +238,11 @@ impl FastLoop {
             let (reuse, error) = self.attempt(session, ctx).await;
             match error {
                 Some(e) if e.retry() && attempts < MAX_ATTEMPTS => {
-                    tracing::debug!(attempts, "retrying {}: {e}", session.request_summary());
+                    tracing::debug!(
+                        attempts,
+                        "retrying {}: {e}",
+                        super::request_summary(session)
+                    );
                 }
                 error => return (reuse, error),
             }

@@ -249,6 +249,26 @@ struct TunnelStart {
     extensions: bool,
 }
 
+/// The request as error and debug lines name it: method, path and host,
+/// each cut short, and never the query, where API keys travel.
+pub(super) fn request_summary(session: &ServerSession) -> String {
+    const MAX: usize = 256;
+    let req = session.req_header();
+    let path = req.uri.path();
+    let host = req
+        .headers
+        .get(HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()))
+        .unwrap_or_default();
+    let cut = |text: &str| -> String { text.chars().take(MAX).collect() };
+    format!(
+        "{} {}, Host: {}",
+        cut(req.method.as_str()),
+        cut(path),
+        cut(&host)
+    )
+}
+
 fn peer_ip(session: &ServerSession) -> IpAddr {
     session
         .client_addr()
@@ -887,9 +907,16 @@ impl ProxyHttp for Gateway {
     fn suppress_error_log(&self, session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
         let clients = *e.esource() == ErrorSource::Downstream || ctx.failure_status == 408;
         if clients {
-            tracing::debug!("could not proxy {}: {e}", session.request_summary());
+            tracing::debug!(
+                "could not proxy {}: {e}",
+                request_summary(session.as_downstream())
+            );
         }
         clients
+    }
+
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        request_summary(session.as_downstream())
     }
 
     async fn fail_to_proxy(
