@@ -26,6 +26,9 @@ use crate::route::{HostError, PathError, Target};
 use crate::snapshot::{Rule, RuleLimit, Snapshot};
 use crate::websocket::is_websocket_request;
 
+/// The longest method taken (the longest registered one has 17 characters).
+pub(crate) const MAX_METHOD_BYTES: usize = 32;
+
 /// The parts of a request head admission reads.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RequestHead<'a> {
@@ -146,7 +149,17 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
     // but frameworks that read methods without case would serve it as one:
     // a way past a method's limits. nginx refuses it too.
     if head.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-        return refuse(None, Outcome::BadRequest, respond::lowercase_method());
+        let reply = respond::bad_method(
+            "lowercase_method",
+            "methods are case-sensitive: send them in upper case (RFC 9110 §9.1)",
+        );
+        return refuse(None, Outcome::BadRequest, reply);
+    }
+    // Registered methods are at most 17 characters; a longer token would
+    // only be logged and forwarded whole.
+    if head.method.as_str().len() > MAX_METHOD_BYTES {
+        let reply = respond::bad_method("method_too_long", "a method is at most 32 characters");
+        return refuse(None, Outcome::BadRequest, reply);
     }
     let target = match Target::parse(head.raw_target) {
         Ok(t) => t,

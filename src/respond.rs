@@ -404,15 +404,11 @@ pub(crate) fn connect_refused() -> Reply {
     reply
 }
 
-/// 400 for a method in lower case (see `admission::admit`).
-pub(crate) fn lowercase_method() -> Reply {
+/// 400 for a method the gateway does not pass on (see `admission::admit`).
+pub(crate) fn bad_method(reason: &str, message: &str) -> Reply {
     json_reply(
         400,
-        json!({
-            "error": "bad_request",
-            "reason": "lowercase_method",
-            "message": "methods are case-sensitive: send them in upper case (RFC 9110 §9.1)",
-        }),
+        json!({ "error": "bad_request", "reason": reason, "message": message }),
     )
 }
 

@@ -312,6 +312,8 @@ pub(crate) enum HostError {
     Missing,
     #[error("the request carries more than one Host header")]
     Repeated,
+    #[error("the host is longer than a DNS name may be (253 characters; 260 with a trailing dot and a port)")]
+    TooLong,
     #[error("the host has an empty label (a leading dot, '..', or more than one trailing dot)")]
     EmptyLabel,
     #[error("the host has a character other than a letter, a digit, '-', '_' or '.'")]
@@ -328,6 +330,7 @@ impl HostError {
         match self {
             HostError::Missing => "missing_host",
             HostError::Repeated => "repeated_host",
+            HostError::TooLong => "host_too_long",
             HostError::EmptyLabel => "host_empty_label",
             HostError::Character => "host_bad_character",
             HostError::IpLiteral => "host_bad_ip_literal",
@@ -365,6 +368,10 @@ impl fmt::Display for NormalHost<'_> {
     }
 }
 
+/// The longest `Host` taken: a DNS name (253), one trailing dot, a colon
+/// and a five-digit port.
+pub(crate) const MAX_HOST_BYTES: usize = 253 + 1 + 1 + 5;
+
 /// The canonical form of a `Host` value (or a target's authority):
 /// `API.Example.com.:8080` is `api.example.com` port 8080, `[0::1]` is
 /// `[::1]`. Anything that is not a DNS-style name, an IPv4 address or a
@@ -372,6 +379,11 @@ impl fmt::Display for NormalHost<'_> {
 /// trailing dots, user info, percent-escapes, bytes outside ASCII. An empty
 /// value stays empty. Borrowed when nothing changes, the common case.
 pub(crate) fn normalize_host(raw: &[u8]) -> Result<NormalHost<'_>, HostError> {
+    // A name of 253 (RFC 1035), a dot, a colon and a port: a longer one is
+    // no host, and would be logged and forwarded whole.
+    if raw.len() > MAX_HOST_BYTES {
+        return Err(HostError::TooLong);
+    }
     let text = std::str::from_utf8(raw).map_err(|_| HostError::Character)?;
     let (name, port_text) = match text.strip_prefix('[') {
         Some(rest) => {

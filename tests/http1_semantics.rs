@@ -67,6 +67,7 @@ on_both_paths!(
     a_request_that_names_no_host_is_refused_before_any_rule,
     a_connect_request_is_refused_with_405_json_naming_the_allowed_methods,
     a_method_in_lower_case_is_refused_rather_than_routed_past_method_rules,
+    a_host_or_method_longer_than_any_real_one_is_refused,
     a_transfer_coding_other_than_chunked_is_refused_with_501,
     a_repeated_content_length_goes_upstream_as_one,
     an_upstream_that_never_answers_is_a_504_json,
@@ -722,6 +723,28 @@ async fn a_method_in_lower_case_is_refused_rather_than_routed_past_method_rules(
     assert_eq!(answer.status(), 400, "{answer:?}");
     let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
     assert_eq!(body["reason"], "lowercase_method");
+    assert!(upstream.heads().is_empty());
+}
+
+/// No DNS name is longer than 253 characters and no registered method than
+/// 17: longer ones would only be forwarded and logged whole.
+async fn a_host_or_method_longer_than_any_real_one_is_refused(path: &str) {
+    let upstream = Scripted::answering(|_| ok("ok")).await;
+    let gw = gateway(path, upstream.addr).await;
+    let long_host = format!(
+        "GET /x HTTP/1.1\r\nHost: {}.example\r\n\r\n",
+        "a".repeat(300)
+    );
+    let long_method = format!("{} /x HTTP/1.1\r\nHost: t\r\n\r\n", "X".repeat(40));
+    for (request, reason) in [
+        (long_host, "host_too_long"),
+        (long_method, "method_too_long"),
+    ] {
+        let answer = Client::connect(gw.addr).await.exchange(&request).await;
+        assert_eq!(answer.status(), 400, "{reason}: {answer:?}");
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(body["reason"], reason);
+    }
     assert!(upstream.heads().is_empty());
 }
 

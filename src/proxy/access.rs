@@ -142,12 +142,17 @@ pub(super) fn log_entry<'a>(
         time: std::time::SystemTime::now(),
         request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
         client_ip,
-        method: req.method.as_str(),
+        // Too long to be a method or a host, they were refused: a log line
+        // never carries them whole.
+        method: Some(req.method.as_str())
+            .filter(|m| m.len() <= crate::admission::MAX_METHOD_BYTES)
+            .unwrap_or("-"),
         host: req
             .headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str())),
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .filter(|h| h.len() <= crate::route::MAX_HOST_BYTES),
         path: log_path(req.raw_path()),
         protocol: match req.version {
             http::Version::HTTP_10 => "HTTP/1.0",
