@@ -144,7 +144,10 @@ impl Entry<'_> {
     }
 
     /// `time ip "METHOD path PROTO" status bytes_out ms rule=.. outcome=..`,
-    /// then what is known of limit, consumer, upstream server and id.
+    /// then what is known of limit, consumer, upstream server and id. What a
+    /// client chose (the path, a token's consumer id, a request id) is
+    /// escaped: a quote, a space in a field or a line break of theirs would
+    /// forge fields or whole lines.
     fn text(&self) -> String {
         use std::fmt::Write as _;
         let mut line = format!(
@@ -152,7 +155,7 @@ impl Entry<'_> {
             humantime::format_rfc3339_millis(self.time),
             self.client_ip,
             self.method,
-            self.path,
+            escaped(&self.path),
             self.protocol,
             self.status,
             self.bytes_out,
@@ -164,7 +167,7 @@ impl Entry<'_> {
             let _ = write!(line, " limit={}", limit.name);
         }
         if let Some(consumer) = self.consumer {
-            let _ = write!(line, " consumer={consumer}");
+            let _ = write!(line, " consumer={}", escaped(consumer));
         }
         if let Some(server) = self.server {
             let _ = write!(line, " upstream={server}");
@@ -173,10 +176,29 @@ impl Entry<'_> {
             line.push_str(" websocket");
         }
         if let Some(id) = self.request_id {
-            let _ = write!(line, " id={id}");
+            let _ = write!(line, " id={}", escaped(id));
         }
         line
     }
+}
+
+/// `text` as one space-free token of the text format: quotes, backslashes,
+/// control characters and spaces escaped (`\"`, `\\`, `\n`, `\u{20}`).
+fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if text
+        .chars()
+        .all(|c| !c.is_control() && !matches!(c, '"' | '\\' | ' '))
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            ' ' => out.push_str("\\u{20}"),
+            c => out.extend(c.escape_debug()),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The writer of the log: a bounded queue and the thread that empties it.
@@ -430,6 +452,22 @@ mod tests {
             line,
             "2023-11-14T22:13:20.123Z 192.0.2.1 \"GET /v1/orders HTTP/1.1\" 429 80 1.234ms rule=api outcome=limited limit=per-ip consumer=acme id=abc"
         );
+    }
+
+    #[test]
+    fn what_a_client_chose_cannot_forge_a_text_line_or_field() {
+        let forged = "eve\n2026-01-01T00:00:00.000Z 10.9.9.9 \"DELETE /admin HTTP/1.1\" 200";
+        let entry = Entry {
+            path: "/a\"b".into(),
+            consumer: Some(forged),
+            request_id: Some("x y"),
+            ..entry()
+        };
+        let line = entry.line(AccessLogFormat::Text).unwrap();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("\"GET /a\\\"b HTTP/1.1\""), "{line}");
+        assert!(line.contains(" consumer=eve\\n2026"), "{line}");
+        assert!(line.ends_with(" id=x\\u{20}y"), "{line}");
     }
 
     #[test]
