@@ -161,7 +161,7 @@ impl FastLoop {
     }
 
     /// Reads the next request head: `false` when the connection ends
-    /// instead (closed, malformed, a shutdown began, or a `CONNECT`).
+    /// instead (closed, malformed, or a shutdown began).
     async fn read_request(&self, session: &mut ServerSession, shutdown: &ShutdownWatch) -> bool {
         let mut stopping = shutdown.clone();
         let read = tokio::select! {
@@ -172,8 +172,8 @@ impl FastLoop {
             () = tunnel::shutdown_begins(&mut stopping) => return false,
         };
         let refusal = match read {
-            Ok(true) if session.req_header().method != Method::CONNECT => return true,
-            Ok(true) => Some(respond::connect_refused()),
+            // A CONNECT too: admission refuses it, logged like any request.
+            Ok(true) => return true,
             Ok(false) => None,
             Err(e) if matches!(e.etype(), ErrorType::InvalidHTTPHeader) => {
                 Some(respond::generic_error(400))
