@@ -134,6 +134,9 @@ async fn run(
     let mut headers = HeaderMap::new();
     let mut last_sweep = requests.first().map_or(0, |r| r.at);
     for (n, request) in requests.iter().enumerate() {
+        if n > 0 && n.is_multiple_of(1_000_000) {
+            progress(&format!("{n} of {} requests replayed", requests.len()));
+        }
         time.store(request.at, Ordering::Relaxed);
         held.release_until(request.at);
         if request.at.saturating_sub(last_sweep) >= SWEEP_EVERY {
@@ -157,6 +160,13 @@ async fn run(
         };
         let recorded = recorded_verdict(request);
         tally.recorded(request, recorded, recorded_key(rt, request));
+        // Refused for its shape before any rule (no host, its framing, its
+        // method): no config routes it, and what made it so (a missing
+        // Host, its Transfer-Encoding) is not in the log.
+        if request.outcome == Outcome::BadRequest && request.rule.is_none() {
+            tally.candidate(request, (None, None), Verdict::Refused, None);
+            continue;
+        }
         match admission::admit(rt, &head, &limits).await {
             Admission::Reply(refusal) => {
                 let verdict = match refusal.outcome {
@@ -179,13 +189,6 @@ async fn run(
                 }
                 tally.candidate(request, (Some(admitted.rule), admitted.plan), verdict, None);
             }
-        }
-        if (n + 1).is_multiple_of(1_000_000) {
-            progress(&format!(
-                "{} of {} requests replayed",
-                n + 1,
-                requests.len()
-            ));
         }
     }
     tally
