@@ -197,6 +197,25 @@ async fn the_limit_endpoints_answer_bad_requests_with_json_4xx() {
     );
 }
 
+/// A raw non-ASCII byte right after `/-/limits` (clients do send them) is
+/// a JSON 404, not a panic of the admin thread.
+#[tokio::test]
+async fn a_non_ascii_byte_after_the_limits_path_is_a_json_404() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config("", ""), upstream.addr).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+    stream
+        .write_all(b"GET /-/limits\xc3\xa9 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("\"error\""), "{answer}");
+}
+
 #[tokio::test]
 async fn a_key_unknown_to_the_limit_is_a_404_and_a_fresh_one_has_its_whole_quota() {
     let upstream = Upstream::start().await;

@@ -42,13 +42,15 @@ pub(super) async fn handle(
         });
     }
     let rest = path.strip_prefix("/-/limits")?;
-    if rest.is_empty() || rest == "/" {
+    // `/-/limitsé`: not this endpoint (and not a char boundary to cut at).
+    let rest_segments = rest.strip_prefix('/').or(rest.is_empty().then_some(""))?;
+    if rest_segments.is_empty() {
         return Some(match *method {
             Method::GET => reply(StatusCode::OK, overview(shared, &rt).await),
             _ => not_allowed("GET"),
         });
     }
-    let segments: Vec<String> = match rest[1..].split('/').map(percent_decode).collect() {
+    let segments: Vec<String> = match rest_segments.split('/').map(percent_decode).collect() {
         Some(segments) => segments,
         None => {
             return Some(bad_request(
