@@ -246,24 +246,35 @@ pub(crate) fn shorten(mut message: String) -> String {
     message
 }
 
-/// Secrets written in the file: the passwords of URLs (`scheme://user:pass@`)
-/// and the admin token. Found by scanning the text, so they are known even when
-/// the YAML does not parse.
+/// The values of a URL query's `pass` and `password` parameters (how the
+/// redis crate takes a Unix socket's password).
+pub(crate) fn query_passwords(query: &str) -> impl Iterator<Item = &str> {
+    query.split('&').filter_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        matches!(name, "pass" | "password").then_some(value)
+    })
+}
+
+/// Secrets written in the file: the passwords of URLs (`scheme://user:pass@`,
+/// a password holding `/` too, and `?pass=` / `?password=`) and the admin
+/// token. Found by scanning the text, so they are known even when the YAML
+/// does not parse.
 fn secrets_in(text: &str) -> Vec<&str> {
     let mut secrets = Vec::new();
     let mut rest = text;
     while let Some(at) = rest.find("://") {
         rest = &rest[at + 3..];
-        let authority_end = rest
-            .find(|c: char| {
-                matches!(c, '/' | '?' | '#' | ',' | ']' | '}' | '"' | '\'') || c.is_whitespace()
-            })
+        let url_end = rest
+            .find(|c: char| matches!(c, ',' | ']' | '}' | '"' | '\'') || c.is_whitespace())
             .unwrap_or(rest.len());
-        if let Some(userinfo_end) = rest[..authority_end].rfind('@') {
+        let url = &rest[..url_end];
+        let (before_query, query) = url.split_once(['?', '#']).unwrap_or((url, ""));
+        if let Some(userinfo_end) = before_query.rfind('@') {
             let userinfo = &rest[..userinfo_end];
             let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
             secrets.extend([userinfo, password].into_iter().filter(|s| !s.is_empty()));
         }
+        secrets.extend(query_passwords(query).filter(|s| !s.is_empty()));
     }
     for line in text.lines() {
         if let Some(value) = line.trim_start().strip_prefix("admin_token:") {

@@ -914,16 +914,25 @@ impl redis::aio::ConnectionLike for AnyConnection {
     }
 }
 
-/// `url` with any user and password replaced, for logs and admin output.
+/// `url` with any user and password replaced, for logs and admin output:
+/// the user info (up to the last `@` before the query: a password may hold
+/// a `/`) and a `pass` or `password` query parameter (a Unix socket's).
 pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    let query_start = rest.find(['?', '#']).unwrap_or(rest.len());
+    let mut redacted = match rest[..query_start].rfind('@') {
         Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
         None => url.to_string(),
+    };
+    let query = rest[query_start..].trim_start_matches(['?', '#']);
+    for password in crate::config::query_passwords(query) {
+        if !password.is_empty() {
+            redacted = redacted.replace(password, "<redacted>");
+        }
     }
+    redacted
 }
 
 /// The script's name and parameters for an algorithm, times in microseconds
@@ -1136,6 +1145,18 @@ mod tests {
         assert_eq!(
             redact_url("redis+unix:///run/redis.sock"),
             "redis+unix:///run/redis.sock"
+        );
+    }
+
+    #[test]
+    fn a_password_with_a_slash_or_in_the_query_is_redacted() {
+        assert_eq!(
+            redact_url("redis://default:Ab3/xYz+9Q==@10.0.0.1:6379/0"),
+            "redis://<redacted>@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?pass=S3cretPW&db=1"),
+            "redis+unix:///run/redis.sock?pass=<redacted>&db=1"
         );
     }
 
