@@ -370,3 +370,59 @@ async fn a_top_keys_publish_cut_short_leaves_no_key_without_an_expiry() {
         .collect();
     assert!(forever.is_empty(), "keys without a TTL: {forever:?}");
 }
+
+/// A gateway that stopped publishing (restarted, scaled away) leaves the
+/// roll of publishers once its copy has long expired: the roll does not grow
+/// with every restart.
+#[tokio::test]
+async fn a_gateway_gone_for_long_leaves_the_roll_of_publishers() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let store = format!(
+        "store: {{ backend: redis, redis: {{ url: \"{}\" }}, on_error: allow }}",
+        redis.url()
+    );
+    let gw = Gateway::start(&config(&store, ""), upstream.addr).await;
+    let roll = || {
+        redis
+            .keys_and_ttls()
+            .into_iter()
+            .map(|(key, _)| key)
+            .find(|key| key.ends_with(":gateways"))
+    };
+    send_all(&gw, (0..5).map(|i| format!("client-{i}"))).await;
+    eventually(Duration::from_secs(10), "a roll of publishers", || {
+        let found = roll().is_some();
+        async move { found }
+    })
+    .await;
+    let roll = roll().unwrap();
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let members = |connection: &mut ::redis::Connection| -> Vec<String> {
+        ::redis::cmd("ZRANGE")
+            .arg(&roll)
+            .arg(0)
+            .arg(-1)
+            .query(connection)
+            .unwrap()
+    };
+    // A gateway that last published at the epoch.
+    let _: () = ::redis::cmd("ZADD")
+        .arg(&roll)
+        .arg(0)
+        .arg("long-gone")
+        .query(&mut connection)
+        .unwrap();
+    assert!(members(&mut connection).contains(&"long-gone".to_string()));
+    send_all(&gw, (5..10).map(|i| format!("client-{i}"))).await;
+    eventually(
+        Duration::from_secs(10),
+        "the next publish prunes it",
+        || {
+            let gone = !members(&mut connection).contains(&"long-gone".to_string());
+            async move { gone }
+        },
+    )
+    .await;
+}

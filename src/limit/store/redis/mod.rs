@@ -517,9 +517,16 @@ impl RedisStore {
         }
         publish.query_async::<()>(&mut connection).await?;
         let now = redis_now_micros(&mut connection).await? / 1000;
+        // Gateways that stopped publishing (restarted, scaled away) leave
+        // the roll once their copies have expired: it holds the live ones.
         redis::pipe()
             .atomic()
             .zadd(&roll, &self.inner.instance, now)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&roll)
+            .arg("-inf")
+            .arg(now - fresh_ms * 10)
             .ignore()
             .pexpire(&roll, fresh_ms * 10)
             .ignore()
