@@ -419,17 +419,51 @@ async fn redis_back_means_shared_limits_again_within_a_second() {
     redis.kill();
     statuses(&c, &gw.url("/local"), 5).await;
     redis.restart();
-    // Redis restarted empty: a request decided there leaves its key.
+    // Redis restarted empty: a request decided there leaves its key (beside
+    // the breaker's probe, a write that expires at once).
     let back = Instant::now();
     eventually(Duration::from_secs(1), "limits shared again", || async {
         let _ = c.get(gw.url("/local")).send().await;
-        redis.keys_and_ttls().len() == 1
+        redis
+            .keys_and_ttls()
+            .iter()
+            .filter(|(key, _)| !key.contains(":probe:"))
+            .count()
+            == 1
     })
     .await;
     eprintln!(
         "shared limits again {:?} after Redis answered",
         back.elapsed()
     );
+}
+
+/// A Redis that answers PING but refuses every write (out of memory with
+/// noeviction, a read-only replica) decides nothing: the breaker stays open
+/// and `/readyz` says the store is down.
+#[tokio::test]
+async fn a_redis_that_refuses_every_write_is_not_healthy() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&failover(&redis.url()), upstream.addr).await;
+    let c = client_from("127.0.0.5");
+    assert_eq!(statuses(&c, &gw.url("/local"), 1).await, [200]);
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    for (setting, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+        let _: () = ::redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(setting)
+            .arg(value)
+            .query(&mut connection)
+            .unwrap();
+    }
+    statuses(&c, &gw.url("/local"), 5).await;
+    // Past several cool-downs: the background probe must not close it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let ready = get_json(&c, &gw.admin_url("/readyz")).await;
+    assert_eq!(ready["store"]["healthy"], false, "{ready}");
+    assert_ne!(ready["store"]["breaker"], "closed", "{ready}");
 }
 
 /// The breaker is probed in the background: once Redis is back, shared limits

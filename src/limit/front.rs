@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::task::AbortHandle;
 
-use super::breaker::BreakerSettings;
+use super::breaker::{BreakerSettings, BreakerState};
 use super::store::redis::RedisStore;
 use super::store::{Batching, Failover, Guarded, StoreAnswer, Timed};
 use super::{
@@ -142,7 +142,10 @@ impl Limits {
         }
     }
 
-    /// Health for `/readyz`: a PING within the timeout.
+    /// Health for `/readyz`: a PING within the timeout, and decisions not
+    /// failing (the breaker closed). A Redis that answers PING but refuses
+    /// every script (out of memory, a read-only replica) is down for the
+    /// gateway's purpose.
     pub(crate) async fn health(&self) -> StoreHealth {
         let Front::Redis { store, redis } = &*self.front else {
             return StoreHealth {
@@ -153,10 +156,11 @@ impl Limits {
         };
         let guarded = store.primary().inner();
         let timeout = redis.settings().timeout.max(Duration::from_millis(250));
+        let breaker = guarded.breaker_state();
         StoreHealth {
             backend: "redis",
-            healthy: guarded.ping(timeout).await.is_ok(),
-            breaker: Some(guarded.breaker_state().label()),
+            healthy: breaker == BreakerState::Closed && guarded.ping(timeout).await.is_ok(),
+            breaker: Some(breaker.label()),
         }
     }
 }

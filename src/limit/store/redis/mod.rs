@@ -643,14 +643,24 @@ impl RedisStore {
             Ok(connected) => connected.map_err(store_error)?,
             Err(_) => return Err(StoreError::Timeout),
         };
+        // A write, not a PING: a Redis out of memory (noeviction) or a
+        // read-only replica answers PING but refuses every decision, and
+        // the breaker must stay open (and /readyz say so) while it does.
+        let probe_key = format!(
+            "{}:probe:{}",
+            self.inner.settings.prefix, self.inner.instance
+        );
         let answer = async {
-            match &mut connection {
-                AnyConnection::Master(master) => master.check_role().await,
-                _ => redis::cmd("PING")
-                    .query_async::<String>(&mut connection)
-                    .await
-                    .map(|_| ()),
+            if let AnyConnection::Master(master) = &mut connection {
+                master.check_role().await?;
             }
+            redis::cmd("SET")
+                .arg(&probe_key)
+                .arg(1)
+                .arg("PX")
+                .arg(1000)
+                .query_async::<()>(&mut connection)
+                .await
         };
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(answered) => answered.map_err(store_error),
