@@ -197,17 +197,24 @@ impl RedisStore {
         now_micros: Option<u64>,
     ) -> Result<Decisions, RedisError> {
         let plan = self.plan(checks, now_micros);
-        if plan.groups.len() == 1 {
+        let takes_leases = plan.checks.iter().any(|check| check.holds_permits);
+        if plan.groups.len() == 1 && !takes_leases {
             return self.run(&plan).await;
         }
-        // Several slots: decided one by one and refunded on a denial, in a
-        // task of its own so that a caller timing out cannot stop a refund.
+        // Several slots (decided one by one, refunded on a denial) or leases:
+        // in a task of its own, so that a caller timing out stops neither a
+        // refund nor the release of leases taken after it gave up.
         let store = self.clone();
-        tokio::spawn(async move { store.run(&plan).await })
-            .await
-            .map_err(|e| {
-                RedisError::from((redis::ErrorKind::Client, "decision task", e.to_string()))
-            })?
+        let (answer, decided) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let result = store.run(&plan).await;
+            if let Err(Ok(unclaimed)) = answer.send(result) {
+                store.release_orphans(leases(&unclaimed.permits));
+            }
+        });
+        decided.await.map_err(|e| {
+            RedisError::from((redis::ErrorKind::Client, "decision task", e.to_string()))
+        })?
     }
 
     fn script_check(&self, c: &Check<'_>) -> ScriptCheck {
@@ -280,6 +287,17 @@ impl RedisStore {
             self.refund(plan, &spent).await;
         }
         if let Some(e) = failure {
+            let maybe_taken = plan
+                .checks
+                .iter()
+                .filter(|check| check.holds_permits)
+                .map(|check| Lease {
+                    key: check.key.clone(),
+                    id: plan.id.clone(),
+                    cost: check.cost,
+                })
+                .collect();
+            self.release_orphans(maybe_taken);
             return Err(e);
         }
         let mut permits = Vec::new();
@@ -589,6 +607,38 @@ impl RedisStore {
     /// Pushes the expiry of held leases to now + lease.
     pub(crate) async fn renew(&self, leases: &[Lease]) -> Result<(), RedisError> {
         self.lease_op("renew", leases).await
+    }
+
+    /// Gives back leases a call may have taken after its caller gave up: a
+    /// call that timed out still runs once Redis answers again (after a
+    /// stall, a pause), possibly behind a reconnection, so the release is
+    /// sent again over the next seconds. Each lease's id is its call's own,
+    /// so a late release takes back nothing anyone holds; one never taken is
+    /// no matter. A stall longer than the last try leaves them to expire.
+    fn release_orphans(&self, leases: Vec<Lease>) {
+        const TRIES: [Duration; 5] = [
+            Duration::ZERO,
+            Duration::from_millis(250),
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+            Duration::from_secs(10),
+        ];
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if leases.is_empty() {
+            return;
+        }
+        let store = self.clone();
+        runtime.spawn(async move {
+            let timeout = store.inner.settings.timeout;
+            let mut waited = Duration::ZERO;
+            for at in TRIES {
+                tokio::time::sleep(at - waited).await;
+                waited = at;
+                let _ = tokio::time::timeout(timeout, store.release(&leases)).await;
+            }
+        });
     }
 
     /// Gives leases back.
