@@ -246,15 +246,6 @@ pub(crate) fn shorten(mut message: String) -> String {
     message
 }
 
-/// The values of a URL query's `pass` and `password` parameters (how the
-/// redis crate takes a Unix socket's password).
-pub(crate) fn query_passwords(query: &str) -> impl Iterator<Item = &str> {
-    query.split('&').filter_map(|pair| {
-        let (name, value) = pair.split_once('=')?;
-        matches!(name, "pass" | "password").then_some(value)
-    })
-}
-
 /// Secrets written in the file: the passwords of URLs (`scheme://user:pass@`,
 /// a password holding `/` too, and `?pass=` / `?password=`) and the admin
 /// token. Found by scanning the text, so they are known even when the YAML
@@ -274,7 +265,8 @@ fn secrets_in(text: &str) -> Vec<&str> {
             let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
             secrets.extend([userinfo, password].into_iter().filter(|s| !s.is_empty()));
         }
-        secrets.extend(query_passwords(query).filter(|s| !s.is_empty()));
+        secrets
+            .extend(crate::limit::store::redis::query_passwords(query).filter(|s| !s.is_empty()));
     }
     for line in text.lines() {
         if let Some(value) = line.trim_start().strip_prefix("admin_token:") {

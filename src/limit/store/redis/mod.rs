@@ -981,6 +981,15 @@ impl redis::aio::ConnectionLike for AnyConnection {
     }
 }
 
+/// The values of a URL query's `pass` and `password` parameters (how the
+/// redis crate takes a Unix socket's password).
+pub(crate) fn query_passwords(query: &str) -> impl Iterator<Item = &str> {
+    query.split('&').filter_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        matches!(name, "pass" | "password").then_some(value)
+    })
+}
+
 /// `url` with any user and password replaced, for logs and admin output:
 /// the user info (up to the last `@` before the query: a password may hold
 /// a `/`) and a `pass` or `password` query parameter (a Unix socket's).
@@ -994,7 +1003,7 @@ pub(crate) fn redact_url(url: &str) -> String {
         None => url.to_string(),
     };
     let query = rest[query_start..].trim_start_matches(['?', '#']);
-    for password in crate::config::query_passwords(query) {
+    for password in query_passwords(query) {
         if !password.is_empty() {
             redacted = redacted.replace(password, "<redacted>");
         }
