@@ -1173,13 +1173,19 @@ async fn a_proxy_failure_is_logged_without_the_query_and_its_api_key() {
             .await
             .unwrap();
         assert_eq!(answer.status(), 502, "{path}");
+        // The line is written after the answer.
+        common::eventually(
+            std::time::Duration::from_secs(5),
+            "the failure is logged",
+            || {
+                let logged = std::fs::read_to_string(&log).is_ok_and(|t| t.contains("GET /search"));
+                async move { logged }
+            },
+        )
+        .await;
         let _ = child.kill();
         let _ = child.wait();
         let text = std::fs::read_to_string(&log).unwrap();
-        assert!(
-            text.contains("GET /search"),
-            "{path}: the failure is logged: {text}"
-        );
         assert!(!text.contains("s3cr3t-live-key-1"), "{path}: {text}");
     }
 }
