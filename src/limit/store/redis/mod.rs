@@ -623,6 +623,13 @@ impl RedisStore {
             Duration::from_secs(3),
             Duration::from_secs(10),
         ];
+        self.release_in_background(leases, &TRIES);
+    }
+
+    /// Releases `leases` at each of `tries` (from now), each try bounded by
+    /// the store's timeout; without a runtime (at shutdown), or if Redis
+    /// does not answer, they expire.
+    fn release_in_background(&self, leases: Vec<Lease>, tries: &'static [Duration]) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -633,10 +640,12 @@ impl RedisStore {
         runtime.spawn(async move {
             let timeout = store.inner.settings.timeout;
             let mut waited = Duration::ZERO;
-            for at in TRIES {
-                tokio::time::sleep(at - waited).await;
+            for &at in tries {
+                tokio::time::sleep(at.saturating_sub(waited)).await;
                 waited = at;
-                let _ = tokio::time::timeout(timeout, store.release(&leases)).await;
+                if let Ok(Err(e)) = tokio::time::timeout(timeout, store.release(&leases)).await {
+                    tracing::debug!("releasing concurrency leases failed (they expire): {e}");
+                }
             }
         });
     }
@@ -879,23 +888,9 @@ impl Store for RedisStore {
         }
     }
 
-    /// Gives the leases among `permits` back in the background; without a
-    /// runtime (at shutdown), or if Redis does not answer, they expire.
+    /// Gives the leases among `permits` back in the background, once.
     fn release_permits(&self, permits: &[Permit]) {
-        let leases = leases(permits);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if leases.is_empty() {
-            return;
-        }
-        let store = self.clone();
-        runtime.spawn(async move {
-            let timeout = store.inner.settings.timeout;
-            if let Ok(Err(e)) = tokio::time::timeout(timeout, store.release(&leases)).await {
-                tracing::debug!("releasing concurrency leases failed (they expire): {e}");
-            }
-        });
+        self.release_in_background(leases(permits), &[Duration::ZERO]);
     }
 
     async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
