@@ -798,6 +798,32 @@ impl Drop for Process {
     }
 }
 
+impl Process {
+    /// `tollgate run -c path`, serving on `addr` once this returns.
+    async fn run(path: &std::path::Path, addr: std::net::SocketAddr) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["run", "-c"])
+            .arg(path)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
+        let process = Process { child, addr };
+        common::wait_listening(addr).await;
+        process
+    }
+
+    /// The status of a GET of `path`.
+    async fn status(&self, path: &str) -> u16 {
+        client()
+            .get(format!("http://{}{path}", self.addr))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
 #[tokio::test]
 async fn sighup_reloads_the_config() {
     let upstream = Upstream::start().await;
@@ -810,24 +836,9 @@ async fn sighup_reloads_the_config() {
         common::render(&config(false, RULE_A), addr, admin, upstream.addr),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let process = Process { child, addr };
-    common::wait_listening(process.addr).await;
+    let process = Process::run(&path, addr).await;
     common::wait_listening(admin).await;
-    let get = |p: &'static str| async move {
-        client()
-            .get(format!("http://{}{p}", process.addr))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
+    let get = |p: &'static str| process.status(p);
     assert_eq!(get("/b").await, 404);
     // The reloader listens for SIGHUP before it reports `watching`; a signal
     // sent earlier would only be absorbed by the start-up guard.
@@ -863,24 +874,9 @@ async fn edits_are_followed_after_the_config_directory_is_swapped() {
     let admin: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
     let render = |rules: &str| common::render(&config(true, rules), addr, admin, upstream.addr);
     std::fs::write(&path, render(RULE_A)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let process = Process { child, addr };
-    common::wait_listening(process.addr).await;
+    let process = Process::run(&path, addr).await;
     common::wait_watching(admin).await;
-    let get = |p: &'static str| async move {
-        client()
-            .get(format!("http://{}{p}", process.addr))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
+    let get = |p: &'static str| process.status(p);
     let fresh = dir.path().join("conf.new");
     std::fs::create_dir(&fresh).unwrap();
     std::fs::write(fresh.join("config.yaml"), render(RULE_B)).unwrap();
