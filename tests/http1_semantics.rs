@@ -59,6 +59,9 @@ on_both_paths!(
     requests_succeed_with_their_routed_target_when_the_upstream_quietly_closes_pooled_connections,
     pipelined_requests_are_answered_in_order_and_forwarded_once,
     a_keep_alive_client_is_served_over_pooled_upstream_connections,
+    a_post_after_the_upstream_closed_its_idle_connection_goes_on_a_fresh_one,
+    an_upstream_connection_a_quiet_client_used_serves_other_clients,
+    an_upstream_connection_a_departed_client_used_serves_other_clients,
     hop_by_hop_request_headers_never_reach_the_upstream,
     end_to_end_response_headers_are_relayed_and_hop_by_hop_ones_stay_behind_except_in_pingora,
     a_request_with_both_content_length_and_chunked_smuggles_nothing,
@@ -528,6 +531,77 @@ async fn a_keep_alive_client_is_served_over_pooled_upstream_connections(path: &s
         "{} upstream connections for {n} requests",
         upstream.connections()
     );
+}
+
+async fn a_post_after_the_upstream_closed_its_idle_connection_goes_on_a_fresh_one(path: &str) {
+    // Answers one request per connection without saying it will close,
+    // then closes, as an upstream whose keep-alive timeout fires does. A
+    // POST is not retried, so it must not be sent on the closed connection.
+    let closed = Arc::new(AtomicUsize::new(0));
+    let count = closed.clone();
+    let upstream = Scripted::start(move |mut conn| {
+        let count = count.clone();
+        async move {
+            if let Some(request) = conn.request().await {
+                conn.write(ok(request.head.target())).await;
+            }
+            drop(conn);
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let gw = gateway(path, upstream.addr).await;
+    let mut client = Client::connect(gw.addr).await;
+    assert_eq!(client.exchange(get("/first")).await.status(), 200);
+    eventually(DEADLINE, "the upstream closes its connection", || {
+        let closed = closed.load(Ordering::SeqCst);
+        async move { closed == 1 }
+    })
+    .await;
+    let answer = client.exchange(post("/second", b"once")).await;
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    assert_eq!(upstream.targets(), ["/first", "/second"]);
+    assert_eq!(upstream.connections(), 2);
+}
+
+async fn an_upstream_connection_a_quiet_client_used_serves_other_clients(path: &str) {
+    let upstream = Scripted::answering(|r| ok(r.head.target())).await;
+    let gw = gateway(path, upstream.addr).await;
+    let mut quiet = Client::connect(gw.addr).await;
+    assert_eq!(quiet.exchange(get("/quiet")).await.status(), 200);
+    // Longer than a client connection keeps its upstream connection for
+    // its next request (the fast loop's 50 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut other = Client::connect(gw.addr).await;
+    assert_eq!(other.exchange(get("/other")).await.status(), 200);
+    assert_eq!(upstream.connections(), 1, "the other client got its own");
+}
+
+async fn an_upstream_connection_a_departed_client_used_serves_other_clients(path: &str) {
+    let upstream = Scripted::answering(|r| ok(r.head.target())).await;
+    let gw = gateway(path, upstream.addr).await;
+    let mut departed = Client::connect(gw.addr).await;
+    assert_eq!(departed.exchange(get("/departed")).await.status(), 200);
+    drop(departed);
+    // A client that comes after finds the connection once the gateway has
+    // seen the departure: each one asks, and leaves, until one is served
+    // without a new upstream connection (a connection a departed client
+    // held and the gateway closed would make every one open another).
+    eventually(
+        DEADLINE,
+        "a new client served over a connection a departed one used",
+        || {
+            let addr = gw.addr;
+            let upstream = &upstream;
+            async move {
+                let before = upstream.connections();
+                let mut client = Client::connect(addr).await;
+                assert_eq!(client.exchange(get("/next")).await.status(), 200);
+                upstream.connections() == before
+            }
+        },
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------

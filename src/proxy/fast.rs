@@ -24,7 +24,6 @@
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderName, Method, Version};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
-use pingora::connectors::http::v1::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -35,6 +34,7 @@ use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType, Result};
 
+use super::affinity::{self, Held, Upstreams};
 use super::{connection, tunnel, Gateway, RequestCtx};
 use crate::respond::{self, Reply};
 
@@ -94,10 +94,10 @@ const PROTECTED: [&str; 4] = [
 /// bound on the work a client can ask for; Pingora's proxy has the same).
 const MAX_NOMINATIONS: usize = 10;
 
-/// The fast loop's state: the gateway's steps and the upstream pool.
+/// The fast loop's state: the gateway's steps and the upstream connections.
 pub(crate) struct FastLoop {
     gateway: Gateway,
-    upstreams: Connector,
+    upstreams: Upstreams,
 }
 
 /// How one attempt at the upstream ended: whether the client connection
@@ -125,28 +125,40 @@ impl FastLoop {
     pub(crate) fn new(gateway: Gateway, upstreams: ConnectorOptions) -> Self {
         FastLoop {
             gateway,
-            upstreams: Connector::new(Some(upstreams)),
+            upstreams: Upstreams::new(upstreams),
         }
     }
 
     /// Serves an HTTP/1 connection's requests until it ends.
     pub(crate) async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let mut held = None;
+        self.serve_requests(stream, shutdown, &mut held).await;
+        self.upstreams.release(held);
+        None
+    }
+
+    async fn serve_requests<'a>(
+        &'a self,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+        held: &mut Option<Held<'a>>,
+    ) {
         let mut session = ServerSession::new_http1(stream);
         session.set_keepalive(keepalive(shutdown));
         loop {
-            if !self.read_request(&mut session, shutdown).await {
-                return None;
+            if !self.read_request(&mut session, shutdown, held).await {
+                return;
             }
             connection::head_received(&mut session);
             let mut ctx = RequestCtx::default();
-            let reuse = self.serve_request(&mut session, &mut ctx).await;
+            let reuse = self.serve_request(&mut session, &mut ctx, held).await;
             if !reuse {
-                return None;
+                return;
             }
             let settings = HttpPersistentSettings::for_session(&session);
             let reusable = match session.finish().await {
                 Ok(Some(reusable)) => reusable,
-                _ => return None,
+                _ => return,
             };
             let (stream, settings) =
                 ReusedHttpStream::from_reusable_stream(reusable, settings).consume();
@@ -162,14 +174,26 @@ impl FastLoop {
 
     /// Reads the next request head: `false` when the connection ends
     /// instead (closed, malformed, or a shutdown began).
-    async fn read_request(&self, session: &mut ServerSession, shutdown: &ShutdownWatch) -> bool {
+    async fn read_request<'a>(
+        &'a self,
+        session: &mut ServerSession,
+        shutdown: &ShutdownWatch,
+        held: &mut Option<Held<'a>>,
+    ) -> bool {
         let mut stopping = shutdown.clone();
-        let read = tokio::select! {
-            // A request already buffered is served before a shutdown ends
-            // the connection.
-            biased;
-            read = session.read_request() => read,
-            () = tunnel::shutdown_begins(&mut stopping) => return false,
+        let read = {
+            let mut request = std::pin::pin!(session.read_request());
+            loop {
+                let until = held.as_ref().map(Held::until);
+                tokio::select! {
+                    // A request already buffered is served before a shutdown
+                    // ends the connection.
+                    biased;
+                    read = &mut request => break read,
+                    () = tunnel::shutdown_begins(&mut stopping) => return false,
+                    () = affinity::hold_ends(until) => self.upstreams.release(held.take()),
+                }
+            }
         };
         let refusal = match read {
             // A CONNECT too: admission refuses it, logged like any request.
@@ -189,7 +213,12 @@ impl FastLoop {
 
     /// One request, from admission to its log line. `true`: the client
     /// connection may serve the next request.
-    async fn serve_request(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> bool {
+    async fn serve_request<'a>(
+        &'a self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        held: &mut Option<Held<'a>>,
+    ) -> bool {
         match self.gateway.admit(session, ctx).await {
             Ok(true) => {
                 self.gateway.finish(session, None, ctx).await;
@@ -202,7 +231,7 @@ impl FastLoop {
                 return false;
             }
         }
-        let (reuse, error) = self.proxy(session, ctx).await;
+        let (reuse, error) = self.proxy(session, ctx, held).await;
         if let Some(e) = &error {
             let status = self.gateway.answer_failure(session, e, ctx).await;
             // The upstream's or the gateway's failures are worth a warning;
@@ -227,15 +256,16 @@ impl FastLoop {
 
     /// Sends the request upstream until an attempt succeeds or fails for
     /// good.
-    async fn proxy(
-        &self,
+    async fn proxy<'a>(
+        &'a self,
         session: &mut ServerSession,
         ctx: &mut RequestCtx,
+        held: &mut Option<Held<'a>>,
     ) -> (bool, Option<Box<Error>>) {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let (reuse, error) = self.attempt(session, ctx).await;
+            let (reuse, error) = self.attempt(session, ctx, held).await;
             match error {
                 Some(e) if e.retry() && attempts < MAX_ATTEMPTS => {
                     tracing::debug!(
@@ -251,16 +281,18 @@ impl FastLoop {
 
     /// One attempt: a server, a connection to it (pooled or new), the
     /// exchange.
-    async fn attempt(
-        &self,
+    async fn attempt<'a>(
+        &'a self,
         session: &mut ServerSession,
         ctx: &mut RequestCtx,
+        held: &mut Option<Held<'a>>,
     ) -> (bool, Option<Box<Error>>) {
         let peer = match self.gateway.pick_peer(ctx) {
             Ok(peer) => peer,
             Err(e) => return (false, Some(e)),
         };
-        let (mut upstream, reused) = match self.upstreams.get_http_session(&peer).await {
+        let key = peer.reuse_hash();
+        let (mut upstream, reused) = match self.upstreams.connect(held, &peer, key).await {
             Ok(connection) => connection,
             Err(mut e) => {
                 e.as_up();
@@ -270,9 +302,7 @@ impl FastLoop {
         Gateway::connected(ctx);
         let exchange = self.exchange(session, &mut upstream, &peer, ctx).await;
         if exchange.upstream_reusable {
-            self.upstreams
-                .release_http_session(upstream, &peer, peer.idle_timeout())
-                .await;
+            self.upstreams.keep(held, upstream, &peer, key).await;
         }
         let error = exchange.error.map(|mut e| {
             // Only a pooled connection that failed is worth another try, and

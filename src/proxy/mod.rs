@@ -4,6 +4,7 @@
 //! order and writes what they decide. No policy lives here.
 
 mod access;
+mod affinity;
 pub(crate) mod connection;
 pub(crate) mod edge;
 mod fast;
