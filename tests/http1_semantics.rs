@@ -62,6 +62,7 @@ on_both_paths!(
     a_post_after_the_upstream_closed_its_idle_connection_goes_on_a_fresh_one,
     an_upstream_connection_a_quiet_client_used_serves_other_clients,
     an_upstream_connection_a_departed_client_used_serves_other_clients,
+    an_upstream_connection_a_client_used_before_its_tunnel_serves_other_clients,
     hop_by_hop_request_headers_never_reach_the_upstream,
     end_to_end_response_headers_are_relayed_and_hop_by_hop_ones_stay_behind_except_in_pingora,
     a_request_with_both_content_length_and_chunked_smuggles_nothing,
@@ -602,6 +603,41 @@ async fn an_upstream_connection_a_departed_client_used_serves_other_clients(path
         },
     )
     .await;
+}
+
+async fn an_upstream_connection_a_client_used_before_its_tunnel_serves_other_clients(path: &str) {
+    let upstream = Scripted::start(|mut conn| async move {
+        while let Some(request) = conn.request().await {
+            if !request.head.has("upgrade") {
+                conn.write(ok(request.head.target())).await;
+                continue;
+            }
+            conn.write(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+            )
+            .await;
+            conn.until_closed().await;
+            return;
+        }
+    })
+    .await;
+    let gw = gateway(path, upstream.addr).await;
+    let mut client = Client::connect(gw.addr).await;
+    assert_eq!(client.exchange(get("/plain")).await.status(), 200);
+    client
+        .send(
+            "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await;
+    let switched = client.next("GET").await.expect("an answer to the upgrade");
+    assert_eq!(switched.status(), 101, "{switched:?}");
+    // The tunnel is open; another client's request finds the connection
+    // the first client's plain request used.
+    let mut other = Client::connect(gw.addr).await;
+    assert_eq!(other.exchange(get("/other")).await.status(), 200);
+    assert_eq!(upstream.connections(), 2, "the plain one and the tunnel's");
 }
 
 // ---------------------------------------------------------------------------

@@ -219,6 +219,11 @@ impl FastLoop {
         ctx: &mut RequestCtx,
         held: &mut Option<Held<'a>>,
     ) -> bool {
+        // A tunnel keeps the client connection for as long as it lives: the
+        // upstream connection kept for a next request is given back first.
+        if session.is_upgrade_req() {
+            self.upstreams.release(held.take());
+        }
         match self.gateway.admit(session, ctx).await {
             Ok(true) => {
                 self.gateway.finish(session, None, ctx).await;
