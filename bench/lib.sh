@@ -56,7 +56,11 @@ stop_all() {
     left=0; for p in "${PIDS[@]}"; do running "$p" && left=1; done
     [ "$left" = 0 ] && break; sleep 0.1
   done
-  for p in "${PIDS[@]}"; do running "$p" && kill -KILL "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    running "$p" || continue
+    echo "still running 10 s after SIGINT, killed: $(ps -o args= -p "$p" 2>/dev/null)" >&2
+    kill -KILL "$p" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
