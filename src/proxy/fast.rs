@@ -137,6 +137,8 @@ impl FastLoop {
         None
     }
 
+    /// The connection's requests, one after another; `held` is the upstream
+    /// connection kept between them.
     async fn serve_requests<'a>(
         &'a self,
         stream: Stream,
@@ -284,8 +286,8 @@ impl FastLoop {
         }
     }
 
-    /// One attempt: a server, a connection to it (pooled or new), the
-    /// exchange.
+    /// One attempt: a server, a connection to it (the one the client
+    /// connection kept, a pooled one or a new one), the exchange.
     async fn attempt<'a>(
         &'a self,
         session: &mut ServerSession,
