@@ -149,7 +149,8 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
     // but frameworks that read methods without case would serve it as one:
     // a way past a method's limits. nginx refuses it too.
     if head.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-        let reply = respond::bad_method(
+        let reply = respond::bad_request_shape(
+            400,
             "lowercase_method",
             "methods are case-sensitive: send them in upper case (RFC 9110 §9.1)",
         );
@@ -158,7 +159,8 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
     // Registered methods are at most 17 characters; a longer token would
     // only be logged and forwarded whole.
     if head.method.as_str().len() > MAX_METHOD_BYTES {
-        let reply = respond::bad_method("method_too_long", "a method is at most 32 characters");
+        let reply =
+            respond::bad_request_shape(400, "method_too_long", "a method is at most 32 characters");
         return refuse(None, Outcome::BadRequest, reply);
     }
     let target = match Target::parse(head.raw_target) {
@@ -409,14 +411,14 @@ fn framing_refusal(headers: &HeaderMap) -> Option<Reply> {
         (None, _) => {}
         (Some(only), None) if chunked(only) => {}
         (Some(first), Some(second)) if chunked(first) && chunked(second) => {
-            return Some(respond::bad_framing(
+            return Some(respond::bad_request_shape(
                 400,
                 "chunked_twice",
                 "chunked may be applied to a body only once (RFC 9112 §7)",
             ))
         }
         _ => {
-            return Some(respond::bad_framing(
+            return Some(respond::bad_request_shape(
                 501,
                 "unsupported_transfer_coding",
                 "the gateway takes request bodies as Transfer-Encoding: chunked or with a Content-Length",
@@ -425,7 +427,7 @@ fn framing_refusal(headers: &HeaderMap) -> Option<Reply> {
     }
     match content_length(headers) {
         Ok(_) => None,
-        Err(()) => Some(respond::bad_framing(
+        Err(()) => Some(respond::bad_request_shape(
             400,
             "bad_content_length",
             "Content-Length must be one number (or a list of the same number)",

@@ -164,9 +164,10 @@ pub(crate) fn too_large(rule: &Rule, max: u64) -> Reply {
     )
 }
 
-/// A request framed in a way the gateway does not pass on: the client's
-/// mistake (400), or a coding the gateway does not implement (501).
-pub(crate) fn bad_framing(status: u16, reason: &str, message: &str) -> Reply {
+/// A request whose shape (its method, its body's framing) the gateway
+/// does not pass on: the client's mistake (400), or a coding the gateway
+/// does not implement (501).
+pub(crate) fn bad_request_shape(status: u16, reason: &str, message: &str) -> Reply {
     let error = if status == 501 {
         "not_implemented"
     } else {
@@ -402,14 +403,6 @@ pub(crate) fn connect_refused() -> Reply {
         HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"),
     );
     reply
-}
-
-/// 400 for a method the gateway does not pass on (see `admission::admit`).
-pub(crate) fn bad_method(reason: &str, message: &str) -> Reply {
-    json_reply(
-        400,
-        json!({ "error": "bad_request", "reason": reason, "message": message }),
-    )
 }
 
 /// Any other failure the proxy reports (e.g. a malformed request Pingora refused).
