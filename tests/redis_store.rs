@@ -299,6 +299,57 @@ proptest! {
     }
 }
 
+/// A decision whose caller gives up (a request timed out) still runs once
+/// it is under way; the lease it takes is given back, not held by nobody
+/// until it expires.
+#[test]
+fn a_lease_taken_by_a_decision_whose_caller_gave_up_is_given_back() {
+    let store = &fixture().stores[0];
+    let checks = |limit| {
+        vec![Check {
+            limit: LimitId(limit),
+            limiter: Limiter::Concurrent(Concurrent::new(1)),
+            key: ip_key([192, 0, 2, 9]),
+            cost: 1,
+            enforced: true,
+            sync: SyncMode::Exact,
+            ban: None,
+        }]
+    };
+    let (warm_up, abandoned) = (checks(fresh_limit()), checks(fresh_limit()));
+    // One thread: the abandoned decision's task is sent to Redis before the
+    // requests after it, on the store's one connection, in order.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // The connection and the script are ready: nothing waits before sending.
+        store.decide_at(&warm_up, Some(EPOCH_MICROS)).await.unwrap();
+        let given_up = store.decide_at(&abandoned, Some(EPOCH_MICROS));
+        // Polled once (its task spawned), then dropped: its caller gave up.
+        let answered = futures_util::FutureExt::now_or_never(given_up);
+        assert!(answered.is_none(), "Redis answered within one poll");
+        tokio::task::yield_now().await;
+        // The lease (30 s) would refuse everyone until it expired.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let answer = store
+                .decide_at(&abandoned, Some(EPOCH_MICROS))
+                .await
+                .unwrap();
+            if answer.decisions[0].allowed {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the lease of the abandoned decision is still held"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
 /// On Redis's own clock, every key written lives as long as its state
 /// matters — the decision's `reset_after` — and not much longer.
 #[test]
