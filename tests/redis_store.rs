@@ -304,7 +304,8 @@ proptest! {
 /// until it expires.
 #[test]
 fn a_lease_taken_by_a_decision_whose_caller_gave_up_is_given_back() {
-    let store = &fixture().stores[0];
+    // A store of its own: its connection lives on this test's runtime.
+    let store = RedisStore::new(settings(RedisTarget::Single(fixture()._server.url()))).unwrap();
     let checks = |limit| {
         vec![Check {
             limit: LimitId(limit),
