@@ -17,7 +17,7 @@ use common::redis::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_MASTER};
 use proptest::prelude::*;
 use tollgate::identity::ClientKey;
 use tollgate::limit::breaker::BreakerSettings;
-use tollgate::limit::store::redis::{RedisSettings, RedisStore, RedisTarget};
+use tollgate::limit::store::redis::{Lease, RedisSettings, RedisStore, RedisTarget};
 use tollgate::limit::{
     BanMark, BanPolicy, Check, Concurrent, Decision, FixedWindow, Gcra, LeakyBucket, LimitId,
     Limiter, Limits, MemoryStore, MonotonicClock, Nanos, Permit, SlidingCounter, SlidingLog,
@@ -278,11 +278,7 @@ proptest! {
                 if !held.is_empty() {
                     let (local, shared) = held.remove(0);
                     memory.release_permits_now(&local);
-                    let leases: Vec<_> = shared.into_iter().filter_map(|p| match p {
-                        Permit::Lease(l) => Some(l),
-                        Permit::Local { .. } => None,
-                    }).collect();
-                    fx.runtime.block_on(fx.stores[0].release(&leases)).unwrap();
+                    fx.runtime.block_on(fx.stores[0].release(&leases_of(shared))).unwrap();
                 }
                 continue;
             }
@@ -349,6 +345,63 @@ fn a_lease_taken_by_a_decision_whose_caller_gave_up_is_given_back() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
+}
+
+/// A decision that fails (Redis stopped answering) may still have taken its
+/// lease: the script runs once Redis wakes. The store gives it back, so
+/// the limit does not refuse everyone until the lease expires.
+#[test]
+fn a_lease_taken_by_a_decision_that_failed_is_given_back() {
+    // A server of its own: it is frozen for a while.
+    let server = RedisServer::start();
+    let mut frozen = settings(RedisTarget::Single(server.url()));
+    frozen.timeout = Duration::from_millis(200);
+    let store = RedisStore::new(frozen).unwrap();
+    let check = vec![Check {
+        limit: LimitId(fresh_limit()),
+        limiter: Limiter::Concurrent(Concurrent::new(1)),
+        key: ip_key([192, 0, 2, 10]),
+        cost: 1,
+        enforced: true,
+        sync: SyncMode::Exact,
+        ban: None,
+    }];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // The connection and the script are ready; the warm-up's lease goes back.
+        let warm_up = store.decide_at(&check, Some(EPOCH_MICROS)).await.unwrap();
+        store.release(&leases_of(warm_up.permits)).await.unwrap();
+        server.pause();
+        // Sent, then unanswered: the decision fails, its script still queued.
+        let failed = store.decide_at(&check, Some(EPOCH_MICROS)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.resume();
+        assert!(failed.is_err(), "a frozen Redis answered: {failed:?}");
+        // The lease (30 s) would refuse everyone until it expired.
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            if let Ok(answer) = store.decide_at(&check, Some(EPOCH_MICROS)).await {
+                if answer.decisions[0].allowed {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the lease of the failed decision is still held"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+fn leases_of(permits: Vec<Permit>) -> Vec<Lease> {
+    permits
+        .into_iter()
+        .filter_map(|p| match p {
+            Permit::Lease(l) => Some(l),
+            Permit::Local { .. } => None,
+        })
+        .collect()
 }
 
 /// On Redis's own clock, every key written lives as long as its state
