@@ -302,18 +302,7 @@ proptest! {
 fn a_lease_taken_by_a_decision_whose_caller_gave_up_is_given_back() {
     // A store of its own: its connection lives on this test's runtime.
     let store = RedisStore::new(settings(RedisTarget::Single(fixture()._server.url()))).unwrap();
-    let checks = |limit| {
-        vec![Check {
-            limit: LimitId(limit),
-            limiter: Limiter::Concurrent(Concurrent::new(1)),
-            key: ip_key([192, 0, 2, 9]),
-            cost: 1,
-            enforced: true,
-            sync: SyncMode::Exact,
-            ban: None,
-        }]
-    };
-    let (warm_up, abandoned) = (checks(fresh_limit()), checks(fresh_limit()));
+    let (warm_up, abandoned) = (one_seat(fresh_limit()), one_seat(fresh_limit()));
     // One thread: the abandoned decision's task is sent to Redis before the
     // requests after it, on the store's one connection, in order.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -329,21 +318,9 @@ fn a_lease_taken_by_a_decision_whose_caller_gave_up_is_given_back() {
         assert!(answered.is_none(), "Redis answered within one poll");
         tokio::task::yield_now().await;
         // The lease (30 s) would refuse everyone until it expired.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let answer = store
-                .decide_at(&abandoned, Some(EPOCH_MICROS))
-                .await
-                .unwrap();
-            if answer.decisions[0].allowed {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the lease of the abandoned decision is still held"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        admitted_within(&store, &abandoned, Duration::from_secs(5))
+            .await
+            .expect("the lease of the abandoned decision is still held");
     });
 }
 
@@ -357,15 +334,7 @@ fn a_lease_taken_by_a_decision_that_failed_is_given_back() {
     let mut frozen = settings(RedisTarget::Single(server.url()));
     frozen.timeout = Duration::from_millis(200);
     let store = RedisStore::new(frozen).unwrap();
-    let check = vec![Check {
-        limit: LimitId(fresh_limit()),
-        limiter: Limiter::Concurrent(Concurrent::new(1)),
-        key: ip_key([192, 0, 2, 10]),
-        cost: 1,
-        enforced: true,
-        sync: SyncMode::Exact,
-        ban: None,
-    }];
+    let check = one_seat(fresh_limit());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         // The connection and the script are ready; the warm-up's lease goes back.
@@ -378,20 +347,37 @@ fn a_lease_taken_by_a_decision_that_failed_is_given_back() {
         server.resume();
         assert!(failed.is_err(), "a frozen Redis answered: {failed:?}");
         // The lease (30 s) would refuse everyone until it expired.
-        let deadline = Instant::now() + Duration::from_secs(8);
-        loop {
-            if let Ok(answer) = store.decide_at(&check, Some(EPOCH_MICROS)).await {
-                if answer.decisions[0].allowed {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the lease of the failed decision is still held"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        admitted_within(&store, &check, Duration::from_secs(8))
+            .await
+            .expect("the lease of the failed decision is still held");
     });
+}
+
+/// A concurrency limit of one, for one client.
+fn one_seat(limit: u64) -> Vec<Check<'static>> {
+    vec![Check {
+        limit: LimitId(limit),
+        limiter: Limiter::Concurrent(Concurrent::new(1)),
+        key: ip_key([192, 0, 2, 9]),
+        cost: 1,
+        enforced: true,
+        sync: SyncMode::Exact,
+        ban: None,
+    }]
+}
+
+/// Decides `checks` until they are admitted (`Some`) or `within` has passed.
+async fn admitted_within(store: &RedisStore, checks: &[Check<'_>], within: Duration) -> Option<()> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(answer) = store.decide_at(checks, Some(EPOCH_MICROS)).await {
+            if answer.decisions[0].allowed {
+                return Some(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 fn leases_of(permits: Vec<Permit>) -> Vec<Lease> {
