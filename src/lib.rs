@@ -7,13 +7,14 @@
 //! never imports. ARCHITECTURE.md draws the layers.
 //!
 //! The public surface is what the binary, the tests and the benches use:
-//! starting a gateway ([`app`], [`server`]), loading and checking a config
-//! ([`config`], [`schema`], [`check`]), replaying access logs through a
-//! candidate config ([`replay`]), and the parts tested on their own:
-//! algorithms and stores ([`limit`]), identity and routing ([`identity`],
-//! [`route`]), the WebSocket frame parser ([`websocket`]), the policy
-//! vocabulary ([`policy`]) and the metrics ([`metrics`]). Everything else is
-//! crate-private.
+//! starting a gateway ([`app`], [`server`], the [`demo`] beside it), loading
+//! and checking a config ([`config`], [`schema`], [`check`], the compiled
+//! [`snapshot`]), replaying access logs through a candidate config
+//! ([`replay`]), and the parts tested on their own: algorithms and stores
+//! ([`limit`]), identity and routing ([`identity`], [`route`]), consumers
+//! and their tokens ([`consumer`]), the WebSocket frame parser
+//! ([`websocket`]), the policy vocabulary ([`policy`]) and the metrics
+//! ([`metrics`]). Everything else is crate-private.
 
 pub(crate) mod access_log;
 pub(crate) mod admin;

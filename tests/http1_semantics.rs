@@ -62,6 +62,7 @@ on_both_paths!(
     a_post_after_the_upstream_closed_its_idle_connection_goes_on_a_fresh_one,
     an_upstream_connection_a_quiet_client_used_serves_other_clients,
     an_upstream_connection_a_departed_client_used_serves_other_clients,
+    an_upstream_connection_left_for_another_server_serves_other_clients,
     an_upstream_connection_a_client_used_before_its_tunnel_serves_other_clients,
     hop_by_hop_request_headers_never_reach_the_upstream,
     end_to_end_response_headers_are_relayed_and_hop_by_hop_ones_stay_behind_except_in_pingora,
@@ -603,6 +604,32 @@ async fn an_upstream_connection_a_departed_client_used_serves_other_clients(path
         },
     )
     .await;
+}
+
+async fn an_upstream_connection_left_for_another_server_serves_other_clients(path: &str) {
+    let (first, second) = (
+        Scripted::answering(|r| ok(r.head.target())).await,
+        Scripted::answering(|r| ok(r.head.target())).await,
+    );
+    // One upstream of two servers, taken in turn.
+    let yaml = Config::default().render(path).replace(
+        "[\"{upstream}\"]",
+        &format!("[\"{{upstream}}\", \"{}\"]", second.addr),
+    );
+    let gw = Gateway::start(&yaml, first.addr).await;
+    assert_runs_on(gw.admin, path).await;
+    let mut client = Client::connect(gw.addr).await;
+    // One request to each server: the connection to the one it left stays
+    // open for others.
+    assert_eq!(client.exchange(get("/one")).await.status(), 200);
+    assert_eq!(client.exchange(get("/two")).await.status(), 200);
+    let mut other = Client::connect(gw.addr).await;
+    assert_eq!(other.exchange(get("/three")).await.status(), 200);
+    assert_eq!(
+        first.connections() + second.connections(),
+        2,
+        "the server the first client left got a new connection"
+    );
 }
 
 async fn an_upstream_connection_a_client_used_before_its_tunnel_serves_other_clients(path: &str) {

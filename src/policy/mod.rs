@@ -106,8 +106,9 @@ pub(crate) enum Alpn {
     Http11,
 }
 
-/// Which loop serves plain HTTP/1.1 requests (HTTP/2 and WebSocket upgrades
-/// always go through Pingora's proxy).
+/// Which loop serves HTTP/1.1 requests, WebSocket upgrades included (their
+/// tunnel is tollgate's own on either); HTTP/2 always goes through
+/// Pingora's proxy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Http1Path {
