@@ -63,6 +63,7 @@ on_both_paths!(
     an_upstream_connection_a_quiet_client_used_serves_other_clients,
     an_upstream_connection_a_departed_client_used_serves_other_clients,
     an_upstream_connection_left_for_another_server_serves_other_clients,
+    an_upstream_that_says_close_in_a_second_connection_line_gets_no_more_requests_except_in_pingora,
     an_upstream_connection_a_client_used_before_its_tunnel_serves_other_clients,
     hop_by_hop_request_headers_never_reach_the_upstream,
     end_to_end_response_headers_are_relayed_and_hop_by_hop_ones_stay_behind_except_in_pingora,
@@ -630,6 +631,32 @@ async fn an_upstream_connection_left_for_another_server_serves_other_clients(pat
         2,
         "the server the first client left got a new connection"
     );
+}
+
+async fn an_upstream_that_says_close_in_a_second_connection_line_gets_no_more_requests_except_in_pingora(
+    path: &str,
+) {
+    // `Connection: keep-alive` then `Connection: close` is one list (RFC
+    // 9110 §5.3): the upstream closes. This one leaves its socket open, so a
+    // request sent on it anyway would be answered there.
+    let upstream = Scripted::answering(|r| {
+        let body = r.head.target();
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    })
+    .await;
+    let gw = gateway(path, upstream.addr).await;
+    let mut client = Client::connect(gw.addr).await;
+    assert_eq!(client.exchange(get("/first")).await.status(), 200);
+    assert_eq!(client.exchange(get("/second")).await.status(), 200);
+    // Pingora 0.9 reads only the first `Connection` line (its proxy reuses
+    // the connection); the fast loop reads them all.
+    let expected = if path == "pingora" { 1 } else { 2 };
+    assert_eq!(upstream.connections(), expected, "upstream connections");
 }
 
 async fn an_upstream_connection_a_client_used_before_its_tunnel_serves_other_clients(path: &str) {

@@ -308,7 +308,7 @@ impl FastLoop {
         };
         Gateway::connected(ctx);
         let exchange = self.exchange(session, &mut upstream, &peer, ctx).await;
-        if exchange.upstream_reusable {
+        if exchange.upstream_reusable && !upstream_will_close(&upstream) {
             self.upstreams.keep(held, upstream, &peer, key).await;
         }
         let error = exchange.error.map(|mut e| {
@@ -538,6 +538,16 @@ fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
         .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|token| !token.is_empty())
+}
+
+/// Whether the upstream's answer said it closes the connection: `close` in
+/// any `Connection` line (RFC 9110 §7.6.1). Pingora's keep-alive check reads
+/// only the first line, and would send the next request on a connection the
+/// upstream is closing.
+fn upstream_will_close(upstream: &UpstreamSession) -> bool {
+    upstream.resp_header().is_some_and(|header| {
+        connection_tokens(&header.headers).any(|token| token.eq_ignore_ascii_case(b"close"))
+    })
 }
 
 /// `close` and `keep-alive`: options of the connection, not names of fields
