@@ -138,6 +138,19 @@ fn refuse_on(
     })
 }
 
+/// The size of a request's head as HTTP/1.1 writes it (request line, each
+/// field as `name: value` and its line end, the blank line), whichever
+/// protocol brought it; the same for every path, `check --explain` included.
+fn head_bytes(head: &RequestHead<'_>) -> usize {
+    const LINE_ENDS: usize = " HTTP/1.1\r\n".len() + "\r\n".len();
+    let fields: usize = head
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len())
+        .sum();
+    head.method.as_str().len() + 1 + head.raw_target.len() + LINE_ENDS + fields
+}
+
 /// Routes, identifies and decides one request against one snapshot. The
 /// limits' own metrics (decisions per limit, degraded decisions) are counted
 /// here; the request's outcome is the caller's to count, once.
@@ -162,6 +175,12 @@ pub(crate) async fn admit(rt: &Snapshot, head: &RequestHead<'_>, limits: &Limits
         let reply =
             respond::bad_request_shape(400, "method_too_long", "a method is at most 32 characters");
         return refuse(None, Outcome::BadRequest, reply);
+    }
+    // A head up to Pingora's 1 MiB would reach the upstream whole, and be
+    // held and logged; edge proxies cap it far lower (nginx 32 KiB, Envoy 60).
+    if head_bytes(head) > rt.server.max_header_bytes {
+        let reply = respond::head_too_large(rt.server.max_header_bytes);
+        return refuse(None, Outcome::TooLarge, reply);
     }
     let target = match Target::parse(head.raw_target) {
         Ok(t) => t,

@@ -405,6 +405,18 @@ pub(crate) fn connect_refused() -> Reply {
     reply
 }
 
+/// 431: a request head over `server.max_header_bytes`.
+pub(crate) fn head_too_large(max: usize) -> Reply {
+    json_reply(
+        431,
+        json!({
+            "error": "header_too_large",
+            "message": format!("the request line and header fields may be at most {max} bytes"),
+            "max_bytes": max,
+        }),
+    )
+}
+
 /// Any other failure the proxy reports (e.g. a malformed request Pingora refused).
 pub(crate) fn generic_error(status: u16) -> Reply {
     let reason = http::StatusCode::from_u16(status)

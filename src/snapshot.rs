@@ -168,6 +168,8 @@ pub struct ServerSettings {
     pub(crate) max_connections_per_ip: Option<u32>,
     /// After SIGTERM, the time requests in flight get to finish.
     pub(crate) grace_period: Duration,
+    /// The largest request head admission lets through (`admission::head_bytes`).
+    pub(crate) max_header_bytes: usize,
     /// The listeners that terminate TLS.
     pub(crate) tls: Vec<TlsListener>,
     /// From a TLS connection's accept to the end of its handshake.

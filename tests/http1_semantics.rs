@@ -74,6 +74,7 @@ on_both_paths!(
     a_connect_request_is_refused_with_405_json_naming_the_allowed_methods,
     a_method_in_lower_case_is_refused_rather_than_routed_past_method_rules,
     a_host_or_method_longer_than_any_real_one_is_refused,
+    a_request_head_over_max_header_bytes_is_refused_with_431_and_one_within_it_served,
     a_transfer_coding_other_than_chunked_is_refused_with_501,
     a_repeated_content_length_goes_upstream_as_one,
     an_upstream_that_never_answers_is_a_504_json,
@@ -910,6 +911,46 @@ async fn a_host_or_method_longer_than_any_real_one_is_refused(path: &str) {
         assert_eq!(body["reason"], reason);
     }
     assert!(upstream.heads().is_empty());
+}
+
+async fn a_request_head_over_max_header_bytes_is_refused_with_431_and_one_within_it_served(
+    path: &str,
+) {
+    let upstream = Scripted::answering(|r| ok(r.head.target())).await;
+    let config = Config {
+        server: "  max_header_bytes: 4096\n",
+        ..Config::default()
+    };
+    let gw = config.start(path, upstream.addr).await;
+    let with_cookie = |bytes: usize| {
+        format!(
+            "GET /{bytes} HTTP/1.1\r\nHost: t\r\nCookie: {}\r\n\r\n",
+            "c".repeat(bytes)
+        )
+    };
+    let within = Client::connect(gw.addr)
+        .await
+        .exchange(&with_cookie(3500))
+        .await;
+    assert_eq!(within.status(), 200, "{within:?}");
+    let over = Client::connect(gw.addr)
+        .await
+        .exchange(&with_cookie(5000))
+        .await;
+    assert_eq!(over.status(), 431, "{over:?}");
+    let body: serde_json::Value = serde_json::from_slice(&over.body).unwrap();
+    assert_eq!(body["error"], "header_too_large");
+    assert_eq!(body["max_bytes"], 4096);
+    let targets: Vec<String> = upstream
+        .heads()
+        .iter()
+        .map(|h| h.target().to_string())
+        .collect();
+    assert_eq!(
+        targets,
+        ["/3500"],
+        "only the head within the cap went upstream"
+    );
 }
 
 /// Decoded by chunked alone, the body would reach the upstream with its

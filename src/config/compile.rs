@@ -56,6 +56,11 @@ const DEFAULT_RELEASE_AFTER: Duration = Duration::from_secs(60);
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// nginx's `client_body_timeout` and Pingora's own read timeout.
 const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Envoy's 60 KiB, rounded up: room for large cookies and tokens, far below
+/// the 1 MiB Pingora reads before it gives up on a head.
+const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
+/// Pingora refuses a longer head itself (400) before tollgate sees it.
+const MAX_HEADER_BYTES: u64 = 1_048_575;
 /// Pingora's own keep-alive time: long enough for a client's connection pool
 /// to reuse a connection between requests, short enough that connections
 /// opened and left idle cannot pile up. (Behind a load balancer, set it above
@@ -387,6 +392,15 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
             "must be at least 1 (omit it for no cap)",
         );
     }
+    let max_header_bytes = s.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+    if !(1024..=MAX_HEADER_BYTES).contains(&max_header_bytes) {
+        c.error(
+            "server.max_header_bytes",
+            format!(
+                "must be between 1024 and {MAX_HEADER_BYTES} (Pingora refuses longer heads itself)"
+            ),
+        );
+    }
     let handshake_timeout = bounded_duration(
         c,
         "server.handshake_timeout",
@@ -415,6 +429,7 @@ fn compile_server(c: &mut Compiler<'_>, s: &ServerInput) -> Option<ServerSetting
         idle_timeout,
         max_connections_per_ip: s.max_connections_per_ip,
         grace_period,
+        max_header_bytes: max_header_bytes as usize,
         tls: Vec::new(),
         handshake_timeout,
         ready_needs_upstreams: s.readyz.require_healthy_upstreams,

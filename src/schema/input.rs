@@ -128,6 +128,10 @@ pub(crate) struct ServerInput {
     /// The largest request body, for rules that set none (413 beyond it).
     #[serde(default)]
     pub(crate) max_body_bytes: Option<u64>,
+    /// The largest request head: its request line and header fields (431
+    /// beyond it; default 64 KiB).
+    #[serde(default)]
+    pub(crate) max_header_bytes: Option<u64>,
     /// Listeners that terminate TLS (HTTP/1.1 and HTTP/2 by ALPN).
     #[serde(default)]
     pub(crate) tls: Vec<TlsListenerInput>,
@@ -202,6 +206,7 @@ impl Default for ServerInput {
             max_connections_per_ip: None,
             grace_period: None,
             max_body_bytes: None,
+            max_header_bytes: None,
             tls: Vec::new(),
             handshake_timeout: None,
             readyz: ReadyzInput::default(),
