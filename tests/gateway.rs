@@ -619,6 +619,26 @@ async fn h2c_clients_are_served_and_limited() {
 }
 
 #[tokio::test]
+async fn an_h2c_request_head_over_max_header_bytes_is_431() {
+    let (upstream, gw) = start_with("  max_header_bytes: 4096\n", ROUTES).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2
+        .get(gw.url("/deep/a"))
+        .header("cookie", "c".repeat(5000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 431);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "header_too_large");
+    assert!(upstream.seen().is_empty(), "the upstream got the request");
+}
+
+#[tokio::test]
 async fn h2c_requests_are_normalized_like_http1() {
     let (upstream, gw) = start(ROUTES).await;
     let h2 = reqwest::Client::builder()
