@@ -254,22 +254,28 @@ fn a_log_replayed_under_the_config_that_wrote_it_changes_nothing() {
     );
 }
 
-/// A request refused for its shape (here: no Host) names no rule; no config
-/// would route it, and it spends nothing a later request could miss.
+/// A request refused for its shape (no Host: `bad_request`; a head over
+/// `max_header_bytes`: `too_large`) names no rule; no config would route it,
+/// and it spends nothing a later request could miss.
 #[test]
 fn a_request_refused_before_any_rule_spends_nothing_in_replay() {
-    let mut text = log(&[Line {
-        rule: None,
-        outcome: "bad_request",
-        limit: None,
-        ..allowed(0, "10.0.0.1")
-    }]);
-    text.push_str(&log(&[allowed(1, "10.0.0.1"), limited(2, "10.0.0.1")]));
-    let dir = setup(&per_ip("1/hour"), &[("access.log", text.as_bytes())]);
-    let report = report(dir.path(), &["access.log"]);
-    let per_ip = limit_row(&report, "api", "per-ip");
-    assert_eq!(per_ip["recorded"], per_ip["candidate"], "{report:#}");
-    assert_eq!(report["keys_more_limited"], 0, "{report:#}");
+    for outcome in ["bad_request", "too_large"] {
+        let mut text = log(&[Line {
+            rule: None,
+            outcome,
+            limit: None,
+            ..allowed(0, "10.0.0.1")
+        }]);
+        text.push_str(&log(&[allowed(1, "10.0.0.1"), limited(2, "10.0.0.1")]));
+        let dir = setup(&per_ip("1/hour"), &[("access.log", text.as_bytes())]);
+        let report = report(dir.path(), &["access.log"]);
+        let per_ip = limit_row(&report, "api", "per-ip");
+        assert_eq!(
+            per_ip["recorded"], per_ip["candidate"],
+            "{outcome}: {report:#}"
+        );
+        assert_eq!(report["keys_more_limited"], 0, "{outcome}: {report:#}");
+    }
 }
 
 #[test]

@@ -161,9 +161,12 @@ async fn run(
         let recorded = recorded_verdict(request);
         tally.recorded(request, recorded, recorded_key(rt, request));
         // Refused for its shape before any rule (no host, its framing, its
-        // method): no config routes it, and what made it so (a missing
-        // Host, its Transfer-Encoding) is not in the log.
-        if request.outcome == Outcome::BadRequest && request.rule.is_none() {
+        // method, a head over `max_header_bytes`): no config routes it, and
+        // what made it so (a missing Host, its Transfer-Encoding, its size)
+        // is not in the log.
+        if matches!(request.outcome, Outcome::BadRequest | Outcome::TooLarge)
+            && request.rule.is_none()
+        {
             tally.candidate(request, (None, None), Verdict::Refused, None);
             continue;
         }
