@@ -175,7 +175,8 @@ impl RedisServer {
     }
 
     /// Every key in the server, with its remaining time to live in ms
-    /// (-1: none).
+    /// (-1: none). A key that expires between the listing and its `PTTL`
+    /// (-2: gone) is left out.
     pub fn keys_and_ttls(&self) -> Vec<(String, i64)> {
         let client = ::redis::Client::open(self.url()).unwrap();
         let mut connection = client.get_connection().unwrap();
@@ -191,6 +192,7 @@ impl RedisServer {
                     .unwrap();
                 (key, ttl)
             })
+            .filter(|(_, ttl)| *ttl != -2)
             .collect()
     }
 
