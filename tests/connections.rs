@@ -231,6 +231,21 @@ async fn a_reload_applies_the_per_ip_cap_to_new_connections() {
 }
 
 #[tokio::test]
+async fn a_reload_applies_a_new_max_header_bytes_to_the_next_request() {
+    let (upstream, gw) = start("").await;
+    let with_cookie = || {
+        client()
+            .get(gw.url("/api/x"))
+            .header("cookie", "c".repeat(5000))
+            .send()
+    };
+    assert_eq!(with_cookie().await.unwrap().status(), 200);
+    let body = reload(&gw, "  max_header_bytes: 4096", &upstream).await;
+    assert_eq!(body["summary"]["restart_required"], serde_json::json!([]));
+    assert_eq!(with_cookie().await.unwrap().status(), 431);
+}
+
+#[tokio::test]
 async fn a_changed_idle_timeout_or_grace_period_needs_a_restart() {
     let (upstream, gw) = start("").await;
     let changed = "  header_timeout: 2s\n  idle_timeout: 5s\n  grace_period: 3s";
