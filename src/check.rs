@@ -312,7 +312,16 @@ pub async fn explain(rt: &Snapshot, req: &Hypothetical) -> String {
         MonotonicClock::default(),
     );
     let admission = admission::admit(rt, &head, &scratch).await;
-    let mut out = describe(rt, req, &head);
+    let mut out = format!("request      {} {}\n", req.method, req.path);
+    // A request refused for its shape (a lower-case method, a head over
+    // `max_header_bytes`) never reaches a rule: naming one would mislead.
+    let refused_before_routing = matches!(
+        &admission,
+        Admission::Reply(r) if r.rule.is_none() && r.outcome != Outcome::NoRoute
+    );
+    if !refused_before_routing {
+        describe(rt, req, &head, &mut out);
+    }
     let _ = writeln!(out, "result       {}", result_of(rt, &admission));
     out
 }
@@ -321,11 +330,9 @@ pub async fn explain(rt: &Snapshot, req: &Hypothetical) -> String {
 const SCRATCH_KEYS: usize = 64;
 
 /// The request's way through routing and identification, for people.
-fn describe(rt: &Snapshot, req: &Hypothetical, head: &RequestHead<'_>) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "request      {} {}", req.method, req.path);
+fn describe(rt: &Snapshot, req: &Hypothetical, head: &RequestHead<'_>, out: &mut String) {
     let Ok(target) = Target::parse(head.raw_target) else {
-        return out;
+        return;
     };
     let incoming = Incoming {
         method: &req.method,
@@ -341,9 +348,9 @@ fn describe(rt: &Snapshot, req: &Hypothetical, head: &RequestHead<'_>) -> String
             if let Ok(path) = crate::route::normalize_path(target.path) {
                 let _ = writeln!(out, "normalized   {path}");
             }
-            return out;
+            return;
         }
-        Err(_) => return out,
+        Err(_) => return,
     };
     let rule = rt.rule(routed.rule);
     let upstream = rt.upstream_of(rule);
@@ -410,7 +417,7 @@ fn describe(rt: &Snapshot, req: &Hypothetical, head: &RequestHead<'_>) -> String
     let facts = admission::with_consumer(facts, who);
     if let Some(exemption) = rule.exemptions.iter().find(|e| e.applies(&facts)) {
         let _ = writeln!(out, "exemption    {exemption}: no limits apply");
-        return out;
+        return;
     }
     let _ = writeln!(out, "exemption    none fires");
     if let Some(p) = plan.filter(|_| rule.exempt_by_plan(plan, &rt.plans)) {
@@ -419,7 +426,7 @@ fn describe(rt: &Snapshot, req: &Hypothetical, head: &RequestHead<'_>) -> String
             "plan         {} is exempt: no limits apply",
             rt.plans[p].name
         );
-        return out;
+        return;
     }
     let limits = rule.limits_for(plan);
     if limits.is_empty() {
@@ -454,7 +461,6 @@ fn describe(rt: &Snapshot, req: &Hypothetical, head: &RequestHead<'_>) -> String
             }
         );
     }
-    out
 }
 
 /// What the gateway does with the request, from its admission.

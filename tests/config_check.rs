@@ -531,6 +531,23 @@ async fn explain_reports_hosts_that_would_be_refused() {
 }
 
 #[tokio::test]
+async fn explain_names_no_rule_for_a_request_refused_for_its_shape() {
+    let rt = load_str(HOST_RULES, Path::new("t.yaml")).unwrap();
+    let cookie = format!("cookie: c={}", "x".repeat(70_000));
+    let too_large = Hypothetical::parse("GET /x", &[cookie], "192.0.2.1".parse().unwrap()).unwrap();
+    let lower_case = Hypothetical::parse("get /x", &[], "192.0.2.1".parse().unwrap()).unwrap();
+    for (req, result) in [
+        (too_large, "result       431 header_too_large"),
+        (lower_case, "result       400 bad_request"),
+    ] {
+        let out = explain(&rt, &req).await;
+        assert!(out.contains(result), "{out}");
+        assert!(!out.contains("rule "), "{out}");
+        assert!(!out.contains("limit "), "{out}");
+    }
+}
+
+#[tokio::test]
 async fn explain_refuses_a_repeated_host_like_the_gateway() {
     let rt = load_str(HOST_RULES, Path::new("t.yaml")).unwrap();
     let headers = ["host: elsewhere.org".into(), "host: api.example.com".into()];
