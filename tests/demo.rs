@@ -170,6 +170,40 @@ async fn every_validation_error_class_has_its_status() {
     }
 }
 
+/// An upstream that closes a connection after its answer must say so: a
+/// proxy that keeps the connection sends the client's next request into the
+/// close, and a POST, which it may not retry, fails with 502.
+#[tokio::test]
+async fn a_body_refused_unread_closes_the_connection_and_says_so() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_gw, demo) = common::demo_gateway_and_address("", "").await;
+    for (content_type, status) in [("application/json", 413), ("text/plain", 415)] {
+        let mut stream = tokio::net::TcpStream::connect(demo).await.unwrap();
+        let head = format!(
+            "POST /events HTTP/1.1\r\nHost: demo\r\nContent-Type: {content_type}\r\n\
+             Content-Length: 1000000\r\n\r\n{{\"id\": \""
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read_to_end =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(
+            read_to_end.is_ok(),
+            "{content_type}: still open after 10 s: {answer}"
+        );
+        assert!(
+            answer.starts_with(&format!("http/1.1 {status} ")),
+            "{content_type}: {answer}"
+        );
+        let head = answer.split("\r\n\r\n").next().unwrap_or_default();
+        assert!(
+            head.lines().any(|l| l.trim() == "connection: close"),
+            "{content_type}: no `Connection: close` in {head}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_batch_is_accepted_or_refused_as_a_whole() {
     let gw = start("bus: memory").await;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::body::to_bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -65,7 +65,8 @@ async fn health(State(demo): State<Arc<Demo>>) -> Json<Value> {
 }
 
 /// Reads a JSON body: 415 for another content type, 413 when too large, 400
-/// when it is not JSON.
+/// when it is not JSON. The 415 and 413 leave the body unread, so they close
+/// the connection.
 async fn json_body(request: Request, limit: usize) -> Result<Value, Response> {
     let is_json = request
         .headers()
@@ -74,11 +75,11 @@ async fn json_body(request: Request, limit: usize) -> Result<Value, Response> {
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !is_json {
-        return Err(problem(
+        return Err(closing(problem(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the event as application/json",
-        ));
+        )));
     }
     let declared = request
         .headers()
@@ -86,11 +87,11 @@ async fn json_body(request: Request, limit: usize) -> Result<Value, Response> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     let too_large = || {
-        problem(
+        closing(problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("the body is over {limit} bytes"),
-        )
+        ))
     };
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
@@ -105,6 +106,17 @@ async fn json_body(request: Request, limit: usize) -> Result<Value, Response> {
             format!("the body is not valid JSON: {e}"),
         )
     })
+}
+
+/// A refusal sent with the request's body unread: the connection cannot
+/// carry another request, and it says `Connection: close` before it closes,
+/// so that a proxy keeping connections (the gateway) does not send the next
+/// request, maybe a POST it may not retry, into the close.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn invalid(errors: Vec<FieldError>) -> Response {

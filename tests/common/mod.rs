@@ -391,6 +391,12 @@ pub fn gateway_config(name: &str, rest: &str) -> String {
 /// list items, maybe none) and then a catch-all rule routing to the demo;
 /// `demo` adds settings to the `demo:` mapping (`key: value, ...`, maybe none).
 pub async fn demo_gateway(rules: &str, demo: &str) -> Gateway {
+    demo_gateway_and_address(rules, demo).await.0
+}
+
+/// `demo_gateway`, and the address the demo upstream listens on (to talk
+/// to it without the gateway between).
+pub async fn demo_gateway_and_address(rules: &str, demo: &str) -> (Gateway, SocketAddr) {
     let demo_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let settings = if demo.is_empty() {
         String::new()
@@ -407,7 +413,7 @@ demo: {{ enabled: true, listen: \"{{upstream}}\"{settings} }}
     );
     let gw = Gateway::start(&gateway_config("demo", &rest), demo_addr).await;
     wait_listening(demo_addr).await;
-    gw
+    (gw, demo_addr)
 }
 
 /// Every rate algorithm as a limit's `algorithm:` value, each admitting 100
