@@ -15,10 +15,12 @@
 # second moves much less with the neighbours than the first. Loopback only,
 # bounded, stops what it starts.
 # OLD_SERVER / NEW_SERVER add settings to one side's `server:` block, and
-# OLD_LIMITS / NEW_LIMITS replace one side's list of limits, to compare two
+# OLD_LIMITS / NEW_LIMITS replace one side's list of limits, and OLD_CONFIG /
+# NEW_CONFIG add top-level sections to one side's config, to compare two
 # settings of one binary; THREADS sets server.threads on both (default 1):
 #   NEW_SERVER="work_stealing: false" bash bench/compare.sh target/release/tollgate target/release/tollgate
 #   OLD_LIMITS="[]" bash bench/compare.sh target/release/tollgate target/release/tollgate   # limits on/off
+#   NEW_CONFIG="access_log: { format: json, path: /tmp/access.log }" bash bench/compare.sh …     # log off/on
 # Needs nginx and wrk (apt-get install nginx wrk).
 set -euo pipefail
 OLD=${1:?old binary}; NEW=${2:?new binary}
@@ -35,13 +37,14 @@ declare -A PORT PID
 LIMIT="[{ name: per-ip, key: ip, rate: 100000000/second }]"
 for side in old new; do
   P=$(free_port); A=$(free_port); PORT[$side]=$P
-  extra=${OLD_SERVER:-}; limits=${OLD_LIMITS:-$LIMIT}
-  [ "$side" = new ] && { extra=${NEW_SERVER:-}; limits=${NEW_LIMITS:-$LIMIT}; }
+  extra=${OLD_SERVER:-}; limits=${OLD_LIMITS:-$LIMIT}; config=${OLD_CONFIG:-}
+  [ "$side" = new ] && { extra=${NEW_SERVER:-}; limits=${NEW_LIMITS:-$LIMIT}; config=${NEW_CONFIG:-}; }
   cat > "$WORK/$side.yaml" <<YAML
 server: { listen: ["127.0.0.1:$P"], admin: "127.0.0.1:$A", threads: ${THREADS:-1}, watch: false${extra:+, $extra} }
 upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
 rules:
   - { name: all, match: { path: "/**" }, upstream: origin, limits: $limits }
+$config
 YAML
   bin=$OLD; [ "$side" = new ] && bin=$NEW
   gateway_args "$bin" "$P" "$WORK/$side.yaml"

@@ -11,10 +11,12 @@
 #
 # OLD_SERVER / NEW_SERVER add settings to one side's `server:` block, to
 # compare settings of one binary (as in bench/compare.sh), and OLD_LIMITS /
-# NEW_LIMITS replace one side's list of limits:
+# NEW_LIMITS replace one side's list of limits, and OLD_CONFIG / NEW_CONFIG add
+# top-level sections to one side's config:
 #   OLD_SERVER="http1_path: pingora" NEW_SERVER="http1_path: fast" \
 #     bash bench/instructions.sh target/release/tollgate target/release/tollgate
 #   OLD_LIMITS="[]" bash bench/instructions.sh target/release/tollgate target/release/tollgate   # limits on/off
+#   NEW_CONFIG="access_log: { format: json, path: /tmp/access.log }" bash bench/instructions.sh …   # log off/on
 #
 # Each binary runs under callgrind with the config of bench/compare.sh (one
 # memory limit admitting everything, an nginx origin answering 200) twice:
@@ -42,13 +44,14 @@ wait_port "$ORIGIN"
 # Total instructions of one run of $1 serving $2 requests, with the
 # server settings $3.
 count() {
-  local bin=$1 n=$2 extra=${3:-} limits=${4:-$LIMIT} port admin out pid
+  local bin=$1 n=$2 extra=${3:-} limits=${4:-$LIMIT} config=${5:-} port admin out pid
   port=$(free_port); admin=$(free_port); out="$WORK/callgrind.$RANDOM"
   cat > "$WORK/gateway.yaml" <<YAML
 server: { listen: ["127.0.0.1:$port"], admin: "127.0.0.1:$admin", threads: 1, watch: false${extra:+, $extra} }
 upstreams: { origin: { servers: ["127.0.0.1:$ORIGIN"] } }
 rules:
   - { name: all, match: { path: "/**" }, upstream: origin, limits: $limits }
+$config
 YAML
   gateway_args "$bin" "$port" "$WORK/gateway.yaml"
   RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" "${ARGS[@]}" >/dev/null 2>&1 &
@@ -63,9 +66,10 @@ YAML
 }
 
 for side in old new; do
-  bin=$OLD; extra=${OLD_SERVER:-}; limits=${OLD_LIMITS:-$LIMIT}
-  [ "$side" = new ] && { bin=$NEW; extra=${NEW_SERVER:-}; limits=${NEW_LIMITS:-$LIMIT}; }
-  small=$(count "$bin" "$BASE" "$extra" "$limits"); large=$(count "$bin" $((BASE + REQUESTS)) "$extra" "$limits")
+  bin=$OLD; extra=${OLD_SERVER:-}; limits=${OLD_LIMITS:-$LIMIT}; config=${OLD_CONFIG:-}
+  [ "$side" = new ] && { bin=$NEW; extra=${NEW_SERVER:-}; limits=${NEW_LIMITS:-$LIMIT}; config=${NEW_CONFIG:-}; }
+  small=$(count "$bin" "$BASE" "$extra" "$limits" "$config")
+  large=$(count "$bin" $((BASE + REQUESTS)) "$extra" "$limits" "$config")
   per=$(( (large - small) / REQUESTS ))
   echo "$side: $per instructions per request ($small for $BASE requests, $large for $((BASE + REQUESTS)))"
   echo "$per" > "$WORK/$side"
