@@ -58,6 +58,8 @@ impl LogFacts {
 }
 
 const X_REQUEST_ID: &str = "x-request-id";
+/// Built once: a name looked up as text is parsed on every lookup.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// Sets `X-Request-Id` on a request or response head, when the request has
 /// an id (the access log is on).
@@ -179,7 +181,7 @@ pub(super) fn log_entry<'a>(
         limiter_ms: Some(facts.limiter),
         trace_id: req
             .headers
-            .get("traceparent")
+            .get(TRACEPARENT)
             .and_then(|v| access_log::trace_id(v.as_bytes())),
         websocket: ctx.tunnel_open,
         error: e.map(|e| e.etype().as_str()),
