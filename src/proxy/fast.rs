@@ -106,6 +106,9 @@ pub(crate) struct FastLoop {
 struct Exchange {
     client_reusable: bool,
     upstream_reusable: bool,
+    /// The request's head could not be written: the upstream never took the
+    /// request.
+    head_unsent: bool,
     error: Option<Box<Error>>,
 }
 
@@ -114,8 +117,38 @@ impl Exchange {
         Exchange {
             client_reusable: false,
             upstream_reusable,
+            head_unsent: false,
             error: Some(error),
         }
+    }
+}
+
+/// What decides whether a failed attempt goes again.
+#[derive(Debug, Clone, Copy)]
+struct Attempted {
+    /// On a connection that served requests before (pooled or kept).
+    reused: bool,
+    head_unsent: bool,
+    idempotent: bool,
+    /// The request body can be sent again in full.
+    body_whole: bool,
+}
+
+/// Only a failure of a connection that served before is worth another try
+/// (it may have been closed while idle), and only with the whole request
+/// at hand. A request the upstream may have acted on goes again only when
+/// its method is idempotent; one whose head could not be written, whatever
+/// its method: an upstream that resets a kept connection before the next
+/// head (hyper does, after an answer that left a body unread) never saw it.
+fn retry_failed_attempt(e: &mut Error, attempted: Attempted) {
+    if !attempted.body_whole {
+        e.set_retry(false);
+    } else if attempted.head_unsent && attempted.reused {
+        e.set_retry(true);
+    } else if !attempted.idempotent {
+        e.set_retry(false);
+    } else {
+        e.retry.decide_reuse(attempted.reused);
     }
 }
 
@@ -311,14 +344,14 @@ impl FastLoop {
         if exchange.upstream_reusable && !upstream_will_close(&upstream) {
             self.upstreams.keep(held, upstream, &peer, key).await;
         }
+        let attempted = Attempted {
+            reused,
+            head_unsent: exchange.head_unsent,
+            idempotent: session.req_header().method.is_idempotent(),
+            body_whole: !session.retry_buffer_truncated(),
+        };
         let error = exchange.error.map(|mut e| {
-            // Only a pooled connection that failed is worth another try, and
-            // only when the request can be sent again whole.
-            if !session.req_header().method.is_idempotent() || session.retry_buffer_truncated() {
-                e.set_retry(false);
-            } else {
-                e.retry.decide_reuse(reused);
-            }
+            retry_failed_attempt(&mut e, attempted);
             e
         });
         (exchange.client_reusable, error)
@@ -349,7 +382,11 @@ impl FastLoop {
             return Exchange::failed(e, true);
         }
         if let Err(e) = upstream.write_request_header(Box::new(request)).await {
-            return Exchange::failed(e.into_up(), false);
+            let head_unsent = matches!(e.etype(), ErrorType::WriteError | ErrorType::WriteTimedout);
+            return Exchange {
+                head_unsent,
+                ..Exchange::failed(e.into_up(), false)
+            };
         }
         session.enable_retry_buffering();
         let mut request_done = session.is_body_done();
@@ -416,6 +453,7 @@ impl FastLoop {
         Exchange {
             client_reusable: true,
             upstream_reusable,
+            head_unsent: false,
             error: None,
         }
     }
@@ -662,6 +700,87 @@ fn is_tchar(byte: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `retry_failed_attempt`'s answer for an error of `etype` with
+    /// Pingora's `retry` mark.
+    fn retried(etype: ErrorType, retry: pingora::RetryType, attempted: Attempted) -> bool {
+        let mut e = Error::new(etype);
+        e.retry = retry;
+        retry_failed_attempt(&mut e, attempted);
+        e.retry()
+    }
+
+    const POST_ON_A_KEPT_CONNECTION: Attempted = Attempted {
+        reused: true,
+        head_unsent: false,
+        idempotent: false,
+        body_whole: true,
+    };
+
+    #[test]
+    fn a_head_a_kept_connection_did_not_take_goes_again_whatever_the_method() {
+        let unsent = Attempted {
+            head_unsent: true,
+            ..POST_ON_A_KEPT_CONNECTION
+        };
+        let decided = pingora::RetryType::Decided(false);
+        assert!(retried(ErrorType::WriteError, decided, unsent));
+        let get = Attempted {
+            idempotent: true,
+            ..unsent
+        };
+        assert!(retried(ErrorType::WriteError, decided, get));
+    }
+
+    #[test]
+    fn a_head_a_new_connection_did_not_take_does_not_go_again() {
+        let unsent = Attempted {
+            reused: false,
+            head_unsent: true,
+            ..POST_ON_A_KEPT_CONNECTION
+        };
+        assert!(!retried(
+            ErrorType::WriteError,
+            pingora::RetryType::ReusedOnly,
+            unsent
+        ));
+    }
+
+    #[test]
+    fn a_request_the_upstream_may_have_acted_on_goes_again_only_if_idempotent() {
+        let reused_only = pingora::RetryType::ReusedOnly;
+        let post = POST_ON_A_KEPT_CONNECTION;
+        assert!(!retried(ErrorType::ConnectionClosed, reused_only, post));
+        let get = Attempted {
+            idempotent: true,
+            ..post
+        };
+        assert!(retried(ErrorType::ConnectionClosed, reused_only, get));
+        let fresh_get = Attempted {
+            reused: false,
+            ..get
+        };
+        assert!(!retried(
+            ErrorType::ConnectionClosed,
+            reused_only,
+            fresh_get
+        ));
+    }
+
+    #[test]
+    fn a_request_whose_body_is_no_longer_whole_never_goes_again() {
+        let truncated = Attempted {
+            head_unsent: true,
+            idempotent: true,
+            body_whole: false,
+            ..POST_ON_A_KEPT_CONNECTION
+        };
+        assert!(!retried(
+            ErrorType::WriteError,
+            pingora::RetryType::Decided(true),
+            truncated
+        ));
+    }
 
     fn request(headers: &[(&str, &str)]) -> RequestHeader {
         let mut request = RequestHeader::build("GET", b"/", None).unwrap();
