@@ -38,7 +38,8 @@ pub(crate) struct Verdict<'a> {
     pub(crate) remaining: u64,
 }
 
-/// One request as the log tells it.
+/// One request as the log tells it. Its `Serialize` defines the JSON line:
+/// the gateway writes the line with `json`, which the tests hold equal to it.
 #[derive(Debug, Serialize)]
 pub(crate) struct Entry<'a> {
     #[serde(serialize_with = "rfc3339")]

@@ -344,13 +344,13 @@ impl FastLoop {
         if exchange.upstream_reusable && !upstream_will_close(&upstream) {
             self.upstreams.keep(held, upstream, &peer, key).await;
         }
-        let attempted = Attempted {
-            reused,
-            head_unsent: exchange.head_unsent,
-            idempotent: session.req_header().method.is_idempotent(),
-            body_whole: !session.retry_buffer_truncated(),
-        };
         let error = exchange.error.map(|mut e| {
+            let attempted = Attempted {
+                reused,
+                head_unsent: exchange.head_unsent,
+                idempotent: session.req_header().method.is_idempotent(),
+                body_whole: !session.retry_buffer_truncated(),
+            };
             retry_failed_attempt(&mut e, attempted);
             e
         });
